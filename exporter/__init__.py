@@ -1,0 +1,3 @@
+"""Prometheus exporter for HPE SimpliVity backups."""
+
+__version__ = "0.1.0"
