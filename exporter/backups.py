@@ -1,0 +1,217 @@
+"""Backups in, summaries out: the pure aggregation behind every backup metric.
+
+A scan feeds backups to an :class:`Aggregator` one at a time, as the pages arrive, and keeps
+nothing per backup: memory follows the number of clusters and VMs, never the number of
+backups. :meth:`Aggregator.snapshot` then freezes the result into a :class:`BackupSnapshot`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+#: The documented backup states, in the order the API reference lists them.
+STATES = (
+    "NEW",
+    "SAVING",
+    "FAILED",
+    "PROTECTED",
+    "UNKNOWN",
+    "CANCELING",
+    "CANCELED",
+    "QUEUED",
+    "REBUILDING",
+    "DELETED",
+    "DEGRADED",
+)
+#: Where a state outside :data:`STATES` is counted.
+OTHER_STATE = "OTHER"
+#: What a scan asks the API for (``fields=``): everything the metrics need and nothing more.
+FIELDS = (
+    "id",
+    "state",
+    "created_at",
+    "size",
+    "omnistack_cluster_name",
+    "external_store_name",
+    "virtual_machine_id",
+    "virtual_machine_name",
+    "virtual_machine_state",
+)
+#: The ``omnistack_cluster`` label of a backup that names neither a cluster nor an external store.
+UNKNOWN_CLUSTER = "unknown"
+
+_KNOWN_STATES = frozenset(STATES)
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
+
+
+class BackupRecordError(ValueError):
+    """A backup record the exporter cannot read (a missing field, a wrong type)."""
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    """The backups of one OmniStack cluster (or external store)."""
+
+    name: str
+    counts: Mapping[str, int]
+    sizes: Mapping[str, int]
+    newest_protected: float | None  # Unix seconds of the newest PROTECTED backup
+
+
+@dataclass(frozen=True)
+class VMSummary:
+    """One live VM: when its newest PROTECTED backup was taken, if ever."""
+
+    vm_id: str
+    name: str
+    newest_protected: float | None
+
+
+@dataclass(frozen=True)
+class BackupSnapshot:
+    """One complete scan of a controller's backups."""
+
+    clusters: tuple[ClusterSummary, ...]
+    vms: tuple[VMSummary, ...]
+    backups_seen: int
+
+
+class _ClusterTally:
+    __slots__ = ("counts", "newest_protected", "sizes")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        self.sizes: dict[str, int] = dict.fromkeys(STATES, 0)
+        self.newest_protected = ""
+
+
+class _VMTally:
+    __slots__ = ("alive", "name", "newest_created", "newest_protected")
+
+    def __init__(self, name: str, alive: bool, created: str) -> None:
+        self.name = name
+        self.alive = alive
+        self.newest_created = created
+        self.newest_protected = ""
+
+
+class Aggregator:
+    """Accumulates backups into per-cluster and per-VM tallies.
+
+    >>> tally = Aggregator()
+    >>> tally.add({"id": "b1", "state": "PROTECTED", "created_at": "2024-01-01T00:00:00Z",
+    ...            "size": 10, "omnistack_cluster_name": "Boston", "virtual_machine_id": "v1",
+    ...            "virtual_machine_name": "web", "virtual_machine_state": "ALIVE"})
+    >>> snapshot = tally.snapshot()
+    >>> snapshot.clusters[0].counts["PROTECTED"], snapshot.vms[0].newest_protected
+    (1, 1704067200.0)
+    """
+
+    def __init__(self) -> None:
+        self._clusters: dict[str, _ClusterTally] = {}
+        self._vms: dict[str, _VMTally] = {}
+        self._seen = 0
+
+    @property
+    def backups_seen(self) -> int:
+        return self._seen
+
+    def add(self, backup: Mapping[str, object]) -> None:
+        """Count one backup; raise :class:`BackupRecordError` if it cannot be read."""
+        state = _text(backup, "state")
+        created = _text(backup, "created_at")
+        if not _TIMESTAMP.fullmatch(created):
+            raise BackupRecordError(
+                f"backup {_describe(backup)}: created_at {created[:40]!r} is not a UTC timestamp"
+            )
+        size = backup.get("size")
+        if type(size) is not int or size < 0:
+            raise BackupRecordError(
+                f"backup {_describe(backup)}: size must be a whole number of bytes, "
+                f"not {str(size)[:40]!r}"
+            )
+        cluster_name = (
+            _optional_text(backup, "omnistack_cluster_name")
+            or _optional_text(backup, "external_store_name")
+            or UNKNOWN_CLUSTER
+        )
+        tally = self._clusters.get(cluster_name)
+        if tally is None:
+            tally = self._clusters[cluster_name] = _ClusterTally()
+        if state not in _KNOWN_STATES:
+            state = OTHER_STATE
+        tally.counts[state] = tally.counts.get(state, 0) + 1
+        tally.sizes[state] = tally.sizes.get(state, 0) + size
+        protected = state == "PROTECTED"
+        # The timestamps share one format, so comparing the strings compares the times.
+        if protected and created > tally.newest_protected:
+            tally.newest_protected = created
+        self._seen += 1
+
+        vm_id = _optional_text(backup, "virtual_machine_id")
+        if not vm_id:
+            return
+        vm = self._vms.get(vm_id)
+        alive = _optional_text(backup, "virtual_machine_state") == "ALIVE"
+        if vm is None:
+            vm = self._vms[vm_id] = _VMTally(
+                _optional_text(backup, "virtual_machine_name"), alive, created
+            )
+        elif created > vm.newest_created:
+            # A VM's name and state are taken from its newest backup: VMs get renamed.
+            vm.name = _optional_text(backup, "virtual_machine_name")
+            vm.alive = alive
+            vm.newest_created = created
+        if protected and created > vm.newest_protected:
+            vm.newest_protected = created
+
+    def snapshot(self) -> BackupSnapshot:
+        clusters = tuple(
+            ClusterSummary(
+                name=name,
+                counts=dict(tally.counts),
+                sizes=dict(tally.sizes),
+                newest_protected=parse_timestamp(tally.newest_protected),
+            )
+            for name, tally in sorted(self._clusters.items())
+        )
+        vms = tuple(
+            VMSummary(vm_id, vm.name, parse_timestamp(vm.newest_protected))
+            for vm_id, vm in sorted(self._vms.items(), key=lambda item: (item[1].name, item[0]))
+            if vm.alive
+        )
+        return BackupSnapshot(clusters=clusters, vms=vms, backups_seen=self._seen)
+
+
+def parse_timestamp(value: str) -> float | None:
+    """``2018-05-08T10:00:01Z`` as Unix seconds; ``None`` for an empty string."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+def _text(backup: Mapping[str, object], key: str) -> str:
+    value = backup.get(key)
+    if not isinstance(value, str):
+        what = "is missing" if value is None else f"must be a string, not {type(value).__name__}"
+        raise BackupRecordError(f"backup {_describe(backup)}: {key} {what}")
+    return value
+
+
+def _optional_text(backup: Mapping[str, object], key: str) -> str:
+    value = backup.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BackupRecordError(
+            f"backup {_describe(backup)}: {key} must be a string, not {type(value).__name__}"
+        )
+    return value
+
+
+def _describe(backup: Mapping[str, object]) -> str:
+    identifier = backup.get("id")
+    return repr(identifier[:64]) if isinstance(identifier, str) else "(without an id)"

@@ -1,0 +1,522 @@
+"""The SimpliVity REST client: login and token reuse, paging, timeouts, retries and TLS.
+
+Everything that can go wrong talking to a controller surfaces as one :class:`SimplivityError`
+subclass whose ``reason`` is the value of the ``reason`` label of
+``simplivity_poll_errors_total``. Error messages are written for operators and never hold a
+password or a token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from exporter import __version__
+from exporter.backups import FIELDS
+from exporter.config import ControllerConfig, PollConfig
+
+log = logging.getLogger(__name__)
+
+#: Every value the ``reason`` label can take, all exported from the start.
+REASONS = ("auth", "timeout", "connection", "tls", "http", "decode")
+
+# A token dies after 10 minutes idle and 24 hours after login; renew a little before either.
+TOKEN_IDLE_SECONDS = 600.0
+TOKEN_LIFETIME_SECONDS = 86400.0
+TOKEN_MARGIN_SECONDS = 60.0
+MAX_BODY_BYTES = 64 * 1024 * 1024
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class SimplivityError(Exception):
+    """A poll failed; ``reason`` says how, the message says what in plain words."""
+
+    reason: ClassVar[str] = "http"
+
+
+class AuthError(SimplivityError):
+    reason = "auth"
+
+
+class RequestTimeout(SimplivityError):
+    reason = "timeout"
+
+
+class ConnectError(SimplivityError):
+    reason = "connection"
+
+
+class TLSError(SimplivityError):
+    reason = "tls"
+
+
+class HTTPStatusError(SimplivityError):
+    reason = "http"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DecodeError(SimplivityError):
+    reason = "decode"
+
+
+class Cancelled(Exception):
+    """The exporter is shutting down; the scan was abandoned (not a controller failure)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    offset: int
+    count: int
+    backups: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    backups_seen: int
+    requests: int
+
+
+class _ServerNameAdapter(HTTPAdapter):
+    """Verifies the controller's certificate against a configured name instead of the URL's host.
+
+    Appliance certificates rarely carry the IP address users put in the URL.
+    """
+
+    def __init__(self, server_name: str | None, pool_maxsize: int) -> None:
+        self._server_name = server_name
+        super().__init__(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._server_name:
+            kwargs["server_hostname"] = self._server_name
+            kwargs["assert_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
+
+
+class SimplivityClient:
+    """Talks to one controller. Safe to use from several threads; one scan at a time."""
+
+    def __init__(
+        self,
+        controller: ControllerConfig,
+        poll: PollConfig,
+        *,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        stop: threading.Event | None = None,
+        backoff_seconds: float = 0.5,
+    ) -> None:
+        self.controller = controller
+        self.poll = poll
+        self._clock = clock
+        self._stop = stop or threading.Event()
+        self._backoff_seconds = backoff_seconds
+        self._session = session or self._new_session()
+        self._token: str | None = None
+        self._token_obtained = 0.0
+        self._token_used = 0.0
+        self._token_lock = threading.Lock()
+        self._logins = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def logins(self) -> int:
+        """How many times this client has logged in (each login opens a hypervisor session)."""
+        return self._logins
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._session.close()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        tls = self.controller.tls
+        if tls.insecure_skip_verify:
+            log.warning(
+                "controller %s: TLS certificate verification is OFF (insecure_skip_verify)",
+                self.controller.name,
+            )
+        session.verify = tls.ca_file or not tls.insecure_skip_verify
+        adapter = _ServerNameAdapter(tls.server_name, self.poll.max_concurrency + 1)
+        session.mount("https://", adapter)
+        session.mount("http://", HTTPAdapter(pool_maxsize=self.poll.max_concurrency + 1))
+        session.headers["User-Agent"] = f"simplivity-exporter/{__version__}"
+        session.headers["Accept"] = "application/json"
+        session.trust_env = True  # honour HTTPS_PROXY / NO_PROXY like every other HTTP client
+        return session
+
+    # -- scanning ---------------------------------------------------------------------------
+
+    def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
+        """Feed every backup of the federation to ``sink`` exactly once.
+
+        Pages are requested sorted by ``id``: a total order in which a page can be stitched to
+        the one before it. Each page overlaps the previous one by a few backups; when the
+        overlap is missing (backups created or expired before the page's offset shifted the
+        listing), the scan steps back until it finds it. So a backup that exists for the whole
+        scan is never missed, and none is counted twice (those with an id at or below the last
+        one counted are skipped). After the first page has told the total, up to
+        ``poll.max_concurrency`` pages are requested at once.
+        """
+        limit = self.poll.page_size
+        overlap = max(1, limit // 50)
+        step = limit - overlap
+        last_id: str | None = None
+        seen = 0
+        requests_made = 0
+        budget: int | None = None
+        pending: dict[int, Future[Page]] = {}
+        offset = 0
+        try:
+            while True:
+                page = self._take_page(pending, offset)
+                requests_made += 1
+                if budget is None:
+                    # Churn may force a few steps back; a listing that never settles is an error.
+                    budget = 3 * (page.count // step + 1) + 20
+                elif requests_made > budget:
+                    raise DecodeError(
+                        f"the backup listing changed faster than it could be read "
+                        f"({requests_made} requests for {page.count} backups)"
+                    )
+                received = len(page.backups)
+                if received < limit and offset + received < page.count:
+                    raise DecodeError(
+                        f"page at offset {offset} held {received} backups (limit {limit}) "
+                        f"although count says {page.count}"
+                    )
+                first = _backup_id(page.backups[0]) if received else None
+                if offset > 0 and last_id is not None and (first is None or first > last_id):
+                    # The overlap with what was counted is gone: step back to find it.
+                    self._cancel(pending)
+                    back = min(offset - step, page.count - overlap)
+                    offset = max(0, back if back < offset else offset - step)
+                    continue
+                for backup in page.backups:
+                    backup_id = _backup_id(backup)
+                    if last_id is not None and backup_id <= last_id:
+                        continue
+                    sink(backup)
+                    last_id = backup_id
+                    seen += 1
+                if received < limit or offset + received >= page.count:
+                    return ScanResult(backups_seen=seen, requests=requests_made)
+                offset += step
+                self._prefetch(pending, offset, step, page.count)
+        finally:
+            self._cancel(pending)
+
+    def _take_page(self, pending: dict[int, Future[Page]], offset: int) -> Page:
+        future = pending.pop(offset, None)
+        if future is None:
+            return self._fetch_page(offset)
+        return future.result()
+
+    def _prefetch(
+        self, pending: dict[int, Future[Page]], offset: int, step: int, count: int
+    ) -> None:
+        width = self.poll.max_concurrency
+        if width <= 1:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=width, thread_name_prefix=f"poll-{self.controller.name}"
+            )
+        wanted = [offset + k * step for k in range(width)]
+        for stale in [o for o in pending if o not in wanted]:
+            pending.pop(stale).cancel()
+        for candidate in wanted:
+            if candidate not in pending and candidate < count:
+                pending[candidate] = self._executor.submit(self._fetch_page, candidate)
+
+    @staticmethod
+    def _cancel(pending: dict[int, Future[Page]]) -> None:
+        for future in pending.values():
+            future.cancel()
+        pending.clear()
+
+    def _fetch_page(self, offset: int) -> Page:
+        params = {
+            "offset": str(offset),
+            "limit": str(self.poll.page_size),
+            "fields": ",".join(FIELDS),
+            "sort": "id",
+            "order": "ascending",
+        }
+        document = self.get_json("/api/backups", params)
+        count = document.get("count") if isinstance(document, dict) else None
+        backups = document.get("backups") if isinstance(document, dict) else None
+        if type(count) is not int or count < 0 or not isinstance(backups, list):
+            raise DecodeError(
+                "/api/backups answered without a numeric 'count' and a 'backups' list"
+            )
+        previous = ""
+        for backup in backups:
+            if not isinstance(backup, dict):
+                raise DecodeError("/api/backups listed something that is not a backup object")
+            backup_id = _backup_id(backup)
+            if backup_id <= previous:
+                raise DecodeError("/api/backups did not return backups sorted by id")
+            previous = backup_id
+        return Page(offset=offset, count=count, backups=backups)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET an authenticated API path, logging in as needed; retries transient failures."""
+        for relogged in (False, True):
+            token = self._current_token()
+            started = self._clock()
+            headers = {"Authorization": f"Bearer {token}"}
+            status, body = self._retrying(path, partial(self._send, "GET", path, params, headers))
+            if status == 401 and not relogged:
+                # The token died (idle, absolute lifetime, or revoked): log in, retry once.
+                log.info("controller %s: token refused, logging in again", self.controller.name)
+                self._forget_token(token)
+                continue
+            if status == 401:
+                raise AuthError(f"{path}: the controller refused a fresh access token")
+            if status != 200:
+                raise self._status_error(path, status, body)
+            self._token_used = max(self._token_used, started)
+            return _decode(path, body)
+        raise AssertionError("unreachable: the second round returns or raises")
+
+    def _retrying(self, path: str, send: Callable[[], tuple[int, bytes]]) -> tuple[int, bytes]:
+        """Repeat ``send`` while it fails transiently, with exponential, jittered backoff.
+
+        Returns the first answer that is not transient, or the last one once the retries are
+        spent; raises the last timeout or connection error likewise.
+        """
+        failures = 0
+        while True:
+            try:
+                status, body = send()
+            except (RequestTimeout, ConnectError) as err:
+                failure: SimplivityError = err
+            else:
+                if status not in _TRANSIENT_STATUSES:
+                    return status, body
+                failure = self._status_error(path, status, body)
+            failures += 1
+            if failures > self.poll.max_retries:
+                if isinstance(failure, HTTPStatusError):
+                    return failure.status, body
+                raise failure
+            delay = min(30.0, self._backoff_seconds * 2 ** (failures - 1))
+            delay *= random.uniform(0.5, 1.5)
+            log.info(
+                "controller %s: %s; retry %d of %d in %.1f s",
+                self.controller.name,
+                failure,
+                failures,
+                self.poll.max_retries,
+                delay,
+            )
+            if self._stop.wait(delay):
+                raise Cancelled()
+
+    def _current_token(self) -> str:
+        with self._token_lock:
+            now = self._clock()
+            if (
+                self._token is not None
+                and now - self._token_used < TOKEN_IDLE_SECONDS - TOKEN_MARGIN_SECONDS
+                and now - self._token_obtained < TOKEN_LIFETIME_SECONDS - TOKEN_MARGIN_SECONDS
+            ):
+                return self._token
+            self._token = self._login()
+            self._token_obtained = self._token_used = self._clock()
+            return self._token
+
+    def _forget_token(self, token: str) -> None:
+        with self._token_lock:
+            if self._token == token:
+                self._token = None
+
+    def _login(self) -> str:
+        form = {
+            "grant_type": "password",
+            "username": self.controller.username,
+            "password": self.controller.password.reveal(),
+        }
+        status, body = self._retrying(
+            "/api/oauth/token",
+            lambda: self._send("POST", "/api/oauth/token", data=form, auth=("simplivity", "")),
+        )
+        self._logins += 1
+        if status in (400, 401, 403):
+            raise AuthError(
+                f"the controller refused the credentials of user {self.controller.username!r} "
+                f"(HTTP {status})"
+            )
+        if status != 200:
+            raise self._status_error("/api/oauth/token", status, body)
+        document = _decode("/api/oauth/token", body)
+        token = document.get("access_token") if isinstance(document, dict) else None
+        if not isinstance(token, str) or not token:
+            raise DecodeError("/api/oauth/token answered without an access_token")
+        log.debug("controller %s: logged in as %s", self.controller.name, self.controller.username)
+        return token
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        data: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """One HTTP exchange; the whole answer must arrive within ``timeout_seconds``."""
+        timeout = self.poll.timeout_seconds
+        deadline = time.monotonic() + timeout
+        try:
+            response = self._session.request(
+                method,
+                self.controller.url + path,
+                params=params,
+                headers=headers,
+                data=data,
+                auth=auth,
+                timeout=(timeout, timeout),
+                stream=True,
+                allow_redirects=False,
+            )
+            try:
+                body = _read_body(response, deadline, path)
+            finally:
+                response.close()
+        except requests.exceptions.SSLError as err:
+            reason = _tls_reason(err)
+            raise TLSError(f"TLS handshake with {self._where()} failed: {reason}") from None
+        except requests.exceptions.Timeout:
+            raise RequestTimeout(f"{path}: no answer within {timeout:g} s") from None
+        except requests.exceptions.ConnectionError as err:
+            if _is_timeout(err):
+                raise RequestTimeout(f"{path}: no answer within {timeout:g} s") from None
+            reason = _connection_reason(err)
+            raise ConnectError(f"cannot connect to {self._where()}: {reason}") from None
+        except requests.exceptions.RequestException as err:
+            raise ConnectError(f"{path}: {type(err).__name__}") from None
+        return response.status_code, body
+
+    def _where(self) -> str:
+        return self.controller.url
+
+    def _status_error(self, path: str, status: int, body: bytes) -> HTTPStatusError:
+        detail = _server_message(body)
+        suffix = f": {detail}" if detail else ""
+        return HTTPStatusError(f"{path} answered HTTP {status}{suffix}", status)
+
+
+def _read_body(response: requests.Response, deadline: float, path: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=256 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise DecodeError(f"{path}: the answer is larger than {MAX_BODY_BYTES >> 20} MiB")
+        if time.monotonic() > deadline:
+            raise requests.exceptions.Timeout()
+    return b"".join(chunks)
+
+
+def _decode(path: str, body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" at byte {err.pos}" if isinstance(err, json.JSONDecodeError) else ""
+        raise DecodeError(f"{path} answered with invalid JSON{where} ({len(body)} bytes)") from None
+
+
+def _backup_id(backup: Mapping[str, Any]) -> str:
+    value = backup.get("id")
+    if not isinstance(value, str) or not value:
+        raise DecodeError("/api/backups listed a backup without an id")
+    return value
+
+
+def _server_message(body: bytes) -> str:
+    """The ``message`` of an error body, shortened; never the raw body (it may echo a token)."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    if not isinstance(document, dict):
+        return ""
+    message = document.get("message") or document.get("error_description") or ""
+    if not isinstance(message, str) or "token" in message.lower():
+        return ""
+    return message[:200]
+
+
+def _is_timeout(err: BaseException) -> bool:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TimeoutError | urllib3.exceptions.TimeoutError):
+            return True
+        stack.extend([current.__cause__, current.__context__])
+        stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            stack.append(reason)
+    return False
+
+
+def _connection_reason(err: BaseException) -> str:
+    text = str(err)
+    for needle, reason in (
+        ("Name or service not known", "the host name does not resolve"),
+        ("nodename nor servname", "the host name does not resolve"),
+        ("Temporary failure in name resolution", "the host name does not resolve"),
+        ("No address associated", "the host name does not resolve"),
+        ("Connection refused", "connection refused"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "the controller closed the connection"),
+        ("No route to host", "no route to host"),
+        ("Network is unreachable", "network unreachable"),
+    ):
+        if needle in text:
+            return reason
+    return "connection failed"
+
+
+def _tls_reason(err: BaseException) -> str:
+    text = str(err)
+    for needle, reason in (
+        ("certificate verify failed: self", "self-signed certificate (set tls.ca_file)"),
+        ("unable to get local issuer", "certificate from an unknown CA (set tls.ca_file)"),
+        ("Hostname mismatch", "the certificate does not match the host name (tls.server_name)"),
+        ("doesn't match", "the certificate does not match the host name (tls.server_name)"),
+        ("IP address mismatch", "the certificate does not carry this IP (set tls.server_name)"),
+        ("certificate has expired", "the certificate has expired"),
+        ("WRONG_VERSION_NUMBER", "the controller does not speak TLS on this port"),
+        ("certificate verify failed", "certificate verification failed"),
+    ):
+        if needle in text:
+            return reason
+    return "handshake failed"
