@@ -285,7 +285,10 @@ class _Reader:
 
     def check_url(self, url: str, where: str) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("https", "http"):
+        if "@" in url:
+            # Checked before anything echoes the URL: it would carry a password into messages.
+            self.problem(where, "must not hold credentials: use username and password_file")
+        elif parts.scheme not in ("https", "http"):
             self.problem(where, f"{url!r} must start with https:// (or http://)")
         elif not parts.hostname:
             self.problem(where, f"{url!r} has no host")

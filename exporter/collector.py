@@ -1,0 +1,239 @@
+"""Renders the controllers' current statuses as Prometheus metric families.
+
+Nothing here talks to a controller: a scrape only reads the snapshots the poller published,
+so it is fast and never blocks on a slow controller. Series are built fresh from the snapshots
+every time, so a VM or cluster that vanished from the federation vanishes from ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.backups import STATES
+from exporter.poller import ControllerStatus
+from exporter.simplivity import REASONS
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class ExporterState:
+    """The exporter's own settings and health, as the collector needs them."""
+
+    interval_seconds: float
+    stale_after_seconds: float
+    per_vm: bool = True
+    shard_index: int = 0
+    shard_count: int = 1
+    reload_successful: bool = True
+    reload_success_timestamp: float = 0.0
+
+
+class BackupCollector(Collector):
+    """Yields every ``simplivity_*`` family from the statuses at the moment of the scrape.
+
+    A sample of what it yields::
+
+        # HELP simplivity_backups Backups by cluster and state. Refreshed by the exporter's ...
+        # TYPE simplivity_backups gauge
+        simplivity_backups{controller="boston",omnistack_cluster="Boston",state="PROTECTED"} 412.0
+        # HELP simplivity_up 1 if the last poll of the controller succeeded, else 0.
+        # TYPE simplivity_up gauge
+        simplivity_up{controller="boston"} 1.0
+    """
+
+    def __init__(
+        self,
+        statuses: Callable[[], Sequence[ControllerStatus]],
+        state: Callable[[], ExporterState],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._statuses = statuses
+        self._state = state
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = self._statuses()  # read once: one consistent picture per scrape
+        state = self._state()
+        now = self._clock()
+        fresh = [
+            (status.name, status.snapshot)
+            for status in statuses
+            if status.snapshot is not None
+            and status.last_success is not None
+            and now - status.last_success <= state.stale_after_seconds
+        ]
+        refreshed = (
+            f"Refreshed by the exporter's own poll of /api/backups every "
+            f"{state.interval_seconds:g} s (poll.interval_seconds), not at scrape time."
+        )
+        cluster_labels = ["controller", "omnistack_cluster"]
+        counts = GaugeMetricFamily(
+            "simplivity_backups",
+            f"Backups by cluster and state. {refreshed}",
+            labels=[*cluster_labels, "state"],
+        )
+        sizes = GaugeMetricFamily(
+            "simplivity_backup_size_bytes",
+            f"Sum of the logical size of the backups, by cluster and state. {refreshed}",
+            labels=[*cluster_labels, "state"],
+        )
+        newest = GaugeMetricFamily(
+            "simplivity_backup_newest_timestamp_seconds",
+            f"Creation time of the cluster's newest PROTECTED backup, 0 if none. {refreshed}",
+            labels=cluster_labels,
+        )
+        newest_age = GaugeMetricFamily(
+            "simplivity_backup_newest_age_seconds",
+            "Seconds since the cluster's newest PROTECTED backup was created, at scrape time; "
+            f"+Inf if none. {refreshed}",
+            labels=cluster_labels,
+        )
+        for controller, snapshot in fresh:
+            for cluster in snapshot.clusters:
+                labels = [controller, cluster.name]
+                for state_name in (*STATES, *sorted(set(cluster.counts) - set(STATES))):
+                    counts.add_metric([*labels, state_name], cluster.counts[state_name])
+                    sizes.add_metric([*labels, state_name], cluster.sizes[state_name])
+                newest.add_metric(labels, cluster.newest_protected or 0.0)
+                newest_age.add_metric(labels, _age(now, cluster.newest_protected))
+        yield from (counts, sizes, newest, newest_age)
+
+        if state.per_vm:
+            vm_labels = ["controller", "vm", "vm_id"]
+            vm_newest = GaugeMetricFamily(
+                "simplivity_vm_backup_newest_timestamp_seconds",
+                "Creation time of the newest PROTECTED backup of each live VM, 0 if it has "
+                f"backups but none PROTECTED. {refreshed}",
+                labels=vm_labels,
+            )
+            vm_age = GaugeMetricFamily(
+                "simplivity_vm_backup_newest_age_seconds",
+                "Seconds since the newest PROTECTED backup of each live VM was created, at "
+                f"scrape time; +Inf if none. {refreshed}",
+                labels=vm_labels,
+            )
+            for controller, snapshot in fresh:
+                for vm in snapshot.vms:
+                    labels = [controller, vm.name, vm.vm_id]
+                    vm_newest.add_metric(labels, vm.newest_protected or 0.0)
+                    vm_age.add_metric(labels, _age(now, vm.newest_protected))
+            yield from (vm_newest, vm_age)
+
+        yield from self._health(statuses)
+        yield from self._exporter(state)
+
+    def _health(self, statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "simplivity_up",
+            "1 if the last poll of the controller succeeded, else 0.",
+            labels=["controller"],
+        )
+        duration = GaugeMetricFamily(
+            "simplivity_poll_duration_seconds",
+            "Wall time of the last poll of the controller (all pages of /api/backups).",
+            labels=["controller"],
+        )
+        last_success = GaugeMetricFamily(
+            "simplivity_poll_last_success_timestamp_seconds",
+            "When the last successful poll of the controller finished, 0 before the first.",
+            labels=["controller"],
+        )
+        errors = CounterMetricFamily(
+            "simplivity_poll_errors",
+            "Failed polls of the controller, by reason: auth, timeout, connection, tls, http, "
+            "decode.",
+            labels=["controller", "reason"],
+        )
+        logins = CounterMetricFamily(
+            "simplivity_logins",
+            "Logins to the controller; each opens a session on the hypervisor manager, so this "
+            "should grow only when a token expires.",
+            labels=["controller"],
+        )
+        for status in statuses:
+            up.add_metric([status.name], 1.0 if status.up else 0.0)
+            duration.add_metric([status.name], status.last_duration or 0.0)
+            last_success.add_metric([status.name], status.last_success or 0.0)
+            for reason in REASONS:
+                errors.add_metric([status.name, reason], status.errors.get(reason, 0))
+            logins.add_metric([status.name], status.logins)
+        yield from (up, duration, last_success, errors, logins)
+
+    @staticmethod
+    def _exporter(state: ExporterState) -> Iterator[Metric]:
+        build = GaugeMetricFamily(
+            "simplivity_exporter_build_info",
+            "The exporter's version; constant 1.",
+            labels=["version"],
+        )
+        build.add_metric([__version__], 1.0)
+        yield build
+        yield GaugeMetricFamily(
+            "simplivity_exporter_shard_index",
+            "Which shard of the controllers this exporter polls (--shard.index).",
+            value=state.shard_index,
+        )
+        yield GaugeMetricFamily(
+            "simplivity_exporter_shard_count",
+            "How many shards the controllers are spread over (--shard.count).",
+            value=state.shard_count,
+        )
+        yield GaugeMetricFamily(
+            "simplivity_exporter_config_last_reload_successful",
+            "1 if the last configuration reload succeeded, else 0.",
+            value=1.0 if state.reload_successful else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "simplivity_exporter_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+            value=state.reload_success_timestamp,
+        )
+
+
+def _age(now: float, created: float | None) -> float:
+    return INF if created is None else max(0.0, now - created)
+
+
+class Exposition:
+    """The ``/metrics`` text, rendered at most once per second and per change of the statuses.
+
+    Ages are computed at scrape time with one-second resolution; between two changes of the
+    snapshots every scrape within the same second is served the same bytes (and the same
+    gzip), so many concurrent scrapers cost little more than one.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        generation: Callable[[], object],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._generation = generation
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._key: tuple[object, int] | None = None
+        self._plain = b""
+        self._gzipped = b""
+
+    def render(self, *, gzipped: bool = False) -> bytes:
+        key = (self._generation(), int(self._clock()))
+        with self._lock:
+            if key != self._key:
+                self._plain = generate_latest(self._registry)
+                self._gzipped = gzip.compress(self._plain, compresslevel=6, mtime=0)
+                self._key = key
+            return self._gzipped if gzipped else self._plain

@@ -1,0 +1,303 @@
+"""Polls every controller on the scheduler and publishes one immutable status per controller.
+
+A poll builds a complete :class:`~exporter.backups.BackupSnapshot` on the side and swaps it in
+by reference only when the whole scan succeeded: a scrape never sees half a scan, and a failed
+poll leaves the last good result in place (the collector drops it once it is stale).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter.backups import Aggregator, BackupRecordError, BackupSnapshot
+from exporter.config import Config, ControllerConfig, PollConfig
+from exporter.simplivity import (
+    REASONS,
+    Cancelled,
+    DecodeError,
+    ScanResult,
+    SimplivityClient,
+    SimplivityError,
+)
+
+log = logging.getLogger(__name__)
+
+#: At most this many controllers are polled at the same moment (each in its own thread).
+MAX_PARALLEL_POLLS = 128
+
+
+class BackupSource(Protocol):
+    """What a poll needs from a client (:class:`~exporter.simplivity.SimplivityClient`)."""
+
+    @property
+    def logins(self) -> int: ...
+
+    def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult: ...
+
+    def close(self) -> None: ...
+
+
+ClientFactory = Callable[[ControllerConfig, PollConfig, threading.Event], BackupSource]
+
+
+def default_client_factory(
+    controller: ControllerConfig, poll: PollConfig, stop: threading.Event
+) -> BackupSource:
+    return SimplivityClient(controller, poll, stop=stop)
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    """Everything known about one controller at one moment; replaced, never changed."""
+
+    name: str
+    url: str
+    polls: int = 0
+    up: bool = False
+    last_poll_finished: float | None = None
+    last_duration: float | None = None
+    last_success: float | None = None
+    last_error: str | None = None
+    errors: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    logins: int = 0
+    snapshot: BackupSnapshot | None = None
+
+
+class ControllerPoller:
+    """Polls one controller; :attr:`status` is always a complete, consistent picture."""
+
+    def __init__(
+        self,
+        controller: ControllerConfig,
+        poll: PollConfig,
+        *,
+        client_factory: ClientFactory = default_client_factory,
+        clock: Callable[[], float] = time.time,
+        on_publish: Callable[[], None] = lambda: None,
+        previous: ControllerStatus | None = None,
+    ) -> None:
+        self.controller = controller
+        self.poll_config = poll
+        self._stop = threading.Event()
+        self._client = client_factory(controller, poll, self._stop)
+        self._clock = clock
+        self._on_publish = on_publish
+        self._running = threading.Lock()
+        errors = dict(previous.errors) if previous else dict.fromkeys(REASONS, 0)
+        self.status = ControllerStatus(name=controller.name, url=controller.url, errors=errors)
+
+    def poll_once(self) -> ControllerStatus:
+        """Scan the controller's backups and publish the outcome. Never raises."""
+        if not self._running.acquire(blocking=False):
+            log.warning("controller %s: previous poll still running, skipped", self.controller.name)
+            return self.status
+        try:
+            return self._poll()
+        finally:
+            self._running.release()
+
+    def _poll(self) -> ControllerStatus:
+        name = self.controller.name
+        started = time.monotonic()
+        aggregator = Aggregator()
+        try:
+            self._client.scan(_checked(aggregator.add))
+        except Cancelled:
+            log.debug("controller %s: poll abandoned at shutdown", name)
+            return self.status
+        except SimplivityError as err:
+            return self._publish_failure(err, time.monotonic() - started)
+        except Exception as err:
+            # A bug, not a controller fault: keep the exporter alive, say so loudly, count it.
+            log.exception("controller %s: unexpected error during poll", name)
+            failure = DecodeError(f"internal error: {type(err).__name__}")
+            return self._publish_failure(failure, time.monotonic() - started)
+        duration = time.monotonic() - started
+        snapshot = aggregator.snapshot()
+        now = self._clock()
+        self.status = replace(
+            self.status,
+            polls=self.status.polls + 1,
+            up=True,
+            last_poll_finished=now,
+            last_duration=duration,
+            last_success=now,
+            last_error=None,
+            logins=self._client.logins,
+            snapshot=snapshot,
+        )
+        log.info(
+            "controller %s: %d backups, %d clusters, %d live VMs in %.2f s",
+            name,
+            snapshot.backups_seen,
+            len(snapshot.clusters),
+            len(snapshot.vms),
+            duration,
+        )
+        self._on_publish()
+        return self.status
+
+    def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
+        errors = dict(self.status.errors)
+        errors[err.reason] = errors.get(err.reason, 0) + 1
+        self.status = replace(
+            self.status,
+            polls=self.status.polls + 1,
+            up=False,
+            last_poll_finished=self._clock(),
+            last_duration=duration,
+            last_error=str(err),
+            errors=errors,
+            logins=self._client.logins,
+        )
+        log.warning("controller %s: poll failed (%s): %s", self.controller.name, err.reason, err)
+        self._on_publish()
+        return self.status
+
+    def close(self) -> None:
+        self._stop.set()
+        self._client.close()
+
+
+def _checked(add: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def sink(backup: dict[str, Any]) -> None:
+        try:
+            add(backup)
+        except BackupRecordError as err:
+            raise DecodeError(str(err)) from None
+
+    return sink
+
+
+class Poller:
+    """Schedules :class:`ControllerPoller` jobs and keeps them in step with the config."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client_factory: ClientFactory = default_client_factory,
+        clock: Callable[[], float] = time.time,
+        scheduler: BackgroundScheduler | None = None,
+    ) -> None:
+        self._client_factory = client_factory
+        self._clock = clock
+        self._scheduler = scheduler or BackgroundScheduler(
+            executors={"default": SchedulerThreadPool(MAX_PARALLEL_POLLS)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        self._lock = threading.Lock()
+        self._pollers: dict[str, ControllerPoller] = {}
+        self._generations = itertools.count(1)
+        self._generation = 0
+        self.config = config
+        self._started = False
+        self._apply(config)
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever any status changes: what the exposition cache keys on."""
+        return self._generation
+
+    def statuses(self) -> tuple[ControllerStatus, ...]:
+        pollers = self._pollers  # one read of the reference: a consistent set of controllers
+        return tuple(pollers[name].status for name in sorted(pollers))
+
+    def ready(self) -> bool:
+        """Every controller has finished its first poll, successful or not."""
+        return all(status.polls > 0 for status in self.statuses())
+
+    def start(self) -> None:
+        with self._lock:
+            self._started = True
+            for poller in self._pollers.values():
+                self._schedule(poller)
+            self._scheduler.start()
+
+    def apply(self, config: Config) -> None:
+        """Take a new config: add, replace and remove controllers; untouched ones keep going."""
+        with self._lock:
+            self._apply(config)
+
+    def _apply(self, config: Config) -> None:
+        old = self._pollers
+        new: dict[str, ControllerPoller] = {}
+        for controller in config.controllers:
+            current = old.get(controller.name)
+            if (
+                current is not None
+                and current.controller == controller
+                and current.poll_config == config.poll
+            ):
+                new[controller.name] = current
+                continue
+            new[controller.name] = ControllerPoller(
+                controller,
+                config.poll,
+                client_factory=self._client_factory,
+                clock=self._clock,
+                on_publish=self._bump,
+                previous=current.status if current else None,
+            )
+        self._pollers = new
+        self.config = config
+        for name, poller in old.items():
+            if new.get(name) is not poller:
+                self._unschedule(name)
+                poller.close()
+        if self._started:
+            for name, poller in new.items():
+                if old.get(name) is not poller:
+                    self._schedule(poller)
+        self._bump()
+
+    def _schedule(self, poller: ControllerPoller) -> None:
+        interval = poller.poll_config.interval_seconds
+        # A little jitter, so that many controllers (or many exporters) do not fire together.
+        spread = min(interval * 0.1, 10.0)
+        first = datetime.now(UTC) + timedelta(seconds=random.uniform(0, min(spread, 1.0)))
+        self._scheduler.add_job(
+            poller.poll_once,
+            "interval",
+            seconds=interval,
+            jitter=spread if spread >= 1 else None,
+            next_run_time=first,
+            id=poller.controller.name,
+            name=f"poll {poller.controller.name}",
+            replace_existing=True,
+        )
+
+    def _unschedule(self, name: str) -> None:
+        if self._started and self._scheduler.get_job(name) is not None:
+            self._scheduler.remove_job(name)
+
+    def _bump(self) -> None:
+        self._generation = next(self._generations)  # atomic, unlike += from several threads
+
+    def poll_all_once(self) -> tuple[ControllerStatus, ...]:
+        """Poll every controller once, all at the same time (``--once``)."""
+        pollers = list(self._pollers.values())
+        with ThreadPoolExecutor(max_workers=min(len(pollers), MAX_PARALLEL_POLLS) or 1) as pool:
+            list(pool.map(ControllerPoller.poll_once, pollers))
+        return self.statuses()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for poller in self._pollers.values():
+                poller.close()
+            if self._started:
+                self._scheduler.shutdown(wait=False)
+                self._started = False
