@@ -1,0 +1,223 @@
+"""The config loader: every problem reported at once, with the exact words users will read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.config import (
+    Config,
+    ConfigError,
+    ControllerConfig,
+    PollConfig,
+    Secret,
+    TLSConfig,
+    load_config,
+)
+
+GOOD = """\
+poll:
+  interval_seconds: 300
+  timeout_seconds: 60
+  page_size: 500
+  stale_after_seconds: 1800
+metrics:
+  per_vm: true
+controllers:
+  - name: boston
+    url: https://10.0.0.10
+    username: administrator@vsphere.local
+    password: ${SVT_PASSWORD}
+    tls:
+      server_name: ovc01.example.com
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), {"SVT_PASSWORD": "s3cret"})
+    assert config == Config(
+        controllers=(
+            ControllerConfig(
+                name="boston",
+                url="https://10.0.0.10",
+                username="administrator@vsphere.local",
+                password=Secret("s3cret"),
+                tls=TLSConfig(server_name="ovc01.example.com"),
+            ),
+        ),
+        poll=PollConfig(
+            interval_seconds=300, timeout_seconds=60, page_size=500, stale_after_seconds=1800
+        ),
+    )
+
+
+def test_the_shipped_example_file_is_valid() -> None:
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    config = load_config(example, {"SVT_PASSWORD": "x", "SVT_PASSWORD_CHICAGO": "y"})
+    assert config.controllers
+
+
+def test_defaults_fill_what_is_left_out(tmp_path: Path) -> None:
+    text = "controllers:\n  - {name: a, url: 'http://127.0.0.1:1', username: u, password: p}\n"
+    config = load_config(write(tmp_path, text), {})
+    assert config.poll == PollConfig()
+    assert config.metrics.per_vm is True
+    assert config.controllers[0].tls == TLSConfig()
+
+
+def test_password_file_is_read_and_its_trailing_newline_dropped(tmp_path: Path) -> None:
+    (tmp_path / "svt").write_text("pa ss\n", encoding="utf-8")
+    text = "controllers:\n  - {name: a, url: 'https://h', username: u, password_file: svt}\n"
+    config = load_config(write(tmp_path, text), {})
+    assert config.controllers[0].password.reveal() == "pa ss"
+
+
+def test_a_password_never_shows_in_repr_or_str() -> None:
+    secret = Secret("hunter2")
+    controller = ControllerConfig(name="a", url="https://h", username="u", password=secret)
+    assert "hunter2" not in repr(controller)
+    assert "hunter2" not in str(secret)
+    assert "hunter2" not in f"{secret}"
+
+
+def test_one_second_is_a_valid_interval(tmp_path: Path) -> None:
+    text = (
+        "poll: {interval_seconds: 1, timeout_seconds: 1, stale_after_seconds: 1}\n"
+        "controllers:\n  - {name: a, url: 'http://h', username: u, password: p}\n"
+    )
+    assert load_config(write(tmp_path, text), {}).poll.interval_seconds == 1.0
+
+
+CONTROLLER = "{name: a, url: 'https://h', username: u, password: p}"
+
+BAD_FILES = [
+    pytest.param("", ["the configuration is empty: at least one controller is needed"], id="empty"),
+    pytest.param(
+        "controllers: [\n",
+        ["not valid YAML at line 2, column 1: expected the node content, but found '<stream end>'"],
+        id="broken-yaml",
+    ),
+    pytest.param("- a\n- b\n", ["top level: must be a mapping, not a list"], id="list"),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\nintervall: 3\n",
+        ["top level: unknown key 'intervall' (allowed: controllers, metrics, poll)"],
+        id="unknown-top-key",
+    ),
+    pytest.param("poll: {}\n", ["controllers: at least one controller is needed"], id="none"),
+    pytest.param("controllers: []\n", ["controllers: at least one controller is needed"], id="0"),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\npoll: {{interval_seconds: '5m', page_size: 5000}}\n",
+        [
+            "poll.interval_seconds: must be a number of seconds, not a string ('5m')",
+            "poll.page_size: must be between 10 and 3000, not 5000",
+        ],
+        id="poll-types",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\npoll: {{timeout_seconds: 0.5, stale_after_seconds: .inf}}\n",
+        [
+            "poll.timeout_seconds: must be a finite number of seconds >= 1, not 0.5",
+            "poll.stale_after_seconds: must be a finite number of seconds >= 1, not inf",
+        ],
+        id="poll-ranges",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\npoll: {{interval_seconds: 600, stale_after_seconds: 60}}\n",
+        [
+            "poll.stale_after_seconds: 60 is shorter than poll.interval_seconds (600): "
+            "data would vanish between polls"
+        ],
+        id="stale-before-next-poll",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\nmetrics: {{per_vm: 'yes please'}}\n",
+        ["metrics.per_vm: must be true or false, not a string ('yes please')"],
+        id="per-vm",
+    ),
+    pytest.param(
+        "controllers:\n  - {url: 'ftp://h', password: p, password_file: f, colour: red}\n",
+        [
+            "controllers[0]: unknown key 'colour' "
+            "(allowed: name, password, password_file, tls, url, username)",
+            "controllers[0].name: is required",
+            "controllers[0].url: 'ftp://h' must start with https:// (or http://)",
+            "controllers[0].username: is required",
+            "controllers[0]: needs exactly one of password or password_file",
+        ],
+        id="controller-fields",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}, {CONTROLLER}]\n",
+        ["controllers[1].name: 'a' is already used by controllers[0]"],
+        id="duplicate-name",
+    ),
+    pytest.param(
+        "controllers:\n  - {name: 'a b', url: 'https://u:pw@h', username: u, password: 12345}\n",
+        [
+            "controllers[0].name: 'a b' must start with a letter or digit and hold only "
+            "letters, digits and _ . : -",
+            "controllers[0].url: must not hold credentials: use username and password_file",
+            "controllers[0].password: must be a non-empty string (quote it in YAML)",
+        ],
+        id="secrets-not-echoed",
+    ),
+    pytest.param(
+        "controllers:\n  - {name: a, url: 'https://h/api', username: u, password: '${NOPE}'}\n",
+        [
+            "controllers[0].url: 'https://h/api' must be the controller's address only "
+            "(the exporter adds /api/...)",
+            "controllers[0].password: environment variable(s) not set: NOPE",
+        ],
+        id="url-path-and-env",
+    ),
+    pytest.param(
+        "controllers:\n  - {name: a, url: 'https://h', username: u, password_file: missing,"
+        " tls: {ca_file: nope.pem, insecure_skip_verify: 'no', sni: x}}\n",
+        [
+            "controllers[0].password_file: cannot read 'missing': No such file or directory",
+            "controllers[0].tls: unknown key 'sni' "
+            "(allowed: ca_file, insecure_skip_verify, server_name)",
+            "controllers[0].tls.ca_file: cannot read '{dir}/nope.pem'",
+            "controllers[0].tls.insecure_skip_verify: must be true or false, not a string ('no')",
+        ],
+        id="files-and-tls",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problems"), BAD_FILES)
+def test_bad_files_list_every_problem(tmp_path: Path, text: str, problems: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    expected = [p.replace("{dir}", str(tmp_path.resolve())) for p in problems]
+    assert caught.value.problems == expected
+    assert str(caught.value).startswith(f"{path} has {len(expected)} problem(s):\n  - ")
+
+
+def test_an_unreadable_file_is_one_clear_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "absent.yaml", {})
+    assert caught.value.problems == ["cannot read the file: No such file or directory"]
+
+
+def test_no_password_reaches_an_error_message(tmp_path: Path) -> None:
+    text = (
+        "controllers:\n"
+        "  - {name: a, url: 'https://admin:topsecret@h', username: u, password: 'x${PW}'}\n"
+        "  - {name: b, url: 'nope', username: u, password: 987654321}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), {"PW": "envsecret"})
+    message = str(caught.value)
+    assert "topsecret" not in message
+    assert "987654321" not in message
+    assert "envsecret" not in message
+    assert len(caught.value.problems) == 3
