@@ -1,0 +1,749 @@
+"""``--web.config.file``: TLS, basic auth and response headers, in exporter-toolkit's format.
+
+Prometheus' exporter-toolkit defines the file node_exporter and most Go exporters read, so
+users can point this exporter at the file they already have::
+
+    tls_server_config:
+      cert_file: server.crt           # relative paths: from the web config file's directory
+      key_file: server.key
+      client_auth_type: RequireAndVerifyClientCert
+      client_ca_file: clients-ca.crt
+      min_version: TLS12
+    http_server_config:
+      headers:
+        Strict-Transport-Security: max-age=31536000
+    basic_auth_users:
+      alice: $2y$10$mDwo.lAisC94iLAyP81MCesa29IzH37oigHC/42V2pdJlUprsJPze
+
+Everything is checked when the file is loaded, including loading the certificate and key into
+the ``SSLContext``, so a bad file stops the exporter at start, never at the first scrape. The
+file is read once per (re)load, not on every request as exporter-toolkit does.
+
+Where Python's ``ssl`` module cannot do what Go's ``crypto/tls`` does, the file is refused
+rather than silently served with less protection than it asks for:
+
+- ``RequireAnyClientCert`` is refused: ``ssl`` cannot demand a certificate without verifying it.
+- ``RequestClientCert`` requests no certificate; Go would not verify one either, so exactly
+  the same clients get in. A note says so.
+- ``client_allowed_sans`` and ``rate_limit`` are refused as unsupported.
+- ``cipher_suites`` are mapped from Go's names to OpenSSL's (TLS 1.2 and older, as in Go).
+- ``curve_preferences`` with one curve restricts the handshake to it; with several, OpenSSL's
+  default groups stay in use (Python 3.11 can set only one) and a note says so.
+- ``http_server_config.http2`` is accepted and has no effect: the exporter serves HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import hashlib
+import os
+import re
+import ssl
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+#: Sent with a 401 so that browsers and curl know to offer basic auth.
+BASIC_AUTH_CHALLENGE = 'Basic realm="simplivity-exporter", charset="UTF-8"'
+
+#: How many verified user/password pairs are remembered, so that a scrape costs a SHA-256
+#: instead of a bcrypt check (about 100 ms at cost 10).
+AUTH_CACHE_SIZE = 256
+
+#: bcrypt reads at most 72 bytes of a password; Go's and htpasswd's implementations ignore the
+#: rest, and so do we, so that any hash made by them verifies here too.
+_BCRYPT_MAX_PASSWORD_BYTES = 72
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+_HOW_TO_HASH = "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
+
+PasswordChecker = Callable[[bytes, bytes], bool]
+"""``checkpw(password, hashed) -> bool``, as :func:`bcrypt.checkpw`."""
+
+_CLIENT_AUTH_TYPES: Mapping[str, ssl.VerifyMode] = {
+    "NoClientCert": ssl.CERT_NONE,
+    # Go requests a certificate but never verifies it, so it lets in exactly whom CERT_NONE does.
+    "RequestClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+_ALL_CLIENT_AUTH_TYPES = (
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+)
+_TLS_VERSIONS: Mapping[str, ssl.TLSVersion] = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+# Go's crypto/tls.CipherSuites() (the ones exporter-toolkit accepts) under OpenSSL's names.
+_CIPHER_SUITES: Mapping[str, str] = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+}
+# TLS 1.3 suites are always enabled, in Go as in OpenSSL; listing them changes nothing.
+_TLS13_CIPHER_SUITES = frozenset(
+    {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+)
+_CURVES: Mapping[str, str] = {
+    "CurveP256": "prime256v1",
+    "CurveP384": "secp384r1",
+    "CurveP521": "secp521r1",
+    "X25519": "X25519",
+}
+# Header name (lower case) -> canonical name and the values allowed, None for any value.
+_HEADERS: Mapping[str, tuple[str, tuple[str, ...] | None]] = {
+    "content-security-policy": ("Content-Security-Policy", None),
+    "x-frame-options": ("X-Frame-Options", ("deny", "sameorigin")),
+    "x-content-type-options": ("X-Content-Type-Options", ("nosniff",)),
+    "x-xss-protection": ("X-XSS-Protection", None),
+    "strict-transport-security": ("Strict-Transport-Security", None),
+}
+
+_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
+_TLS_KEYS = (
+    "cert",
+    "key",
+    "client_ca",
+    "cert_file",
+    "key_file",
+    "client_auth_type",
+    "client_ca_file",
+    "min_version",
+    "max_version",
+    "cipher_suites",
+    "prefer_server_cipher_suites",
+    "curve_preferences",
+)
+_HTTP_KEYS = ("http2", "headers")
+_UNSUPPORTED = {
+    "rate_limit": "not supported by simplivity-exporter: remove it, or rate-limit in a proxy",
+    "client_allowed_sans": (
+        "not supported by simplivity-exporter: remove it, or issue client certificates "
+        "from a CA that signs only the allowed clients"
+    ),
+}
+
+
+class WebConfigError(Exception):
+    """A web config file that cannot be used; ``problems`` holds every reason, one line each.
+
+    No message ever contains a password, a password hash or a private key.
+    """
+
+    def __init__(self, problems: list[str], source: str = "web config") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class TLSServerConfig:
+    """What ``tls_server_config`` asked for, for logging; the context is built from it."""
+
+    cert: str  # a path, or "(inline cert)"
+    key: str  # a path, or "(inline key)": never the key itself
+    client_auth_type: str = "NoClientCert"
+    client_ca: str | None = None
+    min_version: str = "TLS12"
+    max_version: str = "TLS13"
+    cipher_suites: tuple[str, ...] = ()
+    prefer_server_cipher_suites: bool = True
+    curve_preferences: tuple[str, ...] = ()
+
+
+class BasicAuth:
+    """Checks ``Authorization: Basic`` headers against bcrypt hashes, remembering successes.
+
+    An unknown user costs as much as a wrong password (the password is still checked, against
+    the most expensive configured hash), so response times do not tell which users exist.
+    """
+
+    def __init__(
+        self,
+        hashes: Mapping[str, str],
+        checkpw: PasswordChecker,
+        cache_size: int = AUTH_CACHE_SIZE,
+    ) -> None:
+        if not hashes:
+            raise ValueError("BasicAuth needs at least one user")
+        self._hashes = {user.encode(): hashed.encode() for user, hashed in hashes.items()}
+        self._decoy = max(self._hashes.values(), key=lambda hashed: hashed[4:6])
+        self._checkpw = checkpw
+        self._cache_size = cache_size
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def usernames(self) -> tuple[str, ...]:
+        return tuple(sorted(user.decode() for user in self._hashes))
+
+    def __repr__(self) -> str:
+        return f"BasicAuth(users={list(self.usernames)!r})"
+
+    def authenticate(self, authorization: str | None) -> bool:
+        credentials = _parse_basic(authorization)
+        if credentials is None:
+            return False
+        user, password = credentials
+        # The user name holds no ':', so "user:password" names exactly one pair.
+        key = hashlib.sha256(user + b":" + password).digest()
+        with self._lock:
+            if key in self._verified:
+                self._verified.move_to_end(key)
+                return True
+        hashed = self._hashes.get(user)
+        matches = self._check(password, hashed if hashed is not None else self._decoy)
+        if hashed is None or not matches:
+            return False
+        with self._lock:
+            self._verified[key] = None
+            while len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return True
+
+    def _check(self, password: bytes, hashed: bytes) -> bool:
+        try:
+            return self._checkpw(password[:_BCRYPT_MAX_PASSWORD_BYTES], hashed)
+        except ValueError:  # a NUL byte, or a hash the library refuses: no match either way
+            return False
+
+
+def _parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:
+    """``"Basic dXNlcjpwdw=="`` -> ``(b"user", b"pw")``; None for anything else."""
+    if not authorization:
+        return None
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, colon, password = decoded.partition(b":")
+    if not colon:
+        return None
+    return user, password
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """A loaded web config. ``WebConfig()`` serves plain HTTP with no authentication."""
+
+    source: str = "(no web config file)"
+    tls: TLSServerConfig | None = None
+    basic_auth: BasicAuth | None = field(default=None, compare=False)
+    extra_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Things the user should know that do not stop the exporter, for the log at start.
+    notes: tuple[str, ...] = ()
+    _context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server-side context built and checked at load time; None for plain HTTP."""
+        return self._context
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return self.basic_auth is not None
+
+    def authenticate(self, authorization: str | None) -> bool:
+        """Whether a request with this raw ``Authorization`` header may be served."""
+        return self.basic_auth is None or self.basic_auth.authenticate(authorization)
+
+
+def load_web_config(path: str | Path, *, checkpw: PasswordChecker | None = None) -> WebConfig:
+    """Read and check a web config file; raise :class:`WebConfigError` listing every problem.
+
+    ``checkpw`` replaces :func:`bcrypt.checkpw` (tests count calls with it); without it,
+    ``bcrypt`` is imported only if the file has ``basic_auth_users``.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as err:
+        raise WebConfigError([f"cannot read the file: {err.strerror or err}"], source) from None
+    except UnicodeDecodeError:
+        raise WebConfigError(["the file is not UTF-8 text"], source) from None
+    loader = _StrictLoader(text)
+    try:
+        document = loader.get_single_data()
+    except yaml.YAMLError as err:
+        # Only the position and the parser's complaint: the offending line itself, which
+        # PyYAML would quote, may hold a password hash.
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise WebConfigError([f"not valid YAML{where}: {problem}"], source) from None
+    finally:
+        loader.dispose()
+    reader = _Reader(Path(path).resolve().parent, checkpw)
+    for line, key in loader.duplicates:
+        reader.problem(f"line {line}", f"duplicate key {key!r}")
+    config = reader.web_config(document, source)
+    if reader.problems:
+        raise WebConfigError(reader.problems, source)
+    return config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that records duplicate keys instead of silently keeping the last one."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    self.duplicates.append((key_node.start_mark.line + 1, key_node.value))
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+@dataclass(frozen=True)
+class _PEM:
+    """A PEM item from a file or inline; ``label`` names it in messages, never its content."""
+
+    label: str
+    text: str = field(repr=False)
+    path: Path | None = None
+
+
+class _Reader:
+    """Walks the document once, collecting problems instead of stopping at the first."""
+
+    def __init__(self, base_dir: Path, checkpw: PasswordChecker | None) -> None:
+        self.base_dir = base_dir
+        self.checkpw = checkpw
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def web_config(self, document: object, source: str) -> WebConfig:
+        top = self.mapping(document, "top level", _TOP_KEYS)
+        tls, context = self.tls(top.get("tls_server_config"))
+        headers = self.http(top.get("http_server_config"))
+        auth = self.basic_auth(top.get("basic_auth_users"))
+        if auth is not None and tls is None:
+            self.notes.append(
+                "basic_auth_users without tls_server_config: passwords cross the network in "
+                "clear text"
+            )
+        return WebConfig(
+            source=source,
+            tls=tls,
+            basic_auth=auth,
+            extra_headers=MappingProxyType(headers),
+            notes=tuple(self.notes),
+            _context=context,
+        )
+
+    # --- generic shapes -------------------------------------------------------------------
+
+    def mapping(self, value: object, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(where, f"must be a mapping, not {_kind(value)}")
+            return {}
+        for key in value:
+            if key in _UNSUPPORTED:
+                self.problem(_join(where, key), _UNSUPPORTED[key])
+            elif key not in allowed:
+                self.problem(where, _unknown_key(key, allowed))
+        return {key: item for key, item in value.items() if key in allowed}
+
+    def string(self, raw: Mapping[str, Any], where: str, key: str) -> str | None:
+        """A non-empty string, or None when absent or empty (exporter-toolkit's 'unset')."""
+        value = raw.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            self.problem(f"{where}.{key}", f"must be a string, not {_kind(value)}")
+            return None
+        return value
+
+    def choice(
+        self, raw: Mapping[str, Any], where: str, key: str, choices: tuple[str, ...], default: str
+    ) -> str:
+        value = self.string(raw, where, key)
+        if value is None:
+            return default
+        if value not in choices:
+            self.problem(f"{where}.{key}", f"{value[:100]!r} is not one of {', '.join(choices)}")
+            return default
+        return value
+
+    def string_list(self, raw: Mapping[str, Any], where: str, key: str) -> list[str]:
+        value = raw.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(f"{where}.{key}", f"must be a list of strings, not {_kind(value)}")
+            return []
+        if not all(isinstance(item, str) for item in value):
+            self.problem(f"{where}.{key}", "must be a list of strings")
+            return []
+        return value
+
+    def boolean(self, raw: Mapping[str, Any], where: str, key: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{where}.{key}", f"must be true or false, not {_kind(value)}")
+            return default
+        return value
+
+    # --- tls_server_config ----------------------------------------------------------------
+
+    def tls(self, value: object) -> tuple[TLSServerConfig | None, ssl.SSLContext | None]:
+        where = "tls_server_config"
+        raw = self.mapping(value, where, _TLS_KEYS)
+        if not raw:  # absent, empty, or only wrong keys (already reported)
+            return None, None
+        problems_before = len(self.problems)
+        cert = self.pem(raw, "cert", "CERTIFICATE")
+        key = self.pem(raw, "key", "PRIVATE KEY")
+        client_ca = self.pem(raw, "client_ca", "CERTIFICATE")
+        if cert is None and not self.has_either(raw, "cert"):
+            self.problem(where, "cert_file is required")
+        if key is None and not self.has_either(raw, "key"):
+            self.problem(where, "key_file is required")
+
+        auth_type = self.choice(
+            raw, where, "client_auth_type", _ALL_CLIENT_AUTH_TYPES, "NoClientCert"
+        )
+        if auth_type == "RequireAnyClientCert":
+            self.problem(
+                f"{where}.client_auth_type",
+                "RequireAnyClientCert cannot be honoured: Python's ssl module cannot require a "
+                "certificate without verifying it; use RequireAndVerifyClientCert with "
+                "client_ca_file",
+            )
+        ca_named = self.has_either(raw, "client_ca")
+        if ca_named and auth_type == "NoClientCert":
+            self.problem(
+                where,
+                "client_ca_file is set but client_auth_type is NoClientCert, so client "
+                "certificates would not be checked; set client_auth_type: "
+                "RequireAndVerifyClientCert",
+            )
+        if not ca_named and _CLIENT_AUTH_TYPES.get(auth_type, ssl.CERT_NONE) != ssl.CERT_NONE:
+            self.problem(where, f"client_ca_file is required with client_auth_type {auth_type}")
+        if auth_type == "RequestClientCert":
+            self.notes.append(
+                "client_auth_type RequestClientCert: client certificates are neither required "
+                "nor checked; use RequireAndVerifyClientCert to authenticate clients"
+            )
+
+        versions = tuple(_TLS_VERSIONS)
+        min_version = self.choice(raw, where, "min_version", versions, "TLS12")
+        max_version = self.choice(raw, where, "max_version", versions, "TLS13")
+        if _TLS_VERSIONS[min_version] > _TLS_VERSIONS[max_version]:
+            self.problem(
+                where, f"min_version {min_version} is newer than max_version {max_version}"
+            )
+        if _TLS_VERSIONS[min_version] < ssl.TLSVersion.TLSv1_2:
+            self.notes.append(
+                f"min_version {min_version}: the system's OpenSSL may still refuse TLS "
+                "versions older than 1.2"
+            )
+
+        suites = self.string_list(raw, where, "cipher_suites")
+        for suite in suites:
+            if suite not in _CIPHER_SUITES and suite not in _TLS13_CIPHER_SUITES:
+                self.problem(
+                    f"{where}.cipher_suites",
+                    f"{suite[:100]!r} is not a cipher suite that exporter-toolkit supports "
+                    "(Go's crypto/tls.CipherSuites())",
+                )
+        curves = self.string_list(raw, where, "curve_preferences")
+        for curve in curves:
+            if curve not in _CURVES:
+                self.problem(
+                    f"{where}.curve_preferences",
+                    f"{curve[:100]!r} is not one of {', '.join(_CURVES)}",
+                )
+        if len(curves) > 1:
+            self.notes.append(
+                "curve_preferences lists several curves, but Python 3.11 can restrict the "
+                "handshake to one curve only: OpenSSL's default curves stay in use"
+            )
+        prefer_server = self.boolean(raw, where, "prefer_server_cipher_suites", True)
+
+        if len(self.problems) > problems_before or cert is None or key is None:
+            return None, None
+        settings = TLSServerConfig(
+            cert=cert.label,
+            key=key.label,
+            client_auth_type=auth_type,
+            client_ca=client_ca.label if client_ca else None,
+            min_version=min_version,
+            max_version=max_version,
+            cipher_suites=tuple(suites),
+            prefer_server_cipher_suites=prefer_server,
+            curve_preferences=tuple(curves),
+        )
+        return settings, self.context(settings, cert, key, client_ca)
+
+    def has_either(self, raw: Mapping[str, Any], name: str) -> bool:
+        return raw.get(name) not in (None, "") or raw.get(f"{name}_file") not in (None, "")
+
+    def pem(self, raw: Mapping[str, Any], name: str, kind: str) -> _PEM | None:
+        """Read ``<name>_file`` or inline ``<name>`` and check it holds a PEM ``kind``."""
+        where = "tls_server_config"
+        inline = self.string(raw, where, name)
+        file_name = self.string(raw, where, f"{name}_file")
+        if inline is not None and file_name is not None:
+            self.problem(where, f"{name} and {name}_file are mutually exclusive")
+            return None
+        if inline is not None:
+            item = _PEM(f"(inline {name})", inline)
+            label = f"{where}.{name}"
+        elif file_name is not None:
+            path = self.base_dir / file_name
+            label = f"{where}.{name}_file"
+            try:
+                text = path.read_bytes().decode("ascii")
+            except OSError as err:
+                self.problem(label, f"cannot read {path}: {err.strerror or err}")
+                return None
+            except UnicodeDecodeError:
+                self.problem(label, f"{path} is not a PEM file")
+                return None
+            item = _PEM(str(path), text, path)
+        else:
+            return None
+        subject = f"{item.path} " if item.path is not None else ""
+        begin = f"-----BEGIN {kind}-----" if kind == "CERTIFICATE" else "PRIVATE KEY-----"
+        if begin not in item.text:
+            self.problem(label, f"{subject}holds no PEM {kind.lower()}")
+            return None
+        if kind == "PRIVATE KEY" and "ENCRYPTED" in item.text:
+            self.problem(
+                label,
+                f"{subject}is encrypted, and the web config has no passphrase: "
+                "decrypt it with: openssl pkey -in encrypted.key -out plain.key",
+            )
+            return None
+        return item
+
+    def context(
+        self, settings: TLSServerConfig, cert: _PEM, key: _PEM, client_ca: _PEM | None
+    ) -> ssl.SSLContext | None:
+        where = "tls_server_config"
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = _TLS_VERSIONS[settings.min_version]
+        context.maximum_version = _TLS_VERSIONS[settings.max_version]
+        context.set_alpn_protocols(["http/1.1"])
+        try:
+            with _as_file(cert) as cert_path, _as_file(key) as key_path:
+                context.load_cert_chain(cert_path, key_path, password=_no_passphrase)
+        except (ssl.SSLError, _PassphraseNeeded) as err:
+            self.problem(where, _load_failure(err, cert, key))
+            return None
+        if client_ca is not None:
+            try:
+                if client_ca.path is None:
+                    context.load_verify_locations(cadata=client_ca.text)
+                else:
+                    context.load_verify_locations(cafile=str(client_ca.path))
+            except ssl.SSLError as err:
+                self.problem(where, f"cannot load {client_ca.label}: {_ssl_reason(err)}")
+                return None
+        context.verify_mode = _CLIENT_AUTH_TYPES[settings.client_auth_type]
+        suites = [_CIPHER_SUITES[s] for s in settings.cipher_suites if s in _CIPHER_SUITES]
+        if suites:
+            try:
+                context.set_ciphers(":".join(dict.fromkeys(suites)))
+            except ssl.SSLError:
+                self.problem(
+                    f"{where}.cipher_suites",
+                    "the system's OpenSSL enables none of these cipher suites",
+                )
+                return None
+        if settings.prefer_server_cipher_suites:
+            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        else:
+            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+        if len(settings.curve_preferences) == 1:
+            context.set_ecdh_curve(_CURVES[settings.curve_preferences[0]])
+        return context
+
+    # --- http_server_config ---------------------------------------------------------------
+
+    def http(self, value: object) -> dict[str, str]:
+        where = "http_server_config"
+        raw = self.mapping(value, where, _HTTP_KEYS)
+        self.boolean(raw, where, "http2", True)  # accepted; HTTP/1.1 is all that is served
+        headers_value = raw.get("headers")
+        if headers_value is None:
+            return {}
+        where = f"{where}.headers"
+        if not isinstance(headers_value, dict):
+            self.problem(where, f"must be a mapping, not {_kind(headers_value)}")
+            return {}
+        headers: dict[str, str] = {}
+        for name, header_value in headers_value.items():
+            known = _HEADERS.get(name.lower()) if isinstance(name, str) else None
+            if known is None:
+                self.problem(
+                    where,
+                    f"{str(name)[:100]!r} cannot be configured "
+                    f"(allowed: {', '.join(canonical for canonical, _ in _HEADERS.values())})",
+                )
+                continue
+            canonical, allowed = known
+            if header_value is None or header_value == "":
+                continue  # exporter-toolkit: blank means unset
+            if not isinstance(header_value, str):
+                self.problem(f"{where}.{canonical}", f"must be a string, not {_kind(header_value)}")
+            elif "\r" in header_value or "\n" in header_value:
+                self.problem(f"{where}.{canonical}", "must be a single line")
+            elif allowed is not None and header_value.lower() not in allowed:
+                self.problem(
+                    f"{where}.{canonical}",
+                    f"{header_value[:100]!r} is not one of {', '.join(allowed)}",
+                )
+            else:
+                headers[canonical] = header_value
+        return headers
+
+    # --- basic_auth_users -----------------------------------------------------------------
+
+    def basic_auth(self, value: object) -> BasicAuth | None:
+        where = "basic_auth_users"
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.problem(
+                where, f"must be a mapping of user name to bcrypt hash, not {_kind(value)}"
+            )
+            return None
+        hashes: dict[str, str] = {}
+        for user, hashed in value.items():
+            if not isinstance(user, str):
+                self.problem(where, f"user name {user!r} must be a string: put it in quotes")
+                continue
+            if _BCRYPT_HASH.fullmatch(user):
+                # Never echo it: the user and the hash were probably swapped.
+                self.problem(where, "a user name looks like a bcrypt hash: user and hash swapped?")
+                continue
+            user_where = _join(where, user)
+            if ":" in user:
+                self.problem(user_where, "a user name cannot contain ':' in basic auth")
+            elif not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
+                self.problem(
+                    user_where,
+                    "the password must be a bcrypt hash ($2y$, cost, then 53 characters; "
+                    f"{_HOW_TO_HASH}), not a plain password or other hash",
+                )
+            else:
+                hashes[user] = hashed
+        if not hashes:
+            return None
+        checkpw = self.checkpw or self.bcrypt_checkpw()
+        if checkpw is None:
+            return None
+        return BasicAuth(hashes, checkpw)
+
+    def bcrypt_checkpw(self) -> PasswordChecker | None:
+        try:
+            import bcrypt  # an optional extra, needed only for basic auth
+        except ImportError:
+            self.problem(
+                "basic_auth_users",
+                "checking passwords needs the bcrypt package: "
+                "pip install 'simplivity-exporter[basic-auth]'",
+            )
+            return None
+        checker: PasswordChecker = bcrypt.checkpw
+        return checker
+
+
+class _PassphraseNeeded(Exception):
+    """Raised by the password callback so that OpenSSL never prompts on the terminal."""
+
+
+def _no_passphrase() -> str:
+    raise _PassphraseNeeded
+
+
+@contextmanager
+def _as_file(item: _PEM) -> Iterator[str]:
+    """The item's path; an inline item is written to a private file for the load only."""
+    if item.path is not None:
+        yield str(item.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="webconfig-") as directory:  # mode 0700
+        path = os.path.join(directory, "item.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(item.text)
+        yield path
+
+
+def _load_failure(err: Exception, cert: _PEM, key: _PEM) -> str:
+    if isinstance(err, _PassphraseNeeded):
+        return f"{key.label} is encrypted, and the web config has no passphrase"
+    if isinstance(err, ssl.SSLError) and err.reason == "KEY_VALUES_MISMATCH":
+        return f"the key in {key.label} does not belong to the certificate in {cert.label}"
+    return f"cannot load {cert.label} with {key.label}: {_ssl_reason(err)}"
+
+
+def _ssl_reason(err: Exception) -> str:
+    """OpenSSL's reason without the ``[LIB: CODE]`` prefix and ``(_ssl.c:123)`` suffix."""
+    text = str(err.args[1] if len(err.args) > 1 else err)
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text)
+    return "not valid PEM" if text == "PEM lib" else text
+
+
+def _join(where: str, key: object) -> str:
+    return str(key) if where == "top level" else f"{where}.{key}"
+
+
+def _unknown_key(key: object, allowed: tuple[str, ...]) -> str:
+    shown = str(key)[:100]
+    close = difflib.get_close_matches(shown, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
+    return f"unknown key {shown!r}{hint}"
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names.update({list: "a list", dict: "a mapping"})
+    return names.get(type(value), f"a {type(value).__name__}")
