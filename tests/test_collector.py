@@ -1,0 +1,196 @@
+"""What users see on /metrics for a fixed federation: a golden file, promtool, single values."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.backups import STATES, BackupSnapshot, ClusterSummary, VMSummary
+from exporter.collector import BackupCollector, ExporterState, Exposition
+from exporter.poller import ControllerStatus
+from exporter.simplivity import REASONS
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
+
+
+def counts(**values: int) -> dict[str, int]:
+    return {**dict.fromkeys(STATES, 0), **values}
+
+
+SNAPSHOT = BackupSnapshot(
+    clusters=(
+        ClusterSummary(
+            name="Boston DC",
+            counts=counts(PROTECTED=40, FAILED=2, SAVING=1),
+            sizes=counts(PROTECTED=4_000_000_000, FAILED=0, SAVING=123_456),
+            newest_protected=NOW - 3600,
+        ),
+        ClusterSummary(
+            name='Zürich "Ost"\\2',
+            counts={**counts(FAILED=3), "OTHER": 1},
+            sizes={**counts(FAILED=300), "OTHER": 5},
+            newest_protected=None,
+        ),
+    ),
+    vms=(
+        VMSummary("4b1c-vm-a", "db01", NOW - 7200),
+        VMSummary("77aa-vm-b", "db01", NOW - 90_000),
+        VMSummary("90ff-vm-c", "failing\nvm", None),
+    ),
+    backups_seen=46,
+)
+STATE = ExporterState(interval_seconds=300, stale_after_seconds=1800)
+
+
+def boston(**changes: object) -> ControllerStatus:
+    status = ControllerStatus(
+        name="boston",
+        url="https://10.0.0.10",
+        polls=3,
+        up=True,
+        last_poll_finished=NOW - 60,
+        last_duration=2.5,
+        last_success=NOW - 60,
+        errors={**dict.fromkeys(REASONS, 0), "timeout": 2},
+        logins=1,
+        snapshot=SNAPSHOT,
+    )
+    return replace(status, **changes)  # type: ignore[arg-type]
+
+
+def render(statuses: list[ControllerStatus], state: ExporterState = STATE) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BackupCollector(lambda: statuses, lambda: state, clock=lambda: NOW))
+    return Exposition(registry, lambda: 0, clock=lambda: NOW).render().decode()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text)[(name, frozenset(labels.items()))]
+
+
+def test_exposition_matches_the_golden_file() -> None:
+    text = render([boston(), ControllerStatus(name="chicago", url="https://ovc.chicago")])
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert text == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run ./dev setup (Debian package prometheus)"
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=GOLDEN.read_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_single_values_through_the_parsed_exposition() -> None:
+    text = render([boston()])
+    cluster = {"controller": "boston", "omnistack_cluster": "Boston DC"}
+    assert value(text, "simplivity_backups", **cluster, state="PROTECTED") == 40
+    assert value(text, "simplivity_backups", **cluster, state="DEGRADED") == 0
+    assert value(text, "simplivity_backup_size_bytes", **cluster, state="PROTECTED") == 4e9
+    assert value(text, "simplivity_backup_newest_age_seconds", **cluster) == 3600
+    assert value(text, "simplivity_backup_newest_timestamp_seconds", **cluster) == NOW - 3600
+    zurich = {"controller": "boston", "omnistack_cluster": 'Zürich "Ost"\\2'}
+    assert value(text, "simplivity_backups", **zurich, state="OTHER") == 1
+    assert value(text, "simplivity_backup_newest_timestamp_seconds", **zurich) == 0
+    assert math.isinf(value(text, "simplivity_backup_newest_age_seconds", **zurich))
+    vm = {"controller": "boston", "vm": "failing\nvm", "vm_id": "90ff-vm-c"}
+    assert value(text, "simplivity_vm_backup_newest_timestamp_seconds", **vm) == 0
+    assert math.isinf(value(text, "simplivity_vm_backup_newest_age_seconds", **vm))
+    assert value(text, "simplivity_poll_errors_total", controller="boston", reason="timeout") == 2
+    assert value(text, "simplivity_up", controller="boston") == 1
+
+
+def test_ages_are_computed_at_scrape_time_not_poll_time() -> None:
+    statuses = [boston()]
+    now = [NOW]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: now[0]))
+    exposition = Exposition(registry, lambda: 0, clock=lambda: now[0])
+    cluster = {"controller": "boston", "omnistack_cluster": "Boston DC"}
+    first = value(exposition.render().decode(), "simplivity_backup_newest_age_seconds", **cluster)
+    now[0] += 120
+    later = value(exposition.render().decode(), "simplivity_backup_newest_age_seconds", **cluster)
+    assert later - first == 120
+
+
+def test_no_backup_series_before_the_first_success_but_health_series_from_the_start() -> None:
+    text = render([ControllerStatus(name="chicago", url="https://ovc.chicago")])
+    names = {name for name, _ in samples(text)}
+    assert "simplivity_backups" not in names
+    assert "simplivity_vm_backup_newest_age_seconds" not in names
+    assert value(text, "simplivity_up", controller="chicago") == 0
+    assert value(text, "simplivity_poll_last_success_timestamp_seconds", controller="chicago") == 0
+    for reason in REASONS:
+        assert value(text, "simplivity_poll_errors_total", controller="chicago", reason=reason) == 0
+
+
+def test_stale_data_is_dropped_but_health_stays() -> None:
+    fresh = render([boston(last_success=NOW - 1800)])
+    stale = render([boston(last_success=NOW - 1801, up=False)])
+    assert value(fresh, "simplivity_backups", controller="boston",
+                 omnistack_cluster="Boston DC", state="FAILED") == 2  # fmt: skip
+    assert not any(name == "simplivity_backups" for name, _ in samples(stale))
+    assert value(stale, "simplivity_up", controller="boston") == 0
+
+
+def test_per_vm_series_can_be_switched_off() -> None:
+    text = render([boston()], replace(STATE, per_vm=False))
+    names = {name for name, _ in samples(text)}
+    assert "simplivity_vm_backup_newest_age_seconds" not in names
+    assert "simplivity_backups" in names
+
+
+def test_a_vanished_vm_vanishes_from_the_next_scrape() -> None:
+    fewer = replace(SNAPSHOT, vms=SNAPSHOT.vms[:1])
+    text = render([boston(snapshot=fewer)])
+    vm_ids = {
+        labels_dict["vm_id"]
+        for (name, labels), _ in samples(text).items()
+        if name == "simplivity_vm_backup_newest_age_seconds"
+        for labels_dict in [dict(labels)]
+    }
+    assert vm_ids == {"4b1c-vm-a"}
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_exposition_is_rendered_once_per_change_and_second(gzipped: bool) -> None:
+    calls = []
+
+    def statuses() -> list[ControllerStatus]:
+        calls.append(1)
+        return [boston()]
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BackupCollector(statuses, lambda: STATE, clock=lambda: NOW))
+    generation = [1]
+    exposition = Exposition(registry, lambda: generation[0], clock=lambda: NOW)
+    first = exposition.render(gzipped=gzipped)
+    assert exposition.render(gzipped=gzipped) == first
+    assert len(calls) == 1
+    generation[0] += 1
+    exposition.render(gzipped=gzipped)
+    assert len(calls) == 2
