@@ -177,7 +177,7 @@ class _Reader:
         return PollConfig(
             interval_seconds=self.seconds(raw, "interval_seconds", defaults.interval_seconds),
             timeout_seconds=self.seconds(raw, "timeout_seconds", defaults.timeout_seconds),
-            page_size=self.integer(raw, "page_size", defaults.page_size, 1, MAX_PAGE_SIZE),
+            page_size=self.integer(raw, "page_size", defaults.page_size, 10, MAX_PAGE_SIZE),
             stale_after_seconds=self.seconds(
                 raw, "stale_after_seconds", defaults.stale_after_seconds
             ),

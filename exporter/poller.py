@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from exporter.backups import Aggregator, BackupRecordError, BackupSnapshot
+from exporter.backups import Aggregator, BackupSnapshot
 from exporter.config import Config, ControllerConfig, PollConfig
 from exporter.simplivity import (
     REASONS,
@@ -113,7 +113,7 @@ class ControllerPoller:
         started = time.monotonic()
         aggregator = Aggregator()
         try:
-            self._client.scan(_checked(aggregator.add))
+            self._client.scan(aggregator.add)
         except Cancelled:
             log.debug("controller %s: poll abandoned at shutdown", name)
             return self.status
@@ -169,16 +169,6 @@ class ControllerPoller:
     def close(self) -> None:
         self._stop.set()
         self._client.close()
-
-
-def _checked(add: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    def sink(backup: dict[str, Any]) -> None:
-        try:
-            add(backup)
-        except BackupRecordError as err:
-            raise DecodeError(str(err)) from None
-
-    return sink
 
 
 class Poller:

@@ -24,7 +24,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from exporter import __version__
-from exporter.backups import FIELDS
+from exporter.backups import FIELDS, BackupRecordError
 from exporter.config import ControllerConfig, PollConfig
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,10 @@ class SimplivityClient:
         self._clock = clock
         self._stop = stop or threading.Event()
         self._backoff_seconds = backoff_seconds
+        tls = controller.tls
+        # Passed with every request too: requests lets REQUESTS_CA_BUNDLE override a session's
+        # setting, which would silently replace the user's ca_file.
+        self._verify: str | bool = tls.ca_file or not tls.insecure_skip_verify
         self._session = session or self._new_session()
         self._token: str | None = None
         self._token_obtained = 0.0
@@ -152,7 +156,7 @@ class SimplivityClient:
                 "controller %s: TLS certificate verification is OFF (insecure_skip_verify)",
                 self.controller.name,
             )
-        session.verify = tls.ca_file or not tls.insecure_skip_verify
+        session.verify = self._verify
         adapter = _ServerNameAdapter(tls.server_name, self.poll.max_concurrency + 1)
         session.mount("https://", adapter)
         session.mount("http://", HTTPAdapter(pool_maxsize=self.poll.max_concurrency + 1))
@@ -212,7 +216,10 @@ class SimplivityClient:
                     backup_id = _backup_id(backup)
                     if last_id is not None and backup_id <= last_id:
                         continue
-                    sink(backup)
+                    try:
+                        sink(backup)
+                    except BackupRecordError as err:
+                        raise DecodeError(str(err)) from None
                     last_id = backup_id
                     seen += 1
                 if received < limit or offset + received >= page.count:
@@ -397,6 +404,7 @@ class SimplivityClient:
                 data=data,
                 auth=auth,
                 timeout=(timeout, timeout),
+                verify=self._verify,
                 stream=True,
                 allow_redirects=False,
             )
@@ -477,6 +485,8 @@ def _is_timeout(err: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
+        if isinstance(current, urllib3.exceptions.NewConnectionError):
+            return False  # a refused connection, though urllib3 files it under timeouts
         if isinstance(current, TimeoutError | urllib3.exceptions.TimeoutError):
             return True
         stack.extend([current.__cause__, current.__context__])
