@@ -1,0 +1,172 @@
+"""The shipped alert rules: promtool accepts them, their unit tests pass, and they are complete.
+
+``monitoring/alerts.yml`` is loaded by users' Prometheus servers and by the Helm chart, and
+``monitoring/tests/alerts_test.yml`` holds its ``promtool test rules`` cases. promtool comes
+from Debian's ``prometheus`` package, which ``./dev setup`` installs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MONITORING = REPO / "monitoring"
+RULES = MONITORING / "alerts.yml"
+RULE_TESTS = MONITORING / "tests" / "alerts_test.yml"
+RUNBOOK = MONITORING / "RUNBOOK.md"
+
+SEVERITIES = {"critical", "warning"}
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail(
+            "promtool not found on PATH: it comes with Debian's prometheus package, "
+            "which `./dev setup` installs (or: apt-get install prometheus)"
+        )
+    return path
+
+
+def load_yaml(path: Path) -> Any:
+    with path.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = [
+        rule for group in load_yaml(RULES)["groups"] for rule in group["rules"] if "alert" in rule
+    ]
+    return rules
+
+
+def alert_names() -> list[str]:
+    return [rule["alert"] for rule in alert_rules()]
+
+
+def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool(), *args], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
+    )
+
+
+def test_promtool_check_rules_accepts_the_rule_file() -> None:
+    result = run_promtool("check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout, result.stdout
+
+
+def test_promtool_unit_tests_of_the_rules_pass() -> None:
+    result = run_promtool("test", "rules", str(RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+    assert "FAILED" not in result.stdout
+
+
+def test_the_issue_s_alerts_are_all_there() -> None:
+    assert set(alert_names()) >= {
+        "SimplivityExporterDown",
+        "SimplivityControllerDown",
+        "SimplivityControllerDataStale",
+        "SimplivityClusterBackupTooOld",
+        "SimplivityVMBackupTooOld",
+        "SimplivityVMNoProtectedBackup",
+        "SimplivityNewFailedBackups",
+        "SimplivityBackupsDegraded",
+    }
+    assert len(alert_names()) == len(set(alert_names())), "an alert name is used twice"
+
+
+def subject_labels(expr: str) -> list[str]:
+    """The labels that name what an alert is about, from the metrics its expression reads."""
+    if "simplivity_vm_" in expr:
+        return ["vm", "vm_id", "controller"]
+    if re.search(r"simplivity_backup(s|_)", expr):
+        return ["omnistack_cluster", "controller"]
+    if re.search(r"simplivity_(up|poll_)", expr):
+        return ["controller"]
+    if re.search(r"\bup\b", expr):
+        return ["instance"]
+    return []
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: str(rule["alert"]))
+def test_each_alert_has_severity_summary_description_and_runbook(rule: dict[str, Any]) -> None:
+    name = rule["alert"]
+    assert rule.get("labels", {}).get("severity") in SEVERITIES
+    annotations = rule.get("annotations", {})
+    assert set(annotations) >= {"summary", "description", "runbook_url"}
+    assert annotations["runbook_url"] == f"README.md#{name.lower()}"
+    for label in subject_labels(rule["expr"]):
+        assert f"$labels.{label}" in annotations["description"], (name, label)
+    # The summary names the main subject too (the controller, cluster or VM).
+    subject = subject_labels(rule["expr"])
+    if subject:
+        assert f"$labels.{subject[0]}" in annotations["summary"], name
+
+
+def runbook_sections() -> list[str]:
+    return re.findall(r"^## (\S+)\s*$", RUNBOOK.read_text(encoding="utf-8"), flags=re.MULTILINE)
+
+
+def test_runbook_has_one_section_per_alert_that_says_what_to_check() -> None:
+    sections = runbook_sections()
+    assert sorted(sections) == sorted(alert_names())
+    text = RUNBOOK.read_text(encoding="utf-8")
+    for body in re.split(r"^## \S+\s*$", text, flags=re.MULTILINE)[1:]:
+        assert "**Means:**" in body
+        assert "**Check:**" in body
+
+
+def header_thresholds() -> dict[str, list[str]]:
+    """The threshold table in the rule file's leading comment: alert -> its literals."""
+    table: dict[str, list[str]] = {}
+    for line in RULES.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        match = re.match(r"#\s+(Simplivity\w+)\s+(for: \w+|> [\d.]+)\s", line)
+        if match:
+            table.setdefault(match.group(1), []).append(match.group(2))
+    return table
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: str(rule["alert"]))
+def test_each_threshold_is_documented_and_is_one_literal_in_its_alert(
+    rule: dict[str, Any],
+) -> None:
+    """The contract the Helm chart relies on to substitute thresholds from its values."""
+    name = rule["alert"]
+    documented = header_thresholds().get(name)
+    assert documented, f"{name} is missing from the threshold table at the top of {RULES.name}"
+    fors = [literal.removeprefix("for: ") for literal in documented if literal.startswith("for")]
+    assert fors == ([rule["for"]] if "for" in rule else []), name
+    for literal in documented:
+        if literal.startswith(">"):
+            assert len(re.findall(re.escape(literal) + r"(?![\d.])", rule["expr"])) == 1, (
+                name,
+                literal,
+            )
+    runbook_rows = re.findall(rf"^\| {name} \|", RUNBOOK.read_text(encoding="utf-8"), re.M)
+    assert len(runbook_rows) == 1, f"{name} has no row in the runbook's threshold table"
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for case in load_yaml(RULE_TESTS)["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert fired >= set(alert_names()), set(alert_names()) - fired
+    assert quiet >= set(alert_names()), set(alert_names()) - quiet
+
+
+def test_unit_tests_load_the_shipped_rule_file() -> None:
+    rule_files = load_yaml(RULE_TESTS)["rule_files"]
+    assert [(RULE_TESTS.parent / f).resolve() for f in rule_files] == [RULES.resolve()]
