@@ -205,7 +205,8 @@ class BackupCollector(Collector):
 
 
 def _age(now: float, created: float | None) -> float:
-    return INF if created is None else max(0.0, now - created)
+    # Whole seconds: the exposition is rendered at most once a second anyway.
+    return INF if created is None else float(max(0, math.floor(now - created)))
 
 
 class Exposition:

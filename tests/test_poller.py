@@ -1,0 +1,180 @@
+"""The poller: complete snapshots only, the last good one kept, no overlapping polls."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from exporter.backups import BackupRecordError
+from exporter.config import Config, ControllerConfig, PollConfig, Secret
+from exporter.poller import BackupSource, ControllerPoller, Poller
+from exporter.simplivity import REASONS, ConnectError, RequestTimeout, ScanResult
+from exporter.simulator import FederationSpec, SimulatedController
+from tests.conftest import wait_until
+
+Start = Callable[..., SimulatedController]
+T = "2024-03-01T06:00:00Z"
+
+
+def record(number: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": f"b{number:05d}",
+        "state": "PROTECTED",
+        "created_at": T,
+        "size": 1,
+        "omnistack_cluster_name": "Boston",
+        "virtual_machine_id": f"vm{number % 3}",
+        "virtual_machine_name": f"vm{number % 3}",
+        "virtual_machine_state": "ALIVE",
+        **fields,
+    }
+
+
+class ScriptedSource:
+    """A client whose scans follow a script: a list of records, or an exception to raise."""
+
+    def __init__(self, script: list[list[dict[str, Any]] | Exception]) -> None:
+        self.script = script
+        self.logins = 1
+        self.closed = False
+
+    def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        for backup in step:
+            sink(backup)
+        return ScanResult(backups_seen=len(step), requests=1)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+CONTROLLER = ControllerConfig("boston", "https://h", "u", Secret("p"))
+
+
+def poller_with(
+    source: BackupSource, clock: Callable[[], float] = lambda: 1000.0
+) -> ControllerPoller:
+    return ControllerPoller(CONTROLLER, PollConfig(), client_factory=lambda *_: source, clock=clock)
+
+
+def test_a_successful_poll_publishes_a_complete_snapshot() -> None:
+    poller = poller_with(ScriptedSource([[record(n) for n in range(10)]]))
+    status = poller.poll_once()
+    assert status.up
+    assert status.polls == 1
+    assert status.last_success == 1000.0
+    assert status.snapshot is not None
+    assert status.snapshot.backups_seen == 10
+    assert status.errors == dict.fromkeys(REASONS, 0)
+
+
+def test_a_failed_poll_keeps_the_last_good_snapshot_and_counts_the_reason() -> None:
+    now = [1000.0]
+    source = ScriptedSource(
+        [[record(1), record(2)], RequestTimeout("/api/backups: no answer within 60 s")]
+    )
+    poller = poller_with(source, clock=lambda: now[0])
+    good = poller.poll_once().snapshot
+    now[0] = 1300.0
+    status = poller.poll_once()
+    assert not status.up
+    assert status.snapshot is good
+    assert status.last_success == 1000.0
+    assert status.last_poll_finished == 1300.0
+    assert status.errors["timeout"] == 1
+    assert status.last_error == "/api/backups: no answer within 60 s"
+
+
+def test_a_scan_failing_half_way_publishes_nothing_of_it() -> None:
+    class HalfScan(ScriptedSource):
+        def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
+            for number in range(5):
+                sink(record(number))
+            raise ConnectError("cannot connect: connection reset")
+
+    poller = poller_with(HalfScan([]))
+    status = poller.poll_once()
+    assert status.snapshot is None
+    assert status.errors["connection"] == 1
+
+
+def test_an_unexpected_exception_is_contained_and_counted() -> None:
+    poller = poller_with(ScriptedSource([BackupRecordError("boom"), ZeroDivisionError()]))
+    assert poller.poll_once().errors["decode"] == 1
+    status = poller.poll_once()
+    assert status.errors["decode"] == 2
+    assert status.last_error == "internal error: ZeroDivisionError"
+
+
+def test_a_second_poll_of_the_same_controller_never_overlaps_the_first() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    class Slow(ScriptedSource):
+        def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
+            entered.set()
+            release.wait(10)
+            return ScanResult(backups_seen=0, requests=1)
+
+    poller = poller_with(Slow([]))
+    first = threading.Thread(target=poller.poll_once)
+    first.start()
+    assert entered.wait(10)
+    skipped = poller.poll_once()  # returns at once: the first poll still runs
+    assert skipped.polls == 0
+    release.set()
+    first.join(10)
+    assert poller.status.polls == 1
+
+
+def config_for(*controllers: SimulatedController, interval: float = 1.0) -> Config:
+    return Config(
+        controllers=tuple(
+            ControllerConfig(f"c{n}", c.url, c.username, Secret(c.password))
+            for n, c in enumerate(controllers)
+        ),
+        poll=PollConfig(interval_seconds=interval, timeout_seconds=2, max_retries=0),
+    )
+
+
+def test_the_scheduler_polls_every_controller_and_a_slow_one_delays_no_other(
+    start_simulator: Start,
+) -> None:
+    fast = start_simulator(FederationSpec())
+    slow = start_simulator(FederationSpec())
+    slow.faults.hang_seconds = 30
+    poller = Poller(config_for(fast, slow, interval=1))
+    poller.start()
+    try:
+        wait_until(lambda: poller.statuses()[0].polls >= 3, 15, "three polls of c0")
+        fast_status, slow_status = poller.statuses()
+        assert fast_status.up
+        assert slow_status.polls <= 1  # still stuck in its first (or timed out once)
+        assert not poller.ready() or slow_status.polls == 1
+        wait_until(poller.ready, 15, "the slow controller's first poll to time out")
+        assert poller.statuses()[1].errors["timeout"] >= 1
+    finally:
+        poller.shutdown()
+
+
+def test_apply_adds_replaces_and_removes_controllers(start_simulator: Start) -> None:
+    first = start_simulator(FederationSpec())
+    second = start_simulator(FederationSpec(vms=15))
+    poller = Poller(config_for(first))
+    poller.start()
+    try:
+        wait_until(poller.ready, 10, "the first poll")
+        untouched = poller._pollers["c0"]
+        poller.apply(config_for(first, second))
+        assert poller._pollers["c0"] is untouched
+        assert [s.name for s in poller.statuses()] == ["c0", "c1"]
+        wait_until(poller.ready, 10, "the new controller's first poll")
+        only_second = config_for(second)
+        poller.apply(only_second)
+        assert [s.name for s in poller.statuses()] == ["c0"]
+        wait_until(lambda: poller.statuses()[0].url == second.url and poller.ready(), 10)
+    finally:
+        poller.shutdown()
