@@ -677,22 +677,28 @@ class _Layout:
             return lambda rows: _json(as_dicts(rows))
         names = self.fields if wanted is None else wanted
         # Plain fields go straight into the template (their values never need escaping); the
-        # others are encoded per row; the shared part comes from the per-group cache.
+        # others are encoded per row; the shared part comes from the per-group cache. The
+        # template's positional fields keep the requested order of the fields.
         plain = [n for n in names if _OWN_KINDS.get(n) in ("safe", "int")]
         other = [n for n in names if _OWN_KINDS.get(n) in ("str", "bool")]
         shared = [(n, self.shared.index(n)) for n in names if n in self.shared]
-        pieces = [
-            f'{_json(n)}:"%s"' if _OWN_KINDS[n] == "safe" else f"{_json(n)}:%d" for n in plain
-        ]
-        pieces += [f"{_json(n)}:%s" for n in other]
+        position = {n: i for i, n in enumerate(plain + other)}
+        pieces = []
+        for n in names:  # field names hold no braces: they are all in _OWN_KINDS
+            if n in position:
+                slot = f"{{{position[n]}}}"
+                pieces.append(
+                    f'{_json(n)}:"{slot}"' if _OWN_KINDS[n] == "safe" else f"{_json(n)}:{slot}"
+                )
         if shared:
-            pieces.append("%s")
-        template = "{" + ",".join(pieces) + "}"
+            pieces.append(f"{{{len(position)}}}")
+        template = "{{" + ",".join(pieces) + "}}"
         get_plain = _tuple_getter([self.own.index(n) for n in plain])
         encoders: list[tuple[int, Callable[[Any], str]]] = [
             (self.own.index(n), _encode_str if _OWN_KINDS[n] == "str" else _JSON_BOOL.__getitem__)
             for n in other
         ]
+        fill = template.format
 
         def fragment(group: Row) -> str:
             entry = fragments.get(id(group))
@@ -711,7 +717,7 @@ class _Layout:
                     values += tuple([encode(row[i]) for i, encode in encoders])
                 if shared:
                     values += (fragment(row[-1]),)
-                append(template % values)
+                append(fill(*values))
             return "[" + ",".join(out) + "]"
 
         return render
@@ -1059,6 +1065,7 @@ class Stats:
             self._backups_served = 0
             self._in_flight = 0
             self._max_in_flight = 0
+            self._max_parallel_served = 0
             self._pages: list[tuple[int, int]] = []
 
     @property
@@ -1112,6 +1119,12 @@ class Stats:
             return self._max_in_flight
 
     @property
+    def max_parallel_served(self) -> int:
+        """The most backups requests seen inside the cost model at once (see max_parallel)."""
+        with self._lock:
+            return self._max_parallel_served
+
+    @property
     def pages(self) -> list[tuple[int, int]]:
         """(offset, limit) of every valid backups request, in arrival order."""
         with self._lock:
@@ -1124,6 +1137,10 @@ class Stats:
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
             if path == "/api/backups":
                 self._backups_requests += 1
+
+    def _serving(self, parallel: int) -> None:
+        with self._lock:
+            self._max_parallel_served = max(self._max_parallel_served, parallel)
 
     def _finished(self) -> None:
         with self._lock:
@@ -1276,6 +1293,7 @@ class SimulatedController:
         self._slots = threading.Condition()
         self._slots_busy = 0
         self._server: _Server | None = None
+        self._url: str | None = None
         self._thread: threading.Thread | None = None
         self.set_backups(backups)
 
@@ -1298,8 +1316,11 @@ class SimulatedController:
             name=f"simulator-{self._server.server_address[1]}",
             daemon=True,
         )
+        host, port = self._server.server_address[:2]
+        host = f"[{host!s}]" if ":" in str(host) else str(host)
+        self._url = f"{'https' if self.tls else 'http'}://{host}:{port}"
         self._thread.start()
-        log.info("simulated controller listening on %s", self.url)
+        log.info("simulated controller listening on %s", self._url)
         return self
 
     def stop(self) -> None:
@@ -1330,14 +1351,10 @@ class SimulatedController:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` or ``https://...``; available once started."""
-        if self._server is None:
-            raise RuntimeError("the simulated controller is not running")
-        host, port = self._server.server_address[:2]
-        host = str(host)
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+        """``http://127.0.0.1:PORT`` or ``https://...``; set by start() (and kept after stop())."""
+        if self._url is None:
+            raise RuntimeError("the simulated controller has not been started")
+        return self._url
 
     # -- the federation
 
@@ -1352,7 +1369,9 @@ class SimulatedController:
             seed = 0
         with self._lock:
             self._store = store
-            self._rng = random.Random(seed)
+            # Not Random(seed): that stream generated the federation, so churn would mint the
+            # very ids that already exist (duplicates in the listing).
+            self._rng = random.Random(f"churn-{seed}")
             self.generated_at = now
 
     def backup_count(self) -> int:
@@ -1745,6 +1764,7 @@ class SimulatedController:
                 limit = self.faults.max_parallel
                 if limit <= 0 or self._slots_busy < limit:
                     self._slots_busy += 1
+                    self.stats._serving(self._slots_busy)
                     return True
                 self._slots.wait(0.1)
             return False
