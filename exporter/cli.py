@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_sharded(args.config_file, shard)
         if args.config_check:
             print(f"{args.config_file}: valid, {len(config.controllers)} controller(s)")
+            if args.web_config_file:
+                read_web_config(args.web_config_file)
+                print(f"{args.web_config_file}: valid")
             return EXIT_OK
         if args.once:
             return run_once(config, shard, args.output)
@@ -232,26 +235,39 @@ def exporter_state(
 
 
 class Reloader:
-    """Re-reads the config on SIGHUP or ``POST /-/reload``; a bad file keeps the old one."""
+    """Re-reads the config (and the web config) on SIGHUP or ``POST /-/reload``.
+
+    Both files are read and checked before anything changes: a bad one keeps the old pair.
+    """
 
     def __init__(
-        self, poller: Poller, shard: Shard, load: Callable[[], Config], config: Config
+        self,
+        poller: Poller,
+        shard: Shard,
+        load: Callable[[], Config],
+        config: Config,
+        web_config_file: str | None = None,
     ) -> None:
         self._poller = poller
         self._shard = shard
         self._load = load
+        self._web_config_file = web_config_file
         self._lock = threading.Lock()
+        self.server: ExporterServer | None = None
         self.state = exporter_state(config, shard, time.time())
 
     def reload(self) -> tuple[bool, str]:
         with self._lock:
             try:
                 config = self._load()
-            except ConfigError as err:
+                web_config = read_web_config(self._web_config_file)
+            except (ConfigError, UsageError) as err:
                 self.state = replace(self.state, reload_successful=False)
                 log.error("configuration reload failed, keeping the previous one: %s", err)
                 return False, str(err)
             self._poller.apply(config)
+            if self.server is not None:
+                self.server.use_web_config(web_config)
             self.state = exporter_state(config, self._shard, time.time())
             message = f"configuration reloaded: {len(config.controllers)} controller(s)"
             log.info("%s", message)
@@ -267,7 +283,7 @@ def run_server(
     except ValueError as err:
         raise UsageError(f"--web.listen-address: {err}") from None
     poller = Poller(config)
-    reloader = Reloader(poller, shard, load, config)
+    reloader = Reloader(poller, shard, load, config, args.web_config_file)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BackupCollector(poller.statuses, lambda: reloader.state))
     ProcessCollector(registry=registry)
@@ -283,6 +299,7 @@ def run_server(
         server = ExporterServer(address, app, web_config)
     except OSError as err:
         raise UsageError(f"cannot listen on {args.listen_address}: {err.strerror}") from None
+    reloader.server = server
     events = _SignalEvents()
     poller.start()
     server.serve_in_background()

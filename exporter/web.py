@@ -19,7 +19,7 @@ from typing import Any
 
 from exporter import __version__
 from exporter.poller import ControllerStatus
-from exporter.webconfig import WebConfig
+from exporter.webconfig import BASIC_AUTH_CHALLENGE, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,13 @@ class ExporterServer(ThreadingHTTPServer):
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
-        self.web_config = web_config or WebConfig()
-        self.ssl_context = self.web_config.ssl_context()
+        self.use_web_config(web_config or WebConfig())
         super().__init__(address, _Handler)
+
+    def use_web_config(self, web_config: WebConfig) -> None:
+        """Serve with new TLS and auth settings from the next connection on (reloads)."""
+        self.web_config = web_config
+        self.ssl_context = web_config.ssl_context()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, peer = super().get_request()
@@ -90,6 +94,9 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 class _Handler(BaseHTTPRequestHandler):
     server: ExporterServer
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: without this, Nagle's algorithm holds the body until
+    # the client's delayed ACK, about 40 ms on every keep-alive request.
+    disable_nagle_algorithm = True
     server_version = f"simplivity-exporter/{__version__}"
     timeout = 30  # an idle or slow client loses its connection, not a thread forever
 
@@ -143,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(
             HTTPStatus.UNAUTHORIZED,
             b"Unauthorized.\n",
-            headers={"WWW-Authenticate": 'Basic realm="simplivity-exporter"'},
+            headers={"WWW-Authenticate": BASIC_AUTH_CHALLENGE},
         )
         return False
 
