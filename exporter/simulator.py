@@ -714,23 +714,30 @@ class _Layout:
         fill = template.format
 
         def fragment(group: Row) -> str:
-            entry = fragments.get(id(group))
-            if entry is None:
-                text = ",".join(f"{_json(n)}:{_json(group[j])}" for n, j in shared)
-                entry = (group, text)
-                fragments[id(group)] = entry
-            return entry[1]
+            text = ",".join(f"{_json(n)}:{_json(group[j])}" for n, j in shared)
+            fragments[id(group)] = (group, text)
+            return text
 
         def render(rows: Sequence[Row]) -> str:
             out: list[str] = []
             append = out.append
-            for row in rows:
-                values = get_plain(row)
-                if encoders:
-                    values += tuple([encode(row[i]) for i, encode in encoders])
-                if shared:
-                    values += (fragment(row[-1]),)
-                append(fill(*values))
+            cached = fragments.get
+            if encoders:
+                for row in rows:
+                    values = get_plain(row) + tuple([encode(row[i]) for i, encode in encoders])
+                    if shared:
+                        group = row[-1]
+                        entry = cached(id(group))
+                        values += (fragment(group) if entry is None else entry[1],)
+                    append(fill(*values))
+            elif shared:  # the usual case: ids, times, sizes and the VM's fields
+                for row in rows:
+                    group = row[-1]
+                    entry = cached(id(group))
+                    append(fill(*get_plain(row), fragment(group) if entry is None else entry[1]))
+            else:
+                for row in rows:
+                    append(fill(*get_plain(row)))
             return "[" + ",".join(out) + "]"
 
         return render
