@@ -101,6 +101,9 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "unknown log level": {"log": {"level": "verbose"}},
     "root allowed": {"podSecurityContext": {"runAsNonRoot": False}},
     "privilege escalation": {"securityContext": {"allowPrivilegeEscalation": True}},
+    "writable root filesystem": {"securityContext": {"readOnlyRootFilesystem": False}},
+    "capability added": {"securityContext": {"capabilities": {"add": ["NET_RAW"]}}},
+    "seccomp profile removed": {"podSecurityContext": {"seccompProfile": None}},
     "threshold as text": {
         "prometheusRule": {"alerts": {"SimplivityVMBackupTooOld": {"threshold": "26h"}}}
     },
@@ -196,7 +199,11 @@ def helm() -> dict[str, Any]:
         "release": RELEASE,
         "namespace": NAMESPACE,
         "kube_version": RENDER_KUBE_VERSION,
-        "lint": LINT_CASES,
+        # Lint takes complete values (a values.yaml); install merges them itself, as -f does.
+        "lint": {
+            name: None if values is None else merge_values(DEFAULTS, values)
+            for name, values in LINT_CASES.items()
+        },
         "render": RENDER_CASES,
     }
     done = subprocess.run(

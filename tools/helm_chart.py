@@ -1,14 +1,16 @@
 """Lint and render a Helm chart with Helm's own Go library, without a cluster.
 
-Runs under Python 3.12 with PyPI ``helm-sdkpy`` (Helm's Go library behind cffi) and
-PyYAML, i.e. in ``.venv-helm``; ``tests/test_helm.py`` drives it through ``batch``.
+Runs under Python 3.12 with PyPI ``helm-sdkpy`` (Helm's Go library behind cffi), i.e. in
+``.venv-helm``; ``tests/test_helm.py`` drives it through ``batch``, which needs nothing
+else. ``lint -f`` and ``template -f`` read YAML values files, so they also need PyYAML.
 
     .venv-helm/bin/python tools/helm_chart.py lint helm/simplivity-exporter -f ci/x.yaml
     .venv-helm/bin/python tools/helm_chart.py template helm/simplivity-exporter -f my.yaml
     .venv-helm/bin/python tools/helm_chart.py batch < request.json > result.json
 
 ``lint`` is Helm's lint. helm-sdkpy's lint takes no values, so a values file is linted
-by linting a copy of the chart whose values.yaml is the chart's defaults merged with it.
+by linting a copy of the chart whose values.yaml is the chart's defaults merged with it
+(``batch`` takes those merged values ready-made).
 
 ``template`` is a real ``helm install`` (values schema checked, templates rendered,
 manifests parsed, NOTES.txt rendered) into a stub Kubernetes API server on 127.0.0.1:
@@ -34,8 +36,6 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 DEFAULT_KUBE_VERSION = "1.31.0"
 _REEXEC_MARK = "HELM_CHART_PY_ENV"
@@ -200,20 +200,19 @@ def kube_stub(kube_version: str) -> Iterator[_StubServer]:
 
 
 def _kubeconfig(port: int, namespace: str) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "stub", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-            "users": [{"name": "stub", "user": {"token": "stub"}}],
-            "contexts": [
-                {
-                    "name": "stub",
-                    "context": {"cluster": "stub", "user": "stub", "namespace": namespace},
-                }
-            ],
-            "current-context": "stub",
-        }
+    # Block-style YAML: helm-sdkpy takes a kubeconfig for YAML text (not a file path) by
+    # its look, and JSON does not pass for it.
+    return (
+        "apiVersion: v1\n"
+        "kind: Config\n"
+        "clusters:\n"
+        f"  - name: stub\n    cluster:\n      server: http://127.0.0.1:{port}\n"
+        "users:\n"
+        "  - name: stub\n    user:\n      token: stub\n"
+        "contexts:\n"
+        f"  - name: stub\n    context:\n      cluster: stub\n      user: stub\n"
+        f"      namespace: {json.dumps(namespace)}\n"
+        "current-context: stub\n"
     )
 
 
@@ -245,16 +244,14 @@ def render(
 
 
 def lint(chart: Path, values: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Helm's lint of the chart, its values.yaml merged with ``values`` if given."""
+    """Helm's lint of the chart, with ``values`` (complete, defaults included) if given."""
     helm = _helm()
     with tempfile.TemporaryDirectory(prefix="helm-lint-") as tmp:
         target = chart
         if values is not None:
             target = Path(tmp) / chart.name
             shutil.copytree(chart, target)
-            defaults = yaml.safe_load((chart / "values.yaml").read_text(encoding="utf-8")) or {}
-            merged = merge_values(defaults, dict(values))
-            (target / "values.yaml").write_text(yaml.safe_dump(merged), encoding="utf-8")
+            (target / "values.yaml").write_text(json.dumps(values, indent=2), encoding="utf-8")
         try:
             result = asyncio.run(helm.Lint(helm.Configuration()).run(str(target)))
         except helm.HelmError as error:
@@ -283,10 +280,18 @@ def batch(request: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _load_yaml(path: Path) -> Any:
+    try:
+        yaml = importlib.import_module("yaml")
+    except ImportError:
+        sys.exit(f"reading {path} needs PyYAML: .venv-helm/bin/pip install PyYAML")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
 def _load_values(paths: list[str]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in paths:
-        merged = merge_values(merged, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+        merged = merge_values(merged, _load_yaml(Path(path)) or {})
     return merged
 
 
@@ -325,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     values = _load_values(args.values)
     if args.command == "lint":
-        result = lint(args.chart, values if args.values else None)
+        complete = None
+        if args.values:
+            complete = merge_values(_load_yaml(args.chart / "values.yaml") or {}, values)
+        result = lint(args.chart, complete)
         for message in result["messages"]:
             print(f"[{message['severity']}] {message['path']}")
         if not result["ok"]:
