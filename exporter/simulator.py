@@ -1276,6 +1276,22 @@ class SimulatedController:
     backup dicts (served as given: any fields). ``clock`` drives token expiry, the token
     answer's ``updated_at`` and the ``created_at`` of backups added by churn. ``mode="mva"``
     omits ``SVTFS_Version`` and lets comma-separated filters work as OR.
+
+    How ``GET /api/backups`` reads its query:
+
+    - ``offset`` >= 0 (default 0), ``limit`` 0..5000 (default 500); anything else is 400.
+      ``count`` is the number of matching backups; a page past the end is empty.
+    - ``sort`` any backup field (default ``name``; an unknown one is 400), ``order``
+      ascending|descending (default descending). Ties are broken by ``id`` (descending order
+      is the exact reverse of ascending), so paging order is total and stable.
+    - ``fields=a,b``: only those fields (unknown names are ignored; empty means all).
+    - Filters: a parameter named like a backup field (``state``, ``type``,
+      ``virtual_machine_name``, ``omnistack_cluster_name``, ``datastore_name``, ...) keeps the
+      backups whose value equals it exactly (booleans as ``true``/``false``);
+      ``created_after``/``created_before`` (``YYYY-MM-DDTHH:MM:SSZ``, else 400) keep
+      ``created_at`` >= / <= the value. A comma in a filter value matches nothing ("ovc") or
+      separates alternatives ("mva"). Other parameters (``case``, ...) are ignored.
+    - Every listing reflects the backups at the time of the request (after churn).
     """
 
     def __init__(
