@@ -892,10 +892,15 @@ class _Store:
         return view
 
     def churn(self, create: int, expire: int, rng: random.Random, now: float) -> None:
-        """Delete ``expire`` random backups, then add ``create`` fresh PROTECTED ones."""
+        """Delete ``expire`` random backups, then add ``create`` fresh PROTECTED ones.
+
+        New backups copy the VM and store of a random backup that existed before the deletion
+        (a federation that never had backups gets none).
+        """
         if create <= 0 and expire <= 0:
             return
         self._views.clear()
+        templates = [self.rows[rng.randrange(len(self.rows))] for _ in range(create) if self.rows]
         for _ in range(min(expire, len(self.rows))):
             i = rng.randrange(len(self.rows))
             row = self.rows[i]
@@ -906,12 +911,10 @@ class _Store:
                 while ordered[pos] is not row:
                     pos += 1
                 del ordered[pos]
-        if not self.rows:
-            return  # nothing to model new backups on
         times = _Times()
         t = int(now)
-        for _ in range(create):
-            template = list(self.rows[rng.randrange(len(self.rows))])
+        for model in templates:
+            template = list(model)
             for name, i in self._churn_fields.items():
                 template[i] = _churned_value(name, t, rng, times, template[i])
             row = tuple(template)

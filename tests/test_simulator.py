@@ -838,6 +838,8 @@ def test_churn_creates_and_expires_backups_at_each_request(
         assert keys == sorted(keys)
         assert {b["id"] for b in listed["backups"]} == controller.backup_ids()
     assert controller.backup_count() == 200 + 4 * 2 == len(controller.backup_ids())
+    controller.faults.churn_expire_per_request = 1000
+    assert get_backups(controller, token, limit=1).json()["count"] == 5  # all gone, 5 new
 
 
 def test_churn_moves_offsets_under_a_paging_client(
