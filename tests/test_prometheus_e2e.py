@@ -396,6 +396,16 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
     )
     prometheus.wait_for_fresh_evaluations()
     assert prometheus.active_alerts() == expected
+    # Their annotations rendered: the templates name the VM or cluster, with no template errors.
+    for alert in prometheus.get("/api/v1/alerts")["alerts"]:
+        labels, annotations = alert["labels"], alert["annotations"]
+        subject = labels.get("vm") or labels["omnistack_cluster"]
+        assert subject in annotations["summary"], alert
+        assert CONTROLLER in annotations["description"], alert
+        for text in annotations.values():
+            assert "<no value>" not in text, alert
+            assert "error" not in text.lower(), alert
+        assert annotations["runbook_url"] == f"README.md#{labels['alertname'].lower()}"
 
     # The controller stops answering: the controller-down condition becomes true.
     simulator.stop()
