@@ -34,6 +34,7 @@ from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEMO_REFRESH_SECONDS = 900.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,6 +364,15 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
 
     simulator = SimulatedController(FederationSpec()).start()
     log.info("demo: simulated controller at %s", simulator.url)
+    # Policies keep taking backups on a real federation: regenerate the simulated one now and
+    # then, so a long-running demo does not slowly turn every VM stale.
+    refresh = threading.Event()
+
+    def refresh_federation() -> None:
+        while not refresh.wait(DEMO_REFRESH_SECONDS):
+            simulator.set_backups(FederationSpec())
+
+    threading.Thread(target=refresh_federation, name="demo-refresh", daemon=True).start()
     controller = ControllerConfig(
         name="demo",
         url=simulator.url,
@@ -376,6 +386,7 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
             return run_once(config, shard, args.output)
         return run_server(args, shard, lambda: config, config)
     finally:
+        refresh.set()
         simulator.stop()
 
 
