@@ -62,9 +62,10 @@ USER 10001:10001
 
 EXPOSE 10025
 
-# The exporter checks itself (no curl in the image). With another port or TLS, set
-# SIMPLIVITY_EXPORTER_HEALTHCHECK_URL (and ..._INSECURE_SKIP_VERIFY=true for a
-# self-signed certificate) when running the container.
+# The exporter checks itself (no curl in the image). With another port, TLS or basic
+# auth, set SIMPLIVITY_EXPORTER_HEALTHCHECK_URL when running the container, e.g.
+# https://prober:PASSWORD@127.0.0.1:10025/-/healthy (plus
+# SIMPLIVITY_EXPORTER_HEALTHCHECK_INSECURE_SKIP_VERIFY=true for a self-signed certificate).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=15s --retries=3 \
     CMD ["python", "-m", "exporter.healthcheck"]
 

@@ -6,7 +6,10 @@ answer within the timeout, 1 on anything else, with the reason on stderr.
 
 The URL comes from the argument, else ``$SIMPLIVITY_EXPORTER_HEALTHCHECK_URL``, else
 ``http://127.0.0.1:10025/-/healthy``: a user who moves the port or turns on TLS sets the
-variable once in the container's environment instead of rebuilding the image.
+variable once in the container's environment instead of rebuilding the image. With
+basic auth on (``--web.config.file``), every path answers 401 without credentials: put
+them in the URL, ``http://user:password@127.0.0.1:10025/-/healthy``; they are sent as a
+basic-auth header and never printed.
 
     $ python -m exporter.healthcheck http://127.0.0.1:10025/-/healthy; echo $?
     0
@@ -18,10 +21,12 @@ variable once in the container's environment instead of rebuilding the image.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import ssl
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 
@@ -32,15 +37,37 @@ DEFAULT_TIMEOUT_SECONDS = 5.0
 _TRUE = {"1", "true", "yes", "on"}
 
 
+def _split_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without user:password@, and the basic-auth header they make (if any)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return plain, f"Basic {token}"
+
+
 def probe(url: str, timeout_seconds: float, insecure_skip_verify: bool = False) -> str | None:
     """None if GET ``url`` answers 200 within the timeout, else the reason in plain words."""
     if not url.startswith(("http://", "https://")):
-        return f"{url}: not an http:// or https:// URL"
+        return "the URL must start with http:// or https://"
+    try:
+        url, authorization = _split_credentials(url)
+    except ValueError as error:  # e.g. a port that is no number
+        return f"bad URL: {error}"
     context = None
     if url.startswith("https://") and insecure_skip_verify:
         # Only for the exporter's own self-signed certificate on loopback.
         context = ssl._create_unverified_context()  # noqa: S323
     headers = {"User-Agent": "simplivity-exporter-healthcheck"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
     # The scheme is checked above: no file:// or custom schemes reach urllib (S310).
     request = urllib.request.Request(url, headers=headers)  # noqa: S310
     try:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
@@ -24,9 +25,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import pytest
 import trustme
 
@@ -379,28 +382,33 @@ def run_healthcheck(venv: Path, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def running_exporter(image_venv: Path, tmp_path: Path) -> Iterator[int]:
+@contextmanager
+def exporter_process(venv: Path, workdir: Path, *flags: str) -> Iterator[int]:
     """The image's entrypoint in --demo mode on a free loopback port."""
     port = free_port()
-    log = (tmp_path / "exporter.log").open("w")
-    process = subprocess.Popen(
-        ["simplivity-exporter", "--demo", f"--web.listen-address=127.0.0.1:{port}"],
-        env=image_env(image_venv),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    try:
-        yield port
-    finally:
-        process.terminate()
+    with (workdir / "exporter.log").open("w") as log:
+        process = subprocess.Popen(
+            ["simplivity-exporter", "--demo", f"--web.listen-address=127.0.0.1:{port}", *flags],
+            env=image_env(venv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-        log.close()
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)
+
+
+@pytest.fixture
+def running_exporter(image_venv: Path, tmp_path: Path) -> Iterator[int]:
+    with exporter_process(image_venv, tmp_path) as port:
+        yield port
 
 
 def wait_for(condition: Callable[[], bool], timeout_seconds: float) -> bool:
@@ -426,6 +434,28 @@ def test_healthcheck_passes_against_a_running_exporter(
     assert results[-1].stderr == ""
 
 
+def test_healthcheck_with_basic_auth_credentials_in_the_url(
+    image_venv: Path, tmp_path: Path
+) -> None:
+    """With basic auth on, every path needs credentials: the URL carries them."""
+    hashed = bcrypt.hashpw(b"health-pw", bcrypt.gensalt(rounds=4)).decode()
+    web_config = tmp_path / "web-config.yml"
+    web_config.write_text(f"basic_auth_users:\n  prober: '{hashed}'\n", encoding="utf-8")
+    with exporter_process(image_venv, tmp_path, f"--web.config.file={web_config}") as port:
+        url = f"http://prober:health-pw@127.0.0.1:{port}/-/healthy"
+        results: list[subprocess.CompletedProcess[str]] = []
+
+        def healthy() -> bool:
+            results.append(run_healthcheck(image_venv, url))
+            return results[-1].returncode == 0
+
+        assert wait_for(healthy, 45), results[-1].stderr
+        refused = run_healthcheck(image_venv, url.replace("health-pw", "wrong"))
+        assert refused.returncode == 1
+        assert refused.stderr == f"unhealthy: http://127.0.0.1:{port}/-/healthy: HTTP 401\n"
+        assert "wrong" not in refused.stderr
+
+
 def test_healthcheck_fails_against_a_dead_port(image_venv: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/-/healthy"
     done = run_healthcheck(image_venv, url)
@@ -439,12 +469,14 @@ def test_healthcheck_fails_against_a_dead_port(image_venv: Path) -> None:
 class _Handler(http.server.BaseHTTPRequestHandler):
     status = 200
     hang: threading.Event | None = None
+    require_auth: str | None = None
 
     def do_GET(self) -> None:
         if self.hang is not None:
             self.hang.wait(10)
             return
-        self.send_response(self.status)
+        authorized = self.require_auth in (None, self.headers.get("Authorization"))
+        self.send_response(self.status if authorized else 401)
         self.send_header("Content-Length", "3")
         self.end_headers()
         self.wfile.write(b"ok\n")
@@ -458,11 +490,17 @@ def serve() -> Iterator[Callable[..., str]]:
     servers: list[http.server.ThreadingHTTPServer] = []
     releases: list[threading.Event] = []
 
-    def start(status: int = 200, hang: bool = False, tls: ssl.SSLContext | None = None) -> str:
+    def start(
+        status: int = 200,
+        hang: bool = False,
+        tls: ssl.SSLContext | None = None,
+        require_auth: str | None = None,
+    ) -> str:
         release = threading.Event() if hang else None
         if release is not None:
             releases.append(release)
-        handler = type("Handler", (_Handler,), {"status": status, "hang": release})
+        attributes = {"status": status, "hang": release, "require_auth": require_auth}
+        handler = type("Handler", (_Handler,), attributes)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
         if tls is not None:
@@ -500,8 +538,19 @@ def test_probe_gives_up_on_a_hanging_server(serve: Callable[..., str]) -> None:
 
 def test_probe_refuses_other_schemes() -> None:
     assert healthcheck.probe("file:///etc/passwd", 1) == (
-        "file:///etc/passwd: not an http:// or https:// URL"
+        "the URL must start with http:// or https://"
     )
+
+
+def test_probe_sends_basic_auth_from_the_url_and_never_prints_it(
+    serve: Callable[..., str],
+) -> None:
+    url = serve(require_auth="Basic " + base64.b64encode(b"prom@x:s3cr:t").decode())
+    with_credentials = url.replace("http://", "http://prom%40x:s3cr%3At@")
+    assert healthcheck.probe(with_credentials, 5) is None
+    wrong = url.replace("http://", "http://prom%40x:wrong@")
+    assert healthcheck.probe(wrong, 5) == f"{url}: HTTP 401"
+    assert healthcheck.probe(url, 5) == f"{url}: HTTP 401"
 
 
 def test_probe_verifies_tls_unless_told_not_to(serve: Callable[..., str]) -> None:
