@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
 RULES = MONITORING / "alerts.yml"
 RULE_TESTS = MONITORING / "tests" / "alerts_test.yml"
-RUNBOOK = MONITORING / "RUNBOOK.md"
+README = MONITORING.parent / "README.md"
 
 SEVERITIES = {"critical", "warning"}
 
@@ -112,15 +112,23 @@ def test_each_alert_has_severity_summary_description_and_runbook(rule: dict[str,
         assert f"$labels.{subject[0]}" in annotations["summary"], name
 
 
+def runbook_text() -> str:
+    """The README's runbook: from its heading to the next section of the same level."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\n### Alert runbook\n")
+    end = text.find("\n## ", start)
+    return text[start : end if end >= 0 else len(text)]
+
+
 def runbook_sections() -> list[str]:
-    return re.findall(r"^## (\S+)\s*$", RUNBOOK.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return re.findall(r"^### (Simplivity\S+)\s*$", runbook_text(), flags=re.MULTILINE)
 
 
 def test_runbook_has_one_section_per_alert_that_says_what_to_check() -> None:
     sections = runbook_sections()
     assert sorted(sections) == sorted(alert_names())
-    text = RUNBOOK.read_text(encoding="utf-8")
-    for body in re.split(r"^## \S+\s*$", text, flags=re.MULTILINE)[1:]:
+    text = runbook_text()
+    for body in re.split(r"^### Simplivity\S+\s*$", text, flags=re.MULTILINE)[1:]:
         assert "**Means:**" in body
         assert "**Check:**" in body
 
@@ -155,7 +163,7 @@ def test_each_threshold_is_documented_and_is_one_literal_in_its_alert(
             )
             # The Helm chart replaces the number that ends the expression.
             assert rule["expr"].rstrip().endswith(literal), (name, literal)
-    runbook_rows = re.findall(rf"^\| {name} \|", RUNBOOK.read_text(encoding="utf-8"), re.M)
+    runbook_rows = re.findall(rf"^\| {name} \|", runbook_text(), re.M)
     assert len(runbook_rows) == 1, f"{name} has no row in the runbook's threshold table"
 
 
