@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import yaml
 
 MAX_PAGE_SIZE = 3000  # HPE's recommended maximum of backups per request
+#: Ten years: past far larger values the scheduler's timers and socket timeouts overflow.
+MAX_SECONDS = 10 * 365 * 86400
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -101,6 +103,10 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError([f"not valid YAML{where}: {problem}"], source) from None
+    except (ValueError, RecursionError):
+        # What PyYAML lets through: an integer of thousands of digits, nesting too deep.
+        problem = "not valid YAML: a value too long or nested too deeply"
+        raise ConfigError([problem], source) from None
     return parse_config(
         document,
         os.environ if environ is None else environ,
@@ -190,10 +196,19 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.problem(f"poll.{key}", f"must be a number of seconds, not {_kind(value)}")
             return default
-        if not value >= 1 or value == float("inf"):
-            self.problem(f"poll.{key}", f"must be a finite number of seconds >= 1, not {value!r}")
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            seconds = float("inf")
+        if not seconds >= 1 or seconds == float("inf"):
+            self.problem(
+                f"poll.{key}", f"must be a finite number of seconds >= 1, not {_shown(value)}"
+            )
             return default
-        return float(value)
+        if seconds > MAX_SECONDS:
+            self.problem(f"poll.{key}", f"must be at most {MAX_SECONDS} seconds (ten years)")
+            return default
+        return seconds
 
     def integer(self, raw: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
         value = raw.get(key, default)
@@ -201,7 +216,7 @@ class _Reader:
             self.problem(f"poll.{key}", f"must be a whole number, not {_kind(value)}")
             return default
         if not low <= value <= high:
-            self.problem(f"poll.{key}", f"must be between {low} and {high}, not {value}")
+            self.problem(f"poll.{key}", f"must be between {low} and {high}, not {_shown(value)}")
             return default
         return value
 
@@ -284,10 +299,15 @@ class _Reader:
         return _ENV_REFERENCE.sub(lambda m: self.environ[m.group(1)], value)
 
     def check_url(self, url: str, where: str) -> None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            parts = None
         if "@" in url:
             # Checked before anything echoes the URL: it would carry a password into messages.
             self.problem(where, "must not hold credentials: use username and password_file")
+        elif parts is None:
+            self.problem(where, f"{url!r} is not a valid URL")
         elif parts.scheme not in ("https", "http"):
             self.problem(where, f"{url!r} must start with https:// (or http://)")
         elif not parts.hostname:
@@ -321,7 +341,7 @@ class _Reader:
                 return None
             return None if expanded is None else Secret(expanded)
         path = raw["password_file"]
-        if not isinstance(path, str) or not path:
+        if not isinstance(path, str) or not path or "\x00" in path:
             self.problem(f"{where}.password_file", f"must be a file path, not {_kind(path)}")
             return None
         try:
@@ -340,7 +360,7 @@ class _Reader:
         raw = self.mapping(value, where, ("ca_file", "server_name", "insecure_skip_verify"))
         ca_file = raw.get("ca_file")
         if ca_file is not None:
-            if not isinstance(ca_file, str) or not ca_file:
+            if not isinstance(ca_file, str) or not ca_file or "\x00" in ca_file:
                 self.problem(f"{where}.ca_file", f"must be a file path, not {_kind(ca_file)}")
                 ca_file = None
             else:
@@ -368,9 +388,16 @@ def _kind(value: object) -> str:
     if isinstance(value, str):
         return f"a string ({value!r})" if len(value) <= 40 else "a string"
     if isinstance(value, int | float):
-        return f"a number ({value!r})"
+        return f"a number ({_shown(value)})"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
+
+
+def _shown(value: int | float) -> str:
+    """``repr(value)``; Python refuses to print an integer of more than 4300 digits."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "an enormous number"
+    return repr(value)
