@@ -451,7 +451,9 @@ def _read_body(response: requests.Response, deadline: float, path: str) -> bytes
 def _decode(path: str, body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:
+        # ValueError covers bad UTF-8 and bad JSON, and also an integer of thousands of digits;
+        # RecursionError: arrays nested thousands deep.
         where = f" at byte {err.pos}" if isinstance(err, json.JSONDecodeError) else ""
         raise DecodeError(f"{path} answered with invalid JSON{where} ({len(body)} bytes)") from None
 
@@ -467,7 +469,7 @@ def _server_message(body: bytes) -> str:
     """The ``message`` of an error body, shortened; never the raw body (it may echo a token)."""
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         return ""
     if not isinstance(document, dict):
         return ""
