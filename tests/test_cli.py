@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -131,54 +132,54 @@ def test_demo_once_shows_realistic_metrics() -> None:
     assert vms[FAILING_VM] == float("inf")
 
 
-@pytest.fixture
-def exporter(tmp_path: Path, start_simulator: Start) -> Iterator[tuple[str, SimulatedController]]:
-    simulator = start_simulator(FederationSpec())
-    config = write_config(tmp_path / "c.yaml", simulator)
+@contextmanager
+def running_exporter(config: Path, password: str) -> Iterator[str]:
+    """The real command as a process on a free port; yields its base URL once it listens."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "--config.file", str(config),
          "--web.listen-address", f"127.0.0.1:{port}"],
         cwd=ROOT,
-        env={**os.environ, "SIM_PASSWORD": simulator.password},
+        env={**os.environ, "SIM_PASSWORD": password},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return requests.get(base + "/-/healthy", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            return False
-
     try:
-        wait_until(answers, 20, "the exporter to listen")
-        yield base, simulator
+        wait_until(lambda: status(base, "/-/healthy", process) == 200, 20, "the exporter")
+        yield base
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
 
 
-def test_a_running_exporter_serves_every_endpoint(
-    exporter: tuple[str, SimulatedController],
-) -> None:
-    base, simulator = exporter
-    wait_until(lambda: requests.get(base + "/-/ready", timeout=2).status_code == 200, 20)
-    metrics = requests.get(base + "/metrics", timeout=5)
-    assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    names = {f.name for f in text_string_to_metric_families(metrics.text)}
-    assert {"simplivity_backups", "simplivity_up", "process_resident_memory_bytes"} <= names
-    landing = requests.get(base + "/", timeout=5).text
-    assert "<td>c0</td>" in landing
-    assert simulator.url in landing
-    assert simulator.password not in landing
-    assert requests.get(base + "/nope", timeout=5).status_code == 404
-    gzipped = requests.get(base + "/metrics", timeout=5, headers={"Accept-Encoding": "gzip"})
-    assert gzipped.headers["Content-Encoding"] == "gzip"
-    assert "simplivity_up" in gzipped.text
+def status(base: str, path: str, process: subprocess.Popen[str] | None = None) -> int:
+    try:
+        return requests.get(base + path, timeout=2).status_code
+    except requests.ConnectionError:
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the exporter exited: {process.stderr.read() if process.stderr else ''}")
+        return 0
+
+
+def test_a_running_exporter_serves_every_endpoint(tmp_path: Path, start_simulator: Start) -> None:
+    simulator = start_simulator(FederationSpec())
+    config = write_config(tmp_path / "c.yaml", simulator)
+    with running_exporter(config, simulator.password) as base:
+        wait_until(lambda: status(base, "/-/ready") == 200, 20, "readiness")
+        metrics = requests.get(base + "/metrics", timeout=5)
+        assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        names = {f.name for f in text_string_to_metric_families(metrics.text)}
+        assert {"simplivity_backups", "simplivity_up", "process_resident_memory_bytes"} <= names
+        landing = requests.get(base + "/", timeout=5).text
+        assert "<td>c0</td>" in landing
+        assert simulator.url in landing
+        assert simulator.password not in landing
+        assert status(base, "/nope") == 404
+        gzipped = requests.get(base + "/metrics", timeout=5, headers={"Accept-Encoding": "gzip"})
+        assert gzipped.headers["Content-Encoding"] == "gzip"
+        assert "simplivity_up" in gzipped.text
 
 
 def test_not_ready_until_every_controller_finished_its_first_poll(
@@ -187,28 +188,7 @@ def test_not_ready_until_every_controller_finished_its_first_poll(
     simulator = start_simulator(FederationSpec())
     simulator.faults.hang_seconds = 30
     config = write_config(tmp_path / "c.yaml", simulator)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", str(config),
-         "--web.listen-address", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env={**os.environ, "SIM_PASSWORD": simulator.password},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def status(path: str) -> int:
-            try:
-                return requests.get(base + path, timeout=2).status_code
-            except requests.ConnectionError:
-                return 0
-
-        wait_until(lambda: status("/-/healthy") == 200, 20)
-        assert status("/-/ready") == 503
-        wait_until(lambda: status("/-/ready") == 200, 20, "the first poll to time out")
-        assert status("/-/healthy") == 200
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
+    with running_exporter(config, simulator.password) as base:
+        assert status(base, "/-/ready") == 503
+        wait_until(lambda: status(base, "/-/ready") == 200, 20, "the first poll to time out")
+        assert status(base, "/-/healthy") == 200
