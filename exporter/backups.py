@@ -45,6 +45,9 @@ UNKNOWN_CLUSTER = "unknown"
 
 _KNOWN_STATES = frozenset(STATES)
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
+#: The API's sizes are Java longs; far past this a sum no longer converts to a float at scrape.
+_MAX_SIZE = 2**63 - 1
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class BackupRecordError(ValueError):
@@ -123,12 +126,12 @@ class Aggregator:
         """Count one backup; raise :class:`BackupRecordError` if it cannot be read."""
         state = _text(backup, "state")
         created = _text(backup, "created_at")
-        if not _TIMESTAMP.fullmatch(created):
+        if not _TIMESTAMP.fullmatch(created) or not _is_real_time(created):
             raise BackupRecordError(
                 f"backup {_describe(backup)}: created_at {created[:40]!r} is not a UTC timestamp"
             )
         size = backup.get("size")
-        if type(size) is not int or size < 0:
+        if type(size) is not int or not 0 <= size <= _MAX_SIZE:
             raise BackupRecordError(
                 f"backup {_describe(backup)}: size must be a whole number of bytes, "
                 f"not {str(size)[:40]!r}"
@@ -209,7 +212,19 @@ def _optional_text(backup: Mapping[str, object], key: str) -> str:
         raise BackupRecordError(
             f"backup {_describe(backup)}: {key} must be a string, not {type(value).__name__}"
         )
+    if not value.isascii():
+        # JSON's "\ud800" decodes to a lone surrogate, which UTF-8 cannot carry to /metrics.
+        value = _SURROGATES.sub("\ufffd", value)
     return value
+
+
+def _is_real_time(text: str) -> bool:
+    """The pattern lets 2024-02-30 or hour 24 through; parsing them would fail later."""
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(backup: Mapping[str, object]) -> str:
