@@ -103,9 +103,10 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError([f"not valid YAML{where}: {problem}"], source) from None
-    except (ValueError, RecursionError):
-        # What PyYAML lets through: an integer of thousands of digits, nesting too deep.
-        problem = "not valid YAML: a value too long or nested too deeply"
+    except Exception:
+        # What PyYAML lets through: ValueError for an integer of thousands of digits,
+        # RecursionError for nesting thousands deep, AttributeError for "!!timestamp x"...
+        problem = "not valid YAML: a value that cannot be read, too long or nested too deeply"
         raise ConfigError([problem], source) from None
     return parse_config(
         document,
