@@ -53,6 +53,8 @@ from typing import Any
 
 import yaml
 
+from exporter.config import ConfigError
+
 #: Sent with a 401 so that browsers and curl know to offer basic auth.
 BASIC_AUTH_CHALLENGE = 'Basic realm="simplivity-exporter", charset="UTF-8"'
 
@@ -152,17 +154,14 @@ _UNSUPPORTED = {
 }
 
 
-class WebConfigError(Exception):
+class WebConfigError(ConfigError):
     """A web config file that cannot be used; ``problems`` holds every reason, one line each.
 
     No message ever contains a password, a password hash or a private key.
     """
 
     def __init__(self, problems: list[str], source: str = "web config") -> None:
-        self.problems = problems
-        self.source = source
-        lines = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+        super().__init__(problems, source)
 
 
 @dataclass(frozen=True)
