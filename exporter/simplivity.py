@@ -185,7 +185,7 @@ class SimplivityClient:
         seen = 0
         requests_made = 0
         budget: int | None = None
-        pending: dict[int, Future[Page]] = {}
+        pending: dict[int, Future[bytes]] = {}
         offset = 0
         try:
             while True:
@@ -229,14 +229,16 @@ class SimplivityClient:
         finally:
             self._cancel(pending)
 
-    def _take_page(self, pending: dict[int, Future[Page]], offset: int) -> Page:
+    def _take_page(self, pending: dict[int, Future[bytes]], offset: int) -> Page:
+        # Prefetched pages arrive as raw bodies and are decoded here, one at a time, in the
+        # scanning thread: decoding them in the fetching threads kept several pages of parsed
+        # objects alive at once, interleaved in memory, and the process grew with every page.
         future = pending.pop(offset, None)
-        if future is None:
-            return self._fetch_page(offset)
-        return future.result()
+        body = self._fetch_body(offset) if future is None else future.result()
+        return self._parse_page(offset, body)
 
     def _prefetch(
-        self, pending: dict[int, Future[Page]], offset: int, step: int, count: int
+        self, pending: dict[int, Future[bytes]], offset: int, step: int, count: int
     ) -> None:
         width = self.poll.max_concurrency
         if width <= 1:
@@ -250,15 +252,15 @@ class SimplivityClient:
             pending.pop(stale).cancel()
         for candidate in wanted:
             if candidate not in pending and candidate < count:
-                pending[candidate] = self._executor.submit(self._fetch_page, candidate)
+                pending[candidate] = self._executor.submit(self._fetch_body, candidate)
 
     @staticmethod
-    def _cancel(pending: dict[int, Future[Page]]) -> None:
+    def _cancel(pending: dict[int, Future[bytes]]) -> None:
         for future in pending.values():
             future.cancel()
         pending.clear()
 
-    def _fetch_page(self, offset: int) -> Page:
+    def _fetch_body(self, offset: int) -> bytes:
         params = {
             "offset": str(offset),
             "limit": str(self.poll.page_size),
@@ -266,7 +268,11 @@ class SimplivityClient:
             "sort": "id",
             "order": "ascending",
         }
-        document = self.get_json("/api/backups", params)
+        return self.get_body("/api/backups", params)
+
+    @staticmethod
+    def _parse_page(offset: int, body: bytes) -> Page:
+        document = _decode("/api/backups", body)
         count = document.get("count") if isinstance(document, dict) else None
         backups = document.get("backups") if isinstance(document, dict) else None
         if type(count) is not int or count < 0 or not isinstance(backups, list):
@@ -287,6 +293,10 @@ class SimplivityClient:
 
     def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         """GET an authenticated API path, logging in as needed; retries transient failures."""
+        return _decode(path, self.get_body(path, params))
+
+    def get_body(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
+        """As :meth:`get_json`, but the answer's body undecoded."""
         for relogged in (False, True):
             token = self._current_token()
             started = self._clock()
@@ -302,7 +312,7 @@ class SimplivityClient:
             if status != 200:
                 raise self._status_error(path, status, body)
             self._token_used = max(self._token_used, started)
-            return _decode(path, body)
+            return body
         raise AssertionError("unreachable: the second round returns or raises")
 
     def _retrying(self, path: str, send: Callable[[], tuple[int, bytes]]) -> tuple[int, bytes]:
