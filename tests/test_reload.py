@@ -1,0 +1,206 @@
+"""Reload and shutdown of the real command: SIGHUP, ``POST /-/reload`` and SIGTERM.
+
+A reload re-reads the config file: controllers added, changed and removed take effect without a
+restart, the others keep going untouched, and a bad file is refused with a logged reason while
+the old config keeps running. ``simplivity_exporter_config_last_reload_successful`` and
+``..._success_timestamp_seconds`` say how the last reload went. SIGTERM ends the process within
+seconds, even while a poll hangs on a controller.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from exporter.simulator import FederationSpec, SimulatedController
+from tests.conftest import wait_until
+from tests.live_exporter import ExporterProcess, Scrape, write_config
+
+Start = Callable[..., SimulatedController]
+POLL = "{interval_seconds: 1, timeout_seconds: 2, max_retries: 0, stale_after_seconds: 60}"
+SUCCESSFUL = "simplivity_exporter_config_last_reload_successful"
+SUCCESS_TIME = "simplivity_exporter_config_last_reload_success_timestamp_seconds"
+LOGINS = "simplivity_logins_total"
+
+
+class Reload:
+    """Makes the running exporter re-read its config, the way a user would."""
+
+    def __init__(self, exporter: ExporterProcess, how: str) -> None:
+        self.exporter = exporter
+        self.how = how
+
+    def __call__(self) -> tuple[int, str] | None:
+        """The HTTP answer for ``POST /-/reload``; None for SIGHUP (it has none)."""
+        if self.how == "SIGHUP":
+            self.exporter.signal(signal.SIGHUP)
+            return None
+        status, body = self.exporter.get("/-/reload", method="POST")
+        return status, body.decode()
+
+
+@pytest.fixture
+def controllers(start_simulator: Start) -> dict[str, SimulatedController]:
+    """Three controllers told apart by the size of their federation."""
+    return {
+        "a": start_simulator(FederationSpec(vms=5, backups_per_vm=10, seed=1)),
+        "b": start_simulator(FederationSpec(vms=7, backups_per_vm=10, seed=2)),
+        "c": start_simulator(FederationSpec(vms=9, backups_per_vm=10, seed=3)),
+    }
+
+
+def has(controller: str, simulator: SimulatedController) -> Callable[[Scrape], bool]:
+    def check(scrape: Scrape) -> bool:
+        total = scrape.total("simplivity_backups", controller=controller)
+        return scrape.up(controller) == 1 and total == simulator.backup_count()
+
+    return check
+
+
+def scraped_until(
+    exporter: ExporterProcess, condition: Callable[[Scrape], bool], what: str
+) -> Scrape:
+    def check() -> Scrape | None:
+        scrape = exporter.scrape()
+        return scrape if condition(scrape) else None
+
+    result: Scrape = wait_until(check, timeout=15, what=what)
+    return result
+
+
+@pytest.mark.parametrize("how", ["SIGHUP", "POST /-/reload"])
+def test_reload_adds_changes_and_removes_controllers_and_refuses_a_bad_file(
+    tmp_path: Path, controllers: dict[str, SimulatedController], how: str
+) -> None:
+    a, b, c = controllers["a"], controllers["b"], controllers["c"]
+    config = write_config(tmp_path / "config.yaml", {"ca": a}, poll=POLL)
+    with ExporterProcess(
+        "--config.file", str(config), log_path=tmp_path / "exporter.log"
+    ) as exporter:
+        reload = Reload(exporter, how)
+        first = scraped_until(exporter, has("ca", a), "the first poll")
+        assert first.value(SUCCESSFUL) == 1
+        loaded_at = first.value(SUCCESS_TIME) or 0.0
+        assert loaded_at > 0
+
+        # Added: a second controller, polled without a restart; the first one is untouched.
+        write_config(config, {"ca": a, "cb": b}, poll=POLL)
+        answer = reload()
+        assert answer in (None, (200, "configuration reloaded: 2 controller(s)\n"))
+        added = scraped_until(exporter, has("cb", b), "the added controller")
+        assert added.value(SUCCESSFUL) == 1
+        assert (added.value(SUCCESS_TIME) or 0) > loaded_at
+        assert added.value(LOGINS, controller="ca") == 1  # the same client, never re-created
+        assert exporter.alive()
+
+        # Changed: the same name now points at another controller.
+        write_config(config, {"ca": a, "cb": c}, poll=POLL)
+        reload()
+        scraped_until(exporter, has("cb", c), "the changed controller")
+
+        # Removed: every series of the controller goes, the other stays.
+        write_config(config, {"cb": c}, poll=POLL)
+        reload()
+        removed = scraped_until(
+            exporter, lambda s: "ca" not in s.controllers(), "the removed controller to go"
+        )
+        assert not [key for key in removed.samples if ("controller", "ca") in key[1]]
+        assert has("cb", c)(removed)
+        good_at = removed.value(SUCCESS_TIME) or 0.0
+
+        # A bad file is refused with its reason; the old config keeps running.
+        config.write_text(
+            config.read_text() + "  - name: cd\n    url: ftp://nowhere\n    usernme: x\n",
+            encoding="utf-8",
+        )
+        answer = reload()
+        if answer is not None:
+            status, message = answer
+            assert status == 500
+            assert "unknown key 'usernme'" in message
+            assert "must start with https://" in message
+        refused = scraped_until(exporter, lambda s: s.value(SUCCESSFUL) == 0, "the refusal")
+        assert refused.value(SUCCESS_TIME) == good_at
+        wait_until(lambda: "unknown key 'usernme'" in exporter.log(), what="the reason in the log")
+        assert "configuration reload failed, keeping the previous one" in exporter.log()
+        refused_at = time.time()
+        still = scraped_until(
+            exporter,
+            lambda s: s.last_success("cb") > refused_at and has("cb", c)(s),
+            "a poll under the old config",
+        )
+        assert still.controllers() == {"cb"}
+
+        # Fixed again: accepted, and the metrics say so.
+        write_config(config, {"cb": c, "ca": a}, poll=POLL)
+        reload()
+        fixed = scraped_until(
+            exporter, lambda s: s.value(SUCCESSFUL) == 1 and has("ca", a)(s), "the fixed file"
+        )
+        assert (fixed.value(SUCCESS_TIME) or 0) > good_at
+        assert exporter.alive()
+    assert exporter.process.returncode == 0
+
+
+def test_a_reload_takes_effect_while_a_poll_hangs(
+    tmp_path: Path, controllers: dict[str, SimulatedController]
+) -> None:
+    a, b = controllers["a"], controllers["b"]
+    a.faults.hang_seconds = 3600  # every backups request of "ca" hangs until the test ends
+    poll = "{interval_seconds: 1, timeout_seconds: 30, max_retries: 0, stale_after_seconds: 60}"
+    config = write_config(tmp_path / "config.yaml", {"ca": a}, poll=poll)
+    with ExporterProcess(
+        "--config.file", str(config), log_path=tmp_path / "exporter.log"
+    ) as exporter:
+        wait_until(lambda: a.stats.in_flight > 0, what="a poll to hang")
+        write_config(config, {"ca": a, "cb": b}, poll=poll)
+        exporter.signal(signal.SIGHUP)
+        added = scraped_until(exporter, has("cb", b), "the added controller")
+        assert a.stats.in_flight > 0  # the hanging poll has not ended: it did not block
+        assert added.value(SUCCESSFUL) == 1
+        assert added.up("ca") == 0  # never polled successfully
+
+
+def test_sigterm_stops_within_seconds_during_a_hanging_poll(
+    tmp_path: Path, controllers: dict[str, SimulatedController]
+) -> None:
+    a, b = controllers["a"], controllers["b"]
+    a.faults.hang_seconds = 3600
+    poll = "{interval_seconds: 1, timeout_seconds: 60, max_retries: 3, stale_after_seconds: 600}"
+    config = write_config(tmp_path / "config.yaml", {"ca": a, "cb": b}, poll=poll)
+    with ExporterProcess(
+        "--config.file", str(config), log_path=tmp_path / "exporter.log"
+    ) as exporter:
+        scraped_until(exporter, has("cb", b), "the healthy controller")
+        wait_until(lambda: a.stats.in_flight > 0, what="a poll to hang")
+        started = time.monotonic()
+        exporter.signal(signal.SIGTERM)
+        code = exporter.process.wait(timeout=15)
+        took = time.monotonic() - started
+        # The poll was still hanging: the timeout is 60 s and the controller never answered.
+        assert a.stats.in_flight > 0
+    assert code == 0
+    assert took < 5, f"SIGTERM took {took:.1f} s"
+    assert "shutting down" in exporter.log()
+    assert "Traceback" not in exporter.log()
+
+
+def test_sigterm_stops_an_idle_exporter_at_once(
+    tmp_path: Path, controllers: dict[str, SimulatedController]
+) -> None:
+    a = controllers["a"]
+    config = write_config(tmp_path / "config.yaml", {"ca": a}, poll=POLL)
+    with ExporterProcess(
+        "--config.file", str(config), log_path=tmp_path / "exporter.log"
+    ) as exporter:
+        scraped_until(exporter, has("ca", a), "the first poll")
+        started = time.monotonic()
+        exporter.signal(signal.SIGTERM)
+        code = exporter.process.wait(timeout=15)
+        took = time.monotonic() - started
+    assert code == 0
+    assert took < 3, f"SIGTERM took {took:.1f} s"
