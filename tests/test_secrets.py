@@ -1,0 +1,225 @@
+"""Passwords and tokens never show: not in logs at any level, metrics, pages or messages.
+
+The real command runs at ``--log.level debug`` against simulated controllers that hand out
+tokens, refuse them with 401 bodies that echo them back (as real controllers do), refuse wrong
+credentials, fail with 500s and garbage, and get a reload with a config that misplaces
+passwords. Then every byte the exporter produced is searched for every secret: the log, every
+HTTP answer, and the output of ``--once``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import pytest
+import yaml
+
+from exporter.simulator import FederationSpec, SimulatedController
+from tests.conftest import wait_until
+from tests.live_exporter import ROOT, ExporterProcess, Scrape
+
+
+class TokenRecordingController(SimulatedController):
+    """A simulated controller that remembers every access token it hands out."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.issued: list[str] = []
+
+    def _send(
+        self,
+        h: Any,
+        status: int,
+        payload: object,
+        *,
+        backups: int = 0,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        if isinstance(payload, dict) and isinstance(payload.get("access_token"), str):
+            self.issued.append(payload["access_token"])
+        super()._send(h, status, payload, backups=backups, headers=headers)
+
+
+def password(kind: str) -> str:
+    """A password with characters that every format escapes differently, and a unique core."""
+    return f"{kind}-{secrets.token_hex(8)}\"'\\ é&<>%+="
+
+
+def variants(secret: str) -> set[str]:
+    """The secret as each output format would write it."""
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        html.escape(secret),
+        quote(secret),
+        quote_plus(secret),
+        repr(secret)[1:-1],
+        secret.replace("\\", "\\\\").replace('"', '\\"'),  # Prometheus label escaping
+    }
+    # What survives any escaping: the random hex of a password, the last group of a token.
+    forms.update(re.findall(r"[0-9a-f]{12,}", secret))
+    return forms
+
+
+@pytest.fixture
+def controllers() -> Iterator[dict[str, TokenRecordingController]]:
+    started: dict[str, TokenRecordingController] = {}
+    for n, name in enumerate(("env", "file", "literal", "wrong")):
+        controller = TokenRecordingController(
+            FederationSpec(vms=6, backups_per_vm=10, seed=n), password=password(name)
+        )
+        controller.start()
+        started[name] = controller
+    yield started
+    for controller in started.values():
+        controller.stop()
+
+
+def config_document(
+    controllers: dict[str, TokenRecordingController], password_file: Path, wrong: str
+) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = []
+    for name, controller in controllers.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "url": controller.url,
+            "username": controller.username,
+        }
+        if name == "env":
+            entry["password"] = "${SVT_PASSWORD}"
+        elif name == "file":
+            entry["password_file"] = str(password_file)
+        elif name == "literal":
+            entry["password"] = controller.password
+        else:
+            entry["password"] = wrong  # refused: the controller's password is another
+        entries.append(entry)
+    return {
+        "poll": {"interval_seconds": 1, "timeout_seconds": 2, "max_retries": 1},
+        "controllers": entries,
+    }
+
+
+def bad_document(document: dict[str, Any], secret: str) -> dict[str, Any]:
+    """The same config with the password misplaced in every way a user might."""
+    controller = dict(document["controllers"][0])
+    controller["url"] = f"https://administrator:{secret}@10.0.0.10"
+    controller["passwd"] = secret
+    controller["password"] = 12345
+    return {**document, "controllers": [controller, *document["controllers"][1:]]}
+
+
+def errors_of(scrape: Scrape, controller: str) -> float:
+    return sum(scrape.errors(controller).values())
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_no_password_or_token_appears_anywhere(
+    tmp_path: Path, controllers: dict[str, TokenRecordingController], log_format: str
+) -> None:
+    wrong = password("configured-wrongly")
+    password_file = tmp_path / "svt-password"
+    password_file.write_text(controllers["file"].password + "\n", encoding="utf-8")
+    document = config_document(controllers, password_file, wrong)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    env = {"SVT_PASSWORD": controllers["env"].password}
+    outputs: dict[str, str] = {}
+
+    args = ("--config.file", str(config), "--log.level", "debug", "--log.format", log_format)
+    with ExporterProcess(*args, log_path=tmp_path / "exporter.log", env=env) as exporter:
+
+        def scrape_when(condition: Callable[[Scrape], bool], what: str) -> Scrape:
+            def check() -> Scrape | None:
+                scrape = exporter.scrape()
+                return scrape if condition(scrape) else None
+
+            result: Scrape = wait_until(check, timeout=20, what=what)
+            return result
+
+        scrape_when(
+            lambda s: (
+                all(s.up(n) == 1 for n in ("env", "file", "literal"))
+                and s.errors("wrong")["auth"] >= 1
+            ),
+            "first polls",
+        )
+        before = exporter.scrape()
+        # Tokens refused with 401 bodies that echo them, revoked, expired; 500s; garbage.
+        controllers["env"].faults.fail_next(6, status=401)
+        controllers["file"].revoke_tokens()
+        controllers["literal"].expire_tokens()
+        controllers["wrong"].faults.fail_next_logins(4, status=500)
+        scrape_when(
+            lambda s: (
+                s.errors("env")["auth"] > before.errors("env")["auth"]
+                and s.value("simplivity_logins_total", controller="file")
+                != before.value("simplivity_logins_total", controller="file")
+                and s.value("simplivity_logins_total", controller="literal")
+                != before.value("simplivity_logins_total", controller="literal")
+            ),
+            "the token faults",
+        )
+        controllers["file"].faults.malformed = "not_json"
+        scrape_when(lambda s: s.errors("file")["decode"] >= 1, "the garbage")
+        controllers["file"].faults.malformed = None
+
+        # A reload with the passwords misplaced is refused; its answer names no secret.
+        secret = controllers["literal"].password
+        config.write_text(yaml.safe_dump(bad_document(document, secret)), encoding="utf-8")
+        status, body = exporter.get("/-/reload", method="POST")
+        assert status == 500
+        outputs["POST /-/reload (bad)"] = body.decode("utf-8", "replace")
+        exporter.signal(signal.SIGHUP)
+        config.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+        status, body = exporter.get("/-/reload", method="POST")
+        assert status == 200
+        outputs["POST /-/reload"] = body.decode()
+
+        for path in ("/", "/metrics", "/-/healthy", "/-/ready"):
+            outputs[path] = exporter.get(path)[1].decode("utf-8", "replace")
+        assert '<span class="failed">' in outputs["/"]  # the errors were really there
+    assert exporter.process.returncode == 0
+    outputs["log"] = exporter.log()
+    once = subprocess.run(
+        [sys.executable, "-m", "exporter", "--once", *args],
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert once.returncode == 1  # "wrong" is refused
+    outputs["--once stdout"] = once.stdout.decode("utf-8", "replace")
+    outputs["--once stderr"] = once.stderr.decode("utf-8", "replace")
+
+    tokens = [token for c in controllers.values() for token in c.issued]
+    assert len(tokens) >= 5  # first logins and the logins after every dead token
+    # The log really is at debug level and holds the faults, so the search means something.
+    assert "DEBUG" in outputs["log"] or '"level": "debug"' in outputs["log"]
+    assert "configuration reload failed" in outputs["log"]
+    assert "refused the credentials" in outputs["log"]
+    assert "HTTP 500" in outputs["log"]
+    assert controllers["wrong"].stats.login_failures >= 1
+
+    passwords = [c.password for c in controllers.values()] + [wrong]
+    leaks = [
+        f"{where}: {form!r}"
+        for where, text in outputs.items()
+        for secret in passwords + tokens
+        for form in variants(secret)
+        if form and form in text
+    ]
+    assert leaks == []
