@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 ``--once`` with a controller that failed; 2 a user's mi
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -132,6 +133,7 @@ class Shard:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    keep_large_buffers_off_the_heap()
     try:
         shard = resolve_shard(args.shard_index, args.shard_count)
         if args.demo:
@@ -149,6 +151,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as err:
         print(f"simplivity-exporter: {err}", file=sys.stderr)
         return EXIT_USAGE
+
+
+#: glibc's M_MMAP_THRESHOLD, and its initial value.
+_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES = -3, 128 * 1024
+
+
+def keep_large_buffers_off_the_heap() -> None:
+    """Give every buffer of 128 KiB or more (a page of backups) back to the system at once.
+
+    glibc serves large buffers with mmap, but raises that threshold as soon as one is freed:
+    from then on each page's body comes from the heap, which fragments, and the process grew
+    by 25-40 MB over a poll of 300,000 backups. A fixed threshold keeps the peak flat.
+    Elsewhere than glibc (musl, macOS) there is nothing to do.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 def main_entry() -> None:
