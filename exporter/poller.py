@@ -95,8 +95,17 @@ class ControllerPoller:
         self._clock = clock
         self._on_publish = on_publish
         self._running = threading.Lock()
-        errors = dict(previous.errors) if previous else dict.fromkeys(REASONS, 0)
-        self.status = ControllerStatus(name=controller.name, url=controller.url, errors=errors)
+        # Counters go on from where the replaced poller left them (a reload is no reset).
+        self._logins_before = previous.logins if previous else 0
+        if previous is not None and previous.url == controller.url:
+            # The same controller under new settings: its data, health and readiness stay
+            # until the next poll says otherwise, so users see no blink at a reload.
+            self.status = previous
+        else:
+            errors = dict(previous.errors) if previous else dict.fromkeys(REASONS, 0)
+            self.status = ControllerStatus(
+                name=controller.name, url=controller.url, errors=errors, logins=self._logins_before
+            )
 
     def poll_once(self) -> ControllerStatus:
         """Scan the controller's backups and publish the outcome. Never raises."""
@@ -135,7 +144,7 @@ class ControllerPoller:
             last_duration=duration,
             last_success=now,
             last_error=None,
-            logins=self._client.logins,
+            logins=self._logins_before + self._client.logins,
             snapshot=snapshot,
         )
         log.info(
@@ -160,7 +169,7 @@ class ControllerPoller:
             last_duration=duration,
             last_error=str(err),
             errors=errors,
-            logins=self._client.logins,
+            logins=self._logins_before + self._client.logins,
         )
         log.warning("controller %s: poll failed (%s): %s", self.controller.name, err.reason, err)
         self._on_publish()
