@@ -204,3 +204,36 @@ def test_sigterm_stops_an_idle_exporter_at_once(
         took = time.monotonic() - started
     assert code == 0
     assert took < 3, f"SIGTERM took {took:.1f} s"
+
+
+def test_a_reload_of_the_poll_settings_keeps_data_health_and_readiness(
+    tmp_path: Path, controllers: dict[str, SimulatedController]
+) -> None:
+    """Every controller gets a new poller, but what users see must not blink."""
+    a, b = controllers["a"], controllers["b"]
+    config = write_config(tmp_path / "config.yaml", {"ca": a, "cb": b}, poll=POLL)
+    with ExporterProcess("--config.file", str(config), log_path=tmp_path / "log") as exporter:
+        before = scraped_until(exporter, lambda s: has("ca", a)(s) and has("cb", b)(s), "polls")
+        assert exporter.get("/-/ready")[0] == 200
+        # The polls under the new settings will take a while: what is seen meanwhile counts.
+        for simulator in (a, b):
+            simulator.faults.request_cost_seconds = 0.5
+        slower = POLL.replace("timeout_seconds: 2", "timeout_seconds: 3")
+        write_config(config, {"ca": a, "cb": b}, poll=slower)
+        assert exporter.get("/-/reload", method="POST")[0] == 200
+        after = exporter.scrape()
+        assert exporter.get("/-/ready")[0] == 200
+        for name, simulator in (("ca", a), ("cb", b)):
+            assert has(name, simulator)(after)
+            assert after.last_success(name) >= before.last_success(name)
+            assert after.errors(name) == before.errors(name)
+        # The new pollers log in afresh; the login counter still only goes up.
+        reloaded_at = time.time()
+        polled = scraped_until(
+            exporter,
+            lambda s: min(s.last_success("ca"), s.last_success("cb")) > reloaded_at,
+            "polls under the new settings",
+        )
+        for name in ("ca", "cb"):
+            logins = polled.value(LOGINS, controller=name) or 0
+            assert logins == (before.value(LOGINS, controller=name) or 0) + 1
