@@ -212,6 +212,11 @@ class SimplivityClient:
                     back = min(offset - step, page.count - overlap)
                     offset = max(0, back if back < offset else offset - step)
                     continue
+                last_page = received < limit or offset + received >= page.count
+                if not last_page:
+                    # Ask for the next pages before counting this one, so that the controller
+                    # is never left with fewer than max_concurrency requests while we count.
+                    self._prefetch(pending, offset + step, step, page.count)
                 for backup in page.backups:
                     backup_id = _backup_id(backup)
                     if last_id is not None and backup_id <= last_id:
@@ -222,10 +227,9 @@ class SimplivityClient:
                         raise DecodeError(str(err)) from None
                     last_id = backup_id
                     seen += 1
-                if received < limit or offset + received >= page.count:
+                if last_page:
                     return ScanResult(backups_seen=seen, requests=requests_made)
                 offset += step
-                self._prefetch(pending, offset, step, page.count)
         finally:
             self._cancel(pending)
 
