@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -238,7 +238,10 @@ class SimplivityClient:
         # scanning thread: decoding them in the fetching threads kept several pages of parsed
         # objects alive at once, interleaved in memory, and the process grew with every page.
         future = pending.pop(offset, None)
-        body = self._fetch_body(offset) if future is None else future.result()
+        try:
+            body = self._fetch_body(offset) if future is None else future.result()
+        except CancelledError:  # close() dropped the queued requests: a reload or shutdown
+            raise Cancelled() from None
         return self._parse_page(offset, body)
 
     def _prefetch(
@@ -256,7 +259,10 @@ class SimplivityClient:
             pending.pop(stale).cancel()
         for candidate in wanted:
             if candidate not in pending and candidate < count:
-                pending[candidate] = self._executor.submit(self._fetch_body, candidate)
+                try:
+                    pending[candidate] = self._executor.submit(self._fetch_body, candidate)
+                except RuntimeError:  # close() shut the pool down: a reload or shutdown
+                    raise Cancelled() from None
 
     @staticmethod
     def _cancel(pending: dict[int, Future[bytes]]) -> None:
