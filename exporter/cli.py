@@ -216,9 +216,8 @@ def run_once(config: Config, shard: Shard, output: str | None) -> int:
     finally:
         poller.shutdown()
     state = exporter_state(config, shard, time.time())
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(BackupCollector(lambda: statuses, lambda: state))
-    text = Exposition(registry, lambda: 0).render()
+    backups = BackupCollector(lambda: statuses, lambda: state)
+    text = Exposition(CollectorRegistry(auto_describe=False), lambda: 0, backups=backups).render()
     if output:
         write_atomically(Path(output), text)
     else:
@@ -307,10 +306,13 @@ def run_server(
     poller = Poller(config)
     reloader = Reloader(poller, shard, load, config, args.web_config_file)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BackupCollector(poller.statuses, lambda: reloader.state))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    exposition = Exposition(registry, lambda: (poller.generation, id(reloader.state)))
+    exposition = Exposition(
+        registry,
+        lambda: (poller.generation, id(reloader.state)),
+        backups=BackupCollector(poller.statuses, lambda: reloader.state),
+    )
     app = WebApp(
         render_metrics=lambda gzipped: exposition.render(gzipped=gzipped),
         statuses=poller.statuses,

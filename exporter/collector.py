@@ -13,13 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.backups import STATES
+from exporter.backups import STATES, BackupSnapshot, ClusterSummary
 from exporter.poller import ControllerStatus
 from exporter.simplivity import REASONS
 
@@ -62,48 +64,19 @@ class BackupCollector(Collector):
         self._statuses = statuses
         self._state = state
         self._clock = clock
+        # controller -> (its snapshot, that snapshot's series written out)
+        self._written: dict[str, tuple[BackupSnapshot, _WrittenSnapshot]] = {}
 
     def collect(self) -> Iterator[Metric]:
         statuses = self._statuses()  # read once: one consistent picture per scrape
         state = self._state()
         now = self._clock()
-        fresh = [
-            (status.name, status.snapshot)
-            for status in statuses
-            if status.snapshot is not None
-            and status.last_success is not None
-            and now - status.last_success <= state.stale_after_seconds
-        ]
-        refreshed = (
-            f"Refreshed by the exporter's own poll of /api/backups every "
-            f"{state.interval_seconds:g} s (poll.interval_seconds), not at scrape time."
-        )
-        cluster_labels = ["controller", "omnistack_cluster"]
-        counts = GaugeMetricFamily(
-            "simplivity_backups",
-            f"Backups by cluster and state. {refreshed}",
-            labels=[*cluster_labels, "state"],
-        )
-        sizes = GaugeMetricFamily(
-            "simplivity_backup_size_bytes",
-            f"Sum of the logical size of the backups, by cluster and state. {refreshed}",
-            labels=[*cluster_labels, "state"],
-        )
-        newest = GaugeMetricFamily(
-            "simplivity_backup_newest_timestamp_seconds",
-            f"Creation time of the cluster's newest PROTECTED backup, 0 if none. {refreshed}",
-            labels=cluster_labels,
-        )
-        newest_age = GaugeMetricFamily(
-            "simplivity_backup_newest_age_seconds",
-            "Seconds since the cluster's newest PROTECTED backup was created, at scrape time; "
-            f"+Inf if none. {refreshed}",
-            labels=cluster_labels,
-        )
+        fresh = _fresh(statuses, state, now)
+        counts, sizes, newest, newest_age = _cluster_families(state)
         for controller, snapshot in fresh:
             for cluster in snapshot.clusters:
                 labels = [controller, cluster.name]
-                for state_name in (*STATES, *sorted(set(cluster.counts) - set(STATES))):
+                for state_name in _state_names(cluster):
                     counts.add_metric([*labels, state_name], cluster.counts[state_name])
                     sizes.add_metric([*labels, state_name], cluster.sizes[state_name])
                 newest.add_metric(labels, cluster.newest_protected or 0.0)
@@ -111,19 +84,7 @@ class BackupCollector(Collector):
         yield from (counts, sizes, newest, newest_age)
 
         if state.per_vm:
-            vm_labels = ["controller", "vm", "vm_id"]
-            vm_newest = GaugeMetricFamily(
-                "simplivity_vm_backup_newest_timestamp_seconds",
-                "Creation time of the newest PROTECTED backup of each live VM, 0 if it has "
-                f"backups but none PROTECTED. {refreshed}",
-                labels=vm_labels,
-            )
-            vm_age = GaugeMetricFamily(
-                "simplivity_vm_backup_newest_age_seconds",
-                "Seconds since the newest PROTECTED backup of each live VM was created, at "
-                f"scrape time; +Inf if none. {refreshed}",
-                labels=vm_labels,
-            )
+            vm_newest, vm_age = _vm_families(state)
             for controller, snapshot in fresh:
                 for vm in snapshot.vms:
                     labels = [controller, vm.name, vm.vm_id]
@@ -133,6 +94,53 @@ class BackupCollector(Collector):
 
         yield from self._health(statuses)
         yield from self._exporter(state)
+
+    def exposition_text(self) -> str:
+        """Exactly what ``generate_latest`` writes for :meth:`collect`, written much faster.
+
+        Going through a ``Sample`` per series and prometheus_client's formatting took about
+        100 ms per render with 5,000 VMs, during which every scrape waited. Here the series of
+        each snapshot are written once, when it first shows, and only the ages are written at
+        each render. ``tests/test_collector.py`` holds it to ``generate_latest``'s bytes.
+        """
+        statuses = self._statuses()
+        state = self._state()
+        now = self._clock()
+        fresh = _fresh(statuses, state, now)
+        written = self._written_snapshots(fresh)
+        out: list[str] = []
+        counts, sizes, newest, newest_age = _cluster_families(state)
+        for family, part in ((counts, "counts"), (sizes, "sizes"), (newest, "newest")):
+            out.append(_header(family))
+            out += [getattr(w, part) for w in written]
+        out.append(_header(newest_age))
+        out += [_ages(w.cluster_ages, now) for w in written]
+        if state.per_vm:
+            vm_newest, vm_age = _vm_families(state)
+            out.append(_header(vm_newest))
+            out += [w.vm_newest for w in written]
+            out.append(_header(vm_age))
+            out += [_ages(w.vm_ages, now) for w in written]
+        # The health and exporter series are few: prometheus_client writes them.
+        rest = [*self._health(statuses), *self._exporter(state)]
+        out.append(generate_latest(_Families(rest)).decode("utf-8"))
+        return "".join(out)
+
+    def _written_snapshots(
+        self, fresh: Sequence[tuple[str, BackupSnapshot]]
+    ) -> list[_WrittenSnapshot]:
+        cache = self._written
+        written = []
+        for controller, snapshot in fresh:
+            entry = cache.get(controller)
+            if entry is None or entry[0] is not snapshot:
+                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot))
+            written.append(entry)
+        # Replaced, never changed in place: concurrent scrapes each see a whole cache.
+        self._written = {
+            controller: entry for (controller, _), entry in zip(fresh, written, strict=True)
+        }
+        return [entry[1] for entry in written]
 
     def _health(self, statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -209,12 +217,174 @@ def _age(now: float, created: float | None) -> float:
     return INF if created is None else float(max(0, math.floor(now - created)))
 
 
+def _fresh(
+    statuses: Sequence[ControllerStatus], state: ExporterState, now: float
+) -> list[tuple[str, BackupSnapshot]]:
+    """The snapshots to show: those of controllers whose last success is not stale."""
+    return [
+        (status.name, status.snapshot)
+        for status in statuses
+        if status.snapshot is not None
+        and status.last_success is not None
+        and now - status.last_success <= state.stale_after_seconds
+    ]
+
+
+def _refreshed(state: ExporterState) -> str:
+    return (
+        f"Refreshed by the exporter's own poll of /api/backups every "
+        f"{state.interval_seconds:g} s (poll.interval_seconds), not at scrape time."
+    )
+
+
+def _cluster_families(
+    state: ExporterState,
+) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    refreshed = _refreshed(state)
+    cluster_labels = ["controller", "omnistack_cluster"]
+    counts = GaugeMetricFamily(
+        "simplivity_backups",
+        f"Backups by cluster and state. {refreshed}",
+        labels=[*cluster_labels, "state"],
+    )
+    sizes = GaugeMetricFamily(
+        "simplivity_backup_size_bytes",
+        f"Sum of the logical size of the backups, by cluster and state. {refreshed}",
+        labels=[*cluster_labels, "state"],
+    )
+    newest = GaugeMetricFamily(
+        "simplivity_backup_newest_timestamp_seconds",
+        f"Creation time of the cluster's newest PROTECTED backup, 0 if none. {refreshed}",
+        labels=cluster_labels,
+    )
+    newest_age = GaugeMetricFamily(
+        "simplivity_backup_newest_age_seconds",
+        "Seconds since the cluster's newest PROTECTED backup was created, at scrape time; "
+        f"+Inf if none. {refreshed}",
+        labels=cluster_labels,
+    )
+    return counts, sizes, newest, newest_age
+
+
+def _vm_families(state: ExporterState) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    refreshed = _refreshed(state)
+    vm_labels = ["controller", "vm", "vm_id"]
+    vm_newest = GaugeMetricFamily(
+        "simplivity_vm_backup_newest_timestamp_seconds",
+        "Creation time of the newest PROTECTED backup of each live VM, 0 if it has "
+        f"backups but none PROTECTED. {refreshed}",
+        labels=vm_labels,
+    )
+    vm_age = GaugeMetricFamily(
+        "simplivity_vm_backup_newest_age_seconds",
+        "Seconds since the newest PROTECTED backup of each live VM was created, at "
+        f"scrape time; +Inf if none. {refreshed}",
+        labels=vm_labels,
+    )
+    return vm_newest, vm_age
+
+
+def _state_names(cluster: ClusterSummary) -> tuple[str, ...]:
+    """Every documented state, then any other (``OTHER``) the cluster has."""
+    return (*STATES, *sorted(set(cluster.counts) - set(STATES)))
+
+
+#: prometheus_client's own number format (untyped there).
+_go_float = cast(Callable[[float], str], floatToGoString)
+
+
+# -- the exposition text, written directly (see BackupCollector.exposition_text) ---------------
+# The same text as prometheus_client's generate_latest: HELP with \ and newline escaped, label
+# values with \, newline and " escaped (the label names here are already in sorted order),
+# values as floatToGoString writes them.
+
+
+def _header(family: Metric) -> str:
+    documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {family.name} {documentation}\n# TYPE {family.name} {family.type}\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _age_text(now: float, created: float | None) -> str:
+    """``floatToGoString(_age(now, created))``, in a fraction of its time."""
+    if created is None:
+        return "+Inf"
+    seconds = max(0, math.floor(now - created))
+    # A whole number of seconds below 10**6 is written "n.0"; Go switches to exponents above.
+    return f"{seconds}.0" if seconds < 1_000_000 else _go_float(float(seconds))
+
+
+def _ages(ages: Sequence[tuple[str, float | None]], now: float) -> str:
+    return "".join([f"{prefix}{_age_text(now, created)}\n" for prefix, created in ages])
+
+
+@dataclass(frozen=True)
+class _WrittenSnapshot:
+    """One controller's snapshot as exposition lines; ages as (line up to the value, created)."""
+
+    counts: str
+    sizes: str
+    newest: str
+    cluster_ages: tuple[tuple[str, float | None], ...]
+    vm_newest: str
+    vm_ages: tuple[tuple[str, float | None], ...]
+
+    @classmethod
+    def of(cls, controller: str, snapshot: BackupSnapshot) -> _WrittenSnapshot:
+        c = _label(controller)
+        counts, sizes, newest, cluster_ages = [], [], [], []
+        for cluster in snapshot.clusters:
+            labels = f'controller="{c}",omnistack_cluster="{_label(cluster.name)}"'
+            for state in _state_names(cluster):
+                with_state = f'{{{labels},state="{_label(state)}"}} '
+                counts.append(f"simplivity_backups{with_state}")
+                counts.append(f"{_go_float(cluster.counts[state])}\n")
+                sizes.append(f"simplivity_backup_size_bytes{with_state}")
+                sizes.append(f"{_go_float(cluster.sizes[state])}\n")
+            newest.append(f"simplivity_backup_newest_timestamp_seconds{{{labels}}} ")
+            newest.append(f"{_go_float(cluster.newest_protected or 0.0)}\n")
+            prefix = f"simplivity_backup_newest_age_seconds{{{labels}}} "
+            cluster_ages.append((prefix, cluster.newest_protected))
+        vm_newest, vm_ages = [], []
+        for vm in snapshot.vms:
+            labels = f'{{controller="{c}",vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"}} '
+            vm_newest.append(f"simplivity_vm_backup_newest_timestamp_seconds{labels}")
+            vm_newest.append(f"{_go_float(vm.newest_protected or 0.0)}\n")
+            vm_ages.append(
+                (f"simplivity_vm_backup_newest_age_seconds{labels}", vm.newest_protected)
+            )
+        return cls(
+            "".join(counts),
+            "".join(sizes),
+            "".join(newest),
+            tuple(cluster_ages),
+            "".join(vm_newest),
+            tuple(vm_ages),
+        )
+
+
+class _Families(Collector):
+    """Some already built families, for ``generate_latest``."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Sequence[Metric]:
+        return self._families
+
+
 class Exposition:
     """The ``/metrics`` text, rendered at most once per second and per change of the statuses.
 
     Ages are computed at scrape time with one-second resolution; between two changes of the
     snapshots every scrape within the same second is served the same bytes (and the same
     gzip), so many concurrent scrapers cost little more than one.
+
+    ``backups``, if given, is written first, by :meth:`BackupCollector.exposition_text`
+    (register it in ``registry`` only when not given here).
     """
 
     def __init__(
@@ -223,20 +393,26 @@ class Exposition:
         generation: Callable[[], object],
         *,
         clock: Callable[[], float] = time.time,
+        backups: BackupCollector | None = None,
     ) -> None:
         self._registry = registry
         self._generation = generation
         self._clock = clock
+        self._backups = backups
         self._lock = threading.Lock()
-        self._key: tuple[object, int] | None = None
-        self._plain = b""
-        self._gzipped = b""
+        # (key, plain, gzipped), replaced as a whole
+        self._rendered: tuple[tuple[object, int], bytes, bytes] | None = None
 
     def render(self, *, gzipped: bool = False) -> bytes:
         key = (self._generation(), int(self._clock()))
         with self._lock:
-            if key != self._key:
-                self._plain = generate_latest(self._registry)
-                self._gzipped = gzip.compress(self._plain, compresslevel=6, mtime=0)
-                self._key = key
-            return self._gzipped if gzipped else self._plain
+            rendered = self._rendered
+            if rendered is None or rendered[0] != key:
+                plain = self._write()
+                rendered = (key, plain, gzip.compress(plain, compresslevel=6, mtime=0))
+                self._rendered = rendered
+            return rendered[2] if gzipped else rendered[1]
+
+    def _write(self) -> bytes:
+        text = self._backups.exposition_text().encode() if self._backups is not None else b""
+        return text + generate_latest(self._registry)

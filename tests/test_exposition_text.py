@@ -1,0 +1,149 @@
+"""``BackupCollector.exposition_text`` writes exactly what prometheus_client would write.
+
+The fast writer exists for speed only (bench/): every case here compares its bytes with
+``generate_latest`` over the same collector, so the two can never drift apart silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.backups import STATES, Aggregator, BackupSnapshot, ClusterSummary, VMSummary
+from exporter.collector import BackupCollector, ExporterState, Exposition
+from exporter.poller import ControllerStatus
+from exporter.simplivity import REASONS
+from exporter.simulator import FederationSpec, generate_backups
+
+NOW = 1_709_500_000.25
+STATE = ExporterState(interval_seconds=300, stale_after_seconds=1800)
+
+
+def status(name: str, snapshot: BackupSnapshot | None, **changes: object) -> ControllerStatus:
+    base = ControllerStatus(
+        name=name,
+        url="https://10.0.0.10",
+        polls=2,
+        up=True,
+        last_poll_finished=NOW - 30,
+        last_duration=1.25,
+        last_success=NOW - 30,
+        errors={**dict.fromkeys(REASONS, 0), "http": 4},
+        logins=1,
+        snapshot=snapshot,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def federation(**spec: object) -> BackupSnapshot:
+    aggregator = Aggregator()
+    for backup in generate_backups(FederationSpec(**spec), NOW - 600):  # type: ignore[arg-type]
+        aggregator.add(backup)
+    return aggregator.snapshot()
+
+
+def assert_same_text(
+    statuses: Sequence[ControllerStatus], state: ExporterState = STATE, now: float = NOW
+) -> str:
+    collector = BackupCollector(lambda: statuses, lambda: state, clock=lambda: now)
+    expected = generate_latest(collector).decode()
+    written = collector.exposition_text()
+    assert written == expected
+    assert collector.exposition_text() == expected  # and again, from the cache
+    return written
+
+
+def test_a_generated_federation_is_written_as_prometheus_client_writes_it() -> None:
+    # Non-ASCII names, a quote and a backslash in a VM name, external stores, removed VMs,
+    # VMs without a PROTECTED backup, every state.
+    text = assert_same_text([status("boston", federation())])
+    assert 'vm="quote\\"back\\\\slash-vm"' in text
+
+
+def test_several_controllers_stale_ones_missing_ones_and_no_per_vm() -> None:
+    fresh = federation(vms=30, seed=2)
+    statuses = [
+        status("boston", federation(vms=20)),
+        status("chicago", fresh),
+        status("denver", fresh, last_success=NOW - 4000),  # stale: health series only
+        status("edmonton", None, up=False, last_success=None),  # never polled successfully
+    ]
+    assert_same_text(statuses)
+    assert_same_text(statuses, replace(STATE, per_vm=False, shard_count=3, shard_index=2))
+    assert_same_text([])
+
+
+def test_numbers_that_prometheus_writes_with_exponents() -> None:
+    counts = {**dict.fromkeys(STATES, 0), "PROTECTED": 12_345_678, "OTHER": 1}
+    sizes = {**dict.fromkeys(STATES, 0), "PROTECTED": 2**62, "OTHER": 5}
+    snapshot = BackupSnapshot(
+        clusters=(ClusterSummary('Zürich "Ost"\\2\nx', counts, sizes, NOW - 2_000_000.5),),
+        vms=(
+            VMSummary("v1", "just-now", NOW - 0.5),
+            VMSummary("v2", "in-the-future", NOW + 30),
+            VMSummary("v3", "a-million-seconds", NOW - 1_000_000),
+            VMSummary("v4", "almost-a-million", NOW - 999_999.75),
+            VMSummary("v5", "never", None),
+            VMSummary("v6", "old", 1.5),
+        ),
+        backups_seen=12_345_679,
+    )
+    assert_same_text([status('quote"controller', snapshot)])
+
+
+def test_a_new_snapshot_replaces_the_written_one() -> None:
+    statuses = [status("boston", federation(vms=10))]
+    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
+    first = collector.exposition_text()
+    statuses[0] = status("boston", federation(vms=12, seed=7))
+    assert collector.exposition_text() == generate_latest(collector).decode() != first
+
+
+text_values = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+times = st.one_of(st.none(), st.floats(min_value=0, max_value=NOW + 10**7))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    controller=text_values,
+    clusters=st.lists(st.tuples(text_values, st.integers(0, 2**63 - 1), times), max_size=3),
+    vms=st.lists(st.tuples(text_values, text_values, times), max_size=6),
+    now=st.floats(min_value=NOW - 10**6, max_value=NOW + 10**8),
+)
+def test_any_names_and_numbers(
+    controller: str,
+    clusters: list[tuple[str, int, float | None]],
+    vms: list[tuple[str, str, float | None]],
+    now: float,
+) -> None:
+    snapshot = BackupSnapshot(
+        clusters=tuple(
+            ClusterSummary(
+                name,
+                {**dict.fromkeys(STATES, 0), "PROTECTED": size % 1000},
+                {**dict.fromkeys(STATES, 0), "PROTECTED": size},
+                newest,
+            )
+            for name, size, newest in clusters
+        ),
+        vms=tuple(VMSummary(vm_id, name, newest) for vm_id, name, newest in vms),
+        backups_seen=len(clusters),
+    )
+    assert_same_text([status(controller, snapshot, last_success=now)], now=now)
+
+
+def test_the_exposition_with_the_fast_writer_serves_the_same_bytes() -> None:
+    statuses = [status("boston", federation())]
+    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    slow = Exposition(registry, lambda: 0, clock=lambda: NOW)
+    fast = Exposition(
+        CollectorRegistry(auto_describe=False), lambda: 0, clock=lambda: NOW, backups=collector
+    )
+    assert fast.render() == slow.render()
+    assert fast.render(gzipped=True) == slow.render(gzipped=True)
