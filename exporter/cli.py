@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 ``--once`` with a controller that failed; 2 a user's mi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import logging
@@ -335,13 +336,13 @@ def run_server(
         shard.count,
     )
     try:
-        while not events.stop.is_set():
-            events.wake.wait()
-            events.wake.clear()
-            if events.reload.is_set() and not events.stop.is_set():
-                events.reload.clear()
+        while not events.stop:
+            events.wait()
+            if events.reload and not events.stop:
+                events.reload = False
                 reloader.reload()
     finally:
+        events.close()
         log.info("shutting down")
         server.shutdown()
         server.server_close()
@@ -350,23 +351,47 @@ def run_server(
 
 
 class _SignalEvents:
-    """SIGTERM/SIGINT stop the exporter, SIGHUP reloads its config."""
+    """SIGTERM/SIGINT stop the exporter, SIGHUP reloads its config.
+
+    The handlers only set flags and write a byte to a pipe that :meth:`wait` reads. A handler
+    runs in the main thread between any two bytecodes, also while the main thread holds a
+    lock: one that takes a lock itself (``threading.Event.set`` does) deadlocks the process
+    when a signal comes at that moment, or two come close together. The pipe is also the
+    wakeup fd: the kernel may deliver the signal to another thread, which leaves the main
+    thread asleep in its read (and the handler unrun) unless something writes to the pipe.
+    """
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.wake = threading.Event()
+        self.stop = False
+        self.reload = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
 
+    def wait(self) -> None:
+        """Block until a signal has come (it may have come before the call; a handler may
+        run only just after: each also writes a byte of its own, so none is missed)."""
+        os.read(self._read, 4096)
+
+    def close(self) -> None:
+        # The pipe itself stays open: a handler may still write to it during the shutdown,
+        # and a closed descriptor's number could by then belong to another file.
+        signal.set_wakeup_fd(-1)
+
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stop.set()
-        self.wake.set()
+        self.stop = True
+        self._wake()
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
-        self.reload.set()
-        self.wake.set()
+        self.reload = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+            os.write(self._write, b"\0")
 
 
 def read_web_config(path: str | None) -> WebConfig:
