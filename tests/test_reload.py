@@ -237,3 +237,26 @@ def test_a_reload_of_the_poll_settings_keeps_data_health_and_readiness(
         for name in ("ca", "cb"):
             logins = polled.value(LOGINS, controller=name) or 0
             assert logins == (before.value(LOGINS, controller=name) or 0) + 1
+
+
+def test_a_storm_of_sighups_neither_deadlocks_nor_loses_the_last_reload(
+    tmp_path: Path, controllers: dict[str, SimulatedController]
+) -> None:
+    """Signals that come close together, or while the main loop holds a lock, are safe."""
+    a, b = controllers["a"], controllers["b"]
+    config = write_config(tmp_path / "config.yaml", {"ca": a}, poll=POLL)
+    with ExporterProcess("--config.file", str(config), log_path=tmp_path / "log") as exporter:
+        scraped_until(exporter, has("ca", a), "the first poll")
+        for n in range(300):
+            exporter.signal(signal.SIGHUP)
+            time.sleep(0.002 * (n % 5))  # a pace that lands signals inside the main loop's work
+        assert exporter.alive()
+        write_config(config, {"ca": a, "cb": b}, poll=POLL)
+        exporter.signal(signal.SIGHUP)
+        scraped_until(exporter, has("cb", b), "the reload after the storm")
+        started = time.monotonic()
+        exporter.signal(signal.SIGTERM)
+        code = exporter.process.wait(timeout=15)
+        took = time.monotonic() - started
+    assert code == 0
+    assert took < 3, f"SIGTERM took {took:.1f} s"
