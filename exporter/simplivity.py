@@ -144,6 +144,7 @@ class SimplivityClient:
         return self._logins
 
     def close(self) -> None:
+        self._stop.set()  # a scan still running stops before its next request
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._session.close()
@@ -251,6 +252,8 @@ class SimplivityClient:
         if width <= 1:
             return
         if self._executor is None:
+            if self._stop.is_set():
+                raise Cancelled()  # closed: a new pool would never be shut down
             self._executor = ThreadPoolExecutor(
                 max_workers=width, thread_name_prefix=f"poll-{self.controller.name}"
             )
@@ -333,6 +336,10 @@ class SimplivityClient:
         """
         failures = 0
         while True:
+            if self._stop.is_set():
+                # Closed by a reload or shutdown: a request now would reopen a connection on
+                # the closed session that nobody closes (and poll a replaced controller).
+                raise Cancelled()
             try:
                 status, body = send()
             except (RequestTimeout, ConnectError) as err:
