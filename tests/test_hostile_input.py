@@ -44,6 +44,8 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+#: Each example of these is a scan over real sockets: fewer of them.
+NETWORK_SETTINGS = settings(SETTINGS, max_examples=70)
 ENVIRON = {"SVT_PASSWORD": "from-the-environment"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -496,7 +498,7 @@ def check_exposition(snapshot: BackupSnapshot) -> str:
     return text
 
 
-@SETTINGS
+@NETWORK_SETTINGS
 @given(
     records=st.lists(backup_records(), max_size=14),
     ids_in_order=st.booleans(),
@@ -561,7 +563,7 @@ def bodies() -> st.SearchStrategy[bytes]:
     )
 
 
-@SETTINGS
+@NETWORK_SETTINGS
 @given(st.lists(bodies(), min_size=1, max_size=4))
 @example([b'{"count": ' + b"9" * 5000 + b', "backups": []}'])
 @example([b"[" * 100_000])
