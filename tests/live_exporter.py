@@ -12,7 +12,6 @@ every thread started inside the block to end. :class:`ExporterProcess` runs the 
 from __future__ import annotations
 
 import http.client
-import math
 import os
 import re
 import signal
@@ -133,11 +132,6 @@ def scrape(base_url: str, timeout: float = 10.0) -> Scrape:
     if status != 200:
         raise AssertionError(f"/metrics answered {status}: {body[:200]!r}")
     return parse(body.decode("utf-8"), started, finished)
-
-
-def expected_backups(controller: SimulatedController) -> float:
-    """What ``simplivity_backups`` of a controller adds up to: its whole federation."""
-    return float(controller.backup_count())
 
 
 # --- in this process ---------------------------------------------------------------------------
@@ -428,7 +422,3 @@ class ExporterProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def is_finite_number(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
