@@ -256,6 +256,9 @@ class _Reader:
 
     def controller(self, value: object, where: str) -> ControllerConfig | None:
         keys = ("name", "url", "username", "password", "password_file", "tls")
+        if value is None:  # "- " with nothing after it: not an optional section, a mistake
+            self.problem(where, "is empty: a controller needs name, url, username and password")
+            return None
         raw = self.mapping(value, where, keys)
         if not isinstance(value, dict):
             return None
