@@ -264,6 +264,7 @@ def check_outcome(outcome: Config | ConfigError) -> None:
 @example(["controllers:\n", "  - ", "url: http://[abc\n"])
 @example(["controllers:\n", "  - ", 'password_file: "a\\0b"\n'])
 @example(["[" * 5000])
+@example(["controllers:\n", "  - "])
 def test_random_yaml_text_gives_a_config_or_a_config_error(
     config_dir: Path, fragments: list[str]
 ) -> None:
