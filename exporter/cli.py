@@ -277,6 +277,7 @@ class Reloader:
         self._lock = threading.Lock()
         self.server: ExporterServer | None = None
         self.state = exporter_state(config, shard, time.time())
+        self.reloads = 0  # counts every reload, good or bad: what the exposition cache keys on
 
     def reload(self) -> tuple[bool, str]:
         with self._lock:
@@ -285,12 +286,14 @@ class Reloader:
                 web_config = read_web_config(self._web_config_file)
             except (ConfigError, UsageError) as err:
                 self.state = replace(self.state, reload_successful=False)
+                self.reloads += 1
                 log.error("configuration reload failed, keeping the previous one: %s", err)
                 return False, str(err)
             self._poller.apply(config)
             if self.server is not None:
                 self.server.use_web_config(web_config)
             self.state = exporter_state(config, self._shard, time.time())
+            self.reloads += 1
             message = f"configuration reloaded: {len(config.controllers)} controller(s)"
             log.info("%s", message)
             return True, message
@@ -311,7 +314,7 @@ def run_server(
     PlatformCollector(registry=registry)
     exposition = Exposition(
         registry,
-        lambda: (poller.generation, id(reloader.state)),
+        lambda: (poller.generation, reloader.reloads),
         backups=BackupCollector(poller.statuses, lambda: reloader.state),
     )
     app = WebApp(
