@@ -381,7 +381,9 @@ class Exposition:
 
     Ages are computed at scrape time with one-second resolution; between two changes of the
     snapshots every scrape within the same second is served the same bytes (and the same
-    gzip), so many concurrent scrapers cost little more than one.
+    gzip), so many concurrent scrapers cost little more than one. While one scrape writes the
+    text of a new second or of new snapshots, the others are served the last text rather than
+    wait: the text is at most one render old, and no burst of scrapes queues behind a render.
 
     ``backups``, if given, is written first, by :meth:`BackupCollector.exposition_text`
     (register it in ``registry`` only when not given here).
@@ -405,13 +407,22 @@ class Exposition:
 
     def render(self, *, gzipped: bool = False) -> bytes:
         key = (self._generation(), int(self._clock()))
-        with self._lock:
-            rendered = self._rendered
-            if rendered is None or rendered[0] != key:
-                plain = self._write()
-                rendered = (key, plain, gzip.compress(plain, compresslevel=6, mtime=0))
-                self._rendered = rendered
-            return rendered[2] if gzipped else rendered[1]
+        rendered = self._rendered
+        # While another scrape is writing the new text, serve the last one instead of waiting:
+        # it is at most one render old.
+        if (rendered is None or rendered[0] != key) and self._lock.acquire(
+            blocking=rendered is None
+        ):
+            try:
+                rendered = self._rendered
+                if rendered is None or rendered[0] != key:
+                    plain = self._write()
+                    rendered = (key, plain, gzip.compress(plain, compresslevel=6, mtime=0))
+                    self._rendered = rendered
+            finally:
+                self._lock.release()
+        assert rendered is not None  # a blocking acquire always renders
+        return rendered[2] if gzipped else rendered[1]
 
     def _write(self) -> bytes:
         text = self._backups.exposition_text().encode() if self._backups is not None else b""

@@ -6,9 +6,11 @@ The fast writer exists for speed only (bench/): every case here compares its byt
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -147,3 +149,42 @@ def test_the_exposition_with_the_fast_writer_serves_the_same_bytes() -> None:
     )
     assert fast.render() == slow.render()
     assert fast.render(gzipped=True) == slow.render(gzipped=True)
+
+
+@pytest.mark.parametrize("change", ["second", "snapshots"])
+def test_while_one_scrape_writes_the_text_the_others_get_the_last_one(change: str) -> None:
+    now = [NOW]
+    generation = [0]
+    writing = threading.Event()
+    go_on = threading.Event()
+    statuses = [status("boston", federation(vms=10))]
+
+    def read_statuses() -> list[ControllerStatus]:
+        if now[0] > NOW or generation[0]:  # hold the second render until told
+            writing.set()
+            go_on.wait(10)
+        return statuses
+
+    collector = BackupCollector(read_statuses, lambda: STATE, clock=lambda: now[0])
+    exposition = Exposition(
+        CollectorRegistry(auto_describe=False),
+        lambda: generation[0],
+        clock=lambda: now[0],
+        backups=collector,
+    )
+    first = exposition.render()
+    if change == "second":
+        now[0] = NOW + 1
+    else:
+        statuses[0] = status("boston", federation(vms=11))
+        generation[0] = 1
+    results: list[bytes] = []
+    writer = threading.Thread(target=lambda: results.append(exposition.render()))
+    writer.start()
+    assert writing.wait(10)
+    assert exposition.render() == first  # served at once, not after the writer
+    go_on.set()
+    writer.join(10)
+    assert results
+    assert results[0] != first
+    assert exposition.render() == results[0]
