@@ -1,0 +1,1 @@
+"""The benchmark: ``python -m bench`` (or ``./dev bench``); see bench/README.md."""

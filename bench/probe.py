@@ -1,0 +1,106 @@
+"""One measured poll, in a fresh process: ``python -m bench.probe exporter|baseline ...``.
+
+The process does nothing else, so its peak RSS and CPU time are the poll's (plus the
+interpreter and the imports, the same for every size). It prints one JSON line:
+``{"wall_seconds", "cpu_seconds", "peak_rss_bytes", "backups"}``. ``exporter`` runs
+``simplivity-exporter --once --output FILE`` in this process (one poll, the exposition written
+once); ``baseline`` runs :mod:`bench.baseline`. Only the chosen side is imported, and the clock
+starts once it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def _exporter(args: argparse.Namespace) -> Callable[[], int]:
+    """The exporter's ``--once``, as a user runs it: config file in, exposition file out."""
+    from exporter.cli import main as exporter_main
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-probe-"))
+    config = workdir / "config.yaml"
+    output = workdir / "metrics.prom"
+    config.write_text(
+        f"""poll:
+  timeout_seconds: 120
+  page_size: {args.page_size}
+  max_concurrency: {args.max_concurrency}
+controllers:
+  - name: bench
+    url: {args.url}
+    username: {args.username}
+    password: ${{BENCH_SVT_PASSWORD}}
+""",
+        encoding="utf-8",
+    )
+    os.environ["BENCH_SVT_PASSWORD"] = args.password
+
+    def run() -> int:
+        argv = ["--once", f"--config.file={config}", f"--output={output}", "--log.level=warning"]
+        try:
+            if exporter_main(argv) != 0:
+                raise SystemExit("the poll failed")
+            text = output.read_text(encoding="utf-8")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return round(
+            sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("simplivity_backups{")
+            )
+        )
+
+    return run
+
+
+def _baseline(args: argparse.Namespace) -> Callable[[], int]:
+    from bench import baseline
+
+    return lambda: baseline.run(args.url, args.username, args.password).backups
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.probe")
+    parser.add_argument("side", choices=("exporter", "baseline"))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--username", required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--page-size", type=int, default=3000)
+    parser.add_argument("--max-concurrency", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    run = _exporter(args) if args.side == "exporter" else _baseline(args)
+    cpu_before = _cpu()
+    started = time.perf_counter()
+    backups = run()
+    wall = time.perf_counter() - started
+    cpu = _cpu() - cpu_before
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    document = {
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "peak_rss_bytes": peak,
+        "backups": backups,
+    }
+    print(json.dumps(document), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,626 @@
+"""The benchmark: one full poll at several federation sizes, exporter against baseline, and
+``/metrics`` under load. ``python -m bench --help``; see bench/README.md.
+
+Every measured party runs in its own process: the simulated controller
+(:mod:`bench.controller`), each measured poll (:mod:`bench.probe`, a fresh process per poll),
+the exporter under load (the real ``python -m exporter``) and the scrapers
+(:mod:`bench.scrape`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench import report
+
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of every child: this checkout importable from any working directory,
+    after whatever PYTHONPATH already names (so that ``PYTHONPATH=/other/tree python -m bench``
+    measures that tree's exporter)."""
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+# Children run in an empty directory: ``python -m`` puts the working directory first on
+# sys.path, where the checkout would shadow PYTHONPATH (and /tmp may hold anything).
+_CHILD_DIRECTORY = tempfile.TemporaryDirectory(prefix="bench-cwd-")
+CHILD_CWD = _CHILD_DIRECTORY.name
+DEFAULT_SIZES = (1_000, 10_000, 100_000, 300_000)
+QUICK_SIZES = (1_000, 10_000)
+RESULTS = Path(__file__).resolve().parent / "results"
+EXPORTER_FIELDS = (
+    "id,state,created_at,size,omnistack_cluster_name,external_store_name,"
+    "virtual_machine_id,virtual_machine_name,virtual_machine_state"
+)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    request_seconds: float = 0.020
+    object_seconds: float = 0.000020
+    max_parallel: int = 8
+
+    def describe(self) -> str:
+        return (
+            f"{self.request_seconds * 1000:g} ms per request + "
+            f"{self.object_seconds * 1e6:g} µs per returned backup, "
+            f"at most {self.max_parallel} requests served at once"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    sizes: tuple[int, ...]
+    vms: int
+    repeat: int
+    page_size: int
+    max_concurrency: int
+    cost: CostModel
+    load_vms: int
+    load_backups: int
+    scrapers: int
+    load_seconds: float
+    pace_seconds: float
+    load_repeat: int
+    sweep_size: int = 100_000
+    sweep: tuple[int, ...] = (1, 2, 3, 4, 8)
+    baseline: bool = True
+    load: bool = True
+
+
+@dataclass(frozen=True)
+class PollRow:
+    side: str  # "exporter" or "baseline"
+    backups: int
+    vms: int
+    wall_seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+    requests: int
+    bytes_received: int
+    logins: int
+    runs: int
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """The exporter's poll at one size with one poll.max_concurrency."""
+
+    max_concurrency: int
+    backups: int
+    wall_seconds: float
+    cpu_seconds: float
+    max_in_flight: int  # requests the controller saw at once
+
+
+@dataclass(frozen=True)
+class LoadRow:
+    phase: str  # "idle" or "polling"
+    mode: str  # "closed loop" or "every N ms"
+    requests: int
+    errors: int
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    body_bytes: int
+    backups_requests: int  # /api/backups requests the exporter made during the window
+    exporter_cpu_seconds: float
+    simulator_cpu_seconds: float
+    scrapers_cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class LoginCheck:
+    polls: int
+    exporter_logins: float  # simplivity_logins_total as the exporter reports it
+    controller_logins: int  # tokens the simulated controller issued
+    seconds: float
+
+
+@dataclass
+class Results:
+    settings: Settings
+    machine: dict[str, str]
+    polls: list[PollRow] = field(default_factory=list)
+    sweep: list[SweepRow] = field(default_factory=list)
+    load: list[LoadRow] = field(default_factory=list)
+    logins: LoginCheck | None = None
+    duration_seconds: float = 0.0
+    command: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+# --- the simulated controller ---------------------------------------------------------------
+
+
+class Simulator:
+    """A :mod:`bench.controller` process; :meth:`stats` and :meth:`reset` talk to its control
+    endpoint."""
+
+    def __init__(self, process: subprocess.Popen[str], info: dict[str, Any]) -> None:
+        self.process = process
+        self.url: str = info["url"]
+        self.control: str = info["control"]
+        self.username: str = info["username"]
+        self.password: str = info["password"]
+        self.session = requests.Session()
+
+    def stats(self) -> dict[str, int]:
+        document: dict[str, int] = self.session.get(self.control + "/stats", timeout=10).json()
+        return document
+
+    def reset(self) -> None:
+        self.session.post(self.control + "/reset", timeout=10).raise_for_status()
+
+    def warm_up(self) -> None:
+        """Let the simulator sort its backups both ways before anything is measured."""
+        token = self.session.post(
+            self.url + "/api/oauth/token",
+            auth=("simplivity", ""),
+            data={"grant_type": "password", "username": self.username, "password": self.password},
+            timeout=60,
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        for params in (
+            {"limit": "1", "sort": "id", "order": "ascending", "fields": EXPORTER_FIELDS},
+            {"limit": "1"},
+        ):
+            answer = self.session.get(
+                self.url + "/api/backups", params=params, headers=headers, timeout=120
+            )
+            answer.raise_for_status()
+        self.reset()
+
+
+@contextlib.contextmanager
+def simulator(backups: int, vms: int, cost: CostModel) -> Iterator[Simulator]:
+    command = [
+        PYTHON,
+        "-m",
+        "bench.controller",
+        f"--backups={backups}",
+        f"--vms={vms}",
+        f"--request-cost={cost.request_seconds}",
+        f"--object-cost={cost.object_seconds}",
+        f"--max-parallel={cost.max_parallel}",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("the simulated controller did not start")
+        sim = Simulator(process, json.loads(line))
+        sim.warm_up()
+        yield sim
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- one poll -------------------------------------------------------------------------------
+
+
+def measure_poll(
+    sim: Simulator, side: str, settings: Settings, max_concurrency: int | None = None
+) -> dict[str, Any]:
+    command = [
+        PYTHON,
+        "-m",
+        "bench.probe",
+        side,
+        f"--url={sim.url}",
+        f"--username={sim.username}",
+        f"--password={sim.password}",
+        f"--page-size={settings.page_size}",
+        f"--max-concurrency={max_concurrency or settings.max_concurrency}",
+    ]
+    sim.reset()
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, env=child_env(), cwd=CHILD_CWD
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{side} probe failed:\n{done.stderr}")
+    measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    measured.update(sim.stats())
+    return measured
+
+
+def measure_polls(settings: Settings, say: Any) -> tuple[list[PollRow], list[SweepRow]]:
+    sides = ("exporter", "baseline") if settings.baseline else ("exporter",)
+    rows: list[PollRow] = []
+    sweep: list[SweepRow] = []
+    for size in settings.sizes:
+        vms = min(settings.vms, size)
+        say(f"federation of {size:,} backups on {vms:,} VMs")
+        with simulator(size, vms, settings.cost) as sim:
+            for side in sides:
+                runs = [measure_poll(sim, side, settings) for _ in range(settings.repeat)]
+                for run in runs:
+                    if run["backups"] != size:
+                        raise RuntimeError(f"{side} saw {run['backups']} of {size} backups")
+                row = PollRow(
+                    side=side,
+                    backups=size,
+                    vms=vms,
+                    wall_seconds=statistics.median(r["wall_seconds"] for r in runs),
+                    cpu_seconds=statistics.median(r["cpu_seconds"] for r in runs),
+                    peak_rss_bytes=max(r["peak_rss_bytes"] for r in runs),
+                    requests=max(r["requests"] for r in runs),
+                    bytes_received=max(r["bytes"] for r in runs),
+                    logins=max(r["logins"] for r in runs),
+                    runs=len(runs),
+                )
+                say(
+                    f"  {side:8} {row.wall_seconds:7.2f} s wall  {row.cpu_seconds:6.2f} s CPU  "
+                    f"{row.peak_rss_bytes / 1e6:6.1f} MB  {row.requests} requests"
+                )
+                rows.append(row)
+            if size == settings.sweep_size:
+                for width in settings.sweep:
+                    runs = [
+                        measure_poll(sim, "exporter", settings, width)
+                        for _ in range(settings.repeat)
+                    ]
+                    point = SweepRow(
+                        max_concurrency=width,
+                        backups=size,
+                        wall_seconds=statistics.median(r["wall_seconds"] for r in runs),
+                        cpu_seconds=statistics.median(r["cpu_seconds"] for r in runs),
+                        max_in_flight=max(r["max_in_flight"] for r in runs),
+                    )
+                    say(
+                        f"  max_concurrency {width}: {point.wall_seconds:.2f} s wall, "
+                        f"{point.max_in_flight} in flight at most"
+                    )
+                    sweep.append(point)
+    return rows, sweep
+
+
+# --- /metrics under load --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def exporter_process(
+    sim: Simulator, settings: Settings, interval_seconds: float, workdir: Path
+) -> Iterator[tuple[str, int]]:
+    """Run ``python -m exporter`` on the simulator until ready; yields its URL and pid."""
+    config = workdir / f"exporter-{interval_seconds:g}.yaml"
+    config.write_text(
+        f"""poll:
+  interval_seconds: {interval_seconds:g}
+  timeout_seconds: 60
+  page_size: {settings.page_size}
+  max_concurrency: {settings.max_concurrency}
+controllers:
+  - name: bench
+    url: {sim.url}
+    username: {sim.username}
+    password: ${{BENCH_SVT_PASSWORD}}
+""",
+        encoding="utf-8",
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (workdir / f"exporter-{interval_seconds:g}.log").open("w")
+    process = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "exporter",
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=child_env(BENCH_SVT_PASSWORD=sim.password),
+        cwd=CHILD_CWD,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the exporter exited with {process.returncode}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + "/-/ready", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the exporter did not become ready within 300 s")
+            time.sleep(0.1)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def scrape(url: str, settings: Settings, interval: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "bench.scrape",
+            url + "/metrics",
+            f"--clients={settings.scrapers}",
+            f"--seconds={settings.load_seconds}",
+            f"--interval={interval}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=child_env(),
+        cwd=CHILD_CWD,
+    )
+    measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (and its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def metric_value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def load_rows(settings: Settings, say: Any) -> tuple[list[LoadRow], LoginCheck]:
+    rows: list[LoadRow] = []
+    say(
+        f"/metrics under load: {settings.load_vms:,} VMs ({settings.load_backups:,} backups), "
+        f"{settings.scrapers} scrapers, {settings.load_repeat} windows of "
+        f"{settings.load_seconds:g} s each way"
+    )
+    check: LoginCheck | None = None
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as temporary,
+        simulator(settings.load_backups, settings.load_vms, settings.cost) as sim,
+    ):
+        workdir = Path(temporary)
+        # "idle": one poll at start-up, none during the window; "polling": interval_seconds 1,
+        # so that polls run back to back through the whole window.
+        for phase, poll_interval in (("idle", 1200.0), ("polling", 1.0)):
+            sim.reset()
+            with exporter_process(sim, settings, poll_interval, workdir) as (url, pid):
+                started = time.monotonic()
+                for pace in (0.0, settings.pace_seconds):
+                    row = load_row(sim, url, pid, settings, phase, pace)
+                    rows.append(row)
+                    say(
+                        f"  {phase:8} {row.mode:16} p50 {row.p50_ms:6.2f} ms  "
+                        f"p99 {row.p99_ms:6.2f} ms  {row.throughput:7.1f} scrapes/s  "
+                        f"{row.backups_requests} backup requests during the window"
+                    )
+                if phase == "polling":
+                    text = requests.get(url + "/metrics", timeout=10).text
+                    total = sim.stats()
+                    check = LoginCheck(
+                        polls=total["first_pages"],
+                        exporter_logins=metric_value(text, "simplivity_logins_total"),
+                        controller_logins=total["logins"],
+                        seconds=time.monotonic() - started,
+                    )
+    assert check is not None
+    return rows, check
+
+
+def load_row(
+    sim: Simulator, url: str, pid: int, settings: Settings, phase: str, pace: float
+) -> LoadRow:
+    """``settings.load_repeat`` windows; the one with the median p99 is reported.
+
+    Other work on the machine (it is shared) can spoil one window; the median of a few does
+    not move with one.
+    """
+    windows = [
+        _load_window(sim, url, pid, settings, phase, pace) for _ in range(settings.load_repeat)
+    ]
+    windows.sort(key=lambda row: row.p99_ms)
+    return windows[len(windows) // 2]
+
+
+def _load_window(
+    sim: Simulator, url: str, pid: int, settings: Settings, phase: str, pace: float
+) -> LoadRow:
+    before = sim.stats()
+    cpu_before = process_cpu(pid)
+    simulator_before = process_cpu(sim.process.pid)
+    measured = scrape(url, settings, pace)
+    cpu = process_cpu(pid) - cpu_before
+    simulator_cpu = process_cpu(sim.process.pid) - simulator_before
+    after = sim.stats()
+    return LoadRow(
+        phase=phase,
+        mode=f"every {pace * 1000:g} ms" if pace else "closed loop",
+        requests=int(measured["requests"]),
+        errors=int(measured["errors"]),
+        throughput=float(measured["throughput"]),
+        p50_ms=float(measured["p50_ms"]),
+        p99_ms=float(measured["p99_ms"]),
+        max_ms=float(measured["max_ms"]),
+        body_bytes=int(measured["body_bytes"]),
+        backups_requests=after["backups_requests"] - before["backups_requests"],
+        exporter_cpu_seconds=cpu,
+        simulator_cpu_seconds=simulator_cpu,
+        scrapers_cpu_seconds=float(measured["cpu_seconds"]),
+    )
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count() or 0),
+        "memory": memory,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def parse_sizes(value: str) -> tuple[int, ...]:
+    sizes = []
+    for part in value.split(","):
+        text = part.strip().lower().replace("_", "")
+        scale = 1
+        if text.endswith("k"):
+            text, scale = text[:-1], 1000
+        sizes.append(int(float(text) * scale))
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes are positive numbers, e.g. 1k,10k,100k")
+    return tuple(sizes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark one poll (exporter vs an SDK-style baseline) and /metrics "
+        "under load, against the simulated controller with a cost model.",
+    )
+    add = parser.add_argument
+    add("--sizes", type=parse_sizes, help="federation sizes in backups (default 1k,10k,100k,300k)")
+    add("--quick", action="store_true", help="a small, fast run (1k,10k; short load test)")
+    add("--vms", type=int, default=5000, help="VMs per federation, at most one per backup")
+    add("--repeat", type=int, default=None, help="polls per size and side (median; default 3)")
+    add("--page-size", type=int, default=3000, help="the exporter's poll.page_size")
+    add("--max-concurrency", type=int, default=4, help="the exporter's poll.max_concurrency")
+    add(
+        "--sweep",
+        default="1,2,3,4,8",
+        help="poll.max_concurrency values to try at --sweep-at backups ('' for none)",
+    )
+    add("--sweep-at", type=parse_sizes, default=(100_000,), help="default 100k")
+    add("--request-cost", type=float, default=0.020, help="seconds per request")
+    add("--object-cost", type=float, default=0.000020, help="seconds per returned backup")
+    add("--max-parallel", type=int, default=8, help="requests the controller serves at once")
+    add("--load-vms", type=int, default=5000)
+    add("--load-backups", type=int, default=100_000)
+    add("--scrapers", type=int, default=20)
+    add("--pace", type=float, default=0.1, help="seconds between paced scrapes (default 0.1)")
+    add("--load-seconds", type=float, default=None, help="default 10 (3 with --quick)")
+    add(
+        "--load-repeat",
+        type=int,
+        default=None,
+        help="windows per load test, the median reported (default 3, 1 with --quick)",
+    )
+    add("--no-baseline", action="store_true")
+    add("--no-load", action="store_true")
+    add(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"where latest.md, latest.json and poll.png go (default {RESULTS}; "
+        "--quick runs write nothing unless this is given)",
+    )
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = bool(args.quick)
+    sizes = args.sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)
+    return Settings(
+        sizes=tuple(sizes),
+        vms=args.vms,
+        repeat=args.repeat or (1 if quick else 3),
+        page_size=args.page_size,
+        max_concurrency=args.max_concurrency,
+        cost=CostModel(args.request_cost, args.object_cost, args.max_parallel),
+        load_vms=args.load_vms,
+        load_backups=(min(args.load_backups, 20_000) if quick else args.load_backups),
+        scrapers=args.scrapers,
+        load_seconds=args.load_seconds or (3.0 if quick else 10.0),
+        pace_seconds=args.pace,
+        load_repeat=args.load_repeat or (1 if quick else 3),
+        sweep=tuple(int(v) for v in args.sweep.split(",") if v.strip()),
+        sweep_size=args.sweep_at[0],
+        baseline=not args.no_baseline,
+        load=not args.no_load,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    began = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - began:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    results = Results(settings=settings, machine=machine())
+    results.command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    say(f"cost model: {settings.cost.describe()}")
+    results.polls, results.sweep = measure_polls(settings, say)
+    if settings.load:
+        results.load, results.logins = load_rows(settings, say)
+    results.duration_seconds = time.monotonic() - began
+    print(report.text(results))
+    output = args.output or (None if args.quick else RESULTS)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "latest.md").write_text(report.markdown(results), encoding="utf-8")
+        (output / "latest.json").write_text(results.to_json() + "\n", encoding="utf-8")
+        report.plot(results, output / "poll.png")
+        say(f"wrote {output}/latest.md, latest.json and poll.png")
+    return 0

@@ -1,0 +1,81 @@
+"""The benchmark harness runs end to end at a tiny size and prints its table.
+
+No timing is asserted here: the numbers are the benchmark's business (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.run import parse_sizes
+from bench.scrape import percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--sizes=300,1k",
+            "--vms=20",
+            "--repeat=1",
+            "--request-cost=0",
+            "--object-cost=0",
+            "--page-size=200",
+            "--load-vms=30",
+            "--load-backups=300",
+            "--scrapers=3",
+            "--load-seconds=0.5",
+            "--pace=0.05",
+            "--sweep=1,2",
+            "--sweep-at=1k",
+            f"--output={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    table = done.stdout
+    for heading in ("backups", "wall s", "peak RSS MB", "p99 ms", "target"):
+        assert heading in table
+    assert "exporter" in table
+    assert "baseline" in table
+    results = json.loads((tmp_path / "latest.json").read_text())
+    polls = results["polls"]
+    assert {(row["side"], row["backups"]) for row in polls} == {
+        (side, size) for side in ("exporter", "baseline") for size in (300, 1000)
+    }
+    assert all(row["logins"] == 1 for row in polls)
+    assert [point["max_concurrency"] for point in results["sweep"]] == [1, 2]
+    assert [(row["phase"], row["mode"]) for row in results["load"]] == [
+        ("idle", "closed loop"),
+        ("idle", "every 50 ms"),
+        ("polling", "closed loop"),
+        ("polling", "every 50 ms"),
+    ]
+    assert all(row["errors"] == 0 and row["requests"] > 0 for row in results["load"])
+    assert results["logins"]["controller_logins"] == 1
+    assert "| backups |" in (tmp_path / "latest.md").read_text()
+    assert (tmp_path / "poll.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_sizes_are_read_with_k_suffixes() -> None:
+    assert parse_sizes("1k,10k,100_000,300") == (1000, 10_000, 100_000, 300)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected"), [(0.5, 50.0), (0.99, 99.0), (1.0, 100.0), (0.0, 1.0)]
+)
+def test_percentiles_are_nearest_rank(fraction: float, expected: float) -> None:
+    assert percentile([float(v) for v in range(100, 0, -1)], fraction) == expected
