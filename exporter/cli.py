@@ -135,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     keep_large_buffers_off_the_heap()
+    # A poll keeps the interpreter busy for seconds; a scrape's thread waiting for its turn
+    # gets it within 1 ms instead of the default 5 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
         shard = resolve_shard(args.shard_index, args.shard_count)
         if args.demo:
@@ -154,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+#: How long a thread runs before another one waiting for the interpreter gets it.
+SWITCH_INTERVAL_SECONDS = 0.001
 #: glibc's M_MMAP_THRESHOLD, and its initial value.
 _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES = -3, 128 * 1024
 
