@@ -609,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.monotonic() - began:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     results = Results(settings=settings, machine=machine())
-    results.command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    results.command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
     say(f"cost model: {settings.cost.describe()}")
     results.polls, results.sweep = measure_polls(settings, say)
     if settings.load:
