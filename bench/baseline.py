@@ -59,7 +59,7 @@ def get_all(session: requests.Session, url: str, token: str) -> tuple[list[dict[
             return backups, pages
 
 
-def summarise(backups: list[dict[str, Any]]) -> BaselineResult:
+def summarise(backups: list[dict[str, Any]], requests_made: int) -> BaselineResult:
     """The numbers the exporter publishes, computed the straightforward way."""
     counts: Counter[tuple[str, str]] = Counter()
     sizes: Counter[tuple[str, str]] = Counter()
@@ -82,7 +82,7 @@ def summarise(backups: list[dict[str, Any]]) -> BaselineResult:
                 newest_vm[vm_id] = created
     return BaselineResult(
         backups=len(backups),
-        requests=0,
+        requests=requests_made,
         clusters=len({cluster for cluster, _ in counts}),
         live_vms=len(alive),
     )
@@ -92,5 +92,4 @@ def run(url: str, username: str, password: str) -> BaselineResult:
     with requests.Session() as session:
         token = login(session, url, username, password)
         backups, pages = get_all(session, url, token)
-    result = summarise(backups)
-    return BaselineResult(result.backups, pages + 1, result.clusters, result.live_vms)
+    return summarise(backups, pages + 1)  # and the login

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -41,10 +42,18 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-# Children run in an empty directory: ``python -m`` puts the working directory first on
-# sys.path, where the checkout would shadow PYTHONPATH (and /tmp may hold anything).
-_CHILD_DIRECTORY = tempfile.TemporaryDirectory(prefix="bench-cwd-")
-CHILD_CWD = _CHILD_DIRECTORY.name
+@functools.cache
+def _child_directory() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="bench-cwd-")
+
+
+def child_cwd() -> str:
+    """An empty directory for the children to run in: ``python -m`` puts the working
+    directory first on sys.path, where the checkout would shadow PYTHONPATH (and /tmp may
+    hold anything)."""
+    return _child_directory().name
+
+
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 300_000)
 QUICK_SIZES = (1_000, 10_000)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -208,7 +217,7 @@ def simulator(backups: int, vms: int, cost: CostModel) -> Iterator[Simulator]:
         f"--max-parallel={cost.max_parallel}",
     ]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD
+        command, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=child_cwd()
     )
     try:
         assert process.stdout is not None
@@ -246,7 +255,7 @@ def measure_poll(
     ]
     sim.reset()
     done = subprocess.run(
-        command, capture_output=True, text=True, check=False, env=child_env(), cwd=CHILD_CWD
+        command, capture_output=True, text=True, check=False, env=child_env(), cwd=child_cwd()
     )
     if done.returncode != 0:
         raise RuntimeError(f"{side} probe failed:\n{done.stderr}")
@@ -351,7 +360,7 @@ controllers:
         stdout=log,
         stderr=subprocess.STDOUT,
         env=child_env(BENCH_SVT_PASSWORD=sim.password),
-        cwd=CHILD_CWD,
+        cwd=child_cwd(),
     )
     try:
         deadline = time.monotonic() + 300
@@ -390,7 +399,7 @@ def scrape(url: str, settings: Settings, interval: float) -> dict[str, Any]:
         text=True,
         check=True,
         env=child_env(),
-        cwd=CHILD_CWD,
+        cwd=child_cwd(),
     )
     measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return measured

@@ -34,6 +34,7 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
             "--load-backups=300",
             "--scrapers=3",
             "--load-seconds=0.5",
+            "--load-repeat=1",
             "--pace=0.05",
             "--sweep=1,2",
             "--sweep-at=1k",
