@@ -210,8 +210,7 @@ class SimplivityClient:
                 if offset > 0 and last_id is not None and (first is None or first > last_id):
                     # The overlap with what was counted is gone: step back to find it.
                     self._cancel(pending)
-                    back = min(offset - step, page.count - overlap)
-                    offset = max(0, back if back < offset else offset - step)
+                    offset = max(0, min(offset - step, page.count - overlap))
                     continue
                 last_page = received < limit or offset + received >= page.count
                 if not last_page:
