@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 import exporter
+from tools.helm_chart import merge_values
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "simplivity-exporter"
@@ -168,21 +169,6 @@ GOOD_RENDERS = [name for name in RENDER_CASES if not name.startswith(("bad:", "r
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def merge_values(base: Any, override: Any) -> Any:
-    """Helm's coalescing of a values file over the chart's defaults."""
-    if not isinstance(base, dict) or not isinstance(override, dict):
-        return copy.deepcopy(override)
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_values(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Developer tools run outside the exporter (the Helm chart helper runs in .venv-helm)."""
