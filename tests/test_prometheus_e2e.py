@@ -185,32 +185,6 @@ def rules_with_short_for(tmp_path: Path) -> Path:
     return path
 
 
-def all_backups(controller: SimulatedController) -> list[dict[str, Any]]:
-    """Every backup the simulated controller lists, read through its REST API."""
-    session = requests.Session()
-    token = session.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=10,
-    ).json()["access_token"]
-    backups: list[dict[str, Any]] = []
-    while True:
-        page = session.get(
-            controller.url + "/api/backups",
-            params={"offset": len(backups), "limit": 3000},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        ).json()
-        backups.extend(page["backups"])
-        if not page["backups"] or len(backups) >= page["count"]:
-            return backups
-
-
 def unix(created_at: str) -> float:
     return datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
 
@@ -381,7 +355,7 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
         assert prometheus.query(expr), f"{where}: no data for {expr!r}"
 
     # The expected alerts are active (pending or firing), and no others.
-    expected = expected_alerts(all_backups(simulator), time.time())
+    expected = expected_alerts(simulator.backups(), time.time())
     named = alert_names(expected)
     assert STALE_VM in named["SimplivityVMBackupTooOld"]
     assert FAILING_VM in named["SimplivityVMNoProtectedBackup"]
