@@ -11,7 +11,7 @@ import gzip
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -107,7 +107,7 @@ class BackupCollector(Collector):
         state = self._state()
         now = self._clock()
         fresh = _fresh(statuses, state, now)
-        written = self._written_snapshots(fresh)
+        written = self._written_snapshots(fresh, {s.name: s.exposition for s in statuses})
         out: list[str] = []
         counts, sizes, newest, newest_age = _cluster_families(state)
         for family, part in ((counts, "counts"), (sizes, "sizes"), (newest, "newest")):
@@ -127,14 +127,17 @@ class BackupCollector(Collector):
         return "".join(out)
 
     def _written_snapshots(
-        self, fresh: Sequence[tuple[str, BackupSnapshot]]
+        self, fresh: Sequence[tuple[str, BackupSnapshot]], prepared: Mapping[str, object]
     ) -> list[_WrittenSnapshot]:
         cache = self._written
         written = []
         for controller, snapshot in fresh:
             entry = cache.get(controller)
             if entry is None or entry[0] is not snapshot:
-                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot))
+                ready = prepared.get(controller)  # published with this very snapshot
+                if not isinstance(ready, _WrittenSnapshot) or ready.controller != controller:
+                    ready = _WrittenSnapshot.of(controller, snapshot)
+                entry = (snapshot, ready)
             written.append(entry)
         # Replaced, never changed in place: concurrent scrapes each see a whole cache.
         self._written = {
@@ -210,6 +213,14 @@ class BackupCollector(Collector):
             "When the configuration was last loaded successfully.",
             value=state.reload_success_timestamp,
         )
+
+
+def prepare_exposition(controller: str, snapshot: BackupSnapshot) -> object:
+    """``snapshot``'s series written out, for the poll to publish with it (``Poller(prepare=)``).
+
+    Writing 5,000 VMs takes about 9 ms: done by the poll, it delays no scrape.
+    """
+    return _WrittenSnapshot.of(controller, snapshot)
 
 
 def _age(now: float, created: float | None) -> float:
@@ -325,6 +336,7 @@ def _ages(ages: Sequence[tuple[str, float | None]], now: float) -> str:
 class _WrittenSnapshot:
     """One controller's snapshot as exposition lines; ages as (line up to the value, created)."""
 
+    controller: str
     counts: str
     sizes: str
     newest: str
@@ -357,6 +369,7 @@ class _WrittenSnapshot:
                 (f"simplivity_vm_backup_newest_age_seconds{labels}", vm.newest_protected)
             )
         return cls(
+            controller,
             "".join(counts),
             "".join(sizes),
             "".join(newest),

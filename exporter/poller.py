@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from exporter.backups import Aggregator, BackupSnapshot
+from exporter.backups import BackupSnapshot
 from exporter.config import Config, ControllerConfig, PollConfig
+from exporter.pages import LocalScan, PageError, PageSink, ScanFactory
 from exporter.simplivity import (
     REASONS,
     Cancelled,
@@ -44,12 +45,14 @@ class BackupSource(Protocol):
     @property
     def logins(self) -> int: ...
 
-    def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult: ...
+    def scan_pages(self, pages: PageSink) -> ScanResult: ...
 
     def close(self) -> None: ...
 
 
 ClientFactory = Callable[[ControllerConfig, PollConfig, threading.Event], BackupSource]
+#: Turns a controller's new snapshot into what the exposition will need (controller, snapshot).
+Preparer = Callable[[str, BackupSnapshot], object]
 
 
 def default_client_factory(
@@ -73,6 +76,9 @@ class ControllerStatus:
     errors: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     logins: int = 0
     snapshot: BackupSnapshot | None = None
+    #: The snapshot as the exposition writes it, prepared by the poll that took it (see
+    #: ``prepare`` of :class:`Poller`), so that no scrape has to.
+    exposition: object = None
 
 
 class ControllerPoller:
@@ -84,12 +90,16 @@ class ControllerPoller:
         poll: PollConfig,
         *,
         client_factory: ClientFactory = default_client_factory,
+        scans: ScanFactory = LocalScan,
+        prepare: Preparer | None = None,
         clock: Callable[[], float] = time.time,
         on_publish: Callable[[], None] = lambda: None,
         previous: ControllerStatus | None = None,
     ) -> None:
         self.controller = controller
         self.poll_config = poll
+        self._scans = scans
+        self._prepare = prepare
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
         self._clock = clock
@@ -120,21 +130,26 @@ class ControllerPoller:
     def _poll(self) -> ControllerStatus:
         name = self.controller.name
         started = time.monotonic()
-        aggregator = Aggregator()
+        scan = self._scans()
         try:
-            self._client.scan(aggregator.add)
+            self._client.scan_pages(scan)
+            duration = time.monotonic() - started
+            snapshot = scan.snapshot()
+            exposition = self._prepare(name, snapshot) if self._prepare else None
         except Cancelled:
             log.debug("controller %s: poll abandoned at shutdown", name)
             return self.status
         except SimplivityError as err:
             return self._publish_failure(err, time.monotonic() - started)
+        except PageError as err:  # the decoding worker died, or forgot the scan
+            return self._publish_failure(DecodeError(str(err)), time.monotonic() - started)
         except Exception as err:
             # A bug, not a controller fault: keep the exporter alive, say so loudly, count it.
             log.exception("controller %s: unexpected error during poll", name)
             failure = DecodeError(f"internal error: {type(err).__name__}")
             return self._publish_failure(failure, time.monotonic() - started)
-        duration = time.monotonic() - started
-        snapshot = aggregator.snapshot()
+        finally:
+            scan.close()
         now = self._clock()
         self.status = replace(
             self.status,
@@ -146,6 +161,7 @@ class ControllerPoller:
             last_error=None,
             logins=self._logins_before + self._client.logins,
             snapshot=snapshot,
+            exposition=exposition,
         )
         log.info(
             "controller %s: %d backups, %d clusters, %d live VMs in %.2f s",
@@ -188,10 +204,18 @@ class Poller:
         config: Config,
         *,
         client_factory: ClientFactory = default_client_factory,
+        scans: ScanFactory = LocalScan,
+        prepare: Preparer | None = None,
         clock: Callable[[], float] = time.time,
         scheduler: BackgroundScheduler | None = None,
     ) -> None:
+        """``scans`` opens where each poll's pages are counted (this process by default, or
+        :class:`~exporter.worker.DecodingWorker`); ``prepare``, if given, is called by each
+        successful poll with its controller's name and snapshot, and what it returns is
+        published with the snapshot as :attr:`ControllerStatus.exposition`."""
         self._client_factory = client_factory
+        self._scans = scans
+        self._prepare = prepare
         self._clock = clock
         self._scheduler = scheduler or BackgroundScheduler(
             executors={"default": SchedulerThreadPool(MAX_PARALLEL_POLLS)},
@@ -247,6 +271,8 @@ class Poller:
                 controller,
                 config.poll,
                 client_factory=self._client_factory,
+                scans=self._scans,
+                prepare=self._prepare,
                 clock=self._clock,
                 on_publish=self._bump,
                 previous=current.status if current else None,

@@ -24,8 +24,9 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from exporter import __version__
-from exporter.backups import FIELDS, BackupRecordError
+from exporter.backups import FIELDS
 from exporter.config import ControllerConfig, PollConfig
+from exporter.pages import PageCounter, PageError, PageSink, decode_json
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,6 @@ class DecodeError(SimplivityError):
 
 class Cancelled(Exception):
     """The exporter is shutting down; the scan was abandoned (not a controller failure)."""
-
-
-@dataclass(frozen=True)
-class Page:
-    offset: int
-    count: int
-    backups: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -169,29 +163,44 @@ class SimplivityClient:
     # -- scanning ---------------------------------------------------------------------------
 
     def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
-        """Feed every backup of the federation to ``sink`` exactly once.
+        """Feed every backup of the federation to ``sink`` exactly once, in this thread."""
+        return self.scan_pages(PageCounter(sink))
+
+    def scan_pages(self, pages: PageSink) -> ScanResult:
+        """Hand every page of the federation's backups to ``pages``, in the listing's order.
 
         Pages are requested sorted by ``id``: a total order in which a page can be stitched to
         the one before it. Each page overlaps the previous one by a few backups; when the
         overlap is missing (backups created or expired before the page's offset shifted the
         listing), the scan steps back until it finds it. So a backup that exists for the whole
-        scan is never missed, and none is counted twice (those with an id at or below the last
-        one counted are skipped). After the first page has told the total, up to
-        ``poll.max_concurrency`` pages are requested at once.
+        scan is never missed, and none is counted twice (``pages`` skips those at or below the
+        last id counted). After the first page has told the total, up to
+        ``poll.max_concurrency`` pages are requested at once: the next ones are on their way
+        while ``pages`` counts one.
         """
         limit = self.poll.page_size
         overlap = max(1, limit // 50)
         step = limit - overlap
-        last_id: str | None = None
         seen = 0
         requests_made = 0
         budget: int | None = None
+        count = 0
         pending: dict[int, Future[bytes]] = {}
         offset = 0
         try:
             while True:
-                page = self._take_page(pending, offset)
+                body = self._take_body(pending, offset)
                 requests_made += 1
+                if budget is not None:
+                    # Ask for the next pages before counting this one, so that the controller
+                    # is never left with fewer than max_concurrency requests while we count.
+                    self._prefetch(pending, offset + step, step, count)
+                try:
+                    page = pages.count(offset, body)
+                except PageError as err:
+                    raise DecodeError(str(err)) from None
+                del body
+                count = page.count
                 if budget is None:
                     # Churn may force a few steps back; a listing that never settles is an error.
                     budget = 3 * (page.count // step + 1) + 20
@@ -200,49 +209,31 @@ class SimplivityClient:
                         f"the backup listing changed faster than it could be read "
                         f"({requests_made} requests for {page.count} backups)"
                     )
-                received = len(page.backups)
+                received = page.received
                 if received < limit and offset + received < page.count:
                     raise DecodeError(
                         f"page at offset {offset} held {received} backups (limit {limit}) "
                         f"although count says {page.count}"
                     )
-                first = _backup_id(page.backups[0]) if received else None
-                if offset > 0 and last_id is not None and (first is None or first > last_id):
+                if page.overlap_lost:
                     # The overlap with what was counted is gone: step back to find it.
                     self._cancel(pending)
                     offset = max(0, min(offset - step, page.count - overlap))
                     continue
-                last_page = received < limit or offset + received >= page.count
-                if not last_page:
-                    # Ask for the next pages before counting this one, so that the controller
-                    # is never left with fewer than max_concurrency requests while we count.
-                    self._prefetch(pending, offset + step, step, page.count)
-                for backup in page.backups:
-                    backup_id = _backup_id(backup)
-                    if last_id is not None and backup_id <= last_id:
-                        continue
-                    try:
-                        sink(backup)
-                    except BackupRecordError as err:
-                        raise DecodeError(str(err)) from None
-                    last_id = backup_id
-                    seen += 1
-                if last_page:
+                seen += page.counted
+                if received < limit or offset + received >= page.count:
                     return ScanResult(backups_seen=seen, requests=requests_made)
                 offset += step
+                self._prefetch(pending, offset, step, count)
         finally:
             self._cancel(pending)
 
-    def _take_page(self, pending: dict[int, Future[bytes]], offset: int) -> Page:
-        # Prefetched pages arrive as raw bodies and are decoded here, one at a time, in the
-        # scanning thread: decoding them in the fetching threads kept several pages of parsed
-        # objects alive at once, interleaved in memory, and the process grew with every page.
+    def _take_body(self, pending: dict[int, Future[bytes]], offset: int) -> bytes:
         future = pending.pop(offset, None)
         try:
-            body = self._fetch_body(offset) if future is None else future.result()
+            return self._fetch_body(offset) if future is None else future.result()
         except CancelledError:  # close() dropped the queued requests: a reload or shutdown
             raise Cancelled() from None
-        return self._parse_page(offset, body)
 
     def _prefetch(
         self, pending: dict[int, Future[bytes]], offset: int, step: int, count: int
@@ -281,25 +272,6 @@ class SimplivityClient:
             "order": "ascending",
         }
         return self.get_body("/api/backups", params)
-
-    @staticmethod
-    def _parse_page(offset: int, body: bytes) -> Page:
-        document = _decode("/api/backups", body)
-        count = document.get("count") if isinstance(document, dict) else None
-        backups = document.get("backups") if isinstance(document, dict) else None
-        if type(count) is not int or count < 0 or not isinstance(backups, list):
-            raise DecodeError(
-                "/api/backups answered without a numeric 'count' and a 'backups' list"
-            )
-        previous = ""
-        for backup in backups:
-            if not isinstance(backup, dict):
-                raise DecodeError("/api/backups listed something that is not a backup object")
-            backup_id = _backup_id(backup)
-            if backup_id <= previous:
-                raise DecodeError("/api/backups did not return backups sorted by id")
-            previous = backup_id
-        return Page(offset=offset, count=count, backups=backups)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -476,19 +448,9 @@ def _read_body(response: requests.Response, deadline: float, path: str) -> bytes
 
 def _decode(path: str, body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as err:
-        # ValueError covers bad UTF-8 and bad JSON, and also an integer of thousands of digits;
-        # RecursionError: arrays nested thousands deep.
-        where = f" at byte {err.pos}" if isinstance(err, json.JSONDecodeError) else ""
-        raise DecodeError(f"{path} answered with invalid JSON{where} ({len(body)} bytes)") from None
-
-
-def _backup_id(backup: Mapping[str, Any]) -> str:
-    value = backup.get("id")
-    if not isinstance(value, str) or not value:
-        raise DecodeError("/api/backups listed a backup without an id")
-    return value
+        return decode_json(path, body)
+    except PageError as err:
+        raise DecodeError(str(err)) from None
 
 
 def _server_message(body: bytes) -> str:

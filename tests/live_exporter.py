@@ -32,12 +32,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import Reloader, Shard
-from exporter.collector import BackupCollector, Exposition
+from exporter.collector import BackupCollector, Exposition, prepare_exposition
 from exporter.config import Config, ControllerConfig, PollConfig, Secret, TLSConfig
 from exporter.poller import BackupSource, ClientFactory, Poller
 from exporter.simplivity import SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.web import ExporterServer, WebApp
+from exporter.worker import DecodingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The families that come from a controller's backups (dropped when its data is stale).
@@ -176,7 +177,13 @@ class InProcessExporter:
 
     def __init__(self, config: Config, client_factory: ClientFactory = fast_retries) -> None:
         self.config = config
-        self.poller = Poller(config, client_factory=client_factory)
+        self.worker = DecodingWorker()
+        self.poller = Poller(
+            config,
+            client_factory=client_factory,
+            scans=self.worker.open_scan,
+            prepare=prepare_exposition,
+        )
         self.reloader = Reloader(self.poller, Shard(), lambda: self.config, config)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(BackupCollector(self.poller.statuses, lambda: self.reloader.state))
@@ -204,6 +211,7 @@ class InProcessExporter:
         self.server.shutdown()
         self.server.server_close()
         self.poller.shutdown()
+        self.worker.close()
 
     def reload(self, config: Config) -> tuple[bool, str]:
         """What SIGHUP does, with ``config`` as the file's new content."""

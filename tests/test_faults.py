@@ -33,6 +33,7 @@ import pytest
 import trustme
 
 from exporter.config import ControllerConfig, PollConfig, TLSConfig
+from exporter.pages import PageOutcome, PageSink
 from exporter.poller import BackupSource
 from exporter.simplivity import REASONS, ScanResult
 from exporter.simulator import FederationSpec, Malformed, SimulatedController
@@ -413,21 +414,27 @@ class ExpiringMidScan:
     def logins(self) -> int:
         return self.client.logins
 
-    def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
+    def scan_pages(self, pages: PageSink) -> ScanResult:
         seen = 0
+        wrapper = self
 
-        def counting(backup: dict[str, Any]) -> None:
-            nonlocal seen
-            seen += 1
-            if seen == 60:  # past the first page of 50: the next request carries a dead token
-                if self.how == "expire":
-                    self.controller.expire_tokens()
-                else:
-                    self.controller.revoke_tokens()
-                self.expired += 1
-            sink(backup)
+        class Counting:
+            def count(self, offset: int, body: bytes) -> PageOutcome:
+                nonlocal seen
+                outcome = pages.count(offset, body)
+                before, seen = seen, seen + outcome.counted
+                if before < 60 <= seen:  # past the first page of 50: the next request
+                    wrapper.kill_tokens()  # carries a dead token
+                return outcome
 
-        return self.client.scan(counting)
+        return self.client.scan_pages(Counting())
+
+    def kill_tokens(self) -> None:
+        if self.how == "expire":
+            self.controller.expire_tokens()
+        else:
+            self.controller.revoke_tokens()
+        self.expired += 1
 
     def close(self) -> None:
         self.client.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from exporter.backups import BackupRecordError
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
+from exporter.pages import PageSink
 from exporter.poller import BackupSource, ControllerPoller, Poller
 from exporter.simplivity import REASONS, ConnectError, RequestTimeout, ScanResult
 from exporter.simulator import FederationSpec, SimulatedController
@@ -15,6 +17,11 @@ from tests.conftest import wait_until
 
 Start = Callable[..., SimulatedController]
 T = "2024-03-01T06:00:00Z"
+
+
+def page_body(backups: list[dict[str, Any]]) -> bytes:
+    """One page of ``/api/backups`` holding ``backups``, as the controller sends it."""
+    return json.dumps({"offset": 0, "count": len(backups), "backups": backups}).encode()
 
 
 def record(number: int, **fields: Any) -> dict[str, Any]:
@@ -39,13 +46,12 @@ class ScriptedSource:
         self.logins = 1
         self.closed = False
 
-    def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
+    def scan_pages(self, pages: PageSink) -> ScanResult:
         step = self.script.pop(0)
         if isinstance(step, Exception):
             raise step
-        for backup in step:
-            sink(backup)
-        return ScanResult(backups_seen=len(step), requests=1)
+        outcome = pages.count(0, page_body(step))
+        return ScanResult(backups_seen=outcome.counted, requests=1)
 
     def close(self) -> None:
         self.closed = True
@@ -90,9 +96,8 @@ def test_a_failed_poll_keeps_the_last_good_snapshot_and_counts_the_reason() -> N
 
 def test_a_scan_failing_half_way_publishes_nothing_of_it() -> None:
     class HalfScan(ScriptedSource):
-        def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
-            for number in range(5):
-                sink(record(number))
+        def scan_pages(self, pages: PageSink) -> ScanResult:
+            pages.count(0, page_body([record(number) for number in range(5)]))
             raise ConnectError("cannot connect: connection reset")
 
     poller = poller_with(HalfScan([]))
@@ -114,7 +119,7 @@ def test_a_second_poll_of_the_same_controller_never_overlaps_the_first() -> None
     release = threading.Event()
 
     class Slow(ScriptedSource):
-        def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
+        def scan_pages(self, pages: PageSink) -> ScanResult:
             entered.set()
             release.wait(10)
             return ScanResult(backups_seen=0, requests=1)

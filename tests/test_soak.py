@@ -27,15 +27,15 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import pytest
 
 from exporter.backups import Aggregator, BackupSnapshot
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
+from exporter.pages import PageSink
 from exporter.poller import BackupSource
 from exporter.simplivity import ScanResult
 from exporter.simulator import FederationSpec
@@ -82,7 +82,7 @@ class WatchedClient:
     def logins(self) -> int:
         return self.inner.logins
 
-    def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
+    def scan_pages(self, pages: PageSink) -> ScanResult:
         ledger = self.ledger
         with ledger.lock:
             ledger.active[self.name] += 1
@@ -90,7 +90,7 @@ class WatchedClient:
             if ledger.active[self.name] > 1:
                 ledger.overlaps.append(f"{self.name} at {time.strftime('%H:%M:%S')}")
         try:
-            return self.inner.scan(sink)
+            return self.inner.scan_pages(pages)
         finally:
             with ledger.lock:
                 ledger.active[self.name] -= 1
