@@ -29,6 +29,7 @@ import itertools
 import logging
 import os
 import pickle
+import re
 import signal
 import struct
 import subprocess
@@ -44,6 +45,8 @@ from exporter.pages import LocalScan, PageError, PageOutcome, Scan
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!Q")
+#: The environment variables the child inherits.
+_PASSED_ON = re.compile(r"PYTHON[A-Z0-9_]*|PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR")
 #: A page is at most 64 MiB (the client refuses larger answers); a message is never near this.
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -91,20 +94,30 @@ class DecodingWorker:
         """A new scan in the child; in this process instead if the child cannot be started."""
         scan_id = next(self._scan_ids)
         try:
-            self.call(("open", scan_id))
+            _, generation = self._exchange(("open", scan_id), None)
         except WorkerLost as err:
             if not self._warned:
                 log.warning("%s; counting backups in the exporter's own process instead", err)
                 self._warned = True
             return LocalScan()
         self._warned = False
-        return _WorkerScan(self, scan_id)
+        return _WorkerScan(self, scan_id, generation)
 
-    def call(self, request: tuple[Any, ...]) -> Any:
-        """Send one request and return its answer; :class:`PageError` if the child refused it."""
+    def call(self, request: tuple[Any, ...], generation: int | None = None) -> Any:
+        """Send one request and return its answer; :class:`PageError` if the child refused it.
+
+        With ``generation`` (what ``open`` answered), only to the child that answered it: a
+        scan's state dies with its child, and a new child is not started just to hear that.
+        """
+        return self._exchange(request, generation)[0]
+
+    def _exchange(self, request: tuple[Any, ...], generation: int | None) -> tuple[Any, int]:
+        """The answer, and the generation of the child that gave it."""
         with self._lock:
             if self._closed:
                 raise WorkerLost("the decoding worker is closed")
+            if generation is not None and (self._process is None or generation != self.starts):
+                raise WorkerLost("the decoding worker restarted during the scan")
             process = self._process if self._process is not None else self._start()
             assert process.stdin is not None
             assert process.stdout is not None
@@ -114,17 +127,17 @@ class DecodingWorker:
                 status, value = pickle.loads(_read_message(process.stdout))  # noqa: S301
             except (OSError, EOFError, ValueError, pickle.UnpicklingError):
                 self._stop_process()
-                code = process.returncode
                 raise WorkerLost(
                     f"the exporter's decoding worker (pid {process.pid}) ended unexpectedly"
-                    + (f" with exit code {code}" if code is not None else "")
+                    + _how_it_ended(process.returncode)
                 ) from None
             except BaseException:
                 self._stop_process()  # half a conversation: the next answer would be this one's
                 raise
+            answered_by = self.starts
         if status == "error":
             raise PageError(value)
-        return value
+        return value, answered_by
 
     def close(self) -> None:
         """Stop the child (it exits when its stdin closes); later calls raise WorkerLost."""
@@ -138,7 +151,9 @@ class DecodingWorker:
         return process.pid if process is not None else None
 
     def _start(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
+        # Only what Python itself reads: the exporter's environment may hold passwords
+        # (``${VAR}`` in the config), and the child has no use for them.
+        env = {key: value for key, value in os.environ.items() if _PASSED_ON.fullmatch(key)}
         # The child imports the very package this process runs, wherever it was found.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -177,21 +192,30 @@ class DecodingWorker:
 class _WorkerScan:
     """One scan counted in the child; what :class:`~exporter.pages.Scan` asks for."""
 
-    def __init__(self, worker: DecodingWorker, scan_id: int) -> None:
+    def __init__(self, worker: DecodingWorker, scan_id: int, generation: int) -> None:
         self._worker = worker
         self._id = scan_id
+        self._generation = generation
 
     def count(self, offset: int, body: bytes) -> PageOutcome:
-        outcome: PageOutcome = self._worker.call(("page", self._id, offset, body))
+        outcome: PageOutcome = self._worker.call(("page", self._id, offset, body), self._generation)
         return outcome
 
     def snapshot(self) -> BackupSnapshot:
-        snapshot: BackupSnapshot = self._worker.call(("snapshot", self._id))
+        snapshot: BackupSnapshot = self._worker.call(("snapshot", self._id), self._generation)
         return snapshot
 
     def close(self) -> None:
         with contextlib.suppress(PageError):  # the child is gone, and the scan with it
-            self._worker.call(("close", self._id))
+            self._worker.call(("close", self._id), self._generation)
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is None:
+        return ""
+    if code < 0:
+        return f", killed by signal {-code}"
+    return f" with exit code {code}"
 
 
 def _write_message(stream: IO[bytes], payload: bytes) -> None:

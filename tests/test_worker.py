@@ -1,0 +1,256 @@
+"""The decoding worker: a real child process counting real pages, and what happens when it fails."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.config import ControllerConfig, PollConfig, Secret
+from exporter.pages import LocalScan, PageError, PageOutcome, PageSink, Scan
+from exporter.poller import ControllerPoller
+from exporter.simplivity import ScanResult, SimplivityClient
+from exporter.simulator import FederationSpec, SimulatedController
+from exporter.worker import DecodingWorker
+from tests.conftest import wait_until
+from tests.live_exporter import ExporterProcess, write_config
+
+Start = Callable[..., SimulatedController]
+
+
+@pytest.fixture
+def worker() -> Iterator[DecodingWorker]:
+    started = DecodingWorker()
+    yield started
+    started.close()
+
+
+def client_for(simulator: SimulatedController, page_size: int = 100) -> SimplivityClient:
+    controller = ControllerConfig(
+        "sim", simulator.url, simulator.username, Secret(simulator.password)
+    )
+    return SimplivityClient(controller, PollConfig(page_size=page_size, timeout_seconds=5))
+
+
+def page(backups: list[dict[str, Any]], count: int | None = None) -> bytes:
+    total = len(backups) if count is None else count
+    return json.dumps({"offset": 0, "count": total, "backups": backups}).encode()
+
+
+def backup(number: int) -> dict[str, Any]:
+    return {
+        "id": f"b{number:05d}",
+        "state": "PROTECTED",
+        "created_at": "2026-11-27T06:00:00Z",
+        "size": 10,
+        "omnistack_cluster_name": "Boston",
+        "virtual_machine_id": f"vm{number}",
+        "virtual_machine_name": f"web-{number}",
+        "virtual_machine_state": "ALIVE",
+    }
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of a process ("Z" for a zombie), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def ended(pid: int) -> bool:
+    return process_state(pid) in (None, "Z")
+
+
+def test_counts_a_federation_exactly_as_this_process_does(
+    start_simulator: Start, worker: DecodingWorker
+) -> None:
+    simulator = start_simulator(FederationSpec(vms=300, backups_per_vm=7))
+    client = client_for(simulator, page_size=97)
+    here, there = LocalScan(), worker.open_scan()
+    assert type(there) is not LocalScan
+    counted_here = client.scan_pages(here)
+    counted_there = client.scan_pages(there)
+    assert counted_here.backups_seen == counted_there.backups_seen == simulator.backup_count()
+    assert there.snapshot() == here.snapshot()
+    assert worker.pid is not None
+    assert worker.pid != os.getpid()
+
+
+def test_scans_of_several_controllers_share_the_worker_without_mixing(
+    start_simulator: Start, worker: DecodingWorker
+) -> None:
+    specs = [FederationSpec(seed=seed, vms=80 * seed, backups_per_vm=5) for seed in (1, 2, 3)]
+    simulators = [start_simulator(spec) for spec in specs]
+    results: dict[int, Any] = {}
+
+    def scan(index: int) -> None:
+        scan = worker.open_scan()
+        try:
+            client_for(simulators[index], page_size=50).scan_pages(scan)
+            results[index] = scan.snapshot()
+        finally:
+            scan.close()
+
+    threads = [threading.Thread(target=scan, args=(index,)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for index, simulator in enumerate(simulators):
+        expected = LocalScan()
+        client_for(simulator, page_size=50).scan_pages(expected)
+        assert results[index] == expected.snapshot()
+    assert worker.starts == 1
+
+
+def test_refuses_an_unreadable_page_with_the_words_of_this_process(worker: DecodingWorker) -> None:
+    for body in (b'{"count": 1, "backups": [', page([backup(2), backup(1)])):
+        with pytest.raises(PageError) as here:
+            LocalScan().count(0, body)
+        with pytest.raises(PageError) as there:
+            worker.open_scan().count(0, body)
+        assert str(there.value) == str(here.value)
+        assert "/api/backups" in str(there.value)
+    with pytest.raises(PageError, match="size must be a whole number"):
+        worker.open_scan().count(0, page([{**backup(1), "size": "12"}]))
+    # Refusing a page does not end the worker: the next scan is counted by the same process.
+    scan = worker.open_scan()
+    assert scan.count(0, page([backup(1), backup(2)])) == PageOutcome(2, 2, 2)
+    assert worker.starts == 1
+
+
+def test_a_scan_is_stitched_to_its_own_last_page_only(worker: DecodingWorker) -> None:
+    first, second = worker.open_scan(), worker.open_scan()
+    assert first.count(0, page([backup(1), backup(2), backup(3)], count=5)).counted == 3
+    # Overlaps the page before by one backup: that one is not counted again.
+    assert first.count(2, page([backup(3), backup(4), backup(5)], count=5)).counted == 2
+    # A page starting past the last counted backup: the overlap is lost, nothing counted.
+    assert second.count(0, page([backup(1)], count=3)).counted == 1
+    assert second.count(1, page([backup(3)], count=3)).overlap_lost
+    assert first.snapshot().backups_seen == 5
+    assert second.snapshot().backups_seen == 1
+
+
+class PagesThenKill:
+    """A client whose scan counts one page, kills the worker, then counts another."""
+
+    def __init__(self, worker: DecodingWorker) -> None:
+        self.worker = worker
+        self.logins = 1
+        self.kill = True
+
+    def scan_pages(self, pages: PageSink) -> ScanResult:
+        pages.count(0, page([backup(1), backup(2)], count=4))
+        if self.kill:
+            self.kill = False
+            assert self.worker.pid is not None
+            os.kill(self.worker.pid, signal.SIGKILL)
+        pages.count(1, page([backup(2), backup(3), backup(4)], count=4))
+        return ScanResult(backups_seen=4, requests=2)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_worker_killed_mid_scan_fails_that_poll_only(worker: DecodingWorker) -> None:
+    source = PagesThenKill(worker)
+    poller = ControllerPoller(
+        ControllerConfig("boston", "https://h", "u", Secret("p")),
+        PollConfig(),
+        client_factory=lambda *_: source,
+        scans=worker.open_scan,
+    )
+    failed = poller.poll_once()
+    assert not failed.up
+    assert failed.errors["decode"] == 1
+    assert failed.last_error is not None
+    assert "decoding worker" in failed.last_error
+    assert "ended unexpectedly" in failed.last_error
+    first_pid = worker.pid
+    recovered = poller.poll_once()
+    assert recovered.up
+    assert recovered.snapshot is not None
+    assert recovered.snapshot.backups_seen == 4
+    assert worker.starts == 2
+    assert worker.pid != first_pid
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["/nonexistent/python3"], [sys.executable, "-c", "pass"]],
+    ids=["cannot-start", "exits-at-once"],
+)
+def test_without_a_worker_pages_are_counted_in_this_process(
+    command: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = DecodingWorker(command)
+    try:
+        with caplog.at_level(logging.WARNING, logger="exporter.worker"):
+            scan: Scan = worker.open_scan()
+            worker.open_scan()  # said once, not at every poll
+        assert isinstance(scan, LocalScan)
+        assert scan.count(0, page([backup(1)])).counted == 1
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "counting backups in the exporter's own process" in warnings[0]
+    finally:
+        worker.close()
+
+
+def test_the_worker_inherits_no_secret_from_the_environment(
+    worker: DecodingWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SVT_PASSWORD", "hunter2-in-the-environment")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    worker.open_scan()
+    assert worker.pid is not None
+    environment = Path(f"/proc/{worker.pid}/environ").read_bytes().split(b"\0")
+    assert not any(b"hunter2" in entry for entry in environment)
+    assert b"PYTHONDONTWRITEBYTECODE=1" in environment
+
+
+def test_closing_ends_the_worker_and_refuses_later_scans(worker: DecodingWorker) -> None:
+    worker.open_scan()
+    pid = worker.pid
+    assert pid is not None
+    worker.close()
+    assert ended(pid)
+    with pytest.raises(PageError, match="closed"):
+        worker.call(("open", 99))
+
+
+def worker_of(exporter_pid: int) -> int | None:
+    for task in Path(f"/proc/{exporter_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"exporter.worker" in cmdline:
+                return int(child)
+    return None
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_worker_never_outlives_the_exporter(
+    start_simulator: Start, tmp_path: Path, how: signal.Signals
+) -> None:
+    simulator = start_simulator(FederationSpec(vms=30))
+    config = write_config(tmp_path / "config.yaml", {"boston": simulator})
+    exporter = ExporterProcess(f"--config.file={config}", log_path=tmp_path / "log")
+    try:
+        wait_until(lambda: exporter.get("/-/ready")[0] == 200, 30, "the first poll")
+        child = wait_until(lambda: worker_of(exporter.process.pid), 10, "the worker")
+        assert exporter.scrape().value("simplivity_up", controller="boston") == 1
+        exporter.signal(how)
+        exporter.process.wait(10)
+        wait_until(lambda: ended(child), 10, "the worker to end with the exporter")
+    finally:
+        exporter.stop()
