@@ -1256,6 +1256,8 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = 120  # idle keep-alive connections end after this
     server: _Server
+    #: Whether the request being served has stopped counting as in flight.
+    done_in_flight = False
 
     def _dispatch(self) -> None:
         self.server.controller._serve(self)
@@ -1457,6 +1459,7 @@ class SimulatedController:
         url = urlsplit(h.path)
         path = url.path
         self.stats._started(path)
+        h.done_in_flight = False
         try:
             length = int(h.headers.get("Content-Length") or 0)
             body = h.rfile.read(length) if length > 0 else b""
@@ -1472,6 +1475,11 @@ class SimulatedController:
             log.debug("request %s %s aborted: %s", h.command, path, e)
             h.close_connection = True
         finally:
+            self._leave_flight(h)
+
+    def _leave_flight(self, h: _Handler) -> None:
+        if not h.done_in_flight:
+            h.done_in_flight = True
             self.stats._finished()
 
     def _send(
@@ -1505,6 +1513,9 @@ class SimulatedController:
         for name, value in headers:
             h.send_header(name, value)
         h.end_headers()
+        # Out of flight before the last write: once the client has the body, it may send its
+        # next request before this thread runs again, and two would seem in flight at once.
+        self._leave_flight(h)
         if h.command != "HEAD":
             h.wfile.write(body)
         self.stats._answered(status, len(body), backups)
