@@ -1,11 +1,22 @@
 """One measured poll, in a fresh process: ``python -m bench.probe exporter|baseline ...``.
 
 The process does nothing else, so its peak RSS and CPU time are the poll's (plus the
-interpreter and the imports, the same for every size). It prints one JSON line:
-``{"wall_seconds", "cpu_seconds", "peak_rss_bytes", "backups"}``. ``exporter`` runs
+interpreter and the imports, the same for every size). ``exporter`` runs
 ``simplivity-exporter --once --output FILE`` in this process (one poll, the exposition written
 once); ``baseline`` runs :mod:`bench.baseline`. Only the chosen side is imported, and the clock
 starts once it is.
+
+The exporter decodes and counts pages in a child process (``python -m exporter.worker``), and
+``--once`` closes that child and waits for it before it returns (``exporter.cli.run_once``), so
+once the poll is over the child is reaped and :data:`resource.RUSAGE_CHILDREN` holds its
+figures. The poll's CPU time is this process's plus its reaped children's. Its peak RSS is this
+process's peak plus the largest reaped child's peak (the worker's): a sum of two peaks that
+need not have come at the same moment, so an upper bound of what the two held at once. The
+baseline starts no child, and its figures are its own process's alone.
+
+It prints one JSON line: ``{"wall_seconds", "cpu_seconds", "peak_rss_bytes",
+"probe_peak_rss_bytes", "worker_peak_rss_bytes", "backups"}``, where ``peak_rss_bytes`` is the
+sum of the other two (``worker_peak_rss_bytes`` is 0 for the baseline).
 """
 
 from __future__ import annotations
@@ -24,8 +35,27 @@ from pathlib import Path
 
 
 def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
-    return usage.ru_utime + usage.ru_stime
+    """User + system CPU seconds of every thread of this process and of its reaped children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def _check_no_child_left() -> None:
+    """Fail if a child of the poll still runs: RUSAGE_CHILDREN would be missing its share."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)  # reaps a child that ended but was not waited for
+        except ChildProcessError:
+            return  # no child at all
+        if pid == 0:
+            raise SystemExit("a child of the poll still runs: its CPU and RSS would be missed")
+
+
+def _peak_rss_bytes(who: int) -> int:
+    return resource.getrusage(who).ru_maxrss * 1024  # KiB on Linux
 
 
 def _exporter(args: argparse.Namespace) -> Callable[[], int]:
@@ -90,12 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     backups = run()
     wall = time.perf_counter() - started
+    _check_no_child_left()
     cpu = _cpu() - cpu_before
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    own_peak = _peak_rss_bytes(resource.RUSAGE_SELF)
+    # The largest peak of the reaped children: the decoding worker's (0 for the baseline).
+    worker_peak = _peak_rss_bytes(resource.RUSAGE_CHILDREN)
     document = {
         "wall_seconds": wall,
         "cpu_seconds": cpu,
-        "peak_rss_bytes": peak,
+        "peak_rss_bytes": own_peak + worker_peak,  # a sum of two peaks: an upper bound
+        "probe_peak_rss_bytes": own_peak,
+        "worker_peak_rss_bytes": worker_peak,
         "backups": backups,
     }
     print(json.dumps(document), flush=True)

@@ -4,7 +4,8 @@
 Every measured party runs in its own process: the simulated controller
 (:mod:`bench.controller`), each measured poll (:mod:`bench.probe`, a fresh process per poll),
 the exporter under load (the real ``python -m exporter``) and the scrapers
-(:mod:`bench.scrape`).
+(:mod:`bench.scrape`). The exporter's CPU time and peak RSS include its child, the decoding
+worker (``python -m exporter.worker``).
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ class PollRow:
     backups: int
     vms: int
     wall_seconds: float
-    cpu_seconds: float
-    peak_rss_bytes: int
+    cpu_seconds: float  # the exporter's includes its decoding worker's
+    peak_rss_bytes: int  # the exporter's: its own peak + its decoding worker's peak
+    worker_peak_rss_bytes: int  # the decoding worker's peak, within peak_rss_bytes (0: none)
     requests: int
     bytes_received: int
     logins: int
@@ -277,13 +279,15 @@ def measure_polls(settings: Settings, say: Any) -> tuple[list[PollRow], list[Swe
                 for run in runs:
                     if run["backups"] != size:
                         raise RuntimeError(f"{side} saw {run['backups']} of {size} backups")
+                peak = max(runs, key=lambda r: int(r["peak_rss_bytes"]))
                 row = PollRow(
                     side=side,
                     backups=size,
                     vms=vms,
                     wall_seconds=statistics.median(r["wall_seconds"] for r in runs),
                     cpu_seconds=statistics.median(r["cpu_seconds"] for r in runs),
-                    peak_rss_bytes=max(r["peak_rss_bytes"] for r in runs),
+                    peak_rss_bytes=peak["peak_rss_bytes"],
+                    worker_peak_rss_bytes=peak.get("worker_peak_rss_bytes", 0),
                     requests=max(r["requests"] for r in runs),
                     bytes_received=max(r["bytes"] for r in runs),
                     logins=max(r["logins"] for r in runs),
@@ -292,6 +296,11 @@ def measure_polls(settings: Settings, say: Any) -> tuple[list[PollRow], list[Swe
                 say(
                     f"  {side:8} {row.wall_seconds:7.2f} s wall  {row.cpu_seconds:6.2f} s CPU  "
                     f"{row.peak_rss_bytes / 1e6:6.1f} MB  {row.requests} requests"
+                    + (
+                        f"  (worker {row.worker_peak_rss_bytes / 1e6:.1f} MB of the peak)"
+                        if row.worker_peak_rss_bytes
+                        else ""
+                    )
                 )
                 rows.append(row)
             if size == settings.sweep_size:
@@ -405,11 +414,55 @@ def scrape(url: str, settings: Settings, interval: float) -> dict[str, Any]:
     return measured
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [0] is the state, [1] the parent,
+    [11] and [12] utime and stime, [13] and [14] those of the children it has waited for."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of a process's children: from /proc/PID/task/*/children, or where the kernel
+    has no such file (CONFIG_PROC_CHILDREN), from the parent field of every /proc/*/stat."""
+    files = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if files:
+        found: list[int] = []
+        for path in files:
+            with contextlib.suppress(OSError):  # the thread ended
+                found += [int(child) for child in path.read_text().split()]
+        return found
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):  # the process ended
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
 def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a running process (and its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of a running process (every thread) and of its children, the
+    exporter's decoding worker among them, from /proc.
+
+    Each process counts its own time, that of the children it has waited for, and that of its
+    living children (the same, recursively). A child that ends moves its time into its parent's
+    waited-for children's once the parent reaps it, so the difference of two readings keeps it
+    (only a child reaped at the very moment of a reading may be missed or counted twice there).
+    A child that is gone before its /proc is read counts 0.
+    """
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+
+    def ticks_of(process: int, *, top: bool) -> int:
+        try:
+            fields = _stat(process)
+            children = _children(process)
+        except OSError:
+            if top:
+                raise
+            return 0
+        own = sum(int(fields[index]) for index in (11, 12, 13, 14))
+        return own + sum(ticks_of(child, top=False) for child in children)
+
+    return ticks_of(pid, top=True) / ticks
 
 
 def metric_value(text: str, name: str) -> float:
