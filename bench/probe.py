@@ -10,9 +10,11 @@ The exporter decodes and counts pages in a child process (``python -m exporter.w
 ``--once`` closes that child and waits for it before it returns (``exporter.cli.run_once``), so
 once the poll is over the child is reaped and :data:`resource.RUSAGE_CHILDREN` holds its
 figures. The poll's CPU time is this process's plus its reaped children's. Its peak RSS is this
-process's peak plus the largest reaped child's peak (the worker's): a sum of two peaks that
-need not have come at the same moment, so an upper bound of what the two held at once. The
-baseline starts no child, and its figures are its own process's alone.
+process's peak plus the worker's own (its ``VmHWM``, read just before the exporter closes it):
+a sum of two peaks that need not have come at the same moment, so an upper bound of what the
+two held at once. Not RUSAGE_CHILDREN's peak: Linux counts there the RSS of the parent the
+child was spawned from, before it ran the worker's program. The baseline starts no child, and
+its figures are its own process's alone.
 
 It prints one JSON line: ``{"wall_seconds", "cpu_seconds", "peak_rss_bytes",
 "probe_peak_rss_bytes", "worker_peak_rss_bytes", "backups"}``, where ``peak_rss_bytes`` is the
@@ -58,9 +60,41 @@ def _peak_rss_bytes(who: int) -> int:
     return resource.getrusage(who).ru_maxrss * 1024  # KiB on Linux
 
 
+def _high_water_bytes(pid: int) -> int:
+    """The peak RSS of a running process (``VmHWM``), 0 if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    return 0
+
+
+#: The peak RSS of each decoding worker, taken as the exporter closes it.
+WORKER_PEAKS: list[int] = []
+
+
+def _measure_workers() -> None:
+    """Read each decoding worker's peak RSS just before the exporter closes it."""
+    from exporter.worker import DecodingWorker
+
+    close = DecodingWorker.close
+
+    def close_measured(worker: DecodingWorker) -> None:
+        if worker.pid is not None:
+            WORKER_PEAKS.append(_high_water_bytes(worker.pid))
+        close(worker)
+
+    setattr(DecodingWorker, "close", close_measured)  # noqa: B010 (mypy refuses a plain =)
+
+
 def _exporter(args: argparse.Namespace) -> Callable[[], int]:
     """The exporter's ``--once``, as a user runs it: config file in, exposition file out."""
     from exporter.cli import main as exporter_main
+
+    _measure_workers()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-probe-"))
     config = workdir / "config.yaml"
@@ -123,8 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_no_child_left()
     cpu = _cpu() - cpu_before
     own_peak = _peak_rss_bytes(resource.RUSAGE_SELF)
-    # The largest peak of the reaped children: the decoding worker's (0 for the baseline).
-    worker_peak = _peak_rss_bytes(resource.RUSAGE_CHILDREN)
+    worker_peak = max(WORKER_PEAKS, default=0)  # 0 for the baseline
     document = {
         "wall_seconds": wall,
         "cpu_seconds": cpu,
