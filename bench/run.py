@@ -30,6 +30,7 @@ from typing import Any
 import requests
 
 from bench import report
+from exporter.config import PollConfig
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -605,8 +606,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quick", action="store_true", help="a small, fast run (1k,10k; short load test)")
     add("--vms", type=int, default=5000, help="VMs per federation, at most one per backup")
     add("--repeat", type=int, default=None, help="polls per size and side (median; default 3)")
-    add("--page-size", type=int, default=3000, help="the exporter's poll.page_size")
-    add("--max-concurrency", type=int, default=4, help="the exporter's poll.max_concurrency")
+    add(
+        "--page-size",
+        type=int,
+        default=PollConfig().page_size,
+        help="the exporter's poll.page_size (default: the exporter's own)",
+    )
+    add(
+        "--max-concurrency",
+        type=int,
+        default=PollConfig().max_concurrency,
+        help="the exporter's poll.max_concurrency (default: the exporter's own)",
+    )
     add(
         "--sweep",
         default="1,2,3,4,8",

@@ -69,9 +69,9 @@ class ControllerConfig:
 class PollConfig:
     interval_seconds: float = 300.0
     timeout_seconds: float = 60.0
-    page_size: int = 500
+    page_size: int = 3000
     stale_after_seconds: float = 1800.0
-    max_concurrency: int = 2
+    max_concurrency: int = 3
     max_retries: int = 3
 
 
