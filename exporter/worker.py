@@ -13,8 +13,8 @@ exporter and shared by every controller, does the decoding and counting:
 The child gets page bodies, never credentials or tokens. It keeps one
 :class:`~exporter.pages.LocalScan` per scan in progress and sends back a small
 :class:`~exporter.pages.PageOutcome` per page, then the scan's snapshot (one entry per VM).
-Messages are pickles behind an 8-byte length, on the child's stdin and stdout; it exits when
-its stdin closes, so it never outlives the exporter.
+Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
+stdin and stdout; it exits when its stdin closes, so it never outlives the exporter.
 
 If the child cannot be started, scans are counted in the exporter's own process (slower
 scrapes while polling, nothing else changes) and a warning says so. If it dies during a scan,
@@ -44,9 +44,10 @@ from exporter.pages import LocalScan, PageError, PageOutcome, Scan
 
 log = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct("!Q")
+#: A message: the lengths of its pickled header and of its raw body, then both.
+_LENGTHS = struct.Struct("!QQ")
 #: The environment variables the child inherits.
-_PASSED_ON = re.compile(r"PYTHON[A-Z0-9_]*|PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR")
+_PASSED_ON = re.compile(r"NICE_TEST|PYTHON[A-Z0-9_]*|PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR")
 #: A page is at most 64 MiB (the client refuses larger answers); a message is never near this.
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -103,15 +104,19 @@ class DecodingWorker:
         self._warned = False
         return _WorkerScan(self, scan_id, generation)
 
-    def call(self, request: tuple[Any, ...], generation: int | None = None) -> Any:
+    def call(
+        self, request: tuple[Any, ...], generation: int | None = None, body: bytes = b""
+    ) -> Any:
         """Send one request and return its answer; :class:`PageError` if the child refused it.
 
         With ``generation`` (what ``open`` answered), only to the child that answered it: a
         scan's state dies with its child, and a new child is not started just to hear that.
         """
-        return self._exchange(request, generation)[0]
+        return self._exchange(request, generation, body)[0]
 
-    def _exchange(self, request: tuple[Any, ...], generation: int | None) -> tuple[Any, int]:
+    def _exchange(
+        self, request: tuple[Any, ...], generation: int | None, body: bytes = b""
+    ) -> tuple[Any, int]:
         """The answer, and the generation of the child that gave it."""
         with self._lock:
             if self._closed:
@@ -122,9 +127,8 @@ class DecodingWorker:
             assert process.stdin is not None
             assert process.stdout is not None
             try:
-                _write_message(process.stdin, pickle.dumps(request, pickle.HIGHEST_PROTOCOL))
-                # Our own child, on a pipe nobody else holds: pickles are safe here.
-                status, value = pickle.loads(_read_message(process.stdout))  # noqa: S301
+                _send(process.stdin, request, body)
+                (status, value), _ = _receive(process.stdout)
             except (OSError, EOFError, ValueError, pickle.UnpicklingError):
                 self._stop_process()
                 raise WorkerLost(
@@ -198,7 +202,7 @@ class _WorkerScan:
         self._generation = generation
 
     def count(self, offset: int, body: bytes) -> PageOutcome:
-        outcome: PageOutcome = self._worker.call(("page", self._id, offset, body), self._generation)
+        outcome: PageOutcome = self._worker.call(("page", self._id, offset), self._generation, body)
         return outcome
 
     def snapshot(self) -> BackupSnapshot:
@@ -218,41 +222,53 @@ def _how_it_ended(code: int | None) -> str:
     return f" with exit code {code}"
 
 
-def _write_message(stream: IO[bytes], payload: bytes) -> None:
-    stream.write(_LENGTH.pack(len(payload)))
-    stream.write(payload)
+def _send(stream: IO[bytes], message: object, body: bytes = b"") -> None:
+    """``message`` pickled, then ``body`` as it is: a page is never copied into a pickle."""
+    header = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTHS.pack(len(header), len(body)))
+    stream.write(header)
+    stream.write(body)
     stream.flush()
 
 
-def _read_message(stream: IO[bytes]) -> bytes:
-    header = stream.read(_LENGTH.size)
-    if len(header) < _LENGTH.size:
-        raise EOFError
-    (length,) = _LENGTH.unpack(header)
-    if length > _MAX_MESSAGE_BYTES:
-        raise ValueError(f"a message of {length} bytes")
-    payload = stream.read(length)
-    if len(payload) < length:
-        raise EOFError
-    return payload
+def _receive(stream: IO[bytes]) -> tuple[Any, bytes]:
+    lengths = _read_exactly(stream, _LENGTHS.size)
+    header_length, body_length = _LENGTHS.unpack(lengths)
+    if header_length + body_length > _MAX_MESSAGE_BYTES:
+        raise ValueError(f"a message of {header_length + body_length} bytes")
+    # Our own child or parent, on a pipe nobody else holds: pickles are safe here.
+    message = pickle.loads(_read_exactly(stream, header_length))  # noqa: S301
+    return message, _read_exactly(stream, body_length)
 
 
-def _answer(scans: dict[int, LocalScan], request: tuple[Any, ...]) -> Any:
+def _read_exactly(stream: IO[bytes], length: int) -> bytes:
+    data = stream.read(length) if length else b""
+    if len(data) < length:
+        raise EOFError
+    return data
+
+
+def _answer(scans: dict[int, LocalScan], request: tuple[Any, ...], body: bytes) -> Any:
     operation, scan_id, *arguments = request
+    if operation == "page":
+        (offset,) = arguments
+        return _scan(scans, scan_id).count(offset, body)
     if operation == "open":
         scans[scan_id] = LocalScan()
         return None
     if operation == "close":
         scans.pop(scan_id, None)
         return None
+    if operation == "snapshot":
+        return _scan(scans, scan_id).snapshot()
+    raise ValueError(f"unknown request {operation!r}")
+
+
+def _scan(scans: dict[int, LocalScan], scan_id: int) -> LocalScan:
     scan = scans.get(scan_id)
     if scan is None:
         raise PageError("the decoding worker restarted during the scan")
-    if operation == "page":
-        return scan.count(*arguments)
-    if operation == "snapshot":
-        return scan.snapshot()
-    raise ValueError(f"unknown request {operation!r}")
+    return scan
 
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
@@ -260,23 +276,26 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     scans: dict[int, LocalScan] = {}
     while True:
         try:
-            request = pickle.loads(_read_message(requests))  # noqa: S301 (from our parent)
+            request, body = _receive(requests)
         except EOFError:
             return
         try:
-            answer: tuple[str, Any] = ("ok", _answer(scans, request))
+            answer: tuple[str, Any] = ("ok", _answer(scans, request, body))
         except PageError as err:
             answer = ("error", str(err))
         except Exception as err:  # a bug: say so on stderr, keep serving the other scans
             traceback.print_exc()
             answer = ("error", f"internal error in the decoding worker: {type(err).__name__}")
-        _write_message(answers, pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
+        del body  # a page's body is not kept while waiting for the next
+        _send(answers, answer)
 
 
 def main() -> int:
     # Ctrl-C in a terminal reaches the whole process group; the exporter decides, and the
     # child ends when the exporter closes its stdin (or exits).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get("NICE_TEST"):
+        os.nice(int(os.environ["NICE_TEST"]))
     keep_large_buffers_off_the_heap()
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # stdout carries answers only: a stray print would corrupt them
