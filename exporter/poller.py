@@ -281,7 +281,7 @@ class Poller:
         self.config = config
         for name, poller in old.items():
             if new.get(name) is not poller:
-                self._unschedule(name)
+                self._unschedule(poller)
                 poller.close()
         if self._started:
             for name, poller in new.items():
@@ -300,14 +300,22 @@ class Poller:
             seconds=interval,
             jitter=spread if spread >= 1 else None,
             next_run_time=first,
-            id=poller.controller.name,
+            id=self._job_id(poller),
             name=f"poll {poller.controller.name}",
             replace_existing=True,
         )
 
-    def _unschedule(self, name: str) -> None:
-        if self._started and self._scheduler.get_job(name) is not None:
-            self._scheduler.remove_job(name)
+    def _unschedule(self, poller: ControllerPoller) -> None:
+        job_id = self._job_id(poller)
+        if self._started and self._scheduler.get_job(job_id) is not None:
+            self._scheduler.remove_job(job_id)
+
+    @staticmethod
+    def _job_id(poller: ControllerPoller) -> str:
+        # One id per poller, not per controller name: APScheduler counts running instances by
+        # job id, so a poller replaced by a reload while it polls would make the new one's
+        # first runs "skipped: maximum number of running instances reached".
+        return f"{poller.controller.name}#{id(poller):x}"
 
     def _bump(self) -> None:
         self._generation = next(self._generations)  # atomic, unlike += from several threads

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from exporter.backups import BackupRecordError
@@ -182,4 +183,33 @@ def test_apply_adds_replaces_and_removes_controllers(start_simulator: Start) -> 
         assert [s.name for s in poller.statuses()] == ["c0"]
         wait_until(lambda: poller.statuses()[0].url == second.url and poller.ready(), 10)
     finally:
+        poller.shutdown()
+
+
+def test_a_poller_replaced_during_its_poll_lets_the_new_one_poll_at_once() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class Stuck(ScriptedSource):
+        def scan_pages(self, pages: PageSink) -> ScanResult:
+            entered.set()
+            release.wait(30)
+            raise ConnectError("cannot connect: connection reset")
+
+    sources: list[BackupSource] = [Stuck([]), ScriptedSource([[record(1), record(2)]])]
+    controller = ControllerConfig("boston", "https://h", "u", Secret("p"))
+    hourly = PollConfig(interval_seconds=3600, timeout_seconds=60)
+    poller = Poller(
+        Config(controllers=(controller,), poll=hourly), client_factory=lambda *_: sources.pop(0)
+    )
+    poller.start()
+    try:
+        assert entered.wait(10), "the first poll did not start"
+        # New poll settings replace the poller while its first poll is still running; the
+        # new one's first poll is due within a second, not in an hour.
+        poller.apply(Config(controllers=(controller,), poll=replace(hourly, timeout_seconds=30)))
+        status = wait_until(lambda: poller.statuses()[0].up, 10, "the new poller's first poll")
+        assert status is True
+        assert poller.statuses()[0].snapshot is not None
+    finally:
+        release.set()
         poller.shutdown()
