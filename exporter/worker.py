@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: A message: the lengths of its pickled header and of its raw body, then both.
 _LENGTHS = struct.Struct("!QQ")
 #: The environment variables the child inherits.
-_PASSED_ON = re.compile(r"NICE_TEST|PYTHON[A-Z0-9_]*|PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR")
+_PASSED_ON = re.compile(r"PYTHON[A-Z0-9_]*|PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR")
 #: A page is at most 64 MiB (the client refuses larger answers); a message is never near this.
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -294,8 +294,6 @@ def main() -> int:
     # Ctrl-C in a terminal reaches the whole process group; the exporter decides, and the
     # child ends when the exporter closes its stdin (or exits).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if os.environ.get("NICE_TEST"):
-        os.nice(int(os.environ["NICE_TEST"]))
     keep_large_buffers_off_the_heap()
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # stdout carries answers only: a stray print would corrupt them
