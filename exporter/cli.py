@@ -308,6 +308,7 @@ def run_server(
         lambda: (poller.generation, reloader.reloads),
         backups=BackupCollector(poller.statuses, lambda: reloader.state),
     )
+    poller.subscribe(exposition.refresh)
     app = WebApp(
         render_metrics=lambda gzipped: exposition.render(gzipped=gzipped),
         statuses=poller.statuses,

@@ -81,6 +81,14 @@ class ControllerStatus:
     exposition: object = None
 
 
+class PollTurn:
+    """Whose turn it is to poll a controller: one poll at a time, across reloads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holder: object = None
+
+
 class ControllerPoller:
     """Polls one controller; :attr:`status` is always a complete, consistent picture."""
 
@@ -95,7 +103,9 @@ class ControllerPoller:
         clock: Callable[[], float] = time.time,
         on_publish: Callable[[], None] = lambda: None,
         previous: ControllerStatus | None = None,
+        turn: PollTurn | None = None,
     ) -> None:
+        """``turn`` is shared by the pollers that replace one another for a controller."""
         self.controller = controller
         self.poll_config = poll
         self._scans = scans
@@ -104,7 +114,7 @@ class ControllerPoller:
         self._client = client_factory(controller, poll, self._stop)
         self._clock = clock
         self._on_publish = on_publish
-        self._running = threading.Lock()
+        self._turn = turn or PollTurn()
         # Counters go on from where the replaced poller left them (a reload is no reset).
         self._logins_before = previous.logins if previous else 0
         if previous is not None and previous.url == controller.url:
@@ -118,14 +128,26 @@ class ControllerPoller:
             )
 
     def poll_once(self) -> ControllerStatus:
-        """Scan the controller's backups and publish the outcome. Never raises."""
-        if not self._running.acquire(blocking=False):
+        """Scan the controller's backups and publish the outcome. Never raises.
+
+        A controller is never polled twice at once: a poll due while this poller's last one
+        still runs is skipped; one due while the poller this one replaced (at a reload) is
+        still finishing its last waits for it, which was told to stop.
+        """
+        turn = self._turn
+        acquired = turn.lock.acquire(blocking=False)
+        if not acquired and turn.holder is not self:
+            # The poller this one replaced is finishing its last poll, told to stop.
+            acquired = turn.lock.acquire(timeout=self.poll_config.timeout_seconds + 5)
+        if not acquired:
             log.warning("controller %s: previous poll still running, skipped", self.controller.name)
             return self.status
+        turn.holder = self
         try:
             return self._poll()
         finally:
-            self._running.release()
+            turn.holder = None
+            turn.lock.release()
 
     def _poll(self) -> ControllerStatus:
         name = self.controller.name
@@ -226,6 +248,8 @@ class Poller:
         self._pollers: dict[str, ControllerPoller] = {}
         self._generations = itertools.count(1)
         self._generation = 0
+        self._listeners: tuple[Callable[[], None], ...] = ()
+        self._turns: dict[str, PollTurn] = {}  # by controller name, kept across reloads
         self.config = config
         self._started = False
         self._apply(config)
@@ -274,8 +298,9 @@ class Poller:
                 scans=self._scans,
                 prepare=self._prepare,
                 clock=self._clock,
-                on_publish=self._bump,
+                on_publish=self._published,
                 previous=current.status if current else None,
+                turn=self._turns.setdefault(controller.name, PollTurn()),
             )
         self._pollers = new
         self.config = config
@@ -319,6 +344,18 @@ class Poller:
 
     def _bump(self) -> None:
         self._generation = next(self._generations)  # atomic, unlike += from several threads
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each poll has published its outcome, in the poll's thread."""
+        self._listeners = (*self._listeners, listener)
+
+    def _published(self) -> None:
+        self._bump()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener's bug must not fail the poll that published
+                log.exception("a listener of the published polls failed")
 
     def poll_all_once(self) -> tuple[ControllerStatus, ...]:
         """Poll every controller once, all at the same time (``--once``)."""

@@ -188,6 +188,7 @@ class InProcessExporter:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(BackupCollector(self.poller.statuses, lambda: self.reloader.state))
         exposition = Exposition(registry, lambda: (self.poller.generation, id(self.reloader.state)))
+        self.poller.subscribe(exposition.refresh)
         app = WebApp(
             render_metrics=lambda gzipped: exposition.render(gzipped=gzipped),
             statuses=self.poller.statuses,

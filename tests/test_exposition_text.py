@@ -10,7 +10,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,6 +19,7 @@ from exporter.collector import BackupCollector, ExporterState, Exposition
 from exporter.poller import ControllerStatus
 from exporter.simplivity import REASONS
 from exporter.simulator import FederationSpec, generate_backups
+from tests.conftest import wait_until
 
 NOW = 1_709_500_000.25
 STATE = ExporterState(interval_seconds=300, stale_after_seconds=1800)
@@ -151,40 +151,72 @@ def test_the_exposition_with_the_fast_writer_serves_the_same_bytes() -> None:
     assert fast.render(gzipped=True) == slow.render(gzipped=True)
 
 
-@pytest.mark.parametrize("change", ["second", "snapshots"])
-def test_while_one_scrape_writes_the_text_the_others_get_the_last_one(change: str) -> None:
-    now = [NOW]
-    generation = [0]
-    writing = threading.Event()
-    go_on = threading.Event()
-    statuses = [status("boston", federation(vms=10))]
+class HeldExposition:
+    """An exposition whose writing of any text after the first waits until ``go_on`` is set."""
 
-    def read_statuses() -> list[ControllerStatus]:
-        if now[0] > NOW or generation[0]:  # hold the second render until told
-            writing.set()
-            go_on.wait(10)
-        return statuses
+    def __init__(self) -> None:
+        self.now = NOW
+        self.generation = 0
+        self.writing = threading.Event()
+        self.go_on = threading.Event()
+        self.statuses = [status("boston", federation(vms=10))]
+        collector = BackupCollector(self._read_statuses, lambda: STATE, clock=lambda: self.now)
+        self.exposition = Exposition(
+            CollectorRegistry(auto_describe=False),
+            lambda: self.generation,
+            clock=lambda: self.now,
+            backups=collector,
+        )
+        self.first = self.exposition.render()
 
-    collector = BackupCollector(read_statuses, lambda: STATE, clock=lambda: now[0])
-    exposition = Exposition(
-        CollectorRegistry(auto_describe=False),
-        lambda: generation[0],
-        clock=lambda: now[0],
-        backups=collector,
-    )
-    first = exposition.render()
-    if change == "second":
-        now[0] = NOW + 1
-    else:
-        statuses[0] = status("boston", federation(vms=11))
-        generation[0] = 1
+    def _read_statuses(self) -> list[ControllerStatus]:
+        if self.now > NOW or self.generation:
+            self.writing.set()
+            self.go_on.wait(10)
+        return self.statuses
+
+
+def test_while_one_scrape_writes_new_snapshots_the_others_get_the_last_text() -> None:
+    held = HeldExposition()
+    held.statuses[0] = status("boston", federation(vms=11))
+    held.generation = 1
     results: list[bytes] = []
-    writer = threading.Thread(target=lambda: results.append(exposition.render()))
+    writer = threading.Thread(target=lambda: results.append(held.exposition.render()))
     writer.start()
-    assert writing.wait(10)
-    assert exposition.render() == first  # served at once, not after the writer
-    go_on.set()
+    assert held.writing.wait(10)
+    assert held.exposition.render() == held.first  # served at once, not after the writer
+    held.go_on.set()
     writer.join(10)
     assert results
-    assert results[0] != first
-    assert exposition.render() == results[0]
+    assert results[0] != held.first
+    assert held.exposition.render() == results[0]
+
+
+def test_the_next_second_is_written_in_the_background_no_scrape_waits_for_it() -> None:
+    held = HeldExposition()
+    held.now = NOW + 1
+    # The text of the second before is served at once, while the new one is being written.
+    assert held.exposition.render() == held.first
+    assert held.writing.wait(10)
+    assert held.exposition.render() == held.first
+    held.go_on.set()
+    newer = wait_until(lambda: (text := held.exposition.render()) != held.first and text)
+    assert b"simplivity_backup_newest_age_seconds" in newer
+
+
+def test_a_text_more_than_a_second_behind_is_never_served() -> None:
+    held = HeldExposition()
+    held.go_on.set()
+    held.now = NOW + 2
+    later = held.exposition.render()  # written before answering
+    assert later != held.first
+    ages = [
+        [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.decode().splitlines()
+            if line.startswith("simplivity_backup_newest_age_seconds{")
+        ]
+        for text in (held.first, later)
+    ]
+    assert ages[0]
+    assert [b - a for a, b in zip(*ages, strict=True)] == [2.0] * len(ages[0])

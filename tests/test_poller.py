@@ -8,11 +8,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from exporter.backups import BackupRecordError
+from exporter.collector import BackupCollector, ExporterState, Exposition, prepare_exposition
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
 from exporter.pages import PageSink
-from exporter.poller import BackupSource, ControllerPoller, Poller
-from exporter.simplivity import REASONS, ConnectError, RequestTimeout, ScanResult
+from exporter.poller import BackupSource, ControllerPoller, ControllerStatus, Poller
+from exporter.simplivity import REASONS, Cancelled, ConnectError, RequestTimeout, ScanResult
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 
@@ -186,30 +189,75 @@ def test_apply_adds_replaces_and_removes_controllers(start_simulator: Start) -> 
         poller.shutdown()
 
 
-def test_a_poller_replaced_during_its_poll_lets_the_new_one_poll_at_once() -> None:
-    entered, release = threading.Event(), threading.Event()
+def test_a_poller_replaced_during_its_poll_polls_as_soon_as_the_old_poll_ends() -> None:
+    entered, ended = threading.Event(), threading.Event()
 
     class Stuck(ScriptedSource):
+        """Polls until told to stop, as the real client does at its next request."""
+
+        def __init__(self, stop: threading.Event) -> None:
+            super().__init__([])
+            self.stop = stop
+
         def scan_pages(self, pages: PageSink) -> ScanResult:
             entered.set()
-            release.wait(30)
-            raise ConnectError("cannot connect: connection reset")
+            self.stop.wait(30)
+            ended.set()
+            raise Cancelled()
 
-    sources: list[BackupSource] = [Stuck([]), ScriptedSource([[record(1), record(2)]])]
+    def client_factory(c: ControllerConfig, p: PollConfig, stop: threading.Event) -> BackupSource:
+        if not entered.is_set():
+            return Stuck(stop)
+        return Fresh([[record(1), record(2)]])
+
+    class Fresh(ScriptedSource):
+        def scan_pages(self, pages: PageSink) -> ScanResult:
+            assert ended.is_set(), "two polls of one controller ran at once"
+            return super().scan_pages(pages)
+
     controller = ControllerConfig("boston", "https://h", "u", Secret("p"))
     hourly = PollConfig(interval_seconds=3600, timeout_seconds=60)
-    poller = Poller(
-        Config(controllers=(controller,), poll=hourly), client_factory=lambda *_: sources.pop(0)
-    )
+    poller = Poller(Config(controllers=(controller,), poll=hourly), client_factory=client_factory)
     poller.start()
     try:
         assert entered.wait(10), "the first poll did not start"
-        # New poll settings replace the poller while its first poll is still running; the
-        # new one's first poll is due within a second, not in an hour.
+        # New poll settings replace the poller while its first poll runs: that one is told to
+        # stop, and the new poller's first poll follows it, not an hour later.
         poller.apply(Config(controllers=(controller,), poll=replace(hourly, timeout_seconds=30)))
-        status = wait_until(lambda: poller.statuses()[0].up, 10, "the new poller's first poll")
-        assert status is True
-        assert poller.statuses()[0].snapshot is not None
+        wait_until(lambda: poller.statuses()[0].up, 10, "the new poller's first poll")
+        assert ended.is_set()
+        assert poller.statuses()[0].polls == 1
     finally:
-        release.set()
         poller.shutdown()
+
+
+def test_the_text_of_a_new_snapshot_is_written_by_the_poll_not_by_the_next_scrape() -> None:
+    controller = ControllerConfig("boston", "https://h", "u", Secret("p"))
+    config = Config(controllers=(controller,), poll=PollConfig())
+    poller = Poller(
+        config,
+        client_factory=lambda *_: ScriptedSource([[record(1), record(2)]]),
+        prepare=prepare_exposition,
+        clock=lambda: 1000.0,
+    )
+    reads: list[int] = []
+
+    def statuses() -> tuple[ControllerStatus, ...]:
+        reads.append(1)
+        return poller.statuses()
+
+    state = ExporterState(interval_seconds=300, stale_after_seconds=1800)
+    exposition = Exposition(
+        CollectorRegistry(auto_describe=False),
+        lambda: poller.generation,
+        clock=lambda: 1000.0,
+        backups=BackupCollector(statuses, lambda: state, clock=lambda: 1000.0),
+    )
+    poller.subscribe(exposition.refresh)
+    assert b"simplivity_backups{" not in exposition.render()  # scraped before any poll
+    poller.poll_all_once()
+    written = len(reads)
+    assert written == 2  # once for the first scrape, once by the poll
+    text = exposition.render()
+    assert len(reads) == written  # the scrape found the text written
+    assert b'simplivity_backups{controller="boston"' in text
