@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from exporter.config import PollConfig
+
 if TYPE_CHECKING:
     from bench.run import PollRow, Results
 
@@ -294,7 +296,8 @@ def markdown(results: Results) -> str:
             f"### poll.max_concurrency at {_size(results.sweep[0].backups)} backups",
             "",
             "Requests in flight at once per controller after the first page (the exporter's "
-            "default is 2): more is faster and loads the controller more.",
+            f"default is {PollConfig().max_concurrency}): more is faster and loads the "
+            "controller more.",
             "",
             _markdown_table(*_sweep_table(results)),
         ]
