@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: A message: the lengths of its pickled header and of its raw body, then both.
 _LENGTHS = struct.Struct("!QQ")
+#: How much lower the child's CPU priority is than the exporter's (``nice``).
+WORKER_NICENESS = 10
 #: The environment variables the child inherits.
 _PASSED_ON = re.compile(r"PYTHON[A-Z0-9_]*|PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR")
 #: A page is at most 64 MiB (the client refuses larger answers); a message is never near this.
@@ -294,6 +296,9 @@ def main() -> int:
     # Ctrl-C in a terminal reaches the whole process group; the exporter decides, and the
     # child ends when the exporter closes its stdin (or exits).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Counting backups can wait; answering a scrape should not. When the CPU is short, the
+    # exporter's own threads (serving /metrics) go first.
+    os.nice(WORKER_NICENESS)
     keep_large_buffers_off_the_heap()
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # stdout carries answers only: a stray print would corrupt them

@@ -19,7 +19,7 @@ from exporter.pages import LocalScan, PageError, PageOutcome, PageSink, Scan
 from exporter.poller import ControllerPoller
 from exporter.simplivity import ScanResult, SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController
-from exporter.worker import DecodingWorker
+from exporter.worker import WORKER_NICENESS, DecodingWorker
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, write_config
 
@@ -254,3 +254,11 @@ def test_the_worker_never_outlives_the_exporter(
         wait_until(lambda: ended(child), 10, "the worker to end with the exporter")
     finally:
         exporter.stop()
+
+
+def test_the_worker_yields_the_cpu_to_the_exporter(worker: DecodingWorker) -> None:
+    worker.open_scan()
+    assert worker.pid is not None
+    fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    niceness = int(fields[16])  # field 19 of stat; the first two are before the ")"
+    assert niceness == min(19, os.nice(0) + WORKER_NICENESS)
