@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -121,10 +121,21 @@ class SimplivityClient:
         self._stop = stop or threading.Event()
         self._backoff_seconds = backoff_seconds
         tls = controller.tls
-        # Passed with every request too: requests lets REQUESTS_CA_BUNDLE override a session's
-        # setting, which would silently replace the user's ca_file.
+        # Passed with every request too, not only set on the session.
         self._verify: str | bool = tls.ca_file or not tls.insecure_skip_verify
         self._session = session or self._new_session()
+        # The environment (HTTPS_PROXY / NO_PROXY, REQUESTS_CA_BUNDLE when verifying against
+        # the system's CAs) is read here, once: requests would read it, and look for ~/.netrc,
+        # at every request (a millisecond of the interpreter each), and a ~/.netrc entry for
+        # the controller would replace the bearer token with its password.
+        environment = self._session.merge_environment_settings(
+            controller.url, {}, None, self._verify, None
+        )
+        self._proxies: MutableMapping[str, str] = environment["proxies"]
+        verify = environment["verify"]
+        if isinstance(verify, str | bool):  # never None: ours is a path or a bool
+            self._verify = verify
+        self._session.trust_env = False
         self._token: str | None = None
         self._token_obtained = 0.0
         self._token_used = 0.0
@@ -157,7 +168,7 @@ class SimplivityClient:
         session.mount("http://", HTTPAdapter(pool_maxsize=self.poll.max_concurrency + 1))
         session.headers["User-Agent"] = f"simplivity-exporter/{__version__}"
         session.headers["Accept"] = "application/json"
-        session.trust_env = True  # honour HTTPS_PROXY / NO_PROXY like every other HTTP client
+        session.trust_env = True  # read once, in __init__: proxies like every HTTP client
         return session
 
     # -- scanning ---------------------------------------------------------------------------
@@ -403,6 +414,7 @@ class SimplivityClient:
                 auth=auth,
                 timeout=(timeout, timeout),
                 verify=self._verify,
+                proxies=self._proxies,
                 stream=True,
                 allow_redirects=False,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from exporter.simplivity import (
     TLSError,
 )
 from exporter.simulator import FederationSpec, SimulatedController, generate_backups
+from tests.conftest import wait_until
 
 Start = Callable[..., SimulatedController]
 NOW = 1_709_500_000.0
@@ -157,6 +159,8 @@ def test_persistent_500s_fail_the_scan_as_http(start_simulator: Start) -> None:
     assert caught.value.reason == "http"
     assert "HTTP 500" in str(caught.value)
     assert "JDBC" in str(caught.value)
+    # The simulator counts an answer once it is sent: the client may have it a moment before.
+    wait_until(lambda: simulator.stats.status_counts[500] >= 3)
     assert simulator.stats.status_counts[500] == 3
 
 
@@ -313,3 +317,31 @@ def test_no_error_message_carries_a_secret(start_simulator: Start) -> None:
     message = str(caught.value)
     assert simulator.password not in message
     assert not token or token not in message
+
+
+def test_a_netrc_entry_for_the_controller_does_not_replace_the_token(
+    start_simulator: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password from-netrc\n", encoding="utf-8")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    simulator = start_simulator(FederationSpec())
+    assert len(scan_ids(client_for(simulator))) == simulator.backup_count()
+
+
+def test_proxies_come_from_the_environment(
+    start_simulator: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator = start_simulator(FederationSpec())
+    with socket.socket() as probe:  # a port nobody listens on: the "proxy" refuses
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    with pytest.raises(ConnectError):
+        scan_ids(client_for(simulator, max_retries=0))
+    assert simulator.stats.logins == 0  # nothing reached the controller: it went to the proxy
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert len(scan_ids(client_for(simulator))) == simulator.backup_count()
