@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from exporter import __version__
 from exporter.collector import BackupCollector, ExporterState, Exposition, prepare_exposition
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
-from exporter.poller import Poller
+from exporter.poller import ClientFactory, Poller, default_client_factory
 from exporter.sharding import ordinal_from_hostname, select_controllers, validate_shard
 from exporter.web import ExporterServer, WebApp, parse_listen_address
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
@@ -297,9 +297,70 @@ def run_server(
         address = parse_listen_address(args.listen_address)
     except ValueError as err:
         raise UsageError(f"--web.listen-address: {err}") from None
+    parts = assemble(config, shard, load, args.web_config_file)
+    try:
+        server = ExporterServer(address, parts.app, web_config)
+    except OSError as err:
+        raise UsageError(f"cannot listen on {args.listen_address}: {err.strerror}") from None
+    parts.reloader.server = server
+    events = _SignalEvents()
+    parts.poller.start()
+    server.serve_in_background()
+    log.info(
+        "listening on %s with %d controller(s), shard %d of %d",
+        server.url,
+        len(config.controllers),
+        shard.index,
+        shard.count,
+    )
+    try:
+        while not events.stop:
+            events.wait()
+            if events.reload and not events.stop:
+                events.reload = False
+                parts.reloader.reload()
+    finally:
+        events.close()
+        log.info("shutting down")
+        server.shutdown()
+        server.server_close()
+        parts.close()
+    return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The exporter's pieces, wired together: what the server runs (and the tests too)."""
+
+    worker: DecodingWorker
+    poller: Poller
+    reloader: Reloader
+    exposition: Exposition
+    app: WebApp
+
+    def close(self) -> None:
+        self.poller.shutdown()
+        self.worker.close()
+
+
+def assemble(
+    config: Config,
+    shard: Shard,
+    load: Callable[[], Config],
+    web_config_file: str | None = None,
+    *,
+    client_factory: ClientFactory = default_client_factory,
+) -> Parts:
+    """Poller, decoding worker, reloader, exposition and web app, not yet started.
+
+    Pages are counted in the worker; each poll writes its snapshot's series and then the
+    ``/metrics`` text, so that no scrape has to.
+    """
     worker = DecodingWorker()
-    poller = Poller(config, scans=worker.open_scan, prepare=prepare_exposition)
-    reloader = Reloader(poller, shard, load, config, args.web_config_file)
+    poller = Poller(
+        config, client_factory=client_factory, scans=worker.open_scan, prepare=prepare_exposition
+    )
+    reloader = Reloader(poller, shard, load, config, web_config_file)
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
@@ -315,35 +376,7 @@ def run_server(
         ready=poller.ready,
         reload=reloader.reload,
     )
-    try:
-        server = ExporterServer(address, app, web_config)
-    except OSError as err:
-        raise UsageError(f"cannot listen on {args.listen_address}: {err.strerror}") from None
-    reloader.server = server
-    events = _SignalEvents()
-    poller.start()
-    server.serve_in_background()
-    log.info(
-        "listening on %s with %d controller(s), shard %d of %d",
-        server.url,
-        len(config.controllers),
-        shard.index,
-        shard.count,
-    )
-    try:
-        while not events.stop:
-            events.wait()
-            if events.reload and not events.stop:
-                events.reload = False
-                reloader.reload()
-    finally:
-        events.close()
-        log.info("shutting down")
-        server.shutdown()
-        server.server_close()
-        poller.shutdown()
-        worker.close()
-    return EXIT_OK
+    return Parts(worker, poller, reloader, exposition, app)
 
 
 class _SignalEvents:

@@ -1,9 +1,8 @@
 """Exporters under test, scraped over HTTP the way Prometheus scrapes them.
 
 :class:`Lab` holds simulated controllers and an exporter polling them, in this process: the
-CLI's own wiring (:class:`~exporter.poller.Poller`, :class:`~exporter.cli.Reloader`, the
-collector, the exposition cache and :class:`~exporter.web.ExporterServer`) on a free port of
-127.0.0.1. Leaving the ``with`` block stops the exporter, then the controllers, then waits for
+CLI's own parts (:func:`exporter.cli.assemble`: poller, decoding worker, reloader, exposition)
+behind an :class:`~exporter.web.ExporterServer` on a free port of 127.0.0.1. Leaving the ``with`` block stops the exporter, then the controllers, then waits for
 every thread started inside the block to end. :class:`ExporterProcess` runs the real command
 (``python -m exporter``) with its log in a file. Both answer :meth:`scrape` with a parsed
 :class:`Scrape`.
@@ -28,17 +27,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cli import Reloader, Shard
-from exporter.collector import BackupCollector, Exposition, prepare_exposition
+from exporter.cli import Shard, assemble
 from exporter.config import Config, ControllerConfig, PollConfig, Secret, TLSConfig
-from exporter.poller import BackupSource, ClientFactory, Poller
+from exporter.poller import BackupSource, ClientFactory
 from exporter.simplivity import SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController
-from exporter.web import ExporterServer, WebApp
-from exporter.worker import DecodingWorker
+from exporter.web import ExporterServer
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The families that come from a controller's backups (dropped when its data is stale).
@@ -173,29 +169,14 @@ def controller_config(
 
 
 class InProcessExporter:
-    """The exporter as ``cli.run_server`` wires it, without signals, on 127.0.0.1."""
+    """The exporter as ``cli.run_server`` runs it (``cli.assemble``), without signals, on 127.0.0.1."""
 
     def __init__(self, config: Config, client_factory: ClientFactory = fast_retries) -> None:
         self.config = config
-        self.worker = DecodingWorker()
-        self.poller = Poller(
-            config,
-            client_factory=client_factory,
-            scans=self.worker.open_scan,
-            prepare=prepare_exposition,
-        )
-        self.reloader = Reloader(self.poller, Shard(), lambda: self.config, config)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(BackupCollector(self.poller.statuses, lambda: self.reloader.state))
-        exposition = Exposition(registry, lambda: (self.poller.generation, id(self.reloader.state)))
-        self.poller.subscribe(exposition.refresh)
-        app = WebApp(
-            render_metrics=lambda gzipped: exposition.render(gzipped=gzipped),
-            statuses=self.poller.statuses,
-            ready=self.poller.ready,
-            reload=self.reloader.reload,
-        )
-        self.server = ExporterServer(("127.0.0.1", 0), app)
+        self._parts = assemble(config, Shard(), lambda: self.config, client_factory=client_factory)
+        self.poller = self._parts.poller
+        self.reloader = self._parts.reloader
+        self.server = ExporterServer(("127.0.0.1", 0), self._parts.app)
         self.url = self.server.url
         self._running = False
 
@@ -211,8 +192,7 @@ class InProcessExporter:
         self._running = False
         self.server.shutdown()
         self.server.server_close()
-        self.poller.shutdown()
-        self.worker.close()
+        self._parts.close()
 
     def reload(self, config: Config) -> tuple[bool, str]:
         """What SIGHUP does, with ``config`` as the file's new content."""
