@@ -2,8 +2,9 @@
 
 :class:`Lab` holds simulated controllers and an exporter polling them, in this process: the
 CLI's own parts (:func:`exporter.cli.assemble`: poller, decoding worker, reloader, exposition)
-behind an :class:`~exporter.web.ExporterServer` on a free port of 127.0.0.1. Leaving the ``with`` block stops the exporter, then the controllers, then waits for
-every thread started inside the block to end. :class:`ExporterProcess` runs the real command
+behind an :class:`~exporter.web.ExporterServer` on a free port of 127.0.0.1. Leaving the
+``with`` block stops the exporter, then the controllers, then waits for every thread
+started inside the block to end. :class:`ExporterProcess` runs the real command
 (``python -m exporter``) with its log in a file. Both answer :meth:`scrape` with a parsed
 :class:`Scrape`.
 """
@@ -169,7 +170,7 @@ def controller_config(
 
 
 class InProcessExporter:
-    """The exporter as ``cli.run_server`` runs it (``cli.assemble``), without signals, on 127.0.0.1."""
+    """The exporter as ``cli.run_server`` runs it (``cli.assemble``), without signals."""
 
     def __init__(self, config: Config, client_factory: ClientFactory = fast_retries) -> None:
         self.config = config
