@@ -90,6 +90,29 @@ def _measure_workers() -> None:
     setattr(DecodingWorker, "close", close_measured)  # noqa: B010 (mypy refuses a plain =)
 
 
+#: The environment variable the benchmark's exporter configs read the password from.
+PASSWORD_VARIABLE = "BENCH_SVT_PASSWORD"
+
+
+def exporter_config(
+    url: str,
+    username: str,
+    *,
+    page_size: int,
+    max_concurrency: int,
+    timeout_seconds: float,
+    interval_seconds: float | None = None,
+) -> str:
+    """The exporter's config for the benchmark's one controller (password from the environment)."""
+    interval = f"  interval_seconds: {interval_seconds:g}\n" if interval_seconds else ""
+    return (
+        f"poll:\n{interval}  timeout_seconds: {timeout_seconds:g}\n"
+        f"  page_size: {page_size}\n  max_concurrency: {max_concurrency}\n"
+        f"controllers:\n  - name: bench\n    url: {url}\n    username: {username}\n"
+        f"    password: ${{{PASSWORD_VARIABLE}}}\n"
+    )
+
+
 def _exporter(args: argparse.Namespace) -> Callable[[], int]:
     """The exporter's ``--once``, as a user runs it: config file in, exposition file out."""
     from exporter.cli import main as exporter_main
@@ -100,19 +123,16 @@ def _exporter(args: argparse.Namespace) -> Callable[[], int]:
     config = workdir / "config.yaml"
     output = workdir / "metrics.prom"
     config.write_text(
-        f"""poll:
-  timeout_seconds: 120
-  page_size: {args.page_size}
-  max_concurrency: {args.max_concurrency}
-controllers:
-  - name: bench
-    url: {args.url}
-    username: {args.username}
-    password: ${{BENCH_SVT_PASSWORD}}
-""",
+        exporter_config(
+            args.url,
+            args.username,
+            page_size=args.page_size,
+            max_concurrency=args.max_concurrency,
+            timeout_seconds=120,
+        ),
         encoding="utf-8",
     )
-    os.environ["BENCH_SVT_PASSWORD"] = args.password
+    os.environ[PASSWORD_VARIABLE] = args.password
 
     def run() -> int:
         argv = ["--once", f"--config.file={config}", f"--output={output}", "--log.level=warning"]

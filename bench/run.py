@@ -30,6 +30,7 @@ from typing import Any
 import requests
 
 from bench import report
+from bench.probe import PASSWORD_VARIABLE, exporter_config
 from exporter.config import PollConfig
 
 PYTHON = sys.executable
@@ -231,12 +232,17 @@ def simulator(backups: int, vms: int, cost: CostModel) -> Iterator[Simulator]:
         sim.warm_up()
         yield sim
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # --- one poll -------------------------------------------------------------------------------
@@ -342,17 +348,14 @@ def exporter_process(
     """Run ``python -m exporter`` on the simulator until ready; yields its URL and pid."""
     config = workdir / f"exporter-{interval_seconds:g}.yaml"
     config.write_text(
-        f"""poll:
-  interval_seconds: {interval_seconds:g}
-  timeout_seconds: 60
-  page_size: {settings.page_size}
-  max_concurrency: {settings.max_concurrency}
-controllers:
-  - name: bench
-    url: {sim.url}
-    username: {sim.username}
-    password: ${{BENCH_SVT_PASSWORD}}
-""",
+        exporter_config(
+            sim.url,
+            sim.username,
+            page_size=settings.page_size,
+            max_concurrency=settings.max_concurrency,
+            timeout_seconds=60,
+            interval_seconds=interval_seconds,
+        ),
         encoding="utf-8",
     )
     port = free_port()
@@ -369,7 +372,7 @@ controllers:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=child_env(BENCH_SVT_PASSWORD=sim.password),
+        env=child_env(**{PASSWORD_VARIABLE: sim.password}),
         cwd=child_cwd(),
     )
     try:
@@ -385,12 +388,7 @@ controllers:
             time.sleep(0.1)
         yield url, process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 
