@@ -4,8 +4,8 @@ Decoding and counting a page of 3,000 backups keeps a Python thread busy for abo
 poll of 100,000 backups for a third of a second. In the exporter's own process that time is
 taken from the threads that answer ``/metrics``: each waits for the interpreter lock at every
 turn, and a scrape's p99 latency doubled while a poll ran. So the exporter's threads only move
-bytes (HTTP in, pipe out, both without the lock held) and one child process, started with the
-exporter and shared by every controller, does the decoding and counting:
+bytes (HTTP in, pipe out, both without the lock held) and one child process, started by the
+first poll and shared by every controller, does the decoding and counting:
 
     exporter (fetches pages)  --page body-->  python -m exporter.worker
                               <--outcome----  (a PageCounter and an Aggregator per scan)
