@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import hashlib
 import os
 import re
@@ -44,16 +43,14 @@ import ssl
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
-from exporter.config import ConfigError
+from exporter.yamlfile import TOP_LEVEL, ConfigError, Reader, join, kind, read_yaml
 
 #: Sent with a 401 so that browsers and curl know to offer basic auth.
 BASIC_AUTH_CHALLENGE = 'Basic realm="simplivity-exporter", charset="UTF-8"'
@@ -285,48 +282,12 @@ def load_web_config(path: str | Path, *, checkpw: PasswordChecker | None = None)
     ``bcrypt`` is imported only if the file has ``basic_auth_users``.
     """
     source = str(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as err:
-        raise WebConfigError([f"cannot read the file: {err.strerror or err}"], source) from None
-    except UnicodeDecodeError:
-        raise WebConfigError(["the file is not UTF-8 text"], source) from None
-    loader = _StrictLoader(text)
-    try:
-        document = loader.get_single_data()
-    except yaml.YAMLError as err:
-        # Only the position and the parser's complaint: the offending line itself, which
-        # PyYAML would quote, may hold a password hash.
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise WebConfigError([f"not valid YAML{where}: {problem}"], source) from None
-    finally:
-        loader.dispose()
-    reader = _Reader(Path(path).resolve().parent, checkpw)
-    for line, key in loader.duplicates:
-        reader.problem(f"line {line}", f"duplicate key {key!r}")
-    config = reader.web_config(document, source)
+    document = read_yaml(path, WebConfigError)
+    reader = _Reader(Path(path).resolve().parent, checkpw, document.problems)
+    config = reader.web_config(document.value, source)
     if reader.problems:
         raise WebConfigError(reader.problems, source)
     return config
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """A safe loader that records duplicate keys instead of silently keeping the last one."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[int, str]] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                if key_node.value in seen:
-                    self.duplicates.append((key_node.start_mark.line + 1, key_node.value))
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -338,20 +299,19 @@ class _PEM:
     path: Path | None = None
 
 
-class _Reader:
-    """Walks the document once, collecting problems instead of stopping at the first."""
+class _Reader(Reader):
+    """The web config file's sections, on the shared checks of :class:`Reader`."""
 
-    def __init__(self, base_dir: Path, checkpw: PasswordChecker | None) -> None:
+    def __init__(
+        self, base_dir: Path, checkpw: PasswordChecker | None, problems: Iterable[str]
+    ) -> None:
+        super().__init__(problems)
         self.base_dir = base_dir
         self.checkpw = checkpw
-        self.problems: list[str] = []
         self.notes: list[str] = []
 
-    def problem(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
-
     def web_config(self, document: object, source: str) -> WebConfig:
-        top = self.mapping(document, "top level", _TOP_KEYS)
+        top = self.mapping(document, TOP_LEVEL, _TOP_KEYS, refused=_UNSUPPORTED)
         tls, context = self.tls(top.get("tls_server_config"))
         headers = self.http(top.get("http_server_config"))
         auth = self.basic_auth(top.get("basic_auth_users"))
@@ -369,66 +329,11 @@ class _Reader:
             _context=context,
         )
 
-    # --- generic shapes -------------------------------------------------------------------
-
-    def mapping(self, value: object, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(where, f"must be a mapping, not {_kind(value)}")
-            return {}
-        for key in value:
-            if key in _UNSUPPORTED:
-                self.problem(_join(where, key), _UNSUPPORTED[key])
-            elif key not in allowed:
-                self.problem(where, _unknown_key(key, allowed))
-        return {key: item for key, item in value.items() if key in allowed}
-
-    def string(self, raw: Mapping[str, Any], where: str, key: str) -> str | None:
-        """A non-empty string, or None when absent or empty (exporter-toolkit's 'unset')."""
-        value = raw.get(key)
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            self.problem(f"{where}.{key}", f"must be a string, not {_kind(value)}")
-            return None
-        return value
-
-    def choice(
-        self, raw: Mapping[str, Any], where: str, key: str, choices: tuple[str, ...], default: str
-    ) -> str:
-        value = self.string(raw, where, key)
-        if value is None:
-            return default
-        if value not in choices:
-            self.problem(f"{where}.{key}", f"{value[:100]!r} is not one of {', '.join(choices)}")
-            return default
-        return value
-
-    def string_list(self, raw: Mapping[str, Any], where: str, key: str) -> list[str]:
-        value = raw.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.problem(f"{where}.{key}", f"must be a list of strings, not {_kind(value)}")
-            return []
-        if not all(isinstance(item, str) for item in value):
-            self.problem(f"{where}.{key}", "must be a list of strings")
-            return []
-        return value
-
-    def boolean(self, raw: Mapping[str, Any], where: str, key: str, default: bool) -> bool:
-        value = raw.get(key, default)
-        if not isinstance(value, bool):
-            self.problem(f"{where}.{key}", f"must be true or false, not {_kind(value)}")
-            return default
-        return value
-
     # --- tls_server_config ----------------------------------------------------------------
 
     def tls(self, value: object) -> tuple[TLSServerConfig | None, ssl.SSLContext | None]:
         where = "tls_server_config"
-        raw = self.mapping(value, where, _TLS_KEYS)
+        raw = self.mapping(value, where, _TLS_KEYS, refused=_UNSUPPORTED)
         if not raw:  # absent, empty, or only wrong keys (already reported)
             return None, None
         problems_before = len(self.problems)
@@ -519,37 +424,35 @@ class _Reader:
     def has_either(self, raw: Mapping[str, Any], name: str) -> bool:
         return raw.get(name) not in (None, "") or raw.get(f"{name}_file") not in (None, "")
 
-    def pem(self, raw: Mapping[str, Any], name: str, kind: str) -> _PEM | None:
-        """Read ``<name>_file`` or inline ``<name>`` and check it holds a PEM ``kind``."""
+    def pem(self, raw: Mapping[str, Any], name: str, block: str) -> _PEM | None:
+        """Read ``<name>_file`` or inline ``<name>`` and check it holds a PEM ``block``."""
         where = "tls_server_config"
-        inline = self.string(raw, where, name)
-        file_name = self.string(raw, where, f"{name}_file")
-        if inline is not None and file_name is not None:
+        inline = self.string(raw, where, name, secret=name == "key")
+        path = self.path(raw, where, f"{name}_file", self.base_dir)
+        if inline is not None and path is not None:
             self.problem(where, f"{name} and {name}_file are mutually exclusive")
             return None
         if inline is not None:
             item = _PEM(f"(inline {name})", inline)
             label = f"{where}.{name}"
-        elif file_name is not None:
-            path = self.base_dir / file_name
+        elif path is not None:
             label = f"{where}.{name}_file"
-            try:
-                text = path.read_bytes().decode("ascii")
-            except OSError as err:
-                self.problem(label, f"cannot read {path}: {err.strerror or err}")
+            content = self.read_bytes(label, path)
+            if content is None:
                 return None
+            try:
+                item = _PEM(str(path), content.decode("ascii"), path)
             except UnicodeDecodeError:
                 self.problem(label, f"{path} is not a PEM file")
                 return None
-            item = _PEM(str(path), text, path)
         else:
             return None
         subject = f"{item.path} " if item.path is not None else ""
-        begin = f"-----BEGIN {kind}-----" if kind == "CERTIFICATE" else "PRIVATE KEY-----"
+        begin = f"-----BEGIN {block}-----" if block == "CERTIFICATE" else "PRIVATE KEY-----"
         if begin not in item.text:
-            self.problem(label, f"{subject}holds no PEM {kind.lower()}")
+            self.problem(label, f"{subject}holds no PEM {block.lower()}")
             return None
-        if kind == "PRIVATE KEY" and "ENCRYPTED" in item.text:
+        if block == "PRIVATE KEY" and "ENCRYPTED" in item.text:
             self.problem(
                 label,
                 f"{subject}is encrypted, and the web config has no passphrase: "
@@ -604,17 +507,12 @@ class _Reader:
 
     def http(self, value: object) -> dict[str, str]:
         where = "http_server_config"
-        raw = self.mapping(value, where, _HTTP_KEYS)
+        raw = self.mapping(value, where, _HTTP_KEYS, refused=_UNSUPPORTED)
         self.boolean(raw, where, "http2", True)  # accepted; HTTP/1.1 is all that is served
-        headers_value = raw.get("headers")
-        if headers_value is None:
-            return {}
         where = f"{where}.headers"
-        if not isinstance(headers_value, dict):
-            self.problem(where, f"must be a mapping, not {_kind(headers_value)}")
-            return {}
         headers: dict[str, str] = {}
-        for name, header_value in headers_value.items():
+        # Any key here: header names are checked below, without regard to case.
+        for name, header_value in self.mapping(raw.get("headers"), where, None).items():
             known = _HEADERS.get(name.lower()) if isinstance(name, str) else None
             if known is None:
                 self.problem(
@@ -627,7 +525,7 @@ class _Reader:
             if header_value is None or header_value == "":
                 continue  # exporter-toolkit: blank means unset
             if not isinstance(header_value, str):
-                self.problem(f"{where}.{canonical}", f"must be a string, not {_kind(header_value)}")
+                self.problem(f"{where}.{canonical}", f"must be a string, not {kind(header_value)}")
             elif "\r" in header_value or "\n" in header_value:
                 self.problem(f"{where}.{canonical}", "must be a single line")
             elif allowed is not None and header_value.lower() not in allowed:
@@ -647,7 +545,8 @@ class _Reader:
             return None
         if not isinstance(value, dict):
             self.problem(
-                where, f"must be a mapping of user name to bcrypt hash, not {_kind(value)}"
+                where,
+                f"must be a mapping of user name to bcrypt hash, not {kind(value, secret=True)}",
             )
             return None
         hashes: dict[str, str] = {}
@@ -659,7 +558,7 @@ class _Reader:
                 # Never echo it: the user and the hash were probably swapped.
                 self.problem(where, "a user name looks like a bcrypt hash: user and hash swapped?")
                 continue
-            user_where = _join(where, user)
+            user_where = join(where, user)
             if ":" in user:
                 self.problem(user_where, "a user name cannot contain ':' in basic auth")
             elif not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
@@ -727,22 +626,3 @@ def _ssl_reason(err: Exception) -> str:
     text = re.sub(r"^\[[^\]]*\]\s*", "", text)
     text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text)
     return "not valid PEM" if text == "PEM lib" else text
-
-
-def _join(where: str, key: object) -> str:
-    return str(key) if where == "top level" else f"{where}.{key}"
-
-
-def _unknown_key(key: object, allowed: tuple[str, ...]) -> str:
-    shown = str(key)[:100]
-    close = difflib.get_close_matches(shown, allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
-    return f"unknown key {shown!r}{hint}"
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "nothing"
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
-    names.update({list: "a list", dict: "a mapping"})
-    return names.get(type(value), f"a {type(value).__name__}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from exporter.config import (
     TLSConfig,
     load_config,
 )
+from exporter.webconfig import WebConfigError, load_web_config
 
 GOOD = """\
 poll:
@@ -164,7 +167,7 @@ BAD_FILES = [
             "controllers[0].name: 'a b' must start with a letter or digit and hold only "
             "letters, digits and _ . : -",
             "controllers[0].url: must not hold credentials: use username and password_file",
-            "controllers[0].password: must be a non-empty string (quote it in YAML)",
+            "controllers[0].password: must be a string, not a number: quote it in YAML",
         ],
         id="secrets-not-echoed",
     ),
@@ -181,13 +184,31 @@ BAD_FILES = [
         "controllers:\n  - {name: a, url: 'https://h', username: u, password_file: missing,"
         " tls: {ca_file: nope.pem, insecure_skip_verify: 'no', sni: x}}\n",
         [
-            "controllers[0].password_file: cannot read 'missing': No such file or directory",
+            "controllers[0].password_file: cannot read {dir}/missing: No such file or directory",
             "controllers[0].tls: unknown key 'sni' "
             "(allowed: ca_file, insecure_skip_verify, server_name)",
-            "controllers[0].tls.ca_file: cannot read '{dir}/nope.pem'",
+            "controllers[0].tls.ca_file: cannot read {dir}/nope.pem: No such file or directory",
             "controllers[0].tls.insecure_skip_verify: must be true or false, not a string ('no')",
         ],
         id="files-and-tls",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\npoll:\n  page_size: 100\n  page_size: 200\n",
+        ["line 4: duplicate key 'page_size'"],
+        id="duplicate-key",
+    ),
+    pytest.param(
+        "controllers:\n  - {name: a, url: 'https://h', usernme: u, password: p}\n",
+        [
+            "controllers[0]: unknown key 'usernme' (did you mean 'username'?)",
+            "controllers[0].username: is required",
+        ],
+        id="misspelt-key",
+    ),
+    pytest.param(
+        "controllers:\n  - {name: '', url: 'https://h', username: '  ', password: p}\n",
+        ["controllers[0].name: is required", "controllers[0].username: must not be blank"],
+        id="empty-and-blank",
     ),
 ]
 
@@ -221,3 +242,131 @@ def test_no_password_reaches_an_error_message(tmp_path: Path) -> None:
     assert "987654321" not in message
     assert "envsecret" not in message
     assert len(caught.value.problems) == 3
+
+
+def test_an_empty_string_means_unset_as_in_the_web_config(tmp_path: Path) -> None:
+    (tmp_path / "svt").write_text("from-file\n", encoding="utf-8")
+    text = (
+        "controllers:\n  - {name: a, url: 'https://h', username: u, password: '',"
+        " password_file: svt, tls: {ca_file: '', server_name: ''}}\n"
+    )
+    controller = load_config(write(tmp_path, text), {}).controllers[0]
+    assert controller.password.reveal() == "from-file"
+    assert controller.tls == TLSConfig()
+
+
+@dataclass(frozen=True)
+class Side:
+    """One file's half of a row: its text, where it reports, and what fills the words."""
+
+    text: str
+    where: str | None  # None: the problem is about the whole file
+    fill: Mapping[str, str] = field(default_factory=dict)
+
+
+WEB_TOP_KEYS = "basic_auth_users, http_server_config, tls_server_config"
+
+# The same mistake in the exporter's config and in the web config: one wording for both.
+# "{dir}" is the files' directory; other fields are the key names each file has.
+SAME_MISTAKE = [
+    pytest.param(
+        "must be true or false, not a string ('yes please')",
+        Side(f"controllers: [{CONTROLLER}]\nmetrics: {{per_vm: 'yes please'}}\n", "metrics.per_vm"),
+        Side("http_server_config: {http2: 'yes please'}\n", "http_server_config.http2"),
+        id="boolean-given-a-string",
+    ),
+    pytest.param(
+        "must be true or false, not empty",
+        Side(f"controllers: [{CONTROLLER}]\nmetrics: {{per_vm: }}\n", "metrics.per_vm"),
+        Side("http_server_config: {http2: }\n", "http_server_config.http2"),
+        id="boolean-left-empty",
+    ),
+    pytest.param(
+        "must be a string, not a number (42): quote it in YAML",
+        Side(
+            "controllers:\n  - {name: a, url: 'https://h', username: 42, password: p}\n",
+            "controllers[0].username",
+        ),
+        Side("tls_server_config: {cert_file: 42, key_file: k}\n", "tls_server_config.cert_file"),
+        id="string-given-a-number",
+    ),
+    pytest.param(
+        "must not be blank",
+        Side(
+            "controllers:\n  - {name: a, url: 'https://h', username: '  ', password: p}\n",
+            "controllers[0].username",
+        ),
+        Side("tls_server_config: {cert_file: '  ', key_file: k}\n", "tls_server_config.cert_file"),
+        id="blank-string",
+    ),
+    pytest.param(
+        "must be a mapping, not a list",
+        Side(f"controllers: [{CONTROLLER}]\npoll: [300]\n", "poll"),
+        Side("tls_server_config: [server.crt]\n", "tls_server_config"),
+        id="section-not-a-mapping",
+    ),
+    pytest.param(
+        "duplicate key '{key}'",
+        Side(
+            f"controllers: [{CONTROLLER}]\nmetrics:\n  per_vm: true\n  per_vm: false\n",
+            "line 4",
+            {"key": "per_vm"},
+        ),
+        Side("http_server_config:\n  http2: true\n  http2: false\n", "line 3", {"key": "http2"}),
+        id="duplicate-key",
+    ),
+    pytest.param(
+        "unknown key '{key}' (did you mean '{close}'?)",
+        Side(
+            f"controllers: [{CONTROLLER}]\nmetrcs: {{per_vm: true}}\n",
+            "top level",
+            {"key": "metrcs", "close": "metrics"},
+        ),
+        Side(
+            "basic_auth_user: {alice: x}\n",
+            "top level",
+            {"key": "basic_auth_user", "close": "basic_auth_users"},
+        ),
+        id="misspelt-key",
+    ),
+    pytest.param(
+        "unknown key 'colour' (allowed: {allowed})",
+        Side(
+            f"controllers: [{CONTROLLER}]\ncolour: red\n",
+            "top level",
+            {"allowed": "controllers, metrics, poll"},
+        ),
+        Side("colour: red\n", "top level", {"allowed": WEB_TOP_KEYS}),
+        id="unknown-key",
+    ),
+    pytest.param(
+        "cannot read {dir}/nope: No such file or directory",
+        Side(
+            "controllers:\n  - {name: a, url: 'https://h', username: u, password_file: nope}\n",
+            "controllers[0].password_file",
+        ),
+        Side(
+            "tls_server_config: {cert_file: nope, key_file: nope}\n", "tls_server_config.cert_file"
+        ),
+        id="file-not-found",
+    ),
+    pytest.param(
+        "not valid YAML at line 2, column 1: expected the node content, but found '<stream end>'",
+        Side("controllers: [\n", None),
+        Side("tls_server_config: [\n", None),
+        id="broken-yaml",
+    ),
+]
+
+
+@pytest.mark.parametrize(("words", "config", "web"), SAME_MISTAKE)
+def test_the_same_mistake_gets_the_same_words_in_both_files(
+    tmp_path: Path, words: str, config: Side, web: Side
+) -> None:
+    with pytest.raises(ConfigError) as config_error:
+        load_config(write(tmp_path, config.text, "config.yaml"), {})
+    with pytest.raises(WebConfigError) as web_error:
+        load_web_config(write(tmp_path, web.text, "web.yml"))
+    for side, problems in ((config, config_error.value.problems), (web, web_error.value.problems)):
+        said = words.format(dir=tmp_path.resolve(), **side.fill)
+        assert (said if side.where is None else f"{side.where}: {said}") in problems

@@ -189,7 +189,7 @@ BAD_FILES: list[tuple[str, str, list[str]]] = [
     (
         "cert_file not a string",
         "tls_server_config:\n  cert_file: 42\n  key_file: {dir}/server.key\n",
-        ["tls_server_config.cert_file: must be a string, not a number"],
+        ["tls_server_config.cert_file: must be a string, not a number (42): quote it in YAML"],
     ),
     (
         "unknown client_auth_type",
@@ -244,7 +244,7 @@ BAD_FILES: list[tuple[str, str, list[str]]] = [
     (
         "min_version as a number",
         TLS + "  max_version: 1.3\n",
-        ["tls_server_config.max_version: must be a string, not a number"],
+        ["tls_server_config.max_version: must be a string, not a number (1.3): quote it in YAML"],
     ),
     (
         "min_version above max_version",
@@ -264,7 +264,10 @@ BAD_FILES: list[tuple[str, str, list[str]]] = [
     (
         "cipher_suites not a list",
         TLS + "  cipher_suites: TLS_AES_128_GCM_SHA256\n",
-        ["tls_server_config.cipher_suites: must be a list of strings, not a string"],
+        [
+            "tls_server_config.cipher_suites: must be a list of strings, "
+            "not a string ('TLS_AES_128_GCM_SHA256')"
+        ],
     ),
     (
         "curve_preferences with a number",
@@ -282,12 +285,15 @@ BAD_FILES: list[tuple[str, str, list[str]]] = [
     (
         "prefer_server_cipher_suites not a boolean",
         TLS + "  prefer_server_cipher_suites: always\n",
-        ["tls_server_config.prefer_server_cipher_suites: must be true or false, not a string"],
+        [
+            "tls_server_config.prefer_server_cipher_suites: must be true or false, "
+            "not a string ('always')"
+        ],
     ),
     (
         "http2 not a boolean",
         "http_server_config:\n  http2: 2\n",
-        ["http_server_config.http2: must be true or false, not a number"],
+        ["http_server_config.http2: must be true or false, not a number (2)"],
     ),
     (
         "header that cannot be configured",
@@ -360,6 +366,21 @@ BAD_FILES: list[tuple[str, str, list[str]]] = [
         "broken YAML",
         "basic_auth_users:\n  alice: '$2y$10$abc\n  bob: [\n",
         ["not valid YAML at line 4, column 1: found unexpected end of stream"],
+    ),
+    (
+        "a NUL character",
+        "http_server_config:\n  http2: \x00\n",
+        ["not valid YAML: special characters are not allowed"],
+    ),
+    (
+        "a value PyYAML cannot build",
+        "http_server_config: !!timestamp x\n",
+        ["not valid YAML: a value that cannot be read, too long or nested too deeply"],
+    ),
+    (
+        "a blank file name",
+        "tls_server_config:\n  cert_file: '  '\n  key_file: {dir}/server.key\n",
+        ["tls_server_config.cert_file: must not be blank"],
     ),
 ]
 
