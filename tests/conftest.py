@@ -1,14 +1,51 @@
-"""Shared fixtures: simulated controllers that always stop, and a deadline-based wait."""
+"""Shared fixtures: simulated controllers that always stop, and a deadline-based wait.
+
+Also the ``slow`` tier: every test of the modules below is marked ``slow``, so that
+``pytest -m "not slow"`` (``./dev test-fast``) is the quick loop and ``./dev test`` runs all.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exporter.simulator import SimulatedController
+
+#: Modules that run real processes or servers end to end: a real Prometheus, Helm, the
+#: exporter or the benchmark as a subprocess, a soak, a scrape of a running exporter under
+#: faults. A module is named here rather than marked in its file, so the tiers read in one place.
+SLOW_MODULES = frozenset(
+    {
+        "test_bench",
+        "test_cli",
+        "test_dockerfile",
+        "test_faults",
+        "test_helm",
+        "test_monitoring_rules",
+        "test_prometheus_e2e",
+        "test_reload",
+        "test_secrets",
+        "test_soak",
+        "test_worker",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = sorted(m for m in SLOW_MODULES if not (Path(__file__).parent / f"{m}.py").exists())
+    if missing:  # a renamed module would silently move to the fast tier
+        raise pytest.UsageError(f"tests/conftest.py SLOW_MODULES names no such file: {missing}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
