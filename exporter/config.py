@@ -25,6 +25,7 @@ __all__ = [
     "ControllerConfig",
     "MetricsConfig",
     "PollConfig",
+    "ProtectionConfig",
     "Secret",
     "TLSConfig",
     "load_config",
@@ -85,10 +86,24 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ProtectionConfig:
+    """When a VM's backups count as overdue.
+
+    For each destination of a VM's policy, the newest protected backup there is overdue once
+    it is older than the policy's expected interval times ``overdue_factor``, plus
+    ``grace_seconds``.
+    """
+
+    overdue_factor: float = 1.5
+    grace_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     controllers: tuple[ControllerConfig, ...]
     poll: PollConfig = PollConfig()
     metrics: MetricsConfig = MetricsConfig()
+    protection: ProtectionConfig = ProtectionConfig()
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -139,11 +154,12 @@ class _Reader(Reader):
         if document is None:
             self.problems.append("the configuration is empty: at least one controller is needed")
             return None
-        top = self.mapping(document, TOP_LEVEL, ("poll", "metrics", "controllers"))
+        top = self.mapping(document, TOP_LEVEL, ("poll", "metrics", "protection", "controllers"))
         if not isinstance(document, dict):
             return None
         poll = self.poll(top.get("poll"))
         metrics = self.metrics(top.get("metrics"))
+        protection = self.protection(top.get("protection"))
         controllers = self.controllers(top.get("controllers"))
         if poll.stale_after_seconds < poll.interval_seconds:
             self.problem(
@@ -151,7 +167,7 @@ class _Reader(Reader):
                 f"{poll.stale_after_seconds:g} is shorter than poll.interval_seconds "
                 f"({poll.interval_seconds:g}): data would vanish between polls",
             )
-        return Config(controllers=controllers, poll=poll, metrics=metrics)
+        return Config(controllers=controllers, poll=poll, metrics=metrics, protection=protection)
 
     def poll(self, value: object) -> PollConfig:
         defaults = PollConfig()
@@ -183,6 +199,26 @@ class _Reader(Reader):
     def metrics(self, value: object) -> MetricsConfig:
         raw = self.mapping(value, "metrics", ("per_vm",))
         return MetricsConfig(per_vm=self.boolean(raw, "metrics", "per_vm", MetricsConfig.per_vm))
+
+    def protection(self, value: object) -> ProtectionConfig:
+        defaults = ProtectionConfig()
+        raw = self.mapping(value, "protection", ("overdue_factor", "grace_seconds"))
+        return ProtectionConfig(
+            # Below 1, a VM would be overdue before its next backup is even due; past 10
+            # missed backups in a row an alert has long stopped being news.
+            overdue_factor=self.number(
+                raw, "protection", "overdue_factor", defaults.overdue_factor, 1, 10
+            ),
+            grace_seconds=self.number(
+                raw,
+                "protection",
+                "grace_seconds",
+                defaults.grace_seconds,
+                0,
+                MAX_SECONDS,
+                unit="seconds",
+            ),
+        )
 
     def controllers(self, value: object) -> tuple[ControllerConfig, ...]:
         if value is None:

@@ -13,6 +13,7 @@ from exporter.config import (
     ConfigError,
     ControllerConfig,
     PollConfig,
+    ProtectionConfig,
     Secret,
     TLSConfig,
     load_config,
@@ -72,6 +73,7 @@ def test_defaults_fill_what_is_left_out(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, text), {})
     assert config.poll == PollConfig()
     assert config.metrics.per_vm is True
+    assert config.protection == ProtectionConfig(overdue_factor=1.5, grace_seconds=3600)
     assert config.controllers[0].tls == TLSConfig()
 
 
@@ -110,7 +112,7 @@ BAD_FILES = [
     pytest.param("- a\n- b\n", ["top level: must be a mapping, not a list"], id="list"),
     pytest.param(
         f"controllers: [{CONTROLLER}]\nintervall: 3\n",
-        ["top level: unknown key 'intervall' (allowed: controllers, metrics, poll)"],
+        ["top level: unknown key 'intervall' (allowed: controllers, metrics, poll, protection)"],
         id="unknown-top-key",
     ),
     pytest.param("poll: {}\n", ["controllers: at least one controller is needed"], id="none"),
@@ -210,6 +212,39 @@ BAD_FILES = [
         ["controllers[0].name: is required", "controllers[0].username: must not be blank"],
         id="empty-and-blank",
     ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\nprotection: {{overdue_factor: 0.5, grace_seconds: -1}}\n",
+        [
+            "protection.overdue_factor: must be a finite number >= 1, not 0.5",
+            "protection.grace_seconds: must be a finite number of seconds >= 0, not -1",
+        ],
+        id="protection-below",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\n"
+        "protection: {overdue_factor: 10.5, grace_seconds: 1.0e+10, grace_second: 60}\n",
+        [
+            "protection: unknown key 'grace_second' (did you mean 'grace_seconds'?)",
+            "protection.overdue_factor: must be at most 10, not 10.5",
+            "protection.grace_seconds: must be at most 315360000 seconds, not 10000000000.0",
+        ],
+        id="protection-above",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\n"
+        "protection: {overdue_factor: '2x', grace_seconds: .nan}\npoll: {timeout_seconds: x}\n",
+        [
+            "poll.timeout_seconds: must be a number of seconds, not a string ('x')",
+            "protection.overdue_factor: must be a number, not a string ('2x')",
+            "protection.grace_seconds: must be a finite number of seconds >= 0, not nan",
+        ],
+        id="protection-types",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\nprotection: [1.5]\n",
+        ["protection: must be a mapping, not a list"],
+        id="protection-not-a-mapping",
+    ),
 ]
 
 
@@ -242,6 +277,23 @@ def test_no_password_reaches_an_error_message(tmp_path: Path) -> None:
     assert "987654321" not in message
     assert "envsecret" not in message
     assert len(caught.value.problems) == 3
+
+
+def test_protection_settings_are_read(tmp_path: Path) -> None:
+    text = f"controllers: [{CONTROLLER}]\nprotection: {{overdue_factor: 2, grace_seconds: 0}}\n"
+    config = load_config(write(tmp_path, text), {})
+    assert config.protection == ProtectionConfig(overdue_factor=2.0, grace_seconds=0.0)
+    assert isinstance(config.protection.overdue_factor, float)
+
+
+@pytest.mark.parametrize(("factor", "grace"), [(1, 0), (10, 315360000), (1.25, 0.5)])
+def test_protection_bounds_are_inclusive(tmp_path: Path, factor: float, grace: float) -> None:
+    text = (
+        f"controllers: [{CONTROLLER}]\n"
+        f"protection: {{overdue_factor: {factor}, grace_seconds: {grace}}}\n"
+    )
+    protection = load_config(write(tmp_path, text), {}).protection
+    assert (protection.overdue_factor, protection.grace_seconds) == (factor, grace)
 
 
 def test_an_empty_string_means_unset_as_in_the_web_config(tmp_path: Path) -> None:
@@ -334,7 +386,7 @@ SAME_MISTAKE = [
         Side(
             f"controllers: [{CONTROLLER}]\ncolour: red\n",
             "top level",
-            {"allowed": "controllers, metrics, poll"},
+            {"allowed": "controllers, metrics, poll, protection"},
         ),
         Side("colour: red\n", "top level", {"allowed": WEB_TOP_KEYS}),
         id="unknown-key",
