@@ -165,17 +165,9 @@ class Reader:
             return None
         return value
 
-    def path(
-        self,
-        raw: Mapping[str, Any],
-        where: str,
-        key: str,
-        base_dir: Path,
-        *,
-        required: bool = False,
-    ) -> Path | None:
+    def path(self, raw: Mapping[str, Any], where: str, key: str, base_dir: Path) -> Path | None:
         """A file path, relative to ``base_dir`` (the file's directory) unless absolute."""
-        value = self.string(raw, where, key, required=required)
+        value = self.string(raw, where, key)
         if value is None:
             return None
         if "\x00" in value:
@@ -192,12 +184,7 @@ class Reader:
             return None
 
     def choice(
-        self,
-        raw: Mapping[str, Any],
-        where: str,
-        key: str,
-        choices: Collection[str],
-        default: str,
+        self, raw: Mapping[str, Any], where: str, key: str, choices: Collection[str], default: str
     ) -> str:
         value = self.string(raw, where, key)
         if value is None:
