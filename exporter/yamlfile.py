@@ -69,7 +69,7 @@ def read_yaml(path: str | Path, error: type[ConfigError] = ConfigError) -> YamlD
         # RecursionError for nesting thousands deep, AttributeError for "!!timestamp x"...
         problem = "not valid YAML: a value that cannot be read, too long or nested too deeply"
         raise error([problem], source) from None
-    return YamlDocument(value, tuple(f"line {n}: duplicate key {k!r}" for n, k in duplicates))
+    return YamlDocument(value, tuple(f"line {n}: duplicate {_key(k)}" for n, k in duplicates))
 
 
 def _parse(text: str) -> tuple[object, list[tuple[int, str]]]:
@@ -93,7 +93,7 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode):
                 if key_node.value in seen:
-                    self.duplicates.append((key_node.start_mark.line + 1, key_node.value[:100]))
+                    self.duplicates.append((key_node.start_mark.line + 1, key_node.value))
                 seen.add(key_node.value)
         return super().construct_mapping(node, deep=deep)
 
@@ -268,10 +268,15 @@ def join(where: str, key: object) -> str:
 
 def unknown_key(key: object, allowed: Collection[str]) -> str:
     """The words for a key that is not allowed: the closest allowed key, or all of them."""
-    name = str(key)[:100]
-    close = difflib.get_close_matches(name, list(allowed), n=1)
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
-    return f"unknown key {name!r} ({hint})"
+    return f"unknown {_key(key)} ({hint})"
+
+
+def _key(key: object) -> str:
+    """``key 'name'``; a long key is not shown: it may be a password hash put in a key's place."""
+    name = str(key)
+    return f"key {name!r}" if len(name) <= 40 else f"key of {len(name)} characters"
 
 
 def kind(value: object, *, secret: bool = False) -> str:

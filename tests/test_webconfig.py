@@ -446,6 +446,8 @@ def test_no_secret_appears_in_any_message(pki: PKI, tmp_path: Path) -> None:
         f"basic_auth_users:\n  alice: '{ALICE_HASH}' ]\n",
         f"basic_auth_users:\n  bob: {BOB_HASH}\n  bob: hunter2: again\n",
         f"basic_auth_users: hunter2\ntls_server_config: {ALICE_HASH}\n",
+        # A hash in a key's place, twice, and at the top level.
+        f"basic_auth_users:\n  '{ALICE_HASH}': alice\n  '{ALICE_HASH}': bob\n'{BOB_HASH}': x\n",
     ]
     for number, text in enumerate(files):
         with pytest.raises(WebConfigError) as caught:
