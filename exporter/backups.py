@@ -9,25 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-#: The documented backup states, in the order the API reference lists them.
-STATES = (
-    "NEW",
-    "SAVING",
-    "FAILED",
-    "PROTECTED",
-    "UNKNOWN",
-    "CANCELING",
-    "CANCELED",
-    "QUEUED",
-    "REBUILDING",
-    "DELETED",
-    "DEGRADED",
-)
-#: Where a state outside :data:`STATES` is counted.
-OTHER_STATE = "OTHER"
+from exporter.model import OTHER_STATE, STATES, BackupSnapshot, ClusterSummary, VMSummary
+
 #: What a scan asks the API for (``fields=``): everything the metrics need and nothing more.
 FIELDS = (
     "id",
@@ -52,34 +37,6 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 
 class BackupRecordError(ValueError):
     """A backup record the exporter cannot read (a missing field, a wrong type)."""
-
-
-@dataclass(frozen=True)
-class ClusterSummary:
-    """The backups of one OmniStack cluster (or external store)."""
-
-    name: str
-    counts: Mapping[str, int]
-    sizes: Mapping[str, int]
-    newest_protected: float | None  # Unix seconds of the newest PROTECTED backup
-
-
-@dataclass(frozen=True)
-class VMSummary:
-    """One live VM: when its newest PROTECTED backup was taken, if ever."""
-
-    vm_id: str
-    name: str
-    newest_protected: float | None
-
-
-@dataclass(frozen=True)
-class BackupSnapshot:
-    """One complete scan of a controller's backups."""
-
-    clusters: tuple[ClusterSummary, ...]
-    vms: tuple[VMSummary, ...]
-    backups_seen: int
 
 
 class _ClusterTally:

@@ -27,11 +27,12 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from exporter import __version__
 from exporter.collector import BackupCollector, ExporterState, Exposition, prepare_exposition
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
+from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.poller import ClientFactory, Poller, default_client_factory
 from exporter.sharding import ordinal_from_hostname, select_controllers, validate_shard
 from exporter.web import ExporterServer, WebApp, parse_listen_address
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
-from exporter.worker import DecodingWorker, keep_large_buffers_off_the_heap
+from exporter.worker import DecodingWorker
 
 log = logging.getLogger("exporter")
 

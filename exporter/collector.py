@@ -22,9 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.backups import STATES, BackupSnapshot, ClusterSummary
-from exporter.poller import ControllerStatus
-from exporter.simplivity import REASONS
+from exporter.model import REASONS, STATES, BackupSnapshot, ClusterSummary, ControllerStatus
 
 log = logging.getLogger(__name__)
 

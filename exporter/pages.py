@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from exporter.backups import Aggregator, BackupRecordError, BackupSnapshot
+from exporter.backups import Aggregator, BackupRecordError
+from exporter.model import BackupSnapshot
 
 
 class PageError(ValueError):

@@ -1,6 +1,6 @@
 """Polls every controller on the scheduler and publishes one immutable status per controller.
 
-A poll builds a complete :class:`~exporter.backups.BackupSnapshot` on the side and swaps it in
+A poll builds a complete :class:`~exporter.model.BackupSnapshot` on the side and swaps it in
 by reference only when the whole scan succeeded: a scrape never sees half a scan, and a failed
 poll leaves the last good result in place (the collector drops it once it is stale).
 """
@@ -12,26 +12,26 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from exporter.backups import BackupSnapshot
 from exporter.config import Config, ControllerConfig, PollConfig
-from exporter.pages import LocalScan, PageError, PageSink, ScanFactory
-from exporter.simplivity import (
+from exporter.model import (
     REASONS,
+    BackupSnapshot,
     Cancelled,
+    ControllerStatus,
     DecodeError,
-    ScanResult,
-    SimplivityClient,
     SimplivityError,
 )
+from exporter.pages import LocalScan, PageError, PageSink, ScanFactory
+from exporter.simplivity import ScanResult, SimplivityClient
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +59,6 @@ def default_client_factory(
     controller: ControllerConfig, poll: PollConfig, stop: threading.Event
 ) -> BackupSource:
     return SimplivityClient(controller, poll, stop=stop)
-
-
-@dataclass(frozen=True)
-class ControllerStatus:
-    """Everything known about one controller at one moment; replaced, never changed."""
-
-    name: str
-    url: str
-    polls: int = 0
-    up: bool = False
-    last_poll_finished: float | None = None
-    last_duration: float | None = None
-    last_success: float | None = None
-    last_error: str | None = None
-    errors: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    logins: int = 0
-    snapshot: BackupSnapshot | None = None
-    #: The snapshot as the exposition writes it, prepared by the poll that took it (see
-    #: ``prepare`` of :class:`Poller`), so that no scrape has to.
-    exposition: object = None
 
 
 class PollTurn:

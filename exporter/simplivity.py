@@ -1,7 +1,7 @@
 """The SimpliVity REST client: login and token reuse, paging, timeouts, retries and TLS.
 
-Everything that can go wrong talking to a controller surfaces as one :class:`SimplivityError`
-subclass whose ``reason`` is the value of the ``reason`` label of
+Everything that can go wrong talking to a controller surfaces as one
+:class:`~exporter.model.SimplivityError` subclass whose ``reason`` is the value of the ``reason`` label of
 ``simplivity_poll_errors_total``. Error messages are written for operators and never hold a
 password or a token.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import requests
 import urllib3.exceptions
@@ -26,12 +26,19 @@ from requests.adapters import HTTPAdapter
 from exporter import __version__
 from exporter.backups import FIELDS
 from exporter.config import ControllerConfig, PollConfig
+from exporter.model import (
+    AuthError,
+    Cancelled,
+    ConnectError,
+    DecodeError,
+    HTTPStatusError,
+    RequestTimeout,
+    SimplivityError,
+    TLSError,
+)
 from exporter.pages import PageCounter, PageError, PageSink, decode_json
 
 log = logging.getLogger(__name__)
-
-#: Every value the ``reason`` label can take, all exported from the start.
-REASONS = ("auth", "timeout", "connection", "tls", "http", "decode")
 
 # A token dies after 10 minutes idle and 24 hours after login; renew a little before either.
 TOKEN_IDLE_SECONDS = 600.0
@@ -39,44 +46,6 @@ TOKEN_LIFETIME_SECONDS = 86400.0
 TOKEN_MARGIN_SECONDS = 60.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-
-class SimplivityError(Exception):
-    """A poll failed; ``reason`` says how, the message says what in plain words."""
-
-    reason: ClassVar[str] = "http"
-
-
-class AuthError(SimplivityError):
-    reason = "auth"
-
-
-class RequestTimeout(SimplivityError):
-    reason = "timeout"
-
-
-class ConnectError(SimplivityError):
-    reason = "connection"
-
-
-class TLSError(SimplivityError):
-    reason = "tls"
-
-
-class HTTPStatusError(SimplivityError):
-    reason = "http"
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class DecodeError(SimplivityError):
-    reason = "decode"
-
-
-class Cancelled(Exception):
-    """The exporter is shutting down; the scan was abandoned (not a controller failure)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from exporter import __version__
-from exporter.poller import ControllerStatus
+from exporter.model import ControllerStatus
 from exporter.webconfig import BASIC_AUTH_CHALLENGE, WebConfig
 
 log = logging.getLogger(__name__)

@@ -6,14 +6,8 @@ from typing import Any
 
 import pytest
 
-from exporter.backups import (
-    OTHER_STATE,
-    STATES,
-    UNKNOWN_CLUSTER,
-    Aggregator,
-    BackupRecordError,
-    BackupSnapshot,
-)
+from exporter.backups import UNKNOWN_CLUSTER, Aggregator, BackupRecordError
+from exporter.model import OTHER_STATE, STATES, BackupSnapshot
 
 T0 = "2024-03-01T06:00:00Z"  # 1709272800
 T1 = "2024-03-02T06:00:00Z"  # 1709359200

@@ -15,16 +15,16 @@ import trustme
 
 from exporter.backups import FIELDS, Aggregator
 from exporter.config import ControllerConfig, PollConfig, Secret, TLSConfig
-from exporter.simplivity import (
+from exporter.model import (
     AuthError,
     ConnectError,
     DecodeError,
     HTTPStatusError,
     RequestTimeout,
-    SimplivityClient,
     SimplivityError,
     TLSError,
 )
+from exporter.simplivity import SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController, generate_backups
 from tests.conftest import wait_until
 

@@ -13,10 +13,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.backups import STATES, BackupSnapshot, ClusterSummary, VMSummary
 from exporter.collector import BackupCollector, ExporterState, Exposition
-from exporter.poller import ControllerStatus
-from exporter.simplivity import REASONS
+from exporter.model import (
+    REASONS,
+    STATES,
+    BackupSnapshot,
+    ClusterSummary,
+    ControllerStatus,
+    VMSummary,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z

@@ -14,10 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.backups import STATES, Aggregator, BackupSnapshot, ClusterSummary, VMSummary
+from exporter.backups import Aggregator
 from exporter.collector import BackupCollector, ExporterState, Exposition
-from exporter.poller import ControllerStatus
-from exporter.simplivity import REASONS
+from exporter.model import (
+    REASONS,
+    STATES,
+    BackupSnapshot,
+    ClusterSummary,
+    ControllerStatus,
+    VMSummary,
+)
 from exporter.simulator import FederationSpec, generate_backups
 from tests.conftest import wait_until
 

@@ -33,9 +33,10 @@ import pytest
 import trustme
 
 from exporter.config import ControllerConfig, PollConfig, TLSConfig
+from exporter.model import REASONS
 from exporter.pages import PageOutcome, PageSink
 from exporter.poller import BackupSource
-from exporter.simplivity import REASONS, ScanResult
+from exporter.simplivity import ScanResult
 from exporter.simulator import FederationSpec, Malformed, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import (

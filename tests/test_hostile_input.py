@@ -33,11 +33,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.backups import FIELDS, STATES, Aggregator, BackupRecordError, BackupSnapshot
+from exporter.backups import FIELDS, Aggregator, BackupRecordError
 from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
-from exporter.poller import ControllerPoller, ControllerStatus
-from exporter.simplivity import DecodeError, SimplivityClient
+from exporter.model import STATES, BackupSnapshot, ControllerStatus, DecodeError
+from exporter.poller import ControllerPoller
+from exporter.simplivity import SimplivityClient
 
 SETTINGS = settings(
     max_examples=120,

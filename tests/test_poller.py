@@ -13,9 +13,10 @@ from prometheus_client import CollectorRegistry
 from exporter.backups import BackupRecordError
 from exporter.collector import BackupCollector, ExporterState, Exposition, prepare_exposition
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
+from exporter.model import REASONS, Cancelled, ConnectError, ControllerStatus, RequestTimeout
 from exporter.pages import PageSink
-from exporter.poller import BackupSource, ControllerPoller, ControllerStatus, Poller
-from exporter.simplivity import REASONS, Cancelled, ConnectError, RequestTimeout, ScanResult
+from exporter.poller import BackupSource, ControllerPoller, Poller
+from exporter.simplivity import ScanResult
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field, replace
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from exporter.backups import Aggregator, BackupSnapshot
+from exporter.backups import Aggregator
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
+from exporter.model import BackupSnapshot
 from exporter.pages import PageSink
 from exporter.poller import BackupSource
 from exporter.simplivity import ScanResult

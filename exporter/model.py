@@ -1,0 +1,132 @@
+"""The shared vocabulary: what a poll finds, how it fails, and what it publishes.
+
+Every layer imports this module and it imports no other part of the exporter: the REST client
+raises its errors, the aggregation builds its snapshot types, the poller publishes a
+:class:`ControllerStatus` per controller, and the scrape path (collector, exposition, web)
+reads those statuses without importing the client or the poller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+#: Every value the ``reason`` label of ``simplivity_poll_errors_total`` can take, all exported
+#: from the start: one per :class:`SimplivityError` subclass.
+REASONS = ("auth", "timeout", "connection", "tls", "http", "decode")
+
+#: The documented backup states, in the order the API reference lists them.
+STATES = (
+    "NEW",
+    "SAVING",
+    "FAILED",
+    "PROTECTED",
+    "UNKNOWN",
+    "CANCELING",
+    "CANCELED",
+    "QUEUED",
+    "REBUILDING",
+    "DELETED",
+    "DEGRADED",
+)
+#: Where a state outside :data:`STATES` is counted.
+OTHER_STATE = "OTHER"
+
+
+# -- how a poll fails ---------------------------------------------------------------------------
+
+
+class SimplivityError(Exception):
+    """A poll failed; ``reason`` says how, the message says what in plain words.
+
+    Messages are written for operators and never hold a password or a token.
+    """
+
+    reason: ClassVar[str] = "http"
+
+
+class AuthError(SimplivityError):
+    reason = "auth"
+
+
+class RequestTimeout(SimplivityError):
+    reason = "timeout"
+
+
+class ConnectError(SimplivityError):
+    reason = "connection"
+
+
+class TLSError(SimplivityError):
+    reason = "tls"
+
+
+class HTTPStatusError(SimplivityError):
+    reason = "http"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DecodeError(SimplivityError):
+    reason = "decode"
+
+
+class Cancelled(Exception):
+    """The exporter is shutting down; the scan was abandoned (not a controller failure)."""
+
+
+# -- what a poll finds --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    """The backups of one OmniStack cluster (or external store)."""
+
+    name: str
+    counts: Mapping[str, int]
+    sizes: Mapping[str, int]
+    newest_protected: float | None  # Unix seconds of the newest PROTECTED backup
+
+
+@dataclass(frozen=True)
+class VMSummary:
+    """One live VM: when its newest PROTECTED backup was taken, if ever."""
+
+    vm_id: str
+    name: str
+    newest_protected: float | None
+
+
+@dataclass(frozen=True)
+class BackupSnapshot:
+    """One complete scan of a controller's backups."""
+
+    clusters: tuple[ClusterSummary, ...]
+    vms: tuple[VMSummary, ...]
+    backups_seen: int
+
+
+# -- what a poll publishes ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    """Everything known about one controller at one moment; replaced, never changed."""
+
+    name: str
+    url: str
+    polls: int = 0
+    up: bool = False
+    last_poll_finished: float | None = None
+    last_duration: float | None = None
+    last_success: float | None = None
+    last_error: str | None = None
+    errors: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    logins: int = 0
+    snapshot: BackupSnapshot | None = None
+    #: The snapshot as the exposition writes it, prepared by the poll that took it (see
+    #: ``prepare`` of :class:`~exporter.poller.Poller`), so that no scrape has to.
+    exposition: object = None
