@@ -1,9 +1,9 @@
 """The SimpliVity REST client: login and token reuse, paging, timeouts, retries and TLS.
 
 Everything that can go wrong talking to a controller surfaces as one
-:class:`~exporter.model.SimplivityError` subclass whose ``reason`` is the value of the ``reason`` label of
-``simplivity_poll_errors_total``. Error messages are written for operators and never hold a
-password or a token.
+:class:`~exporter.model.SimplivityError` subclass whose ``reason`` is the value of the
+``reason`` label of ``simplivity_poll_errors_total``. Error messages are written for operators
+and never hold a password or a token.
 """
 
 from __future__ import annotations
@@ -255,12 +255,8 @@ class SimplivityClient:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
-        """GET an authenticated API path, logging in as needed; retries transient failures."""
-        return _decode(path, self.get_body(path, params))
-
     def get_body(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
-        """As :meth:`get_json`, but the answer's body undecoded."""
+        """GET an authenticated API path, logging in as needed; retries transient failures."""
         for relogged in (False, True):
             token = self._current_token()
             started = self._clock()
@@ -393,20 +389,17 @@ class SimplivityClient:
                 response.close()
         except requests.exceptions.SSLError as err:
             reason = _tls_reason(err)
-            raise TLSError(f"TLS handshake with {self._where()} failed: {reason}") from None
+            raise TLSError(f"TLS handshake with {self.controller.url} failed: {reason}") from None
         except requests.exceptions.Timeout:
             raise RequestTimeout(f"{path}: no answer within {timeout:g} s") from None
         except requests.exceptions.ConnectionError as err:
             if _is_timeout(err):
                 raise RequestTimeout(f"{path}: no answer within {timeout:g} s") from None
             reason = _connection_reason(err)
-            raise ConnectError(f"cannot connect to {self._where()}: {reason}") from None
+            raise ConnectError(f"cannot connect to {self.controller.url}: {reason}") from None
         except requests.exceptions.RequestException as err:
             raise ConnectError(f"{path}: {type(err).__name__}") from None
         return response.status_code, body
-
-    def _where(self) -> str:
-        return self.controller.url
 
     def _status_error(self, path: str, status: int, body: bytes) -> HTTPStatusError:
         detail = _server_message(body)
