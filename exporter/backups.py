@@ -1,17 +1,28 @@
-"""Backups in, summaries out: the pure aggregation behind every backup metric.
+"""Backups in, summaries out: the backup listing and the pure aggregation behind every metric.
 
-A scan feeds backups to an :class:`Aggregator` one at a time, as the pages arrive, and keeps
-nothing per backup: memory follows the number of clusters and VMs, never the number of
-backups. :meth:`Aggregator.snapshot` then freezes the result into a :class:`BackupSnapshot`.
+A scan of :data:`BACKUPS` feeds backups to an :class:`Aggregator` one at a time, as the pages
+arrive, and keeps nothing per backup: memory follows the number of clusters and VMs, never the
+number of backups. :meth:`Aggregator.snapshot` then freezes the result into a
+:class:`~exporter.model.BackupSnapshot`. A :class:`BackupScan` is one such count, page by page:
+in this process (:class:`LocalBackupScan`) or in the decoding worker (:mod:`exporter.worker`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
-from exporter.model import OTHER_STATE, STATES, BackupSnapshot, ClusterSummary, VMSummary
+from exporter.model import (
+    OTHER_STATE,
+    STATES,
+    BackupSnapshot,
+    ClusterSummary,
+    RecordError,
+    VMSummary,
+)
+from exporter.scan import Collection, PageCounter, PageOutcome, PageSink
 
 #: What a scan asks the API for (``fields=``): everything the metrics need and nothing more.
 FIELDS = (
@@ -25,6 +36,8 @@ FIELDS = (
     "virtual_machine_name",
     "virtual_machine_state",
 )
+#: The federation's backups, as a scan pages through them.
+BACKUPS = Collection("/api/backups", key="backups", item="backup", fields=FIELDS)
 #: The ``omnistack_cluster`` label of a backup that names neither a cluster nor an external store.
 UNKNOWN_CLUSTER = "unknown"
 
@@ -35,7 +48,7 @@ _MAX_SIZE = 2**63 - 1
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
-class BackupRecordError(ValueError):
+class BackupRecordError(RecordError):
     """A backup record the exporter cannot read (a missing field, a wrong type)."""
 
 
@@ -144,6 +157,36 @@ class Aggregator:
             if vm.alive
         )
         return BackupSnapshot(clusters=clusters, vms=vms, backups_seen=self._seen)
+
+
+class BackupScan(PageSink, Protocol):
+    """The pages of one scan of :data:`BACKUPS` in, a snapshot out; closed once the scan is over,
+    whatever happened."""
+
+    def snapshot(self) -> BackupSnapshot: ...
+
+    def close(self) -> None: ...
+
+
+#: Opens the :class:`BackupScan` of one poll.
+BackupScanFactory = Callable[[], BackupScan]
+
+
+class LocalBackupScan:
+    """A :class:`BackupScan` counted in this process, into an :class:`Aggregator`."""
+
+    def __init__(self) -> None:
+        self._aggregator = Aggregator()
+        self._counter = PageCounter(BACKUPS, self._aggregator.add)
+
+    def count(self, offset: int, body: bytes) -> PageOutcome:
+        return self._counter.count(offset, body)
+
+    def snapshot(self) -> BackupSnapshot:
+        return self._aggregator.snapshot()
+
+    def close(self) -> None:
+        pass
 
 
 def parse_timestamp(value: str) -> float | None:

@@ -28,7 +28,7 @@ from exporter import __version__
 from exporter.collector import BackupCollector, ExporterState, Exposition, prepare_exposition
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
 from exporter.memory import keep_large_buffers_off_the_heap
-from exporter.poller import ClientFactory, Poller, default_client_factory
+from exporter.poller import ClientFactory, Poller, connect
 from exporter.sharding import ordinal_from_hostname, select_controllers, validate_shard
 from exporter.web import ExporterServer, WebApp, parse_listen_address
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
@@ -350,7 +350,7 @@ def assemble(
     load: Callable[[], Config],
     web_config_file: str | None = None,
     *,
-    client_factory: ClientFactory = default_client_factory,
+    client_factory: ClientFactory = connect,
 ) -> Parts:
     """Poller, decoding worker, reloader, exposition and web app, not yet started.
 

@@ -8,9 +8,10 @@ reads those statuses without importing the client or the poller.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 #: Every value the ``reason`` label of ``simplivity_poll_errors_total`` can take, all exported
 #: from the start: one per :class:`SimplivityError` subclass.
@@ -71,11 +72,29 @@ class HTTPStatusError(SimplivityError):
 
 
 class DecodeError(SimplivityError):
+    """An answer that cannot be read: bad JSON, a wrong envelope, a page that contradicts the
+    listing, a record without what the metrics need; or the decoding worker lost the scan."""
+
     reason = "decode"
 
 
 class Cancelled(Exception):
     """The exporter is shutting down; the scan was abandoned (not a controller failure)."""
+
+
+class RecordError(ValueError):
+    """A record of a listing that the exporter cannot read (a missing field, a wrong type)."""
+
+
+def decode_json(path: str, body: bytes) -> Any:
+    """``body`` as JSON, or :class:`DecodeError` saying where it broke (never quoting it)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as err:
+        # ValueError covers bad UTF-8 and bad JSON, and also an integer of thousands of digits;
+        # RecursionError: arrays nested thousands deep.
+        where = f" at byte {err.pos}" if isinstance(err, json.JSONDecodeError) else ""
+        raise DecodeError(f"{path} answered with invalid JSON{where} ({len(body)} bytes)") from None
 
 
 # -- what a poll finds --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Protocol
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from exporter.backups import BACKUPS, BackupScanFactory, LocalBackupScan
 from exporter.config import Config, ControllerConfig, PollConfig
 from exporter.model import (
     REASONS,
@@ -30,8 +31,8 @@ from exporter.model import (
     DecodeError,
     SimplivityError,
 )
-from exporter.pages import LocalScan, PageError, PageSink, ScanFactory
-from exporter.simplivity import ScanResult, SimplivityClient
+from exporter.scan import Collection, PageSink, Scanner
+from exporter.simplivity import SimplivityClient
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +40,41 @@ log = logging.getLogger(__name__)
 MAX_PARALLEL_POLLS = 128
 
 
-class BackupSource(Protocol):
-    """What a poll needs from a client (:class:`~exporter.simplivity.SimplivityClient`)."""
+class ControllerReader(Protocol):
+    """What a poll needs of a controller: its collections, page by page (a
+    :class:`~exporter.scan.Scanner` over a :class:`~exporter.simplivity.SimplivityClient`)."""
 
     @property
     def logins(self) -> int: ...
 
-    def scan_pages(self, pages: PageSink) -> ScanResult: ...
+    def read(self, collection: Collection, pages: PageSink) -> None: ...
 
     def close(self) -> None: ...
 
 
-ClientFactory = Callable[[ControllerConfig, PollConfig, threading.Event], BackupSource]
+ClientFactory = Callable[[ControllerConfig, PollConfig, threading.Event], ControllerReader]
 #: Turns a controller's new snapshot into what the exposition will need (controller, snapshot).
 Preparer = Callable[[str, BackupSnapshot], object]
 
 
-def default_client_factory(
-    controller: ControllerConfig, poll: PollConfig, stop: threading.Event
-) -> BackupSource:
-    return SimplivityClient(controller, poll, stop=stop)
+def connect(
+    controller: ControllerConfig,
+    poll: PollConfig,
+    stop: threading.Event,
+    *,
+    backoff_seconds: float = 0.5,
+) -> Scanner:
+    """The real thing (the default :data:`ClientFactory`): the REST client, paged by a scanner.
+
+    ``stop`` ends the client's retries and waits when set.
+    """
+    client = SimplivityClient(controller, poll, stop=stop, backoff_seconds=backoff_seconds)
+    return Scanner(
+        client,
+        page_size=poll.page_size,
+        max_concurrency=poll.max_concurrency,
+        name=controller.name,
+    )
 
 
 class PollTurn:
@@ -77,8 +93,8 @@ class ControllerPoller:
         controller: ControllerConfig,
         poll: PollConfig,
         *,
-        client_factory: ClientFactory = default_client_factory,
-        scans: ScanFactory = LocalScan,
+        client_factory: ClientFactory = connect,
+        scans: BackupScanFactory = LocalBackupScan,
         prepare: Preparer | None = None,
         clock: Callable[[], float] = time.time,
         on_publish: Callable[[], None] = lambda: None,
@@ -134,7 +150,7 @@ class ControllerPoller:
         started = time.monotonic()
         scan = self._scans()
         try:
-            self._client.scan_pages(scan)
+            self._client.read(BACKUPS, scan)
             duration = time.monotonic() - started
             snapshot = scan.snapshot()
             exposition = self._prepare(name, snapshot) if self._prepare else None
@@ -143,8 +159,6 @@ class ControllerPoller:
             return self.status
         except SimplivityError as err:
             return self._publish_failure(err, time.monotonic() - started)
-        except PageError as err:  # the decoding worker died, or forgot the scan
-            return self._publish_failure(DecodeError(str(err)), time.monotonic() - started)
         except Exception as err:
             # A bug, not a controller fault: keep the exporter alive, say so loudly, count it.
             log.exception("controller %s: unexpected error during poll", name)
@@ -205,8 +219,8 @@ class Poller:
         self,
         config: Config,
         *,
-        client_factory: ClientFactory = default_client_factory,
-        scans: ScanFactory = LocalScan,
+        client_factory: ClientFactory = connect,
+        scans: BackupScanFactory = LocalBackupScan,
         prepare: Preparer | None = None,
         clock: Callable[[], float] = time.time,
         scheduler: BackgroundScheduler | None = None,

@@ -1,4 +1,7 @@
-"""The SimpliVity REST client: login and token reuse, paging, timeouts, retries and TLS.
+"""The SimpliVity REST client, HTTP only: login and token reuse, deadlines, retries and TLS.
+
+It gets one page of a collection at a time (:meth:`SimplivityClient.get_page`); paging through
+a whole collection is :mod:`exporter.scan`'s job.
 
 Everything that can go wrong talking to a controller surfaces as one
 :class:`~exporter.model.SimplivityError` subclass whose ``reason`` is the value of the
@@ -13,9 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,6 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from exporter import __version__
-from exporter.backups import FIELDS
 from exporter.config import ControllerConfig, PollConfig
 from exporter.model import (
     AuthError,
@@ -35,8 +35,8 @@ from exporter.model import (
     RequestTimeout,
     SimplivityError,
     TLSError,
+    decode_json,
 )
-from exporter.pages import PageCounter, PageError, PageSink, decode_json
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ TOKEN_LIFETIME_SECONDS = 86400.0
 TOKEN_MARGIN_SECONDS = 60.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class ScanResult:
-    backups_seen: int
-    requests: int
 
 
 class _ServerNameAdapter(HTTPAdapter):
@@ -72,7 +66,7 @@ class _ServerNameAdapter(HTTPAdapter):
 
 
 class SimplivityClient:
-    """Talks to one controller. Safe to use from several threads; one scan at a time."""
+    """Talks to one controller. Safe to use from several threads."""
 
     def __init__(
         self,
@@ -110,7 +104,6 @@ class SimplivityClient:
         self._token_used = 0.0
         self._token_lock = threading.Lock()
         self._logins = 0
-        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def logins(self) -> int:
@@ -118,9 +111,7 @@ class SimplivityClient:
         return self._logins
 
     def close(self) -> None:
-        self._stop.set()  # a scan still running stops before its next request
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stop.set()  # a request still running stops before its next try
         self._session.close()
 
     def _new_session(self) -> requests.Session:
@@ -140,120 +131,26 @@ class SimplivityClient:
         session.trust_env = True  # read once, in __init__: proxies like every HTTP client
         return session
 
-    # -- scanning ---------------------------------------------------------------------------
-
-    def scan(self, sink: Callable[[dict[str, Any]], None]) -> ScanResult:
-        """Feed every backup of the federation to ``sink`` exactly once, in this thread."""
-        return self.scan_pages(PageCounter(sink))
-
-    def scan_pages(self, pages: PageSink) -> ScanResult:
-        """Hand every page of the federation's backups to ``pages``, in the listing's order.
-
-        Pages are requested sorted by ``id``: a total order in which a page can be stitched to
-        the one before it. Each page overlaps the previous one by a few backups; when the
-        overlap is missing (backups created or expired before the page's offset shifted the
-        listing), the scan steps back until it finds it. So a backup that exists for the whole
-        scan is never missed, and none is counted twice (``pages`` skips those at or below the
-        last id counted). After the first page has told the total, up to
-        ``poll.max_concurrency`` pages are requested at once: the next ones are on their way
-        while ``pages`` counts one.
-        """
-        limit = self.poll.page_size
-        overlap = max(1, limit // 50)
-        step = limit - overlap
-        seen = 0
-        requests_made = 0
-        budget: int | None = None
-        count = 0
-        pending: dict[int, Future[bytes]] = {}
-        offset = 0
-        try:
-            while True:
-                body = self._take_body(pending, offset)
-                requests_made += 1
-                if budget is not None:
-                    # Ask for the next pages before counting this one, so that the controller
-                    # is never left with fewer than max_concurrency requests while we count.
-                    self._prefetch(pending, offset + step, step, count)
-                try:
-                    page = pages.count(offset, body)
-                except PageError as err:
-                    raise DecodeError(str(err)) from None
-                del body
-                count = page.count
-                if budget is None:
-                    # Churn may force a few steps back; a listing that never settles is an error.
-                    budget = 3 * (page.count // step + 1) + 20
-                elif requests_made > budget:
-                    raise DecodeError(
-                        f"the backup listing changed faster than it could be read "
-                        f"({requests_made} requests for {page.count} backups)"
-                    )
-                received = page.received
-                if received < limit and offset + received < page.count:
-                    raise DecodeError(
-                        f"page at offset {offset} held {received} backups (limit {limit}) "
-                        f"although count says {page.count}"
-                    )
-                if page.overlap_lost:
-                    # The overlap with what was counted is gone: step back to find it.
-                    self._cancel(pending)
-                    offset = max(0, min(offset - step, page.count - overlap))
-                    continue
-                seen += page.counted
-                if received < limit or offset + received >= page.count:
-                    return ScanResult(backups_seen=seen, requests=requests_made)
-                offset += step
-                self._prefetch(pending, offset, step, count)
-        finally:
-            self._cancel(pending)
-
-    def _take_body(self, pending: dict[int, Future[bytes]], offset: int) -> bytes:
-        future = pending.pop(offset, None)
-        try:
-            return self._fetch_body(offset) if future is None else future.result()
-        except CancelledError:  # close() dropped the queued requests: a reload or shutdown
-            raise Cancelled() from None
-
-    def _prefetch(
-        self, pending: dict[int, Future[bytes]], offset: int, step: int, count: int
-    ) -> None:
-        width = self.poll.max_concurrency
-        if width <= 1:
-            return
-        if self._executor is None:
-            if self._stop.is_set():
-                raise Cancelled()  # closed: a new pool would never be shut down
-            self._executor = ThreadPoolExecutor(
-                max_workers=width, thread_name_prefix=f"poll-{self.controller.name}"
-            )
-        wanted = [offset + k * step for k in range(width)]
-        for stale in [o for o in pending if o not in wanted]:
-            pending.pop(stale).cancel()
-        for candidate in wanted:
-            if candidate not in pending and candidate < count:
-                try:
-                    pending[candidate] = self._executor.submit(self._fetch_body, candidate)
-                except RuntimeError:  # close() shut the pool down: a reload or shutdown
-                    raise Cancelled() from None
-
-    @staticmethod
-    def _cancel(pending: dict[int, Future[bytes]]) -> None:
-        for future in pending.values():
-            future.cancel()
-        pending.clear()
-
-    def _fetch_body(self, offset: int) -> bytes:
-        params = {
-            "offset": str(offset),
-            "limit": str(self.poll.page_size),
-            "fields": ",".join(FIELDS),
-            "sort": "id",
-            "order": "ascending",
-        }
-        return self.get_body("/api/backups", params)
-
     # -- requests -----------------------------------------------------------------------------
+
+    def get_page(
+        self,
+        path: str,
+        *,
+        offset: int,
+        limit: int,
+        fields: Sequence[str] = (),
+        sort: str | None = None,
+        order: str = "ascending",
+    ) -> bytes:
+        """One page of the collection at ``path``, its body undecoded (see :mod:`exporter.scan`)."""
+        params = {"offset": str(offset), "limit": str(limit)}
+        if fields:
+            params["fields"] = ",".join(fields)
+        if sort is not None:
+            params["sort"] = sort
+            params["order"] = order
+        return self.get_body(path, params)
 
     def get_body(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
         """GET an authenticated API path, logging in as needed; retries transient failures."""
@@ -349,7 +246,7 @@ class SimplivityClient:
             )
         if status != 200:
             raise self._status_error("/api/oauth/token", status, body)
-        document = _decode("/api/oauth/token", body)
+        document = decode_json("/api/oauth/token", body)
         token = document.get("access_token") if isinstance(document, dict) else None
         if not isinstance(token, str) or not token:
             raise DecodeError("/api/oauth/token answered without an access_token")
@@ -418,13 +315,6 @@ def _read_body(response: requests.Response, deadline: float, path: str) -> bytes
         if time.monotonic() > deadline:
             raise requests.exceptions.Timeout()
     return b"".join(chunks)
-
-
-def _decode(path: str, body: bytes) -> Any:
-    try:
-        return decode_json(path, body)
-    except PageError as err:
-        raise DecodeError(str(err)) from None
 
 
 def _server_message(body: bytes) -> str:

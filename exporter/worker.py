@@ -10,9 +10,11 @@ first poll and shared by every controller, does the decoding and counting:
     exporter (fetches pages)  --page body-->  python -m exporter.worker
                               <--outcome----  (a PageCounter and an Aggregator per scan)
 
-The child gets page bodies, never credentials or tokens. It keeps one
-:class:`~exporter.pages.LocalScan` per scan in progress and sends back a small
-:class:`~exporter.pages.PageOutcome` per page, then the scan's snapshot (one entry per VM).
+The exporter's :class:`~exporter.scan.Scanner` still pages through the listing; the child only
+runs the other half, :class:`~exporter.scan.PageCounter`. It gets page bodies, never
+credentials or tokens. It keeps one :class:`~exporter.backups.LocalBackupScan` per scan in
+progress and sends back a small :class:`~exporter.scan.PageOutcome` per page, then the scan's
+snapshot (one entry per VM).
 Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
 stdin and stdout; it exits when its stdin closes, so it never outlives the exporter.
 
@@ -39,9 +41,10 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
+from exporter.backups import BackupScan, LocalBackupScan
 from exporter.memory import keep_large_buffers_off_the_heap
-from exporter.model import BackupSnapshot
-from exporter.pages import LocalScan, PageError, PageOutcome, Scan
+from exporter.model import BackupSnapshot, DecodeError
+from exporter.scan import PageOutcome
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ _PASSED_ON = re.compile(r"PYTHON[A-Z0-9_]*|PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
-class WorkerLost(PageError):
+class WorkerLost(DecodeError):
     """The child process ended or stopped answering; the scan in progress is lost."""
 
 
@@ -75,7 +78,7 @@ class DecodingWorker:
         self._warned = False
         self.starts = 0
 
-    def open_scan(self) -> Scan:
+    def open_scan(self) -> BackupScan:
         """A new scan in the child; in this process instead if the child cannot be started."""
         scan_id = next(self._scan_ids)
         try:
@@ -84,14 +87,14 @@ class DecodingWorker:
             if not self._warned:
                 log.warning("%s; counting backups in the exporter's own process instead", err)
                 self._warned = True
-            return LocalScan()
+            return LocalBackupScan()
         self._warned = False
         return _WorkerScan(self, scan_id, generation)
 
     def call(
         self, request: tuple[Any, ...], generation: int | None = None, body: bytes = b""
     ) -> Any:
-        """Send one request and return its answer; :class:`PageError` if the child refused it.
+        """Send one request and return its answer; :class:`DecodeError` if the child refused it.
 
         With ``generation`` (what ``open`` answered), only to the child that answered it: a
         scan's state dies with its child, and a new child is not started just to hear that.
@@ -124,7 +127,7 @@ class DecodingWorker:
                 raise
             answered_by = self.starts
         if status == "error":
-            raise PageError(value)
+            raise DecodeError(value)
         return value, answered_by
 
     def close(self) -> None:
@@ -178,7 +181,7 @@ class DecodingWorker:
 
 
 class _WorkerScan:
-    """One scan counted in the child; what :class:`~exporter.pages.Scan` asks for."""
+    """One scan counted in the child; what :class:`~exporter.backups.BackupScan` asks for."""
 
     def __init__(self, worker: DecodingWorker, scan_id: int, generation: int) -> None:
         self._worker = worker
@@ -194,7 +197,7 @@ class _WorkerScan:
         return snapshot
 
     def close(self) -> None:
-        with contextlib.suppress(PageError):  # the child is gone, and the scan with it
+        with contextlib.suppress(DecodeError):  # the child is gone, and the scan with it
             self._worker.call(("close", self._id), self._generation)
 
 
@@ -232,13 +235,13 @@ def _read_exactly(stream: IO[bytes], length: int) -> bytes:
     return data
 
 
-def _answer(scans: dict[int, LocalScan], request: tuple[Any, ...], body: bytes) -> Any:
+def _answer(scans: dict[int, LocalBackupScan], request: tuple[Any, ...], body: bytes) -> Any:
     operation, scan_id, *arguments = request
     if operation == "page":
         (offset,) = arguments
         return _scan(scans, scan_id).count(offset, body)
     if operation == "open":
-        scans[scan_id] = LocalScan()
+        scans[scan_id] = LocalBackupScan()
         return None
     if operation == "close":
         scans.pop(scan_id, None)
@@ -248,10 +251,10 @@ def _answer(scans: dict[int, LocalScan], request: tuple[Any, ...], body: bytes) 
     raise ValueError(f"unknown request {operation!r}")
 
 
-def _scan(scans: dict[int, LocalScan], scan_id: int) -> LocalScan:
+def _scan(scans: dict[int, LocalBackupScan], scan_id: int) -> LocalBackupScan:
     scan = scans.get(scan_id)
     if scan is None:
-        raise PageError("the decoding worker restarted during the scan")
+        raise DecodeError("the decoding worker restarted during the scan")
     return scan
 
 
@@ -265,7 +268,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """
     gc.disable()
     gc.freeze()  # what the imports left stays out of every collection
-    scans: dict[int, LocalScan] = {}
+    scans: dict[int, LocalBackupScan] = {}
     while True:
         try:
             request, body = _receive(requests)
@@ -273,7 +276,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
             return
         try:
             answer: tuple[str, Any] = ("ok", _answer(scans, request, body))
-        except PageError as err:
+        except DecodeError as err:
             answer = ("error", str(err))
         except Exception as err:  # a bug: say so on stderr, keep serving the other scans
             traceback.print_exc()

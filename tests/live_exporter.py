@@ -32,8 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import Shard, assemble
 from exporter.config import Config, ControllerConfig, PollConfig, Secret, TLSConfig
-from exporter.poller import BackupSource, ClientFactory
-from exporter.simplivity import SimplivityClient
+from exporter.poller import ClientFactory, ControllerReader, connect
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.web import ExporterServer
 
@@ -137,9 +136,9 @@ def scrape(base_url: str, timeout: float = 10.0) -> Scrape:
 
 def fast_retries(
     controller: ControllerConfig, poll: PollConfig, stop: threading.Event
-) -> BackupSource:
+) -> ControllerReader:
     """The real client, with a backoff of milliseconds instead of half a second."""
-    return SimplivityClient(controller, poll, stop=stop, backoff_seconds=0.02)
+    return connect(controller, poll, stop, backoff_seconds=0.02)
 
 
 FAST_POLL = PollConfig(

@@ -13,7 +13,7 @@ import pytest
 import requests
 import trustme
 
-from exporter.backups import FIELDS, Aggregator
+from exporter.backups import BACKUPS, FIELDS, Aggregator, LocalBackupScan
 from exporter.config import ControllerConfig, PollConfig, Secret, TLSConfig
 from exporter.model import (
     AuthError,
@@ -24,6 +24,7 @@ from exporter.model import (
     SimplivityError,
     TLSError,
 )
+from exporter.scan import PageCounter, Scanner
 from exporter.simplivity import SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController, generate_backups
 from tests.conftest import wait_until
@@ -61,20 +62,35 @@ def client_for(
     return SimplivityClient(config, settings, clock=clock, backoff_seconds=0.01)
 
 
-def scan_ids(client: SimplivityClient) -> list[str]:
+def scanner_of(client: SimplivityClient) -> Scanner:
+    """The client paged as a poll pages it."""
+    poll = client.poll
+    return Scanner(client, page_size=poll.page_size, max_concurrency=poll.max_concurrency)
+
+
+def reader_for(controller: SimulatedController, **options: Any) -> Scanner:
+    return scanner_of(client_for(controller, **options))
+
+
+def read_backups(reader: Scanner, sink: Callable[[dict[str, Any]], None]) -> None:
+    """Every backup of the federation to ``sink``, once, through the real paging and stitching."""
+    reader.read(BACKUPS, PageCounter(BACKUPS, sink))
+
+
+def scan_ids(reader: Scanner) -> list[str]:
     ids: list[str] = []
-    client.scan(lambda backup: ids.append(backup["id"]))
+    read_backups(reader, lambda backup: ids.append(backup["id"]))
     return ids
 
 
 def test_pages_through_every_backup_exactly_once(start_simulator: Start) -> None:
     backups = generate_backups(FederationSpec(total_backups=2345, vms=60), NOW)
     simulator = start_simulator(backups)
-    client = client_for(simulator, page_size=100)
-    ids = scan_ids(client)
+    reader = reader_for(simulator, page_size=100)
+    ids = scan_ids(reader)
     assert len(ids) == len(set(ids)) == 2345
     assert set(ids) == {backup["id"] for backup in backups}
-    assert client.logins == 1
+    assert reader.logins == 1
     # Every page asked for the same limit; the offsets step through the whole listing.
     pages = simulator.stats.pages
     assert {limit for _, limit in pages} == {100}
@@ -84,7 +100,7 @@ def test_pages_through_every_backup_exactly_once(start_simulator: Start) -> None
 def test_asks_only_for_the_fields_the_metrics_need(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
     received: list[dict[str, Any]] = []
-    client_for(simulator).scan(received.append)
+    read_backups(reader_for(simulator), received.append)
     assert received
     assert all(set(backup) <= set(FIELDS) for backup in received)
     assert any(set(backup) == set(FIELDS) for backup in received)
@@ -93,8 +109,8 @@ def test_asks_only_for_the_fields_the_metrics_need(start_simulator: Start) -> No
 def test_aggregates_like_a_direct_count_of_the_federation(start_simulator: Start) -> None:
     backups = generate_backups(FederationSpec(), NOW)
     simulator = start_simulator(backups)
-    through_api = Aggregator()
-    client_for(simulator, page_size=37).scan(through_api.add)
+    through_api = LocalBackupScan()
+    reader_for(simulator, page_size=37).read(BACKUPS, through_api)
     direct = Aggregator()
     for backup in backups:
         direct.add(backup)
@@ -103,51 +119,51 @@ def test_aggregates_like_a_direct_count_of_the_federation(start_simulator: Start
 
 def test_one_login_is_reused_across_polls(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
-    client = client_for(simulator, page_size=50)
+    reader = reader_for(simulator, page_size=50)
     for _ in range(3):
-        scan_ids(client)
-    assert simulator.stats.logins == client.logins == 1
+        scan_ids(reader)
+    assert simulator.stats.logins == reader.logins == 1
 
 
 def test_logs_in_again_when_the_controller_expired_the_token(start_simulator: Start) -> None:
     controller_clock = FakeClock()
     simulator = start_simulator(FederationSpec(), clock=controller_clock)
-    client = client_for(simulator)
-    first = scan_ids(client)
+    reader = reader_for(simulator)
+    first = scan_ids(reader)
     controller_clock.now += 601  # idle for more than 10 minutes, as the controller sees it
-    assert scan_ids(client) == first
-    assert client.logins == 2
+    assert scan_ids(reader) == first
+    assert reader.logins == 2
     assert simulator.stats.status_counts.get(401) == 1
 
 
 def test_renews_a_token_about_to_die_without_being_refused(start_simulator: Start) -> None:
     shared = FakeClock()
     simulator = start_simulator(FederationSpec(), clock=shared)
-    client = client_for(simulator, clock=shared)
-    scan_ids(client)
+    reader = reader_for(simulator, clock=shared)
+    scan_ids(reader)
     shared.now += 570  # within a minute of the idle limit: renew before the controller refuses
-    scan_ids(client)
-    assert client.logins == 2
+    scan_ids(reader)
+    assert reader.logins == 2
     assert 401 not in simulator.stats.status_counts
     shared.now += 86400 - 30  # the 24-hour limit, even though the token was just used
-    scan_ids(client)
-    assert client.logins == 3
+    scan_ids(reader)
+    assert reader.logins == 3
 
 
 def test_a_revoked_token_costs_one_login_and_no_error(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
-    client = client_for(simulator, page_size=50)
-    scan_ids(client)
+    reader = reader_for(simulator, page_size=50)
+    scan_ids(reader)
     simulator.revoke_tokens()
-    assert len(scan_ids(client)) == simulator.backup_count()
-    assert client.logins == 2
+    assert len(scan_ids(reader)) == simulator.backup_count()
+    assert reader.logins == 2
 
 
 def test_transient_500s_are_retried_within_the_poll(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
     simulator.faults.fail_next(2, status=500)
-    client = client_for(simulator, max_retries=3)
-    assert len(scan_ids(client)) == simulator.backup_count()
+    reader = reader_for(simulator, max_retries=3)
+    assert len(scan_ids(reader)) == simulator.backup_count()
     assert simulator.stats.status_counts[500] == 2
 
 
@@ -155,7 +171,7 @@ def test_persistent_500s_fail_the_scan_as_http(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
     simulator.faults.fail_next(100, status=500)
     with pytest.raises(HTTPStatusError) as caught:
-        scan_ids(client_for(simulator, max_retries=2))
+        scan_ids(reader_for(simulator, max_retries=2))
     assert caught.value.reason == "http"
     assert "HTTP 500" in str(caught.value)
     assert "JDBC" in str(caught.value)
@@ -169,7 +185,7 @@ def test_refused_credentials_are_auth_errors(start_simulator: Start, status: int
     simulator = start_simulator(FederationSpec())
     simulator.faults.bad_credentials_status = status
     with pytest.raises(AuthError) as caught:
-        scan_ids(client_for(simulator, password="wrong-password"))
+        scan_ids(reader_for(simulator, password="wrong-password"))
     assert caught.value.reason == "auth"
     assert "wrong-password" not in str(caught.value)
 
@@ -179,7 +195,7 @@ def test_a_hanging_controller_times_out(start_simulator: Start) -> None:
     simulator.faults.hang_seconds = 30
     started = time.monotonic()
     with pytest.raises(RequestTimeout):
-        scan_ids(client_for(simulator, timeout_seconds=1, max_retries=1))
+        scan_ids(reader_for(simulator, timeout_seconds=1, max_retries=1))
     assert time.monotonic() - started < 20  # two tries of one second, not the 30 s hang
 
 
@@ -187,7 +203,7 @@ def test_an_answer_that_never_ends_times_out(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
     simulator.faults.malformed = "endless"
     with pytest.raises(RequestTimeout):
-        scan_ids(client_for(simulator, timeout_seconds=1, max_retries=0))
+        scan_ids(reader_for(simulator, timeout_seconds=1, max_retries=0))
 
 
 def test_connection_refused_is_a_connection_error(start_simulator: Start) -> None:
@@ -195,7 +211,7 @@ def test_connection_refused_is_a_connection_error(start_simulator: Start) -> Non
     url = simulator.url
     simulator.stop()
     with pytest.raises(ConnectError) as caught:
-        scan_ids(client_for(simulator, url=url, max_retries=1))
+        scan_ids(reader_for(simulator, url=url, max_retries=1))
     assert "connection refused" in str(caught.value)
 
 
@@ -214,18 +230,17 @@ def test_connection_refused_is_a_connection_error(start_simulator: Start) -> Non
 def test_malformed_answers_are_decode_errors(start_simulator: Start, kind: str) -> None:
     simulator = start_simulator(FederationSpec())
     simulator.faults.malformed = kind  # type: ignore[assignment]
-    client = client_for(simulator, page_size=50)
+    reader = reader_for(simulator, page_size=50)
     with pytest.raises(DecodeError) as caught:
-        client.scan(Aggregator().add if kind in ("size_as_string", "missing_created_at")
-                    else lambda backup: None)  # fmt: skip
+        reader.read(BACKUPS, LocalBackupScan())
     assert caught.value.reason == "decode"
 
 
 def test_concurrent_pages_stay_within_max_concurrency(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec(total_backups=3000))
     simulator.faults.request_cost_seconds = 0.02
-    client = client_for(simulator, page_size=100, max_concurrency=4)
-    ids = scan_ids(client)
+    reader = reader_for(simulator, page_size=100, max_concurrency=4)
+    ids = scan_ids(reader)
     assert len(ids) == len(set(ids)) == 3000
     assert 2 <= simulator.stats.max_in_flight <= 4
 
@@ -238,7 +253,7 @@ def test_churn_during_a_scan_never_double_counts_or_misses_a_survivor(
     before = simulator.backup_ids()
     simulator.faults.churn_create_per_request = 40
     simulator.faults.churn_expire_per_request = 40
-    ids = scan_ids(client_for(simulator, page_size=100, max_concurrency=concurrency))
+    ids = scan_ids(reader_for(simulator, page_size=100, max_concurrency=concurrency))
     simulator.faults.churn_create_per_request = 0
     simulator.faults.churn_expire_per_request = 0
     after = simulator.backup_ids()
@@ -274,14 +289,14 @@ def test_tls_from_an_unknown_ca_fails_as_tls(
 ) -> None:
     simulator = serve_tls(start_simulator, ca, tmp_path, "127.0.0.1")
     with pytest.raises(TLSError) as caught:
-        scan_ids(client_for(simulator))
+        scan_ids(reader_for(simulator))
     assert "unknown CA" in str(caught.value) or "verification failed" in str(caught.value)
 
 
 def test_tls_with_ca_file_succeeds(start_simulator: Start, ca: trustme.CA, tmp_path: Path) -> None:
     simulator = serve_tls(start_simulator, ca, tmp_path, "127.0.0.1")
-    client = client_for(simulator, tls=TLSConfig(ca_file=ca_file(ca, tmp_path)))
-    assert len(scan_ids(client)) == simulator.backup_count()
+    reader = reader_for(simulator, tls=TLSConfig(ca_file=ca_file(ca, tmp_path)))
+    assert len(scan_ids(reader)) == simulator.backup_count()
 
 
 def test_tls_with_a_wrong_host_name_fails_and_server_name_fixes_it(
@@ -290,29 +305,30 @@ def test_tls_with_a_wrong_host_name_fails_and_server_name_fixes_it(
     simulator = serve_tls(start_simulator, ca, tmp_path, "ovc01.example.test")
     trusted = ca_file(ca, tmp_path)
     with pytest.raises(TLSError) as caught:
-        scan_ids(client_for(simulator, tls=TLSConfig(ca_file=trusted)))
+        scan_ids(reader_for(simulator, tls=TLSConfig(ca_file=trusted)))
     assert "tls.server_name" in str(caught.value)
     named = TLSConfig(ca_file=trusted, server_name="ovc01.example.test")
-    assert len(scan_ids(client_for(simulator, tls=named))) == simulator.backup_count()
+    assert len(scan_ids(reader_for(simulator, tls=named))) == simulator.backup_count()
 
 
 def test_insecure_skip_verify_is_explicit(
     start_simulator: Start, ca: trustme.CA, tmp_path: Path
 ) -> None:
     simulator = serve_tls(start_simulator, ca, tmp_path, "127.0.0.1")
-    client = client_for(simulator, tls=TLSConfig(insecure_skip_verify=True))
+    reader = reader_for(simulator, tls=TLSConfig(insecure_skip_verify=True))
     with pytest.warns(requests.packages.urllib3.exceptions.InsecureRequestWarning):  # type: ignore[attr-defined]
-        assert len(scan_ids(client)) == simulator.backup_count()
+        assert len(scan_ids(reader)) == simulator.backup_count()
 
 
 def test_no_error_message_carries_a_secret(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
     client = client_for(simulator)
-    scan_ids(client)
+    reader = scanner_of(client)
+    scan_ids(reader)
     simulator.revoke_tokens()
     simulator.faults.fail_next(10, status=401)  # every request refused, token echoed in body
     with pytest.raises(SimplivityError) as caught:
-        scan_ids(client)
+        scan_ids(reader)
     token = client._token or ""
     message = str(caught.value)
     assert simulator.password not in message
@@ -327,7 +343,7 @@ def test_a_netrc_entry_for_the_controller_does_not_replace_the_token(
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     simulator = start_simulator(FederationSpec())
-    assert len(scan_ids(client_for(simulator))) == simulator.backup_count()
+    assert len(scan_ids(reader_for(simulator))) == simulator.backup_count()
 
 
 def test_proxies_come_from_the_environment(
@@ -341,7 +357,7 @@ def test_proxies_come_from_the_environment(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
     with pytest.raises(ConnectError):
-        scan_ids(client_for(simulator, max_retries=0))
+        scan_ids(reader_for(simulator, max_retries=0))
     assert simulator.stats.logins == 0  # nothing reached the controller: it went to the proxy
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert len(scan_ids(client_for(simulator))) == simulator.backup_count()
+    assert len(scan_ids(reader_for(simulator))) == simulator.backup_count()

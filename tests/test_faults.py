@@ -34,9 +34,8 @@ import trustme
 
 from exporter.config import ControllerConfig, PollConfig, TLSConfig
 from exporter.model import REASONS
-from exporter.pages import PageOutcome, PageSink
-from exporter.poller import BackupSource
-from exporter.simplivity import ScanResult
+from exporter.poller import ControllerReader
+from exporter.scan import Collection, PageOutcome, PageSink
 from exporter.simulator import FederationSpec, Malformed, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import (
@@ -406,7 +405,7 @@ def check_healthy(run: Scenario) -> None:
 class ExpiringMidScan:
     """The real client, whose controller drops every token when a scan is half way."""
 
-    def __init__(self, client: BackupSource, controller: SimulatedController, how: str) -> None:
+    def __init__(self, client: ControllerReader, controller: SimulatedController, how: str) -> None:
         self.client = client
         self.controller = controller
         self.how = how
@@ -416,7 +415,7 @@ class ExpiringMidScan:
     def logins(self) -> int:
         return self.client.logins
 
-    def scan_pages(self, pages: PageSink) -> ScanResult:
+    def read(self, collection: Collection, pages: PageSink) -> None:
         seen = 0
         wrapper = self
 
@@ -429,7 +428,7 @@ class ExpiringMidScan:
                     wrapper.kill_tokens()  # carries a dead token
                 return outcome
 
-        return self.client.scan_pages(Counting())
+        self.client.read(collection, Counting())
 
     def kill_tokens(self) -> None:
         if self.how == "expire":
@@ -450,7 +449,7 @@ def test_a_token_dying_mid_scan_costs_one_login_and_nothing_else(how: str) -> No
 
         def factory(
             controller: ControllerConfig, poll: PollConfig, stop: threading.Event
-        ) -> BackupSource:
+        ) -> ControllerReader:
             wrapper = ExpiringMidScan(fast_retries(controller, poll, stop), simulator, how)
             wrappers.append(wrapper)
             return wrapper

@@ -33,12 +33,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.backups import FIELDS, Aggregator, BackupRecordError
+from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, LocalBackupScan
 from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
 from exporter.model import STATES, BackupSnapshot, ControllerStatus, DecodeError
-from exporter.poller import ControllerPoller
-from exporter.simplivity import SimplivityClient
+from exporter.poller import ControllerPoller, connect
+from exporter.scan import Scanner
 
 SETTINGS = settings(
     max_examples=120,
@@ -359,11 +359,11 @@ def page_server() -> Iterator[PageServer]:
     server.stop()
 
 
-def client_for(server: PageServer, page_size: int) -> SimplivityClient:
+def client_for(server: PageServer, page_size: int) -> Scanner:
     controller = ControllerConfig("hostile", server.url, "admin", Secret("pw"))
     # One page at a time: the answers follow the order of the requests.
     poll = PollConfig(page_size=page_size, max_concurrency=1, max_retries=0, timeout_seconds=5)
-    return SimplivityClient(controller, poll, backoff_seconds=0.0)
+    return connect(controller, poll, threading.Event(), backoff_seconds=0.0)
 
 
 def hostile_text() -> st.SearchStrategy[str]:
@@ -524,20 +524,21 @@ def test_a_listing_of_hostile_backups_is_counted_or_rejected_as_decode(
 
     page_server.serve(answer)
     client = client_for(page_server, page_size)
-    aggregator = Aggregator()
+    scan = LocalBackupScan()
     try:
-        result = client.scan(aggregator.add)
+        client.read(BACKUPS, scan)
+        snapshot: BackupSnapshot | None = scan.snapshot()
     except DecodeError:
-        result = None
+        snapshot = None
     finally:
         client.close()
     expected = direct(records)
-    if result is None:
+    if snapshot is None:
         assert not (ids_in_order and count_error == 0 and expected is not None)
         return
-    snapshot = aggregator.snapshot()
-    assert snapshot.backups_seen == result.backups_seen
-    assert sum(sum(cluster.counts.values()) for cluster in snapshot.clusters) == result.backups_seen
+    assert sum(sum(cluster.counts.values()) for cluster in snapshot.clusters) == (
+        snapshot.backups_seen
+    )
     if ids_in_order and count_error == 0:
         assert snapshot == expected
     check_exposition(snapshot)
@@ -576,7 +577,7 @@ def test_random_answers_never_crash_a_poll(page_server: PageServer, answers: lis
     poller = ControllerPoller(
         controller,
         poll,
-        client_factory=lambda c, p, stop: SimplivityClient(c, p, stop=stop, backoff_seconds=0),
+        client_factory=lambda c, p, stop: connect(c, p, stop, backoff_seconds=0),
     )
     try:
         status = poller.poll_once()

@@ -14,9 +14,8 @@ from exporter.backups import BackupRecordError
 from exporter.collector import BackupCollector, ExporterState, Exposition, prepare_exposition
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
 from exporter.model import REASONS, Cancelled, ConnectError, ControllerStatus, RequestTimeout
-from exporter.pages import PageSink
-from exporter.poller import BackupSource, ControllerPoller, Poller
-from exporter.simplivity import ScanResult
+from exporter.poller import ControllerPoller, ControllerReader, Poller
+from exporter.scan import Collection, PageSink
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 
@@ -51,12 +50,11 @@ class ScriptedSource:
         self.logins = 1
         self.closed = False
 
-    def scan_pages(self, pages: PageSink) -> ScanResult:
+    def read(self, collection: Collection, pages: PageSink) -> None:
         step = self.script.pop(0)
         if isinstance(step, Exception):
             raise step
-        outcome = pages.count(0, page_body(step))
-        return ScanResult(backups_seen=outcome.counted, requests=1)
+        pages.count(0, page_body(step))
 
     def close(self) -> None:
         self.closed = True
@@ -66,7 +64,7 @@ CONTROLLER = ControllerConfig("boston", "https://h", "u", Secret("p"))
 
 
 def poller_with(
-    source: BackupSource, clock: Callable[[], float] = lambda: 1000.0
+    source: ControllerReader, clock: Callable[[], float] = lambda: 1000.0
 ) -> ControllerPoller:
     return ControllerPoller(CONTROLLER, PollConfig(), client_factory=lambda *_: source, clock=clock)
 
@@ -101,7 +99,7 @@ def test_a_failed_poll_keeps_the_last_good_snapshot_and_counts_the_reason() -> N
 
 def test_a_scan_failing_half_way_publishes_nothing_of_it() -> None:
     class HalfScan(ScriptedSource):
-        def scan_pages(self, pages: PageSink) -> ScanResult:
+        def read(self, collection: Collection, pages: PageSink) -> None:
             pages.count(0, page_body([record(number) for number in range(5)]))
             raise ConnectError("cannot connect: connection reset")
 
@@ -124,10 +122,9 @@ def test_a_second_poll_of_the_same_controller_never_overlaps_the_first() -> None
     release = threading.Event()
 
     class Slow(ScriptedSource):
-        def scan_pages(self, pages: PageSink) -> ScanResult:
+        def read(self, collection: Collection, pages: PageSink) -> None:
             entered.set()
             release.wait(10)
-            return ScanResult(backups_seen=0, requests=1)
 
     poller = poller_with(Slow([]))
     first = threading.Thread(target=poller.poll_once)
@@ -200,21 +197,23 @@ def test_a_poller_replaced_during_its_poll_polls_as_soon_as_the_old_poll_ends() 
             super().__init__([])
             self.stop = stop
 
-        def scan_pages(self, pages: PageSink) -> ScanResult:
+        def read(self, collection: Collection, pages: PageSink) -> None:
             entered.set()
             self.stop.wait(30)
             ended.set()
             raise Cancelled()
 
-    def client_factory(c: ControllerConfig, p: PollConfig, stop: threading.Event) -> BackupSource:
+    def client_factory(
+        c: ControllerConfig, p: PollConfig, stop: threading.Event
+    ) -> ControllerReader:
         if not entered.is_set():
             return Stuck(stop)
         return Fresh([[record(1), record(2)]])
 
     class Fresh(ScriptedSource):
-        def scan_pages(self, pages: PageSink) -> ScanResult:
+        def read(self, collection: Collection, pages: PageSink) -> None:
             assert ended.is_set(), "two polls of one controller ran at once"
-            return super().scan_pages(pages)
+            super().read(collection, pages)
 
     controller = ControllerConfig("boston", "https://h", "u", Secret("p"))
     hourly = PollConfig(interval_seconds=3600, timeout_seconds=60)

@@ -36,9 +36,8 @@ import pytest
 from exporter.backups import Aggregator
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
 from exporter.model import BackupSnapshot
-from exporter.pages import PageSink
-from exporter.poller import BackupSource
-from exporter.simplivity import ScanResult
+from exporter.poller import ControllerReader
+from exporter.scan import Collection, PageSink
 from exporter.simulator import FederationSpec
 from tests.conftest import wait_until
 from tests.live_exporter import InProcessExporter, Lab, controller_config, fast_retries
@@ -74,7 +73,7 @@ class Ledger:
 class WatchedClient:
     """The real client, counting its scans in the ledger (by controller name)."""
 
-    def __init__(self, inner: BackupSource, name: str, ledger: Ledger) -> None:
+    def __init__(self, inner: ControllerReader, name: str, ledger: Ledger) -> None:
         self.inner = inner
         self.name = name
         self.ledger = ledger
@@ -83,7 +82,7 @@ class WatchedClient:
     def logins(self) -> int:
         return self.inner.logins
 
-    def scan_pages(self, pages: PageSink) -> ScanResult:
+    def read(self, collection: Collection, pages: PageSink) -> None:
         ledger = self.ledger
         with ledger.lock:
             ledger.active[self.name] += 1
@@ -91,7 +90,7 @@ class WatchedClient:
             if ledger.active[self.name] > 1:
                 ledger.overlaps.append(f"{self.name} at {time.strftime('%H:%M:%S')}")
         try:
-            return self.inner.scan_pages(pages)
+            self.inner.read(collection, pages)
         finally:
             with ledger.lock:
                 ledger.active[self.name] -= 1
@@ -189,7 +188,7 @@ class Soak:
 
     def client_factory(
         self, controller: ControllerConfig, poll: PollConfig, stop: threading.Event
-    ) -> BackupSource:
+    ) -> ControllerReader:
         with self.ledger.lock:
             self.ledger.created += 1
         return WatchedClient(fast_retries(controller, poll, stop), controller.name, self.ledger)

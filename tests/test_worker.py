@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from exporter.backups import BACKUPS, BackupScan, LocalBackupScan
 from exporter.config import ControllerConfig, PollConfig, Secret
-from exporter.pages import LocalScan, PageError, PageOutcome, PageSink, Scan
-from exporter.poller import ControllerPoller
-from exporter.simplivity import ScanResult, SimplivityClient
+from exporter.model import DecodeError
+from exporter.poller import ControllerPoller, connect
+from exporter.scan import Collection, PageOutcome, PageSink, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.worker import WORKER_NICENESS, DecodingWorker
 from tests.conftest import wait_until
@@ -33,11 +34,12 @@ def worker() -> Iterator[DecodingWorker]:
     started.close()
 
 
-def client_for(simulator: SimulatedController, page_size: int = 100) -> SimplivityClient:
+def client_for(simulator: SimulatedController, page_size: int = 100) -> Scanner:
     controller = ControllerConfig(
         "sim", simulator.url, simulator.username, Secret(simulator.password)
     )
-    return SimplivityClient(controller, PollConfig(page_size=page_size, timeout_seconds=5))
+    poll = PollConfig(page_size=page_size, timeout_seconds=5)
+    return connect(controller, poll, threading.Event())
 
 
 def page(backups: list[dict[str, Any]], count: int | None = None) -> bytes:
@@ -76,11 +78,11 @@ def test_counts_a_federation_exactly_as_this_process_does(
 ) -> None:
     simulator = start_simulator(FederationSpec(vms=300, backups_per_vm=7))
     client = client_for(simulator, page_size=97)
-    here, there = LocalScan(), worker.open_scan()
-    assert type(there) is not LocalScan
-    counted_here = client.scan_pages(here)
-    counted_there = client.scan_pages(there)
-    assert counted_here.backups_seen == counted_there.backups_seen == simulator.backup_count()
+    here, there = LocalBackupScan(), worker.open_scan()
+    assert type(there) is not LocalBackupScan
+    client.read(BACKUPS, here)
+    client.read(BACKUPS, there)
+    assert there.snapshot().backups_seen == simulator.backup_count()
     assert there.snapshot() == here.snapshot()
     assert worker.pid is not None
     assert worker.pid != os.getpid()
@@ -96,7 +98,7 @@ def test_scans_of_several_controllers_share_the_worker_without_mixing(
     def scan(index: int) -> None:
         scan = worker.open_scan()
         try:
-            client_for(simulators[index], page_size=50).scan_pages(scan)
+            client_for(simulators[index], page_size=50).read(BACKUPS, scan)
             results[index] = scan.snapshot()
         finally:
             scan.close()
@@ -107,21 +109,21 @@ def test_scans_of_several_controllers_share_the_worker_without_mixing(
     for thread in threads:
         thread.join(30)
     for index, simulator in enumerate(simulators):
-        expected = LocalScan()
-        client_for(simulator, page_size=50).scan_pages(expected)
+        expected = LocalBackupScan()
+        client_for(simulator, page_size=50).read(BACKUPS, expected)
         assert results[index] == expected.snapshot()
     assert worker.starts == 1
 
 
 def test_refuses_an_unreadable_page_with_the_words_of_this_process(worker: DecodingWorker) -> None:
     for body in (b'{"count": 1, "backups": [', page([backup(2), backup(1)])):
-        with pytest.raises(PageError) as here:
-            LocalScan().count(0, body)
-        with pytest.raises(PageError) as there:
+        with pytest.raises(DecodeError) as here:
+            LocalBackupScan().count(0, body)
+        with pytest.raises(DecodeError) as there:
             worker.open_scan().count(0, body)
         assert str(there.value) == str(here.value)
         assert "/api/backups" in str(there.value)
-    with pytest.raises(PageError, match="size must be a whole number"):
+    with pytest.raises(DecodeError, match="size must be a whole number"):
         worker.open_scan().count(0, page([{**backup(1), "size": "12"}]))
     # Refusing a page does not end the worker: the next scan is counted by the same process.
     scan = worker.open_scan()
@@ -149,14 +151,13 @@ class PagesThenKill:
         self.logins = 1
         self.kill = True
 
-    def scan_pages(self, pages: PageSink) -> ScanResult:
+    def read(self, collection: Collection, pages: PageSink) -> None:
         pages.count(0, page([backup(1), backup(2)], count=4))
         if self.kill:
             self.kill = False
             assert self.worker.pid is not None
             os.kill(self.worker.pid, signal.SIGKILL)
         pages.count(1, page([backup(2), backup(3), backup(4)], count=4))
-        return ScanResult(backups_seen=4, requests=2)
 
     def close(self) -> None:
         pass
@@ -196,9 +197,9 @@ def test_without_a_worker_pages_are_counted_in_this_process(
     worker = DecodingWorker(command)
     try:
         with caplog.at_level(logging.WARNING, logger="exporter.worker"):
-            scan: Scan = worker.open_scan()
+            scan: BackupScan = worker.open_scan()
             worker.open_scan()  # said once, not at every poll
-        assert isinstance(scan, LocalScan)
+        assert isinstance(scan, LocalBackupScan)
         assert scan.count(0, page([backup(1)])).counted == 1
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1
@@ -225,7 +226,7 @@ def test_closing_ends_the_worker_and_refuses_later_scans(worker: DecodingWorker)
     assert pid is not None
     worker.close()
     assert ended(pid)
-    with pytest.raises(PageError, match="closed"):
+    with pytest.raises(DecodeError, match="closed"):
         worker.call(("open", 99))
 
 
