@@ -25,8 +25,9 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter import __version__
-from exporter.collector import BackupCollector, ExporterState, Exposition, prepare_exposition
+from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
+from exporter.exposition import Exposition
 from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.poller import ClientFactory, Poller, connect
 from exporter.sharding import ordinal_from_hostname, select_controllers, validate_shard
@@ -358,9 +359,7 @@ def assemble(
     ``/metrics`` text, so that no scrape has to.
     """
     worker = DecodingWorker()
-    poller = Poller(
-        config, client_factory=client_factory, scans=worker.open_scan, prepare=prepare_exposition
-    )
+    poller = Poller(config, client_factory=client_factory, scans=worker.open_scan)
     reloader = Reloader(poller, shard, load, config, web_config_file)
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)

@@ -146,6 +146,3 @@ class ControllerStatus:
     errors: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     logins: int = 0
     snapshot: BackupSnapshot | None = None
-    #: The snapshot as the exposition writes it, prepared by the poll that took it (see
-    #: ``prepare`` of :class:`~exporter.poller.Poller`), so that no scrape has to.
-    exposition: object = None

@@ -25,7 +25,6 @@ from exporter.backups import BACKUPS, BackupScanFactory, LocalBackupScan
 from exporter.config import Config, ControllerConfig, PollConfig
 from exporter.model import (
     REASONS,
-    BackupSnapshot,
     Cancelled,
     ControllerStatus,
     DecodeError,
@@ -53,8 +52,6 @@ class ControllerReader(Protocol):
 
 
 ClientFactory = Callable[[ControllerConfig, PollConfig, threading.Event], ControllerReader]
-#: Turns a controller's new snapshot into what the exposition will need (controller, snapshot).
-Preparer = Callable[[str, BackupSnapshot], object]
 
 
 def connect(
@@ -95,7 +92,6 @@ class ControllerPoller:
         *,
         client_factory: ClientFactory = connect,
         scans: BackupScanFactory = LocalBackupScan,
-        prepare: Preparer | None = None,
         clock: Callable[[], float] = time.time,
         on_publish: Callable[[], None] = lambda: None,
         previous: ControllerStatus | None = None,
@@ -105,7 +101,6 @@ class ControllerPoller:
         self.controller = controller
         self.poll_config = poll
         self._scans = scans
-        self._prepare = prepare
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
         self._clock = clock
@@ -153,7 +148,6 @@ class ControllerPoller:
             self._client.read(BACKUPS, scan)
             duration = time.monotonic() - started
             snapshot = scan.snapshot()
-            exposition = self._prepare(name, snapshot) if self._prepare else None
         except Cancelled:
             log.debug("controller %s: poll abandoned at shutdown", name)
             return self.status
@@ -177,7 +171,6 @@ class ControllerPoller:
             last_error=None,
             logins=self._logins_before + self._client.logins,
             snapshot=snapshot,
-            exposition=exposition,
         )
         log.info(
             "controller %s: %d backups, %d clusters, %d live VMs in %.2f s",
@@ -221,17 +214,13 @@ class Poller:
         *,
         client_factory: ClientFactory = connect,
         scans: BackupScanFactory = LocalBackupScan,
-        prepare: Preparer | None = None,
         clock: Callable[[], float] = time.time,
         scheduler: BackgroundScheduler | None = None,
     ) -> None:
         """``scans`` opens where each poll's pages are counted (this process by default, or
-        :class:`~exporter.worker.DecodingWorker`); ``prepare``, if given, is called by each
-        successful poll with its controller's name and snapshot, and what it returns is
-        published with the snapshot as :attr:`ControllerStatus.exposition`."""
+        :class:`~exporter.worker.DecodingWorker`)."""
         self._client_factory = client_factory
         self._scans = scans
-        self._prepare = prepare
         self._clock = clock
         self._scheduler = scheduler or BackgroundScheduler(
             executors={"default": SchedulerThreadPool(MAX_PARALLEL_POLLS)},
@@ -290,7 +279,6 @@ class Poller:
                 config.poll,
                 client_factory=self._client_factory,
                 scans=self._scans,
-                prepare=self._prepare,
                 clock=self._clock,
                 on_publish=self._published,
                 previous=current.status if current else None,

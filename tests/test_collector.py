@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import BackupCollector, ExporterState, Exposition
+from exporter.collector import BackupCollector, ExporterState
+from exporter.exposition import Exposition
 from exporter.model import (
     REASONS,
     STATES,

@@ -1,4 +1,4 @@
-"""``BackupCollector.exposition_text`` writes exactly what prometheus_client would write.
+"""``exposition.TextWriter`` writes exactly what prometheus_client would write.
 
 The fast writer exists for speed only (bench/): every case here compares its bytes with
 ``generate_latest`` over the same collector, so the two can never drift apart silently.
@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.backups import Aggregator
-from exporter.collector import BackupCollector, ExporterState, Exposition
+from exporter.collector import BackupCollector, ExporterState
+from exporter.exposition import Exposition, TextWriter
 from exporter.model import (
     REASONS,
     STATES,
@@ -59,9 +60,10 @@ def assert_same_text(
 ) -> str:
     collector = BackupCollector(lambda: statuses, lambda: state, clock=lambda: now)
     expected = generate_latest(collector).decode()
-    written = collector.exposition_text()
+    writer = TextWriter(collector)
+    written = writer.text()
     assert written == expected
-    assert collector.exposition_text() == expected  # and again, from the cache
+    assert writer.text() == expected  # and again, from the cache
     return written
 
 
@@ -106,9 +108,10 @@ def test_numbers_that_prometheus_writes_with_exponents() -> None:
 def test_a_new_snapshot_replaces_the_written_one() -> None:
     statuses = [status("boston", federation(vms=10))]
     collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
-    first = collector.exposition_text()
+    writer = TextWriter(collector)
+    first = writer.text()
     statuses[0] = status("boston", federation(vms=12, seed=7))
-    assert collector.exposition_text() == generate_latest(collector).decode() != first
+    assert writer.text() == generate_latest(collector).decode() != first
 
 
 text_values = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)

@@ -11,8 +11,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter.backups import BackupRecordError
-from exporter.collector import BackupCollector, ExporterState, Exposition, prepare_exposition
+from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
+from exporter.exposition import Exposition
 from exporter.model import REASONS, Cancelled, ConnectError, ControllerStatus, RequestTimeout
 from exporter.poller import ControllerPoller, ControllerReader, Poller
 from exporter.scan import Collection, PageSink
@@ -237,7 +238,6 @@ def test_the_text_of_a_new_snapshot_is_written_by_the_poll_not_by_the_next_scrap
     poller = Poller(
         config,
         client_factory=lambda *_: ScriptedSource([[record(1), record(2)]]),
-        prepare=prepare_exposition,
         clock=lambda: 1000.0,
     )
     reads: list[int] = []
