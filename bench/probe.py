@@ -7,7 +7,7 @@ once); ``baseline`` runs :mod:`bench.baseline`. Only the chosen side is imported
 starts once it is.
 
 The exporter decodes and counts pages in a child process (``python -m exporter.worker``), and
-``--once`` closes that child and waits for it before it returns (``exporter.cli.run_once``), so
+``--once`` closes that child and waits for it before it returns (``exporter.app.run_once``), so
 once the poll is over the child is reaped and :data:`resource.RUSAGE_CHILDREN` holds its
 figures. The poll's CPU time is this process's plus its reaped children's. Its peak RSS is this
 process's peak plus the worker's own (its ``VmHWM``, read just before the exporter closes it):

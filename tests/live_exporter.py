@@ -1,7 +1,7 @@
 """Exporters under test, scraped over HTTP the way Prometheus scrapes them.
 
 :class:`Lab` holds simulated controllers and an exporter polling them, in this process: the
-CLI's own parts (:func:`exporter.cli.assemble`: poller, decoding worker, reloader, exposition)
+server's own parts (:func:`exporter.app.assemble`: poller, decoding worker, reloader, exposition)
 behind an :class:`~exporter.web.ExporterServer` on a free port of 127.0.0.1. Leaving the
 ``with`` block stops the exporter, then the controllers, then waits for every thread
 started inside the block to end. :class:`ExporterProcess` runs the real command
@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cli import Shard, assemble
+from exporter.app import Shard, assemble
 from exporter.config import Config, ControllerConfig, PollConfig, Secret, TLSConfig
 from exporter.poller import ClientFactory, ControllerReader, connect
 from exporter.simulator import FederationSpec, SimulatedController
@@ -169,7 +169,7 @@ def controller_config(
 
 
 class InProcessExporter:
-    """The exporter as ``cli.run_server`` runs it (``cli.assemble``), without signals."""
+    """The exporter as ``app.run_server`` runs it (``app.assemble``), without signals."""
 
     def __init__(self, config: Config, client_factory: ClientFactory = fast_retries) -> None:
         self.config = config
