@@ -1,0 +1,62 @@
+"""Imports flow one way (README, "Module map"): each rule here is an import that must not exist.
+
+Imports are read from the source with ``ast``, the ones inside functions included, so a rule
+cannot be dodged by importing late.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
+
+#: module -> the exporter modules it must never import.
+FORBIDDEN = {
+    # The shared vocabulary sits below everything.
+    "model": {"*"},
+    # The client speaks HTTP only: nothing from the layers that page, count or poll.
+    "simplivity": {"scan", "backups", "worker", "poller", "collector", "exposition", "web"},
+    # The paging algorithm works for any collection and any client.
+    "scan": {"simplivity", "backups", "worker", "poller", "collector", "exposition", "web"},
+    # The scrape path reads published statuses: never the client or the poller.
+    "collector": {"simplivity", "scan", "poller", "worker", "web", "app"},
+    "exposition": {"simplivity", "scan", "poller", "worker", "web", "app"},
+    "web": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "app"},
+    "poller": {"collector", "exposition", "web", "app", "cli"},
+    "worker": {"simplivity", "poller", "web", "app", "cli"},
+    "app": {"cli"},
+}
+
+
+def exporter_imports(module: str) -> set[str]:
+    """The exporter modules ``module`` imports (``exporter.x.y`` counts as ``x``)."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "exporter" and len(parts) > 1 and parts[1] != "__version__":
+                found.add(parts[1])
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_no_import_runs_against_the_layers(module: str) -> None:
+    imported = exporter_imports(module)
+    forbidden = FORBIDDEN[module]
+    wrong = imported if "*" in forbidden else imported & forbidden
+    assert wrong == set(), f"exporter/{module}.py imports {sorted(wrong)}"
+
+
+def test_nothing_below_the_web_imports_it() -> None:
+    modules = [path.stem for path in PACKAGE.glob("*.py") if path.stem not in ("app", "cli")]
+    importers = [module for module in modules if "web" in exporter_imports(module)]
+    assert importers == []
