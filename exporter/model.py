@@ -97,6 +97,21 @@ def decode_json(path: str, body: bytes) -> Any:
         raise DecodeError(f"{path} answered with invalid JSON{where} ({len(body)} bytes)") from None
 
 
+# -- what a poll asks for ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """One page of a paged collection: ``GET path?offset=&limit=&fields=&sort=&order=``."""
+
+    path: str
+    offset: int
+    limit: int
+    fields: tuple[str, ...] = ()
+    sort: str | None = None
+    order: str = "ascending"
+
+
 # -- what a poll finds --------------------------------------------------------------------------
 
 

@@ -18,13 +18,13 @@ threads), the counter decodes them, which is the CPU-heavy half, and can run in 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from exporter.model import Cancelled, DecodeError, RecordError, decode_json
+from exporter.model import Cancelled, DecodeError, PageRequest, RecordError, decode_json
 
 #: The field every collection is sorted and stitched by.
 SORT_FIELD = "id"
@@ -123,16 +123,7 @@ class PageSource(Protocol):
     @property
     def logins(self) -> int: ...
 
-    def get_page(
-        self,
-        path: str,
-        *,
-        offset: int,
-        limit: int,
-        fields: Sequence[str] = (),
-        sort: str | None = None,
-        order: str = "ascending",
-    ) -> bytes: ...
+    def get_page(self, page: PageRequest) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -221,11 +212,7 @@ class Scanner:
 
     def _fetch(self, collection: Collection, offset: int) -> bytes:
         return self._source.get_page(
-            collection.path,
-            offset=offset,
-            limit=self._page_size,
-            fields=collection.fields,
-            sort=SORT_FIELD,
+            PageRequest(collection.path, offset, self._page_size, collection.fields, SORT_FIELD)
         )
 
     @staticmethod

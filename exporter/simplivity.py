@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping
 from functools import partial
 from typing import Any
 
@@ -32,6 +32,7 @@ from exporter.model import (
     ConnectError,
     DecodeError,
     HTTPStatusError,
+    PageRequest,
     RequestTimeout,
     SimplivityError,
     TLSError,
@@ -133,24 +134,15 @@ class SimplivityClient:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def get_page(
-        self,
-        path: str,
-        *,
-        offset: int,
-        limit: int,
-        fields: Sequence[str] = (),
-        sort: str | None = None,
-        order: str = "ascending",
-    ) -> bytes:
-        """One page of the collection at ``path``, its body undecoded (see :mod:`exporter.scan`)."""
-        params = {"offset": str(offset), "limit": str(limit)}
-        if fields:
-            params["fields"] = ",".join(fields)
-        if sort is not None:
-            params["sort"] = sort
-            params["order"] = order
-        return self.get_body(path, params)
+    def get_page(self, page: PageRequest) -> bytes:
+        """One page of a collection, its body undecoded (see :mod:`exporter.scan`)."""
+        params = {"offset": str(page.offset), "limit": str(page.limit)}
+        if page.fields:
+            params["fields"] = ",".join(page.fields)
+        if page.sort is not None:
+            params["sort"] = page.sort
+            params["order"] = page.order
+        return self.get_body(page.path, params)
 
     def get_body(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
         """GET an authenticated API path, logging in as needed; retries transient failures."""

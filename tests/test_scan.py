@@ -10,14 +10,14 @@ import json
 import random
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.model import DecodeError
+from exporter.model import DecodeError, PageRequest
 from exporter.scan import Collection, PageCounter, Scanner
 
 VMS = Collection(
@@ -33,28 +33,20 @@ class Listing:
         self.churn = churn
         self.rng = random.Random(seed)
         self.next = size
-        self.requests: list[tuple[str, int, int, tuple[str, ...], str | None]] = []
+        self.requests: list[PageRequest] = []
         self.logins = 0
         self.short_pages = False
         self._lock = threading.Lock()
 
-    def get_page(
-        self,
-        path: str,
-        *,
-        offset: int,
-        limit: int,
-        fields: Sequence[str] = (),
-        sort: str | None = None,
-        order: str = "ascending",
-    ) -> bytes:
+    def get_page(self, page: PageRequest) -> bytes:
         with self._lock:
-            self.requests.append((path, offset, limit, tuple(fields), sort))
+            self.requests.append(page)
             for _ in range(self.churn):
                 self._change()
             ordered = [self.items[key] for key in sorted(self.items)]
-            page = ordered[offset : offset + (limit // 2 if self.short_pages else limit)]
-            document = {"offset": offset, "limit": limit, "count": len(ordered), VMS.key: page}
+            served = page.limit // 2 if self.short_pages else page.limit
+            items = ordered[page.offset : page.offset + served]
+            document = {"offset": page.offset, "count": len(ordered), VMS.key: items}
             return json.dumps(document).encode()
 
     def _change(self) -> None:
@@ -84,10 +76,8 @@ def test_any_collection_is_read_with_its_own_path_fields_and_id_order() -> None:
     listing = Listing(1234)
     ids = read_ids(listing, page_size=100, max_concurrency=3)
     assert ids == sorted(listing.items)
-    assert {(path, fields, sort) for path, _, _, fields, sort in listing.requests} == {
-        ("/api/virtual_machines", ("id", "name"), "id")
-    }
-    assert {limit for _, _, limit, _, _ in listing.requests} == {100}
+    asked = {replace(page, offset=0) for page in listing.requests}
+    assert asked == {PageRequest("/api/virtual_machines", 0, 100, ("id", "name"), "id")}
 
 
 @settings(max_examples=40, deadline=None)
