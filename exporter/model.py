@@ -1,4 +1,4 @@
-"""The shared vocabulary: what a poll finds, how it fails, and what it publishes.
+"""The shared vocabulary: what a poll asks for, what it finds, how it fails, what it publishes.
 
 Every layer imports this module and it imports no other part of the exporter: the REST client
 raises its errors, the aggregation builds its snapshot types, the poller publishes a
