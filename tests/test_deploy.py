@@ -522,9 +522,14 @@ def lay_out(service: dict[str, Any], root: Path) -> None:
             shutil.copy2(source, destination)
 
 
-def alert_names_in(path: Path) -> set[str]:
+def rule_names_in(path: Path) -> list[str]:
+    """Alerting and recording rules alike, as Prometheus' API names them."""
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return {rule["alert"] for group in document["groups"] for rule in group["rules"]}
+    return [
+        rule.get("alert") or rule["record"]
+        for group in document["groups"]
+        for rule in group["rules"]
+    ]
 
 
 def prometheus_config_for_test(
@@ -565,7 +570,7 @@ def test_promtool_accepts_the_prometheus_config_and_finds_the_shipped_rules(
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    rules = len(alert_names_in(RULES))
+    rules = len(rule_names_in(RULES))
     assert f"SUCCESS: {rules} rules found" in done.stdout, done.stdout
 
 
@@ -615,8 +620,8 @@ def test_the_stack_s_prometheus_loads_the_rules_and_scrapes_the_exporter(
     try:
         wait_for("Prometheus", lambda: process.answers(base + "/-/ready"), 60)
         groups = api("/api/v1/rules")["groups"]
-        loaded = {rule["name"] for group in groups for rule in group["rules"]}
-        assert loaded == alert_names_in(RULES)
+        loaded = [rule["name"] for group in groups for rule in group["rules"]]
+        assert sorted(loaded) == sorted(rule_names_in(RULES))
         targets = wait_for("the target", lambda: api("/api/v1/targets")["activeTargets"] or None)
         (target,) = targets
         assert target["labels"]["job"] == job
