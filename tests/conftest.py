@@ -22,6 +22,7 @@ SLOW_MODULES = frozenset(
     {
         "test_bench",
         "test_cli",
+        "test_deploy",
         "test_dockerfile",
         "test_faults",
         "test_helm",
