@@ -164,17 +164,17 @@ class ExporterServer:
 
     def serve_forever(self) -> None:
         """Accept and read in this thread, answer in the workers, until :meth:`shutdown`."""
+        self._serving.set()
         workers = [
             threading.Thread(target=self._answer_requests, name=f"web-worker-{n}", daemon=True)
             for n in range(self.workers)
         ]
-        for worker in workers:
-            worker.start()
         selector = selectors.DefaultSelector()
-        selector.register(self._listener, selectors.EVENT_READ)
-        selector.register(self._wake_reader, selectors.EVENT_READ)
-        self._serving.set()
         try:
+            for worker in workers:
+                worker.start()
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
             self._loop(selector)
         finally:
             self._stop.set()
@@ -186,7 +186,8 @@ class ExporterServer:
             # A worker stuck writing to a slow client must not hold up the shutdown.
             deadline = time.monotonic() + 5
             for worker in workers:
-                worker.join(max(0.0, deadline - time.monotonic()))
+                if worker.is_alive():
+                    worker.join(max(0.0, deadline - time.monotonic()))
             while not self._returned.empty():
                 _close(self._returned.get())
             selector.close()
