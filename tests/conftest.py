@@ -26,11 +26,13 @@ SLOW_MODULES = frozenset(
         "test_dockerfile",
         "test_faults",
         "test_helm",
+        "test_landing_page",
         "test_monitoring_rules",
         "test_prometheus_e2e",
         "test_reload",
         "test_secrets",
         "test_soak",
+        "test_web_serving",
         "test_worker",
     }
 )
