@@ -110,6 +110,30 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     },
     "bad duration": {"serviceMonitor": {"enabled": True, "interval": "1 minute"}},
     "page size over the API maximum": {"config": {"poll": {"page_size": 5000}}},
+    "scrape password in clear": {
+        "serviceMonitor": {
+            "basicAuth": {"username": {"name": "s", "key": "u"}, "password": "hunter2"}
+        }
+    },
+    "scrape user without password": {
+        "serviceMonitor": {"basicAuth": {"username": {"name": "s", "key": "u"}}}
+    },
+    "CA as a file path": {"serviceMonitor": {"tlsConfig": {"caFile": "/etc/ca.pem"}}},
+    "CA from two places": {
+        "serviceMonitor": {
+            "tlsConfig": {
+                "ca": {
+                    "secret": {"name": "a", "key": "ca"},
+                    "configMap": {"name": "b", "key": "ca"},
+                }
+            }
+        }
+    },
+    "client certificate without its key": {
+        "serviceMonitor": {"tlsConfig": {"cert": {"secret": {"name": "c", "key": "tls.crt"}}}}
+    },
+    "insecureSkipVerify as text": {"serviceMonitor": {"tlsConfig": {"insecureSkipVerify": "yes"}}},
+    "unknown scrape scheme": {"serviceMonitor": {"scheme": "HTTPS"}},
 }
 
 # Values that pass the schema but that the templates refuse, with Helm's message.
@@ -143,6 +167,10 @@ REFUSED_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         {"existingSecret": "mine"},
         "existingSecret is set but controllers is empty",
     ),
+    "TLS settings on a plain-HTTP scrape": (
+        {"serviceMonitor": {"enabled": True, "tlsConfig": {"serverName": "exporter.example"}}},
+        "serviceMonitor.tlsConfig is set but serviceMonitor.scheme is not https",
+    ),
     "unknown alert": (
         {"prometheusRule": {"enabled": True, "alerts": {"SimplivityTypo": {"for": "1h"}}}},
         "prometheusRule.alerts.SimplivityTypo: no such alert in files/alerts.yml",
@@ -157,6 +185,13 @@ RENDER_CASES: dict[str, dict[str, Any]] = {
         SECRETS_CASE, config={"poll": {"interval_seconds": 600}}
     ),
     "rules as shipped": {"prometheusRule": {"enabled": True}},
+    "scrape over TLS, certificate not checked": {
+        "serviceMonitor": {
+            "enabled": True,
+            "scheme": "https",
+            "tlsConfig": {"insecureSkipVerify": True},
+        }
+    },
     **{f"bad: {name}": values for name, values in BAD_VALUES.items()},
     **{f"refused: {name}": values for name, (values, _) in REFUSED_VALUES.items()},
 }
@@ -360,7 +395,38 @@ def test_service_monitor_shape(helm: dict[str, Any], case: str) -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
-    assert endpoint["interval"] == values_of(case)["serviceMonitor"]["interval"]
+    values = values_of(case)["serviceMonitor"]
+    assert endpoint["interval"] == values["interval"]
+    # Scraped the way the exporter serves: the values' scheme, TLS and basic auth as given,
+    # nothing added (a certificate check is turned off only by the values).
+    assert endpoint["scheme"] == values["scheme"]
+    assert endpoint.get("tlsConfig", {}) == values["tlsConfig"]
+    assert endpoint.get("basicAuth", {}) == values["basicAuth"]
+
+
+def test_service_monitor_scrapes_a_secured_exporter(helm: dict[str, Any]) -> None:
+    docs = rendered(helm, "ci/secured-values.yaml")
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "exporter-tls", "key": "ca.crt"}},
+        "serverName": "sve-simplivity-exporter.monitoring.svc",
+    }
+    assert endpoint["basicAuth"] == {
+        "username": {"name": "exporter-scrape", "key": "username"},
+        "password": {"name": "exporter-scrape", "key": "password"},
+    }
+    # The exporter really serves what the ServiceMonitor expects: its web config is mounted.
+    (container,) = containers(docs)
+    (web_config,) = [a for a in container["args"] if a.startswith("--web.config.file=")]
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(Path(web_config.split("=", 1)[1]).parent) in mounted
+
+    (unchecked,) = one(
+        rendered(helm, "scrape over TLS, certificate not checked"), "ServiceMonitor"
+    )["spec"]["endpoints"]
+    assert unchecked["tlsConfig"] == {"insecureSkipVerify": True}
+    assert "basicAuth" not in unchecked
 
 
 # ---------------------------------------------------------------------- security
@@ -389,8 +455,15 @@ def test_pods_run_unprivileged(helm: dict[str, Any], case: str) -> None:
 @pytest.mark.parametrize("case", GOOD_RENDERS)
 def test_probes_use_the_health_endpoints(helm: dict[str, Any], case: str) -> None:
     (container,) = containers(rendered(helm, case))
-    assert container["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http"}
+    for probe in ("livenessProbe", "readinessProbe"):
+        handlers = {"exec", "httpGet", "tcpSocket", "grpc"} & set(container[probe])
+        assert len(handlers) == 1, f"{probe}: Kubernetes takes one handler, got {handlers}"
+    if "exec" in values_of(case)["livenessProbe"]:  # basic auth on: the image's own checker
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["exec"]["command"] == ["python", "-m", "exporter.healthcheck"]
+    else:
+        assert container["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http"}
     assert container["ports"] == [
         {"name": "http", "containerPort": values_of(case)["containerPort"], "protocol": "TCP"}
     ]
