@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -25,6 +26,7 @@ import pytest
 import yaml
 
 import exporter
+from tools import monitoring as monitoring_tool
 from tools.helm_chart import merge_values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +187,7 @@ RENDER_CASES: dict[str, dict[str, Any]] = {
         SECRETS_CASE, config={"poll": {"interval_seconds": 600}}
     ),
     "rules as shipped": {"prometheusRule": {"enabled": True}},
+    "dashboard as shipped": {"grafanaDashboard": {"enabled": True}},
     "scrape over TLS, certificate not checked": {
         "serviceMonitor": {
             "enabled": True,
@@ -291,7 +294,7 @@ def test_chart_copies_are_identical_to_the_repository_files(name: str) -> None:
     assert source.exists(), f"{source} is missing"
     assert copy_.read_bytes() == source.read_bytes(), (
         f"{copy_.relative_to(ROOT)} differs from {source.relative_to(ROOT)}; refresh it with:\n"
-        f"  cp monitoring/{name} helm/simplivity-exporter/files/{name}"
+        "  python3 tools/monitoring.py sync"
     )
 
 
@@ -621,7 +624,7 @@ def test_prometheus_rule_is_the_repository_rule_file(helm: dict[str, Any]) -> No
 
 def test_prometheus_rule_applies_the_values(helm: dict[str, Any]) -> None:
     overrides = CI_CASES["ci/all-features-values.yaml"]["prometheusRule"]["alerts"]
-    base_url = CI_CASES["ci/all-features-values.yaml"]["prometheusRule"]["runbookBaseURL"]
+    base_url = CI_CASES["ci/all-features-values.yaml"]["runbookBaseURL"]
     shipped = rules_by_alert(source_rules())
     rule = one(rendered(helm, "ci/all-features-values.yaml"), "PrometheusRule")
     got = rules_by_alert(rule["spec"]["groups"])
@@ -641,10 +644,32 @@ def test_prometheus_rule_applies_the_values(helm: dict[str, Any]) -> None:
             expected["for"] = change["for"]
         if "severity" in change:
             expected["labels"]["severity"] = change["severity"]
-        url = expected.get("annotations", {}).get("runbook_url")
-        if url and "://" not in url:
-            expected["annotations"]["runbook_url"] = base_url + url
+        expected["annotations"]["runbook_url"] = f"{base_url}#{name.lower()}"
         assert rendered_rule == expected, name
+
+
+@pytest.mark.parametrize("case", GOOD_RENDERS)
+def test_runbook_links_are_absolute_or_absent(helm: dict[str, Any], case: str) -> None:
+    """A relative runbook link is dead in Alertmanager, Slack or Grafana."""
+    base_url = values_of(case)["runbookBaseURL"]
+    docs = rendered(helm, case)
+    urls = [
+        rule["annotations"].get("runbook_url")
+        for doc in of_kind(docs, "PrometheusRule")
+        for group in doc["spec"]["groups"]
+        for rule in group["rules"]
+    ]
+    urls += [
+        link["url"]
+        for panel in dashboard_panels(rendered_dashboard(docs) or {"panels": []})
+        for link in panel.get("links", [])
+    ]
+    for url in urls:
+        if base_url:
+            assert url is not None
+            assert re.fullmatch(re.escape(base_url) + r"#simplivity[a-z]+", url), url
+        else:
+            assert url is None, url
 
 
 @pytest.mark.parametrize("case", GOOD_RENDERS)
@@ -661,17 +686,85 @@ def test_prometheus_rule_shape(helm: dict[str, Any], case: str) -> None:
                 assert all(isinstance(v, str) for v in item.get("annotations", {}).values())
 
 
+def rendered_dashboard(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The dashboard JSON of the rendered ConfigMap for Grafana's sidecar, if there is one."""
+    maps = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    if not maps:
+        return None
+    (config_map,) = maps
+    assert list(config_map["data"]) == ["simplivity-exporter.json"]
+    dashboard: dict[str, Any] = json.loads(config_map["data"]["simplivity-exporter.json"])
+    return dashboard
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for top in dashboard["panels"] for panel in [top, *top.get("panels", [])]]
+
+
+def source_dashboard() -> dict[str, Any]:
+    source: dict[str, Any] = json.loads(
+        (ROOT / "monitoring" / "dashboard.json").read_text(encoding="utf-8")
+    )
+    return source
+
+
+def shipped_threshold(alert: str) -> float:
+    (expr,) = [r["expr"] for g in source_rules() for r in g["rules"] if r.get("alert") == alert]
+    return float(expr.rstrip().rsplit(" ", 1)[1])
+
+
+def threshold_steps(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    config = panel.get("fieldConfig", {})
+    steps = list(config.get("defaults", {}).get("thresholds", {}).get("steps", []))
+    for override in config.get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "thresholds":
+                steps += prop["value"]["steps"]
+    return steps
+
+
 def test_grafana_dashboard_config_map(helm: dict[str, Any]) -> None:
     docs = rendered(helm, "ci/all-features-values.yaml")
-    (dashboard,) = [
+    (config_map,) = [
         doc for doc in of_kind(docs, "ConfigMap") if doc["metadata"]["name"].endswith("-dashboard")
     ]
-    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert dashboard["metadata"]["namespace"] == "grafana"
-    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Backups"}
-    source = (ROOT / "monitoring" / "dashboard.json").read_text(encoding="utf-8")
-    assert dashboard["data"] == {"simplivity-exporter.json": source}
-    json.loads(dashboard["data"]["simplivity-exporter.json"])
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "grafana"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Backups"}
+
+
+def test_dashboard_as_shipped_is_the_repository_dashboard(helm: dict[str, Any]) -> None:
+    assert rendered_dashboard(rendered(helm, "dashboard as shipped")) == source_dashboard()
+
+
+def test_dashboard_links_panels_to_runbooks_and_follows_the_alert_thresholds(
+    helm: dict[str, Any],
+) -> None:
+    """The values' runbook address and thresholds reach the dashboard: each panel links to the
+    runbook of the alerts its description names (as tools/monitoring.py links them), and a
+    threshold step at such an alert's shipped threshold moves to the overridden one."""
+    values = values_of("ci/all-features-values.yaml")
+    overrides = {
+        name: change["threshold"]
+        for name, change in values["prometheusRule"]["alerts"].items()
+        if "threshold" in change
+    }
+    got = rendered_dashboard(rendered(helm, "ci/all-features-values.yaml"))
+    assert got is not None
+    expected = monitoring_tool.with_runbook_links(source_dashboard(), values["runbookBaseURL"])
+    moved = 0
+    for panel in dashboard_panels(expected):
+        for alert in monitoring_tool.panel_alerts(panel):
+            if alert not in overrides:
+                continue
+            for step in threshold_steps(panel):
+                if step["value"] == shipped_threshold(alert):
+                    step["value"] = overrides[alert]
+                    moved += 1
+    assert moved >= 3, "the test must move thresholds of several panels"
+    assert got == expected
+    linked = [p for p in dashboard_panels(got) if p.get("links")]
+    assert len(linked) >= 10
 
 
 def test_optional_objects_are_off_by_default(helm: dict[str, Any]) -> None:

@@ -379,7 +379,10 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
         for text in annotations.values():
             assert "<no value>" not in text, alert
             assert "error" not in text.lower(), alert
-        assert annotations["runbook_url"] == f"README.md#{labels['alertname'].lower()}"
+        # The shipped file has no runbook links (tools/monitoring.py adds absolute ones); the
+        # description says where to start.
+        assert "runbook_url" not in annotations, alert
+        assert "First check: " in annotations["description"], alert
 
     # The controller stops answering: the controller-down condition becomes true.
     simulator.stop()
