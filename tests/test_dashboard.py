@@ -38,9 +38,30 @@ GRAFANA_UNITS = frozenset({"none", "short", "s", "bytes", "percentunit", "dateTi
 #: The panel types dashboard-linter's panel rules look at.
 LINTED_PANEL_TYPES = {"stat", "singlestat", "graph", "table", "timeseries", "gauge", "bargauge"}
 
-#: What the exporter exports (its public contract), plus Prometheus' own ``up``.
+#: What the exporter exports (its public contract, the README's metrics table) that the
+#: dashboard and the alert rules may read, plus Prometheus' own ``up``.
 EXPORTED_METRICS = frozenset(
     {
+        # issue 11: odd records and adaptive polling
+        "simplivity_unreadable_records",
+        "simplivity_poll_concurrency",
+        "simplivity_poll_page_size",
+        # issue 12: every live VM judged against its own policy
+        "simplivity_vm_info",
+        "simplivity_vm_created_timestamp_seconds",
+        "simplivity_vm_policy_scheduled",
+        "simplivity_vm_backup_expected_interval_seconds",
+        "simplivity_vm_destination_backup_newest_timestamp_seconds",
+        "simplivity_vm_backup_newest_failed_timestamp_seconds",
+        "simplivity_vms",
+        "simplivity_policy_rules",
+        "simplivity_policy_vms",
+        "simplivity_host_policy_enabled",
+        "simplivity_federation_daily_backups",
+        "simplivity_federation_daily_backups_limit",
+        "simplivity_federation_retained_backups_projected",
+        "simplivity_federation_retained_backups_limit",
+        # issue 2
         "simplivity_backups",
         "simplivity_backup_size_bytes",
         "simplivity_backup_newest_timestamp_seconds",
@@ -52,7 +73,36 @@ EXPORTED_METRICS = frozenset(
         "simplivity_poll_last_success_timestamp_seconds",
         "simplivity_poll_errors_total",
         "simplivity_exporter_build_info",
+        "simplivity_exporter_shard_index",
+        "simplivity_exporter_shards",
         "up",
+    }
+)
+
+#: Metrics of issues 11 and 12 that the dashboard and the alert rules already read but that
+#: the exporter does not export yet (others are building them). Until it does, the end-to-end
+#: test (tests/test_prometheus_e2e.py) does not require data from the queries that read
+#: them; it fails once one of them is exported, so that it is taken off this list. Empty it
+#: when the exporter exports them all.
+NOT_YET_EXPORTED = frozenset(
+    {
+        "simplivity_unreadable_records",
+        "simplivity_poll_concurrency",
+        "simplivity_poll_page_size",
+        "simplivity_vm_info",
+        "simplivity_vm_created_timestamp_seconds",
+        "simplivity_vm_policy_scheduled",
+        "simplivity_vm_backup_expected_interval_seconds",
+        "simplivity_vm_destination_backup_newest_timestamp_seconds",
+        "simplivity_vm_backup_newest_failed_timestamp_seconds",
+        "simplivity_vms",
+        "simplivity_policy_rules",
+        "simplivity_policy_vms",
+        "simplivity_host_policy_enabled",
+        "simplivity_federation_daily_backups",
+        "simplivity_federation_daily_backups_limit",
+        "simplivity_federation_retained_backups_projected",
+        "simplivity_federation_retained_backups_limit",
     }
 )
 
@@ -225,10 +275,14 @@ def test_the_issue_s_panels_are_there() -> None:
     by_title = {p["title"]: p for p in all_panels(dashboard)}
     stats = {t for t, p in by_title.items() if p["type"] == "stat"}
     assert stats >= {
-        "VMs without a recent good backup",
+        "VMs at risk",
+        "VMs never backed up",
         "Failed backups",
         "Total backup size",
         "Controllers down",
+        # issues 11 and 12
+        "Hosts with policy backups disabled",
+        "Unreadable records",
     }
     assert by_title["Backups by state"]["type"] == "timeseries"
     assert by_title["Backup size by cluster"]["type"] == "timeseries"
@@ -238,9 +292,47 @@ def test_the_issue_s_panels_are_there() -> None:
     assert table["options"]["sortBy"][0]["desc"] is True
     age = table["fieldConfig"]["overrides"][0]
     assert age["matcher"]["options"] == table["options"]["sortBy"][0]["displayName"]
-    assert {p["id"] for p in age["properties"]} >= {"thresholds", "custom.cellOptions"}
     health = {"Controller polls", "Poll duration", "Poll errors by reason"}
     assert health <= set(by_title)
+    # issue 11: the adaptive polling per controller
+    assert by_title["Requests in flight per controller"]["type"] == "timeseries"
+    assert by_title["Page size per controller"]["type"] == "timeseries"
+
+
+def test_the_protection_row() -> None:
+    """Issue 12: VMs by status per cluster, the at-risk VMs with policy, cluster, destination,
+    age and expected interval, and the federation limits as a percentage."""
+    dashboard = load_dashboard()
+    by_title = {p["title"]: p for p in all_panels(dashboard)}
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows[0]["title"] == "Protection", "the protection row comes first"
+    status = by_title["VMs by protection status per cluster"]
+    assert status["type"] == "table"
+    (grouping,) = [t for t in status["transformations"] if t["id"] == "groupingToMatrix"]
+    assert grouping["options"]["rowField"] == "omnistack_cluster"
+    assert grouping["options"]["columnField"] == "protection"
+    assert "sum by (omnistack_cluster, protection)" in status["targets"][0]["expr"]
+    at_risk = by_title["At-risk VMs by destination"]
+    columns = at_risk["transformations"][-1]["options"]["renameByName"]
+    assert {"vm", "policy", "omnistack_cluster", "destination", "Value #A", "Value #B"} <= set(
+        columns
+    )
+    age, interval = (t["expr"] for t in at_risk["targets"])
+    assert "simplivity_vm_destination_backup_newest_timestamp_seconds" in age
+    assert "simplivity_vm_backup_expected_interval_seconds" in interval
+    # The same rule as the exporter's and the alert's, with the factor and grace as variables
+    # (the Helm chart sets them from config.protection).
+    for expr in (age, interval):
+        assert "* $overdue_factor + $grace_seconds" in expr
+        assert "group_left (policy, omnistack_cluster)" in expr
+    constants = {v["name"]: v["query"] for v in dashboard["templating"]["list"]}
+    assert constants["overdue_factor"] == "1.5"
+    assert constants["grace_seconds"] == "3600"
+    for title in ("Daily backups, % of limit", "Retained backups, % of limit"):
+        panel = by_title[title]
+        assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+        assert panel["fieldConfig"]["defaults"]["max"] == 1
+        assert "/ (simplivity_federation_" in panel["targets"][0]["expr"]
 
 
 def test_every_query_uses_only_metrics_the_exporter_exports() -> None:
@@ -251,8 +343,16 @@ def test_every_query_uses_only_metrics_the_exporter_exports() -> None:
         assert names, f"{where}: no metric in {expr!r}"
         assert names <= EXPORTED_METRICS, f"{where}: {sorted(names - EXPORTED_METRICS)}"
         used |= names
-    # Every backup metric family shows up somewhere on the dashboard.
-    assert used == EXPORTED_METRICS
+    # Every metric family shows up somewhere on the dashboard, but those only the alerts and
+    # the runbook read (a VM whose last backup failed counts in simplivity_vms).
+    assert used == EXPORTED_METRICS - {
+        "simplivity_exporter_shard_index",
+        "simplivity_exporter_shards",
+        "simplivity_policy_rules",
+        "simplivity_policy_vms",
+        "simplivity_vm_backup_newest_failed_timestamp_seconds",
+    }
+    assert NOT_YET_EXPORTED <= EXPORTED_METRICS
 
 
 def test_every_query_parses(tmp_path: Path) -> None:
@@ -515,3 +615,101 @@ def test_the_import_variant_is_the_dashboard_with_a_data_source_input() -> None:
     without_inputs = {k: v for k, v in imported.items() if k != "__inputs"}
     variables(without_inputs)["datasource"]["current"] = {}
     assert without_inputs == load_dashboard()
+
+
+def panel_expr(title: str, ref: str = "A") -> str:
+    """A panel's query as Prometheus gets it, every variable at its default (all values)."""
+    dashboard = load_dashboard()
+    (panel,) = [p for p in all_panels(dashboard) if p["title"] == title]
+    (target,) = [t for t in panel["targets"] if t["refId"] == ref]
+    return substitute(target["expr"], dashboard)
+
+
+def test_the_at_risk_table_lists_the_overdue_destinations(tmp_path: Path) -> None:
+    """The at-risk table's rows, evaluated by promtool on the overdue alert's scenario (hourly
+    policies: overdue past 3600 x 1.5 + 3600 = 9000 s): each late destination once, with the
+    VM's policy and cluster; a destination never reached counts from the VM's creation."""
+    where = 'job="svt", instance="e:10025", controller="boston"'
+    vms = {  # vm: (created, {destination: newest PROTECTED there}, interval)
+        "dr-stopped": (100, {"cl1": 10000, "dr-cluster": 1000}, 3600),
+        "never-at-dr": (100, {"cl1": 5000, "dr-cluster": 0}, 3600),
+        "new-with-local": (8000, {"cl1": 8500, "dr-cluster": 0}, 3600),
+        "weekly": (100, {"storeonce": 1000}, 604800),
+        "none-yet": (100, {"cl1": 0}, 3600),
+    }
+    newest_metric = "simplivity_vm_destination_backup_newest_timestamp_seconds"
+    series = []
+    for number, (vm, (created, newest, interval)) in enumerate(vms.items()):
+        labels = f'{where}, vm="{vm}", vm_id="v{number}"'
+        info = f'{labels}, omnistack_cluster="cl1", policy="p-{vm}", datastore="ds", host="h1"'
+        series += [
+            {
+                "series": f"simplivity_vm_created_timestamp_seconds{{{labels}}}",
+                "values": f"{created}x200",
+            },
+            {"series": f"simplivity_vm_info{{{info}}}", "values": "1x200"},
+        ]
+        for destination, timestamp in newest.items():
+            dest = f'{labels}, destination="{destination}"'
+            series += [
+                {
+                    "series": f"{newest_metric}{{{dest}}}",
+                    "values": f"{timestamp}x200",
+                },
+                {
+                    "series": f"simplivity_vm_backup_expected_interval_seconds{{{dest}}}",
+                    "values": f"{interval}x200",
+                },
+            ]
+
+    def row(vm: str, destination: str, value: float) -> dict[str, Any]:
+        number = list(vms).index(vm)
+        labels = (
+            f'{{{where}, vm="{vm}", vm_id="v{number}", destination="{destination}", '
+            f'omnistack_cluster="cl1", policy="p-{vm}"}}'
+        )
+        return {"labels": labels, "value": value}
+
+    at = 177 * 60  # seconds since the epoch, promtool's clock
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": panel_expr("At-risk VMs by destination", "A"),
+                        "eval_time": "177m",
+                        "exp_samples": [
+                            row("dr-stopped", "dr-cluster", at - 1000),
+                            row("never-at-dr", "dr-cluster", at),
+                            row("none-yet", "cl1", at),
+                        ],
+                    },
+                    {
+                        "expr": panel_expr("At-risk VMs by destination", "B"),
+                        "eval_time": "177m",
+                        "exp_samples": [
+                            row("dr-stopped", "dr-cluster", 3600),
+                            row("never-at-dr", "dr-cluster", 3600),
+                            row("none-yet", "cl1", 3600),
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "at_risk_test.yml"
+    path.write_text(yaml.safe_dump(tests), encoding="utf-8")
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus package (./dev setup)"
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -81,11 +81,23 @@ def test_the_issue_s_alerts_are_all_there() -> None:
         "SimplivityControllerDown",
         "SimplivityControllerDataStale",
         "SimplivityClusterBackupTooOld",
-        "SimplivityVMBackupTooOld",
-        "SimplivityVMNoProtectedBackup",
         "SimplivityNewFailedBackups",
         "SimplivityBackupsDegraded",
+        # issue 11
+        "SimplivityUnreadableRecords",
+        # issue 12: each VM judged against its own policy
+        "SimplivityVMNotScheduled",
+        "SimplivityVMNeverBackedUp",
+        "SimplivityVMBackupOverdue",
+        "SimplivityVMLastBackupFailed",
+        "SimplivityHostPolicyDisabled",
+        "SimplivityFederationDailyBackupsNearLimit",
+        "SimplivityFederationRetainedBackupsNearLimit",
     }
+    # Replaced by the policy-aware SimplivityVMBackupOverdue, SimplivityVMNeverBackedUp and
+    # SimplivityVMLastBackupFailed: one fixed 26 h threshold misjudges every non-daily policy,
+    # and "no PROTECTED backup" would fire for every new VM once the inventory lists them all.
+    assert not set(alert_names()) & {"SimplivityVMBackupTooOld", "SimplivityVMNoProtectedBackup"}
     assert len(alert_names()) == len(set(alert_names())), "an alert name is used twice"
 
 
@@ -93,6 +105,10 @@ def subject_labels(expr: str) -> list[str]:
     """The labels that name what an alert is about, from the metrics its expression reads."""
     if "simplivity_vm_" in expr:
         return ["vm", "vm_id", "controller"]
+    if "simplivity_host_" in expr:
+        return ["host", "omnistack_cluster", "controller"]
+    if re.search(r"simplivity_(federation|unreadable)_", expr):
+        return ["controller"]
     if re.search(r"simplivity_backup(s|_)", expr):
         return ["omnistack_cluster", "controller"]
     if re.search(r"simplivity_(up|poll_)", expr):
@@ -250,3 +266,37 @@ def test_the_runbook_tool_refuses_an_alert_without_annotations() -> None:
     text = "groups:\n  - name: g\n    rules:\n      - alert: SimplivityX\n        expr: up\n"
     with pytest.raises(monitoring_tool.MonitoringFileError, match="SimplivityX"):
         monitoring_tool.rules_with_runbook_urls(text, BASE_URL)
+
+
+#: The overdue rule as issue 12 defines it, and the exporter's defaults (protection.*).
+OVERDUE_FACTOR = "1.5"
+GRACE_SECONDS = "3600"
+
+
+def test_policy_aware_rules_use_the_exporters_overdue_factor_and_grace() -> None:
+    """The literals the Helm chart replaces with config.protection: the factor after
+    ``expected_interval *`` (overdue only), the grace after its ``+`` (both rules)."""
+    rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    interval = r"simplivity_vm_backup_expected_interval_seconds\)?"
+    overdue, never = rules["SimplivityVMBackupOverdue"], rules["SimplivityVMNeverBackedUp"]
+    assert re.findall(interval + r" \* ([\d.]+)", overdue) == [OVERDUE_FACTOR] * 2
+    assert re.findall(interval + r"(?: \* [\d.]+)? \+ (\d+)", overdue) == [GRACE_SECONDS] * 2
+    assert re.findall(interval + r" \* ([\d.]+)", never) == []
+    assert re.findall(interval + r" \+ (\d+)", never) == [GRACE_SECONDS]
+    for name, expr in rules.items():
+        if name not in {"SimplivityVMBackupOverdue", "SimplivityVMNeverBackedUp"}:
+            assert "simplivity_vm_backup_expected_interval_seconds" not in expr, name
+    header = RULES.read_text(encoding="utf-8").split("\ngroups:", 1)[0]
+    assert (
+        f"simplivity_vm_backup_expected_interval_seconds * {OVERDUE_FACTOR} + {GRACE_SECONDS}"
+        in (header)
+    )
+
+
+def test_rules_read_only_metrics_the_exporter_exports() -> None:
+    from tests.test_dashboard import EXPORTED_METRICS, metric_names
+
+    for rule in alert_rules():
+        names = metric_names(rule["expr"]) - {"time"}
+        assert names, rule["alert"]
+        assert names <= EXPORTED_METRICS, (rule["alert"], names - EXPORTED_METRICS)
