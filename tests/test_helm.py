@@ -13,6 +13,7 @@ import base64
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -136,6 +137,9 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     },
     "insecureSkipVerify as text": {"serviceMonitor": {"tlsConfig": {"insecureSkipVerify": "yes"}}},
     "unknown scrape scheme": {"serviceMonitor": {"scheme": "HTTPS"}},
+    "overdue factor below 1": {"config": {"protection": {"overdue_factor": 0.5}}},
+    "negative grace": {"config": {"protection": {"grace_seconds": -60}}},
+    "runbook address not absolute": {"runbookBaseURL": "README.md"},
 }
 
 # Values that pass the schema but that the templates refuse, with Helm's message.
@@ -188,6 +192,12 @@ RENDER_CASES: dict[str, dict[str, Any]] = {
     ),
     "rules as shipped": {"prometheusRule": {"enabled": True}},
     "dashboard as shipped": {"grafanaDashboard": {"enabled": True}},
+    # Demo mode (no controllers): the exporter on this branch has no protection settings yet.
+    "protection settings": {
+        "config": {"protection": {"overdue_factor": 2, "grace_seconds": 5400}},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+    },
     "scrape over TLS, certificate not checked": {
         "serviceMonitor": {
             "enabled": True,
@@ -809,3 +819,56 @@ def test_notes_say_how_to_reach_the_metrics(helm: dict[str, Any], case: str) -> 
     assert "/metrics" in notes
     assert f"kubectl --namespace {NAMESPACE} port-forward" in notes
     assert ("DEMO MODE" in notes) == (not values_of(case)["controllers"])
+
+
+def test_policy_aware_rules_and_dashboard_follow_the_exporters_protection_settings(
+    helm: dict[str, Any],
+) -> None:
+    """config.protection (what the exporter gets) sets the overdue factor and grace of the
+    policy-aware alerts and of the dashboard's at-risk table; nothing else changes."""
+    docs = rendered(helm, "protection settings")
+    got = rules_by_alert(one(docs, "PrometheusRule")["spec"]["groups"])
+    shipped = rules_by_alert(source_rules())
+    interval = "simplivity_vm_backup_expected_interval_seconds"
+    changed = {
+        "SimplivityVMBackupOverdue": shipped["SimplivityVMBackupOverdue"]["expr"].replace(
+            f"{interval} * 1.5 + 3600", f"{interval} * 2 + 5400"
+        ),
+        "SimplivityVMNeverBackedUp": shipped["SimplivityVMNeverBackedUp"]["expr"].replace(
+            f"({interval}) + 3600", f"({interval}) + 5400"
+        ),
+    }
+    for name, expr in changed.items():
+        assert expr != shipped[name]["expr"], name
+        assert got[name]["expr"] == expr, name
+    for name, rule in got.items():
+        if name not in changed:
+            assert rule == shipped[name], name
+    dashboard = rendered_dashboard(docs)
+    assert dashboard is not None
+    constants = {
+        v["name"]: (v["query"], v["current"]["value"])
+        for v in dashboard["templating"]["list"]
+        if v["type"] == "constant"
+    }
+    assert constants == {"overdue_factor": ("2", "2"), "grace_seconds": ("5400", "5400")}
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in GOOD_RENDERS if values_of(c)["prometheusRule"]["enabled"]]
+)
+def test_rendered_rules_pass_promtool(helm: dict[str, Any], case: str, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH: `./dev setup` installs Debian's prometheus")
+    rule = one(rendered(helm, case), "PrometheusRule")
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
+    check = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -278,3 +278,10 @@ alerts its description names, and its threshold steps moved with theirs. Outputs
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+A number as PromQL and Grafana read it: 93600, not 9.36e+04 (Helm's values are float64).
+*/}}
+{{- define "simplivity-exporter.number" -}}
+{{- if eq (float64 (int64 .)) (float64 .) }}{{ printf "%d" (int64 .) }}{{ else }}{{ printf "%v" (float64 .) }}{{ end }}
+{{- end }}
