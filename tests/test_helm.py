@@ -109,7 +109,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "capability added": {"securityContext": {"capabilities": {"add": ["NET_RAW"]}}},
     "seccomp profile removed": {"podSecurityContext": {"seccompProfile": None}},
     "threshold as text": {
-        "prometheusRule": {"alerts": {"SimplivityVMBackupTooOld": {"threshold": "26h"}}}
+        "prometheusRule": {"alerts": {"SimplivityClusterBackupTooOld": {"threshold": "26h"}}}
     },
     "bad duration": {"serviceMonitor": {"enabled": True, "interval": "1 minute"}},
     "page size over the API maximum": {"config": {"poll": {"page_size": 5000}}},
