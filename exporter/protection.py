@@ -38,10 +38,9 @@ together (an hourly rule and a daily one to the same cluster are one schedule).
    century years that are not leap years bring no month layout or weekday alignment that
    these 28 years lack), so the schedule is laid over one such cycle, from Monday
    2001-01-01, and read as a ring: the last backup of the cycle is followed by the first one
-   of the next. A schedule of weekdays only repeats every 7 days, one of month days only
-   every 4 years, and an every-day one every day: those use the shorter cycle, with the same
-   result. The expected interval is the longest distance between two consecutive times on
-   that ring, in seconds.
+   of the next. A schedule without month days repeats every week (every day if it has no
+   weekdays either) and uses that shorter ring, with the same result. The expected interval
+   is the longest distance between two consecutive times on the ring, in seconds.
 
    So: hourly all day is 3,600 s; hourly from 08:00 to 18:00 is 14 hours (the night,
    18:00 to 08:00); daily at 00:00 on ``Mon,Wed,Fri`` is 3 days (Friday to Monday); ``1,15``
@@ -69,12 +68,12 @@ Each live VM gets the first status that applies (see :func:`judge`): ``not_sched
 
 from __future__ import annotations
 
-import bisect
+import calendar
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from functools import cache, lru_cache
 from itertools import pairwise
 from types import MappingProxyType
@@ -98,7 +97,6 @@ _SEVERITY_RANK = {status: rank for rank, status in enumerate(SEVERITY)}
 #: 2001-01-01 was a Monday; 28 years later the calendar repeats, weekdays included.
 _CYCLE_START = date(2001, 1, 1)
 _CYCLE_DAYS = 28 * 365 + 7  # 1,461 weeks
-_MONTH_CYCLE_DAYS = 4 * 365 + 1  # month lengths alone repeat every 4 years
 
 
 class RuleError(ValueError):
@@ -489,117 +487,122 @@ def _expected_intervals(rules: tuple[Rule, ...], own_cluster: str) -> Mapping[st
     return MappingProxyType(intervals)
 
 
-@dataclass(frozen=True)
-class _Calendar:
-    """The 28-year cycle from 2001-01-01 (day 0): its days by day of the month; its last days."""
+#: (first minute, last minute, longest gap between them) of a stretch of time, from its start.
+_Span = tuple[int, int, int]
 
-    by_month_day: Mapping[int, tuple[int, ...]]
-    last_days: tuple[int, ...]
+
+@dataclass(frozen=True)
+class _Month:
+    """A month of the 28-year cycle: all a schedule's backups in it depend on."""
+
+    offset: int  # days from 2001-01-01, day 0 of the cycle
+    weekday: int  # of its first day; 0 is Monday
+    length: int
+    previous_length: int  # the day before the 1st is the previous month's last day
 
 
 @cache
-def _calendar() -> _Calendar:
-    by_month_day: dict[int, list[int]] = {day: [] for day in range(1, 32)}
-    last_days: list[int] = []
-    for index in range(_CYCLE_DAYS):
-        day = _CYCLE_START + timedelta(days=index)
-        by_month_day[day.day].append(index)
-        if (day + timedelta(days=1)).day == 1:
-            last_days.append(index)
-    return _Calendar(
-        {day: tuple(indexes) for day, indexes in by_month_day.items()},
-        tuple(last_days),
-    )
+def _months() -> tuple[_Month, ...]:
+    months: list[_Month] = []
+    offset = 0
+    previous_length = 31  # December 2028, before the ring returns to January 2001
+    for year in range(_CYCLE_START.year, _CYCLE_START.year + 28):
+        for month in range(1, 13):
+            length = calendar.monthrange(year, month)[1]
+            months.append(_Month(offset, offset % 7, length, previous_length))
+            offset += length
+            previous_length = length
+    return tuple(months)
 
 
-def _cycle_days(schedules: Iterable[Schedule]) -> int:
-    """The shortest cycle after which these schedules' days repeat."""
-    weekdays = month_days = False
-    for schedule in schedules:
-        days = schedule.days
-        if not days.every_day:
-            weekdays = weekdays or bool(days.weekdays)
-            month_days = month_days or bool(days.month_days) or days.last_day
-    if month_days:
-        return _CYCLE_DAYS if weekdays else _MONTH_CYCLE_DAYS
-    return 7 if weekdays else 1
-
-
-def _scheduled_days(days: Days, cycle: int) -> Iterable[int]:
-    """The indexes of the days of the cycle that ``days`` selects (day 0 is a Monday)."""
-    if days.every_day:
-        return range(cycle)
-    selected: set[int] = set()
-    for weekday in days.weekdays:
-        selected.update(range(weekday, cycle, 7))
-    if days.month_days or days.last_day:
-        calendar = _calendar()
-        lists = [calendar.by_month_day[day] for day in days.month_days]
-        if days.last_day:
-            lists.append(calendar.last_days)
-        for indexes in lists:
-            selected.update(indexes[: bisect.bisect_left(indexes, cycle)])
-    return selected
+def _join(parts: Iterable[tuple[int, _Span | None]]) -> _Span | None:
+    """Consecutive stretches (each at its offset in minutes) as one, or None if all are empty."""
+    first: int | None = None
+    last = longest = 0
+    for offset, span in parts:
+        if span is None:
+            continue
+        if first is None:
+            first = offset + span[0]
+        elif offset + span[0] - last > longest:
+            longest = offset + span[0] - last
+        if span[2] > longest:
+            longest = span[2]
+        last = offset + span[1]
+    return None if first is None else (first, last, longest)
 
 
 @lru_cache(maxsize=4096)
 def _longest_gap_minutes(schedules: frozenset[Schedule]) -> int | None:
     """The heart of the expected interval; see the module docstring.
 
-    Each day of the cycle gets a bit mask of the schedules that run on it. A calendar day's
-    backups come from that day's schedules (times before 24:00) and the previous day's
-    (times past midnight, shifted back a day), so they depend only on the two masks: the
-    first, last and longest inner gap of each pair of masks is computed once. The walk over
-    the cycle then joins consecutive calendar days, and the ring closes on the first day.
+    Each schedule is a bit; a day's mask holds the bits of the schedules that run on it. A
+    calendar day's backups come from that day's schedules (times before 24:00) and the
+    previous day's (times past midnight, shifted back a day), so they depend only on the two
+    masks, and each pair is summed up once. Days join into months, and a month depends only on
+    the weekday of its 1st, its length and the previous month's length, so each kind of month
+    is summed up once too; the cycle's 336 months then join into the ring.
     """
     ordered = list(schedules)
     if not ordered:
         return None
-    cycle = _cycle_days(ordered)
-    masks = [0] * cycle
-    times: list[tuple[int, ...]] = []
+    times = [schedule.times() for schedule in ordered]
+    every_day = last_day = 0
+    weekdays = [0] * 7
+    month_days = [0] * 32
     for bit, schedule in enumerate(ordered):
-        times.append(schedule.times())
-        for index in _scheduled_days(schedule.days, cycle):
-            masks[index] |= 1 << bit
-
-    def union(mask: int) -> frozenset[int]:
-        return frozenset(t for bit, ts in enumerate(times) if mask >> bit & 1 for t in ts)
-
-    unions: dict[int, frozenset[int]] = {}
-    # (previous mask, mask) → (first minute, last minute, longest gap within the day), or None.
-    days: dict[tuple[int, int], tuple[int, int, int] | None] = {}
-    longest = 0
-    first_time: int | None = None
-    last_time = 0
-    previous = masks[-1]
-    for index, mask in enumerate(masks):
-        key = (previous, mask)
-        previous = mask
-        if key not in days:
-            for m in key:
-                if m not in unions:
-                    unions[m] = union(m)
-            day = sorted(
-                {t - _DAY for t in unions[key[0]] if t >= _DAY}
-                | {t for t in unions[key[1]] if t < _DAY}
-            )
-            inner = max((b - a for a, b in pairwise(day)), default=0)
-            days[key] = (day[0], day[-1], inner) if day else None
-        summary = days[key]
-        if summary is None:
+        flag, days = 1 << bit, schedule.days
+        if days.every_day:
+            every_day |= flag
             continue
-        first, last, inner = summary
-        offset = index * _DAY
-        if first_time is None:
-            first_time = offset + first
-        else:
-            longest = max(longest, offset + first - last_time)
-        longest = max(longest, inner)
-        last_time = offset + last
-    if first_time is None:
+        for weekday in days.weekdays:
+            weekdays[weekday] |= flag
+        for month_day in days.month_days:
+            month_days[month_day] |= flag
+        if days.last_day:
+            last_day |= flag
+
+    day_spans: dict[tuple[int, int], _Span | None] = {}
+
+    def day(previous: int, mask: int) -> _Span | None:
+        key = (previous, mask)
+        if key not in day_spans:
+            spilled = {t - _DAY for bit, ts in enumerate(times) if previous >> bit & 1 for t in ts}
+            own = {t for bit, ts in enumerate(times) if mask >> bit & 1 for t in ts}
+            minutes = sorted(t for t in spilled | own if 0 <= t < _DAY)
+            inner = max((b - a for a, b in pairwise(minutes)), default=0)
+            day_spans[key] = (minutes[0], minutes[-1], inner) if minutes else None
+        return day_spans[key]
+
+    if not any(month_days) and not last_day:
+        cycle = 7 if any(weekdays) else 1
+        masks = [every_day | weekdays[index] for index in range(cycle)]  # day 0 is a Monday
+        ring = _join((index * _DAY, day(masks[index - 1], masks[index])) for index in range(cycle))
+    else:
+        cycle = _CYCLE_DAYS
+        by_weekday = any(weekdays)
+        month_spans: dict[tuple[int, int, int], _Span | None] = {}
+        parts: list[tuple[int, _Span | None]] = []
+        for month in _months():
+            weekday = month.weekday if by_weekday else 0
+            key = (weekday, month.length, month.previous_length)
+            if key not in month_spans:
+                masks = [every_day | weekdays[(weekday - 1) % 7] | month_days[key[2]] | last_day]
+                masks += [
+                    every_day | weekdays[(weekday + index) % 7] | month_days[index + 1]
+                    for index in range(month.length)
+                ]
+                masks[-1] |= last_day
+                month_spans[key] = _join(
+                    (index * _DAY, day(masks[index], masks[index + 1]))
+                    for index in range(month.length)
+                )
+            parts.append((month.offset * _DAY, month_spans[key]))
+        ring = _join(parts)
+    if ring is None:
         return None
-    return max(longest, cycle * _DAY + first_time - last_time)
+    first, last, longest = ring
+    return max(longest, cycle * _DAY + first - last)
 
 
 def _worst_destination(

@@ -224,6 +224,19 @@ def test_a_backup_is_where_the_backup_metrics_say_it_is() -> None:
         pytest.param([schedule(1440, "last")], 31 * DAY, id="last: Feb to Mar"),
         pytest.param([schedule(1440, "31")], 61 * DAY, id="31: May 31 to Jul 31"),
         pytest.param([schedule(1440, "29")], 59 * DAY, id="29: Jan to Mar, common year"),
+        pytest.param(
+            [schedule(60, "31", start="22:00", end="06:00")],
+            60 * DAY + 16 * HOUR,
+            id="31 past midnight: Jun 1 06:00 to Jul 31 22:00",
+        ),
+        pytest.param(
+            [
+                schedule(60, "last", start="23:00", end="01:00"),
+                schedule(1440, "1", "12:00", "12:00"),
+            ],
+            30 * DAY + 11 * HOUR,
+            id="last past midnight, the 1st at noon: May 1 12:00 to May 31 23:00",
+        ),
         pytest.param([schedule(1440, "28")], 31 * DAY, id="28: every month has one"),
         pytest.param([schedule(1440, "Sun")], 7 * DAY, id="weekly"),
         pytest.param([schedule(1440, "Mon,last")], 7 * DAY, id="weekdays and last"),
