@@ -47,10 +47,14 @@ together (an hourly rule and a daily one to the same cluster are one schedule).
    is 17 days (the 15th to the 1st after a 31-day month); ``last`` is 31 days (the last of
    February to the last of March); ``31`` alone is 61 days (May 31 to July 31).
 
+A rule the exporter cannot read (a ``frequency`` of 0, negative or ``NA``, a time that is not
+``HH:MM``, a day it cannot place, no destination) is left out, and :func:`parse_rules` says
+why; a policy without a usable rule has no expected interval anywhere.
+
 Times are the hypervisor manager's local wall clock, which the API does not name; the
 derivation ignores daylight saving time, so a gap that spans a change is an hour longer or
-shorter than computed, well within the grace. The result is cached per distinct set of
-schedules: many VMs share few policies.
+shorter than computed, which the overdue factor and grace absorb. The result is cached per
+distinct set of schedules: many VMs share few policies.
 
 Destinations
 ------------
