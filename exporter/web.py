@@ -601,8 +601,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-#: The protection statuses, in the order of the ``protection`` label's documentation.
-PROTECTION_STATUSES = ("ok", "not_scheduled", "new", "never_backed_up", "overdue", "last_failed")
+#: The protection statuses worst first: the columns of the landing page's counts, so that the
+#: at-risk ones come first in a narrow window too (the order of ``protection.SEVERITY``).
+PROTECTION_STATUSES = ("never_backed_up", "overdue", "not_scheduled", "last_failed", "new", "ok")
 #: The statuses of the landing page's at-risk table, highlighted in its counts when above 0.
 AT_RISK_STATUSES = frozenset({"not_scheduled", "never_backed_up", "overdue", "last_failed"})
 #: The at-risk VMs listed per controller; the page says how many more there are.
@@ -616,6 +617,7 @@ table { border-collapse: collapse; margin: 0.6em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr.total td { font-weight: 600; }
 td.risk { background: #ffebe9; color: #a40e26; font-weight: 600; }
 .ok { color: #1a7f37; font-weight: 600; } .failed { color: #cf222e; font-weight: 600; }
 .pending { color: #9a6700; }
@@ -703,13 +705,14 @@ def _protection_section(status: ControllerStatus, now: float) -> str:
 
 def _counts(snapshot: ControllerSnapshot) -> str:
     """Live VMs per cluster and status; a total row when there is not exactly one cluster."""
-    rows = sorted(snapshot.vms_by_status.items())
+    clusters = sorted(snapshot.vms_by_status.items())
+    rows = [(html.escape(cluster), counts, "") for cluster, counts in clusters]
     if len(rows) != 1:
-        total = {s: sum(counts.get(s, 0) for _, counts in rows) for s in PROTECTION_STATUSES}
-        rows.append(("all clusters", total))
+        total = {s: sum(counts.get(s, 0) for _, counts in clusters) for s in PROTECTION_STATUSES}
+        rows.append(("all clusters", total, ' class="total"'))
     header = "".join(f"<th>{_words(s)}</th>" for s in PROTECTION_STATUSES)
     lines = [f"<tr><th>Cluster</th><th>Live VMs</th>{header}</tr>"]
-    for cluster, counts in rows:
+    for cluster, counts, total_class in rows:
         cells = []
         for status in PROTECTION_STATUSES:
             count = counts.get(status, 0)
@@ -717,7 +720,7 @@ def _counts(snapshot: ControllerSnapshot) -> str:
             cells.append(f'<td class="n{risky}">{count}</td>')
         live = sum(counts.get(s, 0) for s in PROTECTION_STATUSES)
         lines.append(
-            f'<tr><td>{html.escape(cluster)}</td><td class="n">{live}</td>{"".join(cells)}</tr>'
+            f'<tr{total_class}><td>{cluster}</td><td class="n">{live}</td>{"".join(cells)}</tr>'
         )
     return '<div class="scroll"><table class="counts">\n' + "\n".join(lines) + "\n</table></div>"
 

@@ -140,26 +140,27 @@ def test_vm_counts_per_cluster_with_a_total_and_the_at_risk_ones_highlighted() -
     assert table.headers == (
         "Cluster",
         "Live VMs",
-        "ok",
-        "not scheduled",
-        "new",
         "never backed up",
         "overdue",
+        "not scheduled",
         "last failed",
+        "new",
+        "ok",
     )
     assert table.rows == (
-        ("dc1-cluster", "46", "40", "2", "1", "0", "3", "0"),
-        ("dr-cluster", "12", "7", "0", "0", "1", "0", "4"),
-        ("all clusters", "58", "47", "2", "1", "1", "3", "4"),
+        ("dc1-cluster", "46", "0", "3", "2", "0", "1", "40"),
+        ("dr-cluster", "12", "1", "0", "0", "4", "0", "7"),
+        ("all clusters", "58", "1", "3", "2", "4", "1", "47"),
     )
     # Highlighted: exactly the at-risk statuses above 0 (not ok, not new, not a zero).
     risky = re.findall(r'<td class="n risk">(\d+)</td>', text)
-    assert risky == ["2", "3", "1", "4", "2", "1", "3", "4"]
+    assert risky == ["3", "2", "1", "4", "1", "3", "2", "4"]
+    assert re.findall(r'<tr class="total"><td>([^<]*)</td>', text) == ["all clusters"]
 
 
 def test_one_cluster_needs_no_total_and_no_vms_reads_as_zeros() -> None:
     one = counts_table(page(status("dc1", snapshot([judged("a", "overdue")]))))
-    assert one.rows == (("dc1-cluster", "1", "0", "0", "0", "0", "1", "0"),)
+    assert one.rows == (("dc1-cluster", "1", "0", "1", "0", "0", "0", "0"),)
     empty = page(status("dc1", snapshot([], {})))
     assert counts_table(empty).rows == (("all clusters",) + ("0",) * 7,)
     assert "No VM at risk." in empty.text
@@ -267,7 +268,8 @@ def test_user_data_is_escaped_and_non_ascii_names_read_as_written() -> None:
         judged(name, "overdue", cluster=f"{name}-cl", policy=f"{name}-pol", destination=f"{name}-d")
         for name in names
     ]
-    controller = status("<img src=x onerror=alert(2)>", snapshot(vms))
+    counts = {f"{name}-cl": {"overdue": 1} for name in names}
+    controller = status("<img src=x onerror=alert(2)>", snapshot(vms, counts))
     text = landing_page([controller], "<i>backups</i>", NOW)
     for raw in (script, "<b>bold</b>", "<img src", "<i>backups</i>"):
         assert raw not in text
@@ -280,7 +282,7 @@ def test_user_data_is_escaped_and_non_ascii_names_read_as_written() -> None:
         assert row["Policy"] == f"{name}-pol"
         assert row["Destination"] == f"{name}-d"
     assert "Prometheus exporter for <i>backups</i>" in shown.text
-    assert counts_table(shown).rows[0][0] == "dc1-cluster"
+    assert {row[0] for row in counts_table(shown).rows} == {*counts, "all clusters"}
     assert "Überwachung-東京-01" in text.encode().decode("utf-8")
 
 
