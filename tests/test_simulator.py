@@ -23,6 +23,8 @@ from exporter import simulator
 from exporter.simulator import (
     BACKUP_FIELDS,
     BACKUP_STATES,
+    Endpoint,
+    Exchange,
     FederationSpec,
     SimulatedController,
     generate_backups,
@@ -273,8 +275,8 @@ def test_login_issues_a_bearer_token_and_counts_it(
     assert answer["scope"] == "read write"
     assert answer["updated_at"] == int(NOW * 1000)
     assert answer["access_token"] != token
-    assert controller.stats.logins == 2
-    assert controller.stats.login_failures == 1
+    assert controller.stats.snapshot().logins == 2
+    assert controller.stats.snapshot().login_failures == 1
     assert get_backups(controller, token, limit=1).status_code == 200
 
 
@@ -302,7 +304,7 @@ def test_login_without_the_client_credentials_is_bad_credentials(
     assert body["message"] == "Bad Credentials"
     assert body["exception"].endswith("BadCredentialsException")
     assert body["status"] == "401"
-    assert controller.stats.logins == 0
+    assert controller.stats.snapshot().logins == 0
 
 
 @pytest.mark.parametrize(("status", "error"), [(401, "unauthorized"), (400, "invalid_grant")])
@@ -406,7 +408,7 @@ def test_paging_delivers_every_backup_once_and_count_is_the_total(
     listed = scan(controller, token, 37)
     assert len(listed) == total
     assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
-    assert controller.stats.pages[1:] == [(o, 37) for o in range(0, total, 37)]
+    assert controller.stats.snapshot().pages[1:] == tuple((o, 37) for o in range(0, total, 37))
     past_the_end = get_backups(controller, token, offset=total, limit=10).json()
     assert past_the_end["count"] == total
     assert past_the_end["backups"] == []
@@ -552,6 +554,24 @@ def test_unknown_paths_and_wrong_methods(start: Callable[..., SimulatedControlle
     assert requests.get(controller.url + "/api/oauth/token", timeout=5).status_code == 405
 
 
+def test_a_new_endpoint_is_one_entry_in_the_route_table(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+
+    def clusters(ex: Exchange) -> None:
+        ex.send(200, {"omnistack_clusters": [], "count": 0})
+
+    controller.routes["/api/omnistack_clusters"] = Endpoint(("GET",), clusters, login=True)
+    url = controller.url + "/api/omnistack_clusters"
+    assert requests.get(url, timeout=5).status_code == 401  # login=True: the token is checked
+    token = login(controller)
+    answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert answer.json() == {"omnistack_clusters": [], "count": 0}
+    wrong = requests.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert (wrong.status_code, wrong.headers["Allow"]) == (405, "GET")
+
+
 def test_keep_alive_serves_many_requests_on_one_connection(
     start: Callable[..., SimulatedController],
 ) -> None:
@@ -627,8 +647,8 @@ def test_fail_next_answers_errors_then_recovers(start: Callable[..., SimulatedCo
     )
     assert refused.status_code == 500
     assert login(controller)
-    assert controller.stats.status_counts[500] == 3
-    assert controller.stats.backups_requests == 6
+    assert controller.stats.snapshot().status_counts[500] == 3
+    assert controller.stats.snapshot().backups_requests == 6
 
 
 def test_disconnect_next_closes_without_an_answer(
@@ -685,7 +705,7 @@ def test_stop_ends_a_hanging_answer_promptly(start: Callable[..., SimulatedContr
             timeout=30,
         )
     )
-    wait_until(lambda: controller.stats.in_flight == 1)
+    wait_until(lambda: controller.stats.snapshot().in_flight == 1)
     started = time.monotonic()
     controller.stop()
     thread.join(timeout=3)
@@ -722,7 +742,7 @@ def test_stop_ends_an_endless_answer_promptly(start: Callable[..., SimulatedCont
     assert not thread.is_alive()
     assert time.monotonic() - started < 3
     assert outcome  # ended, by a clean close or a connection error
-    assert controller.stats.bytes_sent >= sum(received) - 65536
+    assert controller.stats.snapshot().bytes_sent >= sum(received) - 65536
 
 
 @pytest.mark.parametrize("kind", simulator.MALFORMED_KINDS)
@@ -800,9 +820,10 @@ def test_the_cost_model_delays_answers_and_bounds_parallelism(
     threads = [
         run_in_thread(lambda: get_backups(controller, token, limit=1).status_code) for _ in range(4)
     ]
-    wait_until(lambda: controller.stats.in_flight == 4)
-    wait_until(lambda: controller.stats.max_parallel_served == 2)
-    assert controller.stats.max_parallel_served == 2  # two served, two waiting their turn
+    wait_until(lambda: controller.stats.snapshot().in_flight == 4)
+    wait_until(lambda: controller.stats.snapshot().max_parallel_served == 2)
+    # two served, two waiting their turn
+    assert controller.stats.snapshot().max_parallel_served == 2
     controller.stop()
     for thread, outcome in threads:
         thread.join(timeout=3)
@@ -898,18 +919,20 @@ def test_stats_count_what_clients_did(start: Callable[..., SimulatedController])
         sizes += len(response.content)
     requests.get(controller.url + "/api/version", timeout=5)
     # The server counts an answer after sending it: wait for the last one to be counted.
-    wait_until(lambda: sum(controller.stats.status_counts.values()) == 6)
-    stats = controller.stats
+    wait_until(lambda: sum(controller.stats.snapshot().status_counts.values()) == 6)
+    stats = controller.stats.snapshot()
     assert stats.logins == 1
     assert stats.backups_requests == 4
     assert stats.backups_served == 100
-    assert stats.pages == [(0, 30), (30, 30), (60, 30), (90, 30)]
+    assert stats.pages == ((0, 30), (30, 30), (60, 30), (90, 30))
     assert stats.requests_per_path == {"/api/oauth/token": 1, "/api/backups": 4, "/api/version": 1}
     assert stats.status_counts == {200: 6}
     assert stats.bytes_sent > sizes
     assert stats.max_in_flight == 1
-    stats.reset()
-    assert stats.backups_requests == 0
+    assert stats.in_flight == 0
+    controller.stats.reset()
+    assert controller.stats.snapshot().backups_requests == 0
+    assert stats.backups_requests == 4  # a snapshot does not change after it is taken
 
 
 def test_a_large_federation_is_served_quickly(start: Callable[..., SimulatedController]) -> None:
