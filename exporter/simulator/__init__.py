@@ -41,7 +41,14 @@ Run one from the shell (it prints its URL and credentials, and serves until SIGI
 
 from exporter.simulator.cli import main
 from exporter.simulator.controller import Endpoint, SimulatedController
-from exporter.simulator.faults import MALFORMED_KINDS, Faults, Malformed
+from exporter.simulator.faults import (
+    MALFORMED_KINDS,
+    ODD_KINDS,
+    ErrorBody,
+    Faults,
+    Malformed,
+    Oddity,
+)
 from exporter.simulator.federation import (
     ALL_STATES_VM,
     DELETED_VM,
@@ -84,6 +91,7 @@ __all__ = [
     "MALFORMED_KINDS",
     "MAX_LIMIT",
     "NON_ASCII_VMS",
+    "ODD_KINDS",
     "QUOTE_BACKSLASH_VM",
     "REMOVED_VM",
     "REST_API_VERSION",
@@ -92,10 +100,12 @@ __all__ = [
     "SVTFS_VERSION",
     "TEMPLATE_VM",
     "Endpoint",
+    "ErrorBody",
     "Exchange",
     "Faults",
     "FederationSpec",
     "Malformed",
+    "Oddity",
     "SimulatedController",
     "Stats",
     "StatsSnapshot",

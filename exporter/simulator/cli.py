@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from types import FrameType
 
 from exporter.simulator.controller import SimulatedController
+from exporter.simulator.faults import ODD_KINDS, ErrorBody
 from exporter.simulator.federation import FederationSpec
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m exporter.simulator``: serve a simulated controller until SIGINT/SIGTERM."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exporter.simulator",
         description="Serve a simulated HPE SimpliVity controller on 127.0.0.1.",
@@ -38,6 +38,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--churn-create", type=int, default=0, help="new backups per request")
     parser.add_argument("--churn-expire", type=int, default=0, help="expired backups per request")
     parser.add_argument("--log-level", default="warning")
+    quirks = parser.add_argument_group("real controllers' quirks (0: off)")
+    quirks.add_argument("--limit-cap", type=int, default=0, help="serve at most N records per page")
+    quirks.add_argument(
+        "--max-in-flight", type=int, default=0, help="502 above N requests in progress"
+    )
+    quirks.add_argument(
+        "--timeout-above-limit", type=int, default=0, help="504 for pages whose limit is above N"
+    )
+    quirks.add_argument(
+        "--html-errors",
+        type=_statuses,
+        default=frozenset(),
+        metavar="502,503,504",
+        help="error statuses a reverse proxy answers with an HTML page",
+    )
+    quirks.add_argument(
+        "--odd-every", type=int, default=0, help="serve every N-th backup (by id) odd"
+    )
+    quirks.add_argument("--odd-kind", choices=ODD_KINDS, default="created_at_na")
+    quirks.add_argument("--error-timestamp", choices=("iso", "epoch_ms"), default="iso")
+    quirks.add_argument("--error-code", choices=("string", "number"), default="string")
+    quirks.add_argument(
+        "--extended-errors", action="store_true", help="error bodies carry extendedResponse"
+    )
+    return parser
+
+
+def _statuses(text: str) -> frozenset[int]:
+    try:
+        return frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of statuses: {text!r}") from None
+
+
+def _set_faults(controller: SimulatedController, args: argparse.Namespace) -> None:
+    faults = controller.faults
+    faults.request_cost_seconds = args.request_cost
+    faults.object_cost_seconds = args.object_cost
+    faults.max_parallel = args.max_parallel
+    faults.churn_create_per_request = args.churn_create
+    faults.churn_expire_per_request = args.churn_expire
+    faults.limit_cap = args.limit_cap
+    faults.max_in_flight = args.max_in_flight
+    faults.timeout_above_limit = args.timeout_above_limit
+    faults.html_error_statuses = args.html_errors
+    faults.error_body = ErrorBody(args.error_timestamp, args.error_code, args.extended_errors)
+    if args.odd_every > 0:
+        faults.make_odd(args.odd_kind, sorted(controller.backup_ids())[:: args.odd_every])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m exporter.simulator``: serve a simulated controller until SIGINT/SIGTERM."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
@@ -64,11 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
         mode=args.mode,
     )
-    controller.faults.request_cost_seconds = args.request_cost
-    controller.faults.object_cost_seconds = args.object_cost
-    controller.faults.max_parallel = args.max_parallel
-    controller.faults.churn_create_per_request = args.churn_create
-    controller.faults.churn_expire_per_request = args.churn_expire
+    _set_faults(controller, args)
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

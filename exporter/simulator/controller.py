@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import random
 import ssl
@@ -19,21 +18,13 @@ from urllib.parse import parse_qs
 
 from exporter.simulator.faults import Faults
 from exporter.simulator.federation import FederationSpec, generate_rows
+from exporter.simulator.listing import Collection, Listings, answer_failure
 from exporter.simulator.server import Exchange, Handler, Server
 from exporter.simulator.stats import Stats
-from exporter.simulator.store import (
-    GENERATED,
-    BadRequest,
-    Layout,
-    Store,
-    layout_from_dicts,
-    parse_query,
-    to_json,
-)
+from exporter.simulator.store import BACKUP_QUERY, GENERATED, Store, layout_from_dicts
 from exporter.simulator.vocabulary import (
     CLIENT_ID,
     CONTENT_TYPE,
-    JDBC_MESSAGE,
     REST_API_VERSION,
     SVTFS_VERSION,
 )
@@ -41,6 +32,7 @@ from exporter.simulator.vocabulary import (
 log = logging.getLogger(__name__)
 
 _DEFAULT_SPEC: Final = FederationSpec()
+BACKUPS: Final = "/api/backups"
 
 
 @dataclass(frozen=True)
@@ -111,15 +103,11 @@ class SimulatedController:
         self.faults = Faults()
         self.stats = Stats()
         self.generated_at = 0.0
-        self._lock = threading.Lock()
         self._tokens: dict[str, list[float]] = {}  # token -> [issued, last used]
         self._tokens_lock = threading.Lock()
         self._issued: list[str] = []
-        self._rng = random.Random(0)
-        self._store = Store(Layout((), (), sparse=False), [])
         self._stopping = threading.Event()
-        self._slots = threading.Condition()
-        self._slots_busy = 0
+        self._listings = Listings(self.faults, self.stats, self._stopping, mode)
         self._server: Server | None = None
         self._url: str | None = None
         self._thread: threading.Thread | None = None
@@ -127,7 +115,7 @@ class SimulatedController:
         self.routes: dict[str, Endpoint] = {
             "/api/version": Endpoint(("GET",), self._version),
             "/api/oauth/token": Endpoint(("POST",), self._login),
-            "/api/backups": Endpoint(("GET",), self._backups, login=True),
+            BACKUPS: Endpoint(("GET",), self._listing, login=True),
         }
         self.set_backups(backups)
 
@@ -161,8 +149,7 @@ class SimulatedController:
         """Stop serving: close the socket and end in-flight answers (hanging, endless) at once."""
         server, self._server = self._server, None
         self._stopping.set()
-        with self._slots:
-            self._slots.notify_all()
+        self._listings.wake()
         if server is None:
             return
         server.shutdown()
@@ -203,29 +190,26 @@ class SimulatedController:
             seed = 0
         for sort in ("id", "name"):  # the default order, and the one paging clients use
             store.ascending(sort)
-        with self._lock:
-            self._store = store
-            # Not Random(seed): that stream generated the federation, so churn would mint the
-            # very ids that already exist (duplicates in the listing).
-            self._rng = random.Random(f"churn-{seed}")
-            self.generated_at = now
+        # Not Random(seed): that stream generated the federation, so churn would mint the
+        # very ids that already exist (duplicates in the listing).
+        rng = random.Random(f"churn-{seed}")
+        self._listings.replace([Collection(BACKUPS, "backups", store, BACKUP_QUERY, True)], rng)
+        self.generated_at = now
 
     def backup_count(self) -> int:
-        with self._lock:
-            return len(self._store.rows)
+        return len(self._listings.rows(BACKUPS)[1])
 
     def backups(self) -> list[dict[str, object]]:
         """A copy of the current backups, as full dicts (unsorted)."""
-        with self._lock:
-            layout, rows = self._store.layout, list(self._store.rows)
+        layout, rows = self._listings.rows(BACKUPS)
         return [layout.as_dict(row) for row in rows]
 
     def backup_ids(self) -> set[str]:
-        with self._lock:
-            get = self._store.layout.getter("id")
-            if get is None:
-                return set()
-            return {str(get(row)) for row in self._store.rows}
+        layout, rows = self._listings.rows(BACKUPS)
+        get = layout.getter("id")
+        if get is None:
+            return set()
+        return {str(get(row)) for row in rows}
 
     # -- tokens
 
@@ -248,8 +232,8 @@ class SimulatedController:
     # -- serving
 
     def _serve(self, h: Handler) -> None:
-        ex = Exchange(h, self.stats, self.clock)
-        self.stats.started(ex.path)
+        ex = Exchange(h, self.stats, self.faults, self.clock, CONTENT_TYPE)
+        in_flight = self.stats.started(ex.path)
         try:
             ex.read_body()
             endpoint = self.routes.get(ex.path)
@@ -257,6 +241,13 @@ class SimulatedController:
                 ex.error(404, "Not Found", f"No handler found for {ex.path}")
             elif not endpoint.allows(ex.method):
                 ex.method_not_allowed(", ".join(endpoint.methods))
+            elif endpoint.login and 0 < self.faults.max_in_flight < in_flight:
+                self.stats.refused(502)
+                ex.error(
+                    502,
+                    "com.simplivity.restapi.exceptions.TooManyRequestsException",
+                    "Too many simultaneous REST API requests; try again later",
+                )
             elif not endpoint.login or self._check_token(ex):
                 endpoint.handle(ex)
         except (ConnectionError, TimeoutError, ssl.SSLError, ValueError) as e:
@@ -264,6 +255,9 @@ class SimulatedController:
             ex.close()
         finally:
             ex.leave_flight()
+
+    def _listing(self, ex: Exchange) -> None:
+        self._listings.serve(ex, self.clock())
 
     def _version(self, ex: Exchange) -> None:
         answer = {"REST_API_Version": REST_API_VERSION}
@@ -284,7 +278,7 @@ class SimulatedController:
         failure = self.faults.take_login_failure()
         if failure is not None:
             self.stats.login(False)
-            self._failure(ex, failure, "")
+            answer_failure(ex, failure)
             return
         form = parse_qs(ex.query, keep_blank_values=True)
         try:
@@ -355,149 +349,8 @@ class SimulatedController:
             else:
                 times[1] = now
                 return True
-        _token_error(ex, message)
+        ex.token_error(message)
         return False
-
-    def _failure(self, ex: Exchange, status: int, token: str) -> None:
-        if status == 500:
-            ex.error(500, "org.springframework.jdbc.CannotGetJdbcConnectionException", JDBC_MESSAGE)
-        elif status == 401:
-            _token_error(ex, f"Access token expired due to inactivity: {token}")
-        else:
-            exception = "com.simplivity.restapi.exceptions.ServiceException"
-            ex.error(status, exception, "Injected failure")
-
-    def _backups(self, ex: Exchange) -> None:
-        try:
-            with self._lock:
-                query = parse_query(ex.query, self._store.layout.fields)
-        except BadRequest as e:
-            ex.error(400, "com.simplivity.restapi.exceptions.InvalidParameterException", str(e))
-            return
-        self.stats.page(query.offset, query.limit)
-        faults = self.faults
-        if faults.take_disconnect():
-            ex.close()
-            return
-        failure = faults.take_failure()
-        if failure is not None:
-            token = ex.header("Authorization").partition(" ")[2].strip()
-            self._failure(ex, failure, token)
-            return
-        if faults.hang_seconds > 0 and self._stopping.wait(faults.hang_seconds):
-            ex.close()
-            return
-        if not self._enter_slot():
-            ex.close()
-            return
-        try:
-            with self._lock:
-                store = self._store
-                store.churn(
-                    faults.churn_create_per_request,
-                    faults.churn_expire_per_request,
-                    self._rng,
-                    self.clock(),
-                )
-                matching = store.matching(query, self.mode)
-                count = len(matching)
-                if query.descending:
-                    end = count - query.offset
-                    page = matching[max(end - query.limit, 0) : max(end, 0)][::-1]
-                else:
-                    page = matching[query.offset : query.offset + query.limit]
-            cost = faults.request_cost_seconds + faults.object_cost_seconds * len(page)
-            if cost > 0 and self._stopping.wait(cost):
-                ex.close()
-                return
-        finally:
-            self._leave_slot()
-        malformed = faults.malformed
-        if malformed == "endless":
-            self._endless(ex)
-            return
-        if malformed == "not_json":
-            html = (
-                b"<html><head><title>Error</title></head><body><h1>HTTP Status 503 - Service"
-                b" Unavailable</h1><p>The server is temporarily unable to serve requests.</p>"
-                b"</body></html>"
-            )
-            ex.send_bytes(200, html, "text/html;charset=utf-8")
-            return
-        if malformed == "short_page" and len(page) >= 2:
-            page = page[: len(page) // 2]
-        elif malformed == "empty_page":
-            page = []
-        if malformed in ("size_as_string", "missing_created_at"):
-            items = store.layout.renderer(query.fields)(page)
-            for item in items:
-                if malformed == "missing_created_at":
-                    item.pop("created_at", None)
-                elif "size" in item:
-                    item["size"] = str(item["size"])
-            listing = to_json(items)
-        else:
-            fragments = store.fragments.setdefault(query.fields, {})
-            listing = store.layout.json_renderer(query.fields, fragments)(page)
-        if malformed == "count_too_large":
-            count += 1000
-        body = (
-            f'{{"offset":{query.offset},"count":{count},"limit":{query.limit},"backups":{listing}}}'
-        ).encode()
-        if malformed == "truncated":
-            body = body[: len(body) // 2]
-        ex.send(200, body, backups=len(page))
-
-    def _enter_slot(self) -> bool:
-        with self._slots:
-            while not self._stopping.is_set():
-                limit = self.faults.max_parallel
-                if limit <= 0 or self._slots_busy < limit:
-                    self._slots_busy += 1
-                    self.stats.serving(self._slots_busy)
-                    return True
-                self._slots.wait(0.1)
-            return False
-
-    def _leave_slot(self) -> None:
-        with self._slots:
-            self._slots_busy -= 1
-            self._slots.notify()
-
-    def _endless(self, ex: Exchange) -> None:
-        ex.close()
-        h = ex.handler
-        h.send_response(200)
-        h.send_header("Content-Type", CONTENT_TYPE)
-        h.send_header("Connection", "close")
-        h.end_headers()
-        self.stats.answered(200, 0)
-        item = json.dumps(
-            {
-                "id": "00000000-0000-4000-8000-000000000000",
-                "name": "endless",
-                "state": "PROTECTED",
-                "created_at": "2020-01-01T00:00:00Z",
-                "size": 1,
-            },
-            separators=(",", ":"),
-        )
-        chunk = ((item + ",") * (65536 // (len(item) + 1))).encode()
-        h.wfile.write(b'{"offset":0,"count":1,"limit":500,"backups":[')
-        while not self._stopping.is_set() and self.faults.malformed == "endless":
-            h.wfile.write(chunk)
-            self.stats.streamed(len(chunk))
-            if self._stopping.wait(0.01):
-                break
-
-
-def _token_error(ex: Exchange, message: str) -> None:
-    challenge = f'Bearer error="invalid_token", error_description="{message}"'
-    ex.send(
-        401,
-        {"error": "invalid_token", "message": message},
-        headers=[("WWW-Authenticate", challenge)],
-    )
 
 
 def _client_credentials_ok(header: str) -> bool:

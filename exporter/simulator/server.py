@@ -14,13 +14,14 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from exporter.simulator.faults import Faults
 from exporter.simulator.stats import Stats
 from exporter.simulator.values import Times
-from exporter.simulator.vocabulary import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,17 @@ class Exchange:
 
     Every answer counts in ``stats``; the request stops counting as in flight just before the
     last write of its answer, or when :meth:`leave_flight` is called (by the router at the end).
+    Error bodies follow ``faults.error_body`` and ``faults.html_error_statuses``.
     """
 
-    def __init__(self, handler: Handler, stats: Stats, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        stats: Stats,
+        faults: Faults,
+        clock: Callable[[], float],
+        content_type: str,
+    ) -> None:
         url = urlsplit(handler.path)
         self.handler = handler
         self.method = handler.command
@@ -115,7 +124,9 @@ class Exchange:
         self.query = url.query
         self.body = b""
         self.stats = stats
+        self.faults = faults
         self.clock = clock
+        self.content_type = content_type
         self._in_flight = True
 
     def header(self, name: str) -> str:
@@ -139,7 +150,7 @@ class Exchange:
         status: int,
         payload: object,
         *,
-        backups: int = 0,
+        items: int = 0,
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         """Answer ``payload`` (bytes as they are, anything else as compact JSON)."""
@@ -147,7 +158,7 @@ class Exchange:
             body = payload
         else:
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        self.send_bytes(status, body, CONTENT_TYPE, backups=backups, headers=headers)
+        self.send_bytes(status, body, self.content_type, items=items, headers=headers)
 
     def send_bytes(
         self,
@@ -155,7 +166,7 @@ class Exchange:
         body: bytes,
         content_type: str,
         *,
-        backups: int = 0,
+        items: int = 0,
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         h = self.handler
@@ -170,7 +181,7 @@ class Exchange:
         self.leave_flight()
         if self.method != "HEAD":
             h.wfile.write(body)
-        self.stats.answered(status, len(body), backups)
+        self.stats.answered(self.path, status, len(body), items)
 
     def error(
         self,
@@ -182,16 +193,36 @@ class Exchange:
         **extra: str,
     ) -> None:
         """Answer the documented error body: exception, path, message, timestamp, status..."""
+        headers = [("Allow", allow)] if allow else []
+        if status in self.faults.html_error_statuses:
+            self.send_bytes(status, proxy_page(status), "text/html", headers=headers)
+            return
+        style = self.faults.error_body
+        now = self.clock()
         body: dict[str, object] = {
             "exception": exception,
             "path": self.path,
             "message": message,
-            "timestamp": Times().utc(int(self.clock())),
+            "timestamp": Times().utc(int(now)) if style.timestamp == "iso" else int(now * 1000),
             "status": str(status),
-            "error_code": str(status),
+            "error_code": str(status) if style.error_code == "string" else status,
         }
+        if style.extended_response:
+            body["extendedResponse"] = {
+                "message": message,
+                "causes": [{"exception": exception, "message": message}],
+            }
         body.update(extra)
-        self.send(status, body, headers=[("Allow", allow)] if allow else ())
+        self.send(status, body, headers=headers)
+
+    def token_error(self, message: str) -> None:
+        """401 with the token error body (``error``, ``message``) and its challenge."""
+        challenge = f'Bearer error="invalid_token", error_description="{message}"'
+        self.send(
+            401,
+            {"error": "invalid_token", "message": message},
+            headers=[("WWW-Authenticate", challenge)],
+        )
 
     def method_not_allowed(self, allowed: str) -> None:
         self.close()  # the body of an unexpected method is not worth parsing
@@ -201,3 +232,16 @@ class Exchange:
             f"Request method '{self.method}' not supported",
             allow=allowed,
         )
+
+
+def proxy_page(status: int) -> bytes:
+    """The HTML page a reverse proxy answers in place of the controller."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    return (
+        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()

@@ -17,7 +17,6 @@ from urllib.parse import parse_qs
 from exporter.simulator.values import DAY, Times, seeded_uuid4
 from exporter.simulator.vocabulary import (
     BACKUP_FIELDS,
-    BACKUP_FILTERS,
     DEFAULT_LIMIT,
     MAX_LIMIT,
     OWN_FIELDS,
@@ -247,6 +246,25 @@ def _as_text(value: object) -> str:
 
 
 @dataclass(frozen=True)
+class QueryRules:
+    """How one collection reads its query.
+
+    ``documented``: the fields a query may name (sort, filters) even if no record holds them;
+    ``defaults``: filters applied when the query does not name them (``state=ALIVE`` for VMs);
+    ``lists``: filters whose comma-separated values are alternatives on every controller (other
+    filters follow the controller's mode); ``dated``: ``created_after``/``created_before``.
+    """
+
+    documented: tuple[str, ...]
+    defaults: tuple[tuple[str, str], ...] = ()
+    lists: frozenset[str] = frozenset()
+    dated: bool = False
+
+
+BACKUP_QUERY: Final = QueryRules(BACKUP_FIELDS, dated=True)
+
+
+@dataclass(frozen=True)
 class Query:
     offset: int
     limit: int
@@ -256,13 +274,15 @@ class Query:
     filters: tuple[tuple[str, str], ...]
     created_after: str | None
     created_before: str | None
+    #: filters whose comma-separated values are alternatives whatever the mode
+    lists: frozenset[str] = frozenset()
 
 
 class BadRequest(Exception):
     """A listing's query the controller refuses with 400."""
 
 
-def parse_query(query: str, known_fields: Iterable[str]) -> Query:
+def parse_query(query: str, rules: QueryRules, stored_fields: Iterable[str]) -> Query:
     """The query of a listing, checked as the controller does (BadRequest says what is wrong)."""
     params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
     offset = _int_param(params, "offset", 0)
@@ -271,7 +291,7 @@ def parse_query(query: str, known_fields: Iterable[str]) -> Query:
         raise BadRequest(f"Invalid offset {offset}: it must not be negative")
     if not 0 <= limit <= MAX_LIMIT:
         raise BadRequest(f"Invalid limit {limit}: it must be between 0 and {MAX_LIMIT}")
-    known = set(BACKUP_FIELDS) | set(known_fields)
+    known = set(rules.documented) | set(stored_fields)
     fields: tuple[str, ...] | None = None
     if params.get("fields"):
         wanted = dict.fromkeys(f.strip() for f in params["fields"].split(","))
@@ -284,14 +304,16 @@ def parse_query(query: str, known_fields: Iterable[str]) -> Query:
         raise BadRequest(f"Invalid order '{order}': ascending or descending")
     dates: dict[str, str | None] = {}
     for name in ("created_after", "created_before"):
-        value = params.get(name)
+        value = params.get(name) if rules.dated else None
         if value is not None and not _valid_time(value):
             raise BadRequest(f"Invalid {name} '{value}': expected YYYY-MM-DDTHH:MM:SSZ")
         dates[name] = value
+    for name, value in rules.defaults:
+        params.setdefault(name, value)
     filters = tuple(
         (name, value)
         for name, value in sorted(params.items())
-        if (name in BACKUP_FILTERS or name in known) and name not in ("limit", "offset")
+        if name in known and name not in ("limit", "offset")
     )
     return Query(
         offset,
@@ -302,6 +324,7 @@ def parse_query(query: str, known_fields: Iterable[str]) -> Query:
         filters,
         dates["created_after"],
         dates["created_before"],
+        rules.lists,
     )
 
 
@@ -360,23 +383,29 @@ class Store:
         ordered = self.ascending(query.sort)
         if not query.filters and query.created_after is None and query.created_before is None:
             return ordered
-        view_key = (query.sort, query.filters, query.created_after, query.created_before, mode)
+        view_key = (
+            query.sort,
+            query.filters,
+            query.created_after,
+            query.created_before,
+            mode,
+            query.lists,
+        )
         view = self._views.get(view_key)
         if view is not None:
             self._views.move_to_end(view_key)
             return view
         tests: list[tuple[Callable[[Row], Any], frozenset[str]]] = []
         for name, value in query.filters:
-            if "," in value and mode == "ovc":
+            alternatives = mode == "mva" or name in query.lists
+            if "," in value and not alternatives:
                 view = []  # the OVC defect: comma-separated values match nothing
                 break
             get = self.layout.getter(name)
             if get is None:
                 view = []
                 break
-            tests.append(
-                (get, frozenset(value.split(",")) if mode == "mva" else frozenset([value]))
-            )
+            tests.append((get, frozenset(value.split(",") if alternatives else [value])))
         if view is None:
             get_created = self.layout.getter("created_at") or (lambda row: None)
             after, before = query.created_after, query.created_before

@@ -67,12 +67,3 @@ JDBC_MESSAGE: Final = (
     "Could not get JDBC Connection; nested exception is java.sql.SQLTransientConnectionException:"
     " HikariPool-1 - Connection is not available, request timed out after 30000ms."
 )
-BACKUP_FILTERS: Final = (
-    "state",
-    "type",
-    "virtual_machine_name",
-    "virtual_machine_id",
-    "omnistack_cluster_name",
-    "omnistack_cluster_id",
-    "datastore_name",
-)
