@@ -136,7 +136,11 @@ class Reloader:
             except (ConfigError, UsageError) as err:
                 self.state = replace(self.state, reload_successful=False)
                 self.reloads += 1
-                log.error("configuration reload failed, keeping the previous one: %s", err)
+                log.error(
+                    "configuration reload failed, keeping the previous one: %s",
+                    err,
+                    extra={"error": str(err)},
+                )
                 return False, str(err)
             self._poller.apply(config)
             if self.server is not None:
@@ -144,7 +148,7 @@ class Reloader:
             self.state = exporter_state(config, self._shard, time.time())
             self.reloads += 1
             message = f"configuration reloaded: {len(config.controllers)} controller(s)"
-            log.info("%s", message)
+            log.info("%s", message, extra={"controllers": len(config.controllers)})
             return True, message
 
 
@@ -180,6 +184,12 @@ def run_server(
         len(config.controllers),
         shard.index,
         shard.count,
+        extra={
+            "url": server.url,
+            "controllers": len(config.controllers),
+            "shard_index": shard.index,
+            "shard_count": shard.count,
+        },
     )
     try:
         while not events.stop:
@@ -296,5 +306,5 @@ def read_web_config(path: str | None) -> WebConfig:
     except WebConfigError as err:
         raise UsageError(str(err)) from None
     for note in web_config.notes:
-        log.warning("%s: %s", path, note)
+        log.warning("%s: %s", path, note, extra={"file": path})
     return web_config

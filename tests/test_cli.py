@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
 from tests.conftest import wait_until
+from tests.live_exporter import ExporterProcess
 
 Start = Callable[..., SimulatedController]
 ROOT = Path(__file__).parent.parent
@@ -192,3 +197,112 @@ def test_not_ready_until_every_controller_finished_its_first_poll(
         assert status(base, "/-/ready") == 503
         wait_until(lambda: status(base, "/-/ready") == 200, 20, "the first poll to time out")
         assert status(base, "/-/healthy") == 200
+
+
+# --- logs a pipeline can parse ------------------------------------------------------------------
+
+#: Put first on the exporter's PYTHONPATH by the test, so that every Python process it runs (the
+#: exporter and its decoding worker) raises, once its logging is set up, a warning and an
+#: exception that nobody catches: nothing in the exporter's own code provokes them.
+PROVOKE = """
+import os, sys, threading, time, warnings
+
+def provoke():
+    deadline = time.monotonic() + 60
+    while sys.excepthook is sys.__excepthook__ and time.monotonic() < deadline:
+        time.sleep(0.01)
+    where = os.path.basename(sys.argv[0])
+    warnings.warn(f"forced by the test in {where}")
+    raise RuntimeError(f"forced by the test in {where}")
+
+threading.Thread(target=provoke, name="forced-by-test", daemon=True).start()
+"""
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every complete line of ``text`` as a JSON object; fails on the first that is not one."""
+    complete = text[: text.rfind("\n") + 1]
+    records = []
+    for line in complete.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            pytest.fail(f"a stderr line is not JSON: {line!r}")
+        assert isinstance(record, dict), line
+        assert list(record)[:4] == ["time", "level", "source", "msg"], line
+        records.append(record)
+    return records
+
+
+def test_with_log_format_json_every_stderr_line_is_a_json_object(
+    tmp_path: Path, start_simulator: Start
+) -> None:
+    """Two HTTPS controllers with insecure_skip_verify, polled several times: every line the
+    exporter and its worker write is a record, warnings and uncaught exceptions included, and
+    the unverified certificate is said once per controller, not at every request."""
+    ca = trustme.CA()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    simulators = {
+        name: start_simulator(FederationSpec(vms=12, backups_per_vm=5), tls=(str(cert), str(key)))
+        for name in ("boston", "austin")
+    }
+    lines = ["poll: {interval_seconds: 1, timeout_seconds: 5, max_retries: 0}", "controllers:"]
+    for name, simulator in simulators.items():
+        lines += [
+            f"  - name: {name}",
+            f"    url: {simulator.url}",
+            f"    username: {simulator.username}",
+            f"    password: '{simulator.password}'",
+            "    tls: {insecure_skip_verify: true}",
+        ]
+    config = tmp_path / "config.yaml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(PROVOKE, encoding="utf-8")
+    pythonpath = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
+
+    def seen_enough(exporter: ExporterProcess) -> bool:
+        records = json_lines(exporter.log())
+        polls = Counter(r["controller"] for r in records if "backups" in r)
+        forced = [r for r in records if "forced by the test" in r["msg"]]
+        return min(polls[name] for name in simulators) >= 3 and len(forced) >= 4
+
+    with ExporterProcess(
+        "--config.file", str(config), "--log.format", "json",
+        log_path=tmp_path / "exporter.log", env={"PYTHONPATH": pythonpath},
+    ) as exporter:  # fmt: skip
+        wait_until(lambda: seen_enough(exporter), 60, "3 polls of each controller")
+        assert exporter.stop() == 0
+    text = exporter.log()
+    assert text.endswith("\n")
+    records = json_lines(text)
+
+    tls_off = [r for r in records if "TLS certificate verification is OFF" in r["msg"]]
+    assert sorted(r["controller"] for r in tls_off) == ["austin", "boston"]
+    assert all(r["level"] == "warn" for r in tls_off)
+    assert "Unverified HTTPS request" not in text
+    for name, simulator in simulators.items():
+        polls = [r for r in records if r.get("controller") == name and "backups" in r]
+        assert len(polls) >= 3
+        for poll in polls:
+            assert poll["level"] == "info"
+            assert poll["source"].startswith("poller.py:")
+            assert poll["backups"] == simulator.backup_count()
+            assert isinstance(poll["duration_seconds"], float)
+            assert poll["msg"].startswith(f"controller {name}: {simulator.backup_count()} backups")
+    # The warning and the exception each process was made to raise, as records.
+    programs = {"__main__.py", "worker.py"}
+    warned = {r["msg"] for r in records if r.get("category") == "UserWarning"}
+    assert warned == {f"forced by the test in {program}" for program in programs}
+    raised = [r for r in records if "traceback" in r and "forced by the test" in r["msg"]]
+    assert sorted(r["msg"] for r in raised) == sorted(
+        f"uncaught exception in thread forced-by-test: RuntimeError: forced by the test in {p}"
+        for p in programs
+    )
+    for record in raised:
+        assert record["traceback"].startswith("Traceback (most recent call last):\n")
+        assert record["source"].startswith("sitecustomize.py:")
