@@ -56,7 +56,8 @@ def load_sharded(path: str, shard: Shard) -> Config:
 def run_once(config: Config, shard: Shard, output: str | None) -> bool:
     """Poll every controller once and write the metrics to ``output`` (stdout if None).
 
-    True if every controller's poll succeeded.
+    Only per-controller series, so that the outputs of runs for other controllers can be read
+    together (``ExporterState.once``). True if every controller's poll succeeded.
     """
     worker = DecodingWorker()
     poller = Poller(config, scans=worker.open_scan)
@@ -65,7 +66,7 @@ def run_once(config: Config, shard: Shard, output: str | None) -> bool:
     finally:
         poller.shutdown()
         worker.close()
-    state = exporter_state(config, shard, time.time())
+    state = replace(exporter_state(config, shard, time.time()), once=True)
     backups = BackupCollector(lambda: statuses, lambda: state)
     text = Exposition(CollectorRegistry(auto_describe=False), lambda: 0, backups=backups).render()
     if output:

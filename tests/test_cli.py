@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
 from tests.conftest import wait_until
-from tests.live_exporter import ExporterProcess
+from tests.live_exporter import ExporterProcess, parse, scrape
 
 Start = Callable[..., SimulatedController]
 ROOT = Path(__file__).parent.parent
@@ -159,7 +160,7 @@ def running_exporter(config: Path, password: str) -> Iterator[str]:
         assert process.wait(timeout=15) == 0
 
 
-def status(base: str, path: str, process: subprocess.Popen[str] | None = None) -> int:
+def status(base: str, path: str, process: subprocess.Popen[Any] | None = None) -> int:
     try:
         return requests.get(base + path, timeout=2).status_code
     except requests.ConnectionError:
@@ -306,3 +307,137 @@ def test_with_log_format_json_every_stderr_line_is_a_json_object(
     for record in raised:
         assert record["traceback"].startswith("Traceback (most recent call last):\n")
         assert record["source"].startswith("sitecustomize.py:")
+
+
+# --- --once files side by side in node_exporter's textfile directory ----------------------------
+
+Series = tuple[str, frozenset[tuple[str, str]]]
+
+
+def write_once_file(
+    tmp_path: Path, simulator: SimulatedController, name: str, interval: int, directory: Path
+) -> Path:
+    """``--once --output`` for a config of one controller, as a cron job or timer runs it."""
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        f"poll: {{interval_seconds: {interval}, timeout_seconds: 5}}\n"
+        "controllers:\n"
+        f"  - name: {name}\n"
+        f"    url: {simulator.url}\n"
+        f"    username: {simulator.username}\n"
+        f"    password: '{simulator.password}'\n",
+        encoding="utf-8",
+    )
+    output = directory / f"simplivity-{name}.prom"
+    result = run("--config.file", str(config), "--once", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+def textfile_conflicts(files: Sequence[Path]) -> list[str]:
+    """What node_exporter's textfile collector refuses when it merges the files' families by
+    name: a series that two files hold, a family whose help text or type differs."""
+    families: dict[str, tuple[str, str, str]] = {}
+    series: dict[Series, str] = {}
+    problems = []
+    for path in files:
+        for family in text_string_to_metric_families(path.read_text(encoding="utf-8")):
+            first = families.setdefault(family.name, (path.name, family.documentation, family.type))
+            if first[1:] != (family.documentation, family.type):
+                problems.append(f"{family.name}: help or type differ in {first[0]}, {path.name}")
+            for sample in family.samples:
+                key = (sample.name, frozenset(sample.labels.items()))
+                if key in series:
+                    problems.append(f"{sample.name}{sample.labels} in {series[key]}, {path.name}")
+                series.setdefault(key, path.name)
+    return problems
+
+
+@contextmanager
+def node_exporter(directory: Path, log_path: Path) -> Iterator[str]:
+    """The real node_exporter with only its textfile collector; yields its base URL."""
+    binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    assert binary, "node_exporter is missing: run ./dev setup (Debian prometheus-node-exporter)"
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [binary, "--collector.disable-defaults", "--collector.textfile",
+             f"--collector.textfile.directory={directory}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: status(base, "/metrics", process) == 200, 20, "node_exporter")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_once_files_of_two_configs_combine_in_a_textfile_directory(
+    tmp_path: Path, start_simulator: Start
+) -> None:
+    """Two --once runs (other controllers, other settings) write two files into one textfile
+    directory: node_exporter serves every series of both, and refuses none."""
+    directory = tmp_path / "textfile"
+    directory.mkdir()
+    files = [
+        write_once_file(
+            tmp_path, start_simulator(FederationSpec(seed=seed)), name, interval, directory
+        )
+        for seed, name, interval in ((1, "boston", 300), (2, "austin", 900))
+    ]
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run ./dev setup (Debian package prometheus)"
+    for path in files:
+        checked = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=path.read_bytes(),
+            capture_output=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert textfile_conflicts(files) == []
+    written = {
+        key: value
+        for path in files
+        for key, value in parse(path.read_text("utf-8")).samples.items()
+    }
+    assert {dict(labels)["controller"] for name, labels in written if name == "simplivity_up"} == {
+        "boston",
+        "austin",
+    }
+    assert not [name for name, _ in written if name.startswith("simplivity_exporter_")]
+
+    log_path = tmp_path / "node_exporter.log"
+    with node_exporter(directory, log_path) as base:
+        served = scrape(base)
+        assert served.value("node_textfile_scrape_error") == 0
+        missing = {key: value for key, value in written.items() if served.samples.get(key) != value}
+        assert missing == {}, "node_exporter left out or changed these series"
+        assert "error gathering metrics" not in log_path.read_text("utf-8")
+        # Concatenated, the files would repeat each family's HELP, which no parser takes:
+        # what node_exporter serves is their merge, and that is what Prometheus scrapes.
+        checked = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=served.text.encode(),
+            capture_output=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+        # The check can fail: the same controller in a second file is refused, by both.
+        shutil.copy(files[0], directory / "simplivity-boston-copy.prom")
+        assert textfile_conflicts(sorted(directory.glob("*.prom")))
+        scrape(base)
+        wait_until(
+            lambda: (
+                "collected before with the same name and label values"
+                in log_path.read_text("utf-8")
+            ),
+            10,
+            "node_exporter to refuse the duplicate series",
+        )
