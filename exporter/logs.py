@@ -2,12 +2,12 @@
 
 ``--log.format logfmt`` (the default), as Prometheus and its exporters write it::
 
-    time=2026-11-30T22:40:01.123Z level=info source=poller.py:212 msg="controller boston: …" \
+    time=2026-11-30T22:40:01.123Z level=info source=poller.py:182 msg="controller boston: …" \
 controller=boston duration_seconds=1.41 backups=100000
 
 ``--log.format json``, the same fields as one object a line::
 
-    {"time": "2026-11-30T22:40:01.123Z", "level": "info", "source": "poller.py:212", \
+    {"time": "2026-11-30T22:40:01.123Z", "level": "info", "source": "poller.py:182", \
 "msg": "controller boston: …", "controller": "boston", "duration_seconds": 1.41, …}
 
 A log call keeps its sentence in ``msg`` and gives its context with ``extra=``
