@@ -143,9 +143,8 @@ def plan_inventory(spec: FederationSpec, now: int) -> Inventory:
         if role != "regular":
             _play(vm, spec, policies, now)
             if role == "host-disabled":
-                vm.host = Host(
-                    seeded_uuid4(rng), f"{cluster.short}-ESX-POLICY-SUSPENDED", cluster, False
-                )
+                name = f"{cluster.short}-{_host_kind(cluster)}-POLICY-SUSPENDED"
+                vm.host = Host(seeded_uuid4(rng), name, cluster, policy_enabled=False)
                 suspended.append(vm.host)
         else:
             _regular(vm, spec, policies, rng, now)
@@ -272,11 +271,14 @@ def _clusters(spec: FederationSpec, rng: random.Random) -> list[Cluster]:
 
 
 def _hosts(cluster: Cluster, rng: random.Random) -> list[Host]:
-    kind = "HV" if cluster.hypervisor == "HYPERV" else "ESX"
     return [
-        Host(seeded_uuid4(rng), f"{cluster.short}-{kind}-{n:02d}", cluster)
+        Host(seeded_uuid4(rng), f"{cluster.short}-{_host_kind(cluster)}-{n:02d}", cluster)
         for n in range(1, _HOSTS_PER_CLUSTER + 1)
     ]
+
+
+def _host_kind(cluster: Cluster) -> str:
+    return "HV" if cluster.hypervisor == "HYPERV" else "ESX"
 
 
 class _Catalog:
