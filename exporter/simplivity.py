@@ -158,14 +158,15 @@ class SimplivityClient:
         if page.sort is not None:
             params["sort"] = page.sort
             params["order"] = page.order
-        return self.get_body(page.path, params, final=frozenset() if retry_too_slow else {504})
+        final = frozenset() if retry_too_slow else frozenset({504})
+        return self.get_body(page.path, params, final=final)
 
     def get_body(
         self,
         path: str,
         params: Mapping[str, str] | None = None,
         *,
-        final: frozenset[int] | set[int] = frozenset(),
+        final: frozenset[int] = frozenset(),
     ) -> bytes:
         """GET an authenticated API path, logging in as needed; retries transient failures
         (but not the statuses in ``final``)."""
@@ -192,7 +193,7 @@ class SimplivityClient:
         self,
         path: str,
         send: Callable[[], tuple[int, bytes]],
-        final: frozenset[int] | set[int] = frozenset(),
+        final: frozenset[int] = frozenset(),
     ) -> tuple[int, bytes]:
         """Repeat ``send`` while it fails transiently, with exponential, jittered backoff.
 
