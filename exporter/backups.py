@@ -93,19 +93,24 @@ class Aggregator:
         return self._seen
 
     def add(self, backup: Mapping[str, object]) -> None:
-        """Count one backup; raise :class:`BackupRecordError` if it cannot be read."""
-        state = _text(backup, "state")
-        created = _text(backup, "created_at")
-        if not _TIMESTAMP.fullmatch(created) or not _is_real_time(created):
-            raise BackupRecordError(
-                f"backup {_describe(backup)}: created_at {created[:40]!r} is not a UTC timestamp"
+        """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
+
+        Missing values (absent, null, or the API's ``"NA"``) are odd, not wrong: a backup
+        without a creation time is counted by its state but is never anyone's newest, one
+        without a size counts 0 bytes, one without a cluster goes under its external store or
+        ``unknown``. A backup without a state, or with a value that is present but wrong (a
+        size of -1, a creation time that is no UTC timestamp), cannot be placed.
+        """
+        state = backup.get("state")
+        if not isinstance(state, str) or state in ("", MISSING):
+            what = (
+                "is missing"
+                if state is None or isinstance(state, str)
+                else f"must be a string, not {type(state).__name__}"
             )
-        size = backup.get("size")
-        if type(size) is not int or not 0 <= size <= _MAX_SIZE:
-            raise BackupRecordError(
-                f"backup {_describe(backup)}: size must be a whole number of bytes, "
-                f"not {str(size)[:40]!r}"
-            )
+            raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
+        created = _created(backup)
+        size = _size(backup)
         cluster_name = (
             _optional_text(backup, "omnistack_cluster_name")
             or _optional_text(backup, "external_store_name")
@@ -119,7 +124,8 @@ class Aggregator:
         tally.counts[state] = tally.counts.get(state, 0) + 1
         tally.sizes[state] = tally.sizes.get(state, 0) + size
         protected = state == "PROTECTED"
-        # The timestamps share one format, so comparing the strings compares the times.
+        # The timestamps share one format, so comparing the strings compares the times; a
+        # backup without one ("") is never the newest.
         if protected and created > tally.newest_protected:
             tally.newest_protected = created
         self._seen += 1
@@ -130,12 +136,10 @@ class Aggregator:
         vm = self._vms.get(vm_id)
         alive = _optional_text(backup, "virtual_machine_state") == "ALIVE"
         if vm is None:
-            vm = self._vms[vm_id] = _VMTally(
-                _optional_text(backup, "virtual_machine_name"), alive, created
-            )
+            vm = self._vms[vm_id] = _VMTally(_name(backup), alive, created)
         elif created > vm.newest_created:
             # A VM's name and state are taken from its newest backup: VMs get renamed.
-            vm.name = _optional_text(backup, "virtual_machine_name")
+            vm.name = _name(backup)
             vm.alive = alive
             vm.newest_created = created
         if protected and created > vm.newest_protected:
@@ -196,26 +200,54 @@ def parse_timestamp(value: str) -> float | None:
     return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
 
 
-def _text(backup: Mapping[str, object], key: str) -> str:
-    value = backup.get(key)
-    if not isinstance(value, str):
-        what = "is missing" if value is None else f"must be a string, not {type(value).__name__}"
-        raise BackupRecordError(f"backup {_describe(backup)}: {key} {what}")
+#: How the API writes a value it does not have.
+MISSING = "NA"
+
+
+def _created(backup: Mapping[str, object]) -> str:
+    """The creation time, or "" if the backup has none (yet)."""
+    value = backup.get("created_at")
+    if value is None or value == MISSING or value == "":
+        return ""
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value) or not _is_real_time(value):
+        raise BackupRecordError(
+            f"backup {_describe(backup)}: created_at {str(value)[:40]!r} is not a UTC timestamp"
+        )
+    return value
+
+
+def _size(backup: Mapping[str, object]) -> int:
+    """The size in bytes; 0 if the backup has none (yet)."""
+    value = backup.get("size")
+    if value is None or value == MISSING:
+        return 0
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+        value = int(value)  # some versions write numbers as strings
+    if type(value) is not int or not 0 <= value <= _MAX_SIZE:
+        raise BackupRecordError(
+            f"backup {_describe(backup)}: size must be a whole number of bytes, "
+            f"not {str(value)[:40]!r}"
+        )
     return value
 
 
 def _optional_text(backup: Mapping[str, object], key: str) -> str:
+    """A text value, or "" if missing; odd values (a number, a list) count as missing too."""
     value = backup.get(key)
-    if value is None:
+    if not isinstance(value, str) or value == MISSING:
         return ""
-    if not isinstance(value, str):
-        raise BackupRecordError(
-            f"backup {_describe(backup)}: {key} must be a string, not {type(value).__name__}"
-        )
     if not value.isascii():
         # JSON's "\ud800" decodes to a lone surrogate, which UTF-8 cannot carry to /metrics.
         value = _SURROGATES.sub("\ufffd", value)
     return value
+
+
+def _name(backup: Mapping[str, object]) -> str:
+    """The VM's name: carried as it is, "NA" included (a VM may be called that)."""
+    value = backup.get("virtual_machine_name")
+    if not isinstance(value, str):
+        return ""
+    return _SURROGATES.sub("\ufffd", value) if not value.isascii() else value
 
 
 def _is_real_time(text: str) -> bool:

@@ -30,7 +30,7 @@ from exporter.model import (
     DecodeError,
     SimplivityError,
 )
-from exporter.scan import Collection, PageSink, Scanner
+from exporter.scan import Collection, Pace, PageSink, RecordTally, Scanner
 from exporter.simplivity import SimplivityClient
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class ControllerReader(Protocol):
 
     @property
     def logins(self) -> int: ...
+
+    @property
+    def pace(self) -> Pace: ...
 
     def read(self, collection: Collection, pages: PageSink) -> None: ...
 
@@ -108,14 +111,20 @@ class ControllerPoller:
         self._turn = turn or PollTurn()
         # Counters go on from where the replaced poller left them (a reload is no reset).
         self._logins_before = previous.logins if previous else 0
+        pace = self._client.pace
         if previous is not None and previous.url == controller.url:
             # The same controller under new settings: its data, health and readiness stay
             # until the next poll says otherwise, so users see no blink at a reload.
-            self.status = previous
+            self.status = replace(previous, concurrency=pace.concurrency, page_size=pace.page_size)
         else:
             errors = dict(previous.errors) if previous else dict.fromkeys(REASONS, 0)
             self.status = ControllerStatus(
-                name=controller.name, url=controller.url, errors=errors, logins=self._logins_before
+                name=controller.name,
+                url=controller.url,
+                errors=errors,
+                logins=self._logins_before,
+                concurrency=pace.concurrency,
+                page_size=pace.page_size,
             )
 
     def poll_once(self) -> ControllerStatus:
@@ -149,8 +158,9 @@ class ControllerPoller:
         name = self.controller.name
         started = time.monotonic()
         scan = self._scans()
+        unreadable = RecordTally()
         try:
-            self._client.read(BACKUPS, scan)
+            self._client.read(BACKUPS, unreadable.around(scan))
             duration = time.monotonic() - started
             snapshot = scan.snapshot()
         except Cancelled:
@@ -168,6 +178,7 @@ class ControllerPoller:
         finally:
             scan.close()
         now = self._clock()
+        pace = self._client.pace
         self.status = replace(
             self.status,
             polls=self.status.polls + 1,
@@ -178,7 +189,18 @@ class ControllerPoller:
             last_error=None,
             logins=self._logins_before + self._client.logins,
             snapshot=snapshot,
+            concurrency=pace.concurrency,
+            page_size=pace.page_size,
+            unreadable_records=unreadable.records,
         )
+        if unreadable.records:
+            # Once per poll, with the first few only: never a record's whole body.
+            log.warning(
+                "controller %s: %d records could not be read and were left out: %s",
+                name,
+                unreadable.records,
+                "; ".join(unreadable.problems),
+            )
         log.info(
             "controller %s: %d backups, %d clusters, %d live VMs in %.2f s",
             name,
@@ -200,6 +222,7 @@ class ControllerPoller:
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
         errors = dict(self.status.errors)
         errors[err.reason] = errors.get(err.reason, 0) + 1
+        pace = self._client.pace
         self.status = replace(
             self.status,
             polls=self.status.polls + 1,
@@ -209,6 +232,8 @@ class ControllerPoller:
             last_error=str(err),
             errors=errors,
             logins=self._logins_before + self._client.logins,
+            concurrency=pace.concurrency,
+            page_size=pace.page_size,
         )
         log.warning(
             "controller %s: poll failed (%s): %s",

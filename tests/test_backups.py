@@ -129,27 +129,83 @@ def test_na_and_non_ascii_values_are_carried_as_they_are() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"size": "100"}, "backup 'b-0001': size must be a whole number of bytes, not '100'"),
         ({"size": True}, "backup 'b-0001': size must be a whole number of bytes, not 'True'"),
         ({"size": -1}, "backup 'b-0001': size must be a whole number of bytes, not '-1'"),
-        ({"created_at": None}, "backup 'b-0001': created_at is missing"),
+        ({"size": "1e3"}, "backup 'b-0001': size must be a whole number of bytes, not '1e3'"),
+        ({"size": 1.5}, "backup 'b-0001': size must be a whole number of bytes, not '1.5'"),
         (
-            {"created_at": "NA"},
-            "backup 'b-0001': created_at 'NA' is not a UTC timestamp",
+            {"created_at": "yesterday"},
+            "backup 'b-0001': created_at 'yesterday' is not a UTC timestamp",
         ),
+        ({"created_at": 17}, "backup 'b-0001': created_at '17' is not a UTC timestamp"),
+        ({"state": None}, "backup 'b-0001': state is missing"),
+        ({"state": "NA"}, "backup 'b-0001': state is missing"),
         ({"state": 3}, "backup 'b-0001': state must be a string, not int"),
-        (
-            {"virtual_machine_name": ["x"]},
-            "backup 'b-0001': virtual_machine_name must be a string, not list",
-        ),
+        ({"state": None, "id": None}, "backup (without an id): state is missing"),
     ],
 )
-def test_unreadable_records_are_refused_with_a_clear_reason(
+def test_records_that_cannot_be_placed_are_refused_with_a_clear_reason(
     fields: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(BackupRecordError) as caught:
         Aggregator().add(backup(1, **fields))
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("missing", [None, "NA", ""])
+def test_a_backup_without_a_creation_time_counts_but_is_never_the_newest(missing: Any) -> None:
+    snapshot = aggregate(
+        backup(1, created_at=T0),
+        backup(2, created_at=missing),
+        backup(3, created_at=missing, virtual_machine_id="vm-2", virtual_machine_name="new"),
+    )
+    (cluster,) = snapshot.clusters
+    assert cluster.counts["PROTECTED"] == 3
+    assert cluster.newest_protected == 1709272800.0
+    assert [(vm.vm_id, vm.name, vm.newest_protected) for vm in snapshot.vms] == [
+        ("vm-2", "new", None),
+        ("vm-1", "web01", 1709272800.0),
+    ]
+
+
+def test_a_backup_without_any_creation_time_field_counts_too() -> None:
+    record = backup(1)
+    del record["created_at"]
+    assert aggregate(record).clusters[0].counts["PROTECTED"] == 1
+
+
+@pytest.mark.parametrize(("size", "counted"), [(None, 0), ("NA", 0), ("1234", 1234), (7, 7)])
+def test_a_missing_size_counts_zero_bytes_and_a_size_in_digits_its_value(
+    size: Any, counted: int
+) -> None:
+    snapshot = aggregate(backup(1, size=100), backup(2, size=size, state="SAVING"))
+    (cluster,) = snapshot.clusters
+    assert cluster.counts["SAVING"] == 1
+    assert cluster.sizes["SAVING"] == counted
+    assert cluster.sizes["PROTECTED"] == 100
+
+
+def test_odd_optional_values_count_as_missing() -> None:
+    snapshot = aggregate(
+        backup(1, omnistack_cluster_name="NA", external_store_name="StoreOnce-1"),
+        backup(2, omnistack_cluster_name=["x"], external_store_name=None),
+        backup(3, virtual_machine_id="NA"),
+        backup(4, virtual_machine_id="vm-9", virtual_machine_name=["x"]),
+        backup(5, virtual_machine_id="vm-8", virtual_machine_name="NA"),
+        backup(6, virtual_machine_id="vm-7", virtual_machine_state=None),
+    )
+    assert [cluster.name for cluster in snapshot.clusters] == [
+        "Boston",
+        "StoreOnce-1",
+        UNKNOWN_CLUSTER,
+    ]
+    # A VM may be called "NA"; one whose backups say no id has no per-VM series.
+    assert sorted((vm.vm_id, vm.name) for vm in snapshot.vms) == [
+        ("vm-1", "web01"),
+        ("vm-8", "NA"),
+        ("vm-9", ""),
+    ]
+    assert snapshot.backups_seen == 6
 
 
 def test_an_empty_federation_gives_an_empty_snapshot() -> None:

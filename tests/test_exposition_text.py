@@ -44,6 +44,9 @@ def status(name: str, snapshot: BackupSnapshot | None, **changes: object) -> Con
         errors={**dict.fromkeys(REASONS, 0), "http": 4},
         logins=1,
         snapshot=snapshot,
+        concurrency=3,
+        page_size=3000,
+        unreadable_records=1,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 

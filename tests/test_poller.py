@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.backups import BackupRecordError
@@ -16,7 +18,7 @@ from exporter.config import Config, ControllerConfig, PollConfig, Secret
 from exporter.exposition import Exposition
 from exporter.model import REASONS, Cancelled, ConnectError, ControllerStatus, RequestTimeout
 from exporter.poller import ControllerPoller, ControllerReader, Poller
-from exporter.scan import Collection, PageSink
+from exporter.scan import Collection, Pace, PageSink
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 
@@ -24,7 +26,7 @@ Start = Callable[..., SimulatedController]
 T = "2024-03-01T06:00:00Z"
 
 
-def page_body(backups: list[dict[str, Any]]) -> bytes:
+def page_body(backups: list[Any]) -> bytes:
     """One page of ``/api/backups`` holding ``backups``, as the controller sends it."""
     return json.dumps({"offset": 0, "count": len(backups), "backups": backups}).encode()
 
@@ -46,9 +48,10 @@ def record(number: int, **fields: Any) -> dict[str, Any]:
 class ScriptedSource:
     """A client whose scans follow a script: a list of records, or an exception to raise."""
 
-    def __init__(self, script: list[list[dict[str, Any]] | Exception]) -> None:
+    def __init__(self, script: list[list[Any] | Exception]) -> None:
         self.script = script
         self.logins = 1
+        self.pace = Pace(concurrency=3, page_size=3000)
         self.closed = False
 
     def read(self, collection: Collection, pages: PageSink) -> None:
@@ -261,3 +264,41 @@ def test_the_text_of_a_new_snapshot_is_written_by_the_poll_not_by_the_next_scrap
     text = exposition.render()
     assert len(reads) == written  # the scrape found the text written
     assert b'simplivity_backups{controller="boston"' in text
+
+
+def test_odd_records_are_counted_logged_once_and_the_rest_of_the_poll_stands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    records: list[Any] = [record(n) for n in range(10)]
+    records[2] = record(2, state=None)
+    records[4] = "b00004"
+    records[6] = record(6, created_at="NA", size=None)
+    records[8] = {key: value for key, value in record(8).items() if key != "id"}
+    poller = poller_with(ScriptedSource([records, [record(1)]]))
+    with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+        status = poller.poll_once()
+    assert status.up
+    assert status.snapshot is not None
+    assert status.snapshot.backups_seen == 7  # the NA one counts
+    assert status.unreadable_records == 3
+    (warning,) = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert warning == (
+        "controller boston: 3 records could not be read and were left out: "
+        "backup 'b00002': state is missing; a string where a backup belongs, at position 4; "
+        "a backup without an id, at position 8"
+    )
+    assert "PROTECTED" not in warning  # never a record's body
+    # The next poll reads every record: the gauge says so.
+    assert poller.poll_once().unreadable_records == 0
+
+
+def test_the_pace_the_reader_learned_is_published_after_every_poll() -> None:
+    source = ScriptedSource([[record(1)], ConnectError("cannot connect: connection reset")])
+    poller = poller_with(source)
+    assert (poller.status.concurrency, poller.status.page_size) == (3, 3000)
+    source.pace = Pace(concurrency=2, page_size=1500)
+    assert (poller.poll_once().concurrency, poller.status.page_size) == (2, 1500)
+    source.pace = Pace(concurrency=1, page_size=750)
+    failed = poller.poll_once()
+    assert not failed.up
+    assert (failed.concurrency, failed.page_size) == (1, 750)
