@@ -35,13 +35,17 @@ class Collection:
     """One paged listing of the API, such as ``/api/backups``.
 
     ``key`` names the list in the answer's envelope (``{"count": ..., key: [...]}``); ``item``
-    names one of its items in messages; ``fields`` is what a scan asks for (``fields=``).
+    names one of its items in messages; ``fields`` is what a scan asks for (``fields=``), and
+    ``filters`` too (``state=ALIVE``). ``max_page_size`` caps the scanner's page size for a
+    listing that is expensive for the controller to page through.
     """
 
     path: str
     key: str
     item: str
     fields: tuple[str, ...]
+    filters: tuple[tuple[str, str], ...] = ()
+    max_page_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class PageSource(Protocol):
 
     def get_page(self, page: PageRequest) -> bytes: ...
 
+    def get_body(self, path: str) -> bytes: ...
+
     def close(self) -> None: ...
 
 
@@ -158,16 +164,21 @@ class Scanner:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def get(self, path: str) -> bytes:
+        """The body of one GET of a path that is not paged; raises
+        :class:`~exporter.model.SimplivityError`."""
+        return self._source.get_body(path)
+
     def read(self, collection: Collection, pages: PageSink) -> None:
         """Hand every page of ``collection`` to ``pages``, in the listing's order.
 
         Raises :class:`~exporter.model.SimplivityError` (a page that contradicts the listing,
         or a listing that never settles, is a :class:`~exporter.model.DecodeError`).
         """
-        limit = self._page_size
+        limit = min(self._page_size, collection.max_page_size or self._page_size)
         overlap = max(1, limit // 50)
         step = limit - overlap
-        fetch = partial(self._fetch, collection)
+        fetch = partial(self._fetch, collection, limit)
         requests_made = 0
         budget: int | None = None
         count = 0
@@ -210,9 +221,16 @@ class Scanner:
         finally:
             self._cancel(pending)
 
-    def _fetch(self, collection: Collection, offset: int) -> bytes:
+    def _fetch(self, collection: Collection, limit: int, offset: int) -> bytes:
         return self._source.get_page(
-            PageRequest(collection.path, offset, self._page_size, collection.fields, SORT_FIELD)
+            PageRequest(
+                collection.path,
+                offset,
+                limit,
+                collection.fields,
+                SORT_FIELD,
+                filters=collection.filters,
+            )
         )
 
     @staticmethod

@@ -142,6 +142,7 @@ class SimplivityClient:
         if page.sort is not None:
             params["sort"] = page.sort
             params["order"] = page.order
+        params.update(page.filters)
         return self.get_body(page.path, params)
 
     def get_body(self, path: str, params: Mapping[str, str] | None = None) -> bytes:

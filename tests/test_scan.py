@@ -49,6 +49,9 @@ class Listing:
             document = {"offset": page.offset, "count": len(ordered), VMS.key: items}
             return json.dumps(document).encode()
 
+    def get_body(self, path: str) -> bytes:
+        raise AssertionError(f"a scan made a single GET of {path}")
+
     def _change(self) -> None:
         if self.rng.random() < 0.5 and self.items:
             del self.items[self.rng.choice(sorted(self.items))]
