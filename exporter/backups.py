@@ -20,11 +20,12 @@ from exporter.model import (
     BackupSnapshot,
     ClusterSummary,
     RecordError,
-    VMSummary,
+    VMBackups,
 )
 from exporter.scan import Collection, PageCounter, PageOutcome, PageSink
 
-#: What a scan asks the API for (``fields=``): everything the metrics need and nothing more.
+#: What a scan asks the API for (``fields=``): everything the metrics need and nothing more
+#: (a VM's name and state come from the inventory).
 FIELDS = (
     "id",
     "state",
@@ -33,8 +34,6 @@ FIELDS = (
     "omnistack_cluster_name",
     "external_store_name",
     "virtual_machine_id",
-    "virtual_machine_name",
-    "virtual_machine_state",
 )
 #: The federation's backups, as a scan pages through them.
 BACKUPS = Collection("/api/backups", key="backups", item="backup", fields=FIELDS)
@@ -53,34 +52,45 @@ class BackupRecordError(RecordError):
 
 
 class _ClusterTally:
-    __slots__ = ("counts", "newest_protected", "sizes")
+    __slots__ = ("counts", "name", "newest_protected", "sizes")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name  # one string object per destination, shared by the VMs' tallies
         self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self.sizes: dict[str, int] = dict.fromkeys(STATES, 0)
         self.newest_protected = ""
 
 
 class _VMTally:
-    __slots__ = ("alive", "name", "newest_created", "newest_protected")
+    __slots__ = (
+        "newest_created",
+        "newest_destination",
+        "newest_failed",
+        "newest_protected",
+        "newest_state",
+    )
 
-    def __init__(self, name: str, alive: bool, created: str) -> None:
-        self.name = name
-        self.alive = alive
+    def __init__(self, created: str, state: str, destination: str) -> None:
         self.newest_created = created
-        self.newest_protected = ""
+        self.newest_state = state
+        self.newest_destination = destination
+        self.newest_protected: dict[str, str] = {}  # destination -> created_at
+        self.newest_failed = ""
 
 
 class Aggregator:
     """Accumulates backups into per-cluster and per-VM tallies.
 
+    Per VM: the newest PROTECTED backup at each destination, the newest FAILED one, and the
+    newest in any state (state, time, destination), whatever the VM's own state: the
+    inventory says which VMs are alive.
+
     >>> tally = Aggregator()
     >>> tally.add({"id": "b1", "state": "PROTECTED", "created_at": "2024-01-01T00:00:00Z",
-    ...            "size": 10, "omnistack_cluster_name": "Boston", "virtual_machine_id": "v1",
-    ...            "virtual_machine_name": "web", "virtual_machine_state": "ALIVE"})
+    ...            "size": 10, "omnistack_cluster_name": "Boston", "virtual_machine_id": "v1"})
     >>> snapshot = tally.snapshot()
-    >>> snapshot.clusters[0].counts["PROTECTED"], snapshot.vms[0].newest_protected
-    (1, 1704067200.0)
+    >>> snapshot.clusters[0].counts["PROTECTED"], dict(snapshot.vms[0].newest_protected)
+    (1, {'Boston': 1704067200.0})
     """
 
     def __init__(self) -> None:
@@ -113,7 +123,7 @@ class Aggregator:
         )
         tally = self._clusters.get(cluster_name)
         if tally is None:
-            tally = self._clusters[cluster_name] = _ClusterTally()
+            tally = self._clusters[cluster_name] = _ClusterTally(cluster_name)
         if state not in _KNOWN_STATES:
             state = OTHER_STATE
         tally.counts[state] = tally.counts.get(state, 0) + 1
@@ -127,19 +137,19 @@ class Aggregator:
         vm_id = _optional_text(backup, "virtual_machine_id")
         if not vm_id:
             return
+        destination = tally.name
         vm = self._vms.get(vm_id)
-        alive = _optional_text(backup, "virtual_machine_state") == "ALIVE"
         if vm is None:
-            vm = self._vms[vm_id] = _VMTally(
-                _optional_text(backup, "virtual_machine_name"), alive, created
-            )
+            vm = self._vms[vm_id] = _VMTally(created, state, destination)
         elif created > vm.newest_created:
-            # A VM's name and state are taken from its newest backup: VMs get renamed.
-            vm.name = _optional_text(backup, "virtual_machine_name")
-            vm.alive = alive
             vm.newest_created = created
-        if protected and created > vm.newest_protected:
-            vm.newest_protected = created
+            vm.newest_state = state
+            vm.newest_destination = destination
+        if protected:
+            if created > vm.newest_protected.get(destination, ""):
+                vm.newest_protected[destination] = created
+        elif state == "FAILED" and created > vm.newest_failed:
+            vm.newest_failed = created
 
     def snapshot(self) -> BackupSnapshot:
         clusters = tuple(
@@ -152,9 +162,15 @@ class Aggregator:
             for name, tally in sorted(self._clusters.items())
         )
         vms = tuple(
-            VMSummary(vm_id, vm.name, parse_timestamp(vm.newest_protected))
-            for vm_id, vm in sorted(self._vms.items(), key=lambda item: (item[1].name, item[0]))
-            if vm.alive
+            VMBackups(
+                vm_id,
+                {where: _seconds(created) for where, created in vm.newest_protected.items()},
+                parse_timestamp(vm.newest_failed),
+                vm.newest_state,
+                _seconds(vm.newest_created),
+                vm.newest_destination,
+            )
+            for vm_id, vm in sorted(self._vms.items())
         )
         return BackupSnapshot(clusters=clusters, vms=vms, backups_seen=self._seen)
 
@@ -189,11 +205,13 @@ class LocalBackupScan:
         pass
 
 
+def _seconds(value: str) -> float:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
 def parse_timestamp(value: str) -> float | None:
     """``2018-05-08T10:00:01Z`` as Unix seconds; ``None`` for an empty string."""
-    if not value:
-        return None
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+    return _seconds(value) if value else None
 
 
 def _text(backup: Mapping[str, object], key: str) -> str:
