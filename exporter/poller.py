@@ -1,8 +1,16 @@
 """Polls every controller on the scheduler and publishes one immutable status per controller.
 
-A poll builds a complete :class:`~exporter.model.BackupSnapshot` on the side and swaps it in
-by reference only when the whole scan succeeded: a scrape never sees half a scan, and a failed
-poll leaves the last good result in place (the collector drops it once it is stale).
+A poll reads the controller's inventory (live VMs, policies, hosts, the schedule report), then
+scans its backups, then judges every live VM's protection: a complete
+:class:`~exporter.model.ControllerSnapshot`, built on the side and swapped in by reference
+only when every read succeeded. A scrape never sees half a poll, and a failed poll leaves the
+last good result in place (the collector drops it once it is stale).
+
+The inventory is read first: it is small and quick, so a controller that fails there fails
+before the long scan of its backups; and every backup of a listed VM taken before the VM was
+listed is in the scan that follows, so no VM looks unprotected because of the order of reads.
+Only the schedule report is optional (REST API 1.11 and later): an error status there leaves
+the federation's limits out of the snapshot, and is logged once.
 """
 
 from __future__ import annotations
@@ -22,15 +30,26 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.backups import BACKUPS, BackupScanFactory, LocalBackupScan
-from exporter.config import Config, ControllerConfig, PollConfig
+from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig
+from exporter.inventory import (
+    HOSTS,
+    POLICIES,
+    SCHEDULE_REPORT,
+    VIRTUAL_MACHINES,
+    InventoryRead,
+    parse_schedule_report,
+)
 from exporter.model import (
     REASONS,
     Cancelled,
     ControllerStatus,
     DecodeError,
+    HTTPStatusError,
+    Inventory,
+    ScheduleReport,
     SimplivityError,
 )
-from exporter.scan import Collection, PageSink, Scanner
+from exporter.scan import Collection, PageCounter, PageSink, Scanner
 from exporter.simplivity import SimplivityClient
 
 log = logging.getLogger(__name__)
@@ -40,13 +59,15 @@ MAX_PARALLEL_POLLS = 128
 
 
 class ControllerReader(Protocol):
-    """What a poll needs of a controller: its collections, page by page (a
+    """What a poll needs of a controller: its collections, page by page, and single GETs (a
     :class:`~exporter.scan.Scanner` over a :class:`~exporter.simplivity.SimplivityClient`)."""
 
     @property
     def logins(self) -> int: ...
 
     def read(self, collection: Collection, pages: PageSink) -> None: ...
+
+    def get(self, path: str) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -92,6 +113,7 @@ class ControllerPoller:
         *,
         client_factory: ClientFactory = connect,
         scans: BackupScanFactory = LocalBackupScan,
+        protection: ProtectionConfig | None = None,
         clock: Callable[[], float] = time.time,
         on_publish: Callable[[], None] = lambda: None,
         previous: ControllerStatus | None = None,
@@ -100,6 +122,7 @@ class ControllerPoller:
         """``turn`` is shared by the pollers that replace one another for a controller."""
         self.controller = controller
         self.poll_config = poll
+        self.protection = protection or ProtectionConfig()
         self._scans = scans
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
@@ -117,6 +140,10 @@ class ControllerPoller:
             self.status = ControllerStatus(
                 name=controller.name, url=controller.url, errors=errors, logins=self._logins_before
             )
+        # Said once per controller, not at every poll: set when the published snapshot (kept
+        # across a reload) already lacks the report.
+        snapshot = self.status.snapshot
+        self._said_no_report = snapshot is not None and snapshot.inventory.schedule is None
 
     def poll_once(self) -> ControllerStatus:
         """Scan the controller's backups and publish the outcome. Never raises.
@@ -145,9 +172,18 @@ class ControllerPoller:
         started = time.monotonic()
         scan = self._scans()
         try:
+            read, inventory = self._read_inventory()
             self._client.read(BACKUPS, scan)
+            backups = scan.snapshot()
+            now = self._clock()
+            snapshot = read.judge(
+                inventory,
+                backups,
+                now=now,
+                overdue_factor=self.protection.overdue_factor,
+                grace_seconds=self.protection.grace_seconds,
+            )
             duration = time.monotonic() - started
-            snapshot = scan.snapshot()
         except Cancelled:
             log.debug("controller %s: poll abandoned at shutdown", name)
             return self.status
@@ -160,7 +196,6 @@ class ControllerPoller:
             return self._publish_failure(failure, time.monotonic() - started)
         finally:
             scan.close()
-        now = self._clock()
         self.status = replace(
             self.status,
             polls=self.status.polls + 1,
@@ -173,15 +208,44 @@ class ControllerPoller:
             snapshot=snapshot,
         )
         log.info(
-            "controller %s: %d backups, %d clusters, %d live VMs in %.2f s",
+            "controller %s: %d backups, %d clusters, %d live VMs (%d at risk) in %.2f s",
             name,
-            snapshot.backups_seen,
-            len(snapshot.clusters),
-            len(snapshot.vms),
+            backups.backups_seen,
+            len(backups.clusters),
+            len(inventory.vms),
+            len(snapshot.at_risk),
             duration,
         )
         self._on_publish()
         return self.status
+
+    def _read_inventory(self) -> tuple[InventoryRead, Inventory]:
+        """The live VMs first, then the policies and hosts they name, then the report."""
+        read = InventoryRead()
+        for collection, sink in (
+            (VIRTUAL_MACHINES, read.add_vm),
+            (POLICIES, read.add_policy),
+            (HOSTS, read.add_host),
+        ):
+            self._client.read(collection, PageCounter(collection, sink))
+        return read, read.inventory(self._read_schedule_report())
+
+    def _read_schedule_report(self) -> ScheduleReport | None:
+        try:
+            body = self._client.get(SCHEDULE_REPORT)
+        except HTTPStatusError as err:
+            # REST API before 1.11 has no such report: not a failure of the poll.
+            if not self._said_no_report:
+                log.info(
+                    "controller %s: no schedule report (%s); the federation's backup limits "
+                    "are not exported",
+                    self.controller.name,
+                    err,
+                )
+                self._said_no_report = True
+            return None
+        self._said_no_report = False
+        return parse_schedule_report(body)
 
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
         errors = dict(self.status.errors)
@@ -271,6 +335,7 @@ class Poller:
                 current is not None
                 and current.controller == controller
                 and current.poll_config == config.poll
+                and current.protection == config.protection
             ):
                 new[controller.name] = current
                 continue
@@ -279,6 +344,7 @@ class Poller:
                 config.poll,
                 client_factory=self._client_factory,
                 scans=self._scans,
+                protection=config.protection,
                 clock=self._clock,
                 on_publish=self._published,
                 previous=current.status if current else None,

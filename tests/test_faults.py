@@ -415,6 +415,9 @@ class ExpiringMidScan:
     def logins(self) -> int:
         return self.client.logins
 
+    def get(self, path: str) -> bytes:
+        return self.client.get(path)
+
     def read(self, collection: Collection, pages: PageSink) -> None:
         seen = 0
         wrapper = self
