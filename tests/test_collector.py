@@ -21,39 +21,83 @@ from exporter.model import (
     BackupSnapshot,
     ClusterSummary,
     ControllerStatus,
-    VMSummary,
+    ScheduleReport,
+    VMBackups,
 )
+from tests.snapshots import host_record, judged, policy_record, rule, vm_record
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
+DAY = 86400
+BOSTON, ZURICH, DR, STORE = "Boston DC", 'Zürich "Ost"\\2', "London DR", "StoreOnce-Cloud"
 
 
 def counts(**values: int) -> dict[str, int]:
     return {**dict.fromkeys(STATES, 0), **values}
 
 
-SNAPSHOT = BackupSnapshot(
+def held(vm_id: str, newest: dict[str, float], failed: float | None = None) -> VMBackups:
+    """A VM's backups: the newest PROTECTED per destination, the newest FAILED."""
+    times = [*newest.values(), *([failed] if failed is not None else [])]
+    last = max(times)
+    state = "FAILED" if last == failed else "PROTECTED"
+    where = next((d for d, t in newest.items() if t == last), BOSTON)
+    return VMBackups(vm_id, newest, failed, state, last, where)
+
+
+BACKUPS = BackupSnapshot(
     clusters=(
         ClusterSummary(
-            name="Boston DC",
+            name=BOSTON,
             counts=counts(PROTECTED=40, FAILED=2, SAVING=1),
             sizes=counts(PROTECTED=4_000_000_000, FAILED=0, SAVING=123_456),
             newest_protected=NOW - 3600,
         ),
         ClusterSummary(
-            name='Zürich "Ost"\\2',
+            name=ZURICH,
             counts={**counts(FAILED=3), "OTHER": 1},
             sizes={**counts(FAILED=300), "OTHER": 5},
             newest_protected=None,
         ),
     ),
     vms=(
-        VMSummary("4b1c-vm-a", "db01", NOW - 7200),
-        VMSummary("77aa-vm-b", "db01", NOW - 90_000),
-        VMSummary("90ff-vm-c", "failing\nvm", None),
+        held("4b1c-vm-a", {BOSTON: NOW - 7200, DR: NOW - 90_000}, failed=NOW - 18_000),  # ok
+        held("77aa-vm-b", {ZURICH: NOW - 180_000}),  # overdue (daily)
+        held("90ff-vm-c", {}, failed=NOW - 600),  # never backed up
+        held("b2-susp", {BOSTON: NOW - 3 * DAY}),  # host suspended: not scheduled
+        held("d4-flaky", {BOSTON: NOW - 3000}, failed=NOW - 100),  # last failed
+        held("e5-store", {STORE: NOW - 2 * DAY}),  # weekly to the store: ok
+        held("ff-removed", {BOSTON: NOW - 9 * DAY}),  # not in the inventory: no series
     ),
     backups_seen=46,
 )
+POLICIES = [
+    policy_record("p-hourly-dr", "Hourly local + daily to London DR",
+                  rule(60), rule(1440, start="22:00", end="22:00", destination=DR, number=2)),
+    policy_record("p-daily", "Daily local", rule(1440)),
+    policy_record("p-hourly", "Hourly local", rule(60)),
+    policy_record("p-none", "BOS-DS-02 default (no rules)"),
+    policy_record("p-store", "Weekly to StoreOnce",
+                  rule(1440, days="Sun", start="02:00", end="03:00", store=STORE),
+                  rule(frequency="NA", number=2)),
+]  # fmt: skip
+VMS = [
+    vm_record("4b1c-vm-a", "db01", "p-hourly-dr", policy_name="Hourly local + daily to London DR"),
+    vm_record("77aa-vm-b", "db01", "p-daily", omnistack_cluster_name=ZURICH, host_id="h-zrh-1"),
+    vm_record("90ff-vm-c", "failing\nvm", "p-hourly"),
+    vm_record("a1-new", "new-vm", "p-hourly", created_at="2024-03-03T20:56:40Z"),
+    vm_record("b2-susp", "suspended-vm", "p-hourly", host_id="h-bos-2"),
+    vm_record("c3-def", "default-policy-vm", "p-none", datastore_name="BOS-DS-02"),
+    vm_record("d4-flaky", "flaky-vm", "p-hourly", created_at="NA"),
+    vm_record("e5-store", "store-vm", "p-store", host_id="h-unlisted"),
+]
+HOSTS = [
+    host_record("h-bos-1", "BOS-ESX-01", BOSTON),
+    host_record("h-bos-2", "BOS-ESX-02", BOSTON, enabled=False),
+    host_record("h-zrh-1", "ZRH-ESX-01", ZURICH, enabled="NA"),
+]
+REPORT = ScheduleReport(9120, 24000, 151_000, 500_000)
+SNAPSHOT = judged(BACKUPS, now=NOW - 60, vms=VMS, policies=POLICIES, hosts=HOSTS, report=REPORT)
 STATE = ExporterState(interval_seconds=300, stale_after_seconds=1800)
 
 
@@ -171,7 +215,7 @@ def test_per_vm_series_can_be_switched_off() -> None:
 
 
 def test_a_vanished_vm_vanishes_from_the_next_scrape() -> None:
-    fewer = replace(SNAPSHOT, vms=SNAPSHOT.vms[:1])
+    fewer = replace(SNAPSHOT, protection=SNAPSHOT.protection[:1])
     text = render([boston(snapshot=fewer)])
     vm_ids = {
         labels_dict["vm_id"]
