@@ -13,27 +13,37 @@
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-# ---- builder: wheels for the project and its dependencies, installed into a venv ----
+# ---- builder: the project's wheel, and a venv of exactly the locked dependencies ----
 FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-COPY pyproject.toml README.md /src/
+COPY requirements.lock requirements-build.lock /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY exporter/ /src/exporter/
 
-# One wheel per distribution, then an offline install of exactly those wheels: the venv
-# holds what the project declares and nothing that a build needed. bcrypt (the
-# basic-auth extra) ships manylinux wheels, so no compiler is needed here either.
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels "/src[basic-auth]"
+# Every version and every file's hash comes from the lock files (deploy/update-locks writes
+# them): nothing is resolved at build time. Wheels only, so no compiler is needed (bcrypt, the
+# basic-auth extra, ships manylinux wheels). The build backend gets a venv of its own, so
+# that nothing a build needed ends up in the image; pip check proves the lock is complete.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/python -m pip install --no-cache-dir --require-hashes --no-deps \
+       --only-binary=:all: -r /src/requirements-build.lock \
+    && /opt/build/bin/python -m pip wheel --no-cache-dir --no-build-isolation --no-deps \
+       --wheel-dir /wheels /src
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/python -m pip install --no-cache-dir --no-index /wheels/*.whl \
+    && /opt/venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps \
+       --only-binary=:all: -r /src/requirements.lock \
+    && /opt/venv/bin/python -m pip install --no-cache-dir --no-index --no-deps /wheels/*.whl \
+    && /opt/venv/bin/python -m pip check \
     && /opt/venv/bin/simplivity-exporter --help > /dev/null
 
 # ---- final: the venv on a clean base, run as an unprivileged user ----
 FROM ${PYTHON_IMAGE}
 
 ARG PYTHON_IMAGE
+# exporter/__init__.py's __version__, which a Dockerfile cannot read: a test keeps them equal.
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown

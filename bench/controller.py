@@ -31,7 +31,7 @@ from exporter.simulator import FederationSpec, SimulatedController
 
 
 def stats_document(controller: SimulatedController) -> dict[str, int]:
-    stats = controller.stats
+    stats = controller.stats.snapshot()
     return {
         "logins": stats.logins,
         "requests": sum(stats.requests_per_path.values()),

@@ -22,14 +22,17 @@ SLOW_MODULES = frozenset(
     {
         "test_bench",
         "test_cli",
+        "test_deploy",
         "test_dockerfile",
         "test_faults",
         "test_helm",
+        "test_landing_page",
         "test_monitoring_rules",
         "test_prometheus_e2e",
         "test_reload",
         "test_secrets",
         "test_soak",
+        "test_web_serving",
         "test_worker",
     }
 )

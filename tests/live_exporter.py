@@ -317,7 +317,7 @@ def patched_resolver() -> Iterator[NameService]:
 
 # --- the real command ------------------------------------------------------------------------
 
-_LISTENING = re.compile(r"listening on (https?://\S+)")
+_LISTENING = re.compile(r"listening on (https?://\S+) with ")
 
 
 def write_config(

@@ -3,6 +3,8 @@
 - hadolint passes, and the Dockerfile has the properties a security review asks for
   (pinned base, non-root numeric user, no compiler, curl, config or secret in the image);
 - .dockerignore sends only what the image is built from;
+- the builder installs exactly what requirements.lock and requirements-build.lock pin, each
+  file checked against its hash; the lock holds every runtime dependency and nothing else;
 - the builder stage's own RUN lines, run here in a temporary directory, build the wheels
   and a fresh venv in which the ENTRYPOINT resolves;
 - the HEALTHCHECK command, run from that venv, passes against a running exporter and
@@ -24,14 +26,18 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import bcrypt
 import pytest
 import trustme
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from exporter import __version__, healthcheck
 
@@ -40,7 +46,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 # The paths the builder stage uses, remapped into a temporary directory here.
-IMAGE_PATHS = ("/src", "/wheels", "/opt/venv")
+IMAGE_PATHS = ("/src", "/wheels", "/opt/build", "/opt/venv")
+RUNTIME_LOCK = ROOT / "requirements.lock"
+BUILD_LOCK = ROOT / "requirements-build.lock"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)
@@ -225,7 +234,15 @@ def dockerignore_excludes(relative: str) -> bool:
 
 @pytest.mark.parametrize(
     "path",
-    ["pyproject.toml", "README.md", "exporter/__init__.py", "exporter/cli.py"],
+    [
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "requirements.lock",
+        "requirements-build.lock",
+        "exporter/__init__.py",
+        "exporter/cli.py",
+    ],
 )
 def test_dockerignore_keeps_what_the_image_is_built_from(path: str) -> None:
     assert not dockerignore_excludes(path)
@@ -243,10 +260,118 @@ def test_dockerignore_keeps_what_the_image_is_built_from(path: str) -> None:
         "helm/simplivity-exporter/values.yaml",
         "exporter/__pycache__/cli.cpython-311.pyc",
         "Dockerfile",
+        "deploy/compose/compose.yaml",
     ],
 )
 def test_dockerignore_leaves_out_everything_else(path: str) -> None:
     assert dockerignore_excludes(path)
+
+
+# ------------------------------------------------------------------------ the locks
+
+
+@dataclass(frozen=True)
+class Pin:
+    version: str
+    hashes: tuple[str, ...]
+
+
+def read_lock(path: Path) -> dict[str, Pin]:
+    """A pip requirements file of ``name==version --hash=sha256:...`` lines, by canonical name."""
+    pins: dict[str, Pin] = {}
+    for line in path.read_text(encoding="utf-8").replace("\\\n", " ").splitlines():
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        requirement, *options = line.split()
+        hashes = tuple(o.removeprefix("--hash=sha256:") for o in options)
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), f"{path.name}: {line}"
+        assert hashes, f"{path.name}: no hash for {requirement}"
+        name, equals, version = requirement.partition("==")
+        assert equals, f"{path.name}: {requirement} is not pinned with =="
+        assert re.fullmatch(r"[A-Za-z0-9.+!-]+", version), f"{path.name}: {requirement}"
+        pins[canonicalize_name(name)] = Pin(version, hashes)
+    return pins
+
+
+def test_locks_pin_every_requirement_with_its_hashes() -> None:
+    """read_lock refuses an unpinned line, a line without a hash and any pip option (an
+    index URL or a local path in a lock would make the image build depend on this machine)."""
+    for path in (RUNTIME_LOCK, BUILD_LOCK):
+        assert read_lock(path), f"{path.name} pins nothing"
+
+
+def test_read_lock_refuses_what_a_lock_must_not_hold(tmp_path: Path) -> None:
+    digest = "0" * 64
+    for bad in (
+        "requests>=2.31 --hash=sha256:" + digest,
+        "requests==2.32.3",
+        "requests==2.32.3 --hash=md5:abc",
+        "--extra-index-url https://example.invalid/simple",
+    ):
+        path = tmp_path / "bad.lock"
+        path.write_text(bad + "\n", encoding="utf-8")
+        with pytest.raises(AssertionError):
+            read_lock(path)
+
+
+def requirements(specs: list[str]) -> dict[str, Requirement]:
+    parsed = [Requirement(spec) for spec in specs]
+    return {canonicalize_name(r.name): r for r in parsed}
+
+
+def test_runtime_lock_pins_every_dependency_the_project_declares() -> None:
+    """The image installs the basic-auth extra: its dependencies are runtime dependencies."""
+    project = PYPROJECT["project"]
+    declared = requirements(
+        project["dependencies"] + project["optional-dependencies"]["basic-auth"]
+    )
+    pins = read_lock(RUNTIME_LOCK)
+    assert set(declared) <= set(pins), f"not locked: {sorted(set(declared) - set(pins))}"
+    for name, requirement in declared.items():
+        assert requirement.specifier.contains(pins[name].version, prereleases=True), (
+            f"{name}=={pins[name].version} is outside pyproject's {requirement}: "
+            "run deploy/update-locks"
+        )
+
+
+def test_build_lock_pins_the_build_backend_and_nothing_of_it_reaches_the_image() -> None:
+    declared = requirements(PYPROJECT["build-system"]["requires"])
+    pins = read_lock(BUILD_LOCK)
+    assert set(pins) == set(declared)
+    for name, requirement in declared.items():
+        assert requirement.specifier.contains(pins[name].version), (name, requirement)
+    assert not set(pins) & set(read_lock(RUNTIME_LOCK))
+
+
+def pip_commands(stage_index: int) -> list[str]:
+    """Each ``pip`` command of a stage's RUN lines."""
+    commands = []
+    for instruction in stage(stage_index):
+        if instruction.keyword == "RUN":
+            commands += [c.strip() for c in instruction.arguments.split("&&") if " pip " in c]
+    return commands
+
+
+def test_builder_installs_only_locked_files_checked_against_their_hashes() -> None:
+    copied = " ".join(i.arguments for i in stage(0) if i.keyword == "COPY")
+    assert "requirements.lock" in copied
+    assert "requirements-build.lock" in copied
+    commands = pip_commands(0)
+    installs = [c for c in commands if " pip install " in c]
+    from_locks = [c for c in installs if " -r " in c]
+    assert {c.split(" -r ")[1].split()[0] for c in from_locks} == {
+        "/src/requirements.lock",
+        "/src/requirements-build.lock",
+    }
+    for command in from_locks:
+        for flag in ("--require-hashes", "--no-deps", "--only-binary=:all:"):
+            assert flag in command.split(), (flag, command)
+    # The project's own wheel, built here: offline and without dependencies of its own.
+    for command in set(installs) - set(from_locks):
+        assert {"--no-index", "--no-deps"} <= set(command.split()), command
+    (build,) = [c for c in commands if " pip wheel " in c]
+    assert {"--no-build-isolation", "--no-deps"} <= set(build.split()), build
+    assert any(c.endswith("pip check") for c in commands), "pip check proves the lock complete"
 
 
 # ------------------------------------------------------- the build, without an engine
@@ -361,6 +486,48 @@ def test_image_venv_has_the_basic_auth_extra_and_no_tests(image_venv: Path) -> N
     installed = Path(done.stdout.strip()).parent
     assert installed.is_relative_to(image_venv)  # the wheel, not the work tree
     assert not list(image_venv.rglob("tests/test_sharding.py"))
+
+
+def installed_closure(site_packages: Path, root: str, extras: frozenset[str]) -> dict[str, str]:
+    """name -> version of ``root`` and everything it requires, from the installed metadata."""
+    found = {
+        canonicalize_name(d.metadata["Name"]): d
+        for d in metadata.distributions(path=[str(site_packages)])
+    }
+    closure: dict[str, str] = {}
+    todo = [(canonicalize_name(root), extras)]
+    while todo:
+        name, wanted_extras = todo.pop()
+        assert name in found, f"{name} is required but not installed"
+        closure[name] = found[name].version
+        for raw in found[name].requires or []:
+            requirement = Requirement(raw)
+            applies = requirement.marker is None or any(
+                requirement.marker.evaluate({"extra": extra}) for extra in wanted_extras | {""}
+            )
+            key = canonicalize_name(requirement.name)
+            if applies and key not in closure:
+                todo.append((key, frozenset(requirement.extras)))
+    return closure
+
+
+def test_image_venv_holds_exactly_the_lock_and_the_project_at_its_version(
+    image_venv: Path,
+) -> None:
+    """Computed from what the image installed, so the lock is judged by the locked versions'
+    own dependencies, not by whatever this test's venv happens to hold."""
+    (site_packages,) = image_venv.glob("lib/python3*/site-packages")
+    project = str(PYPROJECT["project"]["name"])
+    closure = installed_closure(site_packages, project, frozenset({"basic-auth"}))
+    assert closure.pop(canonicalize_name(project)) == __version__
+    pins = read_lock(RUNTIME_LOCK)
+    assert closure == {name: pin.version for name, pin in pins.items()}
+    installed = {
+        canonicalize_name(d.metadata["Name"])
+        for d in metadata.distributions(path=[str(site_packages)])
+    }
+    # Nothing else but the venv's own installer.
+    assert installed - set(pins) - {canonicalize_name(project)} <= {"pip", "setuptools"}
 
 
 def free_port() -> int:

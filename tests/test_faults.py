@@ -480,7 +480,7 @@ def test_a_token_dying_mid_scan_costs_one_login_and_nothing_else(how: str) -> No
         logins = seen[-1].value("simplivity_logins_total", controller="boston")
         assert logins is not None
         assert logins - 1 <= wrappers[0].expired <= logins
-        assert simulator.stats.status_counts.get(401, 0) >= 3
+        assert simulator.stats.snapshot().status_counts.get(401, 0) >= 3
 
 
 def test_a_short_burst_of_500s_is_retried_within_the_poll() -> None:
@@ -488,7 +488,7 @@ def test_a_short_burst_of_500s_is_retried_within_the_poll() -> None:
         simulator = lab.controller("boston")
         exporter = lab.start_exporter(replace_poll(max_retries=3))
         wait_until(lambda: exporter.scrape().up("boston") == 1, what="the first poll")
-        served = simulator.stats.status_counts.get(500, 0)
+        served = simulator.stats.snapshot().status_counts.get(500, 0)
         seen: list[Scrape] = []
 
         def scrape() -> Scrape:
@@ -499,7 +499,7 @@ def test_a_short_burst_of_500s_is_retried_within_the_poll() -> None:
         wait_until(lambda: simulator.faults.pending_failures() == 0, what="the burst")
         consumed = time.time()
         wait_until(lambda: scrape().last_success("boston") > consumed, what="a poll after it")
-        assert simulator.stats.status_counts[500] == served + 3
+        assert simulator.stats.snapshot().status_counts[500] == served + 3
         for seen_scrape in seen:
             assert seen_scrape.up("boston") == 1
             assert seen_scrape.errors("boston") == dict.fromkeys(REASONS, 0)
@@ -523,14 +523,14 @@ def test_metrics_answer_while_a_poll_hangs() -> None:
             what="the first polls",
         )
         slow.faults.hang_seconds = 3600
-        wait_until(lambda: slow.stats.in_flight > 0, what="a request to hang")
+        wait_until(lambda: slow.stats.snapshot().in_flight > 0, what="a request to hang")
         hanging = next(s for s in exporter.poller.statuses() if s.name == "slow")
         for _ in range(5):
             scrape = exporter.scrape(timeout=30)
             assert scrape.up("slow") == 1  # the last good poll, still fresh
             assert scrape.total("simplivity_backups", controller="slow") == slow.backup_count()
             # The hang has not ended: the request is still in the controller, the poll goes on.
-            assert slow.stats.in_flight > 0
+            assert slow.stats.snapshot().in_flight > 0
             current = next(s for s in exporter.poller.statuses() if s.name == "slow")
             assert current.polls == hanging.polls
         # Meanwhile the other controller is polled as usual.

@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
+import shutil
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import pytest
 import yaml
 
 import exporter
+from tools import monitoring as monitoring_tool
 from tools.helm_chart import merge_values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,10 +108,37 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "capability added": {"securityContext": {"capabilities": {"add": ["NET_RAW"]}}},
     "seccomp profile removed": {"podSecurityContext": {"seccompProfile": None}},
     "threshold as text": {
-        "prometheusRule": {"alerts": {"SimplivityVMBackupTooOld": {"threshold": "26h"}}}
+        "prometheusRule": {"alerts": {"SimplivityClusterBackupTooOld": {"threshold": "26h"}}}
     },
     "bad duration": {"serviceMonitor": {"enabled": True, "interval": "1 minute"}},
     "page size over the API maximum": {"config": {"poll": {"page_size": 5000}}},
+    "scrape password in clear": {
+        "serviceMonitor": {
+            "basicAuth": {"username": {"name": "s", "key": "u"}, "password": "hunter2"}
+        }
+    },
+    "scrape user without password": {
+        "serviceMonitor": {"basicAuth": {"username": {"name": "s", "key": "u"}}}
+    },
+    "CA as a file path": {"serviceMonitor": {"tlsConfig": {"caFile": "/etc/ca.pem"}}},
+    "CA from two places": {
+        "serviceMonitor": {
+            "tlsConfig": {
+                "ca": {
+                    "secret": {"name": "a", "key": "ca"},
+                    "configMap": {"name": "b", "key": "ca"},
+                }
+            }
+        }
+    },
+    "client certificate without its key": {
+        "serviceMonitor": {"tlsConfig": {"cert": {"secret": {"name": "c", "key": "tls.crt"}}}}
+    },
+    "insecureSkipVerify as text": {"serviceMonitor": {"tlsConfig": {"insecureSkipVerify": "yes"}}},
+    "unknown scrape scheme": {"serviceMonitor": {"scheme": "HTTPS"}},
+    "overdue factor below 1": {"config": {"protection": {"overdue_factor": 0.5}}},
+    "negative grace": {"config": {"protection": {"grace_seconds": -60}}},
+    "runbook address not absolute": {"runbookBaseURL": "README.md"},
 }
 
 # Values that pass the schema but that the templates refuse, with Helm's message.
@@ -143,6 +172,10 @@ REFUSED_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         {"existingSecret": "mine"},
         "existingSecret is set but controllers is empty",
     ),
+    "TLS settings on a plain-HTTP scrape": (
+        {"serviceMonitor": {"enabled": True, "tlsConfig": {"serverName": "exporter.example"}}},
+        "serviceMonitor.tlsConfig is set but serviceMonitor.scheme is not https",
+    ),
     "unknown alert": (
         {"prometheusRule": {"enabled": True, "alerts": {"SimplivityTypo": {"for": "1h"}}}},
         "prometheusRule.alerts.SimplivityTypo: no such alert in files/alerts.yml",
@@ -157,6 +190,20 @@ RENDER_CASES: dict[str, dict[str, Any]] = {
         SECRETS_CASE, config={"poll": {"interval_seconds": 600}}
     ),
     "rules as shipped": {"prometheusRule": {"enabled": True}},
+    "dashboard as shipped": {"grafanaDashboard": {"enabled": True}},
+    # Demo mode (no controllers): the exporter on this branch has no protection settings yet.
+    "protection settings": {
+        "config": {"protection": {"overdue_factor": 2, "grace_seconds": 5400}},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+    },
+    "scrape over TLS, certificate not checked": {
+        "serviceMonitor": {
+            "enabled": True,
+            "scheme": "https",
+            "tlsConfig": {"insecureSkipVerify": True},
+        }
+    },
     **{f"bad: {name}": values for name, values in BAD_VALUES.items()},
     **{f"refused: {name}": values for name, (values, _) in REFUSED_VALUES.items()},
 }
@@ -256,14 +303,13 @@ def test_chart_copies_are_identical_to_the_repository_files(name: str) -> None:
     assert source.exists(), f"{source} is missing"
     assert copy_.read_bytes() == source.read_bytes(), (
         f"{copy_.relative_to(ROOT)} differs from {source.relative_to(ROOT)}; refresh it with:\n"
-        f"  cp monitoring/{name} helm/simplivity-exporter/files/{name}"
+        "  python3 tools/monitoring.py sync"
     )
 
 
 def test_chart_version_follows_the_exporter() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert chart["appVersion"] == project["project"]["version"] == exporter.__version__
+    assert chart["appVersion"] == exporter.__version__  # pyproject reads __version__ itself
 
 
 # --------------------------------------------------------------------------- the schema
@@ -360,7 +406,38 @@ def test_service_monitor_shape(helm: dict[str, Any], case: str) -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
-    assert endpoint["interval"] == values_of(case)["serviceMonitor"]["interval"]
+    values = values_of(case)["serviceMonitor"]
+    assert endpoint["interval"] == values["interval"]
+    # Scraped the way the exporter serves: the values' scheme, TLS and basic auth as given,
+    # nothing added (a certificate check is turned off only by the values).
+    assert endpoint["scheme"] == values["scheme"]
+    assert endpoint.get("tlsConfig", {}) == values["tlsConfig"]
+    assert endpoint.get("basicAuth", {}) == values["basicAuth"]
+
+
+def test_service_monitor_scrapes_a_secured_exporter(helm: dict[str, Any]) -> None:
+    docs = rendered(helm, "ci/secured-values.yaml")
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "exporter-tls", "key": "ca.crt"}},
+        "serverName": "sve-simplivity-exporter.monitoring.svc",
+    }
+    assert endpoint["basicAuth"] == {
+        "username": {"name": "exporter-scrape", "key": "username"},
+        "password": {"name": "exporter-scrape", "key": "password"},
+    }
+    # The exporter really serves what the ServiceMonitor expects: its web config is mounted.
+    (container,) = containers(docs)
+    (web_config,) = [a for a in container["args"] if a.startswith("--web.config.file=")]
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(Path(web_config.split("=", 1)[1]).parent) in mounted
+
+    (unchecked,) = one(
+        rendered(helm, "scrape over TLS, certificate not checked"), "ServiceMonitor"
+    )["spec"]["endpoints"]
+    assert unchecked["tlsConfig"] == {"insecureSkipVerify": True}
+    assert "basicAuth" not in unchecked
 
 
 # ---------------------------------------------------------------------- security
@@ -389,8 +466,15 @@ def test_pods_run_unprivileged(helm: dict[str, Any], case: str) -> None:
 @pytest.mark.parametrize("case", GOOD_RENDERS)
 def test_probes_use_the_health_endpoints(helm: dict[str, Any], case: str) -> None:
     (container,) = containers(rendered(helm, case))
-    assert container["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http"}
+    for probe in ("livenessProbe", "readinessProbe"):
+        handlers = {"exec", "httpGet", "tcpSocket", "grpc"} & set(container[probe])
+        assert len(handlers) == 1, f"{probe}: Kubernetes takes one handler, got {handlers}"
+    if "exec" in values_of(case)["livenessProbe"]:  # basic auth on: the image's own checker
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["exec"]["command"] == ["python", "-m", "exporter.healthcheck"]
+    else:
+        assert container["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http"}
     assert container["ports"] == [
         {"name": "http", "containerPort": values_of(case)["containerPort"], "protocol": "TCP"}
     ]
@@ -548,7 +632,7 @@ def test_prometheus_rule_is_the_repository_rule_file(helm: dict[str, Any]) -> No
 
 def test_prometheus_rule_applies_the_values(helm: dict[str, Any]) -> None:
     overrides = CI_CASES["ci/all-features-values.yaml"]["prometheusRule"]["alerts"]
-    base_url = CI_CASES["ci/all-features-values.yaml"]["prometheusRule"]["runbookBaseURL"]
+    base_url = CI_CASES["ci/all-features-values.yaml"]["runbookBaseURL"]
     shipped = rules_by_alert(source_rules())
     rule = one(rendered(helm, "ci/all-features-values.yaml"), "PrometheusRule")
     got = rules_by_alert(rule["spec"]["groups"])
@@ -568,10 +652,32 @@ def test_prometheus_rule_applies_the_values(helm: dict[str, Any]) -> None:
             expected["for"] = change["for"]
         if "severity" in change:
             expected["labels"]["severity"] = change["severity"]
-        url = expected.get("annotations", {}).get("runbook_url")
-        if url and "://" not in url:
-            expected["annotations"]["runbook_url"] = base_url + url
+        expected["annotations"]["runbook_url"] = f"{base_url}#{name.lower()}"
         assert rendered_rule == expected, name
+
+
+@pytest.mark.parametrize("case", GOOD_RENDERS)
+def test_runbook_links_are_absolute_or_absent(helm: dict[str, Any], case: str) -> None:
+    """A relative runbook link is dead in Alertmanager, Slack or Grafana."""
+    base_url = values_of(case)["runbookBaseURL"]
+    docs = rendered(helm, case)
+    urls = [
+        rule["annotations"].get("runbook_url")
+        for doc in of_kind(docs, "PrometheusRule")
+        for group in doc["spec"]["groups"]
+        for rule in group["rules"]
+    ]
+    urls += [
+        link["url"]
+        for panel in dashboard_panels(rendered_dashboard(docs) or {"panels": []})
+        for link in panel.get("links", [])
+    ]
+    for url in urls:
+        if base_url:
+            assert url is not None
+            assert re.fullmatch(re.escape(base_url) + r"#simplivity[a-z]+", url), url
+        else:
+            assert url is None, url
 
 
 @pytest.mark.parametrize("case", GOOD_RENDERS)
@@ -588,17 +694,85 @@ def test_prometheus_rule_shape(helm: dict[str, Any], case: str) -> None:
                 assert all(isinstance(v, str) for v in item.get("annotations", {}).values())
 
 
+def rendered_dashboard(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The dashboard JSON of the rendered ConfigMap for Grafana's sidecar, if there is one."""
+    maps = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    if not maps:
+        return None
+    (config_map,) = maps
+    assert list(config_map["data"]) == ["simplivity-exporter.json"]
+    dashboard: dict[str, Any] = json.loads(config_map["data"]["simplivity-exporter.json"])
+    return dashboard
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for top in dashboard["panels"] for panel in [top, *top.get("panels", [])]]
+
+
+def source_dashboard() -> dict[str, Any]:
+    source: dict[str, Any] = json.loads(
+        (ROOT / "monitoring" / "dashboard.json").read_text(encoding="utf-8")
+    )
+    return source
+
+
+def shipped_threshold(alert: str) -> float:
+    (expr,) = [r["expr"] for g in source_rules() for r in g["rules"] if r.get("alert") == alert]
+    return float(expr.rstrip().rsplit(" ", 1)[1])
+
+
+def threshold_steps(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    config = panel.get("fieldConfig", {})
+    steps = list(config.get("defaults", {}).get("thresholds", {}).get("steps", []))
+    for override in config.get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "thresholds":
+                steps += prop["value"]["steps"]
+    return steps
+
+
 def test_grafana_dashboard_config_map(helm: dict[str, Any]) -> None:
     docs = rendered(helm, "ci/all-features-values.yaml")
-    (dashboard,) = [
+    (config_map,) = [
         doc for doc in of_kind(docs, "ConfigMap") if doc["metadata"]["name"].endswith("-dashboard")
     ]
-    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert dashboard["metadata"]["namespace"] == "grafana"
-    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Backups"}
-    source = (ROOT / "monitoring" / "dashboard.json").read_text(encoding="utf-8")
-    assert dashboard["data"] == {"simplivity-exporter.json": source}
-    json.loads(dashboard["data"]["simplivity-exporter.json"])
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "grafana"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Backups"}
+
+
+def test_dashboard_as_shipped_is_the_repository_dashboard(helm: dict[str, Any]) -> None:
+    assert rendered_dashboard(rendered(helm, "dashboard as shipped")) == source_dashboard()
+
+
+def test_dashboard_links_panels_to_runbooks_and_follows_the_alert_thresholds(
+    helm: dict[str, Any],
+) -> None:
+    """The values' runbook address and thresholds reach the dashboard: each panel links to the
+    runbook of the alerts its description names (as tools/monitoring.py links them), and a
+    threshold step at such an alert's shipped threshold moves to the overridden one."""
+    values = values_of("ci/all-features-values.yaml")
+    overrides = {
+        name: change["threshold"]
+        for name, change in values["prometheusRule"]["alerts"].items()
+        if "threshold" in change
+    }
+    got = rendered_dashboard(rendered(helm, "ci/all-features-values.yaml"))
+    assert got is not None
+    expected = monitoring_tool.with_runbook_links(source_dashboard(), values["runbookBaseURL"])
+    moved = 0
+    for panel in dashboard_panels(expected):
+        for alert in monitoring_tool.panel_alerts(panel):
+            if alert not in overrides:
+                continue
+            for step in threshold_steps(panel):
+                if step["value"] == shipped_threshold(alert):
+                    step["value"] = overrides[alert]
+                    moved += 1
+    assert moved >= 3, "the test must move thresholds of several panels"
+    assert got == expected
+    linked = [p for p in dashboard_panels(got) if p.get("links")]
+    assert len(linked) >= 10
 
 
 def test_optional_objects_are_off_by_default(helm: dict[str, Any]) -> None:
@@ -643,3 +817,56 @@ def test_notes_say_how_to_reach_the_metrics(helm: dict[str, Any], case: str) -> 
     assert "/metrics" in notes
     assert f"kubectl --namespace {NAMESPACE} port-forward" in notes
     assert ("DEMO MODE" in notes) == (not values_of(case)["controllers"])
+
+
+def test_policy_aware_rules_and_dashboard_follow_the_exporters_protection_settings(
+    helm: dict[str, Any],
+) -> None:
+    """config.protection (what the exporter gets) sets the overdue factor and grace of the
+    policy-aware alerts and of the dashboard's at-risk table; nothing else changes."""
+    docs = rendered(helm, "protection settings")
+    got = rules_by_alert(one(docs, "PrometheusRule")["spec"]["groups"])
+    shipped = rules_by_alert(source_rules())
+    interval = "simplivity_vm_backup_expected_interval_seconds"
+    changed = {
+        "SimplivityVMBackupOverdue": shipped["SimplivityVMBackupOverdue"]["expr"].replace(
+            f"{interval} * 1.5 + 3600", f"{interval} * 2 + 5400"
+        ),
+        "SimplivityVMNeverBackedUp": shipped["SimplivityVMNeverBackedUp"]["expr"].replace(
+            f"({interval}) + 3600", f"({interval}) + 5400"
+        ),
+    }
+    for name, expr in changed.items():
+        assert expr != shipped[name]["expr"], name
+        assert got[name]["expr"] == expr, name
+    for name, rule in got.items():
+        if name not in changed:
+            assert rule == shipped[name], name
+    dashboard = rendered_dashboard(docs)
+    assert dashboard is not None
+    constants = {
+        v["name"]: (v["query"], v["current"]["value"])
+        for v in dashboard["templating"]["list"]
+        if v["type"] == "constant"
+    }
+    assert constants == {"overdue_factor": ("2", "2"), "grace_seconds": ("5400", "5400")}
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in GOOD_RENDERS if values_of(c)["prometheusRule"]["enabled"]]
+)
+def test_rendered_rules_pass_promtool(helm: dict[str, Any], case: str, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH: `./dev setup` installs Debian's prometheus")
+    rule = one(rendered(helm, case), "PrometheusRule")
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
+    check = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -24,8 +24,14 @@ import pytest
 import requests
 import yaml
 
-from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
-from tests.test_dashboard import EXPORTED_METRICS, load_dashboard, queries
+from exporter.simulator import FederationSpec, SimulatedController
+from tests.test_dashboard import (
+    EXPORTED_METRICS,
+    NOT_YET_EXPORTED,
+    load_dashboard,
+    metric_names,
+    queries,
+)
 from tests.test_monitoring_rules import RULES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,11 +196,12 @@ def unix(created_at: str) -> float:
 
 
 def expected_alerts(backups: list[dict[str, Any]], now: float) -> set[tuple[tuple[str, str], ...]]:
-    """The backup alerts the shipped thresholds must raise for these backups, computed from the
-    raw backups as issue 2 defines the metrics (independently of the exporter's code)."""
+    """The cluster-level backup alerts the shipped thresholds must raise for these backups,
+    computed from the raw backups as issue 2 defines the metrics (independently of the
+    exporter's code). The per-VM alerts judge each VM against its policy from issue 12's
+    series, which this test does not cover until the exporter exports them."""
     newest_by_cluster: dict[str, float] = {}
     states_by_cluster: dict[tuple[str, str], int] = {}
-    newest_by_vm: dict[tuple[str, str], float] = {}
     for b in backups:
         cluster = b["omnistack_cluster_name"] or b["external_store_name"]
         protected = b["state"] == "PROTECTED"
@@ -202,9 +209,6 @@ def expected_alerts(backups: list[dict[str, Any]], now: float) -> set[tuple[tupl
         newest_by_cluster[cluster] = max(newest_by_cluster.get(cluster, 0.0), created)
         key = (cluster, b["state"])
         states_by_cluster[key] = states_by_cluster.get(key, 0) + 1
-        if b["virtual_machine_state"] == "ALIVE":
-            vm_key = (b["virtual_machine_name"], b["virtual_machine_id"])
-            newest_by_vm[vm_key] = max(newest_by_vm.get(vm_key, 0.0), created)
     expected: set[tuple[tuple[str, str], ...]] = set()
 
     def add(alertname: str, **labels: str) -> None:
@@ -219,11 +223,6 @@ def expected_alerts(backups: list[dict[str, Any]], now: float) -> set[tuple[tupl
     for (cluster, state), count in states_by_cluster.items():
         if state in ("DEGRADED", "UNKNOWN") and count > 0:
             add("SimplivityBackupsDegraded", omnistack_cluster=cluster, state=state)
-    for (vm, vm_id), newest in newest_by_vm.items():
-        if newest == 0:
-            add("SimplivityVMNoProtectedBackup", vm=vm, vm_id=vm_id)
-        elif now - newest > MAX_BACKUP_AGE:
-            add("SimplivityVMBackupTooOld", vm=vm, vm_id=vm_id)
     return expected
 
 
@@ -346,19 +345,24 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
         lambda: prometheus.query("increase(simplivity_poll_errors_total[1m])") or None,
     )
 
-    # Every metric the dashboard and the rules rely on is really exported.
+    # Every metric the dashboard and the rules rely on is really exported (those of
+    # NOT_YET_EXPORTED once the exporter has them: then take them off that list).
     names = set(prometheus.get("/api/v1/label/__name__/values"))
-    assert names >= EXPORTED_METRICS
+    assert names >= EXPORTED_METRICS - NOT_YET_EXPORTED
+    exported_now = sorted(names & NOT_YET_EXPORTED)
+    assert not exported_now, f"exported now: remove {exported_now} from NOT_YET_EXPORTED"
 
-    # Every dashboard query, as Grafana would send it, parses and returns data.
+    # Every dashboard query, as Grafana would send it, parses and returns data (but those
+    # that read a metric of NOT_YET_EXPORTED, which parse only).
     for where, expr in queries(load_dashboard()):
+        if metric_names(expr) & NOT_YET_EXPORTED:
+            prometheus.query(expr)
+            continue
         assert prometheus.query(expr), f"{where}: no data for {expr!r}"
 
     # The expected alerts are active (pending or firing), and no others.
     expected = expected_alerts(simulator.backups(), time.time())
     named = alert_names(expected)
-    assert STALE_VM in named["SimplivityVMBackupTooOld"]
-    assert FAILING_VM in named["SimplivityVMNoProtectedBackup"]
     assert named["SimplivityBackupsDegraded"]
     wait_for(
         "the expected alerts",
@@ -379,7 +383,10 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
         for text in annotations.values():
             assert "<no value>" not in text, alert
             assert "error" not in text.lower(), alert
-        assert annotations["runbook_url"] == f"README.md#{labels['alertname'].lower()}"
+        # The shipped file has no runbook links (tools/monitoring.py adds absolute ones); the
+        # description says where to start.
+        assert "runbook_url" not in annotations, alert
+        assert "First check: " in annotations["description"], alert
 
     # The controller stops answering: the controller-down condition becomes true.
     simulator.stop()

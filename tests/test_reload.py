@@ -160,11 +160,11 @@ def test_a_reload_takes_effect_while_a_poll_hangs(
     with ExporterProcess(
         "--config.file", str(config), log_path=tmp_path / "exporter.log"
     ) as exporter:
-        wait_until(lambda: a.stats.in_flight > 0, what="a poll to hang")
+        wait_until(lambda: a.stats.snapshot().in_flight > 0, what="a poll to hang")
         write_config(config, {"ca": a, "cb": b}, poll=poll)
         exporter.signal(signal.SIGHUP)
         added = scraped_until(exporter, has("cb", b), "the added controller")
-        assert a.stats.in_flight > 0  # the hanging poll has not ended: it did not block
+        assert a.stats.snapshot().in_flight > 0  # the hanging poll has not ended: it did not block
         assert added.value(SUCCESSFUL) == 1
         assert added.up("ca") == 0  # never polled successfully
 
@@ -180,13 +180,13 @@ def test_sigterm_stops_within_seconds_during_a_hanging_poll(
         "--config.file", str(config), log_path=tmp_path / "exporter.log"
     ) as exporter:
         scraped_until(exporter, has("cb", b), "the healthy controller")
-        wait_until(lambda: a.stats.in_flight > 0, what="a poll to hang")
+        wait_until(lambda: a.stats.snapshot().in_flight > 0, what="a poll to hang")
         started = time.monotonic()
         exporter.signal(signal.SIGTERM)
         code = exporter.process.wait(timeout=15)
         took = time.monotonic() - started
         # The poll was still hanging: the timeout is 60 s and the controller never answered.
-        assert a.stats.in_flight > 0
+        assert a.stats.snapshot().in_flight > 0
     assert code == 0
     assert took < 5, f"SIGTERM took {took:.1f} s"
     assert "shutting down" in exporter.log()

@@ -23,6 +23,8 @@ from exporter import simulator
 from exporter.simulator import (
     BACKUP_FIELDS,
     BACKUP_STATES,
+    Endpoint,
+    Exchange,
     FederationSpec,
     SimulatedController,
     generate_backups,
@@ -273,8 +275,8 @@ def test_login_issues_a_bearer_token_and_counts_it(
     assert answer["scope"] == "read write"
     assert answer["updated_at"] == int(NOW * 1000)
     assert answer["access_token"] != token
-    assert controller.stats.logins == 2
-    assert controller.stats.login_failures == 1
+    assert controller.stats.snapshot().logins == 2
+    assert controller.stats.snapshot().login_failures == 1
     assert get_backups(controller, token, limit=1).status_code == 200
 
 
@@ -302,7 +304,7 @@ def test_login_without_the_client_credentials_is_bad_credentials(
     assert body["message"] == "Bad Credentials"
     assert body["exception"].endswith("BadCredentialsException")
     assert body["status"] == "401"
-    assert controller.stats.logins == 0
+    assert controller.stats.snapshot().logins == 0
 
 
 @pytest.mark.parametrize(("status", "error"), [(401, "unauthorized"), (400, "invalid_grant")])
@@ -406,7 +408,7 @@ def test_paging_delivers_every_backup_once_and_count_is_the_total(
     listed = scan(controller, token, 37)
     assert len(listed) == total
     assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
-    assert controller.stats.pages[1:] == [(o, 37) for o in range(0, total, 37)]
+    assert controller.stats.snapshot().pages[1:] == tuple((o, 37) for o in range(0, total, 37))
     past_the_end = get_backups(controller, token, offset=total, limit=10).json()
     assert past_the_end["count"] == total
     assert past_the_end["backups"] == []
@@ -552,6 +554,24 @@ def test_unknown_paths_and_wrong_methods(start: Callable[..., SimulatedControlle
     assert requests.get(controller.url + "/api/oauth/token", timeout=5).status_code == 405
 
 
+def test_a_new_endpoint_is_one_entry_in_the_route_table(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+
+    def clusters(ex: Exchange) -> None:
+        ex.send(200, {"omnistack_clusters": [], "count": 0})
+
+    controller.routes["/api/omnistack_clusters"] = Endpoint(("GET",), clusters, login=True)
+    url = controller.url + "/api/omnistack_clusters"
+    assert requests.get(url, timeout=5).status_code == 401  # login=True: the token is checked
+    token = login(controller)
+    answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert answer.json() == {"omnistack_clusters": [], "count": 0}
+    wrong = requests.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert (wrong.status_code, wrong.headers["Allow"]) == (405, "GET")
+
+
 def test_keep_alive_serves_many_requests_on_one_connection(
     start: Callable[..., SimulatedController],
 ) -> None:
@@ -627,8 +647,8 @@ def test_fail_next_answers_errors_then_recovers(start: Callable[..., SimulatedCo
     )
     assert refused.status_code == 500
     assert login(controller)
-    assert controller.stats.status_counts[500] == 3
-    assert controller.stats.backups_requests == 6
+    assert controller.stats.snapshot().status_counts[500] == 3
+    assert controller.stats.snapshot().backups_requests == 6
 
 
 def test_disconnect_next_closes_without_an_answer(
@@ -685,7 +705,7 @@ def test_stop_ends_a_hanging_answer_promptly(start: Callable[..., SimulatedContr
             timeout=30,
         )
     )
-    wait_until(lambda: controller.stats.in_flight == 1)
+    wait_until(lambda: controller.stats.snapshot().in_flight == 1)
     started = time.monotonic()
     controller.stop()
     thread.join(timeout=3)
@@ -722,7 +742,7 @@ def test_stop_ends_an_endless_answer_promptly(start: Callable[..., SimulatedCont
     assert not thread.is_alive()
     assert time.monotonic() - started < 3
     assert outcome  # ended, by a clean close or a connection error
-    assert controller.stats.bytes_sent >= sum(received) - 65536
+    assert controller.stats.snapshot().bytes_sent >= sum(received) - 65536
 
 
 @pytest.mark.parametrize("kind", simulator.MALFORMED_KINDS)
@@ -800,9 +820,10 @@ def test_the_cost_model_delays_answers_and_bounds_parallelism(
     threads = [
         run_in_thread(lambda: get_backups(controller, token, limit=1).status_code) for _ in range(4)
     ]
-    wait_until(lambda: controller.stats.in_flight == 4)
-    wait_until(lambda: controller.stats.max_parallel_served == 2)
-    assert controller.stats.max_parallel_served == 2  # two served, two waiting their turn
+    wait_until(lambda: controller.stats.snapshot().in_flight == 4)
+    wait_until(lambda: controller.stats.snapshot().max_parallel_served == 2)
+    # two served, two waiting their turn
+    assert controller.stats.snapshot().max_parallel_served == 2
     controller.stop()
     for thread, outcome in threads:
         thread.join(timeout=3)
@@ -864,6 +885,189 @@ def test_churn_moves_offsets_under_a_paging_client(
     assert len(set(listed)) < 200 or not survivors <= set(listed)
 
 
+# --- real controllers' quirks ---------------------------------------------------------------
+
+
+def test_a_capped_limit_serves_fewer_and_says_the_limit_it_applied(
+    start: Callable[..., SimulatedController],
+) -> None:
+    backups = generate_backups(FederationSpec(vms=30, backups_per_vm=10), NOW)
+    controller = start(backups)
+    controller.faults.limit_cap = 70
+    token = login(controller)
+    first = get_backups(controller, token, limit=3000).json()
+    assert (first["offset"], first["count"], first["limit"]) == (0, len(backups), 70)
+    assert len(first["backups"]) == 70
+    small = get_backups(controller, token, limit=20).json()
+    assert (small["limit"], len(small["backups"])) == (20, 20)  # under the cap: as asked
+    listed = scan(controller, token, 3000)  # advances by what was served
+    assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
+    pages = controller.stats.snapshot().pages
+    assert pages[-1] == (len(backups) // 70 * 70, 3000)  # the limit as asked is recorded
+
+
+@pytest.mark.parametrize("kind", simulator.ODD_KINDS)
+def test_odd_records_are_served_odd_and_the_others_as_they_are(
+    start: Callable[..., SimulatedController], kind: str
+) -> None:
+    backups = small_federation()
+    controller = start(backups)
+    odd_ids = sorted(str(b["id"]) for b in backups)[::7]
+    controller.faults.make_odd(kind, odd_ids)  # type: ignore[arg-type]
+    token = login(controller)
+    listed = get_backups(controller, token, limit=5000, sort="id", order="ascending").json()
+    served = listed["backups"]
+    assert listed["count"] == len(served) == len(backups)
+    expected = {str(b["id"]): b for b in backups}
+    odd_seen = 0
+    for record, backup_id in zip(served, sorted(expected), strict=True):
+        original = expected[backup_id]
+        if backup_id not in odd_ids:
+            assert record == original
+            continue
+        odd_seen += 1
+        if kind == "string_record":
+            assert record == backup_id
+        elif kind == "number_record":
+            assert isinstance(record, int)
+        elif kind == "no_state":
+            assert record == {k: v for k, v in original.items() if k != "state"}
+        elif kind == "no_id":
+            assert record == {k: v for k, v in original.items() if k != "id"}
+        else:
+            field, _, value = kind.rpartition("_")
+            assert record == {**original, field: None if value == "null" else "NA"}
+    assert odd_seen == len(odd_ids) >= 3
+    assert controller.stats.snapshot().odd_records_served == len(odd_ids)
+    # Values only change in the fields asked for.
+    some = get_backups(controller, token, limit=5000, fields="id,name").json()["backups"]
+    if kind in ("string_record", "number_record"):
+        assert sum(not isinstance(b, dict) for b in some) == len(odd_ids)
+    elif kind == "no_id":
+        assert sum("id" not in b for b in some) == len(odd_ids)
+    else:
+        assert all(set(b) == {"id", "name"} for b in some)
+    controller.faults.clear()
+    assert get_backups(controller, token, limit=5000).json()["backups"] != served
+
+
+def test_unknown_odd_kinds_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown odd kind"):
+        SimulatedController([]).faults.make_odd("weird", ["x"])  # type: ignore[arg-type]
+
+
+def test_too_many_requests_in_flight_answer_502(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+    token = login(controller)
+    controller.faults.max_in_flight = 2
+    controller.faults.hang_seconds = 60  # until stop(): two requests stay in flight
+    hanging = [run_in_thread(lambda: get_backups(controller, token, limit=1)) for _ in range(2)]
+    wait_until(lambda: controller.stats.snapshot().in_flight == 2)
+    refused = get_backups(controller, token, limit=1)
+    assert refused.status_code == 502
+    body = refused.json()
+    assert body["status"] == "502"
+    assert body["path"] == "/api/backups"
+    assert "Too many simultaneous" in body["message"]
+    assert set(body) == {"exception", "path", "message", "timestamp", "status", "error_code"}
+    # Only data requests are refused: the version and the login still answer.
+    assert requests.get(controller.url + "/api/version", timeout=5).status_code == 200
+    assert login(controller)
+    seen = controller.stats.snapshot()
+    assert seen.refused_in_flight == 1
+    assert seen.max_in_flight == 3
+    assert seen.status_counts[502] == 1
+    controller.stop()
+    for thread, _ in hanging:
+        thread.join(timeout=3)
+
+
+def test_a_limit_above_the_threshold_answers_504_and_smaller_pages_pass(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec(vms=20, total_backups=2000, roles=False))
+    token = login(controller)
+    controller.faults.timeout_above_limit = 500
+    too_large = get_backups(controller, token, limit=501)
+    assert too_large.status_code == 504
+    assert too_large.json()["status"] == "504"
+    assert "more than 60 seconds" in too_large.json()["message"]
+    assert len(get_backups(controller, token, limit=500).json()["backups"]) == 500
+    controller.faults.limit_cap = 400  # a capped limit is the one that counts
+    assert len(get_backups(controller, token, limit=3000).json()["backups"]) == 400
+    assert controller.stats.snapshot().refused_page_size == 1
+
+
+def test_a_reverse_proxy_answers_its_own_html_error_pages(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+    token = login(controller)
+    controller.faults.html_error_statuses = frozenset({502, 503, 504})
+    controller.faults.fail_next(1, status=503)
+    page = get_backups(controller, token, limit=1)
+    assert page.status_code == 503
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "<h1>503 Service Unavailable</h1>" in page.text
+    controller.faults.timeout_above_limit = 10
+    gateway = get_backups(controller, token, limit=11)
+    assert (gateway.status_code, gateway.headers["Content-Type"]) == (504, "text/html")
+    assert "504 Gateway Timeout" in gateway.text
+    controller.faults.fail_next(1, status=500)  # not a proxy status: the controller's JSON
+    assert get_backups(controller, token, limit=1).json()["status"] == "500"
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        simulator.ErrorBody(),
+        simulator.ErrorBody(timestamp="epoch_ms"),
+        simulator.ErrorBody(error_code="number"),
+        simulator.ErrorBody(timestamp="epoch_ms", error_code="number", extended_response=True),
+    ],
+    ids=["iso-string", "epoch-ms", "numeric-code", "extended"],
+)
+def test_error_bodies_in_each_version_of_the_api(
+    start: Callable[..., SimulatedController], style: simulator.ErrorBody
+) -> None:
+    controller = start(small_federation())
+    token = login(controller)
+    controller.faults.error_body = style
+    for response, status in (
+        (get_backups(controller, token, limit=-1), 400),
+        (requests.get(controller.url + "/api/nothing", timeout=5), 404),
+    ):
+        body = response.json()
+        assert response.status_code == status
+        assert body["status"] == str(status)
+        if style.timestamp == "iso":
+            assert body["timestamp"] == "2023-11-14T22:13:20Z"
+        else:
+            assert body["timestamp"] == int(NOW * 1000)
+        assert body["error_code"] == (str(status) if style.error_code == "string" else status)
+        if style.extended_response:
+            assert body["extendedResponse"]["message"] == body["message"]
+        else:
+            assert "extendedResponse" not in body
+
+
+def test_faults_aim_at_the_paths_they_are_given(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+    token = login(controller)
+    controller.faults.paths = frozenset({"/api/virtual_machines"})
+    controller.faults.fail_next(1)
+    controller.faults.malformed = "truncated"
+    page = get_backups(controller, token, limit=5)
+    assert len(page.json()["backups"]) == 5  # not aimed at backups: served as usual
+    assert controller.faults.pending_failures() == 1
+    controller.faults.paths = None  # every data endpoint
+    assert get_backups(controller, token, limit=5).status_code == 500
+
+
 # --- TLS, stats, command line ----------------------------------------------------------------
 
 
@@ -898,18 +1102,20 @@ def test_stats_count_what_clients_did(start: Callable[..., SimulatedController])
         sizes += len(response.content)
     requests.get(controller.url + "/api/version", timeout=5)
     # The server counts an answer after sending it: wait for the last one to be counted.
-    wait_until(lambda: sum(controller.stats.status_counts.values()) == 6)
-    stats = controller.stats
+    wait_until(lambda: sum(controller.stats.snapshot().status_counts.values()) == 6)
+    stats = controller.stats.snapshot()
     assert stats.logins == 1
     assert stats.backups_requests == 4
     assert stats.backups_served == 100
-    assert stats.pages == [(0, 30), (30, 30), (60, 30), (90, 30)]
+    assert stats.pages == ((0, 30), (30, 30), (60, 30), (90, 30))
     assert stats.requests_per_path == {"/api/oauth/token": 1, "/api/backups": 4, "/api/version": 1}
     assert stats.status_counts == {200: 6}
     assert stats.bytes_sent > sizes
     assert stats.max_in_flight == 1
-    stats.reset()
-    assert stats.backups_requests == 0
+    assert stats.in_flight == 0
+    controller.stats.reset()
+    assert controller.stats.snapshot().backups_requests == 0
+    assert stats.backups_requests == 4  # a snapshot does not change after it is taken
 
 
 def test_a_large_federation_is_served_quickly(start: Callable[..., SimulatedController]) -> None:
@@ -922,7 +1128,27 @@ def test_a_large_federation_is_served_quickly(start: Callable[..., SimulatedCont
 
 def test_main_serves_until_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter.simulator", "--port", "0", "--backups", "2000"],
+        [
+            sys.executable,
+            "-m",
+            "exporter.simulator",
+            "--port",
+            "0",
+            "--backups",
+            "2000",
+            "--limit-cap",
+            "300",
+            "--odd-every",
+            "100",
+            "--odd-kind",
+            "size_null",
+            "--timeout-above-limit",
+            "1000",
+            "--html-errors",
+            "502,504",
+            "--error-code",
+            "number",
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -932,7 +1158,27 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         lines = dict(process.stdout.readline().strip().split(": ", 1) for _ in range(4))
         assert lines["username"] == "administrator@vsphere.local"
         assert lines["backups"] == "2000"
-        assert requests.get(lines["url"] + "/api/version", timeout=5).status_code == 200
+        url = lines["url"]
+        assert requests.get(url + "/api/version", timeout=5).status_code == 200
+        token = requests.post(
+            url + "/api/oauth/token",
+            auth=("simplivity", ""),
+            data={
+                "grant_type": "password",
+                "username": lines["username"],
+                "password": lines["password"],
+            },
+            timeout=5,
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        page = requests.get(url + "/api/backups", params={"limit": 1000}, headers=auth, timeout=5)
+        assert (page.json()["limit"], len(page.json()["backups"])) == (300, 300)
+        listing = requests.get(
+            url + "/api/backups", params={"limit": "5000", "sort": "id"}, headers=auth, timeout=5
+        )
+        assert sum(b["size"] is None for b in listing.json()["backups"][:300]) == 3  # 1 in 100
+        bad = requests.get(url + "/api/backups", params={"limit": -1}, headers=auth, timeout=5)
+        assert bad.json()["error_code"] == 400
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:

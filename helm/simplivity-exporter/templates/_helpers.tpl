@@ -236,3 +236,52 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end }}
+
+{{/*
+One dashboard panel, changed in place (see grafana-dashboard.yaml): runbook links for the
+alerts its description names, and its threshold steps moved with theirs. Outputs nothing.
+*/}}
+{{- define "simplivity-exporter.dashboardPanel" }}
+{{- $panel := .panel }}
+{{- $alerts := list }}
+{{- $sentence := regexFind `Alerts?: Simplivity\w+(, Simplivity\w+)*\.$` (trim ($panel.description | default "")) }}
+{{- if $sentence }}
+{{- $alerts = regexFindAll `Simplivity\w+` $sentence -1 }}
+{{- end }}
+{{- if and $alerts .context.base }}
+{{- $links := list }}
+{{- range $alert := $alerts }}
+{{- $links = append $links (dict "title" (printf "Runbook: %s" $alert) "url" (printf "%s#%s" $.context.base (lower $alert)) "targetBlank" true) }}
+{{- end }}
+{{- $_ := set $panel "links" $links }}
+{{- end }}
+{{- $stepLists := list }}
+{{- with $panel.fieldConfig }}
+{{- with .defaults }}{{ with .thresholds }}{{ $stepLists = append $stepLists .steps }}{{ end }}{{ end }}
+{{- range $override := .overrides | default list }}
+{{- range $property := $override.properties }}
+{{- if eq $property.id "thresholds" }}{{ $stepLists = append $stepLists $property.value.steps }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $alert := $alerts }}
+{{- with get $.context.thresholds $alert }}
+{{- $shipped := index . 0 }}
+{{- $wanted := index . 1 }}
+{{- range $steps := $stepLists }}
+{{- range $step := $steps }}
+{{- if and (kindIs "float64" $step.value) (eq $step.value $shipped) }}
+{{- $_ := set $step "value" $wanted }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A number as PromQL and Grafana read it: 93600, not 9.36e+04 (Helm's values are float64).
+*/}}
+{{- define "simplivity-exporter.number" -}}
+{{- if eq (float64 (int64 .)) (float64 .) }}{{ printf "%d" (int64 .) }}{{ else }}{{ printf "%v" (float64 .) }}{{ end }}
+{{- end }}
