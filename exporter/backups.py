@@ -161,13 +161,22 @@ class Aggregator:
             )
             for name, tally in sorted(self._clusters.items())
         )
+        # Many backups share their creation time (a policy's schedule): each is parsed once.
+        seconds: dict[str, float] = {}
+
+        def parsed(created: str) -> float:
+            value = seconds.get(created)
+            if value is None:
+                value = seconds[created] = _seconds(created)
+            return value
+
         vms = tuple(
             VMBackups(
                 vm_id,
-                {where: _seconds(created) for where, created in vm.newest_protected.items()},
-                parse_timestamp(vm.newest_failed),
+                {where: parsed(created) for where, created in vm.newest_protected.items()},
+                parsed(vm.newest_failed) if vm.newest_failed else None,
                 vm.newest_state,
-                _seconds(vm.newest_created),
+                parsed(vm.newest_created),
                 vm.newest_destination,
             )
             for vm_id, vm in sorted(self._vms.items())
