@@ -34,6 +34,11 @@ class ExporterState:
     shard_count: int = 1
     reload_successful: bool = True
     reload_success_timestamp: float = 0.0
+    #: ``--once``: per-controller series only, their help texts the same whatever the config,
+    #: so that the files of several runs can be read together: node_exporter's textfile
+    #: collector merges families by name, and drops a series that two files hold and a
+    #: family whose help text differs between them.
+    once: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,10 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
 
 
 def exporter_families(state: ExporterState) -> Iterator[Metric]:
-    """The exporter's own build, shard and reload series."""
+    """The exporter's own build, shard and reload series (none for ``--once``: each run's
+    file would hold them again)."""
+    if state.once:
+        return
     build = GaugeMetricFamily(
         "simplivity_exporter_build_info",
         "The exporter's version; constant 1.",
@@ -232,6 +240,8 @@ def fresh_snapshots(
 
 
 def _refreshed(state: ExporterState, source: str = "/api/backups") -> str:
+    if state.once:
+        return "Read by simplivity-exporter --once when it wrote its output."
     return (
         f"Refreshed by the exporter's own poll of {source} every "
         f"{state.interval_seconds:g} s (poll.interval_seconds), not at scrape time."

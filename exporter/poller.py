@@ -158,7 +158,12 @@ class ControllerPoller:
             # The poller this one replaced is finishing its last poll, told to stop.
             acquired = turn.lock.acquire(timeout=self.poll_config.timeout_seconds + 5)
         if not acquired:
-            log.warning("controller %s: previous poll still running, skipped", self.controller.name)
+            name = self.controller.name
+            log.warning(
+                "controller %s: previous poll still running, skipped",
+                name,
+                extra={"controller": name},
+            )
             return self.status
         turn.holder = self
         try:
@@ -185,13 +190,15 @@ class ControllerPoller:
             )
             duration = time.monotonic() - started
         except Cancelled:
-            log.debug("controller %s: poll abandoned at shutdown", name)
+            log.debug("controller %s: poll abandoned at shutdown", name, extra={"controller": name})
             return self.status
         except SimplivityError as err:
             return self._publish_failure(err, time.monotonic() - started)
         except Exception as err:
             # A bug, not a controller fault: keep the exporter alive, say so loudly, count it.
-            log.exception("controller %s: unexpected error during poll", name)
+            log.exception(
+                "controller %s: unexpected error during poll", name, extra={"controller": name}
+            )
             failure = DecodeError(f"internal error: {type(err).__name__}")
             return self._publish_failure(failure, time.monotonic() - started)
         finally:
@@ -215,6 +222,14 @@ class ControllerPoller:
             len(inventory.vms),
             len(snapshot.at_risk),
             duration,
+            extra={
+                "controller": name,
+                "duration_seconds": round(duration, 3),
+                "backups": backups.backups_seen,
+                "clusters": len(backups.clusters),
+                "vms": len(inventory.vms),
+                "at_risk": len(snapshot.at_risk),
+            },
         )
         self._on_publish()
         return self.status
@@ -241,6 +256,7 @@ class ControllerPoller:
                     "are not exported",
                     self.controller.name,
                     err,
+                    extra={"controller": self.controller.name, "error": str(err)},
                 )
                 self._said_no_report = True
             return None
@@ -260,7 +276,18 @@ class ControllerPoller:
             errors=errors,
             logins=self._logins_before + self._client.logins,
         )
-        log.warning("controller %s: poll failed (%s): %s", self.controller.name, err.reason, err)
+        log.warning(
+            "controller %s: poll failed (%s): %s",
+            self.controller.name,
+            err.reason,
+            err,
+            extra={
+                "controller": self.controller.name,
+                "reason": err.reason,
+                "duration_seconds": round(duration, 3),
+                "error": str(err),
+            },
+        )
         self._on_publish()
         return self.status
 

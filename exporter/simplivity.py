@@ -122,6 +122,7 @@ class SimplivityClient:
             log.warning(
                 "controller %s: TLS certificate verification is OFF (insecure_skip_verify)",
                 self.controller.name,
+                extra={"controller": self.controller.name, "url": self.controller.url},
             )
         session.verify = self._verify
         adapter = _ServerNameAdapter(tls.server_name, self.poll.max_concurrency + 1)
@@ -154,7 +155,11 @@ class SimplivityClient:
             status, body = self._retrying(path, partial(self._send, "GET", path, params, headers))
             if status == 401 and not relogged:
                 # The token died (idle, absolute lifetime, or revoked): log in, retry once.
-                log.info("controller %s: token refused, logging in again", self.controller.name)
+                log.info(
+                    "controller %s: token refused, logging in again",
+                    self.controller.name,
+                    extra={"controller": self.controller.name, "path": path},
+                )
                 self._forget_token(token)
                 continue
             if status == 401:
@@ -192,6 +197,13 @@ class SimplivityClient:
                 raise failure
             delay = min(30.0, self._backoff_seconds * 2 ** (failures - 1))
             delay *= random.uniform(0.5, 1.5)
+            context: dict[str, object] = {
+                "controller": self.controller.name,
+                "path": path,
+                "reason": failure.reason,
+            }
+            if isinstance(failure, HTTPStatusError):
+                context["status"] = failure.status
             log.info(
                 "controller %s: %s; retry %d of %d in %.1f s",
                 self.controller.name,
@@ -199,6 +211,12 @@ class SimplivityClient:
                 failures,
                 self.poll.max_retries,
                 delay,
+                extra={
+                    **context,
+                    "retry": failures,
+                    "retries": self.poll.max_retries,
+                    "delay_seconds": round(delay, 3),
+                },
             )
             if self._stop.wait(delay):
                 raise Cancelled()
@@ -243,7 +261,12 @@ class SimplivityClient:
         token = document.get("access_token") if isinstance(document, dict) else None
         if not isinstance(token, str) or not token:
             raise DecodeError("/api/oauth/token answered without an access_token")
-        log.debug("controller %s: logged in as %s", self.controller.name, self.controller.username)
+        log.debug(
+            "controller %s: logged in as %s",
+            self.controller.name,
+            self.controller.username,
+            extra={"controller": self.controller.name, "username": self.controller.username},
+        )
         return token
 
     def _send(

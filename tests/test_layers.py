@@ -17,6 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
 FORBIDDEN = {
     # The shared vocabulary sits below everything.
     "model": {"*"},
+    # Logging is set up by the exporter and its worker alike, from nothing of theirs.
+    "logs": {"*"},
     # The client speaks HTTP only: nothing from the layers that page, count or poll.
     "simplivity": {"scan", "backups", "worker", "poller", "collector", "exposition", "web"},
     # The paging algorithm works for any collection and any client.

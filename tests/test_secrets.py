@@ -187,7 +187,7 @@ def test_no_password_or_token_appears_anywhere(
     tokens = [token for c in controllers.values() for token in c.issued_tokens()]
     assert len(tokens) >= 5  # first logins and the logins after every dead token
     # The log really is at debug level and holds the faults, so the search means something.
-    assert "DEBUG" in outputs["log"] or '"level": "debug"' in outputs["log"]
+    assert " level=debug " in outputs["log"] or '"level": "debug"' in outputs["log"]
     assert "configuration reload failed" in outputs["log"]
     assert "refused the credentials" in outputs["log"]
     assert "HTTP 500" in outputs["log"]

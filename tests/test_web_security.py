@@ -26,6 +26,7 @@ import trustme
 
 from exporter.web import ExporterServer, WebApp
 from exporter.webconfig import PasswordChecker, load_web_config
+from tests.logfmt import parse_line
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-scrape-password"
@@ -424,7 +425,9 @@ def test_an_invalid_web_config_stops_the_exporter_at_start(
     stderr = exporter.stderr
     assert code == 2, stderr
     assert "Traceback" not in stderr
-    assert stderr.count(f"simplivity-exporter: {path} has 1 problem(s):\n") == 1
-    assert f"  - {expected.replace('{dir}', str(pki.dir))}" in stderr
-    assert "exporter: listening on" not in stderr
+    records = [parse_line(line) for line in stderr.splitlines()]
+    [error] = [record["msg"] for record in records if record["level"] == "error"]
+    assert error.startswith(f"{path} has 1 problem(s):\n")
+    assert f"  - {expected.replace('{dir}', str(pki.dir))}" in error
+    assert not [record for record in records if record["msg"].startswith("listening on")]
     assert PASSWORD not in stderr
