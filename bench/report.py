@@ -156,6 +156,20 @@ def _worker_note(results: Results) -> list[str]:
     return [f"Of the exporter's peak RSS, the decoding worker's own peak: {shares}.", ""]
 
 
+def _requests_note(results: Results) -> list[str]:
+    """The exporter's requests of one poll by path, per size, and a blank line; nothing if
+    the controller did not count them."""
+    rows = [r for r in results.polls if r.side == "exporter" and r.requests_per_path]
+    if not rows:
+        return []
+    sizes = "; ".join(
+        f"{_size(row.backups)}: "
+        + ", ".join(f"{path} {count}" for path, count in row.requests_per_path.items())
+        for row in rows
+    )
+    return [f"The exporter's requests of one poll, by path. {sizes}.", ""]
+
+
 def _load_table(results: Results) -> tuple[list[str], list[list[str]]]:
     header = [
         "/metrics",
@@ -244,9 +258,9 @@ def _settings_line(results: Results) -> str:
 
 def text(results: Results) -> str:
     parts = [_settings_line(results), "", _plain(*_poll_table(results))]
-    note = _worker_note(results)
-    if note:
-        parts += ["", note[0]]
+    for note in (_worker_note(results), _requests_note(results)):
+        if note:
+            parts += ["", note[0]]
     if results.sweep:
         parts += ["", f"At {_size(results.sweep[0].backups)} backups:"]
         parts += [_plain(*_sweep_table(results))]
@@ -288,6 +302,7 @@ def markdown(results: Results) -> str:
         _markdown_table(*_poll_table(results)),
         "",
         *_worker_note(results),
+        *_requests_note(results),
         "![poll time and peak RSS against federation size](poll.png)",
     ]
     if results.sweep:

@@ -84,8 +84,10 @@ def test_every_planted_status_reaches_metrics_through_a_real_scrape() -> None:
         for name, planted in simulator.planted.items():
             vm = {"controller": "boston", "vm": name, "vm_id": info[name]["vm_id"]}
             scheduled = scrape.value("simplivity_vm_policy_scheduled", **vm)
-            newest = scrape.value("simplivity_vm_backup_newest_timestamp_seconds", **vm)
-            failed = scrape.value("simplivity_vm_backup_newest_failed_timestamp_seconds", **vm)
+            newest = scrape.value("simplivity_vm_backup_newest_timestamp_seconds", **vm) or 0.0
+            failed = (
+                scrape.value("simplivity_vm_backup_newest_failed_timestamp_seconds", **vm) or 0.0
+            )
             late = [
                 labels["destination"]
                 for labels, interval in scrape.matching(
@@ -107,9 +109,9 @@ def test_every_planted_status_reaches_metrics_through_a_real_scrape() -> None:
                 "not_scheduled": scheduled == 0,
                 "new": scheduled == 1 and newest == 0 and not late,
                 "never_backed_up": scheduled == 1 and newest == 0 and bool(late),
-                "overdue": scheduled == 1 and bool(newest) and bool(late),
-                "last_failed": scheduled == 1 and not late and (failed or 0) > (newest or 0) > 0,
-                "ok": scheduled == 1 and not late and (newest or 0) > 0 and (failed or 0) < newest,
+                "overdue": scheduled == 1 and newest > 0 and bool(late),
+                "last_failed": scheduled == 1 and not late and failed > newest > 0,
+                "ok": scheduled == 1 and not late and newest > failed,
             }
             assert [s for s, holds in shown.items() if holds] == [planted], name
 
