@@ -358,6 +358,7 @@ def test_proxies_come_from_the_environment(
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
     with pytest.raises(ConnectError):
         scan_ids(reader_for(simulator, max_retries=0))
-    assert simulator.stats.snapshot().logins == 0  # nothing reached the controller: it went to the proxy
+    # Nothing reached the controller: it went to the proxy.
+    assert simulator.stats.snapshot().logins == 0
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert len(scan_ids(reader_for(simulator))) == simulator.backup_count()

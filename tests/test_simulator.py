@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -133,7 +134,8 @@ def test_generation_is_deterministic_for_a_spec_and_a_time() -> None:
 
 def test_every_backup_has_every_documented_field_with_its_type() -> None:
     backups = generate_backups(FederationSpec(), NOW)
-    assert len(backups) == 40 * 12
+    # 40 VMs, 12 backups each but for the three roles without any
+    assert len(backups) == (40 - len(simulator.spec.BACKUPLESS_ROLES)) * 12
     for backup in backups:
         assert tuple(backup) == BACKUP_FIELDS
         assert isinstance(backup["size"], int)
@@ -213,11 +215,12 @@ def test_the_default_federation_plays_every_role() -> None:
     assert failing_id not in newest
 
     stale_id = by_name[simulator.STALE_VM][0]["virtual_machine_id"]
-    assert 3 * 86400 <= NOW - newest[stale_id] <= 3 * 86400 + 3600 + 300
+    assert 3 * 86400 <= NOW - newest[stale_id] <= 4 * 86400 + 300  # a daily policy, stopped
 
+    # DR copies to another cluster carry what was sent; local ones do not.
+    assert any(b["omnistack_cluster_name"] == "London DR" and int(str(b["sent"])) for b in backups)
     alive = {b["virtual_machine_id"] for b in backups if b["virtual_machine_state"] == "ALIVE"}
     fresh = {vm for vm in alive if vm in newest and NOW - newest[vm] < 86400}
-    assert fresh == alive - {stale_id, failing_id}
     assert len(fresh) >= 30
 
 
@@ -397,7 +400,7 @@ def test_missing_unknown_and_revoked_tokens_are_invalid(
 def test_paging_delivers_every_backup_once_and_count_is_the_total(
     start: Callable[..., SimulatedController],
 ) -> None:
-    backups = generate_backups(FederationSpec(vms=30, backups_per_vm=10), NOW)
+    backups = generate_backups(FederationSpec(vms=40, backups_per_vm=10), NOW)
     controller = start(backups)
     token = login(controller)
     total = len(backups)
@@ -1068,6 +1071,417 @@ def test_faults_aim_at_the_paths_they_are_given(
     assert get_backups(controller, token, limit=5).status_code == 500
 
 
+# --- inventory: VMs, policies, hosts, the schedule report ---------------------------------------
+
+COLLECTIONS = {
+    "/api/virtual_machines": "virtual_machines",
+    "/api/policies": "policies",
+    "/api/hosts": "hosts",
+}
+REPORT = "/api/policies/policy_schedule_report"
+
+
+def get(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
+    response = requests.get(
+        controller.url + path,
+        params=params,  # type: ignore[arg-type]
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def listing(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
+    """Every record of a collection, paging by what the server served."""
+    records: list[Any] = []
+    while True:
+        page = get(controller, token, path, offset=len(records), **params)
+        records.extend(page[COLLECTIONS.get(path, "backups")])
+        if len(records) >= page["count"] or not page[COLLECTIONS.get(path, "backups")]:
+            return records
+
+
+def by_id(records: list[Any]) -> dict[str, Any]:
+    return {record["id"]: record for record in records}
+
+
+@pytest.mark.parametrize("path", sorted(COLLECTIONS))
+def test_inventory_collections_page_sort_and_select_like_the_api(
+    start: Callable[..., SimulatedController], path: str
+) -> None:
+    controller = start(FederationSpec(vms=60))
+    key = COLLECTIONS[path]
+    assert requests.get(controller.url + path, timeout=5).status_code == 401
+    token = login(controller)
+    params = {"state": "ALIVE,REMOVED,DELETED"} if key == "virtual_machines" else {}
+    whole = get(controller, token, path, **params)
+    assert set(whole) == {"offset", "count", "limit", key}
+    assert (whole["offset"], whole["limit"]) == (0, 500)
+    records = whole[key]
+    assert whole["count"] == len(records) > 3
+    assert len(by_id(records)) == len(records)
+    paged = listing(controller, token, path, limit=3, sort="id", order="ascending", **params)
+    assert [r["id"] for r in paged] == sorted(r["id"] for r in records)
+    names = [r["name"] for r in get(controller, token, path, sort="name", **params)[key]]
+    assert names == sorted(names, reverse=True)  # descending by default
+    some = get(controller, token, path, fields="id,name,nonsense", **params)[key]
+    assert all(set(r) == {"id", "name"} for r in some)
+    assert {r["id"] for r in some} == set(by_id(records))
+    one = records[1]
+    assert get(controller, token, path, id=one["id"], **params)[key] == [one]
+    too_many = requests.get(
+        controller.url + path,
+        params={"limit": 5001},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
+    assert too_many.status_code == 400
+    assert too_many.json()["path"] == path
+    assert get(controller, token, path, limit=5000)["limit"] == 5000
+
+
+def test_every_record_has_the_documented_fields(start: Callable[..., SimulatedController]) -> None:
+    controller = start(FederationSpec())
+    token = login(controller)
+    vms = get(controller, token, "/api/virtual_machines", state="ALIVE,REMOVED,DELETED")
+    assert all(tuple(vm) == simulator.VM_FIELDS for vm in vms["virtual_machines"])
+    policies = get(controller, token, "/api/policies")["policies"]
+    assert all(tuple(p) == simulator.POLICY_FIELDS for p in policies)
+    rules = [rule for p in policies for rule in p["rules"]]
+    assert rules
+    assert all(tuple(rule) == simulator.RULE_FIELDS for rule in rules)
+    assert {rule["days"] for rule in rules} >= {"All", "Mon,Wed,Fri", "1,15", "last"}
+    hosts = get(controller, token, "/api/hosts")["hosts"]
+    assert all(tuple(h) == simulator.HOST_FIELDS for h in hosts)
+    report = get(controller, token, REPORT)
+    assert tuple(report) == simulator.SCHEDULE_REPORT_FIELDS
+    assert all(isinstance(value, int) for value in report.values())
+
+
+@pytest.mark.parametrize("mode", ["ovc", "mva"])
+def test_virtual_machines_state_defaults_to_alive_and_takes_a_list(
+    start: Callable[..., SimulatedController], mode: str
+) -> None:
+    controller = start(FederationSpec(vms=100), mode=mode)
+    token = login(controller)
+    served = controller.virtual_machines()
+    states = Counter(vm["state"] for vm in served)
+    assert states["ALIVE"] > 0
+    assert states["REMOVED"] > 1
+    assert states["DELETED"] == 1
+
+    def ids(**params: object) -> set[str]:
+        return set(by_id(listing(controller, token, "/api/virtual_machines", **params)))
+
+    def where(*wanted: str) -> set[str]:
+        return {str(vm["id"]) for vm in served if vm["state"] in wanted}
+
+    assert ids() == where("ALIVE")
+    assert ids(state="REMOVED") == where("REMOVED")
+    assert ids(state="ALIVE,REMOVED,DELETED") == where("ALIVE", "REMOVED", "DELETED")
+    assert ids(state="REMOVED,DELETED") == where("REMOVED", "DELETED")
+    boston = {str(vm["id"]) for vm in served if vm["omnistack_cluster_name"] == "Boston DC"}
+    assert ids(omnistack_cluster_name="Boston DC") == boston & where("ALIVE")
+
+
+def weekday_matches(days: str, local: time.struct_time) -> bool:
+    """The test's own reading of a rule's days (All, Mon,Wed,Fri, 1,15, last)."""
+    if days.lower() == "all":
+        return True
+    for part in days.split(","):
+        if part == time.strftime("%a", local):
+            return True
+        if part.isdigit() and int(part) == local.tm_mday:
+            return True
+        tomorrow = time.gmtime(time.mktime(local) - time.timezone + 86400)
+        if part == "last" and tomorrow.tm_mday == 1:
+            return True
+    return False
+
+
+def scheduled(rule: Json, local_name: str) -> bool:
+    """Whether a policy backup named by its local time (plus 1 s) is at one of the rule's times."""
+    local = time.strptime(local_name[:19], "%Y-%m-%dT%H:%M:%S")
+    minute = local.tm_hour * 60 + local.tm_min
+    start_h, start_m = map(int, rule["start_time"].split(":"))
+    end_h, end_m = map(int, rule["end_time"].split(":"))
+    start_minute, end_minute = start_h * 60 + start_m, (end_h * 60 + end_m) or 24 * 60
+    return (
+        local.tm_sec == 1
+        and start_minute <= minute < end_minute
+        and (minute - start_minute) % rule["frequency"] == 0
+        and weekday_matches(rule["days"], local)
+    )
+
+
+def test_backups_are_consistent_with_the_inventory_and_follow_the_rules(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec(vms=120, clusters=4, external_store_share=0.3))
+    token = login(controller)
+    backups = listing(controller, token, "/api/backups", limit=5000)
+    vms = by_id(listing(controller, token, "/api/virtual_machines", state="ALIVE,REMOVED,DELETED"))
+    policies = by_id(listing(controller, token, "/api/policies"))
+    hosts = by_id(listing(controller, token, "/api/hosts"))
+    for vm in vms.values():
+        policy, host = policies[vm["policy_id"]], hosts[vm["host_id"]]
+        assert vm["policy_name"] == policy["name"]
+        assert (vm["host_name"], vm["omnistack_cluster_name"]) == (
+            host["name"],
+            host["omnistack_cluster_name"],
+        )
+    destinations_seen: Counter[str] = Counter()
+    for backup in backups:
+        vm = vms[backup["virtual_machine_id"]]
+        assert backup["virtual_machine_name"] == vm["name"]
+        assert backup["virtual_machine_state"] == vm["state"]
+        assert backup["datastore_id"] == vm["datastore_id"]
+        assert backup["hypervisor_type"] == vm["hypervisor_type"]
+        rules = policies[vm["policy_id"]]["rules"]
+        if backup["omnistack_cluster_name"] == vm["omnistack_cluster_name"]:
+            kind, at = "local", [r for r in rules if r["destination_name"] == "<Local>"]
+        elif backup["omnistack_cluster_name"]:
+            kind = "DR"
+            at = [r for r in rules if r["destination_name"] == backup["omnistack_cluster_name"]]
+            assert backup["state"] != "PROTECTED" or backup["sent"] > 0
+        else:
+            kind = "store"
+            at = [r for r in rules if r["external_store_name"] == backup["external_store_name"]]
+            assert backup["backup_store_type"].startswith("StoreOnce")
+        assert at, f"{vm['name']}: a backup at a destination its policy does not name"
+        destinations_seen[kind] += 1
+        if backup["type"] == "POLICY":
+            assert any(scheduled(rule, backup["name"]) for rule in at), backup["name"]
+        created = time.mktime(time.strptime(backup["created_at"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert created - time.timezone <= NOW
+    assert destinations_seen["DR"] > 10
+    assert destinations_seen["store"] > 10
+    with_backups = {b["virtual_machine_id"] for b in backups}
+    gone = [vm for vm in vms.values() if vm["state"] in ("REMOVED", "DELETED")]
+    assert gone
+    assert all(vm["id"] in with_backups for vm in gone)  # backups outlive their VMs
+    assert any(not h["policy_enabled"] for h in hosts.values())
+
+
+def test_every_protection_status_is_planted_in_the_default_federation(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec())
+    assert controller.planted == simulator.ROLE_STATUSES
+    assert set(controller.planted.values()) == set(simulator.PROTECTION_STATUSES)
+    token = login(controller)
+    vms = listing(controller, token, "/api/virtual_machines")
+    policies = by_id(listing(controller, token, "/api/policies"))
+    hosts = by_id(listing(controller, token, "/api/hosts"))
+    backups = listing(controller, token, "/api/backups", limit=5000)
+    named = {vm["name"]: vm for vm in vms}
+    expected = controller.expected_statuses
+    assert set(expected) == set(by_id(vms))  # every live VM, and only them
+    planted_ids = {vm["id"] for vm in vms if vm["name"] in simulator.ROLE_STATUSES}
+    assert {expected[i] for i in set(expected) - planted_ids} == {"ok"}
+
+    def seconds(text: str) -> float:
+        return float(time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone)
+
+    def of(name: str, **where: object) -> list[Json]:
+        vm_id = named[name]["id"]
+        return sorted(
+            (
+                b
+                for b in backups
+                if b["virtual_machine_id"] == vm_id and all(b[k] == v for k, v in where.items())
+            ),
+            key=lambda b: str(b["created_at"]),
+            reverse=True,
+        )
+
+    # What makes each planted VM what it is, seen through the API.
+    assert not of(simulator.NEVER_BACKED_UP_VM)
+    assert NOW - seconds(named[simulator.NEVER_BACKED_UP_VM]["created_at"]) == 5 * 86400
+    assert not of(simulator.NEW_VM)
+    assert NOW - seconds(named[simulator.NEW_VM]["created_at"]) == 600
+    assert policies[named[simulator.NO_RULES_VM]["policy_id"]]["rules"] == []
+    assert "no rules" in named[simulator.NO_RULES_VM]["policy_name"]
+    assert not hosts[named[simulator.POLICY_DISABLED_VM]["host_id"]]["policy_enabled"]
+    assert policies[named[simulator.POLICY_DISABLED_VM]["policy_id"]]["rules"]
+    dr = named[simulator.DR_STOPPED_VM]
+    local = of(simulator.DR_STOPPED_VM, omnistack_cluster_name=dr["omnistack_cluster_name"])
+    copies = [b for b in of(simulator.DR_STOPPED_VM) if b not in local]
+    assert NOW - seconds(local[0]["created_at"]) < 2 * 3600
+    assert copies
+    assert NOW - seconds(copies[0]["created_at"]) > 4 * 86400
+    last_failed = of(simulator.LAST_FAILED_VM)
+    assert [b["state"] for b in last_failed[:2]] == ["FAILED", "PROTECTED"]
+    assert {b["state"] for b in of(simulator.FAILING_VM)} == {"FAILED"}
+    assert NOW - seconds(of(simulator.STALE_VM, state="PROTECTED")[0]["created_at"]) > 3 * 86400
+    assert named[simulator.BUSINESS_HOURS_VM]["policy_name"].startswith("Business hours")
+
+
+def test_the_schedule_report_follows_the_policies_and_the_vms(
+    start: Callable[..., SimulatedController],
+) -> None:
+    spec = FederationSpec(vms=80, daily_backup_rate_limit=1000, retained_backups_limit=10_000)
+    controller = start(spec)
+    token = login(controller)
+    vms = listing(controller, token, "/api/virtual_machines")
+    policies = by_id(listing(controller, token, "/api/policies"))
+    hosts = by_id(listing(controller, token, "/api/hosts"))
+    report = get(controller, token, REPORT)
+
+    def per_day(rule: Json) -> float:  # the test's own count: slots a day, times days used
+        start_h, start_m = map(int, rule["start_time"].split(":"))
+        end_h, end_m = map(int, rule["end_time"].split(":"))
+        minutes = ((end_h * 60 + end_m) or 1440) - (start_h * 60 + start_m)
+        slots: int = -(-minutes // rule["frequency"])
+        days = rule["days"].split(",")
+        if rule["days"].lower() == "all":
+            share = 1.0
+        elif days[0].isalpha() and days[0] != "last":
+            share = len(days) / 7
+        else:
+            share = len(days) * 12 / 365.25
+        return slots * share
+
+    rate = retained = 0.0
+    for vm in vms:  # live ones, on hosts that take policy backups
+        if hosts[vm["host_id"]]["policy_enabled"]:
+            for rule in policies[vm["policy_id"]]["rules"]:
+                rate += per_day(rule)
+                retained += per_day(rule) * rule["retention"] / 1440
+    assert report["daily_backup_rate"] == pytest.approx(rate, abs=2)
+    assert report["projected_retained_backups"] == pytest.approx(retained, rel=0.01)
+    assert report["daily_backup_rate_limit"] == 1000
+    assert report["retained_backups_limit"] == 10_000
+    assert report["backup_rate_level"] == round(100 * report["daily_backup_rate"] / 1000, 0)
+    assert report["backup_rate_level"] > 90  # a federation past 90% of its daily limit
+    assert report["projected_retained_backups_level"] == round(
+        100 * report["projected_retained_backups"] / 10_000
+    )
+
+
+def test_an_older_controller_answers_the_schedule_report_with_an_error(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec(), api_version="1.10")
+    version = requests.get(controller.url + "/api/version", timeout=5)
+    assert version.json()["REST_API_Version"] == "1.10"
+    assert "v1.10+json" in version.headers["Content-Type"]
+    token = login(controller)
+    report = requests.get(
+        controller.url + REPORT, headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
+    assert report.status_code == 404
+    body = report.json()
+    assert (body["status"], body["path"]) == ("404", REPORT)
+    assert {"exception", "message", "timestamp", "error_code"} <= set(body)
+    vms = get(controller, token, "/api/virtual_machines")["virtual_machines"]
+    assert vms
+    assert all("host_name" not in vm and vm["host_id"] for vm in vms)  # not yet in 1.10
+    assert get(controller, token, "/api/policies")["count"] > 0
+    with pytest.raises(ValueError, match="api_version"):
+        SimulatedController([], api_version="one")
+
+
+def test_faults_and_limits_apply_to_the_inventory_too(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec(vms=60))
+    token = login(controller)
+    faults = controller.faults
+    faults.paths = frozenset({"/api/virtual_machines", REPORT})
+    faults.fail_next(2)
+    headers = {"Authorization": f"Bearer {token}"}
+    failed = requests.get(controller.url + "/api/virtual_machines", headers=headers, timeout=5)
+    assert failed.status_code == 500
+    assert requests.get(controller.url + REPORT, headers=headers, timeout=5).status_code == 500
+    assert get(controller, token, "/api/hosts")["count"] > 0  # not aimed at
+    faults.limit_cap = 10
+    page = get(controller, token, "/api/virtual_machines", limit=100)
+    assert (page["limit"], len(page["virtual_machines"])) == (10, 10)
+    vm_id = page["virtual_machines"][0]["id"]
+    faults.make_odd("created_at_na", [vm_id])
+    odd = by_id(get(controller, token, "/api/virtual_machines", id=vm_id)["virtual_machines"])
+    assert odd[vm_id]["created_at"] == "NA"
+    faults.malformed = "truncated"
+    cut = requests.get(controller.url + REPORT, headers=headers, timeout=5)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut.content)
+    seen = controller.stats.snapshot()
+    assert seen.items_served_per_path["/api/virtual_machines"] == 11
+    assert [limit for _, limit in seen.pages_per_path["/api/virtual_machines"]] == [500, 100, 500]
+
+
+def test_set_inventory_serves_records_as_given(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec())
+    assert controller.planted
+    odd_vm = {"id": "v1", "name": "odd", "state": "ALIVE", "created_at": "NA", "policy_id": "p"}
+    controller.set_inventory(virtual_machines=[odd_vm], schedule_report={"daily_backup_rate": 7})
+    token = login(controller)
+    assert get(controller, token, "/api/virtual_machines")["virtual_machines"] == [odd_vm]
+    assert get(controller, token, REPORT) == {"daily_backup_rate": 7}
+    assert get(controller, token, "/api/policies")["count"] > 0  # kept
+    assert controller.planted == {}  # no longer the generated federation
+    controller.set_backups([{"id": "b1", "name": "x", "state": "PROTECTED"}])
+    assert get(controller, token, "/api/virtual_machines")["count"] == 0
+    assert get(controller, token, REPORT)["daily_backup_rate"] == 0
+
+
+@pytest.mark.parametrize(
+    ("rule", "offset", "expected"),
+    [
+        # 2023-11-14 (a Tuesday) 22:13:20 UTC
+        (simulator.schedule.Rule(60), 0, ["22:00 Tue", "21:00 Tue", "20:00 Tue"]),
+        (simulator.schedule.Rule(240), -4 * 3600, ["16:00 Tue", "12:00 Tue", "08:00 Tue"]),
+        (
+            simulator.schedule.Rule(60, "Mon,Tue,Wed,Thu,Fri", "08:00", "18:00"),
+            -4 * 3600,
+            ["17:00 Tue", "16:00 Tue", "15:00 Tue"],
+        ),
+        (
+            simulator.schedule.Rule(1440, "Mon,Wed,Fri", "22:00", "00:00"),
+            0,
+            ["22:00 Mon", "22:00 Fri", "22:00 Wed"],
+        ),
+        (simulator.schedule.Rule(1440, "1,15", "03:00", "04:00"), 0, ["03:00 01", "03:00 15"]),
+        (simulator.schedule.Rule(1440, "last", "23:00"), 3600, ["23:00 31", "23:00 30"]),
+    ],
+    ids=["hourly", "4-hourly", "business-hours", "mon-wed-fri", "month-days", "last"],
+)
+def test_rule_times_follow_the_window_and_the_days(
+    rule: simulator.schedule.Rule, offset: int, expected: list[str]
+) -> None:
+    times = itertools.islice(rule.times(int(NOW), offset), len(expected))
+    local = [time.gmtime(t + offset) for t in times]
+    shown = [
+        time.strftime(
+            "%H:%M %a"
+            if rule.days in ("All", "Mon,Tue,Wed,Thu,Fri", "Mon,Wed,Fri")
+            else "%H:%M %d",
+            t,
+        )
+        for t in local
+    ]
+    assert shown == expected
+
+
+def test_expected_intervals_are_the_longest_gaps_of_each_destination() -> None:
+    inventory = simulator.inventory.plan_inventory(FederationSpec(), int(NOW))
+    by_name = {p.name: p for p in {vm.policy for vm in inventory.vms}}
+    intervals = {
+        name: sorted(simulator.federation.expected_intervals(policy).values())
+        for name, policy in by_name.items()
+    }
+    assert intervals["Hourly local"] == [3600]
+    assert intervals["Hourly local + daily to London DR"] == [3600, 86400]
+    assert intervals["Business hours (hourly, Mon-Fri 08:00-18:00)"] == [(2 * 24 + 15) * 3600]
+    assert intervals["Nightly Mon/Wed/Fri at 22:00"] == [3 * 86400]
+    assert intervals["Daily local + 1st and 15th to London DR"] == [86400, 17 * 86400]
+    assert intervals["Daily local + month end to StoreOnce-Cloud"] == [86400, 31 * 86400]
+
+
 # --- TLS, stats, command line ----------------------------------------------------------------
 
 
@@ -1148,6 +1562,7 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
             "502,504",
             "--error-code",
             "number",
+            "--no-schedule-report",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -1179,6 +1594,9 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         assert sum(b["size"] is None for b in listing.json()["backups"][:300]) == 3  # 1 in 100
         bad = requests.get(url + "/api/backups", params={"limit": -1}, headers=auth, timeout=5)
         assert bad.json()["error_code"] == 400
+        assert requests.get(url + "/api/version", timeout=5).json()["REST_API_Version"] == "1.10"
+        report = requests.get(url + REPORT, headers=auth, timeout=5)
+        assert (report.status_code, report.json()["error_code"]) == (404, 404)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:

@@ -12,7 +12,6 @@ import base64
 import gzip
 import http.client
 import os
-import re
 import resource
 import socket
 import ssl
@@ -162,18 +161,10 @@ def open_idle_connections(port: int, count: int) -> list[socket.socket]:
     return connections
 
 
-def exporter_url(exporter: ExporterProcess) -> str:
-    """The exporter's own address: in ``--demo`` its simulated controller listens too."""
-    pattern = re.compile(r"exporter: listening on (http://\S+)")
-    found = wait_until(lambda: pattern.search(exporter.log()), 30, "the exporter's address")
-    exporter.url = found.group(1)
-    return exporter.url
-
-
 def test_thousands_of_idle_connections_cost_no_thread_and_scrapes_go_on(tmp_path: Path) -> None:
     raise_open_file_limit(2 * IDLE_CONNECTIONS + 1024)
     with ExporterProcess("--demo", log_path=tmp_path / "exporter.log") as exporter:
-        port = int(exporter_url(exporter).rsplit(":", 1)[1])
+        port = int(exporter.url.rsplit(":", 1)[1])
         wait_until(lambda: exporter.get("/-/ready")[0] == 200, 60, "the demo's first poll")
         pid = exporter.process.pid
         scrapers = [Scraper(exporter.url, keep_alive=True), Scraper(exporter.url, keep_alive=False)]

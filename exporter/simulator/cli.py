@@ -12,7 +12,8 @@ from types import FrameType
 
 from exporter.simulator.controller import SimulatedController
 from exporter.simulator.faults import ODD_KINDS, ErrorBody
-from exporter.simulator.federation import FederationSpec
+from exporter.simulator.spec import FederationSpec
+from exporter.simulator.vocabulary import REST_API_VERSION
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backups-per-vm", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--mode", choices=("ovc", "mva"), default="ovc")
+    parser.add_argument(
+        "--api-version",
+        default=REST_API_VERSION,
+        help="the REST API version it answers (before 1.11: no schedule report)",
+    )
+    parser.add_argument(
+        "--no-schedule-report",
+        action="store_true",
+        help="an older controller: the same as --api-version 1.10",
+    )
+    parser.add_argument("--daily-backup-limit", type=int, default=50_000)
+    parser.add_argument("--retained-backups-limit", type=int, default=1_000_000)
     parser.add_argument("--username", default="administrator@vsphere.local")
     parser.add_argument("--password", default="simulator-password")
     parser.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS")
@@ -105,18 +118,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             vms=vms,
             backups_per_vm=args.backups_per_vm,
             total_backups=args.backups,
+            daily_backup_rate_limit=args.daily_backup_limit,
+            retained_backups_limit=args.retained_backups_limit,
         )
     except ValueError as e:
         parser.error(str(e))
-    controller = SimulatedController(
-        spec,
-        username=args.username,
-        password=args.password,
-        host=args.host,
-        port=args.port,
-        tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
-        mode=args.mode,
-    )
+    api_version = "1.10" if args.no_schedule_report else args.api_version
+    try:
+        controller = SimulatedController(
+            spec,
+            username=args.username,
+            password=args.password,
+            host=args.host,
+            port=args.port,
+            tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
+            mode=args.mode,
+            api_version=api_version,
+        )
+    except ValueError as e:
+        parser.error(str(e))
     _set_faults(controller, args)
     done = threading.Event()
 

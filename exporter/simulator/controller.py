@@ -17,22 +17,41 @@ from typing import Final, Literal
 from urllib.parse import parse_qs
 
 from exporter.simulator.faults import Faults
-from exporter.simulator.federation import FederationSpec, generate_rows
+from exporter.simulator.federation import Federation, generate_federation
 from exporter.simulator.listing import Collection, Listings, answer_failure
 from exporter.simulator.server import Exchange, Handler, Server
+from exporter.simulator.spec import FederationSpec
 from exporter.simulator.stats import Stats
-from exporter.simulator.store import BACKUP_QUERY, GENERATED, Store, layout_from_dicts
+from exporter.simulator.store import (
+    BACKUP_QUERY,
+    GENERATED,
+    QueryRules,
+    Store,
+    layout_from_dicts,
+)
 from exporter.simulator.vocabulary import (
     CLIENT_ID,
-    CONTENT_TYPE,
+    HOST_FIELDS,
+    POLICY_FIELDS,
     REST_API_VERSION,
+    SCHEDULE_REPORT_SINCE,
     SVTFS_VERSION,
+    VM_FIELDS,
 )
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_SPEC: Final = FederationSpec()
 BACKUPS: Final = "/api/backups"
+VIRTUAL_MACHINES: Final = "/api/virtual_machines"
+POLICIES: Final = "/api/policies"
+HOSTS: Final = "/api/hosts"
+SCHEDULE_REPORT: Final = "/api/policies/policy_schedule_report"
+#: The OmniStack version an older controller (REST API before 1.11) reports.
+OLD_SVTFS: Final = "3.7.7.240"
+VM_QUERY: Final = QueryRules(VM_FIELDS, defaults=(("state", "ALIVE"),), lists=frozenset({"state"}))
+POLICY_QUERY: Final = QueryRules(POLICY_FIELDS)
+HOST_QUERY: Final = QueryRules(HOST_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -53,12 +72,22 @@ class Endpoint:
 class SimulatedController:
     """A simulated SimpliVity controller (OVC or MVA) serving one federation's backups.
 
-    ``backups`` is a :class:`FederationSpec` (generated with ``now = clock()``) or a list of
-    backup dicts (served as given: any fields). ``clock`` drives token expiry, the token
-    answer's ``updated_at`` and the ``created_at`` of backups added by churn. ``mode="mva"``
-    omits ``SVTFS_Version`` and lets comma-separated filters work as OR.
+    ``backups`` is a :class:`FederationSpec` (its whole federation is generated with
+    ``now = clock()``: backups, VMs, policies, hosts, schedule report) or a list of backup
+    dicts (served as given: any fields; no inventory, see :meth:`set_inventory`). ``clock``
+    drives token expiry, the token answer's ``updated_at`` and the ``created_at`` of backups
+    added by churn. ``mode="mva"`` omits ``SVTFS_Version`` and lets comma-separated filters
+    work as OR. ``api_version`` is the REST API version it answers: before 1.11 (an older
+    controller) it has no schedule report (404 with the error body) and its VMs have no
+    ``host_name``.
 
-    How ``GET /api/backups`` reads its query:
+    Endpoints: ``GET /api/version``; ``POST /api/oauth/token``; with a token, the paged
+    collections ``GET /api/backups``, ``/api/virtual_machines``, ``/api/policies``,
+    ``/api/hosts`` (envelope keys ``backups``, ``virtual_machines``, ``policies``, ``hosts``)
+    and the flat ``GET /api/policies/policy_schedule_report``. :attr:`routes` maps each path
+    to its :class:`Endpoint`.
+
+    How a collection reads its query (``/api/backups`` is the example):
 
     - ``offset`` >= 0 (default 0), ``limit`` 0..5000 (default 500); anything else is 400.
       ``count`` is the number of matching backups; a page past the end is empty.
@@ -73,6 +102,8 @@ class SimulatedController:
       ``created_at`` >= / <= the value. A comma in a filter value matches nothing ("ovc") or
       separates alternatives ("mva"). Other parameters (``case``, ...) are ignored.
     - Every listing reflects the backups at the time of the request (after churn).
+    - ``/api/virtual_machines``: ``state`` defaults to ALIVE and takes a comma-separated list
+      (``state=ALIVE,REMOVED,DELETED``) on every controller; no ``created_after``/``before``.
     """
 
     def __init__(
@@ -88,9 +119,11 @@ class SimulatedController:
         idle_timeout_seconds: float = 600,
         absolute_timeout_seconds: float = 86400,
         mode: Literal["ovc", "mva"] = "ovc",
+        api_version: str = REST_API_VERSION,
     ) -> None:
         if mode not in ("ovc", "mva"):
             raise ValueError(f"mode must be 'ovc' or 'mva', not {mode!r}")
+        version = _version_tuple(api_version)
         self.username = username
         self.password = password
         self.host = host
@@ -100,10 +133,16 @@ class SimulatedController:
         self.idle_timeout_seconds = idle_timeout_seconds
         self.absolute_timeout_seconds = absolute_timeout_seconds
         self.mode = mode
+        self.api_version = api_version
+        self.has_schedule_report = version >= SCHEDULE_REPORT_SINCE
+        self._content_type = f"application/vnd.simplivity.v{api_version}+json;charset=UTF-8"
+        self._report: dict[str, object] = {}
+        self._federation: Federation | None = None
         self.faults = Faults()
         self.stats = Stats()
         self.generated_at = 0.0
         self._tokens: dict[str, list[float]] = {}  # token -> [issued, last used]
+        self._lock = threading.Lock()  # the federation's parts beside the listings
         self._tokens_lock = threading.Lock()
         self._issued: list[str] = []
         self._stopping = threading.Event()
@@ -116,7 +155,12 @@ class SimulatedController:
             "/api/version": Endpoint(("GET",), self._version),
             "/api/oauth/token": Endpoint(("POST",), self._login),
             BACKUPS: Endpoint(("GET",), self._listing, login=True),
+            VIRTUAL_MACHINES: Endpoint(("GET",), self._listing, login=True),
+            POLICIES: Endpoint(("GET",), self._listing, login=True),
+            HOSTS: Endpoint(("GET",), self._listing, login=True),
         }
+        if self.has_schedule_report:
+            self.routes[SCHEDULE_REPORT] = Endpoint(("GET",), self._schedule_report, login=True)
         self.set_backups(backups)
 
     # -- life cycle
@@ -180,29 +224,117 @@ class SimulatedController:
     # -- the federation
 
     def set_backups(self, backups: Sequence[Mapping[str, object]] | FederationSpec) -> None:
-        """Replace the federation (a spec is generated with ``now = clock()``)."""
+        """Replace the federation (a spec is generated with ``now = clock()``).
+
+        Plain backup dicts come with an empty inventory and a schedule report of zeros.
+        """
         now = self.clock()
         if isinstance(backups, FederationSpec):
-            store = Store(GENERATED, generate_rows(backups, now))
+            federation = generate_federation(backups, now)
+            store = Store(GENERATED, federation.rows)
             seed = backups.seed
+            vms, policies = federation.virtual_machines, federation.policies
+            hosts, report = federation.hosts, federation.schedule_report
         else:
+            federation = None
             store = Store(*layout_from_dicts(backups))
             seed = 0
+            vms, policies, hosts, report = [], [], [], _empty_report()
         for sort in ("id", "name"):  # the default order, and the one paging clients use
             store.ascending(sort)
         # Not Random(seed): that stream generated the federation, so churn would mint the
         # very ids that already exist (duplicates in the listing).
         rng = random.Random(f"churn-{seed}")
-        self._listings.replace([Collection(BACKUPS, "backups", store, BACKUP_QUERY, True)], rng)
-        self.generated_at = now
+        collections = [
+            Collection(BACKUPS, "backups", store, BACKUP_QUERY, churns=True),
+            *self._inventory(vms, policies, hosts),
+        ]
+        with self._lock:
+            self._listings.replace(collections, rng)
+            self._report = dict(report)
+            self._federation = federation
+            self.generated_at = now
+
+    def set_inventory(
+        self,
+        *,
+        virtual_machines: Sequence[Mapping[str, object]] | None = None,
+        policies: Sequence[Mapping[str, object]] | None = None,
+        hosts: Sequence[Mapping[str, object]] | None = None,
+        schedule_report: Mapping[str, object] | None = None,
+    ) -> None:
+        """Serve these records (as given: any fields) in place of the generated ones."""
+        with self._lock:
+            self._listings.update(
+                self._inventory(
+                    virtual_machines if virtual_machines is not None else self.virtual_machines(),
+                    policies if policies is not None else self.policies(),
+                    hosts if hosts is not None else self.hosts(),
+                )
+            )
+            if schedule_report is not None:
+                self._report = dict(schedule_report)
+            self._federation = None
+
+    def _inventory(
+        self,
+        vms: Sequence[Mapping[str, object]],
+        policies: Sequence[Mapping[str, object]],
+        hosts: Sequence[Mapping[str, object]],
+    ) -> list[Collection]:
+        if not self.has_schedule_report:  # an older controller: no host_name yet
+            vms = [{k: v for k, v in vm.items() if k != "host_name"} for vm in vms]
+        collections = []
+        for path, key, records, rules in (
+            (VIRTUAL_MACHINES, "virtual_machines", vms, VM_QUERY),
+            (POLICIES, "policies", policies, POLICY_QUERY),
+            (HOSTS, "hosts", hosts, HOST_QUERY),
+        ):
+            store = Store(*layout_from_dicts(records))
+            store.ascending("name")
+            collections.append(Collection(path, key, store, rules))
+        return collections
+
+    @property
+    def planted(self) -> Mapping[str, str]:
+        """Role VM name -> the protection status a correct exporter finds for it (ALIVE ones).
+
+        Empty when the federation was not generated from a spec (or its inventory replaced).
+        See :mod:`exporter.simulator.spec` for the roles and the statuses.
+        """
+        federation = self._federation
+        return federation.planted if federation is not None else {}
+
+    @property
+    def expected_statuses(self) -> Mapping[str, str]:
+        """VM id -> the protection status a correct exporter finds, for every ALIVE VM."""
+        federation = self._federation
+        return federation.expected if federation is not None else {}
+
+    def virtual_machines(self) -> list[dict[str, object]]:
+        """A copy of the VMs served (every state), as full dicts."""
+        return self._records(VIRTUAL_MACHINES)
+
+    def policies(self) -> list[dict[str, object]]:
+        return self._records(POLICIES)
+
+    def hosts(self) -> list[dict[str, object]]:
+        return self._records(HOSTS)
+
+    def schedule_report(self) -> dict[str, object]:
+        with self._lock:
+            return dict(self._report)
+
+    def _records(self, path: str) -> list[dict[str, object]]:
+        layout, rows = self._listings.rows(path)
+        return [layout.as_dict(row) for row in rows]
 
     def backup_count(self) -> int:
         return len(self._listings.rows(BACKUPS)[1])
 
     def backups(self) -> list[dict[str, object]]:
         """A copy of the current backups, as full dicts (unsorted)."""
-        layout, rows = self._listings.rows(BACKUPS)
-        return [layout.as_dict(row) for row in rows]
+        return self._records(BACKUPS)
 
     def backup_ids(self) -> set[str]:
         layout, rows = self._listings.rows(BACKUPS)
@@ -232,7 +364,7 @@ class SimulatedController:
     # -- serving
 
     def _serve(self, h: Handler) -> None:
-        ex = Exchange(h, self.stats, self.faults, self.clock, CONTENT_TYPE)
+        ex = Exchange(h, self.stats, self.faults, self.clock, self._content_type)
         in_flight = self.stats.started(ex.path)
         try:
             ex.read_body()
@@ -259,10 +391,15 @@ class SimulatedController:
     def _listing(self, ex: Exchange) -> None:
         self._listings.serve(ex, self.clock())
 
+    def _schedule_report(self, ex: Exchange) -> None:
+        with self._lock:
+            report = dict(self._report)
+        self._listings.serve_object(ex, report)
+
     def _version(self, ex: Exchange) -> None:
-        answer = {"REST_API_Version": REST_API_VERSION}
+        answer = {"REST_API_Version": self.api_version}
         if self.mode == "ovc":
-            answer["SVTFS_Version"] = SVTFS_VERSION
+            answer["SVTFS_Version"] = SVTFS_VERSION if self.has_schedule_report else OLD_SVTFS
         ex.send(200, answer)
 
     def _login(self, ex: Exchange) -> None:
@@ -351,6 +488,28 @@ class SimulatedController:
                 return True
         ex.token_error(message)
         return False
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        parts = tuple(int(part) for part in version.split("."))
+    except ValueError:
+        parts = ()
+    if len(parts) != 2:
+        raise ValueError(f"api_version must look like 1.25, not {version!r}")
+    return parts
+
+
+def _empty_report() -> dict[str, object]:
+    spec = _DEFAULT_SPEC
+    return {
+        "daily_backup_rate": 0,
+        "daily_backup_rate_limit": spec.daily_backup_rate_limit,
+        "backup_rate_level": 0,
+        "projected_retained_backups": 0,
+        "retained_backups_limit": spec.retained_backups_limit,
+        "projected_retained_backups_level": 0,
+    }
 
 
 def _client_credentials_ok(header: str) -> bool:

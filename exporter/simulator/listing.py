@@ -75,6 +75,11 @@ class Listings:
             self._collections = {c.path: c for c in collections}
             self._rng = rng
 
+    def update(self, collections: Iterable[Collection]) -> None:
+        """Serve these collections in place of those at the same paths."""
+        with self._lock:
+            self._collections = {**self._collections, **{c.path: c for c in collections}}
+
     def rows(self, path: str) -> tuple[Layout, list[Row]]:
         """A copy of a collection's current rows (unsorted), with their layout."""
         with self._lock:

@@ -1,4 +1,5 @@
-"""The served backups: storage, sorting, filtering, churn and JSON rendering of pages."""
+"""The served records (backups, VMs, policies, hosts): storage, sorting, filtering, churn and
+JSON rendering of pages."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from exporter.simulator.vocabulary import (
 )
 
 Row = tuple[Any, ...]
-"""One stored backup: the per-backup values, then one tuple of values shared with its VM."""
+"""One stored record: its own values, then one tuple of values shared with others (a generated
+backup shares its VM's and its destination's values; other records share nothing)."""
 
 MISSING: Final = object()
 
@@ -349,7 +351,8 @@ def _valid_time(value: str) -> bool:
 
 
 class Store:
-    """The current backups, with sorted orders kept up to date as backups come and go."""
+    """The current records of a collection, with sorted orders kept up to date as backups come
+    and go."""
 
     _MAX_ORDERS = 4
     _MAX_VIEWS = 16

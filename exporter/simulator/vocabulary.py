@@ -62,8 +62,71 @@ DEFAULT_LIMIT: Final = 500
 CLIENT_ID: Final = "simplivity"
 REST_API_VERSION: Final = "1.25"
 SVTFS_VERSION: Final = "5.3.1.284"
-CONTENT_TYPE: Final = "application/vnd.simplivity.v1.25+json;charset=UTF-8"
 JDBC_MESSAGE: Final = (
     "Could not get JDBC Connection; nested exception is java.sql.SQLTransientConnectionException:"
     " HikariPool-1 - Connection is not available, request timed out after 30000ms."
 )
+
+#: The fields of a virtual machine (``GET /api/virtual_machines``); ``host_name`` only from
+#: REST API 1.11 on (see SimulatedController's ``api_version``).
+VM_FIELDS: Final = (
+    "id",
+    "name",
+    "state",
+    "created_at",
+    "policy_id",
+    "policy_name",
+    "omnistack_cluster_id",
+    "omnistack_cluster_name",
+    "datastore_id",
+    "datastore_name",
+    "host_id",
+    "host_name",
+    "hypervisor_type",
+    "app_aware_vm_status",
+)
+VM_STATES: Final = ("ALIVE", "REMOVED", "DELETED")
+#: The fields of a policy (``GET /api/policies``) and of one of its rules.
+POLICY_FIELDS: Final = (
+    "id",
+    "name",
+    "rules",
+    "cluster_group_ids",
+    "owner_cluster_id",
+    "owner_cluster_name",
+)
+RULE_FIELDS: Final = (
+    "id",
+    "number",
+    "frequency",
+    "retention",
+    "days",
+    "start_time",
+    "end_time",
+    "destination_id",
+    "destination_name",
+    "external_store_name",
+    "max_backups",
+    "application_consistent",
+    "consistency_type",
+)
+#: The fields of a host (``GET /api/hosts``).
+HOST_FIELDS: Final = (
+    "id",
+    "name",
+    "state",
+    "omnistack_cluster_id",
+    "omnistack_cluster_name",
+    "policy_enabled",
+)
+#: The flat object of ``GET /api/policies/policy_schedule_report`` (REST API 1.11 and later).
+SCHEDULE_REPORT_FIELDS: Final = (
+    "daily_backup_rate",
+    "daily_backup_rate_limit",
+    "backup_rate_level",
+    "projected_retained_backups",
+    "retained_backups_limit",
+    "projected_retained_backups_level",
+)
+#: The first REST API version with the schedule report (OmniStack 3.7.8).
+SCHEDULE_REPORT_SINCE: Final = (1, 11)
