@@ -26,7 +26,7 @@ from exporter.model import (
     ScheduleReport,
     VMBackups,
 )
-from exporter.simulator import FederationSpec, generate_backups
+from exporter.simulator import FederationSpec, generate_backups, generate_federation
 from tests.conftest import wait_until
 from tests.snapshots import aggregate, host_record, judged, policy_record, rule, vm_record
 
@@ -50,35 +50,23 @@ def status(name: str, snapshot: ControllerSnapshot | None, **changes: object) ->
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-POLICIES = [
-    policy_record("p1", "Hourly local", rule(60)),
-    policy_record("p2", "Daily local + weekly to StoreOnce-Cloud", rule(1440),
-                  rule(1440, days="Sun", start="02:00", end="03:00", store="StoreOnce-Cloud")),
-    policy_record("p3", "no rules"),
-]  # fmt: skip
-HOSTS = [host_record("h1", "esx-01", "Boston DC"), host_record("h2", "hv-01", "London DR", False)]
+POLICIES = [policy_record("p1", "Hourly local", rule(60))]
+HOSTS = [host_record("h1", "esx-01", "Boston DC")]
 
 
 def federation(report: ScheduleReport | None = None, **spec: object) -> ControllerSnapshot:
-    """A generated federation's backups; its live VMs (as their backups name them) on a few
-    policies and hosts."""
+    """A generated federation as the simulator serves it: its backups, live VMs, policies
+    and hosts; ``report`` as its schedule report."""
+    generated = generate_federation(FederationSpec(**spec), NOW - 600)  # type: ignore[arg-type]
     backups = generate_backups(FederationSpec(**spec), NOW - 600)  # type: ignore[arg-type]
-    vms = {
-        str(b["virtual_machine_id"]): vm_record(
-            str(b["virtual_machine_id"]),
-            str(b["virtual_machine_name"]),
-            f"p{n % 3 + 1}",
-            omnistack_cluster_name=b["omnistack_cluster_name"],
-            host_id=f"h{n % 3 + 1}",
-            created_at="NA" if n % 7 == 0 else "2024-01-01T00:00:00Z",
-        )
-        for n, b in enumerate(backups)
-        if b["virtual_machine_state"] == "ALIVE"
-    }
     return judged(
-        aggregate(backups), now=NOW - 30, vms=vms.values(), policies=POLICIES, hosts=HOSTS,
+        aggregate(backups),
+        now=NOW - 30,
+        vms=[vm for vm in generated.virtual_machines if vm["state"] == "ALIVE"],
+        policies=generated.policies,
+        hosts=generated.hosts,
         report=report,
-    )  # fmt: skip
+    )
 
 
 def snapshot_of(backups: BackupSnapshot, vm_names: dict[str, str]) -> ControllerSnapshot:
@@ -108,7 +96,9 @@ def test_a_generated_federation_is_written_as_prometheus_client_writes_it() -> N
     # Non-ASCII names, a quote and a backslash in a VM name, external stores, removed VMs,
     # VMs without a PROTECTED backup, every state.
     report = ScheduleReport(9120, 24000.5, None, 5e5)
-    text = assert_same_text([status("boston", federation(report))])
+    snapshot = federation(report)
+    assert {p.status for p in snapshot.protection} >= {"ok", "overdue", "new", "not_scheduled"}
+    text = assert_same_text([status("boston", snapshot)])
     assert 'vm="quote\\"back\\\\slash-vm"' in text
     assert "simplivity_federation_daily_backups_limit{" in text
     assert "simplivity_federation_retained_backups_projected{" not in text
