@@ -70,10 +70,10 @@ class _VMTally:
         "newest_state",
     )
 
-    def __init__(self, created: str, state: str, destination: str) -> None:
-        self.newest_created = created
-        self.newest_state = state
-        self.newest_destination = destination
+    def __init__(self) -> None:
+        self.newest_created = ""  # of its newest backup in any state, with its state and place
+        self.newest_state = ""
+        self.newest_destination = ""
         self.newest_protected: dict[str, str] = {}  # destination -> created_at
         self.newest_failed = ""
 
@@ -103,19 +103,24 @@ class Aggregator:
         return self._seen
 
     def add(self, backup: Mapping[str, object]) -> None:
-        """Count one backup; raise :class:`BackupRecordError` if it cannot be read."""
-        state = _text(backup, "state")
-        created = _text(backup, "created_at")
-        if not _TIMESTAMP.fullmatch(created) or not _is_real_time(created):
-            raise BackupRecordError(
-                f"backup {_describe(backup)}: created_at {created[:40]!r} is not a UTC timestamp"
+        """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
+
+        Missing values (absent, null, or the API's ``"NA"``) are odd, not wrong: a backup
+        without a creation time is counted by its state but is never anyone's newest, one
+        without a size counts 0 bytes, one without a cluster goes under its external store or
+        ``unknown``. A backup without a state, or with a value that is present but wrong (a
+        size of -1, a creation time that is no UTC timestamp), cannot be placed.
+        """
+        state = backup.get("state")
+        if not isinstance(state, str) or state in ("", MISSING):
+            what = (
+                "is missing"
+                if state is None or isinstance(state, str)
+                else f"must be a string, not {type(state).__name__}"
             )
-        size = backup.get("size")
-        if type(size) is not int or not 0 <= size <= _MAX_SIZE:
-            raise BackupRecordError(
-                f"backup {_describe(backup)}: size must be a whole number of bytes, "
-                f"not {str(size)[:40]!r}"
-            )
+            raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
+        created = _created(backup)
+        size = _size(backup)
         cluster_name = (
             _optional_text(backup, "omnistack_cluster_name")
             or _optional_text(backup, "external_store_name")
@@ -129,7 +134,8 @@ class Aggregator:
         tally.counts[state] = tally.counts.get(state, 0) + 1
         tally.sizes[state] = tally.sizes.get(state, 0) + size
         protected = state == "PROTECTED"
-        # The timestamps share one format, so comparing the strings compares the times.
+        # The timestamps share one format, so comparing the strings compares the times; a
+        # backup without one ("") is never the newest.
         if protected and created > tally.newest_protected:
             tally.newest_protected = created
         self._seen += 1
@@ -140,8 +146,8 @@ class Aggregator:
         destination = tally.name
         vm = self._vms.get(vm_id)
         if vm is None:
-            vm = self._vms[vm_id] = _VMTally(created, state, destination)
-        elif created > vm.newest_created:
+            vm = self._vms[vm_id] = _VMTally()
+        if created > vm.newest_created:  # one without a creation time ("") is never the newest
             vm.newest_created = created
             vm.newest_state = state
             vm.newest_destination = destination
@@ -176,7 +182,7 @@ class Aggregator:
                 {where: parsed(created) for where, created in vm.newest_protected.items()},
                 parsed(vm.newest_failed) if vm.newest_failed else None,
                 vm.newest_state,
-                parsed(vm.newest_created),
+                parsed(vm.newest_created) if vm.newest_created else None,
                 vm.newest_destination,
             )
             for vm_id, vm in sorted(self._vms.items())
@@ -223,22 +229,42 @@ def parse_timestamp(value: str) -> float | None:
     return _seconds(value) if value else None
 
 
-def _text(backup: Mapping[str, object], key: str) -> str:
-    value = backup.get(key)
-    if not isinstance(value, str):
-        what = "is missing" if value is None else f"must be a string, not {type(value).__name__}"
-        raise BackupRecordError(f"backup {_describe(backup)}: {key} {what}")
+#: How the API writes a value it does not have.
+MISSING = "NA"
+
+
+def _created(backup: Mapping[str, object]) -> str:
+    """The creation time, or "" if the backup has none (yet)."""
+    value = backup.get("created_at")
+    if value is None or value == MISSING or value == "":
+        return ""
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value) or not _is_real_time(value):
+        raise BackupRecordError(
+            f"backup {_describe(backup)}: created_at {str(value)[:40]!r} is not a UTC timestamp"
+        )
+    return value
+
+
+def _size(backup: Mapping[str, object]) -> int:
+    """The size in bytes; 0 if the backup has none (yet)."""
+    value = backup.get("size")
+    if value is None or value == MISSING:
+        return 0
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+        value = int(value)  # some versions write numbers as strings
+    if type(value) is not int or not 0 <= value <= _MAX_SIZE:
+        raise BackupRecordError(
+            f"backup {_describe(backup)}: size must be a whole number of bytes, "
+            f"not {str(value)[:40]!r}"
+        )
     return value
 
 
 def _optional_text(backup: Mapping[str, object], key: str) -> str:
+    """A text value, or "" if missing; odd values (a number, a list) count as missing too."""
     value = backup.get(key)
-    if value is None:
+    if not isinstance(value, str) or value == MISSING:
         return ""
-    if not isinstance(value, str):
-        raise BackupRecordError(
-            f"backup {_describe(backup)}: {key} must be a string, not {type(value).__name__}"
-        )
     if not value.isascii():
         # JSON's "\ud800" decodes to a lone surrogate, which UTF-8 cannot carry to /metrics.
         value = _SURROGATES.sub("\ufffd", value)

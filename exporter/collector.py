@@ -147,7 +147,8 @@ class BackupCollector(Collector):
 
 
 def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
-    """The health of each controller's polls: up, duration, last success, errors, logins."""
+    """The health of each controller's polls: up, duration, last success, errors, logins, the
+    pace the poller learned, and the records it could not read."""
     up = GaugeMetricFamily(
         "simplivity_up",
         "1 if the last poll of the controller succeeded, else 0.",
@@ -175,6 +176,24 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         "should grow only when a token expires.",
         labels=["controller"],
     )
+    concurrency = GaugeMetricFamily(
+        "simplivity_poll_concurrency",
+        "Requests the exporter keeps in flight at once to the controller, at most: halved when "
+        "it answers 502/503/429 (too many requests), one more after a poll without.",
+        labels=["controller"],
+    )
+    page_size = GaugeMetricFamily(
+        "simplivity_poll_page_size",
+        "Records the exporter asks for per page: halved when the controller answers 504 (the "
+        "page took too long), growing back after polls without.",
+        labels=["controller"],
+    )
+    unreadable = GaugeMetricFamily(
+        "simplivity_unreadable_records",
+        "Records of the last successful poll that could not be placed (not an object, no id, "
+        "no state) and were left out of every other series.",
+        labels=["controller"],
+    )
     for status in statuses:
         up.add_metric([status.name], 1.0 if status.up else 0.0)
         duration.add_metric([status.name], status.last_duration or 0.0)
@@ -182,7 +201,10 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         for reason in REASONS:
             errors.add_metric([status.name, reason], status.errors.get(reason, 0))
         logins.add_metric([status.name], status.logins)
-    yield from (up, duration, last_success, errors, logins)
+        concurrency.add_metric([status.name], status.concurrency)
+        page_size.add_metric([status.name], status.page_size)
+        unreadable.add_metric([status.name], status.unreadable_records)
+    yield from (up, duration, last_success, errors, logins, concurrency, page_size, unreadable)
 
 
 def exporter_families(state: ExporterState) -> Iterator[Metric]:

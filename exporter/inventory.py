@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from exporter.backups import MISSING
 from exporter.model import (
     BackupSnapshot,
     ControllerSnapshot,
@@ -119,7 +120,7 @@ class InventoryRead:
         self._vms.append(
             VirtualMachine(
                 vm_id=_clean(record["id"]),
-                name=_text(record, "name"),
+                name=_name(record),
                 cluster=_text(record, "omnistack_cluster_name"),
                 policy_id=_text(record, "policy_id"),
                 policy=_text(record, "policy_name"),
@@ -137,7 +138,7 @@ class InventoryRead:
         self._policies.append(
             Policy(
                 policy_id=policy_id,
-                name=_text(record, "name"),
+                name=_name(record),
                 rules=parsed.count,
                 intervals=expected_intervals(parsed.rules, LOCAL),
                 problems=tuple(_clean(problem) for problem in parsed.problems),
@@ -149,7 +150,7 @@ class InventoryRead:
         self._hosts.append(
             Host(
                 host_id=_clean(record["id"]),
-                name=_text(record, "name"),
+                name=_name(record),
                 cluster=_text(record, "omnistack_cluster_name"),
                 # Only an explicit "no" disables: a missing or odd value says nothing.
                 policy_enabled=not (
@@ -282,7 +283,7 @@ def parse_schedule_report(body: bytes) -> ScheduleReport:
 
 
 def _newest(held: VMBackups | None) -> NewestBackup | None:
-    if held is None:
+    if held is None or held.newest_created is None:
         return None
     return NewestBackup(held.newest_state, held.newest_created, held.newest_destination)
 
@@ -298,7 +299,14 @@ def _unique(items: list[_T], key: Callable[[_T], object]) -> list[_T]:
 
 
 def _text(record: Mapping[str, Any], key: str) -> str:
+    """A text field; "" when missing, not a text, or the API's "NA" (but see :func:`_name`)."""
     value = record.get(key)
+    return _clean(value) if isinstance(value, str) and value != MISSING else ""
+
+
+def _name(record: Mapping[str, Any]) -> str:
+    """A name, "NA" included: something may be called that."""
+    value = record.get("name")
     return _clean(value) if isinstance(value, str) else ""
 
 

@@ -49,7 +49,7 @@ from exporter.model import (
     ScheduleReport,
     SimplivityError,
 )
-from exporter.scan import Collection, PageCounter, PageSink, Scanner
+from exporter.scan import Collection, Pace, PageCounter, PageSink, RecordTally, Scanner
 from exporter.simplivity import SimplivityClient
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class ControllerReader(Protocol):
 
     @property
     def logins(self) -> int: ...
+
+    @property
+    def pace(self) -> Pace: ...
 
     def read(self, collection: Collection, pages: PageSink) -> None: ...
 
@@ -131,14 +134,20 @@ class ControllerPoller:
         self._turn = turn or PollTurn()
         # Counters go on from where the replaced poller left them (a reload is no reset).
         self._logins_before = previous.logins if previous else 0
+        pace = self._client.pace
         if previous is not None and previous.url == controller.url:
             # The same controller under new settings: its data, health and readiness stay
             # until the next poll says otherwise, so users see no blink at a reload.
-            self.status = previous
+            self.status = replace(previous, concurrency=pace.concurrency, page_size=pace.page_size)
         else:
             errors = dict(previous.errors) if previous else dict.fromkeys(REASONS, 0)
             self.status = ControllerStatus(
-                name=controller.name, url=controller.url, errors=errors, logins=self._logins_before
+                name=controller.name,
+                url=controller.url,
+                errors=errors,
+                logins=self._logins_before,
+                concurrency=pace.concurrency,
+                page_size=pace.page_size,
             )
         # Said once per controller, not at every poll: set when the published snapshot (kept
         # across a reload) already lacks the report.
@@ -176,9 +185,10 @@ class ControllerPoller:
         name = self.controller.name
         started = time.monotonic()
         scan = self._scans()
+        unreadable = RecordTally()
         try:
-            read, inventory = self._read_inventory()
-            self._client.read(BACKUPS, scan)
+            read, inventory = self._read_inventory(unreadable)
+            self._client.read(BACKUPS, unreadable.around(scan))
             backups = scan.snapshot()
             now = self._clock()
             snapshot = read.judge(
@@ -203,6 +213,7 @@ class ControllerPoller:
             return self._publish_failure(failure, time.monotonic() - started)
         finally:
             scan.close()
+        pace = self._client.pace
         self.status = replace(
             self.status,
             polls=self.status.polls + 1,
@@ -213,7 +224,18 @@ class ControllerPoller:
             last_error=None,
             logins=self._logins_before + self._client.logins,
             snapshot=snapshot,
+            concurrency=pace.concurrency,
+            page_size=pace.page_size,
+            unreadable_records=unreadable.records,
         )
+        if unreadable.records:
+            # Once per poll, with the first few only: never a record's whole body.
+            log.warning(
+                "controller %s: %d records could not be read and were left out: %s",
+                name,
+                unreadable.records,
+                "; ".join(unreadable.problems),
+            )
         log.info(
             "controller %s: %d backups, %d clusters, %d live VMs (%d at risk) in %.2f s",
             name,
@@ -234,7 +256,7 @@ class ControllerPoller:
         self._on_publish()
         return self.status
 
-    def _read_inventory(self) -> tuple[InventoryRead, Inventory]:
+    def _read_inventory(self, unreadable: RecordTally) -> tuple[InventoryRead, Inventory]:
         """The live VMs first, then the policies and hosts they name, then the report."""
         read = InventoryRead()
         for collection, sink in (
@@ -242,7 +264,7 @@ class ControllerPoller:
             (POLICIES, read.add_policy),
             (HOSTS, read.add_host),
         ):
-            self._client.read(collection, PageCounter(collection, sink))
+            self._client.read(collection, unreadable.around(PageCounter(collection, sink)))
         return read, read.inventory(self._read_schedule_report())
 
     def _read_schedule_report(self) -> ScheduleReport | None:
@@ -266,6 +288,7 @@ class ControllerPoller:
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
         errors = dict(self.status.errors)
         errors[err.reason] = errors.get(err.reason, 0) + 1
+        pace = self._client.pace
         self.status = replace(
             self.status,
             polls=self.status.polls + 1,
@@ -275,6 +298,8 @@ class ControllerPoller:
             last_error=str(err),
             errors=errors,
             logins=self._logins_before + self._client.logins,
+            concurrency=pace.concurrency,
+            page_size=pace.page_size,
         )
         log.warning(
             "controller %s: poll failed (%s): %s",

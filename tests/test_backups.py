@@ -164,27 +164,81 @@ def test_na_and_non_ascii_values_are_carried_as_they_are() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"size": "100"}, "backup 'b-0001': size must be a whole number of bytes, not '100'"),
         ({"size": True}, "backup 'b-0001': size must be a whole number of bytes, not 'True'"),
         ({"size": -1}, "backup 'b-0001': size must be a whole number of bytes, not '-1'"),
-        ({"created_at": None}, "backup 'b-0001': created_at is missing"),
+        ({"size": "1e3"}, "backup 'b-0001': size must be a whole number of bytes, not '1e3'"),
+        ({"size": 1.5}, "backup 'b-0001': size must be a whole number of bytes, not '1.5'"),
         (
-            {"created_at": "NA"},
-            "backup 'b-0001': created_at 'NA' is not a UTC timestamp",
+            {"created_at": "yesterday"},
+            "backup 'b-0001': created_at 'yesterday' is not a UTC timestamp",
         ),
+        ({"created_at": 17}, "backup 'b-0001': created_at '17' is not a UTC timestamp"),
+        ({"state": None}, "backup 'b-0001': state is missing"),
+        ({"state": "NA"}, "backup 'b-0001': state is missing"),
         ({"state": 3}, "backup 'b-0001': state must be a string, not int"),
-        (
-            {"virtual_machine_id": ["x"]},
-            "backup 'b-0001': virtual_machine_id must be a string, not list",
-        ),
+        ({"state": None, "id": None}, "backup (without an id): state is missing"),
     ],
 )
-def test_unreadable_records_are_refused_with_a_clear_reason(
+def test_records_that_cannot_be_placed_are_refused_with_a_clear_reason(
     fields: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(BackupRecordError) as caught:
         Aggregator().add(backup(1, **fields))
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("missing", [None, "NA", ""])
+def test_a_backup_without_a_creation_time_counts_but_is_never_the_newest(missing: Any) -> None:
+    snapshot = aggregate(
+        backup(1, created_at=T0),
+        backup(2, created_at=missing),
+        backup(3, created_at=missing, virtual_machine_id="vm-2", state="FAILED"),
+    )
+    (cluster,) = snapshot.clusters
+    assert cluster.counts["PROTECTED"] == 2
+    assert cluster.newest_protected == 1709272800.0
+    vm_1, vm_2 = snapshot.vms
+    assert (vm_1.vm_id, dict(vm_1.newest_protected), vm_1.newest_created) == (
+        "vm-1",
+        {"Boston": 1709272800.0},
+        1709272800.0,
+    )
+    # Its only backup has no time: it has backups, but no newest one.
+    assert (vm_2.newest_state, vm_2.newest_created, vm_2.newest_failed) == ("", None, None)
+
+
+def test_a_backup_without_any_creation_time_field_counts_too() -> None:
+    record = backup(1)
+    del record["created_at"]
+    assert aggregate(record).clusters[0].counts["PROTECTED"] == 1
+
+
+@pytest.mark.parametrize(("size", "counted"), [(None, 0), ("NA", 0), ("1234", 1234), (7, 7)])
+def test_a_missing_size_counts_zero_bytes_and_a_size_in_digits_its_value(
+    size: Any, counted: int
+) -> None:
+    snapshot = aggregate(backup(1, size=100), backup(2, size=size, state="SAVING"))
+    (cluster,) = snapshot.clusters
+    assert cluster.counts["SAVING"] == 1
+    assert cluster.sizes["SAVING"] == counted
+    assert cluster.sizes["PROTECTED"] == 100
+
+
+def test_odd_optional_values_count_as_missing() -> None:
+    snapshot = aggregate(
+        backup(1, omnistack_cluster_name="NA", external_store_name="StoreOnce-1"),
+        backup(2, omnistack_cluster_name=["x"], external_store_name=None),
+        backup(3, virtual_machine_id="NA"),
+        backup(4, virtual_machine_id=["vm-9"]),
+    )
+    assert [cluster.name for cluster in snapshot.clusters] == [
+        "Boston",
+        "StoreOnce-1",
+        UNKNOWN_CLUSTER,
+    ]
+    # A backup whose VM id is "NA" or no text belongs to no VM (the inventory names them).
+    assert [vm.vm_id for vm in snapshot.vms] == ["vm-1"]
+    assert snapshot.backups_seen == 4
 
 
 def test_an_empty_federation_gives_an_empty_snapshot() -> None:

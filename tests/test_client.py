@@ -220,8 +220,6 @@ def test_connection_refused_is_a_connection_error(start_simulator: Start) -> Non
     [
         "truncated",
         "not_json",
-        "size_as_string",
-        "missing_created_at",
         "count_too_large",
         "short_page",
         "empty_page",

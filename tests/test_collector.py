@@ -113,6 +113,9 @@ def boston(**changes: object) -> ControllerStatus:
         errors={**dict.fromkeys(REASONS, 0), "timeout": 2},
         logins=1,
         snapshot=SNAPSHOT,
+        concurrency=2,
+        page_size=1500,
+        unreadable_records=3,
     )
     return replace(status, **changes)  # type: ignore[arg-type]
 
@@ -172,6 +175,9 @@ def test_single_values_through_the_parsed_exposition() -> None:
     assert math.isinf(value(text, "simplivity_vm_backup_newest_age_seconds", **vm))
     assert value(text, "simplivity_poll_errors_total", controller="boston", reason="timeout") == 2
     assert value(text, "simplivity_up", controller="boston") == 1
+    assert value(text, "simplivity_poll_concurrency", controller="boston") == 2
+    assert value(text, "simplivity_poll_page_size", controller="boston") == 1500
+    assert value(text, "simplivity_unreadable_records", controller="boston") == 3
 
 
 def test_ages_are_computed_at_scrape_time_not_poll_time() -> None:

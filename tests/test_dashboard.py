@@ -86,9 +86,6 @@ EXPORTED_METRICS = frozenset(
 #: when the exporter exports them all.
 NOT_YET_EXPORTED = frozenset(
     {
-        "simplivity_unreadable_records",
-        "simplivity_poll_concurrency",
-        "simplivity_poll_page_size",
         "simplivity_vm_info",
         "simplivity_vm_created_timestamp_seconds",
         "simplivity_vm_policy_scheduled",

@@ -46,6 +46,9 @@ def status(name: str, snapshot: ControllerSnapshot | None, **changes: object) ->
         errors={**dict.fromkeys(REASONS, 0), "http": 4},
         logins=1,
         snapshot=snapshot,
+        concurrency=3,
+        page_size=3000,
+        unreadable_records=1,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 

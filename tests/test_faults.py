@@ -35,7 +35,7 @@ import trustme
 from exporter.config import ControllerConfig, PollConfig, TLSConfig
 from exporter.model import REASONS
 from exporter.poller import ControllerReader
-from exporter.scan import Collection, PageOutcome, PageSink
+from exporter.scan import Collection, Pace, PageOutcome, PageSink
 from exporter.simulator import FederationSpec, Malformed, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import (
@@ -239,9 +239,7 @@ FAULTS: dict[str, Fault] = {
         "tls", "tls.server_name", _wrong_host_name, _name_the_host, also=("connection",), tls=True
     ),
     "truncated-json": malformed("truncated", "invalid JSON"),
-    "not-json": malformed("not_json", "invalid JSON"),
-    "size-as-a-string": malformed("size_as_string", "size must be a whole number"),
-    "missing-created-at": malformed("missing_created_at", "created_at is missing"),
+    "not-json": malformed("not_json", "an HTML page, not JSON"),
     "count-larger-than-the-pages": malformed("count_too_large", "although count says"),
     "short-page": malformed("short_page", "although count says"),
     "empty-page": malformed("empty_page", "although count says"),
@@ -414,6 +412,10 @@ class ExpiringMidScan:
     @property
     def logins(self) -> int:
         return self.client.logins
+
+    @property
+    def pace(self) -> Pace:
+        return self.client.pace
 
     def get(self, path: str) -> bytes:
         return self.client.get(path)

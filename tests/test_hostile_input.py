@@ -451,14 +451,12 @@ def backup_records() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-def direct(records: list[dict[str, Any]]) -> BackupSnapshot | None:
-    """What aggregating the records without any network gives; None if one is unreadable."""
+def direct(records: list[dict[str, Any]]) -> BackupSnapshot:
+    """What aggregating the records without any network gives; unreadable ones left out."""
     aggregator = Aggregator()
-    try:
-        for record in records:
+    for record in records:
+        with contextlib.suppress(BackupRecordError):
             aggregator.add(record)
-    except BackupRecordError:
-        return None
     return aggregator.snapshot()
 
 
@@ -556,7 +554,8 @@ def test_a_listing_of_hostile_backups_is_counted_or_rejected_as_decode(
         client.close()
     expected = direct(records)
     if snapshot is None:
-        assert not (ids_in_order and count_error == 0 and expected is not None)
+        # Only a listing whose ids or count are wrong fails; odd records never do.
+        assert not (ids_in_order and count_error == 0)
         return
     assert sum(sum(cluster.counts.values()) for cluster in snapshot.clusters) == (
         snapshot.backups_seen

@@ -28,7 +28,7 @@ from exporter.model import (
     ScheduleReport,
 )
 from exporter.poller import ControllerPoller, ControllerReader, Poller
-from exporter.scan import Collection, PageSink, Scanner
+from exporter.scan import Collection, Pace, PageSink, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.snapshots import (
@@ -44,7 +44,7 @@ Start = Callable[..., SimulatedController]
 T = "2024-03-01T06:00:00Z"
 
 
-def page_body(backups: list[dict[str, Any]]) -> bytes:
+def page_body(backups: list[Any]) -> bytes:
     """One page of ``/api/backups`` holding ``backups``, as the controller sends it."""
     return json.dumps({"offset": 0, "count": len(backups), "backups": backups}).encode()
 
@@ -82,7 +82,7 @@ class ScriptedSource:
 
     def __init__(
         self,
-        script: list[list[dict[str, Any]] | Exception],
+        script: list[list[Any] | Exception],
         inventory: dict[str, Any] | None = None,
         report: bytes | Exception = REPORT,
     ) -> None:
@@ -90,6 +90,7 @@ class ScriptedSource:
         self.inventory = INVENTORY if inventory is None else inventory
         self.report = report
         self.logins = 1
+        self.pace = Pace(concurrency=3, page_size=3000)
         self.closed = False
         self.reads: list[str] = []
 
@@ -329,6 +330,44 @@ def test_the_text_of_a_new_snapshot_is_written_by_the_poll_not_by_the_next_scrap
     assert b'simplivity_backups{controller="boston"' in text
 
 
+def test_odd_records_are_counted_logged_once_and_the_rest_of_the_poll_stands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    records: list[Any] = [record(n) for n in range(10)]
+    records[2] = record(2, state=None)
+    records[4] = "b00004"
+    records[6] = record(6, created_at="NA", size=None)
+    records[8] = {key: value for key, value in record(8).items() if key != "id"}
+    poller = poller_with(ScriptedSource([records, [record(1)]]))
+    with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+        status = poller.poll_once()
+    assert status.up
+    assert status.snapshot is not None
+    assert status.snapshot.backups_seen == 7  # the NA one counts
+    assert status.unreadable_records == 3
+    (warning,) = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert warning == (
+        "controller boston: 3 records could not be read and were left out: "
+        "backup 'b00002': state is missing; a string where a backup belongs, at position 4; "
+        "a backup without an id, at position 8"
+    )
+    assert "PROTECTED" not in warning  # never a record's body
+    # The next poll reads every record: the gauge says so.
+    assert poller.poll_once().unreadable_records == 0
+
+
+def test_the_pace_the_reader_learned_is_published_after_every_poll() -> None:
+    source = ScriptedSource([[record(1)], ConnectError("cannot connect: connection reset")])
+    poller = poller_with(source)
+    assert (poller.status.concurrency, poller.status.page_size) == (3, 3000)
+    source.pace = Pace(concurrency=2, page_size=1500)
+    assert (poller.poll_once().concurrency, poller.status.page_size) == (2, 1500)
+    source.pace = Pace(concurrency=1, page_size=750)
+    failed = poller.poll_once()
+    assert not failed.up
+    assert (failed.concurrency, failed.page_size) == (1, 750)
+
+
 # -- the inventory, read with every poll ---------------------------------------------------------
 
 
@@ -411,8 +450,9 @@ class RecordingSource:
         self.size = size
         self.pages: list[PageRequest] = []
         self.logins = 1
+        self.throttled = 0
 
-    def get_page(self, page: PageRequest) -> bytes:
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
         self.pages.append(page)
         collection = {c.path: c for c in (VIRTUAL_MACHINES, POLICIES, HOSTS, BACKUPS)}[page.path]
         if page.path == BACKUPS.path:

@@ -37,7 +37,7 @@ from exporter.backups import BACKUPS, Aggregator
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
 from exporter.model import BackupSnapshot
 from exporter.poller import ControllerReader
-from exporter.scan import Collection, PageSink
+from exporter.scan import Collection, Pace, PageSink
 from exporter.simulator import FederationSpec
 from tests.conftest import wait_until
 from tests.live_exporter import InProcessExporter, Lab, controller_config, fast_retries
@@ -81,6 +81,10 @@ class WatchedClient:
     @property
     def logins(self) -> int:
         return self.inner.logins
+
+    @property
+    def pace(self) -> Pace:
+        return self.inner.pace
 
     def get(self, path: str) -> bytes:
         return self.inner.get(path)
