@@ -1,8 +1,9 @@
 """VMs, policies and hosts: who should be protected, how often, and whether they are.
 
 Each poll reads the inventory's listings with the same scanner as the backups (paged, sorted
-by id, ``fields=`` only what is needed) into an :class:`InventoryRead`, and the federation's
-backup limits with one GET (:data:`SCHEDULE_REPORT`, parsed by :func:`parse_schedule_report`).
+by id, ``fields=`` only what is needed; alongside the backups, one request at a time) into an
+:class:`InventoryRead`, and the federation's backup limits with one GET
+(:data:`SCHEDULE_REPORT`, parsed by :func:`parse_schedule_report`).
 Once the backups have been counted, :meth:`InventoryRead.judge` joins the two and judges every
 live VM against its own policy (:mod:`exporter.protection`): the
 :class:`~exporter.model.ControllerSnapshot` the poll publishes.
@@ -70,15 +71,17 @@ VIRTUAL_MACHINES = Collection(
     ),
     filters=(("state", "ALIVE"),),
     max_page_size=MAX_VM_PAGE_SIZE,
+    alongside=True,
 )
 POLICIES = Collection(
-    "/api/policies", key="policies", item="policy", fields=("id", "name", "rules")
+    "/api/policies", key="policies", item="policy", fields=("id", "name", "rules"), alongside=True
 )
 HOSTS = Collection(
     "/api/hosts",
     key="hosts",
     item="host",
     fields=("id", "name", "omnistack_cluster_name", "policy_enabled"),
+    alongside=True,
 )
 #: REST API 1.11 and later; an older controller answers it with an error status.
 SCHEDULE_REPORT = "/api/policies/policy_schedule_report"

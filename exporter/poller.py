@@ -1,16 +1,18 @@
 """Polls every controller on the scheduler and publishes one immutable status per controller.
 
-A poll reads the controller's inventory (live VMs, policies, hosts, the schedule report), then
-scans its backups, then judges every live VM's protection: a complete
+A poll scans the controller's backups and, alongside, reads its inventory (live VMs,
+policies, hosts, the schedule report), then judges every live VM's protection: a complete
 :class:`~exporter.model.ControllerSnapshot`, built on the side and swapped in by reference
 only when every read succeeded. A scrape never sees half a poll, and a failed poll leaves the
 last good result in place (the collector drops it once it is stale).
 
-The inventory is read first: it is small and quick, so a controller that fails there fails
-before the long scan of its backups; and every backup of a listed VM taken before the VM was
-listed is in the scan that follows, so no VM looks unprotected because of the order of reads.
-Only the schedule report is optional (REST API 1.11 and later): an error status there leaves
-the federation's limits out of the snapshot, and is logged once.
+The inventory is read in a second thread while the backups are scanned, one request at a time
+(so one more request in flight than the scan's): read one after the other, its dozen requests
+added a fifth to the wall time of a poll of 100,000 backups on 5,000 VMs. Both reads span the
+same moments, so the picture is that of the poll's time: a VM created while the poll runs
+may be listed without the backup it got meanwhile, and is then judged ``new``, as it is. Only
+the schedule report is optional (REST API 1.11 and later): an error status there leaves the
+federation's limits out of the snapshot, and is logged once.
 """
 
 from __future__ import annotations
@@ -185,10 +187,14 @@ class ControllerPoller:
         name = self.controller.name
         started = time.monotonic()
         scan = self._scans()
-        unreadable = RecordTally()
+        unreadable, unreadable_inventory = RecordTally(), RecordTally()
         try:
-            read, inventory = self._read_inventory(unreadable)
-            self._client.read(BACKUPS, unreadable.around(scan))
+            # Leaving the block waits for the inventory's read, whatever the scan's outcome.
+            with ThreadPoolExecutor(1, thread_name_prefix=f"inventory-{name}") as side:
+                inventory_read = side.submit(self._read_inventory, unreadable_inventory)
+                self._client.read(BACKUPS, unreadable.around(scan))
+            read, inventory = inventory_read.result()
+            unreadable.merge(unreadable_inventory)
             backups = scan.snapshot()
             now = self._clock()
             snapshot = read.judge(

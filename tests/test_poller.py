@@ -371,16 +371,13 @@ def test_the_pace_the_reader_learned_is_published_after_every_poll() -> None:
 # -- the inventory, read with every poll ---------------------------------------------------------
 
 
-def test_a_poll_reads_the_inventory_then_the_backups_and_judges_every_live_vm() -> None:
+def test_a_poll_reads_the_inventory_and_the_backups_and_judges_every_live_vm() -> None:
     source = ScriptedSource([[record(n) for n in range(6)]])
     status = poller_with(source, clock=lambda: 1709280000.0).poll_once()
-    assert source.reads == [
-        VIRTUAL_MACHINES.path,
-        POLICIES.path,
-        HOSTS.path,
-        SCHEDULE_REPORT,
-        BACKUPS.path,
-    ]
+    # The backups in this thread, the inventory in another: in order within each.
+    inventory = [path for path in source.reads if path != BACKUPS.path]
+    assert inventory == [VIRTUAL_MACHINES.path, POLICIES.path, HOSTS.path, SCHEDULE_REPORT]
+    assert source.reads.count(BACKUPS.path) == 1
     assert status.up
     snapshot = status.snapshot
     assert snapshot is not None
@@ -413,7 +410,7 @@ def test_a_failing_vm_listing_fails_the_poll_and_keeps_the_last_good_snapshot() 
     assert not status.up
     assert status.snapshot is good
     assert status.errors["timeout"] == 1
-    assert source.script == [[record(2)]], "the backups were scanned after the inventory failed"
+    assert status.last_error == "no answer"
 
 
 def test_without_a_schedule_report_the_poll_succeeds_and_says_so_once(
