@@ -210,14 +210,75 @@ def test_stale_data_is_dropped_but_health_stays() -> None:
     assert value(fresh, "simplivity_backups", controller="boston",
                  omnistack_cluster="Boston DC", state="FAILED") == 2  # fmt: skip
     assert not any(name == "simplivity_backups" for name, _ in samples(stale))
+    for name in ("simplivity_vm_info", "simplivity_vms", "simplivity_policy_rules",
+                 "simplivity_federation_daily_backups"):  # fmt: skip
+        assert matching(fresh, name)
+        assert not matching(stale, name)
     assert value(stale, "simplivity_up", controller="boston") == 0
 
 
 def test_per_vm_series_can_be_switched_off() -> None:
     text = render([boston()], replace(STATE, per_vm=False))
     names = {name for name, _ in samples(text)}
-    assert "simplivity_vm_backup_newest_age_seconds" not in names
+    assert not {name for name in names if name.startswith("simplivity_vm_")}
     assert "simplivity_backups" in names
+    # Not per VM: the counts by status (all six, per cluster), policies, hosts and limits.
+    protection = {
+        (labels["omnistack_cluster"], labels["protection"]): value
+        for labels, value in matching(text, "simplivity_vms")
+    }
+    assert len(protection) == 2 * 6
+    assert protection[BOSTON, "last_failed"] == 1
+    assert protection[ZURICH, "overdue"] == 1
+    assert protection[ZURICH, "ok"] == 0
+    assert value(text, "simplivity_policy_vms", controller="boston", policy="Hourly local") == 4
+    assert value(text, "simplivity_policy_rules", controller="boston",
+                 policy="Weekly to StoreOnce") == 2  # fmt: skip
+    assert value(text, "simplivity_host_policy_enabled", controller="boston", host="BOS-ESX-02",
+                 omnistack_cluster=BOSTON) == 0  # fmt: skip
+    assert value(text, "simplivity_federation_daily_backups_limit", controller="boston") == 24000
+
+
+def matching(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [(dict(labels), v) for (n, labels), v in samples(text).items() if n == name]
+
+
+def test_each_vm_shows_its_policy_destinations_and_failures() -> None:
+    text = render([boston()])
+    vm = {"controller": "boston", "vm": "db01", "vm_id": "4b1c-vm-a"}
+    intervals = {
+        labels["destination"]: seconds
+        for labels, seconds in matching(text, "simplivity_vm_backup_expected_interval_seconds")
+        if labels["vm_id"] == "4b1c-vm-a"
+    }
+    assert intervals == {BOSTON: 3600, DR: 86400}
+    newest = "simplivity_vm_destination_backup_newest_timestamp_seconds"
+    assert value(text, newest, **vm, destination=DR) == NOW - 90_000
+    assert value(text, "simplivity_vm_backup_newest_failed_timestamp_seconds", **vm) == NOW - 18_000
+    assert value(text, "simplivity_vm_policy_scheduled", **vm) == 1
+    new_vm = {"controller": "boston", "vm": "new-vm", "vm_id": "a1-new"}
+    assert value(text, newest, **new_vm, destination=BOSTON) == 0
+    assert math.isinf(value(text, "simplivity_vm_backup_newest_age_seconds", **new_vm))
+    # No rules: scheduled 0, and no interval or destination series at all.
+    default = {"controller": "boston", "vm": "default-policy-vm", "vm_id": "c3-def"}
+    assert value(text, "simplivity_vm_policy_scheduled", **default) == 0
+    assert "c3-def" not in vm_ids(text, newest)
+    # created_at "NA": no created series for it.
+    assert "d4-flaky" not in vm_ids(text, "simplivity_vm_created_timestamp_seconds")
+    # Not in the inventory (removed): its backups count, it has no series.
+    assert "ff-removed" not in vm_ids(text, "simplivity_vm_info")
+
+
+def vm_ids(text: str, name: str) -> set[str]:
+    return {labels["vm_id"] for labels, _ in matching(text, name)}
+
+
+def test_without_a_schedule_report_the_federation_series_are_absent() -> None:
+    without = replace(SNAPSHOT, inventory=replace(SNAPSHOT.inventory, schedule=None))
+    text = render([boston(snapshot=without)])
+    assert not [n for n, _ in samples(text) if n.startswith("simplivity_federation_")]
+    assert "# TYPE simplivity_federation_daily_backups gauge" in text
+    assert matching(text, "simplivity_vms")
 
 
 def test_a_vanished_vm_vanishes_from_the_next_scrape() -> None:
