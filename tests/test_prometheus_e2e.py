@@ -25,6 +25,8 @@ import requests
 import yaml
 
 from exporter.simulator import FederationSpec, SimulatedController
+from exporter.simulator.federation import expected_intervals as scheduled_intervals
+from exporter.simulator.inventory import plan_inventory
 from tests.test_dashboard import (
     EXPORTED_METRICS,
     NOT_YET_EXPORTED,
@@ -198,8 +200,7 @@ def unix(created_at: str) -> float:
 def expected_alerts(backups: list[dict[str, Any]], now: float) -> set[tuple[tuple[str, str], ...]]:
     """The cluster-level backup alerts the shipped thresholds must raise for these backups,
     computed from the raw backups as issue 2 defines the metrics (independently of the
-    exporter's code). The per-VM alerts judge each VM against its policy from issue 12's
-    series, which this test does not cover until the exporter exports them."""
+    exporter's code). The per-VM ones are :func:`protection_alerts`'."""
     newest_by_cluster: dict[str, float] = {}
     states_by_cluster: dict[tuple[str, str], int] = {}
     for b in backups:
@@ -223,6 +224,63 @@ def expected_alerts(backups: list[dict[str, Any]], now: float) -> set[tuple[tupl
     for (cluster, state), count in states_by_cluster.items():
         if state in ("DEGRADED", "UNKNOWN") and count > 0:
             add("SimplivityBackupsDegraded", omnistack_cluster=cluster, state=state)
+    return expected
+
+
+def protection_alerts(
+    simulator: SimulatedController, spec: FederationSpec, now: float
+) -> set[tuple[tuple[str, str], ...]]:
+    """The alerts of each live VM judged against its own policy, and of suspended hosts, with
+    the shipped factor (1.5) and grace (3600 s): from the simulator's plan of the federation
+    and its own derivation of each policy's expected intervals (independently of the
+    exporter's ``protection`` module), and the raw backups."""
+    plan = plan_inventory(spec, int(simulator.generated_at))
+    records = {str(vm["id"]): vm for vm in simulator.virtual_machines()}
+    newest: dict[tuple[str, str], float] = {}  # (vm id, destination) -> newest PROTECTED
+    failed: dict[str, float] = {}  # vm id -> newest FAILED
+    for b in simulator.backups():
+        vm_id, created = str(b["virtual_machine_id"]), unix(str(b["created_at"]))
+        if b["state"] == "PROTECTED":
+            key = (vm_id, str(b["omnistack_cluster_name"] or b["external_store_name"]))
+            newest[key] = max(newest.get(key, 0.0), created)
+        elif b["state"] == "FAILED":
+            failed[vm_id] = max(failed.get(vm_id, 0.0), created)
+    expected: set[tuple[tuple[str, str], ...]] = set()
+
+    def add(alertname: str, **labels: str) -> None:
+        labels = {"alertname": alertname, "controller": CONTROLLER, **labels}
+        expected.add(tuple(sorted(labels.items())))
+
+    for host in simulator.hosts():
+        if not host["policy_enabled"]:
+            add("SimplivityHostPolicyDisabled", host=str(host["name"]),
+                omnistack_cluster=str(host["omnistack_cluster_name"]))  # fmt: skip
+    for vm in plan.vms:
+        if vm.state != "ALIVE":
+            continue
+        ids = {"vm": vm.name, "vm_id": vm.id}
+        created = unix(str(records[vm.id]["created_at"]))
+        good = {where: t for (vm_id, where), t in newest.items() if vm_id == vm.id}
+        if failed.get(vm.id, 0.0) > max(good.values(), default=0.0):
+            add("SimplivityVMLastBackupFailed", **ids)
+        if not vm.policy.rules:
+            if vm.host.policy_enabled:
+                add("SimplivityVMNotScheduled", **ids, policy=vm.policy.name,
+                    omnistack_cluster=vm.cluster.name, host=vm.host.name)  # fmt: skip
+            continue
+        if not vm.host.policy_enabled:
+            continue  # SimplivityHostPolicyDisabled stands for it
+        intervals = {
+            (vm.cluster.name if target.is_local else target.name): seconds
+            for target, seconds in scheduled_intervals(vm.policy).items()
+        }
+        if not good:
+            if now - created > min(intervals.values()) + 3600:
+                add("SimplivityVMNeverBackedUp", **ids)
+            continue
+        for where, seconds in intervals.items():
+            if now - good.get(where, created) > seconds * 1.5 + 3600:
+                add("SimplivityVMBackupOverdue", **ids, destination=where)
     return expected
 
 
@@ -361,9 +419,17 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
         assert prometheus.query(expr), f"{where}: no data for {expr!r}"
 
     # The expected alerts are active (pending or firing), and no others.
-    expected = expected_alerts(simulator.backups(), time.time())
+    now = time.time()
+    expected = expected_alerts(simulator.backups(), now) | protection_alerts(
+        simulator, FederationSpec(), now
+    )
     named = alert_names(expected)
     assert named["SimplivityBackupsDegraded"]
+    # The simulator plants a VM for each of these (SimulatedController.planted).
+    for planted in ("SimplivityVMNotScheduled", "SimplivityVMNeverBackedUp",
+                    "SimplivityVMBackupOverdue", "SimplivityVMLastBackupFailed",
+                    "SimplivityHostPolicyDisabled"):  # fmt: skip
+        assert named.get(planted), planted
     wait_for(
         "the expected alerts",
         lambda: prometheus.active_alerts() == expected or None,
@@ -374,10 +440,11 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
     )
     prometheus.wait_for_fresh_evaluations()
     assert prometheus.active_alerts() == expected
-    # Their annotations rendered: the templates name the VM or cluster, with no template errors.
+    # Their annotations rendered: the templates name the VM, host or cluster, with no template
+    # errors.
     for alert in prometheus.get("/api/v1/alerts")["alerts"]:
         labels, annotations = alert["labels"], alert["annotations"]
-        subject = labels.get("vm") or labels["omnistack_cluster"]
+        subject = labels.get("vm") or labels.get("host") or labels["omnistack_cluster"]
         assert subject in annotations["summary"], alert
         assert CONTROLLER in annotations["description"], alert
         for text in annotations.values():
