@@ -69,20 +69,45 @@ def start(controllers: list[SimulatedController]) -> Callable[..., SimulatedCont
     return start
 
 
+CLIENT = ("simplivity", "")  # the client credentials every SimpliVity client sends
+
+
+def password_grant(username: str, password: str) -> dict[str, str]:
+    return {"grant_type": "password", "username": username, "password": password}
+
+
+def request_token(
+    url: str,
+    data: dict[str, str],
+    *,
+    auth: tuple[str, str] | None = CLIENT,
+    session: requests.Session | None = None,
+) -> requests.Response:
+    return (session or requests).post(url + "/api/oauth/token", auth=auth, data=data, timeout=5)
+
+
 def login(controller: SimulatedController, session: requests.Session | None = None) -> str:
-    response = (session or requests).post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
-    )
+    grant = password_grant(controller.username, controller.password)
+    response = request_token(controller.url, grant, session=session)
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
+
+
+def get_path(
+    controller: SimulatedController,
+    token: str,
+    path: str,
+    session: requests.Session | None = None,
+    /,
+    **params: object,
+) -> requests.Response:
+    return (session or requests).get(
+        controller.url + path,
+        params=params,  # type: ignore[arg-type]
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
 
 
 def get_backups(
@@ -92,12 +117,7 @@ def get_backups(
     /,
     **params: object,
 ) -> requests.Response:
-    return (session or requests).get(
-        controller.url + "/api/backups",
-        params=params,  # type: ignore[arg-type]
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=5,
-    )
+    return get_path(controller, token, "/api/backups", session, **params)
 
 
 def scan(
@@ -255,23 +275,11 @@ def test_login_issues_a_bearer_token_and_counts_it(
     start: Callable[..., SimulatedController],
 ) -> None:
     controller = start(small_federation())
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "x"},
-        timeout=5,
-    )
+    response = request_token(controller.url, password_grant(controller.username, "x"))
     assert response.status_code == 401
     token = login(controller)
-    answer = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
+    answer = request_token(
+        controller.url, password_grant(controller.username, controller.password)
     ).json()
     assert answer["token_type"] == "bearer"
     assert answer["expires_in"] == 86399
@@ -292,15 +300,8 @@ def test_login_without_the_client_credentials_is_bad_credentials(
     start: Callable[..., SimulatedController], auth: tuple[str, str] | None
 ) -> None:
     controller = start(small_federation())
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=auth,
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
+    response = request_token(
+        controller.url, password_grant(controller.username, controller.password), auth=auth
     )
     assert response.status_code == 401
     body = response.json()
@@ -316,20 +317,10 @@ def test_wrong_user_credentials_answer_the_configured_status(
 ) -> None:
     controller = start(small_federation())
     controller.faults.bad_credentials_status = status
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "wrong"},
-        timeout=5,
-    )
+    response = request_token(controller.url, password_grant(controller.username, "wrong"))
     assert response.status_code == status
     assert response.json()["error"] == error
-    unsupported = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "client_credentials"},
-        timeout=5,
-    )
+    unsupported = request_token(controller.url, {"grant_type": "client_credentials"})
     assert unsupported.status_code == 400
     assert unsupported.json()["error"] == "unsupported_grant_type"
 
@@ -642,12 +633,7 @@ def test_fail_next_answers_errors_then_recovers(start: Callable[..., SimulatedCo
     assert expired.json()["error"] == "invalid_token"
     assert get_backups(controller, token, limit=1).status_code == 200
     controller.faults.fail_next_logins(1)
-    refused = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "x"},
-        timeout=5,
-    )
+    refused = request_token(controller.url, password_grant(controller.username, "x"))
     assert refused.status_code == 500
     assert login(controller)
     assert controller.stats.snapshot().status_counts[500] == 3
@@ -1082,12 +1068,7 @@ REPORT = "/api/policies/policy_schedule_report"
 
 
 def get(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
-    response = requests.get(
-        controller.url + path,
-        params=params,  # type: ignore[arg-type]
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=5,
-    )
+    response = get_path(controller, token, path, **params)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -1575,16 +1556,8 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         assert lines["backups"] == "2000"
         url = lines["url"]
         assert requests.get(url + "/api/version", timeout=5).status_code == 200
-        token = requests.post(
-            url + "/api/oauth/token",
-            auth=("simplivity", ""),
-            data={
-                "grant_type": "password",
-                "username": lines["username"],
-                "password": lines["password"],
-            },
-            timeout=5,
-        ).json()["access_token"]
+        grant = password_grant(lines["username"], lines["password"])
+        token = request_token(url, grant).json()["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
         page = requests.get(url + "/api/backups", params={"limit": 1000}, headers=auth, timeout=5)
         assert (page.json()["limit"], len(page.json()["backups"])) == (300, 300)
