@@ -120,19 +120,21 @@ def get_backups(
     return get_path(controller, token, "/api/backups", session, **params)
 
 
-def scan(
-    controller: SimulatedController, token: str, limit: int, /, **params: object
-) -> list[Json]:
-    """Every page of a listing, advancing by the page size the server answered."""
-    session = requests.Session()
-    backups: list[Json] = []
-    offset = 0
+def get(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
+    response = get_path(controller, token, path, **params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def listing(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
+    """Every record of a collection, paging by what the server served."""
+    key = COLLECTIONS.get(path, "backups")
+    records: list[Any] = []
     while True:
-        page = get_backups(controller, token, session, offset=offset, limit=limit, **params).json()
-        backups.extend(page["backups"])
-        offset += len(page["backups"])
-        if offset >= page["count"] or not page["backups"]:
-            return backups
+        page = get(controller, token, path, offset=len(records), **params)
+        records.extend(page[key])
+        if len(records) >= page["count"] or not page[key]:
+            return records
 
 
 def small_federation() -> list[dict[str, object]]:
@@ -399,7 +401,7 @@ def test_paging_delivers_every_backup_once_and_count_is_the_total(
     first = get_backups(controller, token).json()
     assert (first["offset"], first["count"], first["limit"]) == (0, total, 500)
     assert len(first["backups"]) == total
-    listed = scan(controller, token, 37)
+    listed = listing(controller, token, "/api/backups", limit=37)
     assert len(listed) == total
     assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
     assert controller.stats.snapshot().pages[1:] == tuple((o, 37) for o in range(0, total, 37))
@@ -889,7 +891,7 @@ def test_a_capped_limit_serves_fewer_and_says_the_limit_it_applied(
     assert len(first["backups"]) == 70
     small = get_backups(controller, token, limit=20).json()
     assert (small["limit"], len(small["backups"])) == (20, 20)  # under the cap: as asked
-    listed = scan(controller, token, 3000)  # advances by what was served
+    listed = listing(controller, token, "/api/backups", limit=3000)  # by what was served
     assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
     pages = controller.stats.snapshot().pages
     assert pages[-1] == (len(backups) // 70 * 70, 3000)  # the limit as asked is recorded
@@ -1065,22 +1067,6 @@ COLLECTIONS = {
     "/api/hosts": "hosts",
 }
 REPORT = "/api/policies/policy_schedule_report"
-
-
-def get(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
-    response = get_path(controller, token, path, **params)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def listing(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
-    """Every record of a collection, paging by what the server served."""
-    records: list[Any] = []
-    while True:
-        page = get(controller, token, path, offset=len(records), **params)
-        records.extend(page[COLLECTIONS.get(path, "backups")])
-        if len(records) >= page["count"] or not page[COLLECTIONS.get(path, "backups")]:
-            return records
 
 
 def by_id(records: list[Any]) -> dict[str, Any]:
@@ -1517,7 +1503,7 @@ def test_a_large_federation_is_served_quickly(start: Callable[..., SimulatedCont
     controller = start(FederationSpec(vms=500, total_backups=30_000))
     token = login(controller)
     fields = "id,state,created_at,size,omnistack_cluster_name,virtual_machine_id"
-    listed = scan(controller, token, 3000, fields=fields)
+    listed = listing(controller, token, "/api/backups", limit=3000, fields=fields)
     assert len({b["id"] for b in listed}) == 30_000
 
 
