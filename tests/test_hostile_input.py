@@ -9,6 +9,7 @@ exception is a poll that is neither counted nor published.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -35,7 +36,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, LocalBackupScan
 from exporter.collector import BackupCollector, ExporterState
-from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
+from exporter.config import (
+    Config,
+    ConfigError,
+    ControllerConfig,
+    MetricsConfig,
+    PollConfig,
+    ProtectionConfig,
+    Secret,
+    TLSConfig,
+    load_config,
+)
 from exporter.model import STATES, BackupSnapshot, ControllerSnapshot, ControllerStatus, DecodeError
 from exporter.poller import ControllerPoller, connect
 from exporter.scan import Scanner
@@ -53,26 +64,15 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # --- config files ---------------------------------------------------------------------------
 
+
+def field_names(*configs: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for config in configs for f in dataclasses.fields(config))
+
+
+#: The keys a config file knows, from the config's own dataclasses: a new key is fuzzed at once.
 CONFIG_KEYS = (
-    "poll",
-    "metrics",
-    "controllers",
-    "interval_seconds",
-    "timeout_seconds",
-    "page_size",
-    "stale_after_seconds",
-    "max_concurrency",
-    "max_retries",
-    "per_vm",
-    "name",
-    "url",
-    "username",
-    "password",
-    "password_file",
-    "tls",
-    "ca_file",
-    "server_name",
-    "insecure_skip_verify",
+    *field_names(Config, PollConfig, MetricsConfig, ProtectionConfig, ControllerConfig, TLSConfig),
+    "password_file",  # read into ControllerConfig.password
 )
 TRICKY_STRINGS = (
     "",
