@@ -113,7 +113,8 @@ def looks_like_html(body: bytes) -> bool:
 
 @dataclass(frozen=True)
 class PageRequest:
-    """One page of a paged collection: ``GET path?offset=&limit=&fields=&sort=&order=``."""
+    """One page of a paged collection: ``GET path?offset=&limit=&fields=&sort=&order=``, and
+    a filter per pair of ``filters`` (``state=ALIVE``)."""
 
     path: str
     offset: int
@@ -121,6 +122,7 @@ class PageRequest:
     fields: tuple[str, ...] = ()
     sort: str | None = None
     order: str = "ascending"
+    filters: tuple[tuple[str, str], ...] = ()
 
 
 # -- what a poll finds --------------------------------------------------------------------------
@@ -137,12 +139,25 @@ class ClusterSummary:
 
 
 @dataclass(frozen=True)
-class VMSummary:
-    """One live VM: when its newest PROTECTED backup was taken, if ever."""
+class VMBackups:
+    """The backups of one VM (whatever the VM's state), by destination.
+
+    A backup's destination is where it is held: its cluster, or its external store when it
+    names no cluster (the ``omnistack_cluster`` label of the backup series).
+    """
 
     vm_id: str
-    name: str
-    newest_protected: float | None
+    newest_protected: Mapping[str, float]  # destination -> Unix seconds of its newest PROTECTED
+    newest_failed: float | None  # Unix seconds of its newest FAILED backup
+    #: Its newest backup in any state: the state (``OTHER`` if undocumented), its creation
+    #: (Unix seconds) and where it is held; "", None and "" when no backup of it has a time.
+    newest_state: str
+    newest_created: float | None
+    newest_destination: str
+
+    @property
+    def newest_protected_anywhere(self) -> float | None:
+        return max(self.newest_protected.values(), default=None)
 
 
 @dataclass(frozen=True)
@@ -150,8 +165,123 @@ class BackupSnapshot:
     """One complete scan of a controller's backups."""
 
     clusters: tuple[ClusterSummary, ...]
-    vms: tuple[VMSummary, ...]
+    vms: tuple[VMBackups, ...]  # every VM with a backup, live or not, by id
     backups_seen: int
+
+
+@dataclass(frozen=True)
+class VirtualMachine:
+    """A live VM of the inventory (``GET /api/virtual_machines?state=ALIVE``).
+
+    A value the API gave as ``"NA"`` (or not at all) is an empty text, or ``None``.
+    """
+
+    vm_id: str
+    name: str  # not unique; the id is
+    cluster: str  # omnistack_cluster_name
+    policy_id: str
+    policy: str  # policy_name
+    datastore: str  # datastore_name
+    host_id: str
+    host: str  # the host's name in the host listing; its id when it is not listed
+    created_at: float | None  # Unix seconds
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A backup policy (``GET /api/policies``)."""
+
+    policy_id: str
+    name: str
+    rules: int  # every rule, usable or not
+    #: Expected interval in seconds per destination of its usable rules, ``<Local>`` standing
+    #: for the VM's own cluster. A VM's own intervals (:attr:`VMProtection.intervals`) resolve
+    #: ``<Local>`` first: on a VM of cluster X, rules to ``<Local>`` and to X are one schedule.
+    intervals: Mapping[str, int]
+    problems: tuple[str, ...] = ()  # why each rule that cannot be scheduled is ignored
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host (``GET /api/hosts``): policy backups can be suspended on it."""
+
+    host_id: str
+    name: str
+    cluster: str  # omnistack_cluster_name
+    policy_enabled: bool  # True when the API does not say (REST API before 1.4, or "NA")
+
+
+@dataclass(frozen=True)
+class ScheduleReport:
+    """The federation's backup limits (``GET /api/policies/policy_schedule_report``, REST API
+    1.11 and later); a figure the controller gave as ``"NA"`` is ``None``."""
+
+    daily_backups: float | None  # daily_backup_rate: what the policies and VMs create per day
+    daily_backups_limit: float | None  # daily_backup_rate_limit
+    retained_backups_projected: float | None  # projected_retained_backups
+    retained_backups_limit: float | None  # retained_backups_limit
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What should be protected, and how: one read of the controller's inventory."""
+
+    vms: tuple[VirtualMachine, ...]  # the live VMs, by name then id
+    policies: tuple[Policy, ...]  # by name then id; names are unique (a duplicate is dropped)
+    hosts: tuple[Host, ...]  # by cluster then name; (cluster, name) pairs are unique
+    #: None when the controller has no schedule report (before REST API 1.11) or refused it.
+    schedule: ScheduleReport | None
+
+
+@dataclass(frozen=True)
+class VMProtection:
+    """A live VM judged against its own policy, at the poll.
+
+    ``status`` is one of ``ok``, ``not_scheduled``, ``new``, ``never_backed_up``, ``overdue``,
+    ``last_failed`` (see :mod:`exporter.protection`). ``destination`` is its policy's
+    destination nearest to (or furthest past) its overdue threshold, ``None`` when
+    ``not_scheduled``; ``newest_protected`` and ``expected_interval`` are the figures there.
+    """
+
+    vm: VirtualMachine
+    backups: VMBackups | None  # None: not a single backup of it was listed
+    scheduled: bool  # its policy has usable rules and policy backups are enabled on its host
+    intervals: Mapping[str, int]  # expected interval in seconds per destination of its policy
+    status: str
+    destination: str | None
+    newest_protected: float | None  # Unix seconds, at ``destination``
+    expected_interval: int | None  # seconds, at ``destination``
+
+    @property
+    def newest_protected_anywhere(self) -> float | None:
+        return None if self.backups is None else self.backups.newest_protected_anywhere
+
+    def newest_protected_at(self, destination: str) -> float | None:
+        return None if self.backups is None else self.backups.newest_protected.get(destination)
+
+    @property
+    def newest_failed(self) -> float | None:
+        return None if self.backups is None else self.backups.newest_failed
+
+
+@dataclass(frozen=True)
+class ControllerSnapshot:
+    """One consistent picture of a controller: its backups, its inventory, and each live VM's
+    protection judged from them at the end of the poll (``judged_at``)."""
+
+    backups: BackupSnapshot
+    inventory: Inventory
+    protection: tuple[VMProtection, ...]  # every live VM, in the inventory's order
+    #: The at-risk VMs (never backed up, overdue, not scheduled, last failed), worst first.
+    at_risk: tuple[VMProtection, ...]
+    #: cluster -> status -> live VMs: every cluster of a live VM or a host, all six statuses.
+    vms_by_status: Mapping[str, Mapping[str, int]]
+    policy_vms: Mapping[str, int]  # policy name -> live VMs using it
+    judged_at: float  # Unix seconds
+
+    @property
+    def backups_seen(self) -> int:
+        return self.backups.backups_seen
 
 
 # -- what a poll publishes ----------------------------------------------------------------------
@@ -171,7 +301,7 @@ class ControllerStatus:
     last_error: str | None = None
     errors: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     logins: int = 0
-    snapshot: BackupSnapshot | None = None
+    snapshot: ControllerSnapshot | None = None
     #: How the poller asks the controller for pages now (it learns from 502s and 504s).
     concurrency: int = 0  # requests in flight at once, at most
     page_size: int = 0  # records per page asked for

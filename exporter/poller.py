@@ -1,8 +1,18 @@
 """Polls every controller on the scheduler and publishes one immutable status per controller.
 
-A poll builds a complete :class:`~exporter.model.BackupSnapshot` on the side and swaps it in
-by reference only when the whole scan succeeded: a scrape never sees half a scan, and a failed
-poll leaves the last good result in place (the collector drops it once it is stale).
+A poll scans the controller's backups and, alongside, reads its inventory (live VMs,
+policies, hosts, the schedule report), then judges every live VM's protection: a complete
+:class:`~exporter.model.ControllerSnapshot`, built on the side and swapped in by reference
+only when every read succeeded. A scrape never sees half a poll, and a failed poll leaves the
+last good result in place (the collector drops it once it is stale).
+
+The inventory is read in a second thread while the backups are scanned, one request at a time
+(so one more request in flight than the scan's): read one after the other, its dozen requests
+added a fifth to the wall time of a poll of 100,000 backups on 5,000 VMs. Both reads span the
+same moments, so the picture is that of the poll's time: a VM created while the poll runs
+may be listed without the backup it got meanwhile, and is then judged ``new``, as it is. Only
+the schedule report is optional (REST API 1.11 and later): an error status there leaves the
+federation's limits out of the snapshot, and is logged once.
 """
 
 from __future__ import annotations
@@ -22,15 +32,26 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.backups import BACKUPS, BackupScanFactory, LocalBackupScan
-from exporter.config import Config, ControllerConfig, PollConfig
+from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig
+from exporter.inventory import (
+    HOSTS,
+    POLICIES,
+    SCHEDULE_REPORT,
+    VIRTUAL_MACHINES,
+    InventoryRead,
+    parse_schedule_report,
+)
 from exporter.model import (
     REASONS,
     Cancelled,
     ControllerStatus,
     DecodeError,
+    HTTPStatusError,
+    Inventory,
+    ScheduleReport,
     SimplivityError,
 )
-from exporter.scan import Collection, Pace, PageSink, RecordTally, Scanner
+from exporter.scan import Collection, Pace, PageCounter, PageSink, RecordTally, Scanner
 from exporter.simplivity import SimplivityClient
 
 log = logging.getLogger(__name__)
@@ -40,7 +61,7 @@ MAX_PARALLEL_POLLS = 128
 
 
 class ControllerReader(Protocol):
-    """What a poll needs of a controller: its collections, page by page (a
+    """What a poll needs of a controller: its collections, page by page, and single GETs (a
     :class:`~exporter.scan.Scanner` over a :class:`~exporter.simplivity.SimplivityClient`)."""
 
     @property
@@ -50,6 +71,8 @@ class ControllerReader(Protocol):
     def pace(self) -> Pace: ...
 
     def read(self, collection: Collection, pages: PageSink) -> None: ...
+
+    def get(self, path: str) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -95,6 +118,7 @@ class ControllerPoller:
         *,
         client_factory: ClientFactory = connect,
         scans: BackupScanFactory = LocalBackupScan,
+        protection: ProtectionConfig | None = None,
         clock: Callable[[], float] = time.time,
         on_publish: Callable[[], None] = lambda: None,
         previous: ControllerStatus | None = None,
@@ -103,6 +127,7 @@ class ControllerPoller:
         """``turn`` is shared by the pollers that replace one another for a controller."""
         self.controller = controller
         self.poll_config = poll
+        self.protection = protection or ProtectionConfig()
         self._scans = scans
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
@@ -126,6 +151,10 @@ class ControllerPoller:
                 concurrency=pace.concurrency,
                 page_size=pace.page_size,
             )
+        # Said once per controller, not at every poll: set when the published snapshot (kept
+        # across a reload) already lacks the report.
+        snapshot = self.status.snapshot
+        self._said_no_report = snapshot is not None and snapshot.inventory.schedule is None
 
     def poll_once(self) -> ControllerStatus:
         """Scan the controller's backups and publish the outcome. Never raises.
@@ -158,11 +187,24 @@ class ControllerPoller:
         name = self.controller.name
         started = time.monotonic()
         scan = self._scans()
-        unreadable = RecordTally()
+        unreadable, unreadable_inventory = RecordTally(), RecordTally()
         try:
-            self._client.read(BACKUPS, unreadable.around(scan))
+            # Leaving the block waits for the inventory's read, whatever the scan's outcome.
+            with ThreadPoolExecutor(1, thread_name_prefix=f"inventory-{name}") as side:
+                inventory_read = side.submit(self._read_inventory, unreadable_inventory)
+                self._client.read(BACKUPS, unreadable.around(scan))
+            read, inventory = inventory_read.result()
+            unreadable.merge(unreadable_inventory)
+            backups = scan.snapshot()
+            now = self._clock()
+            snapshot = read.judge(
+                inventory,
+                backups,
+                now=now,
+                overdue_factor=self.protection.overdue_factor,
+                grace_seconds=self.protection.grace_seconds,
+            )
             duration = time.monotonic() - started
-            snapshot = scan.snapshot()
         except Cancelled:
             log.debug("controller %s: poll abandoned at shutdown", name, extra={"controller": name})
             return self.status
@@ -177,7 +219,6 @@ class ControllerPoller:
             return self._publish_failure(failure, time.monotonic() - started)
         finally:
             scan.close()
-        now = self._clock()
         pace = self._client.pace
         self.status = replace(
             self.status,
@@ -202,22 +243,53 @@ class ControllerPoller:
                 "; ".join(unreadable.problems),
             )
         log.info(
-            "controller %s: %d backups, %d clusters, %d live VMs in %.2f s",
+            "controller %s: %d backups, %d clusters, %d live VMs (%d at risk) in %.2f s",
             name,
-            snapshot.backups_seen,
-            len(snapshot.clusters),
-            len(snapshot.vms),
+            backups.backups_seen,
+            len(backups.clusters),
+            len(inventory.vms),
+            len(snapshot.at_risk),
             duration,
             extra={
                 "controller": name,
                 "duration_seconds": round(duration, 3),
-                "backups": snapshot.backups_seen,
-                "clusters": len(snapshot.clusters),
-                "vms": len(snapshot.vms),
+                "backups": backups.backups_seen,
+                "clusters": len(backups.clusters),
+                "vms": len(inventory.vms),
+                "at_risk": len(snapshot.at_risk),
             },
         )
         self._on_publish()
         return self.status
+
+    def _read_inventory(self, unreadable: RecordTally) -> tuple[InventoryRead, Inventory]:
+        """The live VMs first, then the policies and hosts they name, then the report."""
+        read = InventoryRead()
+        for collection, sink in (
+            (VIRTUAL_MACHINES, read.add_vm),
+            (POLICIES, read.add_policy),
+            (HOSTS, read.add_host),
+        ):
+            self._client.read(collection, unreadable.around(PageCounter(collection, sink)))
+        return read, read.inventory(self._read_schedule_report())
+
+    def _read_schedule_report(self) -> ScheduleReport | None:
+        try:
+            body = self._client.get(SCHEDULE_REPORT)
+        except HTTPStatusError as err:
+            # REST API before 1.11 has no such report: not a failure of the poll.
+            if not self._said_no_report:
+                log.info(
+                    "controller %s: no schedule report (%s); the federation's backup limits "
+                    "are not exported",
+                    self.controller.name,
+                    err,
+                    extra={"controller": self.controller.name, "error": str(err)},
+                )
+                self._said_no_report = True
+            return None
+        self._said_no_report = False
+        return parse_schedule_report(body)
 
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
         errors = dict(self.status.errors)
@@ -321,6 +393,7 @@ class Poller:
                 current is not None
                 and current.controller == controller
                 and current.poll_config == config.poll
+                and current.protection == config.protection
             ):
                 new[controller.name] = current
                 continue
@@ -329,6 +402,7 @@ class Poller:
                 config.poll,
                 client_factory=self._client_factory,
                 scans=self._scans,
+                protection=config.protection,
                 clock=self._clock,
                 on_publish=self._published,
                 previous=current.status if current else None,

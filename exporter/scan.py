@@ -57,13 +57,23 @@ class Collection:
     """One paged listing of the API, such as ``/api/backups``.
 
     ``key`` names the list in the answer's envelope (``{"count": ..., key: [...]}``); ``item``
-    names one of its items in messages; ``fields`` is what a scan asks for (``fields=``).
+    names one of its items in messages; ``fields`` is what a scan asks for (``fields=``), and
+    ``filters`` too (``state=ALIVE``). ``max_page_size`` caps the scanner's page size for a
+    listing that is expensive for the controller to page through.
+
+    ``alongside``: the listing is read while another read of the same scanner runs, in another
+    thread. It asks for one page at a time (one request in flight beside the other read's), and
+    leaves the pace to the other read: its 502s change no one's concurrency, its 504s halve its
+    own pages only.
     """
 
     path: str
     key: str
     item: str
     fields: tuple[str, ...]
+    filters: tuple[tuple[str, str], ...] = ()
+    max_page_size: int | None = None
+    alongside: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,11 @@ class RecordTally:
         if room > 0:
             self.problems.extend(outcome.problems[:room])
 
+    def merge(self, other: RecordTally) -> None:
+        """Add what ``other`` tallied (another thread's reads of the same poll)."""
+        self.records += other.records
+        self.problems.extend(other.problems[: MAX_PROBLEMS - len(self.problems)])
+
 
 class _Tallied:
     def __init__(self, tally: RecordTally, pages: PageSink) -> None:
@@ -256,6 +271,8 @@ class PageSource(Protocol):
         """``retry_too_slow=False``: a 504 raises at once instead of being retried."""
         ...
 
+    def get_body(self, path: str) -> bytes: ...
+
     def close(self) -> None: ...
 
 
@@ -300,8 +317,9 @@ class Scanner:
     - A controller that serves fewer records than asked, and says so in the envelope's
       ``limit``, is paged by what it serves, for the rest of the read.
 
-    One scan at a time; :meth:`close` (from any thread) closes the client and ends a scan in
-    progress with :class:`~exporter.model.Cancelled`.
+    One scan at a time, and beside it reads of :attr:`Collection.alongside` listings in other
+    threads; :meth:`close` (from any thread) closes the client and ends a scan in progress with
+    :class:`~exporter.model.Cancelled`.
     """
 
     def __init__(
@@ -340,6 +358,11 @@ class Scanner:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def get(self, path: str) -> bytes:
+        """The body of one GET of a path that is not paged; raises
+        :class:`~exporter.model.SimplivityError`."""
+        return self._source.get_body(path)
+
     def read(self, collection: Collection, pages: PageSink) -> None:
         """Hand every page of ``collection`` to ``pages``, in the listing's order.
 
@@ -359,7 +382,7 @@ class Scanner:
                 asked, body = self._take_body(pending, offset, fetch)
                 requests_made += 1
                 self._watch_load(read, requests_made)
-                if budget is not None:
+                if budget is not None and not collection.alongside:
                     # Ask for the next pages before counting this one, so that the controller
                     # is never left with fewer requests than it may take while we count.
                     step = _step(self._limit(read))
@@ -397,7 +420,8 @@ class Scanner:
                         f"id (page at offset {offset}): the listing cannot be stitched"
                     )
                 offset += advance
-                self._prefetch(pending, offset, step, count, fetch)
+                if not collection.alongside:
+                    self._prefetch(pending, offset, step, count, fetch)
         finally:
             self._cancel(pending)
             self._watch_load(read, requests_made)
@@ -433,23 +457,34 @@ class Scanner:
         return size
 
     def _limit(self, read: _Read) -> int:
-        """The limit to ask for: the page size, or the controller's cap if smaller."""
-        cap = read.cap
-        return self._page_size if cap is None else min(self._page_size, cap)
+        """The limit to ask for: the page size, or the controller's or the collection's cap if
+        smaller."""
+        limit = min(self._page_size, read.collection.max_page_size or self._page_size)
+        return limit if read.cap is None else min(limit, read.cap)
 
     def _fetch(self, read: _Read, offset: int) -> tuple[int, bytes]:
         """One page, and the limit it was asked with; smaller each time it answers 504."""
         collection = read.collection
         while True:
             limit = self._limit(read)
-            request = PageRequest(collection.path, offset, limit, collection.fields, SORT_FIELD)
+            request = PageRequest(
+                collection.path,
+                offset,
+                limit,
+                collection.fields,
+                SORT_FIELD,
+                filters=collection.filters,
+            )
             floor = limit <= self._min_page_size
             try:
                 return limit, self._source.get_page(request, retry_too_slow=floor)
             except HTTPStatusError as err:
                 if err.status != 504 or floor:
                     raise
-                self._shrink_pages(limit)
+                if collection.alongside:
+                    read.cap = max(self._min_page_size, limit // 2)
+                else:
+                    self._shrink_pages(limit)
 
     def _shrink_pages(self, limit: int) -> None:
         with self._page_size_lock:
@@ -467,6 +502,8 @@ class Scanner:
 
     def _watch_load(self, read: _Read, requests_made: int) -> None:
         """Halve the requests in flight when the controller said there were too many."""
+        if read.collection.alongside:
+            return  # the read it runs beside sees the same answers, and learns from them
         throttled = self._source.throttled
         if throttled == read.throttled:
             return
@@ -487,6 +524,8 @@ class Scanner:
 
     def _grow(self, read: _Read, requests_made: int) -> None:
         """After a read that went well: one more request in flight, larger pages, if tested."""
+        if read.collection.alongside:
+            return
         self._watch_load(read, requests_made)
         if not read.was_throttled and requests_made > self._concurrency:
             self._concurrency = min(self._max_concurrency, self._concurrency + 1)

@@ -159,6 +159,7 @@ class SimplivityClient:
         if page.sort is not None:
             params["sort"] = page.sort
             params["order"] = page.order
+        params.update(page.filters)
         final = frozenset() if retry_too_slow else frozenset({504})
         return self.get_body(page.path, params, final=final)
 

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, parse, scrape
+from tests.promtool import promtool
 
 Start = Callable[..., SimulatedController]
 ROOT = Path(__file__).parent.parent
@@ -390,15 +391,8 @@ def test_once_files_of_two_configs_combine_in_a_textfile_directory(
         )
         for seed, name, interval in ((1, "boston", 300), (2, "austin", 900))
     ]
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: run ./dev setup (Debian package prometheus)"
     for path in files:
-        checked = subprocess.run(
-            [promtool, "check", "metrics"],
-            input=path.read_bytes(),
-            capture_output=True,
-            check=False,
-        )
+        checked = promtool("check", "metrics", stdin=path.read_text("utf-8"))
         assert checked.returncode == 0, checked.stdout + checked.stderr
     assert textfile_conflicts(files) == []
     written = {
@@ -421,12 +415,7 @@ def test_once_files_of_two_configs_combine_in_a_textfile_directory(
         assert "error gathering metrics" not in log_path.read_text("utf-8")
         # Concatenated, the files would repeat each family's HELP, which no parser takes:
         # what node_exporter serves is their merge, and that is what Prometheus scrapes.
-        checked = subprocess.run(
-            [promtool, "check", "metrics"],
-            input=served.text.encode(),
-            capture_output=True,
-            check=False,
-        )
+        checked = promtool("check", "metrics", stdin=served.text)
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
         # The check can fail: the same controller in a second file is refused, by both.

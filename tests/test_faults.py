@@ -417,6 +417,9 @@ class ExpiringMidScan:
     def pace(self) -> Pace:
         return self.client.pace
 
+    def get(self, path: str) -> bytes:
+        return self.client.get(path)
+
     def read(self, collection: Collection, pages: PageSink) -> None:
         seen = 0
         wrapper = self

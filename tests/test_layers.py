@@ -28,6 +28,9 @@ FORBIDDEN = {
     "exposition": {"simplivity", "scan", "poller", "worker", "web", "app"},
     "web": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "app"},
     "poller": {"collector", "exposition", "web", "app", "cli"},
+    # Who should be protected, and how: records in, judgements out; no HTTP, no scheduler.
+    "inventory": {"simplivity", "poller", "worker", "collector", "exposition", "web", "app"},
+    "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "worker": {"simplivity", "poller", "web", "app", "cli"},
     "app": {"cli"},
 }

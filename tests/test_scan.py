@@ -73,6 +73,9 @@ class Listing:
             document[VMS.key] = items
             return json.dumps(document).encode()
 
+    def get_body(self, path: str) -> bytes:
+        raise AssertionError(f"a scan made a single GET of {path}")
+
     def _change(self) -> None:
         if self.rng.random() < 0.5 and self.items:
             del self.items[self.rng.choice(sorted(self.items))]
@@ -415,3 +418,65 @@ def test_a_cap_below_the_page_size_is_what_a_504_halves() -> None:
     assert read_again(scanner, listing) == sorted(listing.items)
     assert [page.limit for page in listing.requests[:3]] == [1000, 400, 200]
     assert scanner.pace.page_size == 200
+
+
+# --- a collection's own paging: filters, a page-size cap, reads alongside another --------------
+
+ALONGSIDE = Collection(
+    VMS.path,
+    key=VMS.key,
+    item=VMS.item,
+    fields=VMS.fields,
+    filters=(("state", "ALIVE"),),
+    max_page_size=300,
+    alongside=True,
+)
+
+
+class ThreadedListing(Listing):
+    """A listing that notes which thread asked for each page."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.threads: list[str] = []
+
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
+        self.threads.append(threading.current_thread().name)
+        return super().get_page(page, retry_too_slow=retry_too_slow)
+
+
+def read_alongside(scanner: Scanner, listing: Listing) -> list[str]:
+    ids: list[str] = []
+    scanner.read(ALONGSIDE, PageCounter(ALONGSIDE, lambda item: ids.append(item["id"])))
+    return ids
+
+
+def test_a_collections_filters_and_page_cap_reach_every_request() -> None:
+    listing = Listing(1000)
+    scanner = Scanner(listing, page_size=1000, max_concurrency=3)
+    assert read_alongside(scanner, listing) == sorted(listing.items)
+    assert {page.limit for page in listing.requests} == {300}
+    assert {page.filters for page in listing.requests} == {(("state", "ALIVE"),)}
+    scanner.close()
+
+
+def test_an_alongside_read_asks_one_page_at_a_time_in_its_own_thread() -> None:
+    listing = ThreadedListing(2500)
+    scanner = Scanner(listing, page_size=1000, max_concurrency=3)
+    assert read_alongside(scanner, listing) == sorted(listing.items)
+    assert set(listing.threads) == {threading.current_thread().name}  # nothing prefetched
+    listing.threads.clear()
+    assert read_again(scanner, listing) == sorted(listing.items)  # a scan still prefetches
+    assert set(listing.threads) - {threading.current_thread().name}
+    scanner.close()
+
+
+def test_an_alongside_read_leaves_the_pace_to_the_read_beside_it() -> None:
+    listing = Listing(1000)
+    scanner = Scanner(listing, page_size=1000, max_concurrency=4)
+    listing.overloaded = lambda: True  # the scan beside it hears the same 502s
+    listing.too_slow_above = 200
+    assert read_alongside(scanner, listing) == sorted(listing.items)
+    assert [page.limit for page in listing.requests[:3]] == [300, 150, 150]
+    assert scanner.pace == Pace(concurrency=4, page_size=1000)
+    scanner.close()

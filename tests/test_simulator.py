@@ -69,20 +69,45 @@ def start(controllers: list[SimulatedController]) -> Callable[..., SimulatedCont
     return start
 
 
+CLIENT = ("simplivity", "")  # the client credentials every SimpliVity client sends
+
+
+def password_grant(username: str, password: str) -> dict[str, str]:
+    return {"grant_type": "password", "username": username, "password": password}
+
+
+def request_token(
+    url: str,
+    data: dict[str, str],
+    *,
+    auth: tuple[str, str] | None = CLIENT,
+    session: requests.Session | None = None,
+) -> requests.Response:
+    return (session or requests).post(url + "/api/oauth/token", auth=auth, data=data, timeout=5)
+
+
 def login(controller: SimulatedController, session: requests.Session | None = None) -> str:
-    response = (session or requests).post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
-    )
+    grant = password_grant(controller.username, controller.password)
+    response = request_token(controller.url, grant, session=session)
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
+
+
+def get_path(
+    controller: SimulatedController,
+    token: str,
+    path: str,
+    session: requests.Session | None = None,
+    /,
+    **params: object,
+) -> requests.Response:
+    return (session or requests).get(
+        controller.url + path,
+        params=params,  # type: ignore[arg-type]
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
 
 
 def get_backups(
@@ -92,27 +117,24 @@ def get_backups(
     /,
     **params: object,
 ) -> requests.Response:
-    return (session or requests).get(
-        controller.url + "/api/backups",
-        params=params,  # type: ignore[arg-type]
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=5,
-    )
+    return get_path(controller, token, "/api/backups", session, **params)
 
 
-def scan(
-    controller: SimulatedController, token: str, limit: int, /, **params: object
-) -> list[Json]:
-    """Every page of a listing, advancing by the page size the server answered."""
-    session = requests.Session()
-    backups: list[Json] = []
-    offset = 0
+def get(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
+    response = get_path(controller, token, path, **params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def listing(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
+    """Every record of a collection, paging by what the server served."""
+    key = COLLECTIONS.get(path, "backups")
+    records: list[Any] = []
     while True:
-        page = get_backups(controller, token, session, offset=offset, limit=limit, **params).json()
-        backups.extend(page["backups"])
-        offset += len(page["backups"])
-        if offset >= page["count"] or not page["backups"]:
-            return backups
+        page = get(controller, token, path, offset=len(records), **params)
+        records.extend(page[key])
+        if len(records) >= page["count"] or not page[key]:
+            return records
 
 
 def small_federation() -> list[dict[str, object]]:
@@ -255,23 +277,11 @@ def test_login_issues_a_bearer_token_and_counts_it(
     start: Callable[..., SimulatedController],
 ) -> None:
     controller = start(small_federation())
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "x"},
-        timeout=5,
-    )
+    response = request_token(controller.url, password_grant(controller.username, "x"))
     assert response.status_code == 401
     token = login(controller)
-    answer = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
+    answer = request_token(
+        controller.url, password_grant(controller.username, controller.password)
     ).json()
     assert answer["token_type"] == "bearer"
     assert answer["expires_in"] == 86399
@@ -292,15 +302,8 @@ def test_login_without_the_client_credentials_is_bad_credentials(
     start: Callable[..., SimulatedController], auth: tuple[str, str] | None
 ) -> None:
     controller = start(small_federation())
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=auth,
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
+    response = request_token(
+        controller.url, password_grant(controller.username, controller.password), auth=auth
     )
     assert response.status_code == 401
     body = response.json()
@@ -316,20 +319,10 @@ def test_wrong_user_credentials_answer_the_configured_status(
 ) -> None:
     controller = start(small_federation())
     controller.faults.bad_credentials_status = status
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "wrong"},
-        timeout=5,
-    )
+    response = request_token(controller.url, password_grant(controller.username, "wrong"))
     assert response.status_code == status
     assert response.json()["error"] == error
-    unsupported = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "client_credentials"},
-        timeout=5,
-    )
+    unsupported = request_token(controller.url, {"grant_type": "client_credentials"})
     assert unsupported.status_code == 400
     assert unsupported.json()["error"] == "unsupported_grant_type"
 
@@ -408,7 +401,7 @@ def test_paging_delivers_every_backup_once_and_count_is_the_total(
     first = get_backups(controller, token).json()
     assert (first["offset"], first["count"], first["limit"]) == (0, total, 500)
     assert len(first["backups"]) == total
-    listed = scan(controller, token, 37)
+    listed = listing(controller, token, "/api/backups", limit=37)
     assert len(listed) == total
     assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
     assert controller.stats.snapshot().pages[1:] == tuple((o, 37) for o in range(0, total, 37))
@@ -642,12 +635,7 @@ def test_fail_next_answers_errors_then_recovers(start: Callable[..., SimulatedCo
     assert expired.json()["error"] == "invalid_token"
     assert get_backups(controller, token, limit=1).status_code == 200
     controller.faults.fail_next_logins(1)
-    refused = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "x"},
-        timeout=5,
-    )
+    refused = request_token(controller.url, password_grant(controller.username, "x"))
     assert refused.status_code == 500
     assert login(controller)
     assert controller.stats.snapshot().status_counts[500] == 3
@@ -903,7 +891,7 @@ def test_a_capped_limit_serves_fewer_and_says_the_limit_it_applied(
     assert len(first["backups"]) == 70
     small = get_backups(controller, token, limit=20).json()
     assert (small["limit"], len(small["backups"])) == (20, 20)  # under the cap: as asked
-    listed = scan(controller, token, 3000)  # advances by what was served
+    listed = listing(controller, token, "/api/backups", limit=3000)  # by what was served
     assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
     pages = controller.stats.snapshot().pages
     assert pages[-1] == (len(backups) // 70 * 70, 3000)  # the limit as asked is recorded
@@ -1079,27 +1067,6 @@ COLLECTIONS = {
     "/api/hosts": "hosts",
 }
 REPORT = "/api/policies/policy_schedule_report"
-
-
-def get(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
-    response = requests.get(
-        controller.url + path,
-        params=params,  # type: ignore[arg-type]
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=5,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def listing(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
-    """Every record of a collection, paging by what the server served."""
-    records: list[Any] = []
-    while True:
-        page = get(controller, token, path, offset=len(records), **params)
-        records.extend(page[COLLECTIONS.get(path, "backups")])
-        if len(records) >= page["count"] or not page[COLLECTIONS.get(path, "backups")]:
-            return records
 
 
 def by_id(records: list[Any]) -> dict[str, Any]:
@@ -1536,7 +1503,7 @@ def test_a_large_federation_is_served_quickly(start: Callable[..., SimulatedCont
     controller = start(FederationSpec(vms=500, total_backups=30_000))
     token = login(controller)
     fields = "id,state,created_at,size,omnistack_cluster_name,virtual_machine_id"
-    listed = scan(controller, token, 3000, fields=fields)
+    listed = listing(controller, token, "/api/backups", limit=3000, fields=fields)
     assert len({b["id"] for b in listed}) == 30_000
 
 
@@ -1575,16 +1542,8 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         assert lines["backups"] == "2000"
         url = lines["url"]
         assert requests.get(url + "/api/version", timeout=5).status_code == 200
-        token = requests.post(
-            url + "/api/oauth/token",
-            auth=("simplivity", ""),
-            data={
-                "grant_type": "password",
-                "username": lines["username"],
-                "password": lines["password"],
-            },
-            timeout=5,
-        ).json()["access_token"]
+        grant = password_grant(lines["username"], lines["password"])
+        token = request_token(url, grant).json()["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
         page = requests.get(url + "/api/backups", params={"limit": 1000}, headers=auth, timeout=5)
         assert (page.json()["limit"], len(page.json()["backups"])) == (300, 300)

@@ -465,18 +465,12 @@ class Store:
                 bisect.insort(ordered, row, key=key)
 
 
-_CHURNED: Final = (
-    "id",
-    "name",
-    "state",
-    "type",
-    "created_at",
-    "expiration_time",
-    "unique_size_bytes",
-    "unique_size_timestamp",
-    "sent",
-    "sent_duration",
-    "sent_completion_time",
+# A churned backup copies another with fresh per-backup fields, but keeps its size and
+# consistency.
+_CHURNED: Final = tuple(
+    name
+    for name in OWN_FIELDS
+    if name not in {"size", "application_consistent", "consistency_type"}
 )
 
 
