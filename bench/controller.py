@@ -9,9 +9,9 @@ It prints one JSON line, ``{"url": ..., "control": ..., "username": ..., "passwo
 then serves until SIGTERM. The control endpoint (plain HTTP on another port) reads and resets
 the simulator's own counters, without changing the simulator's API:
 
-- ``GET /stats``: ``{"logins", "requests", "backups_requests", "bytes", "backups_served",
-  "max_in_flight", "first_pages"}`` since the last reset (``first_pages``: requests for
-  offset 0, one per scan);
+- ``GET /stats``: ``{"logins", "requests", "requests_per_path", "backups_requests", "bytes",
+  "backups_served", "max_in_flight", "first_pages"}`` since the last reset (``first_pages``:
+  requests for offset 0, one per scan);
 - ``POST /reset``: zero the counters.
 """
 
@@ -30,11 +30,12 @@ from typing import Any
 from exporter.simulator import FederationSpec, SimulatedController
 
 
-def stats_document(controller: SimulatedController) -> dict[str, int]:
-    stats = controller.stats
+def stats_document(controller: SimulatedController) -> dict[str, Any]:
+    stats = controller.stats.snapshot()
     return {
         "logins": stats.logins,
         "requests": sum(stats.requests_per_path.values()),
+        "requests_per_path": dict(sorted(stats.requests_per_path.items())),
         "backups_requests": stats.backups_requests,
         "bytes": stats.bytes_sent,
         "backups_served": stats.backups_served,

@@ -113,6 +113,8 @@ class PollRow:
     bytes_received: int
     logins: int
     runs: int
+    #: the requests of one poll by URL path (login, inventory, backups), as the controller saw
+    requests_per_path: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,9 @@ def measure_polls(settings: Settings, say: Any) -> tuple[list[PollRow], list[Swe
                     bytes_received=max(r["bytes"] for r in runs),
                     logins=max(r["logins"] for r in runs),
                     runs=len(runs),
+                    requests_per_path=max(runs, key=lambda r: int(r["requests"]))[
+                        "requests_per_path"
+                    ],
                 )
                 say(
                     f"  {side:8} {row.wall_seconds:7.2f} s wall  {row.cpu_seconds:6.2f} s CPU  "

@@ -56,7 +56,8 @@ def load_sharded(path: str, shard: Shard) -> Config:
 def run_once(config: Config, shard: Shard, output: str | None) -> bool:
     """Poll every controller once and write the metrics to ``output`` (stdout if None).
 
-    True if every controller's poll succeeded.
+    Only per-controller series, so that the outputs of runs for other controllers can be read
+    together (``ExporterState.once``). True if every controller's poll succeeded.
     """
     worker = DecodingWorker()
     poller = Poller(config, scans=worker.open_scan)
@@ -65,7 +66,7 @@ def run_once(config: Config, shard: Shard, output: str | None) -> bool:
     finally:
         poller.shutdown()
         worker.close()
-    state = exporter_state(config, shard, time.time())
+    state = replace(exporter_state(config, shard, time.time()), once=True)
     backups = BackupCollector(lambda: statuses, lambda: state)
     text = Exposition(CollectorRegistry(auto_describe=False), lambda: 0, backups=backups).render()
     if output:
@@ -136,7 +137,11 @@ class Reloader:
             except (ConfigError, UsageError) as err:
                 self.state = replace(self.state, reload_successful=False)
                 self.reloads += 1
-                log.error("configuration reload failed, keeping the previous one: %s", err)
+                log.error(
+                    "configuration reload failed, keeping the previous one: %s",
+                    err,
+                    extra={"error": str(err)},
+                )
                 return False, str(err)
             self._poller.apply(config)
             if self.server is not None:
@@ -144,7 +149,7 @@ class Reloader:
             self.state = exporter_state(config, self._shard, time.time())
             self.reloads += 1
             message = f"configuration reloaded: {len(config.controllers)} controller(s)"
-            log.info("%s", message)
+            log.info("%s", message, extra={"controllers": len(config.controllers)})
             return True, message
 
 
@@ -180,6 +185,12 @@ def run_server(
         len(config.controllers),
         shard.index,
         shard.count,
+        extra={
+            "url": server.url,
+            "controllers": len(config.controllers),
+            "shard_index": shard.index,
+            "shard_count": shard.count,
+        },
     )
     try:
         while not events.stop:
@@ -296,5 +307,5 @@ def read_web_config(path: str | None) -> WebConfig:
     except WebConfigError as err:
         raise UsageError(str(err)) from None
     for note in web_config.notes:
-        log.warning("%s: %s", path, note)
+        log.warning("%s: %s", path, note, extra={"file": path})
     return web_config

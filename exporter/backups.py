@@ -20,11 +20,12 @@ from exporter.model import (
     BackupSnapshot,
     ClusterSummary,
     RecordError,
-    VMSummary,
+    VMBackups,
 )
 from exporter.scan import Collection, PageCounter, PageOutcome, PageSink
 
-#: What a scan asks the API for (``fields=``): everything the metrics need and nothing more.
+#: What a scan asks the API for (``fields=``): everything the metrics need and nothing more
+#: (a VM's name and state come from the inventory).
 FIELDS = (
     "id",
     "state",
@@ -33,8 +34,6 @@ FIELDS = (
     "omnistack_cluster_name",
     "external_store_name",
     "virtual_machine_id",
-    "virtual_machine_name",
-    "virtual_machine_state",
 )
 #: The federation's backups, as a scan pages through them.
 BACKUPS = Collection("/api/backups", key="backups", item="backup", fields=FIELDS)
@@ -53,34 +52,45 @@ class BackupRecordError(RecordError):
 
 
 class _ClusterTally:
-    __slots__ = ("counts", "newest_protected", "sizes")
+    __slots__ = ("counts", "name", "newest_protected", "sizes")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name  # one string object per destination, shared by the VMs' tallies
         self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self.sizes: dict[str, int] = dict.fromkeys(STATES, 0)
         self.newest_protected = ""
 
 
 class _VMTally:
-    __slots__ = ("alive", "name", "newest_created", "newest_protected")
+    __slots__ = (
+        "newest_created",
+        "newest_destination",
+        "newest_failed",
+        "newest_protected",
+        "newest_state",
+    )
 
-    def __init__(self, name: str, alive: bool, created: str) -> None:
-        self.name = name
-        self.alive = alive
-        self.newest_created = created
-        self.newest_protected = ""
+    def __init__(self) -> None:
+        self.newest_created = ""  # of its newest backup in any state, with its state and place
+        self.newest_state = ""
+        self.newest_destination = ""
+        self.newest_protected: dict[str, str] = {}  # destination -> created_at
+        self.newest_failed = ""
 
 
 class Aggregator:
     """Accumulates backups into per-cluster and per-VM tallies.
 
+    Per VM: the newest PROTECTED backup at each destination, the newest FAILED one, and the
+    newest in any state (state, time, destination), whatever the VM's own state: the
+    inventory says which VMs are alive.
+
     >>> tally = Aggregator()
     >>> tally.add({"id": "b1", "state": "PROTECTED", "created_at": "2024-01-01T00:00:00Z",
-    ...            "size": 10, "omnistack_cluster_name": "Boston", "virtual_machine_id": "v1",
-    ...            "virtual_machine_name": "web", "virtual_machine_state": "ALIVE"})
+    ...            "size": 10, "omnistack_cluster_name": "Boston", "virtual_machine_id": "v1"})
     >>> snapshot = tally.snapshot()
-    >>> snapshot.clusters[0].counts["PROTECTED"], snapshot.vms[0].newest_protected
-    (1, 1704067200.0)
+    >>> snapshot.clusters[0].counts["PROTECTED"], dict(snapshot.vms[0].newest_protected)
+    (1, {'Boston': 1704067200.0})
     """
 
     def __init__(self) -> None:
@@ -93,19 +103,24 @@ class Aggregator:
         return self._seen
 
     def add(self, backup: Mapping[str, object]) -> None:
-        """Count one backup; raise :class:`BackupRecordError` if it cannot be read."""
-        state = _text(backup, "state")
-        created = _text(backup, "created_at")
-        if not _TIMESTAMP.fullmatch(created) or not _is_real_time(created):
-            raise BackupRecordError(
-                f"backup {_describe(backup)}: created_at {created[:40]!r} is not a UTC timestamp"
+        """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
+
+        Missing values (absent, null, or the API's ``"NA"``) are odd, not wrong: a backup
+        without a creation time is counted by its state but is never anyone's newest, one
+        without a size counts 0 bytes, one without a cluster goes under its external store or
+        ``unknown``. A backup without a state, or with a value that is present but wrong (a
+        size of -1, a creation time that is no UTC timestamp), cannot be placed.
+        """
+        state = backup.get("state")
+        if not isinstance(state, str) or state in ("", MISSING):
+            what = (
+                "is missing"
+                if state is None or isinstance(state, str)
+                else f"must be a string, not {type(state).__name__}"
             )
-        size = backup.get("size")
-        if type(size) is not int or not 0 <= size <= _MAX_SIZE:
-            raise BackupRecordError(
-                f"backup {_describe(backup)}: size must be a whole number of bytes, "
-                f"not {str(size)[:40]!r}"
-            )
+            raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
+        created = _created(backup)
+        size = _size(backup)
         cluster_name = (
             _optional_text(backup, "omnistack_cluster_name")
             or _optional_text(backup, "external_store_name")
@@ -113,13 +128,14 @@ class Aggregator:
         )
         tally = self._clusters.get(cluster_name)
         if tally is None:
-            tally = self._clusters[cluster_name] = _ClusterTally()
+            tally = self._clusters[cluster_name] = _ClusterTally(cluster_name)
         if state not in _KNOWN_STATES:
             state = OTHER_STATE
         tally.counts[state] = tally.counts.get(state, 0) + 1
         tally.sizes[state] = tally.sizes.get(state, 0) + size
         protected = state == "PROTECTED"
-        # The timestamps share one format, so comparing the strings compares the times.
+        # The timestamps share one format, so comparing the strings compares the times; a
+        # backup without one ("") is never the newest.
         if protected and created > tally.newest_protected:
             tally.newest_protected = created
         self._seen += 1
@@ -127,19 +143,19 @@ class Aggregator:
         vm_id = _optional_text(backup, "virtual_machine_id")
         if not vm_id:
             return
+        destination = tally.name
         vm = self._vms.get(vm_id)
-        alive = _optional_text(backup, "virtual_machine_state") == "ALIVE"
         if vm is None:
-            vm = self._vms[vm_id] = _VMTally(
-                _optional_text(backup, "virtual_machine_name"), alive, created
-            )
-        elif created > vm.newest_created:
-            # A VM's name and state are taken from its newest backup: VMs get renamed.
-            vm.name = _optional_text(backup, "virtual_machine_name")
-            vm.alive = alive
+            vm = self._vms[vm_id] = _VMTally()
+        if created > vm.newest_created:  # one without a creation time ("") is never the newest
             vm.newest_created = created
-        if protected and created > vm.newest_protected:
-            vm.newest_protected = created
+            vm.newest_state = state
+            vm.newest_destination = destination
+        if protected:
+            if created > vm.newest_protected.get(destination, ""):
+                vm.newest_protected[destination] = created
+        elif state == "FAILED" and created > vm.newest_failed:
+            vm.newest_failed = created
 
     def snapshot(self) -> BackupSnapshot:
         clusters = tuple(
@@ -151,10 +167,25 @@ class Aggregator:
             )
             for name, tally in sorted(self._clusters.items())
         )
+        # Many backups share their creation time (a policy's schedule): each is parsed once.
+        seconds: dict[str, float] = {}
+
+        def parsed(created: str) -> float:
+            value = seconds.get(created)
+            if value is None:
+                value = seconds[created] = _seconds(created)
+            return value
+
         vms = tuple(
-            VMSummary(vm_id, vm.name, parse_timestamp(vm.newest_protected))
-            for vm_id, vm in sorted(self._vms.items(), key=lambda item: (item[1].name, item[0]))
-            if vm.alive
+            VMBackups(
+                vm_id,
+                {where: parsed(created) for where, created in vm.newest_protected.items()},
+                parsed(vm.newest_failed) if vm.newest_failed else None,
+                vm.newest_state,
+                parsed(vm.newest_created) if vm.newest_created else None,
+                vm.newest_destination,
+            )
+            for vm_id, vm in sorted(self._vms.items())
         )
         return BackupSnapshot(clusters=clusters, vms=vms, backups_seen=self._seen)
 
@@ -189,29 +220,51 @@ class LocalBackupScan:
         pass
 
 
-def parse_timestamp(value: str) -> float | None:
-    """``2018-05-08T10:00:01Z`` as Unix seconds; ``None`` for an empty string."""
-    if not value:
-        return None
+def _seconds(value: str) -> float:
     return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
 
 
-def _text(backup: Mapping[str, object], key: str) -> str:
-    value = backup.get(key)
-    if not isinstance(value, str):
-        what = "is missing" if value is None else f"must be a string, not {type(value).__name__}"
-        raise BackupRecordError(f"backup {_describe(backup)}: {key} {what}")
+def parse_timestamp(value: str) -> float | None:
+    """``2018-05-08T10:00:01Z`` as Unix seconds; ``None`` for an empty string."""
+    return _seconds(value) if value else None
+
+
+#: How the API writes a value it does not have.
+MISSING = "NA"
+
+
+def _created(backup: Mapping[str, object]) -> str:
+    """The creation time, or "" if the backup has none (yet)."""
+    value = backup.get("created_at")
+    if value is None or value == MISSING or value == "":
+        return ""
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value) or not _is_real_time(value):
+        raise BackupRecordError(
+            f"backup {_describe(backup)}: created_at {str(value)[:40]!r} is not a UTC timestamp"
+        )
+    return value
+
+
+def _size(backup: Mapping[str, object]) -> int:
+    """The size in bytes; 0 if the backup has none (yet)."""
+    value = backup.get("size")
+    if value is None or value == MISSING:
+        return 0
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+        value = int(value)  # some versions write numbers as strings
+    if type(value) is not int or not 0 <= value <= _MAX_SIZE:
+        raise BackupRecordError(
+            f"backup {_describe(backup)}: size must be a whole number of bytes, "
+            f"not {str(value)[:40]!r}"
+        )
     return value
 
 
 def _optional_text(backup: Mapping[str, object], key: str) -> str:
+    """A text value, or "" if missing; odd values (a number, a list) count as missing too."""
     value = backup.get(key)
-    if value is None:
+    if not isinstance(value, str) or value == MISSING:
         return ""
-    if not isinstance(value, str):
-        raise BackupRecordError(
-            f"backup {_describe(backup)}: {key} must be a string, not {type(value).__name__}"
-        )
     if not value.isascii():
         # JSON's "\ud800" decodes to a lone surrogate, which UTF-8 cannot carry to /metrics.
         value = _SURROGATES.sub("\ufffd", value)

@@ -1,4 +1,4 @@
-"""Command line: flags, logging, the demo and exit codes. The only module that exits.
+"""Command line: flags, the demo and exit codes. The only module that exits.
 
 Exit codes: 0 success; 1 ``--once`` with a controller that failed; 2 a user's mistake
 (bad flags, bad config, bad web config, an address that cannot be bound). The exporter's parts
@@ -8,7 +8,6 @@ are wired and run by :mod:`exporter.app`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -16,9 +15,10 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from exporter import __version__
+from exporter import __version__, logs
 from exporter.app import Shard, UsageError, load_sharded, read_web_config, run_once, run_server
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret
+from exporter.logs import FORMATS, LEVELS, LogSettings
 from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.sharding import ordinal_from_hostname, validate_shard
 
@@ -58,15 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--log.level",
         dest="log_level",
         default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="(default: %(default)s)",
+        choices=LEVELS,
+        metavar="debug|info|warn|error",
+        help="the least severe records logged (default: %(default)s; warning = warn)",
     )
     add(
         "--log.format",
         dest="log_format",
-        default="text",
-        choices=("text", "json"),
-        help="(default: %(default)s)",
+        default="logfmt",
+        choices=FORMATS,
+        metavar="logfmt|json",
+        help="one record a line on stderr (default: %(default)s; text = logfmt)",
     )
     add(
         "--config.check",
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    logs.setup(LogSettings.of(args.log_level, args.log_format))
     keep_large_buffers_off_the_heap()
     # A poll keeps the interpreter busy for seconds; a scrape's thread waiting for its turn
     # gets it within 1 ms instead of the default 5 ms.
@@ -139,7 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_OK
     except (ConfigError, UsageError) as err:
-        print(f"simplivity-exporter: {err}", file=sys.stderr)
+        if args.config_check:  # a person reads it: every problem on a line of its own
+            print(f"simplivity-exporter: {err}", file=sys.stderr)
+        else:
+            log.error("%s", err)
         return EXIT_USAGE
 
 
@@ -182,7 +187,7 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
     from exporter.simulator import FederationSpec, SimulatedController
 
     simulator = SimulatedController(FederationSpec()).start()
-    log.info("demo: simulated controller at %s", simulator.url)
+    log.info("demo: simulated controller at %s", simulator.url, extra={"url": simulator.url})
     # Policies keep taking backups on a real federation: regenerate the simulated one now and
     # then, so a long-running demo does not slowly turn every VM stale.
     refresh = threading.Event()
@@ -219,30 +224,3 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
 def once(config: Config, shard: Shard, output: str | None) -> int:
     """``--once``: 0 if every controller's poll succeeded, else 1."""
     return EXIT_OK if run_once(config, shard, output) else EXIT_FAILED
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # urllib3 logs every request URL at debug; keep that out even at --log.level debug.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
-
-
-class _JSONFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)

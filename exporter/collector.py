@@ -12,12 +12,13 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.model import REASONS, STATES, BackupSnapshot, ClusterSummary, ControllerStatus
+from exporter.model import REASONS, STATES, ClusterSummary, ControllerSnapshot, ControllerStatus
 
 INF = math.inf
 
@@ -33,6 +34,11 @@ class ExporterState:
     shard_count: int = 1
     reload_successful: bool = True
     reload_success_timestamp: float = 0.0
+    #: ``--once``: per-controller series only, their help texts the same whatever the config,
+    #: so that the files of several runs can be read together: node_exporter's textfile
+    #: collector merges families by name, and drops a series that two files hold and a
+    #: family whose help text differs between them.
+    once: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Reading:
     state: ExporterState
     now: float
     #: The snapshots to show, by controller: those whose last success is not stale.
-    fresh: Sequence[tuple[str, BackupSnapshot]]
+    fresh: Sequence[tuple[str, ControllerSnapshot]]
 
 
 class BackupCollector(Collector):
@@ -82,7 +88,7 @@ class BackupCollector(Collector):
         state, now, fresh = reading.state, reading.now, reading.fresh
         counts, sizes, newest, newest_age = cluster_families(state)
         for controller, snapshot in fresh:
-            for cluster in snapshot.clusters:
+            for cluster in snapshot.backups.clusters:
                 labels = [controller, cluster.name]
                 for state_name in state_names(cluster):
                     counts.add_metric([*labels, state_name], cluster.counts[state_name])
@@ -92,20 +98,57 @@ class BackupCollector(Collector):
         yield from (counts, sizes, newest, newest_age)
 
         if state.per_vm:
-            vm_newest, vm_age = vm_families(state)
+            vm = vm_families(state)
             for controller, snapshot in fresh:
-                for vm in snapshot.vms:
-                    labels = [controller, vm.name, vm.vm_id]
-                    vm_newest.add_metric(labels, vm.newest_protected or 0.0)
-                    vm_age.add_metric(labels, _age(now, vm.newest_protected))
-            yield from (vm_newest, vm_age)
+                for judged in snapshot.protection:
+                    machine = judged.vm
+                    labels = [controller, machine.name, machine.vm_id]
+                    newest_anywhere = judged.newest_protected_anywhere
+                    vm.newest.add_metric(labels, newest_anywhere or 0.0)
+                    vm.age.add_metric(labels, _age(now, newest_anywhere))
+                    vm.info.add_metric(
+                        [*labels, machine.cluster, machine.policy, machine.datastore, machine.host],
+                        1.0,
+                    )
+                    if machine.created_at is not None:
+                        vm.created.add_metric(labels, machine.created_at)
+                    vm.scheduled.add_metric(labels, 1.0 if judged.scheduled else 0.0)
+                    for destination, interval in judged.intervals.items():
+                        vm.interval.add_metric([*labels, destination], interval)
+                        vm.destination_newest.add_metric(
+                            [*labels, destination], judged.newest_protected_at(destination) or 0.0
+                        )
+                    vm.failed.add_metric(labels, judged.newest_failed or 0.0)
+            yield from vm
+
+        inventory = inventory_families(state)
+        for controller, snapshot in fresh:
+            for cluster_name, statuses in snapshot.vms_by_status.items():
+                for status, number in statuses.items():
+                    inventory.vms.add_metric([controller, cluster_name, status], number)
+            for policy in snapshot.inventory.policies:
+                inventory.policy_rules.add_metric([controller, policy.name], policy.rules)
+                inventory.policy_vms.add_metric(
+                    [controller, policy.name], snapshot.policy_vms.get(policy.name, 0)
+                )
+            for host in snapshot.inventory.hosts:
+                inventory.host_enabled.add_metric(
+                    [controller, host.name, host.cluster], 1.0 if host.policy_enabled else 0.0
+                )
+            for family, value in zip(
+                inventory.federation, federation_figures(snapshot), strict=True
+            ):
+                if value is not None:
+                    family.add_metric([controller], value)
+        yield from inventory
 
         yield from health_families(reading.statuses)
         yield from exporter_families(state)
 
 
 def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
-    """The health of each controller's polls: up, duration, last success, errors, logins."""
+    """The health of each controller's polls: up, duration, last success, errors, logins, the
+    pace the poller learned, and the records it could not read."""
     up = GaugeMetricFamily(
         "simplivity_up",
         "1 if the last poll of the controller succeeded, else 0.",
@@ -113,7 +156,8 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
     )
     duration = GaugeMetricFamily(
         "simplivity_poll_duration_seconds",
-        "Wall time of the last poll of the controller (all pages of /api/backups).",
+        "Wall time of the last poll of the controller (its inventory and all pages of "
+        "/api/backups).",
         labels=["controller"],
     )
     last_success = GaugeMetricFamily(
@@ -132,6 +176,24 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         "should grow only when a token expires.",
         labels=["controller"],
     )
+    concurrency = GaugeMetricFamily(
+        "simplivity_poll_concurrency",
+        "Requests the exporter keeps in flight at once to the controller, at most: halved when "
+        "it answers 502/503/429 (too many requests), one more after a poll without.",
+        labels=["controller"],
+    )
+    page_size = GaugeMetricFamily(
+        "simplivity_poll_page_size",
+        "Records the exporter asks for per page: halved when the controller answers 504 (the "
+        "page took too long), growing back after polls without.",
+        labels=["controller"],
+    )
+    unreadable = GaugeMetricFamily(
+        "simplivity_unreadable_records",
+        "Records of the last successful poll that could not be placed (not an object, no id, "
+        "no state) and were left out of every other series.",
+        labels=["controller"],
+    )
     for status in statuses:
         up.add_metric([status.name], 1.0 if status.up else 0.0)
         duration.add_metric([status.name], status.last_duration or 0.0)
@@ -139,11 +201,17 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         for reason in REASONS:
             errors.add_metric([status.name, reason], status.errors.get(reason, 0))
         logins.add_metric([status.name], status.logins)
-    yield from (up, duration, last_success, errors, logins)
+        concurrency.add_metric([status.name], status.concurrency)
+        page_size.add_metric([status.name], status.page_size)
+        unreadable.add_metric([status.name], status.unreadable_records)
+    yield from (up, duration, last_success, errors, logins, concurrency, page_size, unreadable)
 
 
 def exporter_families(state: ExporterState) -> Iterator[Metric]:
-    """The exporter's own build, shard and reload series."""
+    """The exporter's own build, shard and reload series (none for ``--once``: each run's
+    file would hold them again)."""
+    if state.once:
+        return
     build = GaugeMetricFamily(
         "simplivity_exporter_build_info",
         "The exporter's version; constant 1.",
@@ -182,7 +250,7 @@ def _age(now: float, created: float | None) -> float:
 
 def fresh_snapshots(
     statuses: Sequence[ControllerStatus], state: ExporterState, now: float
-) -> list[tuple[str, BackupSnapshot]]:
+) -> list[tuple[str, ControllerSnapshot]]:
     """The snapshots to show: those of controllers whose last success is not stale."""
     return [
         (status.name, status.snapshot)
@@ -193,9 +261,11 @@ def fresh_snapshots(
     ]
 
 
-def _refreshed(state: ExporterState) -> str:
+def _refreshed(state: ExporterState, source: str = "/api/backups") -> str:
+    if state.once:
+        return "Read by simplivity-exporter --once when it wrote its output."
     return (
-        f"Refreshed by the exporter's own poll of /api/backups every "
+        f"Refreshed by the exporter's own poll of {source} every "
         f"{state.interval_seconds:g} s (poll.interval_seconds), not at scrape time."
     )
 
@@ -229,22 +299,155 @@ def cluster_families(
     return counts, sizes, newest, newest_age
 
 
-def vm_families(state: ExporterState) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+class VMFamilies(NamedTuple):
+    """The per-VM families (``metrics.per_vm``), in the order they are written."""
+
+    newest: GaugeMetricFamily
+    age: GaugeMetricFamily
+    info: GaugeMetricFamily
+    created: GaugeMetricFamily
+    scheduled: GaugeMetricFamily
+    interval: GaugeMetricFamily
+    destination_newest: GaugeMetricFamily
+    failed: GaugeMetricFamily
+
+
+#: The labels of every per-VM series, after ``controller``; then ``destination`` for some.
+VM_LABELS = ["controller", "vm", "vm_id"]
+VM_INFO_LABELS = [*VM_LABELS, "omnistack_cluster", "policy", "datastore", "host"]
+
+
+def vm_families(state: ExporterState) -> VMFamilies:
     refreshed = _refreshed(state)
-    vm_labels = ["controller", "vm", "vm_id"]
-    vm_newest = GaugeMetricFamily(
-        "simplivity_vm_backup_newest_timestamp_seconds",
-        "Creation time of the newest PROTECTED backup of each live VM, 0 if it has "
-        f"backups but none PROTECTED. {refreshed}",
-        labels=vm_labels,
+    judged = _refreshed(state, "the inventory and /api/backups")
+    listed = _refreshed(state, "/api/virtual_machines")
+    by_destination = [*VM_LABELS, "destination"]
+    return VMFamilies(
+        GaugeMetricFamily(
+            "simplivity_vm_backup_newest_timestamp_seconds",
+            "Creation time of the newest PROTECTED backup of each live VM, 0 if it has none. "
+            f"{refreshed}",
+            labels=VM_LABELS,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_backup_newest_age_seconds",
+            "Seconds since the newest PROTECTED backup of each live VM was created, at "
+            f"scrape time; +Inf if none. {refreshed}",
+            labels=VM_LABELS,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_info",
+            f"Each live VM: its cluster, policy, datastore and host; constant 1. {listed}",
+            labels=VM_INFO_LABELS,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_created_timestamp_seconds",
+            f"When each live VM was created (absent when the controller does not say). {listed}",
+            labels=VM_LABELS,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_policy_scheduled",
+            "1 if the live VM's policy has rules and policy backups are enabled on its host, "
+            f"else 0. {judged}",
+            labels=VM_LABELS,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_backup_expected_interval_seconds",
+            "Longest time between two consecutive backups the live VM's policy schedules at "
+            f"each destination; none when the policy has no rules. {judged}",
+            labels=by_destination,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_destination_backup_newest_timestamp_seconds",
+            "Creation time of the newest PROTECTED backup of the live VM held at each "
+            f"destination of its policy, 0 if none. {judged}",
+            labels=by_destination,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_backup_newest_failed_timestamp_seconds",
+            f"Creation time of the newest FAILED backup of each live VM, 0 if none. {refreshed}",
+            labels=VM_LABELS,
+        ),
     )
-    vm_age = GaugeMetricFamily(
-        "simplivity_vm_backup_newest_age_seconds",
-        "Seconds since the newest PROTECTED backup of each live VM was created, at "
-        f"scrape time; +Inf if none. {refreshed}",
-        labels=vm_labels,
+
+
+class InventoryFamilies(NamedTuple):
+    """The families of the inventory that are not per VM, in the order they are written."""
+
+    vms: GaugeMetricFamily
+    policy_rules: GaugeMetricFamily
+    policy_vms: GaugeMetricFamily
+    host_enabled: GaugeMetricFamily
+    daily_backups: GaugeMetricFamily
+    daily_backups_limit: GaugeMetricFamily
+    retained_backups_projected: GaugeMetricFamily
+    retained_backups_limit: GaugeMetricFamily
+
+    @property
+    def federation(self) -> tuple[GaugeMetricFamily, ...]:
+        """The schedule report's families, in the order of :func:`federation_figures`."""
+        return self[4:]
+
+
+def inventory_families(state: ExporterState) -> InventoryFamilies:
+    judged = _refreshed(state, "the inventory and /api/backups")
+    listed = _refreshed(state, "/api/policies and /api/virtual_machines")
+    report = _refreshed(state, "/api/policies/policy_schedule_report")
+    federation = [
+        ("simplivity_federation_daily_backups", "Backups per day the current policies and "
+         "VMs will create (daily_backup_rate)"),
+        ("simplivity_federation_daily_backups_limit", "The most backups the federation may "
+         "create per day (daily_backup_rate_limit); past it, policy backups stop"),
+        ("simplivity_federation_retained_backups_projected", "Backups the federation will "
+         "retain under the current policies (projected_retained_backups)"),
+        ("simplivity_federation_retained_backups_limit", "The most backups the federation may "
+         "retain (retained_backups_limit); past it, policy backups stop"),
+    ]  # fmt: skip
+    return InventoryFamilies(
+        GaugeMetricFamily(
+            "simplivity_vms",
+            "Live VMs by cluster and protection status (ok, not_scheduled, new, "
+            f"never_backed_up, overdue, last_failed), judged at the poll. {judged}",
+            labels=["controller", "omnistack_cluster", "protection"],
+        ),
+        GaugeMetricFamily(
+            "simplivity_policy_rules",
+            f"Rules of each backup policy. {listed}",
+            labels=["controller", "policy"],
+        ),
+        GaugeMetricFamily(
+            "simplivity_policy_vms",
+            f"Live VMs using each backup policy. {listed}",
+            labels=["controller", "policy"],
+        ),
+        GaugeMetricFamily(
+            "simplivity_host_policy_enabled",
+            "1 if policy backups are enabled on the host, 0 while they are suspended. "
+            + _refreshed(state, "/api/hosts"),
+            labels=["controller", "host", "omnistack_cluster"],
+        ),
+        *(
+            GaugeMetricFamily(
+                name,
+                f"{text}; absent before REST API 1.11. {report}",
+                labels=["controller"],
+            )
+            for name, text in federation
+        ),
     )
-    return vm_newest, vm_age
+
+
+def federation_figures(snapshot: ControllerSnapshot) -> tuple[float | None, ...]:
+    """The schedule report's figures, in the order of :attr:`InventoryFamilies.federation`."""
+    report = snapshot.inventory.schedule
+    if report is None:
+        return (None, None, None, None)
+    return (
+        report.daily_backups,
+        report.daily_backups_limit,
+        report.retained_backups_projected,
+        report.retained_backups_limit,
+    )
 
 
 def state_names(cluster: ClusterSummary) -> tuple[str, ...]:

@@ -14,7 +14,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -27,11 +28,13 @@ from exporter.collector import (
     BackupCollector,
     cluster_families,
     exporter_families,
+    federation_figures,
     health_families,
+    inventory_families,
     state_names,
     vm_families,
 )
-from exporter.model import BackupSnapshot
+from exporter.model import ControllerSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -69,49 +72,121 @@ def _ages(ages: Sequence[tuple[str, float | None]], now: float) -> str:
 
 @dataclass(frozen=True)
 class _WrittenSnapshot:
-    """One controller's snapshot as exposition lines; ages as (line up to the value, created)."""
+    """One controller's snapshot as exposition lines, by family name; the ages (which change
+    every second) as (line up to the value, creation time), by family name."""
 
-    controller: str
-    counts: str
-    sizes: str
-    newest: str
-    cluster_ages: tuple[tuple[str, float | None], ...]
-    vm_newest: str
-    vm_ages: tuple[tuple[str, float | None], ...]
+    per_vm: bool
+    lines: Mapping[str, str]
+    ages: Mapping[str, tuple[tuple[str, float | None], ...]]
 
     @classmethod
-    def of(cls, controller: str, snapshot: BackupSnapshot) -> _WrittenSnapshot:
+    def of(cls, controller: str, snapshot: ControllerSnapshot, per_vm: bool) -> _WrittenSnapshot:
         c = _label(controller)
-        counts, sizes, newest, cluster_ages = [], [], [], []
-        for cluster in snapshot.clusters:
+        lines: dict[str, list[str]] = defaultdict(list)
+        ages: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
+        for cluster in snapshot.backups.clusters:
             labels = f'controller="{c}",omnistack_cluster="{_label(cluster.name)}"'
             for state in state_names(cluster):
                 with_state = f'{{{labels},state="{_label(state)}"}} '
-                counts.append(f"simplivity_backups{with_state}")
-                counts.append(f"{_go_float(cluster.counts[state])}\n")
-                sizes.append(f"simplivity_backup_size_bytes{with_state}")
-                sizes.append(f"{_go_float(cluster.sizes[state])}\n")
-            newest.append(f"simplivity_backup_newest_timestamp_seconds{{{labels}}} ")
-            newest.append(f"{_go_float(cluster.newest_protected or 0.0)}\n")
-            prefix = f"simplivity_backup_newest_age_seconds{{{labels}}} "
-            cluster_ages.append((prefix, cluster.newest_protected))
-        vm_newest, vm_ages = [], []
-        for vm in snapshot.vms:
-            labels = f'{{controller="{c}",vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"}} '
-            vm_newest.append(f"simplivity_vm_backup_newest_timestamp_seconds{labels}")
-            vm_newest.append(f"{_go_float(vm.newest_protected or 0.0)}\n")
-            vm_ages.append(
-                (f"simplivity_vm_backup_newest_age_seconds{labels}", vm.newest_protected)
-            )
+                lines[_BACKUPS].append(
+                    f"{_BACKUPS}{with_state}{_go_float(cluster.counts[state])}\n"
+                )
+                lines[_SIZES].append(f"{_SIZES}{with_state}{_go_float(cluster.sizes[state])}\n")
+            newest = _go_float(cluster.newest_protected or 0.0)
+            lines[_NEWEST].append(f"{_NEWEST}{{{labels}}} {newest}\n")
+            ages[_NEWEST_AGE].append((f"{_NEWEST_AGE}{{{labels}}} ", cluster.newest_protected))
+        if per_vm:
+            _write_vms(c, snapshot, lines, ages)
+        _write_inventory(c, snapshot, lines)
         return cls(
-            controller,
-            "".join(counts),
-            "".join(sizes),
-            "".join(newest),
-            tuple(cluster_ages),
-            "".join(vm_newest),
-            tuple(vm_ages),
+            per_vm,
+            {name: "".join(parts) for name, parts in lines.items()},
+            {name: tuple(parts) for name, parts in ages.items()},
         )
+
+
+# Family names, for the writer's tables.
+_BACKUPS = "simplivity_backups"
+_SIZES = "simplivity_backup_size_bytes"
+_NEWEST = "simplivity_backup_newest_timestamp_seconds"
+_NEWEST_AGE = "simplivity_backup_newest_age_seconds"
+_VM_NEWEST = "simplivity_vm_backup_newest_timestamp_seconds"
+_VM_AGE = "simplivity_vm_backup_newest_age_seconds"
+_VM_INFO = "simplivity_vm_info"
+_VM_CREATED = "simplivity_vm_created_timestamp_seconds"
+_VM_SCHEDULED = "simplivity_vm_policy_scheduled"
+_VM_INTERVAL = "simplivity_vm_backup_expected_interval_seconds"
+_VM_DESTINATION = "simplivity_vm_destination_backup_newest_timestamp_seconds"
+_VM_FAILED = "simplivity_vm_backup_newest_failed_timestamp_seconds"
+_VMS = "simplivity_vms"
+_POLICY_RULES = "simplivity_policy_rules"
+_POLICY_VMS = "simplivity_policy_vms"
+_HOST_ENABLED = "simplivity_host_policy_enabled"
+
+
+def _write_vms(
+    c: str,
+    snapshot: ControllerSnapshot,
+    lines: dict[str, list[str]],
+    ages: dict[str, list[tuple[str, float | None]]],
+) -> None:
+    """The per-VM series; label names in sorted order, as ``generate_latest`` writes them."""
+    newest, age, info, created = (
+        lines[_VM_NEWEST],
+        ages[_VM_AGE],
+        lines[_VM_INFO],
+        lines[_VM_CREATED],
+    )
+    scheduled, interval = lines[_VM_SCHEDULED], lines[_VM_INTERVAL]
+    at_destination, failed = lines[_VM_DESTINATION], lines[_VM_FAILED]
+    for judged in snapshot.protection:
+        vm = judged.vm
+        ids = f'vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"'
+        labels = f'{{controller="{c}",{ids}}} '
+        anywhere = judged.newest_protected_anywhere
+        newest.append(f"{_VM_NEWEST}{labels}{_go_float(anywhere or 0.0)}\n")
+        age.append((f"{_VM_AGE}{labels}", anywhere))
+        info.append(
+            f'{_VM_INFO}{{controller="{c}",datastore="{_label(vm.datastore)}",'
+            f'host="{_label(vm.host)}",omnistack_cluster="{_label(vm.cluster)}",'
+            f'policy="{_label(vm.policy)}",{ids}}} 1.0\n'
+        )
+        if vm.created_at is not None:
+            created.append(f"{_VM_CREATED}{labels}{_go_float(vm.created_at)}\n")
+        scheduled.append(f"{_VM_SCHEDULED}{labels}{'1.0' if judged.scheduled else '0.0'}\n")
+        for destination, seconds in judged.intervals.items():
+            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
+            interval.append(f"{_VM_INTERVAL}{where}{_go_float(seconds)}\n")
+            held = judged.newest_protected_at(destination) or 0.0
+            at_destination.append(f"{_VM_DESTINATION}{where}{_go_float(held)}\n")
+        failed.append(f"{_VM_FAILED}{labels}{_go_float(judged.newest_failed or 0.0)}\n")
+
+
+def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list[str]]) -> None:
+    vms = lines[_VMS]
+    for cluster, statuses in snapshot.vms_by_status.items():
+        prefix = f'{_VMS}{{controller="{c}",omnistack_cluster="{_label(cluster)}",protection="'
+        vms += [f'{prefix}{_label(status)}"}} {_go_float(n)}\n' for status, n in statuses.items()]
+    for policy in snapshot.inventory.policies:
+        labels = f'{{controller="{c}",policy="{_label(policy.name)}"}} '
+        lines[_POLICY_RULES].append(f"{_POLICY_RULES}{labels}{_go_float(policy.rules)}\n")
+        users = snapshot.policy_vms.get(policy.name, 0)
+        lines[_POLICY_VMS].append(f"{_POLICY_VMS}{labels}{_go_float(users)}\n")
+    for host in snapshot.inventory.hosts:
+        lines[_HOST_ENABLED].append(
+            f'{_HOST_ENABLED}{{controller="{c}",host="{_label(host.name)}",'
+            f'omnistack_cluster="{_label(host.cluster)}"}} '
+            f"{'1.0' if host.policy_enabled else '0.0'}\n"
+        )
+    names = (
+        "simplivity_federation_daily_backups",
+        "simplivity_federation_daily_backups_limit",
+        "simplivity_federation_retained_backups_projected",
+        "simplivity_federation_retained_backups_limit",
+    )
+    for name, value in zip(names, federation_figures(snapshot), strict=True):
+        if value is not None:
+            lines[name].append(f'{name}{{controller="{c}"}} {_go_float(value)}\n')
 
 
 class TextWriter:
@@ -126,45 +201,48 @@ class TextWriter:
     def __init__(self, collector: BackupCollector) -> None:
         self._collector = collector
         # controller -> (its snapshot, that snapshot's series written out)
-        self._written: dict[str, tuple[BackupSnapshot, _WrittenSnapshot]] = {}
+        self._written: dict[str, tuple[ControllerSnapshot, _WrittenSnapshot]] = {}
 
     def text(self) -> str:
         reading = self._collector.read()
         state, now = reading.state, reading.now
-        written = self._written_snapshots(reading.fresh)
+        written = self._written_snapshots(reading.fresh, state.per_vm)
+        families = [
+            *cluster_families(state),
+            *(vm_families(state) if state.per_vm else ()),
+            *inventory_families(state),
+        ]
         out: list[str] = []
-        counts, sizes, newest, newest_age = cluster_families(state)
-        for family, part in ((counts, "counts"), (sizes, "sizes"), (newest, "newest")):
+        for family in families:
             out.append(_header(family))
-            out += [getattr(w, part) for w in written]
-        out.append(_header(newest_age))
-        out += [_ages(w.cluster_ages, now) for w in written]
-        if state.per_vm:
-            vm_newest, vm_age = vm_families(state)
-            out.append(_header(vm_newest))
-            out += [w.vm_newest for w in written]
-            out.append(_header(vm_age))
-            out += [_ages(w.vm_ages, now) for w in written]
+            name = family.name
+            if name in _AGE_FAMILIES:
+                out += [_ages(w.ages.get(name, ()), now) for w in written]
+            else:
+                out += [w.lines.get(name, "") for w in written]
         # The health and exporter series are few: prometheus_client writes them.
         rest = [*health_families(reading.statuses), *exporter_families(state)]
         out.append(generate_latest(_Families(rest)).decode("utf-8"))
         return "".join(out)
 
     def _written_snapshots(
-        self, fresh: Sequence[tuple[str, BackupSnapshot]]
+        self, fresh: Sequence[tuple[str, ControllerSnapshot]], per_vm: bool
     ) -> list[_WrittenSnapshot]:
         cache = self._written
         written = []
         for controller, snapshot in fresh:
             entry = cache.get(controller)
-            if entry is None or entry[0] is not snapshot:
-                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot))
+            if entry is None or entry[0] is not snapshot or entry[1].per_vm != per_vm:
+                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot, per_vm))
             written.append(entry)
         # Replaced, never changed in place: concurrent renders each see a whole cache.
         self._written = {
             controller: entry for (controller, _), entry in zip(fresh, written, strict=True)
         }
         return [entry[1] for entry in written]
+
+
+_AGE_FAMILIES = frozenset({_NEWEST_AGE, _VM_AGE})
 
 
 @dataclass(frozen=True)

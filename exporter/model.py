@@ -93,8 +93,19 @@ def decode_json(path: str, body: bytes) -> Any:
     except (ValueError, RecursionError) as err:
         # ValueError covers bad UTF-8 and bad JSON, and also an integer of thousands of digits;
         # RecursionError: arrays nested thousands deep.
+        if looks_like_html(body):
+            raise DecodeError(
+                f"{path} answered with an HTML page, not JSON ({len(body)} bytes): "
+                "a proxy in front of the controller?"
+            ) from None
         where = f" at byte {err.pos}" if isinstance(err, json.JSONDecodeError) else ""
         raise DecodeError(f"{path} answered with invalid JSON{where} ({len(body)} bytes)") from None
+
+
+def looks_like_html(body: bytes) -> bool:
+    """An HTML page (a reverse proxy's error page), to be named as such and never quoted."""
+    start = body[:512].lstrip().lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<title"))
 
 
 # -- what a poll asks for ----------------------------------------------------------------------
@@ -138,9 +149,11 @@ class VMBackups:
     vm_id: str
     newest_protected: Mapping[str, float]  # destination -> Unix seconds of its newest PROTECTED
     newest_failed: float | None  # Unix seconds of its newest FAILED backup
-    newest_state: str  # the state of its newest backup, in any state (``OTHER`` if undocumented)
-    newest_created: float  # Unix seconds of that newest backup
-    newest_destination: str  # where that newest backup is held
+    #: Its newest backup in any state: the state (``OTHER`` if undocumented), its creation
+    #: (Unix seconds) and where it is held; "", None and "" when no backup of it has a time.
+    newest_state: str
+    newest_created: float | None
+    newest_destination: str
 
     @property
     def newest_protected_anywhere(self) -> float | None:
@@ -289,3 +302,8 @@ class ControllerStatus:
     errors: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     logins: int = 0
     snapshot: ControllerSnapshot | None = None
+    #: How the poller asks the controller for pages now (it learns from 502s and 504s).
+    concurrency: int = 0  # requests in flight at once, at most
+    page_size: int = 0  # records per page asked for
+    #: Records of the last successful poll that could not be placed (and were left out).
+    unreadable_records: int = 0

@@ -1,8 +1,18 @@
 """Polls every controller on the scheduler and publishes one immutable status per controller.
 
-A poll builds a complete :class:`~exporter.model.BackupSnapshot` on the side and swaps it in
-by reference only when the whole scan succeeded: a scrape never sees half a scan, and a failed
-poll leaves the last good result in place (the collector drops it once it is stale).
+A poll scans the controller's backups and, alongside, reads its inventory (live VMs,
+policies, hosts, the schedule report), then judges every live VM's protection: a complete
+:class:`~exporter.model.ControllerSnapshot`, built on the side and swapped in by reference
+only when every read succeeded. A scrape never sees half a poll, and a failed poll leaves the
+last good result in place (the collector drops it once it is stale).
+
+The inventory is read in a second thread while the backups are scanned, one request at a time
+(so one more request in flight than the scan's): read one after the other, its dozen requests
+added a fifth to the wall time of a poll of 100,000 backups on 5,000 VMs. Both reads span the
+same moments, so the picture is that of the poll's time: a VM created while the poll runs
+may be listed without the backup it got meanwhile, and is then judged ``new``, as it is. Only
+the schedule report is optional (REST API 1.11 and later): an error status there leaves the
+federation's limits out of the snapshot, and is logged once.
 """
 
 from __future__ import annotations
@@ -22,15 +32,26 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.backups import BACKUPS, BackupScanFactory, LocalBackupScan
-from exporter.config import Config, ControllerConfig, PollConfig
+from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig
+from exporter.inventory import (
+    HOSTS,
+    POLICIES,
+    SCHEDULE_REPORT,
+    VIRTUAL_MACHINES,
+    InventoryRead,
+    parse_schedule_report,
+)
 from exporter.model import (
     REASONS,
     Cancelled,
     ControllerStatus,
     DecodeError,
+    HTTPStatusError,
+    Inventory,
+    ScheduleReport,
     SimplivityError,
 )
-from exporter.scan import Collection, PageSink, Scanner
+from exporter.scan import Collection, Pace, PageCounter, PageSink, RecordTally, Scanner
 from exporter.simplivity import SimplivityClient
 
 log = logging.getLogger(__name__)
@@ -40,13 +61,18 @@ MAX_PARALLEL_POLLS = 128
 
 
 class ControllerReader(Protocol):
-    """What a poll needs of a controller: its collections, page by page (a
+    """What a poll needs of a controller: its collections, page by page, and single GETs (a
     :class:`~exporter.scan.Scanner` over a :class:`~exporter.simplivity.SimplivityClient`)."""
 
     @property
     def logins(self) -> int: ...
 
+    @property
+    def pace(self) -> Pace: ...
+
     def read(self, collection: Collection, pages: PageSink) -> None: ...
+
+    def get(self, path: str) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -92,6 +118,7 @@ class ControllerPoller:
         *,
         client_factory: ClientFactory = connect,
         scans: BackupScanFactory = LocalBackupScan,
+        protection: ProtectionConfig | None = None,
         clock: Callable[[], float] = time.time,
         on_publish: Callable[[], None] = lambda: None,
         previous: ControllerStatus | None = None,
@@ -100,6 +127,7 @@ class ControllerPoller:
         """``turn`` is shared by the pollers that replace one another for a controller."""
         self.controller = controller
         self.poll_config = poll
+        self.protection = protection or ProtectionConfig()
         self._scans = scans
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
@@ -108,15 +136,25 @@ class ControllerPoller:
         self._turn = turn or PollTurn()
         # Counters go on from where the replaced poller left them (a reload is no reset).
         self._logins_before = previous.logins if previous else 0
+        pace = self._client.pace
         if previous is not None and previous.url == controller.url:
             # The same controller under new settings: its data, health and readiness stay
             # until the next poll says otherwise, so users see no blink at a reload.
-            self.status = previous
+            self.status = replace(previous, concurrency=pace.concurrency, page_size=pace.page_size)
         else:
             errors = dict(previous.errors) if previous else dict.fromkeys(REASONS, 0)
             self.status = ControllerStatus(
-                name=controller.name, url=controller.url, errors=errors, logins=self._logins_before
+                name=controller.name,
+                url=controller.url,
+                errors=errors,
+                logins=self._logins_before,
+                concurrency=pace.concurrency,
+                page_size=pace.page_size,
             )
+        # Said once per controller, not at every poll: set when the published snapshot (kept
+        # across a reload) already lacks the report.
+        snapshot = self.status.snapshot
+        self._said_no_report = snapshot is not None and snapshot.inventory.schedule is None
 
     def poll_once(self) -> ControllerStatus:
         """Scan the controller's backups and publish the outcome. Never raises.
@@ -131,7 +169,12 @@ class ControllerPoller:
             # The poller this one replaced is finishing its last poll, told to stop.
             acquired = turn.lock.acquire(timeout=self.poll_config.timeout_seconds + 5)
         if not acquired:
-            log.warning("controller %s: previous poll still running, skipped", self.controller.name)
+            name = self.controller.name
+            log.warning(
+                "controller %s: previous poll still running, skipped",
+                name,
+                extra={"controller": name},
+            )
             return self.status
         turn.holder = self
         try:
@@ -144,23 +187,39 @@ class ControllerPoller:
         name = self.controller.name
         started = time.monotonic()
         scan = self._scans()
+        unreadable, unreadable_inventory = RecordTally(), RecordTally()
         try:
-            self._client.read(BACKUPS, scan)
+            # Leaving the block waits for the inventory's read, whatever the scan's outcome.
+            with ThreadPoolExecutor(1, thread_name_prefix=f"inventory-{name}") as side:
+                inventory_read = side.submit(self._read_inventory, unreadable_inventory)
+                self._client.read(BACKUPS, unreadable.around(scan))
+            read, inventory = inventory_read.result()
+            unreadable.merge(unreadable_inventory)
+            backups = scan.snapshot()
+            now = self._clock()
+            snapshot = read.judge(
+                inventory,
+                backups,
+                now=now,
+                overdue_factor=self.protection.overdue_factor,
+                grace_seconds=self.protection.grace_seconds,
+            )
             duration = time.monotonic() - started
-            snapshot = scan.snapshot()
         except Cancelled:
-            log.debug("controller %s: poll abandoned at shutdown", name)
+            log.debug("controller %s: poll abandoned at shutdown", name, extra={"controller": name})
             return self.status
         except SimplivityError as err:
             return self._publish_failure(err, time.monotonic() - started)
         except Exception as err:
             # A bug, not a controller fault: keep the exporter alive, say so loudly, count it.
-            log.exception("controller %s: unexpected error during poll", name)
+            log.exception(
+                "controller %s: unexpected error during poll", name, extra={"controller": name}
+            )
             failure = DecodeError(f"internal error: {type(err).__name__}")
             return self._publish_failure(failure, time.monotonic() - started)
         finally:
             scan.close()
-        now = self._clock()
+        pace = self._client.pace
         self.status = replace(
             self.status,
             polls=self.status.polls + 1,
@@ -171,21 +230,71 @@ class ControllerPoller:
             last_error=None,
             logins=self._logins_before + self._client.logins,
             snapshot=snapshot,
+            concurrency=pace.concurrency,
+            page_size=pace.page_size,
+            unreadable_records=unreadable.records,
         )
+        if unreadable.records:
+            # Once per poll, with the first few only: never a record's whole body.
+            log.warning(
+                "controller %s: %d records could not be read and were left out: %s",
+                name,
+                unreadable.records,
+                "; ".join(unreadable.problems),
+            )
         log.info(
-            "controller %s: %d backups, %d clusters, %d live VMs in %.2f s",
+            "controller %s: %d backups, %d clusters, %d live VMs (%d at risk) in %.2f s",
             name,
-            snapshot.backups_seen,
-            len(snapshot.clusters),
-            len(snapshot.vms),
+            backups.backups_seen,
+            len(backups.clusters),
+            len(inventory.vms),
+            len(snapshot.at_risk),
             duration,
+            extra={
+                "controller": name,
+                "duration_seconds": round(duration, 3),
+                "backups": backups.backups_seen,
+                "clusters": len(backups.clusters),
+                "vms": len(inventory.vms),
+                "at_risk": len(snapshot.at_risk),
+            },
         )
         self._on_publish()
         return self.status
 
+    def _read_inventory(self, unreadable: RecordTally) -> tuple[InventoryRead, Inventory]:
+        """The live VMs first, then the policies and hosts they name, then the report."""
+        read = InventoryRead()
+        for collection, sink in (
+            (VIRTUAL_MACHINES, read.add_vm),
+            (POLICIES, read.add_policy),
+            (HOSTS, read.add_host),
+        ):
+            self._client.read(collection, unreadable.around(PageCounter(collection, sink)))
+        return read, read.inventory(self._read_schedule_report())
+
+    def _read_schedule_report(self) -> ScheduleReport | None:
+        try:
+            body = self._client.get(SCHEDULE_REPORT)
+        except HTTPStatusError as err:
+            # REST API before 1.11 has no such report: not a failure of the poll.
+            if not self._said_no_report:
+                log.info(
+                    "controller %s: no schedule report (%s); the federation's backup limits "
+                    "are not exported",
+                    self.controller.name,
+                    err,
+                    extra={"controller": self.controller.name, "error": str(err)},
+                )
+                self._said_no_report = True
+            return None
+        self._said_no_report = False
+        return parse_schedule_report(body)
+
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
         errors = dict(self.status.errors)
         errors[err.reason] = errors.get(err.reason, 0) + 1
+        pace = self._client.pace
         self.status = replace(
             self.status,
             polls=self.status.polls + 1,
@@ -195,8 +304,21 @@ class ControllerPoller:
             last_error=str(err),
             errors=errors,
             logins=self._logins_before + self._client.logins,
+            concurrency=pace.concurrency,
+            page_size=pace.page_size,
         )
-        log.warning("controller %s: poll failed (%s): %s", self.controller.name, err.reason, err)
+        log.warning(
+            "controller %s: poll failed (%s): %s",
+            self.controller.name,
+            err.reason,
+            err,
+            extra={
+                "controller": self.controller.name,
+                "reason": err.reason,
+                "duration_seconds": round(duration, 3),
+                "error": str(err),
+            },
+        )
         self._on_publish()
         return self.status
 
@@ -271,6 +393,7 @@ class Poller:
                 current is not None
                 and current.controller == controller
                 and current.poll_config == config.poll
+                and current.protection == config.protection
             ):
                 new[controller.name] = current
                 continue
@@ -279,6 +402,7 @@ class Poller:
                 config.poll,
                 client_factory=self._client_factory,
                 scans=self._scans,
+                protection=config.protection,
                 clock=self._clock,
                 on_publish=self._published,
                 previous=current.status if current else None,

@@ -10,6 +10,12 @@ the overlap is missing (the listing shifted before the page's offset), the scann
 until it finds it. So an item that exists for the whole scan is never missed, and none is
 counted twice.
 
+Real controllers are not tidy: one may serve fewer items than asked (and say so in the
+envelope's ``limit``), answer 502 when too many requests are in flight or 504 when a page took
+too long, and list a record that is not an object or has no id. The scanner pages by what was
+served and learns how much to ask at once (:class:`Pace`); the counter sets odd records aside
+(:attr:`PageOutcome.unreadable`) and counts the rest.
+
 The two halves meet only through :class:`PageSink`: the scanner moves bytes (in the exporter's
 threads), the counter decodes them, which is the CPU-heavy half, and can run in another process
 (:mod:`exporter.worker`). This module imports nothing heavy for that reason.
@@ -17,6 +23,7 @@ threads), the counter decodes them, which is the CPU-heavy half, and can run in 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -24,10 +31,25 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from exporter.model import Cancelled, DecodeError, PageRequest, RecordError, decode_json
+from exporter.model import (
+    Cancelled,
+    DecodeError,
+    HTTPStatusError,
+    PageRequest,
+    RecordError,
+    decode_json,
+)
+
+log = logging.getLogger(__name__)
 
 #: The field every collection is sorted and stitched by.
 SORT_FIELD = "id"
+#: The smallest page a 504 shrinks pages to (``poll.page_size`` if that is smaller).
+MIN_PAGE_SIZE = 100
+#: How much larger pages get after a read that got a whole page without a 504.
+PAGE_SIZE_STEP = 100
+#: How many problems with unreadable records a page, or a poll, describes (the count is exact).
+MAX_PROBLEMS = 5
 
 
 @dataclass(frozen=True)
@@ -35,13 +57,23 @@ class Collection:
     """One paged listing of the API, such as ``/api/backups``.
 
     ``key`` names the list in the answer's envelope (``{"count": ..., key: [...]}``); ``item``
-    names one of its items in messages; ``fields`` is what a scan asks for (``fields=``).
+    names one of its items in messages; ``fields`` is what a scan asks for (``fields=``), and
+    ``filters`` too (``state=ALIVE``). ``max_page_size`` caps the scanner's page size for a
+    listing that is expensive for the controller to page through.
+
+    ``alongside``: the listing is read while another read of the same scanner runs, in another
+    thread. It asks for one page at a time (one request in flight beside the other read's), and
+    leaves the pace to the other read: its 502s change no one's concurrency, its 504s halve its
+    own pages only.
     """
 
     path: str
     key: str
     item: str
     fields: tuple[str, ...]
+    filters: tuple[tuple[str, str], ...] = ()
+    max_page_size: int | None = None
+    alongside: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,11 +81,20 @@ class PageOutcome:
     """What one page told the scan."""
 
     count: int  # the size of the whole listing, as this page gave it
-    received: int  # items on the page
-    counted: int  # of those, how many were new (not in the overlap with the page before)
+    received: int  # records on the page
+    counted: int  # of those, how many were new (not in the overlap) and handed to the sink
     #: The page starts after the last item counted: the listing shifted under the scan, and
     #: nothing was counted; the scan must step back to find the overlap again.
     overlap_lost: bool = False
+    #: The limit the controller says it applied (the envelope's ``limit``), if it said one.
+    limit: int | None = None
+    #: Where on the page its last record with an id is (-1: none). The next page must reach
+    #: back to it: records without an id cannot be stitched.
+    last_placed: int = -1
+    #: New records of the page that could not be placed (not an object, no id, or refused by
+    #: the sink), and what was wrong with the first few of them.
+    unreadable: int = 0
+    problems: tuple[str, ...] = ()
 
 
 class PageSink(Protocol):
@@ -63,58 +104,156 @@ class PageSink(Protocol):
 
 
 class PageCounter:
-    """Counts the pages of one scan of ``collection``, each item once, in the listing's order."""
+    """Counts the pages of one scan of ``collection``, each record once, in the listing's order.
+
+    A record the sink refuses (a :class:`~exporter.model.RecordError`: no state, say), or one
+    that cannot be placed at all (not an object, no id), does not fail the page: it is counted
+    in :attr:`PageOutcome.unreadable`, and the rest of the page stands. Records with an id are
+    stitched by it. One without an id is placed by the records around it: it is new when it
+    follows the last record counted, beyond the records without an id already counted there
+    (``_tail``), and old anywhere before; so an overlap never counts it twice.
+    """
 
     def __init__(self, collection: Collection, sink: Callable[[dict[str, Any]], None]) -> None:
-        """``sink`` takes each new item; a :class:`~exporter.model.RecordError` it raises fails
-        the page."""
+        """``sink`` takes each new record; a :class:`~exporter.model.RecordError` it raises
+        makes that record unreadable."""
         self._collection = collection
         self._sink = sink
         self._last_id: str | None = None
+        self._tail = 0  # records without an id counted right after the last id (or the start)
 
     def count(self, offset: int, body: bytes) -> PageOutcome:
-        """Decode one page and feed its new items to the sink; :class:`DecodeError` if unreadable.
+        """Decode one page and feed its new records to the sink; :class:`DecodeError` if the
+        page itself cannot be read (bad JSON, a wrong envelope, ids out of order).
 
         ``offset`` is where the page was asked for: the first page (offset 0) needs no overlap.
         """
-        total, items = _parse_page(self._collection, body)
+        total, limit, items, ids = _parse_page(self._collection, body)
         last_id = self._last_id
-        if offset > 0 and last_id is not None and (not items or items[0]["id"] > last_id):
-            return PageOutcome(total, len(items), 0, overlap_lost=True)
-        counted = 0
+        first_id = next((item_id for item_id in ids if item_id is not None), None)
+        if offset > 0 and last_id is not None and (first_id is None or first_id > last_id):
+            return PageOutcome(total, len(items), 0, overlap_lost=True, limit=limit)
+        counted = unreadable = 0
+        problems: list[str] = []
+        tail, run, last_placed = self._tail, 0, -1
+        # Whether the record before this one is the last one counted (or the listing's start):
+        # only then can a record without an id be new.
+        after_last = last_id is None
         sink = self._sink
-        for item in items:
-            item_id = item["id"]  # checked by _parse_page
-            if last_id is not None and item_id <= last_id:
+        for index, item_id in enumerate(ids):
+            if item_id is None:
+                if not after_last:
+                    continue  # before the last record counted: counted already
+                run += 1
+                if run <= tail:
+                    continue  # counted on the page before, which ended with it
+                tail = run
+                unreadable += 1
+                if len(problems) < MAX_PROBLEMS:
+                    problems.append(_unplaceable(self._collection, items[index], offset + index))
                 continue
+            last_placed, run = index, 0
+            if last_id is not None and item_id <= last_id:
+                after_last = item_id == last_id
+                continue
+            last_id, after_last, tail = item_id, True, 0
             try:
-                sink(item)
+                sink(items[index])
             except RecordError as err:
-                raise DecodeError(str(err)) from None
-            last_id = item_id
-            counted += 1
-        self._last_id = last_id
-        return PageOutcome(total, len(items), counted)
+                unreadable += 1
+                if len(problems) < MAX_PROBLEMS:
+                    problems.append(str(err))
+            else:
+                counted += 1
+        self._last_id, self._tail = last_id, tail
+        return PageOutcome(
+            total, len(items), counted, False, limit, last_placed, unreadable, tuple(problems)
+        )
 
 
-def _parse_page(collection: Collection, body: bytes) -> tuple[int, list[dict[str, Any]]]:
-    path, key, item = collection.path, collection.key, collection.item
+class RecordTally:
+    """The records of one poll that could not be placed, over every collection it reads.
+
+    ``scanner.read(collection, tally.around(pages))`` counts them as the pages go by.
+    """
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.problems: list[str] = []
+
+    def around(self, pages: PageSink) -> PageSink:
+        """``pages``, tallied."""
+        return _Tallied(self, pages)
+
+    def add(self, outcome: PageOutcome) -> None:
+        self.records += outcome.unreadable
+        room = MAX_PROBLEMS - len(self.problems)
+        if room > 0:
+            self.problems.extend(outcome.problems[:room])
+
+    def merge(self, other: RecordTally) -> None:
+        """Add what ``other`` tallied (another thread's reads of the same poll)."""
+        self.records += other.records
+        self.problems.extend(other.problems[: MAX_PROBLEMS - len(self.problems)])
+
+
+class _Tallied:
+    def __init__(self, tally: RecordTally, pages: PageSink) -> None:
+        self._tally = tally
+        self._pages = pages
+
+    def count(self, offset: int, body: bytes) -> PageOutcome:
+        outcome = self._pages.count(offset, body)
+        self._tally.add(outcome)
+        return outcome
+
+
+def _parse_page(
+    collection: Collection, body: bytes
+) -> tuple[int, int | None, list[Any], list[str | None]]:
+    """The count, the limit applied (if said), the records, and their ids (None: no id)."""
+    path, key = collection.path, collection.key
     document = decode_json(path, body)
     count = document.get("count") if isinstance(document, dict) else None
     items = document.get(key) if isinstance(document, dict) else None
     if type(count) is not int or count < 0 or not isinstance(items, list):
         raise DecodeError(f"{path} answered without a numeric 'count' and a '{key}' list")
+    limit = document.get("limit")
+    if type(limit) is not int or limit < 1:
+        limit = None  # not said (or not usable): the limit asked for applies
+    ids: list[str | None] = []
     previous = ""
     for entry in items:
-        if not isinstance(entry, dict):
-            raise DecodeError(f"{path} listed something that is not a {item} object")
-        value = entry.get("id")
+        value = entry.get("id") if isinstance(entry, dict) else None
         if not isinstance(value, str) or not value:
-            raise DecodeError(f"{path} listed a {item} without an id")
+            ids.append(None)
+            continue
         if value <= previous:
             raise DecodeError(f"{path} did not return {key} sorted by id")
         previous = value
-    return count, items
+        ids.append(value)
+    return count, limit, items, ids
+
+
+def _unplaceable(collection: Collection, entry: object, position: int) -> str:
+    """What is wrong with a record that has no place, never quoting it."""
+    item = collection.item
+    if not isinstance(entry, dict):
+        kind = _JSON_KINDS.get(type(entry), type(entry).__name__)
+        return f"a {kind} where a {item} belongs, at position {position}"
+    if entry.get("id") is None:
+        return f"a {item} without an id, at position {position}"
+    return f"a {item} whose id is not a text, at position {position}"
+
+
+_JSON_KINDS = {
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    list: "list",
+    type(None): "null",
+}
 
 
 class PageSource(Protocol):
@@ -123,26 +262,82 @@ class PageSource(Protocol):
     @property
     def logins(self) -> int: ...
 
-    def get_page(self, page: PageRequest) -> bytes: ...
+    @property
+    def throttled(self) -> int:
+        """How many answers so far said that too many requests were in flight (502, 503, 429)."""
+        ...
+
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
+        """``retry_too_slow=False``: a 504 raises at once instead of being retried."""
+        ...
+
+    def get_body(self, path: str) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a scanner asks its controller for pages now."""
+
+    concurrency: int  # requests in flight at once, at most
+    page_size: int  # records asked for per page
+
+
+class _Read:
+    """What one read has learned so far (changed by the fetches, in their threads too)."""
+
+    def __init__(self, collection: Collection, throttled: int, page_size: int) -> None:
+        self.collection = collection
+        #: The limit the controller applied, once it applied a smaller one than asked.
+        self.cap: int | None = None
+        self.guessed_cap = False  # the cap was taken from a short page that did not say it
+        self.throttled = throttled  # the client's count of "too many requests" answers seen
+        self.was_throttled = False
+        self.calm_until = 0  # no new halving before this many pages: the answers of the last
+        self.page_size = page_size  # the page size at the start of the read
+        self.full_page = False  # a page came back whole at the page size
 
 
 class Scanner:
     """Reads whole collections of one controller through its client, which it owns.
 
-    After the first page of a scan has told the total, up to ``max_concurrency`` pages are
-    requested at once: the next ones are on their way while the sink counts one. One scan at a
-    time; :meth:`close` (from any thread) closes the client and ends a scan in progress with
+    After the first page of a scan has told the total, several pages are requested at once:
+    the next ones are on their way while the sink counts one. How many, and how large, the
+    scanner learns from the controller and remembers across reads (see :attr:`pace`):
+
+    - An answer that says too many requests are in flight (502, 503, 429; the client retries
+      it) halves the requests in flight, at once, and at most once per round of requests; a
+      read that needed more pages than requests in flight, without such an answer, adds one.
+      Between 1 and ``max_concurrency``.
+    - A 504 (the controller gave up on the page after 60 s) halves the page size and asks for
+      the same page again at once, down to ``min_page_size`` (where 504s are retried like
+      other failures); a read that got a whole page at the page size, without a 504, adds
+      :data:`PAGE_SIZE_STEP`. At most ``page_size``.
+    - A controller that serves fewer records than asked, and says so in the envelope's
+      ``limit``, is paged by what it serves, for the rest of the read.
+
+    One scan at a time, and beside it reads of :attr:`Collection.alongside` listings in other
+    threads; :meth:`close` (from any thread) closes the client and ends a scan in progress with
     :class:`~exporter.model.Cancelled`.
     """
 
     def __init__(
-        self, source: PageSource, *, page_size: int, max_concurrency: int, name: str = "scan"
+        self,
+        source: PageSource,
+        *,
+        page_size: int,
+        max_concurrency: int,
+        name: str = "scan",
+        min_page_size: int = MIN_PAGE_SIZE,
     ) -> None:
         self._source = source
-        self._page_size = page_size
+        self._max_page_size = page_size
+        self._min_page_size = min(min_page_size, page_size)
         self._max_concurrency = max_concurrency
+        self._page_size = page_size
+        self._concurrency = max_concurrency
+        self._page_size_lock = threading.Lock()  # a 504 shrinks pages from a fetch's thread
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
         self._closed = threading.Event()
@@ -152,11 +347,21 @@ class Scanner:
         """How many times the client has logged in."""
         return self._source.logins
 
+    @property
+    def pace(self) -> Pace:
+        """Requests in flight and page size, as the next read will start."""
+        return Pace(self._concurrency, self._page_size)
+
     def close(self) -> None:
         self._closed.set()
         self._source.close()  # a request still running stops before its next try
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def get(self, path: str) -> bytes:
+        """The body of one GET of a path that is not paged; raises
+        :class:`~exporter.model.SimplivityError`."""
+        return self._source.get_body(path)
 
     def read(self, collection: Collection, pages: PageSink) -> None:
         """Hand every page of ``collection`` to ``pages``, in the listing's order.
@@ -164,61 +369,176 @@ class Scanner:
         Raises :class:`~exporter.model.SimplivityError` (a page that contradicts the listing,
         or a listing that never settles, is a :class:`~exporter.model.DecodeError`).
         """
-        limit = self._page_size
-        overlap = max(1, limit // 50)
-        step = limit - overlap
-        fetch = partial(self._fetch, collection)
+        read = _Read(collection, self._source.throttled, self._page_size)
+        fetch = partial(self._fetch, read)
         requests_made = 0
         budget: int | None = None
+        budget_step = 0
         count = 0
-        pending: dict[int, Future[bytes]] = {}
+        pending: dict[int, Future[tuple[int, bytes]]] = {}
         offset = 0
         try:
             while True:
-                body = self._take_body(pending, offset, fetch)
+                asked, body = self._take_body(pending, offset, fetch)
                 requests_made += 1
-                if budget is not None:
+                self._watch_load(read, requests_made)
+                if budget is not None and not collection.alongside:
                     # Ask for the next pages before counting this one, so that the controller
-                    # is never left with fewer than max_concurrency requests while we count.
+                    # is never left with fewer requests than it may take while we count.
+                    step = _step(self._limit(read))
                     self._prefetch(pending, offset + step, step, count, fetch)
                 page = pages.count(offset, body)
                 del body
                 count = page.count
-                if budget is None:
-                    # Churn may force a few steps back; a listing that never settles is an error.
-                    budget = 3 * (page.count // step + 1) + 20
+                size = self._served(read, offset, asked, page)
+                step = _step(size)
+                if budget is None or step < budget_step:
+                    # Churn may force a few steps back; a listing that never settles is an
+                    # error. Smaller pages (a cap, a 504) take more requests.
+                    budget = requests_made + 3 * ((count - offset) // step + 1) + 20
+                    budget_step = step
                 elif requests_made > budget:
                     raise DecodeError(
                         f"the {collection.item} listing changed faster than it could be read "
                         f"({requests_made} requests for {page.count} {collection.key})"
                     )
-                received = page.received
-                if received < limit and offset + received < page.count:
-                    raise DecodeError(
-                        f"page at offset {offset} held {received} {collection.key} "
-                        f"(limit {limit}) although count says {page.count}"
-                    )
                 if page.overlap_lost:
                     # The overlap with what was counted is gone: step back to find it.
                     self._cancel(pending)
-                    offset = max(0, min(offset - step, page.count - overlap))
+                    offset = max(0, min(offset - step, page.count - _overlap(size)))
                     continue
-                if received < limit or offset + received >= page.count:
+                if page.received < size or offset + page.received >= page.count:
+                    self._grow(read, requests_made)
                     return
-                offset += step
-                self._prefetch(pending, offset, step, count, fetch)
+                # The next page overlaps this one's last record with an id, the only kind
+                # that can be stitched.
+                advance = min(step, page.last_placed)
+                if advance < 1:
+                    run = page.received - 1 - page.last_placed
+                    raise DecodeError(
+                        f"{collection.path} listed {run} {collection.key} in a row without an "
+                        f"id (page at offset {offset}): the listing cannot be stitched"
+                    )
+                offset += advance
+                if not collection.alongside:
+                    self._prefetch(pending, offset, step, count, fetch)
         finally:
             self._cancel(pending)
+            self._watch_load(read, requests_made)
 
-    def _fetch(self, collection: Collection, offset: int) -> bytes:
-        return self._source.get_page(
-            PageRequest(collection.path, offset, self._page_size, collection.fields, SORT_FIELD)
+    def _served(self, read: _Read, offset: int, asked: int, page: PageOutcome) -> int:
+        """How many records the page was served by: what was asked, unless the controller
+        applied a smaller limit; :class:`DecodeError` if the page contradicts itself."""
+        more = offset + page.received < page.count
+        size = asked
+        if page.limit is not None:
+            size = min(asked, page.limit)
+        elif page.received < asked and more and page.received > 0 and not read.guessed_cap:
+            # A controller that caps pages without saying so: believed once per read.
+            read.guessed_cap = True
+            size = page.received
+        if size < asked:
+            if read.cap is None or size < read.cap:
+                log.debug(
+                    "controller %s: %s serves at most %d %s per page; paging by that",
+                    self._name,
+                    read.collection.path,
+                    size,
+                    read.collection.key,
+                )
+            read.cap = size if read.cap is None else min(read.cap, size)
+        if page.received < size and more:
+            raise DecodeError(
+                f"page at offset {offset} held {page.received} {read.collection.key} "
+                f"(limit {size}) although count says {page.count}"
+            )
+        if asked == read.page_size and page.received >= asked:
+            read.full_page = True
+        return size
+
+    def _limit(self, read: _Read) -> int:
+        """The limit to ask for: the page size, or the controller's or the collection's cap if
+        smaller."""
+        limit = min(self._page_size, read.collection.max_page_size or self._page_size)
+        return limit if read.cap is None else min(limit, read.cap)
+
+    def _fetch(self, read: _Read, offset: int) -> tuple[int, bytes]:
+        """One page, and the limit it was asked with; smaller each time it answers 504."""
+        collection = read.collection
+        while True:
+            limit = self._limit(read)
+            request = PageRequest(
+                collection.path,
+                offset,
+                limit,
+                collection.fields,
+                SORT_FIELD,
+                filters=collection.filters,
+            )
+            floor = limit <= self._min_page_size
+            try:
+                return limit, self._source.get_page(request, retry_too_slow=floor)
+            except HTTPStatusError as err:
+                if err.status != 504 or floor:
+                    raise
+                if collection.alongside:
+                    read.cap = max(self._min_page_size, limit // 2)
+                else:
+                    self._shrink_pages(limit)
+
+    def _shrink_pages(self, limit: int) -> None:
+        with self._page_size_lock:
+            smaller = max(self._min_page_size, limit // 2)
+            if smaller >= self._page_size:
+                return  # another page's 504 shrank them already
+            self._page_size = smaller
+        log.info(
+            "controller %s: a page of %d took the controller too long (HTTP 504); "
+            "asking for %d per page from now on",
+            self._name,
+            limit,
+            smaller,
         )
+
+    def _watch_load(self, read: _Read, requests_made: int) -> None:
+        """Halve the requests in flight when the controller said there were too many."""
+        if read.collection.alongside:
+            return  # the read it runs beside sees the same answers, and learns from them
+        throttled = self._source.throttled
+        if throttled == read.throttled:
+            return
+        read.throttled = throttled
+        read.was_throttled = True
+        if requests_made < read.calm_until:
+            return  # answers to requests sent before the last halving
+        before = self._concurrency
+        self._concurrency = max(1, before // 2)
+        read.calm_until = requests_made + before
+        if self._concurrency < before:
+            log.info(
+                "controller %s: too many simultaneous requests (HTTP 502/503/429); "
+                "%d at once from now on",
+                self._name,
+                self._concurrency,
+            )
+
+    def _grow(self, read: _Read, requests_made: int) -> None:
+        """After a read that went well: one more request in flight, larger pages, if tested."""
+        if read.collection.alongside:
+            return
+        self._watch_load(read, requests_made)
+        if not read.was_throttled and requests_made > self._concurrency:
+            self._concurrency = min(self._max_concurrency, self._concurrency + 1)
+        with self._page_size_lock:
+            if read.full_page and self._page_size == read.page_size:
+                self._page_size = min(self._max_page_size, self._page_size + PAGE_SIZE_STEP)
 
     @staticmethod
     def _take_body(
-        pending: dict[int, Future[bytes]], offset: int, fetch: Callable[[int], bytes]
-    ) -> bytes:
+        pending: dict[int, Future[tuple[int, bytes]]],
+        offset: int,
+        fetch: Callable[[int], tuple[int, bytes]],
+    ) -> tuple[int, bytes]:
         future = pending.pop(offset, None)
         try:
             return fetch(offset) if future is None else future.result()
@@ -227,24 +547,24 @@ class Scanner:
 
     def _prefetch(
         self,
-        pending: dict[int, Future[bytes]],
+        pending: dict[int, Future[tuple[int, bytes]]],
         offset: int,
         step: int,
         count: int,
-        fetch: Callable[[int], bytes],
+        fetch: Callable[[int], tuple[int, bytes]],
     ) -> None:
-        width = self._max_concurrency
-        if width <= 1:
+        width = self._concurrency
+        wanted = [offset + k * step for k in range(width)] if width > 1 else []
+        for stale in [o for o in pending if o not in wanted]:
+            pending.pop(stale).cancel()
+        if not wanted:
             return
         if self._executor is None:
             if self._closed.is_set():
                 raise Cancelled()  # closed: a new pool would never be shut down
             self._executor = ThreadPoolExecutor(
-                max_workers=width, thread_name_prefix=f"poll-{self._name}"
+                max_workers=self._max_concurrency, thread_name_prefix=f"poll-{self._name}"
             )
-        wanted = [offset + k * step for k in range(width)]
-        for stale in [o for o in pending if o not in wanted]:
-            pending.pop(stale).cancel()
         for candidate in wanted:
             if candidate not in pending and candidate < count:
                 try:
@@ -253,7 +573,16 @@ class Scanner:
                     raise Cancelled() from None
 
     @staticmethod
-    def _cancel(pending: dict[int, Future[bytes]]) -> None:
+    def _cancel(pending: dict[int, Future[tuple[int, bytes]]]) -> None:
         for future in pending.values():
             future.cancel()
         pending.clear()
+
+
+def _overlap(size: int) -> int:
+    """How many records each page repeats of the one before, for a page of ``size``."""
+    return max(1, size // 50)
+
+
+def _step(size: int) -> int:
+    return max(1, size - _overlap(size))

@@ -37,6 +37,7 @@ from exporter.model import (
     SimplivityError,
     TLSError,
     decode_json,
+    looks_like_html,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ TOKEN_LIFETIME_SECONDS = 86400.0
 TOKEN_MARGIN_SECONDS = 60.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: "Too many simultaneous requests": HPE documents 502 for it; 503 and 429 say the same.
+_THROTTLING_STATUSES = frozenset({429, 502, 503})
 
 
 class _ServerNameAdapter(HTTPAdapter):
@@ -105,11 +108,19 @@ class SimplivityClient:
         self._token_used = 0.0
         self._token_lock = threading.Lock()
         self._logins = 0
+        self._throttled = 0
+        self._throttled_lock = threading.Lock()
 
     @property
     def logins(self) -> int:
         """How many times this client has logged in (each login opens a hypervisor session)."""
         return self._logins
+
+    @property
+    def throttled(self) -> int:
+        """How many answers so far said that too many requests were in flight (502, 503, 429),
+        retried or not: a scanner asks for less at once when this grows."""
+        return self._throttled
 
     def close(self) -> None:
         self._stop.set()  # a request still running stops before its next try
@@ -122,6 +133,7 @@ class SimplivityClient:
             log.warning(
                 "controller %s: TLS certificate verification is OFF (insecure_skip_verify)",
                 self.controller.name,
+                extra={"controller": self.controller.name, "url": self.controller.url},
             )
         session.verify = self._verify
         adapter = _ServerNameAdapter(tls.server_name, self.poll.max_concurrency + 1)
@@ -134,26 +146,45 @@ class SimplivityClient:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def get_page(self, page: PageRequest) -> bytes:
-        """One page of a collection, its body undecoded (see :mod:`exporter.scan`)."""
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
+        """One page of a collection, its body undecoded (see :mod:`exporter.scan`).
+
+        ``retry_too_slow=False``: a 504 (the controller gave up after 60 s) raises
+        :class:`~exporter.model.HTTPStatusError` at once, for a caller that will ask for a
+        smaller page instead of the same one again.
+        """
         params = {"offset": str(page.offset), "limit": str(page.limit)}
         if page.fields:
             params["fields"] = ",".join(page.fields)
         if page.sort is not None:
             params["sort"] = page.sort
             params["order"] = page.order
-        return self.get_body(page.path, params)
+        params.update(page.filters)
+        final = frozenset() if retry_too_slow else frozenset({504})
+        return self.get_body(page.path, params, final=final)
 
-    def get_body(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
-        """GET an authenticated API path, logging in as needed; retries transient failures."""
+    def get_body(
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        final: frozenset[int] = frozenset(),
+    ) -> bytes:
+        """GET an authenticated API path, logging in as needed; retries transient failures
+        (but not the statuses in ``final``)."""
         for relogged in (False, True):
             token = self._current_token()
             started = self._clock()
             headers = {"Authorization": f"Bearer {token}"}
-            status, body = self._retrying(path, partial(self._send, "GET", path, params, headers))
+            send = partial(self._send, "GET", path, params, headers)
+            status, body = self._retrying(path, send, final)
             if status == 401 and not relogged:
                 # The token died (idle, absolute lifetime, or revoked): log in, retry once.
-                log.info("controller %s: token refused, logging in again", self.controller.name)
+                log.info(
+                    "controller %s: token refused, logging in again",
+                    self.controller.name,
+                    extra={"controller": self.controller.name, "path": path},
+                )
                 self._forget_token(token)
                 continue
             if status == 401:
@@ -164,11 +195,17 @@ class SimplivityClient:
             return body
         raise AssertionError("unreachable: the second round returns or raises")
 
-    def _retrying(self, path: str, send: Callable[[], tuple[int, bytes]]) -> tuple[int, bytes]:
+    def _retrying(
+        self,
+        path: str,
+        send: Callable[[], tuple[int, bytes]],
+        final: frozenset[int] = frozenset(),
+    ) -> tuple[int, bytes]:
         """Repeat ``send`` while it fails transiently, with exponential, jittered backoff.
 
-        Returns the first answer that is not transient, or the last one once the retries are
-        spent; raises the last timeout or connection error likewise.
+        Returns the first answer that is not transient (or whose status is in ``final``), or
+        the last one once the retries are spent; raises the last timeout or connection error
+        likewise.
         """
         failures = 0
         while True:
@@ -181,7 +218,10 @@ class SimplivityClient:
             except (RequestTimeout, ConnectError) as err:
                 failure: SimplivityError = err
             else:
-                if status not in _TRANSIENT_STATUSES:
+                if status in _THROTTLING_STATUSES:
+                    with self._throttled_lock:
+                        self._throttled += 1
+                if status not in _TRANSIENT_STATUSES or status in final:
                     return status, body
                 failure = self._status_error(path, status, body)
             failures += 1
@@ -191,6 +231,13 @@ class SimplivityClient:
                 raise failure
             delay = min(30.0, self._backoff_seconds * 2 ** (failures - 1))
             delay *= random.uniform(0.5, 1.5)
+            context: dict[str, object] = {
+                "controller": self.controller.name,
+                "path": path,
+                "reason": failure.reason,
+            }
+            if isinstance(failure, HTTPStatusError):
+                context["status"] = failure.status
             log.info(
                 "controller %s: %s; retry %d of %d in %.1f s",
                 self.controller.name,
@@ -198,6 +245,12 @@ class SimplivityClient:
                 failures,
                 self.poll.max_retries,
                 delay,
+                extra={
+                    **context,
+                    "retry": failures,
+                    "retries": self.poll.max_retries,
+                    "delay_seconds": round(delay, 3),
+                },
             )
             if self._stop.wait(delay):
                 raise Cancelled()
@@ -242,7 +295,12 @@ class SimplivityClient:
         token = document.get("access_token") if isinstance(document, dict) else None
         if not isinstance(token, str) or not token:
             raise DecodeError("/api/oauth/token answered without an access_token")
-        log.debug("controller %s: logged in as %s", self.controller.name, self.controller.username)
+        log.debug(
+            "controller %s: logged in as %s",
+            self.controller.name,
+            self.controller.username,
+            extra={"controller": self.controller.name, "username": self.controller.username},
+        )
         return token
 
     def _send(
@@ -314,7 +372,8 @@ def _server_message(body: bytes) -> str:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        return ""
+        # A reverse proxy in front of the controller answers with its own HTML page.
+        return "an HTML page, not the controller's own answer" if looks_like_html(body) else ""
     if not isinstance(document, dict):
         return ""
     message = document.get("message") or document.get("error_description") or ""

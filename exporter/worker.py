@@ -16,7 +16,8 @@ credentials or tokens. It keeps one :class:`~exporter.backups.LocalBackupScan` p
 progress and sends back a small :class:`~exporter.scan.PageOutcome` per page, then the scan's
 snapshot (one entry per VM).
 Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
-stdin and stdout; it exits when its stdin closes, so it never outlives the exporter.
+stdin and stdout; it exits when its stdin closes, so it never outlives the exporter. Its stderr
+is the exporter's, and it logs there in the exporter's format (:mod:`exporter.logs`).
 
 If the child cannot be started, scans are counted in the exporter's own process (slower
 scrapes while polling, nothing else changes) and a warning says so. If it dies during a scan,
@@ -37,10 +38,10 @@ import struct
 import subprocess
 import sys
 import threading
-import traceback
 from pathlib import Path
 from typing import IO, Any
 
+from exporter import logs
 from exporter.backups import BackupScan, LocalBackupScan
 from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.model import BackupSnapshot, DecodeError
@@ -69,8 +70,13 @@ class DecodingWorker:
     turns, a page each. Thread-safe.
     """
 
-    def __init__(self, command: list[str] | None = None) -> None:
+    def __init__(
+        self, command: list[str] | None = None, log_settings: logs.LogSettings | None = None
+    ) -> None:
+        """The child logs on this process's stderr with ``log_settings`` (by default, those
+        this process logs with)."""
         self._command = command or [sys.executable, "-m", "exporter.worker"]
+        self._log_settings = log_settings
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._scan_ids = itertools.count(1)
@@ -85,7 +91,11 @@ class DecodingWorker:
             _, generation = self._exchange(("open", scan_id), None)
         except WorkerLost as err:
             if not self._warned:
-                log.warning("%s; counting backups in the exporter's own process instead", err)
+                log.warning(
+                    "%s; counting backups in the exporter's own process instead",
+                    err,
+                    extra={"error": str(err)},
+                )
                 self._warned = True
             return LocalBackupScan()
         self._warned = False
@@ -148,6 +158,7 @@ class DecodingWorker:
         # The child imports the very package this process runs, wherever it was found.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env.update((self._log_settings or logs.current()).environment())
         try:
             process = subprocess.Popen(
                 self._command,
@@ -162,7 +173,7 @@ class DecodingWorker:
             ) from None
         self._process = process
         self.starts += 1
-        log.debug("decoding worker started, pid %d", process.pid)
+        log.debug("decoding worker started, pid %d", process.pid, extra={"pid": process.pid})
         return process
 
     def _stop_process(self) -> None:
@@ -279,7 +290,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
         except DecodeError as err:
             answer = ("error", str(err))
         except Exception as err:  # a bug: say so on stderr, keep serving the other scans
-            traceback.print_exc()
+            log.exception("decoding worker: %s request failed", request[0])
             answer = ("error", f"internal error in the decoding worker: {type(err).__name__}")
         del body  # a page's body is not kept while waiting for the next
         _send(answers, answer)
@@ -291,6 +302,7 @@ def main() -> int:
     # Ctrl-C in a terminal reaches the whole process group; the exporter decides, and the
     # child ends when the exporter closes its stdin (or exits).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logs.setup(logs.LogSettings.from_environment(os.environ))
     # Counting backups can wait; answering a scrape should not. When the CPU is short, the
     # exporter's own threads (serving /metrics) go first.
     os.nice(WORKER_NICENESS)

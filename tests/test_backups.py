@@ -72,14 +72,58 @@ def test_newest_protected_ignores_newer_backups_in_other_states() -> None:
         backup(4, created_at=T2, state="SAVING"),
     )
     assert snapshot.clusters[0].newest_protected == 1709359200.0
-    assert snapshot.vms[0].newest_protected == 1709359200.0
+    assert snapshot.vms[0].newest_protected == {"Boston": 1709359200.0}
 
 
 def test_a_cluster_or_vm_without_protected_backups_has_no_newest() -> None:
     snapshot = aggregate(backup(1, state="FAILED"), backup(2, state="FAILED"))
     assert snapshot.clusters[0].newest_protected is None
-    assert snapshot.vms[0].newest_protected is None
-    assert snapshot.vms[0].name == "web01"
+    assert snapshot.vms[0].newest_protected == {}
+    assert snapshot.vms[0].newest_protected_anywhere is None
+
+
+def test_a_vms_newest_protected_backup_per_destination() -> None:
+    # Local backups, copies to a DR cluster, copies to an external store: one newest each.
+    snapshot = aggregate(
+        backup(1, created_at=T0),
+        backup(2, created_at=T2),
+        backup(3, created_at=T1, omnistack_cluster_name="London DR"),
+        backup(4, created_at=T0, omnistack_cluster_name="London DR"),
+        backup(5, created_at=T2, omnistack_cluster_name="London DR", state="FAILED"),
+        backup(6, created_at=T0, omnistack_cluster_name="", external_store_name="StoreOnce"),
+        backup(7, created_at=T1, virtual_machine_id="vm-2", state="SAVING"),
+    )
+    vm, other = snapshot.vms
+    assert vm.newest_protected == {"Boston": 1709445600.0, "London DR": 1709359200.0,
+                                   "StoreOnce": 1709272800.0}  # fmt: skip
+    assert vm.newest_protected_anywhere == 1709445600.0
+    assert (other.vm_id, other.newest_protected) == ("vm-2", {})
+
+
+def test_a_vms_newest_failed_backup_and_its_newest_backup_in_any_state() -> None:
+    snapshot = aggregate(
+        backup(1, created_at=T0, state="FAILED"),
+        backup(2, created_at=T1, state="FAILED", omnistack_cluster_name="London DR"),
+        backup(3, created_at=T2, state="PROTECTED"),
+        backup(4, created_at=T0, virtual_machine_id="vm-2"),
+        backup(
+            5,
+            created_at=T1,
+            virtual_machine_id="vm-2",
+            state="ARCHIVED",
+            omnistack_cluster_name="",
+            external_store_name="StoreOnce",
+        ),
+    )
+    failed_before, archived_last = snapshot.vms
+    assert failed_before.newest_failed == 1709359200.0
+    assert (failed_before.newest_state, failed_before.newest_created) == ("PROTECTED", 1709445600.0)
+    assert failed_before.newest_destination == "Boston"
+    assert archived_last.newest_failed is None
+    assert (archived_last.newest_state, archived_last.newest_destination) == (
+        OTHER_STATE,
+        "StoreOnce",
+    )
 
 
 def test_external_store_backups_are_grouped_under_the_store() -> None:
@@ -90,66 +134,111 @@ def test_external_store_backups_are_grouped_under_the_store() -> None:
     assert [cluster.name for cluster in snapshot.clusters] == ["StoreOnce-1", UNKNOWN_CLUSTER]
 
 
-def test_vms_sharing_a_name_stay_apart_by_id() -> None:
-    snapshot = aggregate(
-        backup(1, virtual_machine_id="vm-a", created_at=T0),
-        backup(2, virtual_machine_id="vm-b", created_at=T1),
-    )
-    assert [(vm.name, vm.vm_id, vm.newest_protected) for vm in snapshot.vms] == [
-        ("web01", "vm-a", 1709272800.0),
-        ("web01", "vm-b", 1709359200.0),
-    ]
-
-
-def test_removed_and_deleted_vms_have_no_vm_series_but_still_count() -> None:
+def test_every_vm_is_kept_by_id_whatever_its_state_the_inventory_says_which_live() -> None:
     snapshot = aggregate(
         backup(1, virtual_machine_id="vm-r", virtual_machine_state="REMOVED"),
         backup(2, virtual_machine_id="vm-d", virtual_machine_state="DELETED"),
         backup(3, virtual_machine_id="vm-a"),
+        backup(4, virtual_machine_id=""),  # a backup of no VM counts for its cluster only
     )
-    assert [vm.vm_id for vm in snapshot.vms] == ["vm-a"]
-    assert snapshot.clusters[0].counts["PROTECTED"] == 3
+    assert [vm.vm_id for vm in snapshot.vms] == ["vm-a", "vm-d", "vm-r"]
+    assert snapshot.clusters[0].counts["PROTECTED"] == 4
 
 
-def test_a_vms_name_and_state_come_from_its_newest_backup() -> None:
-    snapshot = aggregate(
-        backup(1, created_at=T2, virtual_machine_name="web01-renamed"),
-        backup(2, created_at=T0, virtual_machine_name="web01", virtual_machine_state="REMOVED"),
-    )
-    assert [vm.name for vm in snapshot.vms] == ["web01-renamed"]
+def test_destinations_are_one_string_per_name_so_the_pickled_snapshot_stays_small() -> None:
+    records = [backup(n, virtual_machine_id=f"vm-{n}", omnistack_cluster_name="Boston DC"[:])
+               for n in range(50)]  # fmt: skip
+    snapshot = aggregate(*records)
+    names = {id(where) for vm in snapshot.vms for where in vm.newest_protected}
+    names |= {id(vm.newest_destination) for vm in snapshot.vms}
+    assert len(names) == 1
 
 
 def test_na_and_non_ascii_values_are_carried_as_they_are() -> None:
     snapshot = aggregate(
-        backup(1, virtual_machine_name='Zürich "db"\\1', expiration_time="NA", unique_size="NA")
+        backup(1, omnistack_cluster_name='Zürich "db"\\1', expiration_time="NA", unique_size="NA")
     )
-    assert snapshot.vms[0].name == 'Zürich "db"\\1'
+    assert list(snapshot.vms[0].newest_protected) == ['Zürich "db"\\1']
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"size": "100"}, "backup 'b-0001': size must be a whole number of bytes, not '100'"),
         ({"size": True}, "backup 'b-0001': size must be a whole number of bytes, not 'True'"),
         ({"size": -1}, "backup 'b-0001': size must be a whole number of bytes, not '-1'"),
-        ({"created_at": None}, "backup 'b-0001': created_at is missing"),
+        ({"size": "1e3"}, "backup 'b-0001': size must be a whole number of bytes, not '1e3'"),
+        ({"size": 1.5}, "backup 'b-0001': size must be a whole number of bytes, not '1.5'"),
         (
-            {"created_at": "NA"},
-            "backup 'b-0001': created_at 'NA' is not a UTC timestamp",
+            {"created_at": "yesterday"},
+            "backup 'b-0001': created_at 'yesterday' is not a UTC timestamp",
         ),
+        ({"created_at": 17}, "backup 'b-0001': created_at '17' is not a UTC timestamp"),
+        ({"state": None}, "backup 'b-0001': state is missing"),
+        ({"state": "NA"}, "backup 'b-0001': state is missing"),
         ({"state": 3}, "backup 'b-0001': state must be a string, not int"),
-        (
-            {"virtual_machine_name": ["x"]},
-            "backup 'b-0001': virtual_machine_name must be a string, not list",
-        ),
+        ({"state": None, "id": None}, "backup (without an id): state is missing"),
     ],
 )
-def test_unreadable_records_are_refused_with_a_clear_reason(
+def test_records_that_cannot_be_placed_are_refused_with_a_clear_reason(
     fields: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(BackupRecordError) as caught:
         Aggregator().add(backup(1, **fields))
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("missing", [None, "NA", ""])
+def test_a_backup_without_a_creation_time_counts_but_is_never_the_newest(missing: Any) -> None:
+    snapshot = aggregate(
+        backup(1, created_at=T0),
+        backup(2, created_at=missing),
+        backup(3, created_at=missing, virtual_machine_id="vm-2", state="FAILED"),
+    )
+    (cluster,) = snapshot.clusters
+    assert cluster.counts["PROTECTED"] == 2
+    assert cluster.newest_protected == 1709272800.0
+    vm_1, vm_2 = snapshot.vms
+    assert (vm_1.vm_id, dict(vm_1.newest_protected), vm_1.newest_created) == (
+        "vm-1",
+        {"Boston": 1709272800.0},
+        1709272800.0,
+    )
+    # Its only backup has no time: it has backups, but no newest one.
+    assert (vm_2.newest_state, vm_2.newest_created, vm_2.newest_failed) == ("", None, None)
+
+
+def test_a_backup_without_any_creation_time_field_counts_too() -> None:
+    record = backup(1)
+    del record["created_at"]
+    assert aggregate(record).clusters[0].counts["PROTECTED"] == 1
+
+
+@pytest.mark.parametrize(("size", "counted"), [(None, 0), ("NA", 0), ("1234", 1234), (7, 7)])
+def test_a_missing_size_counts_zero_bytes_and_a_size_in_digits_its_value(
+    size: Any, counted: int
+) -> None:
+    snapshot = aggregate(backup(1, size=100), backup(2, size=size, state="SAVING"))
+    (cluster,) = snapshot.clusters
+    assert cluster.counts["SAVING"] == 1
+    assert cluster.sizes["SAVING"] == counted
+    assert cluster.sizes["PROTECTED"] == 100
+
+
+def test_odd_optional_values_count_as_missing() -> None:
+    snapshot = aggregate(
+        backup(1, omnistack_cluster_name="NA", external_store_name="StoreOnce-1"),
+        backup(2, omnistack_cluster_name=["x"], external_store_name=None),
+        backup(3, virtual_machine_id="NA"),
+        backup(4, virtual_machine_id=["vm-9"]),
+    )
+    assert [cluster.name for cluster in snapshot.clusters] == [
+        "Boston",
+        "StoreOnce-1",
+        UNKNOWN_CLUSTER,
+    ]
+    # A backup whose VM id is "NA" or no text belongs to no VM (the inventory names them).
+    assert [vm.vm_id for vm in snapshot.vms] == ["vm-1"]
+    assert snapshot.backups_seen == 4
 
 
 def test_an_empty_federation_gives_an_empty_snapshot() -> None:

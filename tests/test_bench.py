@@ -58,6 +58,12 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
         (side, size) for side in ("exporter", "baseline") for size in (300, 1000)
     }
     assert all(row["logins"] == 1 for row in polls)
+    for row in polls:
+        if row["side"] == "exporter":  # the inventory, then the backups (one login, one report)
+            assert row["requests_per_path"]["/api/virtual_machines"] >= 1
+            assert row["requests_per_path"]["/api/policies/policy_schedule_report"] == 1
+            assert row["requests_per_path"]["/api/oauth/token"] == 1
+    assert "by path" in table
     assert [point["max_concurrency"] for point in results["sweep"]] == [1, 2]
     assert [(row["phase"], row["mode"]) for row in results["load"]] == [
         ("idle", "closed loop"),

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
 from tests.conftest import wait_until
+from tests.live_exporter import ExporterProcess, parse, scrape
+from tests.promtool import promtool
 
 Start = Callable[..., SimulatedController]
 ROOT = Path(__file__).parent.parent
@@ -154,7 +161,7 @@ def running_exporter(config: Path, password: str) -> Iterator[str]:
         assert process.wait(timeout=15) == 0
 
 
-def status(base: str, path: str, process: subprocess.Popen[str] | None = None) -> int:
+def status(base: str, path: str, process: subprocess.Popen[Any] | None = None) -> int:
     try:
         return requests.get(base + path, timeout=2).status_code
     except requests.ConnectionError:
@@ -192,3 +199,234 @@ def test_not_ready_until_every_controller_finished_its_first_poll(
         assert status(base, "/-/ready") == 503
         wait_until(lambda: status(base, "/-/ready") == 200, 20, "the first poll to time out")
         assert status(base, "/-/healthy") == 200
+
+
+# --- logs a pipeline can parse ------------------------------------------------------------------
+
+#: Put first on the exporter's PYTHONPATH by the test, so that every Python process it runs (the
+#: exporter and its decoding worker) raises, once its logging is set up, a warning and an
+#: exception that nobody catches: nothing in the exporter's own code provokes them.
+PROVOKE = """
+import os, sys, threading, time, warnings
+
+def provoke():
+    deadline = time.monotonic() + 60
+    while sys.excepthook is sys.__excepthook__ and time.monotonic() < deadline:
+        time.sleep(0.01)
+    where = os.path.basename(sys.argv[0])
+    warnings.warn(f"forced by the test in {where}")
+    raise RuntimeError(f"forced by the test in {where}")
+
+threading.Thread(target=provoke, name="forced-by-test", daemon=True).start()
+"""
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every complete line of ``text`` as a JSON object; fails on the first that is not one."""
+    complete = text[: text.rfind("\n") + 1]
+    records = []
+    for line in complete.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            pytest.fail(f"a stderr line is not JSON: {line!r}")
+        assert isinstance(record, dict), line
+        assert list(record)[:4] == ["time", "level", "source", "msg"], line
+        records.append(record)
+    return records
+
+
+def test_with_log_format_json_every_stderr_line_is_a_json_object(
+    tmp_path: Path, start_simulator: Start
+) -> None:
+    """Two HTTPS controllers with insecure_skip_verify, polled several times: every line the
+    exporter and its worker write is a record, warnings and uncaught exceptions included, and
+    the unverified certificate is said once per controller, not at every request."""
+    ca = trustme.CA()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    simulators = {
+        name: start_simulator(FederationSpec(vms=12, backups_per_vm=5), tls=(str(cert), str(key)))
+        for name in ("boston", "austin")
+    }
+    lines = ["poll: {interval_seconds: 1, timeout_seconds: 5, max_retries: 0}", "controllers:"]
+    for name, simulator in simulators.items():
+        lines += [
+            f"  - name: {name}",
+            f"    url: {simulator.url}",
+            f"    username: {simulator.username}",
+            f"    password: '{simulator.password}'",
+            "    tls: {insecure_skip_verify: true}",
+        ]
+    config = tmp_path / "config.yaml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(PROVOKE, encoding="utf-8")
+    pythonpath = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
+
+    def seen_enough(exporter: ExporterProcess) -> bool:
+        records = json_lines(exporter.log())
+        polls = Counter(r["controller"] for r in records if "backups" in r)
+        forced = [r for r in records if "forced by the test" in r["msg"]]
+        return min(polls[name] for name in simulators) >= 3 and len(forced) >= 4
+
+    with ExporterProcess(
+        "--config.file", str(config), "--log.format", "json",
+        log_path=tmp_path / "exporter.log", env={"PYTHONPATH": pythonpath},
+    ) as exporter:  # fmt: skip
+        wait_until(lambda: seen_enough(exporter), 60, "3 polls of each controller")
+        assert exporter.stop() == 0
+    text = exporter.log()
+    assert text.endswith("\n")
+    records = json_lines(text)
+
+    tls_off = [r for r in records if "TLS certificate verification is OFF" in r["msg"]]
+    assert sorted(r["controller"] for r in tls_off) == ["austin", "boston"]
+    assert all(r["level"] == "warn" for r in tls_off)
+    assert "Unverified HTTPS request" not in text
+    for name, simulator in simulators.items():
+        polls = [r for r in records if r.get("controller") == name and "backups" in r]
+        assert len(polls) >= 3
+        for poll in polls:
+            assert poll["level"] == "info"
+            assert poll["source"].startswith("poller.py:")
+            assert poll["backups"] == simulator.backup_count()
+            assert isinstance(poll["duration_seconds"], float)
+            assert poll["msg"].startswith(f"controller {name}: {simulator.backup_count()} backups")
+    # The warning and the exception each process was made to raise, as records.
+    programs = {"__main__.py", "worker.py"}
+    warned = {r["msg"] for r in records if r.get("category") == "UserWarning"}
+    assert warned == {f"forced by the test in {program}" for program in programs}
+    raised = [r for r in records if "traceback" in r and "forced by the test" in r["msg"]]
+    assert sorted(r["msg"] for r in raised) == sorted(
+        f"uncaught exception in thread forced-by-test: RuntimeError: forced by the test in {p}"
+        for p in programs
+    )
+    for record in raised:
+        assert record["traceback"].startswith("Traceback (most recent call last):\n")
+        assert record["source"].startswith("sitecustomize.py:")
+
+
+# --- --once files side by side in node_exporter's textfile directory ----------------------------
+
+Series = tuple[str, frozenset[tuple[str, str]]]
+
+
+def write_once_file(
+    tmp_path: Path, simulator: SimulatedController, name: str, interval: int, directory: Path
+) -> Path:
+    """``--once --output`` for a config of one controller, as a cron job or timer runs it."""
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        f"poll: {{interval_seconds: {interval}, timeout_seconds: 5}}\n"
+        "controllers:\n"
+        f"  - name: {name}\n"
+        f"    url: {simulator.url}\n"
+        f"    username: {simulator.username}\n"
+        f"    password: '{simulator.password}'\n",
+        encoding="utf-8",
+    )
+    output = directory / f"simplivity-{name}.prom"
+    result = run("--config.file", str(config), "--once", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+def textfile_conflicts(files: Sequence[Path]) -> list[str]:
+    """What node_exporter's textfile collector refuses when it merges the files' families by
+    name: a series that two files hold, a family whose help text or type differs."""
+    families: dict[str, tuple[str, str, str]] = {}
+    series: dict[Series, str] = {}
+    problems = []
+    for path in files:
+        for family in text_string_to_metric_families(path.read_text(encoding="utf-8")):
+            first = families.setdefault(family.name, (path.name, family.documentation, family.type))
+            if first[1:] != (family.documentation, family.type):
+                problems.append(f"{family.name}: help or type differ in {first[0]}, {path.name}")
+            for sample in family.samples:
+                key = (sample.name, frozenset(sample.labels.items()))
+                if key in series:
+                    problems.append(f"{sample.name}{sample.labels} in {series[key]}, {path.name}")
+                series.setdefault(key, path.name)
+    return problems
+
+
+@contextmanager
+def node_exporter(directory: Path, log_path: Path) -> Iterator[str]:
+    """The real node_exporter with only its textfile collector; yields its base URL."""
+    binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    assert binary, "node_exporter is missing: run ./dev setup (Debian prometheus-node-exporter)"
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [binary, "--collector.disable-defaults", "--collector.textfile",
+             f"--collector.textfile.directory={directory}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: status(base, "/metrics", process) == 200, 20, "node_exporter")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_once_files_of_two_configs_combine_in_a_textfile_directory(
+    tmp_path: Path, start_simulator: Start
+) -> None:
+    """Two --once runs (other controllers, other settings) write two files into one textfile
+    directory: node_exporter serves every series of both, and refuses none."""
+    directory = tmp_path / "textfile"
+    directory.mkdir()
+    files = [
+        write_once_file(
+            tmp_path, start_simulator(FederationSpec(seed=seed)), name, interval, directory
+        )
+        for seed, name, interval in ((1, "boston", 300), (2, "austin", 900))
+    ]
+    for path in files:
+        checked = promtool("check", "metrics", stdin=path.read_text("utf-8"))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert textfile_conflicts(files) == []
+    written = {
+        key: value
+        for path in files
+        for key, value in parse(path.read_text("utf-8")).samples.items()
+    }
+    assert {dict(labels)["controller"] for name, labels in written if name == "simplivity_up"} == {
+        "boston",
+        "austin",
+    }
+    assert not [name for name, _ in written if name.startswith("simplivity_exporter_")]
+
+    log_path = tmp_path / "node_exporter.log"
+    with node_exporter(directory, log_path) as base:
+        served = scrape(base)
+        assert served.value("node_textfile_scrape_error") == 0
+        missing = {key: value for key, value in written.items() if served.samples.get(key) != value}
+        assert missing == {}, "node_exporter left out or changed these series"
+        assert "error gathering metrics" not in log_path.read_text("utf-8")
+        # Concatenated, the files would repeat each family's HELP, which no parser takes:
+        # what node_exporter serves is their merge, and that is what Prometheus scrapes.
+        checked = promtool("check", "metrics", stdin=served.text)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+        # The check can fail: the same controller in a second file is refused, by both.
+        shutil.copy(files[0], directory / "simplivity-boston-copy.prom")
+        assert textfile_conflicts(sorted(directory.glob("*.prom")))
+        scrape(base)
+        wait_until(
+            lambda: (
+                "collected before with the same name and label values"
+                in log_path.read_text("utf-8")
+            ),
+            10,
+            "node_exporter to refuse the duplicate series",
+        )

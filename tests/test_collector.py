@@ -21,39 +21,83 @@ from exporter.model import (
     BackupSnapshot,
     ClusterSummary,
     ControllerStatus,
-    VMSummary,
+    ScheduleReport,
+    VMBackups,
 )
+from tests.snapshots import host_record, judged, policy_record, rule, vm_record
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
+DAY = 86400
+BOSTON, ZURICH, DR, STORE = "Boston DC", 'Zürich "Ost"\\2', "London DR", "StoreOnce-Cloud"
 
 
 def counts(**values: int) -> dict[str, int]:
     return {**dict.fromkeys(STATES, 0), **values}
 
 
-SNAPSHOT = BackupSnapshot(
+def held(vm_id: str, newest: dict[str, float], failed: float | None = None) -> VMBackups:
+    """A VM's backups: the newest PROTECTED per destination, the newest FAILED."""
+    times = [*newest.values(), *([failed] if failed is not None else [])]
+    last = max(times)
+    state = "FAILED" if last == failed else "PROTECTED"
+    where = next((d for d, t in newest.items() if t == last), BOSTON)
+    return VMBackups(vm_id, newest, failed, state, last, where)
+
+
+BACKUPS = BackupSnapshot(
     clusters=(
         ClusterSummary(
-            name="Boston DC",
+            name=BOSTON,
             counts=counts(PROTECTED=40, FAILED=2, SAVING=1),
             sizes=counts(PROTECTED=4_000_000_000, FAILED=0, SAVING=123_456),
             newest_protected=NOW - 3600,
         ),
         ClusterSummary(
-            name='Zürich "Ost"\\2',
+            name=ZURICH,
             counts={**counts(FAILED=3), "OTHER": 1},
             sizes={**counts(FAILED=300), "OTHER": 5},
             newest_protected=None,
         ),
     ),
     vms=(
-        VMSummary("4b1c-vm-a", "db01", NOW - 7200),
-        VMSummary("77aa-vm-b", "db01", NOW - 90_000),
-        VMSummary("90ff-vm-c", "failing\nvm", None),
+        held("4b1c-vm-a", {BOSTON: NOW - 7200, DR: NOW - 90_000}, failed=NOW - 18_000),  # ok
+        held("77aa-vm-b", {ZURICH: NOW - 180_000}),  # overdue (daily)
+        held("90ff-vm-c", {}, failed=NOW - 600),  # never backed up
+        held("b2-susp", {BOSTON: NOW - 3 * DAY}),  # host suspended: not scheduled
+        held("d4-flaky", {BOSTON: NOW - 3000}, failed=NOW - 100),  # last failed
+        held("e5-store", {STORE: NOW - 2 * DAY}),  # weekly to the store: ok
+        held("ff-removed", {BOSTON: NOW - 9 * DAY}),  # not in the inventory: no series
     ),
     backups_seen=46,
 )
+POLICIES = [
+    policy_record("p-hourly-dr", "Hourly local + daily to London DR",
+                  rule(60), rule(1440, start="22:00", end="22:00", destination=DR, number=2)),
+    policy_record("p-daily", "Daily local", rule(1440)),
+    policy_record("p-hourly", "Hourly local", rule(60)),
+    policy_record("p-none", "BOS-DS-02 default (no rules)"),
+    policy_record("p-store", "Weekly to StoreOnce",
+                  rule(1440, days="Sun", start="02:00", end="03:00", store=STORE),
+                  rule(frequency="NA", number=2)),
+]  # fmt: skip
+VMS = [
+    vm_record("4b1c-vm-a", "db01", "p-hourly-dr", policy_name="Hourly local + daily to London DR"),
+    vm_record("77aa-vm-b", "db01", "p-daily", omnistack_cluster_name=ZURICH, host_id="h-zrh-1"),
+    vm_record("90ff-vm-c", "failing\nvm", "p-hourly"),
+    vm_record("a1-new", "new-vm", "p-hourly", created_at="2024-03-03T20:56:40Z"),
+    vm_record("b2-susp", "suspended-vm", "p-hourly", host_id="h-bos-2"),
+    vm_record("c3-def", "default-policy-vm", "p-none", datastore_name="BOS-DS-02"),
+    vm_record("d4-flaky", "flaky-vm", "p-hourly", created_at="NA"),
+    vm_record("e5-store", "store-vm", "p-store", host_id="h-unlisted"),
+]
+HOSTS = [
+    host_record("h-bos-1", "BOS-ESX-01", BOSTON),
+    host_record("h-bos-2", "BOS-ESX-02", BOSTON, enabled=False),
+    host_record("h-zrh-1", "ZRH-ESX-01", ZURICH, enabled="NA"),
+]
+REPORT = ScheduleReport(9120, 24000, 151_000, 500_000)
+SNAPSHOT = judged(BACKUPS, now=NOW - 60, vms=VMS, policies=POLICIES, hosts=HOSTS, report=REPORT)
 STATE = ExporterState(interval_seconds=300, stale_after_seconds=1800)
 
 
@@ -69,6 +113,9 @@ def boston(**changes: object) -> ControllerStatus:
         errors={**dict.fromkeys(REASONS, 0), "timeout": 2},
         logins=1,
         snapshot=SNAPSHOT,
+        concurrency=2,
+        page_size=1500,
+        unreadable_records=3,
     )
     return replace(status, **changes)  # type: ignore[arg-type]
 
@@ -128,6 +175,9 @@ def test_single_values_through_the_parsed_exposition() -> None:
     assert math.isinf(value(text, "simplivity_vm_backup_newest_age_seconds", **vm))
     assert value(text, "simplivity_poll_errors_total", controller="boston", reason="timeout") == 2
     assert value(text, "simplivity_up", controller="boston") == 1
+    assert value(text, "simplivity_poll_concurrency", controller="boston") == 2
+    assert value(text, "simplivity_poll_page_size", controller="boston") == 1500
+    assert value(text, "simplivity_unreadable_records", controller="boston") == 3
 
 
 def test_ages_are_computed_at_scrape_time_not_poll_time() -> None:
@@ -160,18 +210,79 @@ def test_stale_data_is_dropped_but_health_stays() -> None:
     assert value(fresh, "simplivity_backups", controller="boston",
                  omnistack_cluster="Boston DC", state="FAILED") == 2  # fmt: skip
     assert not any(name == "simplivity_backups" for name, _ in samples(stale))
+    for name in ("simplivity_vm_info", "simplivity_vms", "simplivity_policy_rules",
+                 "simplivity_federation_daily_backups"):  # fmt: skip
+        assert matching(fresh, name)
+        assert not matching(stale, name)
     assert value(stale, "simplivity_up", controller="boston") == 0
 
 
 def test_per_vm_series_can_be_switched_off() -> None:
     text = render([boston()], replace(STATE, per_vm=False))
     names = {name for name, _ in samples(text)}
-    assert "simplivity_vm_backup_newest_age_seconds" not in names
+    assert not {name for name in names if name.startswith("simplivity_vm_")}
     assert "simplivity_backups" in names
+    # Not per VM: the counts by status (all six, per cluster), policies, hosts and limits.
+    protection = {
+        (labels["omnistack_cluster"], labels["protection"]): value
+        for labels, value in matching(text, "simplivity_vms")
+    }
+    assert len(protection) == 2 * 6
+    assert protection[BOSTON, "last_failed"] == 1
+    assert protection[ZURICH, "overdue"] == 1
+    assert protection[ZURICH, "ok"] == 0
+    assert value(text, "simplivity_policy_vms", controller="boston", policy="Hourly local") == 4
+    assert value(text, "simplivity_policy_rules", controller="boston",
+                 policy="Weekly to StoreOnce") == 2  # fmt: skip
+    assert value(text, "simplivity_host_policy_enabled", controller="boston", host="BOS-ESX-02",
+                 omnistack_cluster=BOSTON) == 0  # fmt: skip
+    assert value(text, "simplivity_federation_daily_backups_limit", controller="boston") == 24000
+
+
+def matching(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [(dict(labels), v) for (n, labels), v in samples(text).items() if n == name]
+
+
+def test_each_vm_shows_its_policy_destinations_and_failures() -> None:
+    text = render([boston()])
+    vm = {"controller": "boston", "vm": "db01", "vm_id": "4b1c-vm-a"}
+    intervals = {
+        labels["destination"]: seconds
+        for labels, seconds in matching(text, "simplivity_vm_backup_expected_interval_seconds")
+        if labels["vm_id"] == "4b1c-vm-a"
+    }
+    assert intervals == {BOSTON: 3600, DR: 86400}
+    newest = "simplivity_vm_destination_backup_newest_timestamp_seconds"
+    assert value(text, newest, **vm, destination=DR) == NOW - 90_000
+    assert value(text, "simplivity_vm_backup_newest_failed_timestamp_seconds", **vm) == NOW - 18_000
+    assert value(text, "simplivity_vm_policy_scheduled", **vm) == 1
+    new_vm = {"controller": "boston", "vm": "new-vm", "vm_id": "a1-new"}
+    assert value(text, newest, **new_vm, destination=BOSTON) == 0
+    assert math.isinf(value(text, "simplivity_vm_backup_newest_age_seconds", **new_vm))
+    # No rules: scheduled 0, and no interval or destination series at all.
+    default = {"controller": "boston", "vm": "default-policy-vm", "vm_id": "c3-def"}
+    assert value(text, "simplivity_vm_policy_scheduled", **default) == 0
+    assert "c3-def" not in vm_ids(text, newest)
+    # created_at "NA": no created series for it.
+    assert "d4-flaky" not in vm_ids(text, "simplivity_vm_created_timestamp_seconds")
+    # Not in the inventory (removed): its backups count, it has no series.
+    assert "ff-removed" not in vm_ids(text, "simplivity_vm_info")
+
+
+def vm_ids(text: str, name: str) -> set[str]:
+    return {labels["vm_id"] for labels, _ in matching(text, name)}
+
+
+def test_without_a_schedule_report_the_federation_series_are_absent() -> None:
+    without = replace(SNAPSHOT, inventory=replace(SNAPSHOT.inventory, schedule=None))
+    text = render([boston(snapshot=without)])
+    assert not [n for n, _ in samples(text) if n.startswith("simplivity_federation_")]
+    assert "# TYPE simplivity_federation_daily_backups gauge" in text
+    assert matching(text, "simplivity_vms")
 
 
 def test_a_vanished_vm_vanishes_from_the_next_scrape() -> None:
-    fewer = replace(SNAPSHOT, vms=SNAPSHOT.vms[:1])
+    fewer = replace(SNAPSHOT, protection=SNAPSHOT.protection[:1])
     text = render([boston(snapshot=fewer)])
     vm_ids = {
         labels_dict["vm_id"]

@@ -46,6 +46,7 @@ from exporter import __version__
 from exporter.simulator import SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import Scrape, parse, scrape
+from tests.promtool import promtool
 from tests.test_dockerfile import healthcheck_command
 from tests.test_prometheus_e2e import Process, prometheus_binary, wait_for
 
@@ -390,12 +391,7 @@ def test_textfile_service_writes_a_file_promtool_accepts(
     assert output.suffix == ".prom"  # node_exporter reads *.prom only
     text = output.read_text(encoding="utf-8")
     assert parse(text).up("boston") == 1
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is missing: ./dev setup installs Debian's prometheus package")
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
-    )
+    checked = promtool("check", "metrics", stdin=text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert list(output.parent.iterdir()) == [output], "no temporary file left behind"
 
@@ -559,16 +555,7 @@ def test_promtool_accepts_the_prometheus_config_and_finds_the_shipped_rules(
     stack: dict[str, Any], tmp_path: Path
 ) -> None:
     config, _ = prometheus_config_for_test(stack, tmp_path, "127.0.0.1:10025")
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is missing: ./dev setup installs Debian's prometheus package")
-    done = subprocess.run(
-        [promtool, "check", "config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = promtool("check", "config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
     rules = len(rule_names_in(RULES))
     assert f"SUCCESS: {rules} rules found" in done.stdout, done.stdout

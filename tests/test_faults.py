@@ -35,7 +35,7 @@ import trustme
 from exporter.config import ControllerConfig, PollConfig, TLSConfig
 from exporter.model import REASONS
 from exporter.poller import ControllerReader
-from exporter.scan import Collection, PageOutcome, PageSink
+from exporter.scan import Collection, Pace, PageOutcome, PageSink
 from exporter.simulator import FederationSpec, Malformed, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import (
@@ -239,9 +239,7 @@ FAULTS: dict[str, Fault] = {
         "tls", "tls.server_name", _wrong_host_name, _name_the_host, also=("connection",), tls=True
     ),
     "truncated-json": malformed("truncated", "invalid JSON"),
-    "not-json": malformed("not_json", "invalid JSON"),
-    "size-as-a-string": malformed("size_as_string", "size must be a whole number"),
-    "missing-created-at": malformed("missing_created_at", "created_at is missing"),
+    "not-json": malformed("not_json", "an HTML page, not JSON"),
     "count-larger-than-the-pages": malformed("count_too_large", "although count says"),
     "short-page": malformed("short_page", "although count says"),
     "empty-page": malformed("empty_page", "although count says"),
@@ -415,6 +413,13 @@ class ExpiringMidScan:
     def logins(self) -> int:
         return self.client.logins
 
+    @property
+    def pace(self) -> Pace:
+        return self.client.pace
+
+    def get(self, path: str) -> bytes:
+        return self.client.get(path)
+
     def read(self, collection: Collection, pages: PageSink) -> None:
         seen = 0
         wrapper = self
@@ -477,7 +482,7 @@ def test_a_token_dying_mid_scan_costs_one_login_and_nothing_else(how: str) -> No
         logins = seen[-1].value("simplivity_logins_total", controller="boston")
         assert logins is not None
         assert logins - 1 <= wrappers[0].expired <= logins
-        assert simulator.stats.status_counts.get(401, 0) >= 3
+        assert simulator.stats.snapshot().status_counts.get(401, 0) >= 3
 
 
 def test_a_short_burst_of_500s_is_retried_within_the_poll() -> None:
@@ -485,7 +490,7 @@ def test_a_short_burst_of_500s_is_retried_within_the_poll() -> None:
         simulator = lab.controller("boston")
         exporter = lab.start_exporter(replace_poll(max_retries=3))
         wait_until(lambda: exporter.scrape().up("boston") == 1, what="the first poll")
-        served = simulator.stats.status_counts.get(500, 0)
+        served = simulator.stats.snapshot().status_counts.get(500, 0)
         seen: list[Scrape] = []
 
         def scrape() -> Scrape:
@@ -496,7 +501,7 @@ def test_a_short_burst_of_500s_is_retried_within_the_poll() -> None:
         wait_until(lambda: simulator.faults.pending_failures() == 0, what="the burst")
         consumed = time.time()
         wait_until(lambda: scrape().last_success("boston") > consumed, what="a poll after it")
-        assert simulator.stats.status_counts[500] == served + 3
+        assert simulator.stats.snapshot().status_counts[500] == served + 3
         for seen_scrape in seen:
             assert seen_scrape.up("boston") == 1
             assert seen_scrape.errors("boston") == dict.fromkeys(REASONS, 0)
@@ -520,14 +525,14 @@ def test_metrics_answer_while_a_poll_hangs() -> None:
             what="the first polls",
         )
         slow.faults.hang_seconds = 3600
-        wait_until(lambda: slow.stats.in_flight > 0, what="a request to hang")
+        wait_until(lambda: slow.stats.snapshot().in_flight > 0, what="a request to hang")
         hanging = next(s for s in exporter.poller.statuses() if s.name == "slow")
         for _ in range(5):
             scrape = exporter.scrape(timeout=30)
             assert scrape.up("slow") == 1  # the last good poll, still fresh
             assert scrape.total("simplivity_backups", controller="slow") == slow.backup_count()
             # The hang has not ended: the request is still in the controller, the poll goes on.
-            assert slow.stats.in_flight > 0
+            assert slow.stats.snapshot().in_flight > 0
             current = next(s for s in exporter.poller.statuses() if s.name == "slow")
             assert current.polls == hanging.polls
         # Meanwhile the other controller is polled as usual.

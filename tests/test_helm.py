@@ -13,7 +13,6 @@ import base64
 import copy
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 import exporter
+from tests.promtool import promtool
 from tools import monitoring as monitoring_tool
 from tools.helm_chart import merge_values
 
@@ -856,17 +856,8 @@ def test_policy_aware_rules_and_dashboard_follow_the_exporters_protection_settin
     "case", [c for c in GOOD_RENDERS if values_of(c)["prometheusRule"]["enabled"]]
 )
 def test_rendered_rules_pass_promtool(helm: dict[str, Any], case: str, tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found on PATH: `./dev setup` installs Debian's prometheus")
     rule = one(rendered(helm, case), "PrometheusRule")
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
-    check = subprocess.run(
-        [promtool, "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    check = promtool("check", "rules", str(path))
     assert check.returncode == 0, check.stdout + check.stderr

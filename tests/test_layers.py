@@ -17,6 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
 FORBIDDEN = {
     # The shared vocabulary sits below everything.
     "model": {"*"},
+    # Logging is set up by the exporter and its worker alike, from nothing of theirs.
+    "logs": {"*"},
     # The client speaks HTTP only: nothing from the layers that page, count or poll.
     "simplivity": {"scan", "backups", "worker", "poller", "collector", "exposition", "web"},
     # The paging algorithm works for any collection and any client.
@@ -26,6 +28,9 @@ FORBIDDEN = {
     "exposition": {"simplivity", "scan", "poller", "worker", "web", "app"},
     "web": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "app"},
     "poller": {"collector", "exposition", "web", "app", "cli"},
+    # Who should be protected, and how: records in, judgements out; no HTTP, no scheduler.
+    "inventory": {"simplivity", "poller", "worker", "collector", "exposition", "web", "app"},
+    "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "worker": {"simplivity", "poller", "web", "app", "cli"},
     "app": {"cli"},
 }

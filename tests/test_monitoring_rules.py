@@ -8,6 +8,7 @@ from Debian's ``prometheus`` package, which ``./dev setup`` installs.
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter import protection
 from tools import monitoring as monitoring_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,8 +281,8 @@ def test_policy_aware_rules_use_the_exporters_overdue_factor_and_grace() -> None
     rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
     interval = r"simplivity_vm_backup_expected_interval_seconds\)?"
     overdue, never = rules["SimplivityVMBackupOverdue"], rules["SimplivityVMNeverBackedUp"]
-    assert re.findall(interval + r" \* ([\d.]+)", overdue) == [OVERDUE_FACTOR] * 2
-    assert re.findall(interval + r"(?: \* [\d.]+)? \+ (\d+)", overdue) == [GRACE_SECONDS] * 2
+    assert re.findall(interval + r" \* ([\d.]+)", overdue) == [OVERDUE_FACTOR]
+    assert re.findall(interval + r"(?: \* [\d.]+)? \+ (\d+)", overdue) == [GRACE_SECONDS]
     assert re.findall(interval + r" \* ([\d.]+)", never) == []
     assert re.findall(interval + r" \+ (\d+)", never) == [GRACE_SECONDS]
     for name, expr in rules.items():
@@ -300,3 +302,194 @@ def test_rules_read_only_metrics_the_exporter_exports() -> None:
         names = metric_names(rule["expr"]) - {"time"}
         assert names, rule["alert"]
         assert names <= EXPORTED_METRICS, (rule["alert"], names - EXPORTED_METRICS)
+
+
+# --- the VM alerts judge as the exporter does (exporter/protection.py) ---------------------
+
+#: "now" of the cross-check, on an hourly grid of samples (promtool's clock starts at 0).
+NOW = 60 * 3600
+HOURLY, DAILY = 3600, 86400
+#: intervals, created, newest PROTECTED at cl, at dr and elsewhere, newest FAILED, host enabled
+_Case = tuple[
+    dict[str, int], float | None, float | None, float | None, float | None, float | None, bool
+]
+
+
+def _vm_cases() -> list[tuple[str, protection.VMFacts]]:
+    """VMs around every threshold of :func:`protection.judge`: every combination of these."""
+    # None: the controller gave no creation time. 7200 s: exactly the end of "new" for hourly.
+    created: list[float | None] = [None, NOW - 600, NOW - 7200, NOW - 7199, NOW - 200_000]
+    # Newest PROTECTED at cl: none, fresh, exactly at the hourly threshold (9000 s), past it,
+    # past the daily one too; at dr, past the daily threshold (133,200 s) or not.
+    at_cl: list[float | None] = [None, NOW - 1000, NOW - 9000, NOW - 9001, NOW - 200_000]
+    at_dr: list[float | None] = [None, NOW - 1000, NOW - 100_000, NOW - 200_000]
+    # A destination the policy no longer sends backups to.
+    elsewhere: list[float | None] = [None, NOW - 500]
+    failed: list[float | None] = [None, NOW - 100, NOW - 150_000]
+    scheduled: list[_Case] = [
+        (ivs, made, cl, dr, other, fail, True)
+        for ivs, dr_options in (({"cl": HOURLY}, [None]), ({"cl": HOURLY, "dr": DAILY}, at_dr))
+        for made, cl, dr, other, fail in itertools.product(
+            created, at_cl, dr_options, elsewhere, failed
+        )
+    ]
+    # Not scheduled: a policy without rules, or a host with policy backups disabled.
+    unscheduled: list[_Case] = [
+        (ivs, NOW - 200_000, cl, None, None, fail, enabled)
+        for ivs, enabled in (({}, True), ({"cl": HOURLY}, False))
+        for cl, fail in itertools.product([None, NOW - 200_000], [None, NOW - 100])
+    ]
+    cases = []
+    for index, (ivs, made, cl, dr, other, fail, enabled) in enumerate(scheduled + unscheduled):
+        newest = {k: v for k, v in {"cl": cl, "dr": dr, "old": other}.items() if v is not None}
+        latest = max(newest.values(), default=None)
+        newest_backup = None
+        if fail is not None and (latest is None or fail > latest):
+            newest_backup = protection.NewestBackup("FAILED", fail, "cl")
+        elif latest is not None:
+            newest_backup = protection.NewestBackup("PROTECTED", latest, "cl")
+        facts = protection.VMFacts(made, ivs, newest, newest_backup, enabled)
+        cases.append((f"v{index}", facts))
+    return cases
+
+
+def _series(vm_id: str, facts: protection.VMFacts) -> list[tuple[str, str]]:
+    """The series the exporter writes for a VM (issue 12's table), as promtool input."""
+    ids = f'controller="c", vm="{vm_id}-name", vm_id="{vm_id}"'
+    host = "on" if facts.policy_enabled else "off"
+    anywhere = max(facts.newest_protected.values(), default=0.0)
+    failed = facts.newest_backup.created if facts.newest_backup else 0.0
+    if facts.newest_backup is None or facts.newest_backup.state != "FAILED":
+        failed = 0.0
+    out = [
+        (
+            f'simplivity_vm_info{{{ids}, omnistack_cluster="cl", policy="p", datastore="d", '
+            f'host="{host}"}}',
+            "1",
+        ),
+        (f"simplivity_vm_backup_newest_timestamp_seconds{{{ids}}}", f"{anywhere:g}"),
+        (
+            f"simplivity_vm_backup_newest_age_seconds{{{ids}}}",
+            f"{NOW - anywhere:g}" if anywhere else "Inf",
+        ),
+        (f"simplivity_vm_backup_newest_failed_timestamp_seconds{{{ids}}}", f"{failed:g}"),
+        (
+            f"simplivity_vm_policy_scheduled{{{ids}}}",
+            "1" if facts.intervals and facts.policy_enabled else "0",
+        ),
+    ]
+    if facts.created_at is not None:
+        out.append((f"simplivity_vm_created_timestamp_seconds{{{ids}}}", f"{facts.created_at:g}"))
+    for destination, interval in facts.intervals.items():
+        where = f'{ids}, destination="{destination}"'
+        held = facts.newest_protected.get(destination, 0.0)
+        out.append((f"simplivity_vm_backup_expected_interval_seconds{{{where}}}", str(interval)))
+        out.append(
+            (f"simplivity_vm_destination_backup_newest_timestamp_seconds{{{where}}}", f"{held:g}")
+        )
+    return out
+
+
+def _judged(facts: protection.VMFacts, **intervals: int) -> str:
+    changed = protection.VMFacts(
+        facts.created_at,
+        intervals if intervals else facts.intervals,
+        facts.newest_protected,
+        facts.newest_backup,
+        facts.policy_enabled,
+    )
+    return protection.judge(changed, now=NOW, overdue_factor=1.5, grace_seconds=3600).status
+
+
+def test_the_vm_alerts_fire_for_the_vms_the_exporter_judges_at_risk(tmp_path: Path) -> None:
+    """Each VM alert's expression, evaluated by promtool on the series of about 800 VMs
+    around every threshold, names exactly the VMs (and destinations) whose protection status
+    ``protection.judge`` gives: the rules and the exporter's own judgement cannot drift apart.
+    The one documented difference: SimplivityVMLastBackupFailed also fires beside
+    SimplivityVMBackupOverdue when the overdue VM's newest backup failed."""
+    cases = _vm_cases()
+    statuses = {vm_id: _judged(facts) for vm_id, facts in cases}
+    assert set(statuses.values()) == set(protection.PROTECTION_STATUSES), "widen the grid"
+    expected: dict[str, set[tuple[str, ...]]] = {
+        "SimplivityVMNotScheduled": {
+            (vm_id,)
+            for vm_id, facts in cases
+            if statuses[vm_id] == "not_scheduled" and facts.policy_enabled
+        },
+        "SimplivityVMNeverBackedUp": {
+            (vm_id,) for vm_id in statuses if statuses[vm_id] == "never_backed_up"
+        },
+        # Per destination: overdue with the policy narrowed to that destination.
+        "SimplivityVMBackupOverdue": {
+            (vm_id, destination)
+            for vm_id, facts in cases
+            for destination, interval in facts.intervals.items()
+            if _judged(facts, **{destination: interval}) == "overdue"
+        },
+        "SimplivityVMLastBackupFailed": {
+            (vm_id,)
+            for vm_id, facts in cases
+            if statuses[vm_id] == "last_failed"
+            or (
+                statuses[vm_id] == "overdue"
+                and facts.newest_backup is not None
+                and facts.newest_backup.state == "FAILED"
+            )
+        },
+    }
+    overdue_vms = {vm_id for vm_id, _ in expected["SimplivityVMBackupOverdue"]}
+    assert overdue_vms == {vm_id for vm_id in statuses if statuses[vm_id] == "overdue"}
+    for name, alerted in expected.items():
+        assert alerted, f"no case fires {name}: widen the grid"
+
+    hours = NOW // 3600
+    input_series = [
+        {"series": series, "values": f"{value}+0x{hours}"}
+        for vm_id, facts in cases
+        for series, value in _series(vm_id, facts)
+    ]
+    input_series += [
+        {
+            "series": f'simplivity_host_policy_enabled{{controller="c", host="{host}", '
+            f'omnistack_cluster="cl"}}',
+            "values": f"{value}x{hours}",
+        }
+        for host, value in (("on", 1), ("off", 0))
+    ]
+    exprs = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    expr_tests = []
+    for name, alerted in expected.items():
+        by = "vm_id, destination" if name == "SimplivityVMBackupOverdue" else "vm_id"
+        expr_tests.append(
+            {
+                "expr": f"count by ({by}) ({exprs[name]})",
+                "eval_time": f"{hours}h",
+                "exp_samples": [
+                    {
+                        "labels": "{"
+                        + ", ".join(
+                            f'{label}="{value}"'
+                            for label, value in sorted(zip(by.split(", "), key, strict=True))
+                        )
+                        + "}",
+                        "value": 1,
+                    }
+                    for key in sorted(alerted)
+                ],
+            }
+        )
+    tests = tmp_path / "judge_test.yml"
+    tests.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [],
+                "evaluation_interval": "1h",
+                "tests": [
+                    {"interval": "1h", "input_series": input_series, "promql_expr_test": expr_tests}
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = run_promtool("test", "rules", str(tests))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]

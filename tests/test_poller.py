@@ -3,28 +3,48 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.backups import BackupRecordError
+from exporter.backups import BACKUPS, BackupRecordError
 from exporter.collector import BackupCollector, ExporterState
-from exporter.config import Config, ControllerConfig, PollConfig, Secret
+from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig, Secret
 from exporter.exposition import Exposition
-from exporter.model import REASONS, Cancelled, ConnectError, ControllerStatus, RequestTimeout
+from exporter.inventory import HOSTS, POLICIES, SCHEDULE_REPORT, VIRTUAL_MACHINES
+from exporter.model import (
+    REASONS,
+    Cancelled,
+    ConnectError,
+    ControllerStatus,
+    HTTPStatusError,
+    PageRequest,
+    RequestTimeout,
+    ScheduleReport,
+)
 from exporter.poller import ControllerPoller, ControllerReader, Poller
-from exporter.scan import Collection, PageSink
+from exporter.scan import Collection, Pace, PageSink, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
+from tests.snapshots import (
+    answer_inventory,
+    host_record,
+    listing_body,
+    policy_record,
+    rule,
+    vm_record,
+)
 
 Start = Callable[..., SimulatedController]
 T = "2024-03-01T06:00:00Z"
 
 
-def page_body(backups: list[dict[str, Any]]) -> bytes:
+def page_body(backups: list[Any]) -> bytes:
     """One page of ``/api/backups`` holding ``backups``, as the controller sends it."""
     return json.dumps({"offset": 0, "count": len(backups), "backups": backups}).encode()
 
@@ -43,19 +63,54 @@ def record(number: int, **fields: Any) -> dict[str, Any]:
     }
 
 
-class ScriptedSource:
-    """A client whose scans follow a script: a list of records, or an exception to raise."""
+#: The live VMs of :func:`record`'s backups, on an hourly policy, on one host.
+INVENTORY: dict[str, list[dict[str, Any]]] = {
+    VIRTUAL_MACHINES.path: [
+        vm_record(f"vm{n}", f"vm{n}", "p1", host_id="h1", omnistack_cluster_name="Boston")
+        for n in range(3)
+    ],
+    POLICIES.path: [policy_record("p1", "Hourly", rule(60))],
+    HOSTS.path: [host_record("h1", "esx-01", "Boston")],
+}
+REPORT = b'{"daily_backup_rate": 72, "daily_backup_rate_limit": 24000}'
 
-    def __init__(self, script: list[list[dict[str, Any]] | Exception]) -> None:
+
+class ScriptedSource:
+    """A client whose scans of the backups follow a script: a list of records, or an exception
+    to raise; the inventory's listings and the schedule report are answered from
+    ``inventory`` and ``report`` (an exception there is raised at each read)."""
+
+    def __init__(
+        self,
+        script: list[list[Any] | Exception],
+        inventory: dict[str, Any] | None = None,
+        report: bytes | Exception = REPORT,
+    ) -> None:
         self.script = script
+        self.inventory = INVENTORY if inventory is None else inventory
+        self.report = report
         self.logins = 1
+        self.pace = Pace(concurrency=3, page_size=3000)
         self.closed = False
+        self.reads: list[str] = []
 
     def read(self, collection: Collection, pages: PageSink) -> None:
+        self.reads.append(collection.path)
+        answer = self.inventory.get(collection.path)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer_inventory(collection, pages, self.inventory):
+            return
         step = self.script.pop(0)
         if isinstance(step, Exception):
             raise step
         pages.count(0, page_body(step))
+
+    def get(self, path: str) -> bytes:
+        self.reads.append(path)
+        if isinstance(self.report, Exception):
+            raise self.report
+        return self.report
 
     def close(self) -> None:
         self.closed = True
@@ -65,9 +120,17 @@ CONTROLLER = ControllerConfig("boston", "https://h", "u", Secret("p"))
 
 
 def poller_with(
-    source: ControllerReader, clock: Callable[[], float] = lambda: 1000.0
+    source: ControllerReader,
+    clock: Callable[[], float] = lambda: 1000.0,
+    protection: ProtectionConfig | None = None,
 ) -> ControllerPoller:
-    return ControllerPoller(CONTROLLER, PollConfig(), client_factory=lambda *_: source, clock=clock)
+    return ControllerPoller(
+        CONTROLLER,
+        PollConfig(),
+        client_factory=lambda *_: source,
+        clock=clock,
+        protection=protection,
+    )
 
 
 def test_a_successful_poll_publishes_a_complete_snapshot() -> None:
@@ -101,6 +164,8 @@ def test_a_failed_poll_keeps_the_last_good_snapshot_and_counts_the_reason() -> N
 def test_a_scan_failing_half_way_publishes_nothing_of_it() -> None:
     class HalfScan(ScriptedSource):
         def read(self, collection: Collection, pages: PageSink) -> None:
+            if answer_inventory(collection, pages, INVENTORY):
+                return
             pages.count(0, page_body([record(number) for number in range(5)]))
             raise ConnectError("cannot connect: connection reset")
 
@@ -124,6 +189,8 @@ def test_a_second_poll_of_the_same_controller_never_overlaps_the_first() -> None
 
     class Slow(ScriptedSource):
         def read(self, collection: Collection, pages: PageSink) -> None:
+            if answer_inventory(collection, pages, INVENTORY):
+                return
             entered.set()
             release.wait(10)
 
@@ -261,3 +328,173 @@ def test_the_text_of_a_new_snapshot_is_written_by_the_poll_not_by_the_next_scrap
     text = exposition.render()
     assert len(reads) == written  # the scrape found the text written
     assert b'simplivity_backups{controller="boston"' in text
+
+
+def test_odd_records_are_counted_logged_once_and_the_rest_of_the_poll_stands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    records: list[Any] = [record(n) for n in range(10)]
+    records[2] = record(2, state=None)
+    records[4] = "b00004"
+    records[6] = record(6, created_at="NA", size=None)
+    records[8] = {key: value for key, value in record(8).items() if key != "id"}
+    poller = poller_with(ScriptedSource([records, [record(1)]]))
+    with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+        status = poller.poll_once()
+    assert status.up
+    assert status.snapshot is not None
+    assert status.snapshot.backups_seen == 7  # the NA one counts
+    assert status.unreadable_records == 3
+    (warning,) = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert warning == (
+        "controller boston: 3 records could not be read and were left out: "
+        "backup 'b00002': state is missing; a string where a backup belongs, at position 4; "
+        "a backup without an id, at position 8"
+    )
+    assert "PROTECTED" not in warning  # never a record's body
+    # The next poll reads every record: the gauge says so.
+    assert poller.poll_once().unreadable_records == 0
+
+
+def test_the_pace_the_reader_learned_is_published_after_every_poll() -> None:
+    source = ScriptedSource([[record(1)], ConnectError("cannot connect: connection reset")])
+    poller = poller_with(source)
+    assert (poller.status.concurrency, poller.status.page_size) == (3, 3000)
+    source.pace = Pace(concurrency=2, page_size=1500)
+    assert (poller.poll_once().concurrency, poller.status.page_size) == (2, 1500)
+    source.pace = Pace(concurrency=1, page_size=750)
+    failed = poller.poll_once()
+    assert not failed.up
+    assert (failed.concurrency, failed.page_size) == (1, 750)
+
+
+# -- the inventory, read with every poll ---------------------------------------------------------
+
+
+def test_a_poll_reads_the_inventory_and_the_backups_and_judges_every_live_vm() -> None:
+    source = ScriptedSource([[record(n) for n in range(6)]])
+    status = poller_with(source, clock=lambda: 1709280000.0).poll_once()
+    # The backups in this thread, the inventory in another: in order within each.
+    inventory = [path for path in source.reads if path != BACKUPS.path]
+    assert inventory == [VIRTUAL_MACHINES.path, POLICIES.path, HOSTS.path, SCHEDULE_REPORT]
+    assert source.reads.count(BACKUPS.path) == 1
+    assert status.up
+    snapshot = status.snapshot
+    assert snapshot is not None
+    assert [p.vm.vm_id for p in snapshot.protection] == ["vm0", "vm1", "vm2"]
+    # Their backups are 2 h old: within an hourly policy's 1.5 h + 1 h.
+    assert [p.status for p in snapshot.protection] == ["ok", "ok", "ok"]
+    assert snapshot.inventory.schedule == ScheduleReport(72.0, 24000.0, None, None)
+    assert snapshot.judged_at == status.last_success
+
+
+def test_the_protection_settings_reach_the_judgement() -> None:
+    strict = ProtectionConfig(overdue_factor=1.0, grace_seconds=60)
+    status = poller_with(
+        ScriptedSource([[record(n) for n in range(6)]]), lambda: 1709280000.0, strict
+    ).poll_once()
+    assert status.snapshot is not None
+    assert {p.status for p in status.snapshot.protection} == {"overdue"}
+    assert [p.vm.vm_id for p in status.snapshot.at_risk] == ["vm0", "vm1", "vm2"]
+
+
+def test_a_failing_vm_listing_fails_the_poll_and_keeps_the_last_good_snapshot() -> None:
+    now = [1000.0]
+    source = ScriptedSource([[record(1)], [record(2)]])
+    poller = poller_with(source, clock=lambda: now[0])
+    good = poller.poll_once().snapshot
+    assert good is not None
+    source.inventory = {**INVENTORY, VIRTUAL_MACHINES.path: RequestTimeout("no answer")}
+    now[0] = 1300.0
+    status = poller.poll_once()
+    assert not status.up
+    assert status.snapshot is good
+    assert status.errors["timeout"] == 1
+    assert status.last_error == "no answer"
+
+
+def test_without_a_schedule_report_the_poll_succeeds_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    missing = HTTPStatusError("/api/policies/policy_schedule_report answered 404", 404)
+    source = ScriptedSource([[record(1)], [record(2)], [record(3)]], report=missing)
+    poller = poller_with(source)
+    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+        statuses = [poller.poll_once() for _ in range(2)]
+    assert all(s.up and s.snapshot and s.snapshot.inventory.schedule is None for s in statuses)
+    said = [r for r in caplog.records if "schedule report" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].levelno == logging.INFO
+    # A reload keeps the snapshot, and with it what was said.
+    replaced = ControllerPoller(
+        CONTROLLER, PollConfig(), client_factory=lambda *_: source, previous=poller.status
+    )
+    with caplog.at_level(logging.INFO, logger="exporter.poller"):
+        assert replaced.poll_once().up
+    assert len([r for r in caplog.records if "schedule report" in r.getMessage()]) == 1
+
+
+def test_a_schedule_report_that_is_not_json_fails_the_poll_as_decode() -> None:
+    status = poller_with(ScriptedSource([[record(1)]], report=b"<html>")).poll_once()
+    assert not status.up
+    assert status.errors["decode"] == 1
+
+
+class RecordingSource:
+    """A client recording every page request; each listing holds ``size`` items."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pages: list[PageRequest] = []
+        self.logins = 1
+        self.throttled = 0
+
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
+        self.pages.append(page)
+        collection = {c.path: c for c in (VIRTUAL_MACHINES, POLICIES, HOSTS, BACKUPS)}[page.path]
+        if page.path == BACKUPS.path:
+            items = [record(n, id=f"b{n:05d}") for n in range(self.size)]
+        else:
+            items = [{"id": f"{n:05d}", "name": f"x{n}"} for n in range(self.size)]
+        body = json.loads(listing_body(collection, items[page.offset : page.offset + page.limit]))
+        body["count"] = self.size
+        return json.dumps(body).encode()
+
+    def get_body(self, path: str) -> bytes:
+        return b"{}"
+
+    def close(self) -> None:
+        pass
+
+
+def test_live_vms_are_asked_for_in_pages_of_1000_at_most_with_only_the_fields_needed() -> None:
+    source = RecordingSource(2500)
+    poller = ControllerPoller(
+        CONTROLLER,
+        PollConfig(page_size=3000, max_concurrency=1),
+        client_factory=lambda c, p, stop: Scanner(source, page_size=3000, max_concurrency=1),
+    )
+    status = poller.poll_once()
+    assert status.up, status.last_error
+    vm_pages = [page for page in source.pages if page.path == VIRTUAL_MACHINES.path]
+    assert len(vm_pages) == 3
+    assert {page.limit for page in vm_pages} == {1000}
+    assert {page.filters for page in vm_pages} == {(("state", "ALIVE"),)}
+    assert set(vm_pages[0].fields) == {
+        "id", "name", "created_at", "policy_id", "policy_name", "omnistack_cluster_name",
+        "datastore_name", "host_id",
+    }  # fmt: skip
+    assert {page.limit for page in source.pages if page.path == BACKUPS.path} == {3000}
+    assert status.snapshot is not None
+    assert len(status.snapshot.protection) == 2500
+
+
+def test_new_protection_settings_at_a_reload_replace_the_poller() -> None:
+    config = Config(controllers=(CONTROLLER,))
+    poller = Poller(config, client_factory=lambda *_: ScriptedSource([]))
+    before = poller._pollers["boston"]
+    poller.apply(replace(config, protection=ProtectionConfig(overdue_factor=3)))
+    after = poller._pollers["boston"]
+    assert after is not before
+    assert after.protection.overdue_factor == 3
+    poller.shutdown()

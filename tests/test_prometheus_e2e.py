@@ -1,22 +1,29 @@
 """End to end: the exporter on the simulator, scraped by a real Prometheus with the shipped rules.
 
-A simulated controller serves its default federation (a VM whose newest good backup is three
-days old, a VM whose backups all failed, backups in every state, fresh VMs). The exporter
-polls it every second; Prometheus (Debian's ``prometheus`` package, which ``./dev setup``
-installs) scrapes the exporter every second and evaluates ``monitoring/alerts.yml``, with only
-the ``for:`` durations shortened so that the test takes seconds. Everything is checked through
-Prometheus' HTTP API: what a user's Prometheus and Grafana would see.
+A simulated controller serves its default federation, which plants every protection status
+(issue 12: a VM on a policy without rules, one on a host with policy backups suspended, one
+never backed up, one whose DR copies stopped, one whose last backup failed, a new one...),
+with a daily-backup limit its policies fill to 95 %. The exporter polls it every second;
+Prometheus (Debian's ``prometheus`` package, which ``./dev setup`` installs) scrapes the exporter
+every second and evaluates ``monitoring/alerts.yml``, with only the ``for:`` durations shortened
+so that the test takes seconds. Everything is checked through Prometheus' HTTP API: what a
+user's Prometheus and Grafana would see. The alerts expected are computed from the simulator's
+own data (its backups, its inventory, its own reading of the policies' schedules and its own
+judgement of each VM), never from the exporter's code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,14 +31,15 @@ import pytest
 import requests
 import yaml
 
-from exporter.simulator import FederationSpec, SimulatedController
-from tests.test_dashboard import (
-    EXPORTED_METRICS,
-    NOT_YET_EXPORTED,
-    load_dashboard,
-    metric_names,
-    queries,
+from exporter.simulator import DR_STOPPED_VM, FederationSpec, SimulatedController
+from exporter.simulator.federation import (
+    GRACE_SECONDS,
+    OVERDUE_FACTOR,
+    expected_intervals,
+    generate_federation,
 )
+from exporter.simulator.inventory import plan_inventory
+from tests.test_dashboard import EXPORTED_METRICS, load_dashboard, queries
 from tests.test_monitoring_rules import RULES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +48,12 @@ CONTROLLER = "e2e-boston"
 JOB = "svt-e2e"
 #: The shipped thresholds that the expected alerts below are computed with.
 MAX_BACKUP_AGE = 93600
+NEAR_LIMIT = 0.9
+#: The default federation: every protection status planted (exporter.simulator.spec.ROLES).
+SPEC = FederationSpec()
+
+#: An alert as compared: its labels but severity, job and instance, sorted.
+Alert = tuple[tuple[str, str], ...]
 
 T = TypeVar("T")
 
@@ -145,7 +159,11 @@ class Prometheus:
         )
         return result
 
-    def active_alerts(self) -> set[tuple[tuple[str, str], ...]]:
+    def query_data(self, expr: str) -> list[dict[str, Any]] | None:
+        """The query's result, or None while it is empty."""
+        return self.query(expr) or None
+
+    def active_alerts(self) -> set[Alert]:
         """Pending and firing alerts, as sorted label tuples (severity, job, instance left out)."""
         alerts = self.get("/api/v1/alerts")["alerts"]
         return {
@@ -159,6 +177,20 @@ class Prometheus:
             for alert in alerts
             if alert["state"] in ("pending", "firing")
         }
+
+    def wait_for_alerts(self, expected: set[Alert]) -> None:
+        """Until the active alerts are ``expected``, and still are after two more evaluations."""
+        wait_for(
+            "the expected alerts",
+            lambda: self.active_alerts() == expected or None,
+            timeout=60,
+            explain=lambda: {
+                "missing": alert_names(expected - self.active_alerts()),
+                "unexpected": alert_names(self.active_alerts() - expected),
+            },
+        )
+        self.wait_for_fresh_evaluations()
+        assert self.active_alerts() == expected
 
     def evaluations(self) -> dict[str, str]:
         groups = self.get("/api/v1/rules")["groups"]
@@ -191,54 +223,179 @@ def rules_with_short_for(tmp_path: Path) -> Path:
     return path
 
 
-def unix(created_at: str) -> float:
+def unix(created_at: object) -> float:
+    assert isinstance(created_at, str), created_at
     return datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
 
 
-def expected_alerts(backups: list[dict[str, Any]], now: float) -> set[tuple[tuple[str, str], ...]]:
+def alert(alertname: str, **labels: str) -> Alert:
+    return tuple(sorted({"alertname": alertname, "controller": CONTROLLER, **labels}.items()))
+
+
+def destination(backup: Mapping[str, Any]) -> str:
+    """Where a backup is held, as issue 2 defines the ``omnistack_cluster`` label."""
+    return str(backup["omnistack_cluster_name"] or backup["external_store_name"])
+
+
+def expected_backup_alerts(backups: list[dict[str, Any]], now: float) -> set[Alert]:
     """The cluster-level backup alerts the shipped thresholds must raise for these backups,
     computed from the raw backups as issue 2 defines the metrics (independently of the
-    exporter's code). The per-VM alerts judge each VM against its policy from issue 12's
-    series, which this test does not cover until the exporter exports them."""
+    exporter's code)."""
     newest_by_cluster: dict[str, float] = {}
     states_by_cluster: dict[tuple[str, str], int] = {}
     for b in backups:
-        cluster = b["omnistack_cluster_name"] or b["external_store_name"]
+        cluster = destination(b)
         protected = b["state"] == "PROTECTED"
         created = unix(b["created_at"]) if protected else 0.0
         newest_by_cluster[cluster] = max(newest_by_cluster.get(cluster, 0.0), created)
         key = (cluster, b["state"])
         states_by_cluster[key] = states_by_cluster.get(key, 0) + 1
-    expected: set[tuple[tuple[str, str], ...]] = set()
-
-    def add(alertname: str, **labels: str) -> None:
-        labels = {"alertname": alertname, "controller": CONTROLLER, **labels}
-        expected.add(tuple(sorted(labels.items())))
-
+    expected: set[Alert] = set()
     for cluster, newest in newest_by_cluster.items():
         if newest == 0:
-            add("SimplivityClusterNoProtectedBackup", omnistack_cluster=cluster)
+            expected.add(alert("SimplivityClusterNoProtectedBackup", omnistack_cluster=cluster))
         elif now - newest > MAX_BACKUP_AGE:
-            add("SimplivityClusterBackupTooOld", omnistack_cluster=cluster)
+            expected.add(alert("SimplivityClusterBackupTooOld", omnistack_cluster=cluster))
     for (cluster, state), count in states_by_cluster.items():
         if state in ("DEGRADED", "UNKNOWN") and count > 0:
-            add("SimplivityBackupsDegraded", omnistack_cluster=cluster, state=state)
+            expected.add(alert("SimplivityBackupsDegraded", omnistack_cluster=cluster, state=state))
     return expected
 
 
-def alert_names(alerts: set[tuple[tuple[str, str], ...]]) -> dict[str, set[str]]:
-    """alertname -> the VMs or clusters it names, for readable assertions."""
+def expected_protection_alerts(
+    simulator: SimulatedController, spec: FederationSpec, now: float
+) -> set[Alert]:
+    """The alerts of issue 12 for the simulator's federation, from its own data: each live
+    VM's status as the simulator judged it when it generated the federation, the overdue
+    destinations from its own reading of each policy's schedule (``expected_intervals``) and
+    its backups, the hosts and the schedule report it serves. Cross-checked on the way: the VMs
+    with an overdue destination are those it judged overdue, and a FAILED backup newer than the
+    newest PROTECTED one is found for each VM it judged last_failed."""
+    statuses = simulator.expected_statuses
+    vms = [vm for vm in simulator.virtual_machines() if vm["state"] == "ALIVE"]
+    assert statuses
+    assert set(statuses) == {vm["id"] for vm in vms}
+    hosts = {host["id"]: host for host in simulator.hosts()}
+    # The same spec at the same time plans the same policies (seeded): the simulator's own
+    # reading of their schedules.
+    policies = {
+        policy.id: policy for policy in plan_inventory(spec, int(simulator.generated_at)).policies
+    }
+    assert {policy["id"] for policy in simulator.policies()} == set(policies)
+    newest_at: dict[tuple[str, str], float] = {}  # (VM id, destination) -> newest PROTECTED
+    newest_protected: dict[str, float] = {}
+    newest_failed: dict[str, float] = {}
+    for b in simulator.backups():
+        vm_id, created = str(b["virtual_machine_id"]), unix(b["created_at"])
+        if b["state"] == "PROTECTED":
+            key = (vm_id, destination(b))
+            newest_at[key] = max(newest_at.get(key, 0.0), created)
+            newest_protected[vm_id] = max(newest_protected.get(vm_id, 0.0), created)
+        elif b["state"] == "FAILED":
+            newest_failed[vm_id] = max(newest_failed.get(vm_id, 0.0), created)
+
+    expected: set[Alert] = set()
+    for vm in vms:
+        vm_id = str(vm["id"])
+        status = statuses[vm_id]
+        ids = {"vm": str(vm["name"]), "vm_id": vm_id}
+        host = hosts[vm["host_id"]]
+        if status == "not_scheduled" and host["policy_enabled"]:
+            expected.add(
+                alert(
+                    "SimplivityVMNotScheduled",
+                    **ids,
+                    policy=str(vm["policy_name"]),
+                    omnistack_cluster=str(vm["omnistack_cluster_name"]),
+                    host=str(host["name"]),
+                )
+            )
+        elif status == "never_backed_up":
+            expected.add(alert("SimplivityVMNeverBackedUp", **ids))
+        elif status in ("overdue", "last_failed", "ok"):
+            late = set()
+            for target, interval in expected_intervals(policies[str(vm["policy_id"])]).items():
+                where = str(vm["omnistack_cluster_name"]) if target.is_local else target.name
+                since = newest_at.get((vm_id, where), unix(vm["created_at"]))
+                if now - since > interval * OVERDUE_FACTOR + GRACE_SECONDS:
+                    late.add(where)
+            assert bool(late) == (status == "overdue"), (vm["name"], status, late)
+            expected |= {alert("SimplivityVMBackupOverdue", **ids, destination=d) for d in late}
+            failed_last = newest_failed.get(vm_id, 0.0) > newest_protected[vm_id]
+            assert failed_last or status != "last_failed", vm["name"]
+            if failed_last:  # an overdue VM whose last backup failed raises both (alerts.yml)
+                expected.add(alert("SimplivityVMLastBackupFailed", **ids))
+    for host in hosts.values():
+        if not host["policy_enabled"]:
+            expected.add(
+                alert(
+                    "SimplivityHostPolicyDisabled",
+                    host=str(host["name"]),
+                    omnistack_cluster=str(host["omnistack_cluster_name"]),
+                )
+            )
+    report = simulator.schedule_report()
+    for name, value, limit in (
+        ("Daily", "daily_backup_rate", "daily_backup_rate_limit"),
+        ("Retained", "projected_retained_backups", "retained_backups_limit"),
+    ):
+        used, most = report[value], report[limit]
+        assert isinstance(used, int), report
+        assert isinstance(most, int), report
+        if used / most > NEAR_LIMIT:
+            expected.add(alert(f"SimplivityFederation{name}BackupsNearLimit"))
+    return expected
+
+
+def alert_names(alerts: set[Alert]) -> dict[str, set[str]]:
+    """alertname -> the VMs, hosts, clusters or controllers it names, for readable assertions."""
     out: dict[str, set[str]] = {}
-    for alert in alerts:
-        labels = dict(alert)
-        subject = labels.get("vm") or labels.get("omnistack_cluster") or labels.get("controller")
-        out.setdefault(labels["alertname"], set()).add(subject or "")
+    for labels in map(dict, alerts):
+        out.setdefault(labels["alertname"], set()).add(subject(labels))
     return out
 
 
+def subject(labels: Mapping[str, str]) -> str:
+    """What an alert is about: its VM, host, cluster or controller."""
+    for label in ("vm", "host", "omnistack_cluster", "controller"):
+        if label in labels:
+            return labels[label]
+    raise AssertionError(f"an alert without a subject: {labels}")
+
+
+def an_unremarkable_backup(simulator: SimulatedController) -> str:
+    """The id of a PROTECTED backup of a VM judged ok, with a newer PROTECTED backup of that VM
+    at the same destination: the newest of nothing, so leaving it out changes no alert."""
+    statuses = simulator.expected_statuses
+    by_place: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for b in simulator.backups():
+        vm_id = str(b["virtual_machine_id"])
+        if b["state"] == "PROTECTED" and statuses.get(vm_id) == "ok":
+            place = by_place.setdefault((vm_id, destination(b)), [])
+            place.append((unix(b["created_at"]), str(b["id"])))
+    for backups in by_place.values():
+        if len(backups) > 1:
+            return min(backups)[1]
+    raise AssertionError("no VM judged ok has two PROTECTED backups at one destination")
+
+
+def spec_near_its_daily_limit() -> FederationSpec:
+    """The default federation, with a daily-backup limit its policies fill to 95 %."""
+    report = generate_federation(SPEC, time.time()).schedule_report
+    rate = report["daily_backup_rate"]
+    assert isinstance(rate, int), report
+    assert rate > 0, report
+    return dataclasses.replace(SPEC, daily_backup_rate_limit=math.ceil(rate / 0.95))
+
+
 @pytest.fixture
-def simulator() -> Iterator[SimulatedController]:
-    controller = SimulatedController(FederationSpec()).start()
+def spec() -> FederationSpec:
+    return spec_near_its_daily_limit()
+
+
+@pytest.fixture
+def simulator(spec: FederationSpec) -> Iterator[SimulatedController]:
+    controller = SimulatedController(spec).start()
     try:
         yield controller
     finally:
@@ -326,6 +483,7 @@ def prometheus(tmp_path: Path, exporter: tuple[str, Process]) -> Iterator[Promet
 
 
 def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
+    spec: FederationSpec,
     simulator: SimulatedController,
     exporter: tuple[str, Process],
     prometheus: Prometheus,
@@ -335,58 +493,81 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
         "the exporter's target to be up",
         lambda: prometheus.query(f'up{{job="{JOB}"}} == 1') or None,
     )
-    wait_for(
-        "backup series from the simulated controller",
-        lambda: prometheus.query(f'simplivity_backups{{controller="{CONTROLLER}"}}') or None,
-    )
+    for metric in ("simplivity_backups", "simplivity_vm_info", "simplivity_vms"):
+        wait_for(
+            f"{metric} from the simulated controller",
+            partial(prometheus.query_data, f'{metric}{{controller="{CONTROLLER}"}}'),
+        )
     # `increase(...[1m])` needs two scrapes.
     wait_for(
         "two scrapes of the poll error counters",
         lambda: prometheus.query("increase(simplivity_poll_errors_total[1m])") or None,
     )
 
-    # Every metric the dashboard and the rules rely on is really exported (those of
-    # NOT_YET_EXPORTED once the exporter has them: then take them off that list).
+    # Every metric the dashboard and the rules rely on is really exported, and every dashboard
+    # query, as Grafana would send it, parses and returns data.
     names = set(prometheus.get("/api/v1/label/__name__/values"))
-    assert names >= EXPORTED_METRICS - NOT_YET_EXPORTED
-    exported_now = sorted(names & NOT_YET_EXPORTED)
-    assert not exported_now, f"exported now: remove {exported_now} from NOT_YET_EXPORTED"
-
-    # Every dashboard query, as Grafana would send it, parses and returns data (but those
-    # that read a metric of NOT_YET_EXPORTED, which parse only).
+    assert names >= EXPORTED_METRICS, sorted(EXPORTED_METRICS - names)
     for where, expr in queries(load_dashboard()):
-        if metric_names(expr) & NOT_YET_EXPORTED:
-            prometheus.query(expr)
-            continue
         assert prometheus.query(expr), f"{where}: no data for {expr!r}"
 
     # The expected alerts are active (pending or firing), and no others.
-    expected = expected_alerts(simulator.backups(), time.time())
+    expected = expected_backup_alerts(simulator.backups(), time.time())
+    expected |= expected_protection_alerts(simulator, spec, time.time())
     named = alert_names(expected)
     assert named["SimplivityBackupsDegraded"]
-    wait_for(
-        "the expected alerts",
-        lambda: prometheus.active_alerts() == expected or None,
-        explain=lambda: {
-            "missing": alert_names(expected - prometheus.active_alerts()),
-            "unexpected": alert_names(prometheus.active_alerts() - expected),
-        },
-    )
-    prometheus.wait_for_fresh_evaluations()
-    assert prometheus.active_alerts() == expected
-    # Their annotations rendered: the templates name the VM or cluster, with no template errors.
-    for alert in prometheus.get("/api/v1/alerts")["alerts"]:
-        labels, annotations = alert["labels"], alert["annotations"]
-        subject = labels.get("vm") or labels["omnistack_cluster"]
-        assert subject in annotations["summary"], alert
-        assert CONTROLLER in annotations["description"], alert
+    # Exactly the VMs the simulator planted, each for its status; the DR-stopped VM for its
+    # DR destination only; the host with policy backups suspended; the federation's daily
+    # limit (95 %), not its retained one.
+    planted = simulator.planted
+    hosts = {host["id"]: host for host in simulator.hosts()}
+    live = {vm["name"]: vm for vm in simulator.virtual_machines() if vm["state"] == "ALIVE"}
+    at = {status: {vm for vm, s in planted.items() if s == status} for status in planted.values()}
+    host_of = {vm: hosts[live[vm]["host_id"]] for vm in at["not_scheduled"]}
+    suspended = {vm for vm, host in host_of.items() if not host["policy_enabled"]}
+    assert suspended
+    assert named["SimplivityVMNotScheduled"] == at["not_scheduled"] - suspended
+    assert named["SimplivityHostPolicyDisabled"] == {host_of[vm]["name"] for vm in suspended}
+    assert named["SimplivityVMNeverBackedUp"] == at["never_backed_up"]
+    assert named["SimplivityVMBackupOverdue"] == at["overdue"]
+    assert named["SimplivityVMLastBackupFailed"] == at["last_failed"]
+    assert not at["new"] & set().union(*named.values())
+    dr = {
+        labels["destination"]
+        for labels in map(dict, expected)
+        if labels["alertname"] == "SimplivityVMBackupOverdue" and labels["vm"] == DR_STOPPED_VM
+    }
+    assert len(dr) == 1, dr
+    assert live[DR_STOPPED_VM]["omnistack_cluster_name"] not in dr, dr
+    assert named["SimplivityFederationDailyBackupsNearLimit"] == {CONTROLLER}
+    assert "SimplivityFederationRetainedBackupsNearLimit" not in named
+    prometheus.wait_for_alerts(expected)
+
+    # Their annotations rendered: the templates name the subject, with no template errors.
+    for firing in prometheus.get("/api/v1/alerts")["alerts"]:
+        labels, annotations = firing["labels"], firing["annotations"]
+        assert subject(labels) in annotations["summary"], firing
+        assert CONTROLLER in annotations["description"], firing
         for text in annotations.values():
-            assert "<no value>" not in text, alert
-            assert "error" not in text.lower(), alert
+            assert "<no value>" not in text, firing
+            assert "error" not in text.lower(), firing
         # The shipped file has no runbook links (tools/monitoring.py adds absolute ones); the
         # description says where to start.
-        assert "runbook_url" not in annotations, alert
-        assert "First check: " in annotations["description"], alert
+        assert "runbook_url" not in annotations, firing
+        assert "First check: " in annotations["description"], firing
+
+    # A record the exporter cannot place (no state): counted, and alerted on; nothing else
+    # changes, since it is an older PROTECTED backup of a VM that is ok.
+    odd = an_unremarkable_backup(simulator)
+    simulator.faults.make_odd("no_state", [odd])
+    wait_for(
+        "simplivity_unreadable_records == 1",
+        lambda: (
+            prometheus.query(f'simplivity_unreadable_records{{controller="{CONTROLLER}"}} == 1')
+            or None
+        ),
+    )
+    prometheus.wait_for_alerts(expected | {alert("SimplivityUnreadableRecords")})
 
     # The controller stops answering: the controller-down condition becomes true.
     simulator.stop()

@@ -72,6 +72,16 @@ def scraped_until(
     return result
 
 
+def sigterm(exporter: ExporterProcess) -> float:
+    """Sends SIGTERM and checks that the exporter exits with 0; the seconds that took."""
+    started = time.monotonic()
+    exporter.signal(signal.SIGTERM)
+    code = exporter.process.wait(timeout=15)
+    took = time.monotonic() - started
+    assert code == 0
+    return took
+
+
 @pytest.mark.parametrize("how", ["SIGHUP", "POST /-/reload"])
 def test_reload_adds_changes_and_removes_controllers_and_refuses_a_bad_file(
     tmp_path: Path, controllers: dict[str, SimulatedController], how: str
@@ -160,11 +170,11 @@ def test_a_reload_takes_effect_while_a_poll_hangs(
     with ExporterProcess(
         "--config.file", str(config), log_path=tmp_path / "exporter.log"
     ) as exporter:
-        wait_until(lambda: a.stats.in_flight > 0, what="a poll to hang")
+        wait_until(lambda: a.stats.snapshot().in_flight > 0, what="a poll to hang")
         write_config(config, {"ca": a, "cb": b}, poll=poll)
         exporter.signal(signal.SIGHUP)
         added = scraped_until(exporter, has("cb", b), "the added controller")
-        assert a.stats.in_flight > 0  # the hanging poll has not ended: it did not block
+        assert a.stats.snapshot().in_flight > 0  # the hanging poll has not ended: it did not block
         assert added.value(SUCCESSFUL) == 1
         assert added.up("ca") == 0  # never polled successfully
 
@@ -180,14 +190,10 @@ def test_sigterm_stops_within_seconds_during_a_hanging_poll(
         "--config.file", str(config), log_path=tmp_path / "exporter.log"
     ) as exporter:
         scraped_until(exporter, has("cb", b), "the healthy controller")
-        wait_until(lambda: a.stats.in_flight > 0, what="a poll to hang")
-        started = time.monotonic()
-        exporter.signal(signal.SIGTERM)
-        code = exporter.process.wait(timeout=15)
-        took = time.monotonic() - started
+        wait_until(lambda: a.stats.snapshot().in_flight > 0, what="a poll to hang")
+        took = sigterm(exporter)
         # The poll was still hanging: the timeout is 60 s and the controller never answered.
-        assert a.stats.in_flight > 0
-    assert code == 0
+        assert a.stats.snapshot().in_flight > 0
     assert took < 5, f"SIGTERM took {took:.1f} s"
     assert "shutting down" in exporter.log()
     assert "Traceback" not in exporter.log()
@@ -202,11 +208,7 @@ def test_sigterm_stops_an_idle_exporter_at_once(
         "--config.file", str(config), log_path=tmp_path / "exporter.log"
     ) as exporter:
         scraped_until(exporter, has("ca", a), "the first poll")
-        started = time.monotonic()
-        exporter.signal(signal.SIGTERM)
-        code = exporter.process.wait(timeout=15)
-        took = time.monotonic() - started
-    assert code == 0
+        took = sigterm(exporter)
     assert took < 3, f"SIGTERM took {took:.1f} s"
 
 
@@ -258,9 +260,5 @@ def test_a_storm_of_sighups_neither_deadlocks_nor_loses_the_last_reload(
         write_config(config, {"ca": a, "cb": b}, poll=POLL)
         exporter.signal(signal.SIGHUP)
         scraped_until(exporter, has("cb", b), "the reload after the storm")
-        started = time.monotonic()
-        exporter.signal(signal.SIGTERM)
-        code = exporter.process.wait(timeout=15)
-        took = time.monotonic() - started
-    assert code == 0
+        took = sigterm(exporter)
     assert took < 3, f"SIGTERM took {took:.1f} s"

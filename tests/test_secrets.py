@@ -17,7 +17,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -28,27 +28,6 @@ import yaml
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import ROOT, ExporterProcess, Scrape
-
-
-class TokenRecordingController(SimulatedController):
-    """A simulated controller that remembers every access token it hands out."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.issued: list[str] = []
-
-    def _send(
-        self,
-        h: Any,
-        status: int,
-        payload: object,
-        *,
-        backups: int = 0,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        if isinstance(payload, dict) and isinstance(payload.get("access_token"), str):
-            self.issued.append(payload["access_token"])
-        super()._send(h, status, payload, backups=backups, headers=headers)
 
 
 def password(kind: str) -> str:
@@ -74,10 +53,10 @@ def variants(secret: str) -> set[str]:
 
 
 @pytest.fixture
-def controllers() -> Iterator[dict[str, TokenRecordingController]]:
-    started: dict[str, TokenRecordingController] = {}
+def controllers() -> Iterator[dict[str, SimulatedController]]:
+    started: dict[str, SimulatedController] = {}
     for n, name in enumerate(("env", "file", "literal", "wrong")):
-        controller = TokenRecordingController(
+        controller = SimulatedController(
             FederationSpec(vms=6, backups_per_vm=10, seed=n), password=password(name)
         )
         controller.start()
@@ -88,7 +67,7 @@ def controllers() -> Iterator[dict[str, TokenRecordingController]]:
 
 
 def config_document(
-    controllers: dict[str, TokenRecordingController], password_file: Path, wrong: str
+    controllers: dict[str, SimulatedController], password_file: Path, wrong: str
 ) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     for name, controller in controllers.items():
@@ -127,7 +106,7 @@ def errors_of(scrape: Scrape, controller: str) -> float:
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_password_or_token_appears_anywhere(
-    tmp_path: Path, controllers: dict[str, TokenRecordingController], log_format: str
+    tmp_path: Path, controllers: dict[str, SimulatedController], log_format: str
 ) -> None:
     wrong = password("configured-wrongly")
     password_file = tmp_path / "svt-password"
@@ -205,14 +184,14 @@ def test_no_password_or_token_appears_anywhere(
     outputs["--once stdout"] = once.stdout.decode("utf-8", "replace")
     outputs["--once stderr"] = once.stderr.decode("utf-8", "replace")
 
-    tokens = [token for c in controllers.values() for token in c.issued]
+    tokens = [token for c in controllers.values() for token in c.issued_tokens()]
     assert len(tokens) >= 5  # first logins and the logins after every dead token
     # The log really is at debug level and holds the faults, so the search means something.
-    assert "DEBUG" in outputs["log"] or '"level": "debug"' in outputs["log"]
+    assert " level=debug " in outputs["log"] or '"level": "debug"' in outputs["log"]
     assert "configuration reload failed" in outputs["log"]
     assert "refused the credentials" in outputs["log"]
     assert "HTTP 500" in outputs["log"]
-    assert controllers["wrong"].stats.login_failures >= 1
+    assert controllers["wrong"].stats.snapshot().login_failures >= 1
 
     passwords = [c.password for c in controllers.values()] + [wrong]
     leaks = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -23,6 +24,8 @@ from exporter import simulator
 from exporter.simulator import (
     BACKUP_FIELDS,
     BACKUP_STATES,
+    Endpoint,
+    Exchange,
     FederationSpec,
     SimulatedController,
     generate_backups,
@@ -66,20 +69,45 @@ def start(controllers: list[SimulatedController]) -> Callable[..., SimulatedCont
     return start
 
 
+CLIENT = ("simplivity", "")  # the client credentials every SimpliVity client sends
+
+
+def password_grant(username: str, password: str) -> dict[str, str]:
+    return {"grant_type": "password", "username": username, "password": password}
+
+
+def request_token(
+    url: str,
+    data: dict[str, str],
+    *,
+    auth: tuple[str, str] | None = CLIENT,
+    session: requests.Session | None = None,
+) -> requests.Response:
+    return (session or requests).post(url + "/api/oauth/token", auth=auth, data=data, timeout=5)
+
+
 def login(controller: SimulatedController, session: requests.Session | None = None) -> str:
-    response = (session or requests).post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
-    )
+    grant = password_grant(controller.username, controller.password)
+    response = request_token(controller.url, grant, session=session)
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
+
+
+def get_path(
+    controller: SimulatedController,
+    token: str,
+    path: str,
+    session: requests.Session | None = None,
+    /,
+    **params: object,
+) -> requests.Response:
+    return (session or requests).get(
+        controller.url + path,
+        params=params,  # type: ignore[arg-type]
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
 
 
 def get_backups(
@@ -89,27 +117,24 @@ def get_backups(
     /,
     **params: object,
 ) -> requests.Response:
-    return (session or requests).get(
-        controller.url + "/api/backups",
-        params=params,  # type: ignore[arg-type]
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=5,
-    )
+    return get_path(controller, token, "/api/backups", session, **params)
 
 
-def scan(
-    controller: SimulatedController, token: str, limit: int, /, **params: object
-) -> list[Json]:
-    """Every page of a listing, advancing by the page size the server answered."""
-    session = requests.Session()
-    backups: list[Json] = []
-    offset = 0
+def get(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
+    response = get_path(controller, token, path, **params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def listing(controller: SimulatedController, token: str, path: str, /, **params: object) -> Any:
+    """Every record of a collection, paging by what the server served."""
+    key = COLLECTIONS.get(path, "backups")
+    records: list[Any] = []
     while True:
-        page = get_backups(controller, token, session, offset=offset, limit=limit, **params).json()
-        backups.extend(page["backups"])
-        offset += len(page["backups"])
-        if offset >= page["count"] or not page["backups"]:
-            return backups
+        page = get(controller, token, path, offset=len(records), **params)
+        records.extend(page[key])
+        if len(records) >= page["count"] or not page[key]:
+            return records
 
 
 def small_federation() -> list[dict[str, object]]:
@@ -131,7 +156,8 @@ def test_generation_is_deterministic_for_a_spec_and_a_time() -> None:
 
 def test_every_backup_has_every_documented_field_with_its_type() -> None:
     backups = generate_backups(FederationSpec(), NOW)
-    assert len(backups) == 40 * 12
+    # 40 VMs, 12 backups each but for the three roles without any
+    assert len(backups) == (40 - len(simulator.spec.BACKUPLESS_ROLES)) * 12
     for backup in backups:
         assert tuple(backup) == BACKUP_FIELDS
         assert isinstance(backup["size"], int)
@@ -211,11 +237,12 @@ def test_the_default_federation_plays_every_role() -> None:
     assert failing_id not in newest
 
     stale_id = by_name[simulator.STALE_VM][0]["virtual_machine_id"]
-    assert 3 * 86400 <= NOW - newest[stale_id] <= 3 * 86400 + 3600 + 300
+    assert 3 * 86400 <= NOW - newest[stale_id] <= 4 * 86400 + 300  # a daily policy, stopped
 
+    # DR copies to another cluster carry what was sent; local ones do not.
+    assert any(b["omnistack_cluster_name"] == "London DR" and int(str(b["sent"])) for b in backups)
     alive = {b["virtual_machine_id"] for b in backups if b["virtual_machine_state"] == "ALIVE"}
     fresh = {vm for vm in alive if vm in newest and NOW - newest[vm] < 86400}
-    assert fresh == alive - {stale_id, failing_id}
     assert len(fresh) >= 30
 
 
@@ -250,31 +277,19 @@ def test_login_issues_a_bearer_token_and_counts_it(
     start: Callable[..., SimulatedController],
 ) -> None:
     controller = start(small_federation())
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "x"},
-        timeout=5,
-    )
+    response = request_token(controller.url, password_grant(controller.username, "x"))
     assert response.status_code == 401
     token = login(controller)
-    answer = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
+    answer = request_token(
+        controller.url, password_grant(controller.username, controller.password)
     ).json()
     assert answer["token_type"] == "bearer"
     assert answer["expires_in"] == 86399
     assert answer["scope"] == "read write"
     assert answer["updated_at"] == int(NOW * 1000)
     assert answer["access_token"] != token
-    assert controller.stats.logins == 2
-    assert controller.stats.login_failures == 1
+    assert controller.stats.snapshot().logins == 2
+    assert controller.stats.snapshot().login_failures == 1
     assert get_backups(controller, token, limit=1).status_code == 200
 
 
@@ -287,22 +302,15 @@ def test_login_without_the_client_credentials_is_bad_credentials(
     start: Callable[..., SimulatedController], auth: tuple[str, str] | None
 ) -> None:
     controller = start(small_federation())
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=auth,
-        data={
-            "grant_type": "password",
-            "username": controller.username,
-            "password": controller.password,
-        },
-        timeout=5,
+    response = request_token(
+        controller.url, password_grant(controller.username, controller.password), auth=auth
     )
     assert response.status_code == 401
     body = response.json()
     assert body["message"] == "Bad Credentials"
     assert body["exception"].endswith("BadCredentialsException")
     assert body["status"] == "401"
-    assert controller.stats.logins == 0
+    assert controller.stats.snapshot().logins == 0
 
 
 @pytest.mark.parametrize(("status", "error"), [(401, "unauthorized"), (400, "invalid_grant")])
@@ -311,20 +319,10 @@ def test_wrong_user_credentials_answer_the_configured_status(
 ) -> None:
     controller = start(small_federation())
     controller.faults.bad_credentials_status = status
-    response = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "wrong"},
-        timeout=5,
-    )
+    response = request_token(controller.url, password_grant(controller.username, "wrong"))
     assert response.status_code == status
     assert response.json()["error"] == error
-    unsupported = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "client_credentials"},
-        timeout=5,
-    )
+    unsupported = request_token(controller.url, {"grant_type": "client_credentials"})
     assert unsupported.status_code == 400
     assert unsupported.json()["error"] == "unsupported_grant_type"
 
@@ -395,7 +393,7 @@ def test_missing_unknown_and_revoked_tokens_are_invalid(
 def test_paging_delivers_every_backup_once_and_count_is_the_total(
     start: Callable[..., SimulatedController],
 ) -> None:
-    backups = generate_backups(FederationSpec(vms=30, backups_per_vm=10), NOW)
+    backups = generate_backups(FederationSpec(vms=40, backups_per_vm=10), NOW)
     controller = start(backups)
     token = login(controller)
     total = len(backups)
@@ -403,10 +401,10 @@ def test_paging_delivers_every_backup_once_and_count_is_the_total(
     first = get_backups(controller, token).json()
     assert (first["offset"], first["count"], first["limit"]) == (0, total, 500)
     assert len(first["backups"]) == total
-    listed = scan(controller, token, 37)
+    listed = listing(controller, token, "/api/backups", limit=37)
     assert len(listed) == total
     assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
-    assert controller.stats.pages[1:] == [(o, 37) for o in range(0, total, 37)]
+    assert controller.stats.snapshot().pages[1:] == tuple((o, 37) for o in range(0, total, 37))
     past_the_end = get_backups(controller, token, offset=total, limit=10).json()
     assert past_the_end["count"] == total
     assert past_the_end["backups"] == []
@@ -552,6 +550,24 @@ def test_unknown_paths_and_wrong_methods(start: Callable[..., SimulatedControlle
     assert requests.get(controller.url + "/api/oauth/token", timeout=5).status_code == 405
 
 
+def test_a_new_endpoint_is_one_entry_in_the_route_table(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+
+    def clusters(ex: Exchange) -> None:
+        ex.send(200, {"omnistack_clusters": [], "count": 0})
+
+    controller.routes["/api/omnistack_clusters"] = Endpoint(("GET",), clusters, login=True)
+    url = controller.url + "/api/omnistack_clusters"
+    assert requests.get(url, timeout=5).status_code == 401  # login=True: the token is checked
+    token = login(controller)
+    answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert answer.json() == {"omnistack_clusters": [], "count": 0}
+    wrong = requests.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert (wrong.status_code, wrong.headers["Allow"]) == (405, "GET")
+
+
 def test_keep_alive_serves_many_requests_on_one_connection(
     start: Callable[..., SimulatedController],
 ) -> None:
@@ -619,16 +635,11 @@ def test_fail_next_answers_errors_then_recovers(start: Callable[..., SimulatedCo
     assert expired.json()["error"] == "invalid_token"
     assert get_backups(controller, token, limit=1).status_code == 200
     controller.faults.fail_next_logins(1)
-    refused = requests.post(
-        controller.url + "/api/oauth/token",
-        auth=("simplivity", ""),
-        data={"grant_type": "password", "username": controller.username, "password": "x"},
-        timeout=5,
-    )
+    refused = request_token(controller.url, password_grant(controller.username, "x"))
     assert refused.status_code == 500
     assert login(controller)
-    assert controller.stats.status_counts[500] == 3
-    assert controller.stats.backups_requests == 6
+    assert controller.stats.snapshot().status_counts[500] == 3
+    assert controller.stats.snapshot().backups_requests == 6
 
 
 def test_disconnect_next_closes_without_an_answer(
@@ -685,7 +696,7 @@ def test_stop_ends_a_hanging_answer_promptly(start: Callable[..., SimulatedContr
             timeout=30,
         )
     )
-    wait_until(lambda: controller.stats.in_flight == 1)
+    wait_until(lambda: controller.stats.snapshot().in_flight == 1)
     started = time.monotonic()
     controller.stop()
     thread.join(timeout=3)
@@ -722,7 +733,7 @@ def test_stop_ends_an_endless_answer_promptly(start: Callable[..., SimulatedCont
     assert not thread.is_alive()
     assert time.monotonic() - started < 3
     assert outcome  # ended, by a clean close or a connection error
-    assert controller.stats.bytes_sent >= sum(received) - 65536
+    assert controller.stats.snapshot().bytes_sent >= sum(received) - 65536
 
 
 @pytest.mark.parametrize("kind", simulator.MALFORMED_KINDS)
@@ -800,9 +811,10 @@ def test_the_cost_model_delays_answers_and_bounds_parallelism(
     threads = [
         run_in_thread(lambda: get_backups(controller, token, limit=1).status_code) for _ in range(4)
     ]
-    wait_until(lambda: controller.stats.in_flight == 4)
-    wait_until(lambda: controller.stats.max_parallel_served == 2)
-    assert controller.stats.max_parallel_served == 2  # two served, two waiting their turn
+    wait_until(lambda: controller.stats.snapshot().in_flight == 4)
+    wait_until(lambda: controller.stats.snapshot().max_parallel_served == 2)
+    # two served, two waiting their turn
+    assert controller.stats.snapshot().max_parallel_served == 2
     controller.stop()
     for thread, outcome in threads:
         thread.join(timeout=3)
@@ -864,6 +876,579 @@ def test_churn_moves_offsets_under_a_paging_client(
     assert len(set(listed)) < 200 or not survivors <= set(listed)
 
 
+# --- real controllers' quirks ---------------------------------------------------------------
+
+
+def test_a_capped_limit_serves_fewer_and_says_the_limit_it_applied(
+    start: Callable[..., SimulatedController],
+) -> None:
+    backups = generate_backups(FederationSpec(vms=30, backups_per_vm=10), NOW)
+    controller = start(backups)
+    controller.faults.limit_cap = 70
+    token = login(controller)
+    first = get_backups(controller, token, limit=3000).json()
+    assert (first["offset"], first["count"], first["limit"]) == (0, len(backups), 70)
+    assert len(first["backups"]) == 70
+    small = get_backups(controller, token, limit=20).json()
+    assert (small["limit"], len(small["backups"])) == (20, 20)  # under the cap: as asked
+    listed = listing(controller, token, "/api/backups", limit=3000)  # by what was served
+    assert sorted(b["id"] for b in listed) == sorted(str(b["id"]) for b in backups)
+    pages = controller.stats.snapshot().pages
+    assert pages[-1] == (len(backups) // 70 * 70, 3000)  # the limit as asked is recorded
+
+
+@pytest.mark.parametrize("kind", simulator.ODD_KINDS)
+def test_odd_records_are_served_odd_and_the_others_as_they_are(
+    start: Callable[..., SimulatedController], kind: str
+) -> None:
+    backups = small_federation()
+    controller = start(backups)
+    odd_ids = sorted(str(b["id"]) for b in backups)[::7]
+    controller.faults.make_odd(kind, odd_ids)  # type: ignore[arg-type]
+    token = login(controller)
+    listed = get_backups(controller, token, limit=5000, sort="id", order="ascending").json()
+    served = listed["backups"]
+    assert listed["count"] == len(served) == len(backups)
+    expected = {str(b["id"]): b for b in backups}
+    odd_seen = 0
+    for record, backup_id in zip(served, sorted(expected), strict=True):
+        original = expected[backup_id]
+        if backup_id not in odd_ids:
+            assert record == original
+            continue
+        odd_seen += 1
+        if kind == "string_record":
+            assert record == backup_id
+        elif kind == "number_record":
+            assert isinstance(record, int)
+        elif kind == "no_state":
+            assert record == {k: v for k, v in original.items() if k != "state"}
+        elif kind == "no_id":
+            assert record == {k: v for k, v in original.items() if k != "id"}
+        else:
+            field, _, value = kind.rpartition("_")
+            assert record == {**original, field: None if value == "null" else "NA"}
+    assert odd_seen == len(odd_ids) >= 3
+    assert controller.stats.snapshot().odd_records_served == len(odd_ids)
+    # Values only change in the fields asked for.
+    some = get_backups(controller, token, limit=5000, fields="id,name").json()["backups"]
+    if kind in ("string_record", "number_record"):
+        assert sum(not isinstance(b, dict) for b in some) == len(odd_ids)
+    elif kind == "no_id":
+        assert sum("id" not in b for b in some) == len(odd_ids)
+    else:
+        assert all(set(b) == {"id", "name"} for b in some)
+    controller.faults.clear()
+    assert get_backups(controller, token, limit=5000).json()["backups"] != served
+
+
+def test_unknown_odd_kinds_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown odd kind"):
+        SimulatedController([]).faults.make_odd("weird", ["x"])  # type: ignore[arg-type]
+
+
+def test_too_many_requests_in_flight_answer_502(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+    token = login(controller)
+    controller.faults.max_in_flight = 2
+    controller.faults.hang_seconds = 60  # until stop(): two requests stay in flight
+    hanging = [run_in_thread(lambda: get_backups(controller, token, limit=1)) for _ in range(2)]
+    wait_until(lambda: controller.stats.snapshot().in_flight == 2)
+    refused = get_backups(controller, token, limit=1)
+    assert refused.status_code == 502
+    body = refused.json()
+    assert body["status"] == "502"
+    assert body["path"] == "/api/backups"
+    assert "Too many simultaneous" in body["message"]
+    assert set(body) == {"exception", "path", "message", "timestamp", "status", "error_code"}
+    # Only data requests are refused: the version and the login still answer.
+    assert requests.get(controller.url + "/api/version", timeout=5).status_code == 200
+    assert login(controller)
+    seen = controller.stats.snapshot()
+    assert seen.refused_in_flight == 1
+    assert seen.max_in_flight == 3
+    assert seen.status_counts[502] == 1
+    controller.stop()
+    for thread, _ in hanging:
+        thread.join(timeout=3)
+
+
+def test_a_limit_above_the_threshold_answers_504_and_smaller_pages_pass(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec(vms=20, total_backups=2000, roles=False))
+    token = login(controller)
+    controller.faults.timeout_above_limit = 500
+    too_large = get_backups(controller, token, limit=501)
+    assert too_large.status_code == 504
+    assert too_large.json()["status"] == "504"
+    assert "more than 60 seconds" in too_large.json()["message"]
+    assert len(get_backups(controller, token, limit=500).json()["backups"]) == 500
+    controller.faults.limit_cap = 400  # a capped limit is the one that counts
+    assert len(get_backups(controller, token, limit=3000).json()["backups"]) == 400
+    assert controller.stats.snapshot().refused_page_size == 1
+
+
+def test_a_reverse_proxy_answers_its_own_html_error_pages(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+    token = login(controller)
+    controller.faults.html_error_statuses = frozenset({502, 503, 504})
+    controller.faults.fail_next(1, status=503)
+    page = get_backups(controller, token, limit=1)
+    assert page.status_code == 503
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "<h1>503 Service Unavailable</h1>" in page.text
+    controller.faults.timeout_above_limit = 10
+    gateway = get_backups(controller, token, limit=11)
+    assert (gateway.status_code, gateway.headers["Content-Type"]) == (504, "text/html")
+    assert "504 Gateway Timeout" in gateway.text
+    controller.faults.fail_next(1, status=500)  # not a proxy status: the controller's JSON
+    assert get_backups(controller, token, limit=1).json()["status"] == "500"
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        simulator.ErrorBody(),
+        simulator.ErrorBody(timestamp="epoch_ms"),
+        simulator.ErrorBody(error_code="number"),
+        simulator.ErrorBody(timestamp="epoch_ms", error_code="number", extended_response=True),
+    ],
+    ids=["iso-string", "epoch-ms", "numeric-code", "extended"],
+)
+def test_error_bodies_in_each_version_of_the_api(
+    start: Callable[..., SimulatedController], style: simulator.ErrorBody
+) -> None:
+    controller = start(small_federation())
+    token = login(controller)
+    controller.faults.error_body = style
+    for response, status in (
+        (get_backups(controller, token, limit=-1), 400),
+        (requests.get(controller.url + "/api/nothing", timeout=5), 404),
+    ):
+        body = response.json()
+        assert response.status_code == status
+        assert body["status"] == str(status)
+        if style.timestamp == "iso":
+            assert body["timestamp"] == "2023-11-14T22:13:20Z"
+        else:
+            assert body["timestamp"] == int(NOW * 1000)
+        assert body["error_code"] == (str(status) if style.error_code == "string" else status)
+        if style.extended_response:
+            assert body["extendedResponse"]["message"] == body["message"]
+        else:
+            assert "extendedResponse" not in body
+
+
+def test_faults_aim_at_the_paths_they_are_given(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(small_federation())
+    token = login(controller)
+    controller.faults.paths = frozenset({"/api/virtual_machines"})
+    controller.faults.fail_next(1)
+    controller.faults.malformed = "truncated"
+    page = get_backups(controller, token, limit=5)
+    assert len(page.json()["backups"]) == 5  # not aimed at backups: served as usual
+    assert controller.faults.pending_failures() == 1
+    controller.faults.paths = None  # every data endpoint
+    assert get_backups(controller, token, limit=5).status_code == 500
+
+
+# --- inventory: VMs, policies, hosts, the schedule report ---------------------------------------
+
+COLLECTIONS = {
+    "/api/virtual_machines": "virtual_machines",
+    "/api/policies": "policies",
+    "/api/hosts": "hosts",
+}
+REPORT = "/api/policies/policy_schedule_report"
+
+
+def by_id(records: list[Any]) -> dict[str, Any]:
+    return {record["id"]: record for record in records}
+
+
+@pytest.mark.parametrize("path", sorted(COLLECTIONS))
+def test_inventory_collections_page_sort_and_select_like_the_api(
+    start: Callable[..., SimulatedController], path: str
+) -> None:
+    controller = start(FederationSpec(vms=60))
+    key = COLLECTIONS[path]
+    assert requests.get(controller.url + path, timeout=5).status_code == 401
+    token = login(controller)
+    params = {"state": "ALIVE,REMOVED,DELETED"} if key == "virtual_machines" else {}
+    whole = get(controller, token, path, **params)
+    assert set(whole) == {"offset", "count", "limit", key}
+    assert (whole["offset"], whole["limit"]) == (0, 500)
+    records = whole[key]
+    assert whole["count"] == len(records) > 3
+    assert len(by_id(records)) == len(records)
+    paged = listing(controller, token, path, limit=3, sort="id", order="ascending", **params)
+    assert [r["id"] for r in paged] == sorted(r["id"] for r in records)
+    names = [r["name"] for r in get(controller, token, path, sort="name", **params)[key]]
+    assert names == sorted(names, reverse=True)  # descending by default
+    some = get(controller, token, path, fields="id,name,nonsense", **params)[key]
+    assert all(set(r) == {"id", "name"} for r in some)
+    assert {r["id"] for r in some} == set(by_id(records))
+    one = records[1]
+    assert get(controller, token, path, id=one["id"], **params)[key] == [one]
+    too_many = requests.get(
+        controller.url + path,
+        params={"limit": 5001},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
+    assert too_many.status_code == 400
+    assert too_many.json()["path"] == path
+    assert get(controller, token, path, limit=5000)["limit"] == 5000
+
+
+def test_every_record_has_the_documented_fields(start: Callable[..., SimulatedController]) -> None:
+    controller = start(FederationSpec())
+    token = login(controller)
+    vms = get(controller, token, "/api/virtual_machines", state="ALIVE,REMOVED,DELETED")
+    assert all(tuple(vm) == simulator.VM_FIELDS for vm in vms["virtual_machines"])
+    policies = get(controller, token, "/api/policies")["policies"]
+    assert all(tuple(p) == simulator.POLICY_FIELDS for p in policies)
+    rules = [rule for p in policies for rule in p["rules"]]
+    assert rules
+    assert all(tuple(rule) == simulator.RULE_FIELDS for rule in rules)
+    assert {rule["days"] for rule in rules} >= {"All", "Mon,Wed,Fri", "1,15", "last"}
+    hosts = get(controller, token, "/api/hosts")["hosts"]
+    assert all(tuple(h) == simulator.HOST_FIELDS for h in hosts)
+    report = get(controller, token, REPORT)
+    assert tuple(report) == simulator.SCHEDULE_REPORT_FIELDS
+    assert all(isinstance(value, int) for value in report.values())
+
+
+@pytest.mark.parametrize("mode", ["ovc", "mva"])
+def test_virtual_machines_state_defaults_to_alive_and_takes_a_list(
+    start: Callable[..., SimulatedController], mode: str
+) -> None:
+    controller = start(FederationSpec(vms=100), mode=mode)
+    token = login(controller)
+    served = controller.virtual_machines()
+    states = Counter(vm["state"] for vm in served)
+    assert states["ALIVE"] > 0
+    assert states["REMOVED"] > 1
+    assert states["DELETED"] == 1
+
+    def ids(**params: object) -> set[str]:
+        return set(by_id(listing(controller, token, "/api/virtual_machines", **params)))
+
+    def where(*wanted: str) -> set[str]:
+        return {str(vm["id"]) for vm in served if vm["state"] in wanted}
+
+    assert ids() == where("ALIVE")
+    assert ids(state="REMOVED") == where("REMOVED")
+    assert ids(state="ALIVE,REMOVED,DELETED") == where("ALIVE", "REMOVED", "DELETED")
+    assert ids(state="REMOVED,DELETED") == where("REMOVED", "DELETED")
+    boston = {str(vm["id"]) for vm in served if vm["omnistack_cluster_name"] == "Boston DC"}
+    assert ids(omnistack_cluster_name="Boston DC") == boston & where("ALIVE")
+
+
+def weekday_matches(days: str, local: time.struct_time) -> bool:
+    """The test's own reading of a rule's days (All, Mon,Wed,Fri, 1,15, last)."""
+    if days.lower() == "all":
+        return True
+    for part in days.split(","):
+        if part == time.strftime("%a", local):
+            return True
+        if part.isdigit() and int(part) == local.tm_mday:
+            return True
+        tomorrow = time.gmtime(time.mktime(local) - time.timezone + 86400)
+        if part == "last" and tomorrow.tm_mday == 1:
+            return True
+    return False
+
+
+def scheduled(rule: Json, local_name: str) -> bool:
+    """Whether a policy backup named by its local time (plus 1 s) is at one of the rule's times."""
+    local = time.strptime(local_name[:19], "%Y-%m-%dT%H:%M:%S")
+    minute = local.tm_hour * 60 + local.tm_min
+    start_h, start_m = map(int, rule["start_time"].split(":"))
+    end_h, end_m = map(int, rule["end_time"].split(":"))
+    start_minute, end_minute = start_h * 60 + start_m, (end_h * 60 + end_m) or 24 * 60
+    return (
+        local.tm_sec == 1
+        and start_minute <= minute < end_minute
+        and (minute - start_minute) % rule["frequency"] == 0
+        and weekday_matches(rule["days"], local)
+    )
+
+
+def test_backups_are_consistent_with_the_inventory_and_follow_the_rules(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec(vms=120, clusters=4, external_store_share=0.3))
+    token = login(controller)
+    backups = listing(controller, token, "/api/backups", limit=5000)
+    vms = by_id(listing(controller, token, "/api/virtual_machines", state="ALIVE,REMOVED,DELETED"))
+    policies = by_id(listing(controller, token, "/api/policies"))
+    hosts = by_id(listing(controller, token, "/api/hosts"))
+    for vm in vms.values():
+        policy, host = policies[vm["policy_id"]], hosts[vm["host_id"]]
+        assert vm["policy_name"] == policy["name"]
+        assert (vm["host_name"], vm["omnistack_cluster_name"]) == (
+            host["name"],
+            host["omnistack_cluster_name"],
+        )
+    destinations_seen: Counter[str] = Counter()
+    for backup in backups:
+        vm = vms[backup["virtual_machine_id"]]
+        assert backup["virtual_machine_name"] == vm["name"]
+        assert backup["virtual_machine_state"] == vm["state"]
+        assert backup["datastore_id"] == vm["datastore_id"]
+        assert backup["hypervisor_type"] == vm["hypervisor_type"]
+        rules = policies[vm["policy_id"]]["rules"]
+        if backup["omnistack_cluster_name"] == vm["omnistack_cluster_name"]:
+            kind, at = "local", [r for r in rules if r["destination_name"] == "<Local>"]
+        elif backup["omnistack_cluster_name"]:
+            kind = "DR"
+            at = [r for r in rules if r["destination_name"] == backup["omnistack_cluster_name"]]
+            assert backup["state"] != "PROTECTED" or backup["sent"] > 0
+        else:
+            kind = "store"
+            at = [r for r in rules if r["external_store_name"] == backup["external_store_name"]]
+            assert backup["backup_store_type"].startswith("StoreOnce")
+        assert at, f"{vm['name']}: a backup at a destination its policy does not name"
+        destinations_seen[kind] += 1
+        if backup["type"] == "POLICY":
+            assert any(scheduled(rule, backup["name"]) for rule in at), backup["name"]
+        created = time.mktime(time.strptime(backup["created_at"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert created - time.timezone <= NOW
+    assert destinations_seen["DR"] > 10
+    assert destinations_seen["store"] > 10
+    with_backups = {b["virtual_machine_id"] for b in backups}
+    gone = [vm for vm in vms.values() if vm["state"] in ("REMOVED", "DELETED")]
+    assert gone
+    assert all(vm["id"] in with_backups for vm in gone)  # backups outlive their VMs
+    assert any(not h["policy_enabled"] for h in hosts.values())
+
+
+def test_every_protection_status_is_planted_in_the_default_federation(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec())
+    assert controller.planted == simulator.ROLE_STATUSES
+    assert set(controller.planted.values()) == set(simulator.PROTECTION_STATUSES)
+    token = login(controller)
+    vms = listing(controller, token, "/api/virtual_machines")
+    policies = by_id(listing(controller, token, "/api/policies"))
+    hosts = by_id(listing(controller, token, "/api/hosts"))
+    backups = listing(controller, token, "/api/backups", limit=5000)
+    named = {vm["name"]: vm for vm in vms}
+    expected = controller.expected_statuses
+    assert set(expected) == set(by_id(vms))  # every live VM, and only them
+    planted_ids = {vm["id"] for vm in vms if vm["name"] in simulator.ROLE_STATUSES}
+    assert {expected[i] for i in set(expected) - planted_ids} == {"ok"}
+
+    def seconds(text: str) -> float:
+        return float(time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone)
+
+    def of(name: str, **where: object) -> list[Json]:
+        vm_id = named[name]["id"]
+        return sorted(
+            (
+                b
+                for b in backups
+                if b["virtual_machine_id"] == vm_id and all(b[k] == v for k, v in where.items())
+            ),
+            key=lambda b: str(b["created_at"]),
+            reverse=True,
+        )
+
+    # What makes each planted VM what it is, seen through the API.
+    assert not of(simulator.NEVER_BACKED_UP_VM)
+    assert NOW - seconds(named[simulator.NEVER_BACKED_UP_VM]["created_at"]) == 5 * 86400
+    assert not of(simulator.NEW_VM)
+    assert NOW - seconds(named[simulator.NEW_VM]["created_at"]) == 600
+    assert policies[named[simulator.NO_RULES_VM]["policy_id"]]["rules"] == []
+    assert "no rules" in named[simulator.NO_RULES_VM]["policy_name"]
+    assert not hosts[named[simulator.POLICY_DISABLED_VM]["host_id"]]["policy_enabled"]
+    assert policies[named[simulator.POLICY_DISABLED_VM]["policy_id"]]["rules"]
+    dr = named[simulator.DR_STOPPED_VM]
+    local = of(simulator.DR_STOPPED_VM, omnistack_cluster_name=dr["omnistack_cluster_name"])
+    copies = [b for b in of(simulator.DR_STOPPED_VM) if b not in local]
+    assert NOW - seconds(local[0]["created_at"]) < 2 * 3600
+    assert copies
+    assert NOW - seconds(copies[0]["created_at"]) > 4 * 86400
+    last_failed = of(simulator.LAST_FAILED_VM)
+    assert [b["state"] for b in last_failed[:2]] == ["FAILED", "PROTECTED"]
+    assert {b["state"] for b in of(simulator.FAILING_VM)} == {"FAILED"}
+    assert NOW - seconds(of(simulator.STALE_VM, state="PROTECTED")[0]["created_at"]) > 3 * 86400
+    assert named[simulator.BUSINESS_HOURS_VM]["policy_name"].startswith("Business hours")
+
+
+def test_the_schedule_report_follows_the_policies_and_the_vms(
+    start: Callable[..., SimulatedController],
+) -> None:
+    spec = FederationSpec(vms=80, daily_backup_rate_limit=1000, retained_backups_limit=10_000)
+    controller = start(spec)
+    token = login(controller)
+    vms = listing(controller, token, "/api/virtual_machines")
+    policies = by_id(listing(controller, token, "/api/policies"))
+    hosts = by_id(listing(controller, token, "/api/hosts"))
+    report = get(controller, token, REPORT)
+
+    def per_day(rule: Json) -> float:  # the test's own count: slots a day, times days used
+        start_h, start_m = map(int, rule["start_time"].split(":"))
+        end_h, end_m = map(int, rule["end_time"].split(":"))
+        minutes = ((end_h * 60 + end_m) or 1440) - (start_h * 60 + start_m)
+        slots: int = -(-minutes // rule["frequency"])
+        days = rule["days"].split(",")
+        if rule["days"].lower() == "all":
+            share = 1.0
+        elif days[0].isalpha() and days[0] != "last":
+            share = len(days) / 7
+        else:
+            share = len(days) * 12 / 365.25
+        return slots * share
+
+    rate = retained = 0.0
+    for vm in vms:  # live ones, on hosts that take policy backups
+        if hosts[vm["host_id"]]["policy_enabled"]:
+            for rule in policies[vm["policy_id"]]["rules"]:
+                rate += per_day(rule)
+                retained += per_day(rule) * rule["retention"] / 1440
+    assert report["daily_backup_rate"] == pytest.approx(rate, abs=2)
+    assert report["projected_retained_backups"] == pytest.approx(retained, rel=0.01)
+    assert report["daily_backup_rate_limit"] == 1000
+    assert report["retained_backups_limit"] == 10_000
+    assert report["backup_rate_level"] == round(100 * report["daily_backup_rate"] / 1000, 0)
+    assert report["backup_rate_level"] > 90  # a federation past 90% of its daily limit
+    assert report["projected_retained_backups_level"] == round(
+        100 * report["projected_retained_backups"] / 10_000
+    )
+
+
+def test_an_older_controller_answers_the_schedule_report_with_an_error(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec(), api_version="1.10")
+    version = requests.get(controller.url + "/api/version", timeout=5)
+    assert version.json()["REST_API_Version"] == "1.10"
+    assert "v1.10+json" in version.headers["Content-Type"]
+    token = login(controller)
+    report = requests.get(
+        controller.url + REPORT, headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
+    assert report.status_code == 404
+    body = report.json()
+    assert (body["status"], body["path"]) == ("404", REPORT)
+    assert {"exception", "message", "timestamp", "error_code"} <= set(body)
+    vms = get(controller, token, "/api/virtual_machines")["virtual_machines"]
+    assert vms
+    assert all("host_name" not in vm and vm["host_id"] for vm in vms)  # not yet in 1.10
+    assert get(controller, token, "/api/policies")["count"] > 0
+    with pytest.raises(ValueError, match="api_version"):
+        SimulatedController([], api_version="one")
+
+
+def test_faults_and_limits_apply_to_the_inventory_too(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec(vms=60))
+    token = login(controller)
+    faults = controller.faults
+    faults.paths = frozenset({"/api/virtual_machines", REPORT})
+    faults.fail_next(2)
+    headers = {"Authorization": f"Bearer {token}"}
+    failed = requests.get(controller.url + "/api/virtual_machines", headers=headers, timeout=5)
+    assert failed.status_code == 500
+    assert requests.get(controller.url + REPORT, headers=headers, timeout=5).status_code == 500
+    assert get(controller, token, "/api/hosts")["count"] > 0  # not aimed at
+    faults.limit_cap = 10
+    page = get(controller, token, "/api/virtual_machines", limit=100)
+    assert (page["limit"], len(page["virtual_machines"])) == (10, 10)
+    vm_id = page["virtual_machines"][0]["id"]
+    faults.make_odd("created_at_na", [vm_id])
+    odd = by_id(get(controller, token, "/api/virtual_machines", id=vm_id)["virtual_machines"])
+    assert odd[vm_id]["created_at"] == "NA"
+    faults.malformed = "truncated"
+    cut = requests.get(controller.url + REPORT, headers=headers, timeout=5)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut.content)
+    seen = controller.stats.snapshot()
+    assert seen.items_served_per_path["/api/virtual_machines"] == 11
+    assert [limit for _, limit in seen.pages_per_path["/api/virtual_machines"]] == [500, 100, 500]
+
+
+def test_set_inventory_serves_records_as_given(
+    start: Callable[..., SimulatedController],
+) -> None:
+    controller = start(FederationSpec())
+    assert controller.planted
+    odd_vm = {"id": "v1", "name": "odd", "state": "ALIVE", "created_at": "NA", "policy_id": "p"}
+    controller.set_inventory(virtual_machines=[odd_vm], schedule_report={"daily_backup_rate": 7})
+    token = login(controller)
+    assert get(controller, token, "/api/virtual_machines")["virtual_machines"] == [odd_vm]
+    assert get(controller, token, REPORT) == {"daily_backup_rate": 7}
+    assert get(controller, token, "/api/policies")["count"] > 0  # kept
+    assert controller.planted == {}  # no longer the generated federation
+    controller.set_backups([{"id": "b1", "name": "x", "state": "PROTECTED"}])
+    assert get(controller, token, "/api/virtual_machines")["count"] == 0
+    assert get(controller, token, REPORT)["daily_backup_rate"] == 0
+
+
+@pytest.mark.parametrize(
+    ("rule", "offset", "expected"),
+    [
+        # 2023-11-14 (a Tuesday) 22:13:20 UTC
+        (simulator.schedule.Rule(60), 0, ["22:00 Tue", "21:00 Tue", "20:00 Tue"]),
+        (simulator.schedule.Rule(240), -4 * 3600, ["16:00 Tue", "12:00 Tue", "08:00 Tue"]),
+        (
+            simulator.schedule.Rule(60, "Mon,Tue,Wed,Thu,Fri", "08:00", "18:00"),
+            -4 * 3600,
+            ["17:00 Tue", "16:00 Tue", "15:00 Tue"],
+        ),
+        (
+            simulator.schedule.Rule(1440, "Mon,Wed,Fri", "22:00", "00:00"),
+            0,
+            ["22:00 Mon", "22:00 Fri", "22:00 Wed"],
+        ),
+        (simulator.schedule.Rule(1440, "1,15", "03:00", "04:00"), 0, ["03:00 01", "03:00 15"]),
+        (simulator.schedule.Rule(1440, "last", "23:00"), 3600, ["23:00 31", "23:00 30"]),
+    ],
+    ids=["hourly", "4-hourly", "business-hours", "mon-wed-fri", "month-days", "last"],
+)
+def test_rule_times_follow_the_window_and_the_days(
+    rule: simulator.schedule.Rule, offset: int, expected: list[str]
+) -> None:
+    times = itertools.islice(rule.times(int(NOW), offset), len(expected))
+    local = [time.gmtime(t + offset) for t in times]
+    shown = [
+        time.strftime(
+            "%H:%M %a"
+            if rule.days in ("All", "Mon,Tue,Wed,Thu,Fri", "Mon,Wed,Fri")
+            else "%H:%M %d",
+            t,
+        )
+        for t in local
+    ]
+    assert shown == expected
+
+
+def test_expected_intervals_are_the_longest_gaps_of_each_destination() -> None:
+    inventory = simulator.inventory.plan_inventory(FederationSpec(), int(NOW))
+    by_name = {p.name: p for p in {vm.policy for vm in inventory.vms}}
+    intervals = {
+        name: sorted(simulator.federation.expected_intervals(policy).values())
+        for name, policy in by_name.items()
+    }
+    assert intervals["Hourly local"] == [3600]
+    assert intervals["Hourly local + daily to London DR"] == [3600, 86400]
+    assert intervals["Business hours (hourly, Mon-Fri 08:00-18:00)"] == [(2 * 24 + 15) * 3600]
+    assert intervals["Nightly Mon/Wed/Fri at 22:00"] == [3 * 86400]
+    assert intervals["Daily local + 1st and 15th to London DR"] == [86400, 17 * 86400]
+    assert intervals["Daily local + month end to StoreOnce-Cloud"] == [86400, 31 * 86400]
+
+
 # --- TLS, stats, command line ----------------------------------------------------------------
 
 
@@ -898,31 +1483,54 @@ def test_stats_count_what_clients_did(start: Callable[..., SimulatedController])
         sizes += len(response.content)
     requests.get(controller.url + "/api/version", timeout=5)
     # The server counts an answer after sending it: wait for the last one to be counted.
-    wait_until(lambda: sum(controller.stats.status_counts.values()) == 6)
-    stats = controller.stats
+    wait_until(lambda: sum(controller.stats.snapshot().status_counts.values()) == 6)
+    stats = controller.stats.snapshot()
     assert stats.logins == 1
     assert stats.backups_requests == 4
     assert stats.backups_served == 100
-    assert stats.pages == [(0, 30), (30, 30), (60, 30), (90, 30)]
+    assert stats.pages == ((0, 30), (30, 30), (60, 30), (90, 30))
     assert stats.requests_per_path == {"/api/oauth/token": 1, "/api/backups": 4, "/api/version": 1}
     assert stats.status_counts == {200: 6}
     assert stats.bytes_sent > sizes
     assert stats.max_in_flight == 1
-    stats.reset()
-    assert stats.backups_requests == 0
+    assert stats.in_flight == 0
+    controller.stats.reset()
+    assert controller.stats.snapshot().backups_requests == 0
+    assert stats.backups_requests == 4  # a snapshot does not change after it is taken
 
 
 def test_a_large_federation_is_served_quickly(start: Callable[..., SimulatedController]) -> None:
     controller = start(FederationSpec(vms=500, total_backups=30_000))
     token = login(controller)
     fields = "id,state,created_at,size,omnistack_cluster_name,virtual_machine_id"
-    listed = scan(controller, token, 3000, fields=fields)
+    listed = listing(controller, token, "/api/backups", limit=3000, fields=fields)
     assert len({b["id"] for b in listed}) == 30_000
 
 
 def test_main_serves_until_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter.simulator", "--port", "0", "--backups", "2000"],
+        [
+            sys.executable,
+            "-m",
+            "exporter.simulator",
+            "--port",
+            "0",
+            "--backups",
+            "2000",
+            "--limit-cap",
+            "300",
+            "--odd-every",
+            "100",
+            "--odd-kind",
+            "size_null",
+            "--timeout-above-limit",
+            "1000",
+            "--html-errors",
+            "502,504",
+            "--error-code",
+            "number",
+            "--no-schedule-report",
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -932,7 +1540,22 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         lines = dict(process.stdout.readline().strip().split(": ", 1) for _ in range(4))
         assert lines["username"] == "administrator@vsphere.local"
         assert lines["backups"] == "2000"
-        assert requests.get(lines["url"] + "/api/version", timeout=5).status_code == 200
+        url = lines["url"]
+        assert requests.get(url + "/api/version", timeout=5).status_code == 200
+        grant = password_grant(lines["username"], lines["password"])
+        token = request_token(url, grant).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        page = requests.get(url + "/api/backups", params={"limit": 1000}, headers=auth, timeout=5)
+        assert (page.json()["limit"], len(page.json()["backups"])) == (300, 300)
+        listing = requests.get(
+            url + "/api/backups", params={"limit": "5000", "sort": "id"}, headers=auth, timeout=5
+        )
+        assert sum(b["size"] is None for b in listing.json()["backups"][:300]) == 3  # 1 in 100
+        bad = requests.get(url + "/api/backups", params={"limit": -1}, headers=auth, timeout=5)
+        assert bad.json()["error_code"] == 400
+        assert requests.get(url + "/api/version", timeout=5).json()["REST_API_Version"] == "1.10"
+        report = requests.get(url + REPORT, headers=auth, timeout=5)
+        assert (report.status_code, report.json()["error_code"]) == (404, 404)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:

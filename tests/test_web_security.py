@@ -22,10 +22,11 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-import trustme
 
 from exporter.web import ExporterServer, WebApp
 from exporter.webconfig import PasswordChecker, load_web_config
+from tests.logfmt import parse_line
+from tests.pki import PKI, client_context, make_pki
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-scrape-password"
@@ -42,29 +43,9 @@ GOOD = basic("prometheus", PASSWORD)
 SECRETS = (PASSWORD, PASSWORD_HASH, GOOD.split()[1])
 
 
-@dataclass(frozen=True)
-class PKI:
-    dir: Path
-    ca: trustme.CA
-    client: trustme.LeafCert  # from the client CA the server trusts
-    stranger: trustme.LeafCert  # from a CA the server does not trust
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    directory = tmp_path_factory.mktemp("pki")
-    ca, client_ca = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("localhost", "127.0.0.1")
-    server.cert_chain_pems[0].write_to_path(str(directory / "server.crt"))
-    server.private_key_pem.write_to_path(str(directory / "server.key"))
-    ca.cert_pem.write_to_path(str(directory / "ca.crt"))
-    client_ca.cert_pem.write_to_path(str(directory / "clients-ca.crt"))
-    return PKI(
-        dir=directory,
-        ca=ca,
-        client=client_ca.issue_cert("prometheus.example"),
-        stranger=trustme.CA().issue_cert("prometheus.example"),
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def web_config_file(pki: PKI, *, users: bool = True, mutual: bool = False) -> Path:
@@ -154,14 +135,6 @@ def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     for secret in SECRETS:
         assert secret not in caplog.text
-
-
-def client_context(pki: PKI, cert: trustme.LeafCert | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    pki.ca.configure_trust(context)
-    if cert is not None:
-        cert.configure_cert(context)
-    return context
 
 
 @dataclass(frozen=True)
@@ -424,7 +397,9 @@ def test_an_invalid_web_config_stops_the_exporter_at_start(
     stderr = exporter.stderr
     assert code == 2, stderr
     assert "Traceback" not in stderr
-    assert stderr.count(f"simplivity-exporter: {path} has 1 problem(s):\n") == 1
-    assert f"  - {expected.replace('{dir}', str(pki.dir))}" in stderr
-    assert "exporter: listening on" not in stderr
+    records = [parse_line(line) for line in stderr.splitlines()]
+    [error] = [record["msg"] for record in records if record["level"] == "error"]
+    assert error.startswith(f"{path} has 1 problem(s):\n")
+    assert f"  - {pki.fill(expected)}" in error
+    assert not [record for record in records if record["msg"].startswith("listening on")]
     assert PASSWORD not in stderr

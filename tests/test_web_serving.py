@@ -12,7 +12,6 @@ import base64
 import gzip
 import http.client
 import os
-import re
 import resource
 import socket
 import ssl
@@ -23,16 +22,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO
 
 import bcrypt
 import pytest
-import trustme
 
 from exporter.web import ExporterServer, WebApp, accepts_gzip
 from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess
+from tests.pki import PKI, client_context, make_pki
 
 METRICS = b"# HELP simplivity_up Whether the last poll succeeded.\nsimplivity_up 1\n" * 50
 IDLE_CONNECTIONS = 2000
@@ -162,18 +161,10 @@ def open_idle_connections(port: int, count: int) -> list[socket.socket]:
     return connections
 
 
-def exporter_url(exporter: ExporterProcess) -> str:
-    """The exporter's own address: in ``--demo`` its simulated controller listens too."""
-    pattern = re.compile(r"exporter: listening on (http://\S+)")
-    found = wait_until(lambda: pattern.search(exporter.log()), 30, "the exporter's address")
-    exporter.url = found.group(1)
-    return exporter.url
-
-
 def test_thousands_of_idle_connections_cost_no_thread_and_scrapes_go_on(tmp_path: Path) -> None:
     raise_open_file_limit(2 * IDLE_CONNECTIONS + 1024)
     with ExporterProcess("--demo", log_path=tmp_path / "exporter.log") as exporter:
-        port = int(exporter_url(exporter).rsplit(":", 1)[1])
+        port = int(exporter.url.rsplit(":", 1)[1])
         wait_until(lambda: exporter.get("/-/ready")[0] == 200, 60, "the demo's first poll")
         pid = exporter.process.pid
         scrapers = [Scraper(exporter.url, keep_alive=True), Scraper(exporter.url, keep_alive=False)]
@@ -371,8 +362,16 @@ def is_open(connection: socket.socket) -> bool:
         connection.settimeout(timeout)
 
 
-def get(server: ExporterServer, path: str, **headers: str) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+def get(
+    server: ExporterServer, path: str, context: ssl.SSLContext | None = None, **headers: str
+) -> tuple[int, bytes]:
+    """One GET on a new connection, over TLS if ``context`` is given; (status, body)."""
+    port = server.server_address[1]
+    connection = (
+        http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        if context is None
+        else http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    )
     try:
         connection.request("GET", path, headers=headers)
         answer = connection.getresponse()
@@ -461,14 +460,14 @@ def test_requests_beyond_the_workers_and_their_queue_get_503_at_once() -> None:
 
 
 def test_the_tls_handshake_of_a_slow_client_blocks_no_one(pki: PKI) -> None:
-    web_config = load_web_config(pki.web_config())
+    web_config = load_web_config(web_config_file(pki))
     with serving(web_config=web_config, header_timeout=3) as server:
         silent = [connect(server) for _ in range(20)]
         stalled = [connect(server) for _ in range(5)]
         for connection in stalled:
             connection.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
-        quiet = pki.client_context().wrap_socket(connect(server), server_hostname="127.0.0.1")
-        assert https_get(server, pki, "/-/healthy") == (200, b"Healthy.\n")
+        quiet = client_context(pki).wrap_socket(connect(server), server_hostname="127.0.0.1")
+        assert get(server, "/-/healthy", client_context(pki)) == (200, b"Healthy.\n")
         assert all(is_open(connection) for connection in [*silent, *stalled])
         # Each is closed at the deadline: handshake or not, no request in time.
         for connection in [*silent, *stalled]:
@@ -479,12 +478,13 @@ def test_the_tls_handshake_of_a_slow_client_blocks_no_one(pki: PKI) -> None:
 def test_a_reloaded_web_config_applies_to_the_next_connection(pki: PKI) -> None:
     with serving() as server:
         assert get(server, "/metrics") == (200, METRICS)
-        server.use_web_config(load_web_config(pki.web_config(users=True)))
+        server.use_web_config(load_web_config(web_config_file(pki, users=True)))
         assert server.url.startswith("https://")
         with pytest.raises((http.client.HTTPException, ConnectionError)):
             get(server, "/metrics")
-        assert https_get(server, pki, "/metrics")[0] == 401
-        assert https_get(server, pki, "/metrics", PKI.authorization) == (200, METRICS)
+        trusting = client_context(pki)
+        assert get(server, "/metrics", trusting)[0] == 401
+        assert get(server, "/metrics", trusting, Authorization=AUTHORIZATION) == (200, METRICS)
         server.use_web_config(WebConfig())
         assert get(server, "/metrics") == (200, METRICS)
 
@@ -541,47 +541,19 @@ def test_metrics_are_gzipped_only_when_the_client_accepts_it() -> None:
 # --- certificates ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PKI:
-    dir: Path
-    ca: trustme.CA
-    authorization: ClassVar[str] = "Basic " + base64.b64encode(b"prometheus:s3cret").decode()
+AUTHORIZATION = "Basic " + base64.b64encode(b"prometheus:s3cret").decode()
 
-    def web_config(self, *, users: bool = False) -> Path:
-        text = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-        if users:
-            hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
-            text += f"basic_auth_users:\n  prometheus: '{hashed}'\n"
-        path = self.dir / f"web-{users}.yml"
-        path.write_text(text)
-        return path
 
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
+def web_config_file(pki: PKI, *, users: bool = False) -> Path:
+    text = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    if users:
+        hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+        text += f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    path = pki.dir / f"web-{users}.yml"
+    path.write_text(text)
+    return path
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    directory = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    server.cert_chain_pems[0].write_to_path(str(directory / "server.crt"))
-    server.private_key_pem.write_to_path(str(directory / "server.key"))
-    return PKI(directory, ca)
-
-
-def https_get(
-    server: ExporterServer, pki: PKI, path: str, authorization: str | None = None
-) -> tuple[int, bytes]:
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", server.server_address[1], timeout=10, context=pki.client_context()
-    )
-    headers = {} if authorization is None else {"Authorization": authorization}
-    try:
-        connection.request("GET", path, headers=headers)
-        answer = connection.getresponse()
-        return answer.status, answer.read()
-    finally:
-        connection.close()
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -7,12 +7,10 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 import pytest
-import trustme
 from cryptography.hazmat.primitives import serialization
 
 from exporter.webconfig import (
@@ -21,6 +19,7 @@ from exporter.webconfig import (
     WebConfigError,
     load_web_config,
 )
+from tests.pki import PKI, client_context, make_pki
 
 ALICE_PASSWORD = "correct horse battery staple"
 # Cost 4, the minimum, keeps real bcrypt checks at about a millisecond.
@@ -29,45 +28,21 @@ BOB_PASSWORD = "pässwörd:with:colons"
 BOB_HASH = "$2y$" + bcrypt.hashpw(BOB_PASSWORD.encode(), bcrypt.gensalt(4)).decode()[4:]
 
 
-@dataclass(frozen=True)
-class PKI:
-    """Certificates on disk for the web config files under test."""
-
-    dir: Path
-    ca: trustme.CA
-    client_ca: trustme.CA
-    client: trustme.LeafCert
-    stranger: trustme.LeafCert  # a client certificate from a CA the server does not trust
-
-    def fill(self, text: str) -> str:
-        return text.replace("{dir}", str(self.dir))
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    directory = tmp_path_factory.mktemp("pki")
-    ca, client_ca = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("localhost", "127.0.0.1")
-    server.cert_chain_pems[0].write_to_path(str(directory / "server.crt"))
-    server.private_key_pem.write_to_path(str(directory / "server.key"))
-    ca.cert_pem.write_to_path(str(directory / "ca.crt"))
-    client_ca.cert_pem.write_to_path(str(directory / "clients-ca.crt"))
-    ca.issue_cert("other.example").private_key_pem.write_to_path(str(directory / "other.key"))
-    key = serialization.load_pem_private_key(server.private_key_pem.bytes(), password=None)
+    """The shared certificates, and the wrong keys and files the refusals need."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    other = pki.ca.issue_cert("other.example")
+    other.private_key_pem.write_to_path(str(pki.dir / "other.key"))
+    key = serialization.load_pem_private_key((pki.dir / "server.key").read_bytes(), password=None)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"passphrase"),
     )
-    (directory / "encrypted.key").write_bytes(encrypted)
-    (directory / "garbage.pem").write_text("not a certificate\n")
-    return PKI(
-        dir=directory,
-        ca=ca,
-        client_ca=client_ca,
-        client=client_ca.issue_cert("scraper.example"),
-        stranger=trustme.CA().issue_cert("scraper.example"),
-    )
+    (pki.dir / "encrypted.key").write_bytes(encrypted)
+    (pki.dir / "garbage.pem").write_text("not a certificate\n")
+    return pki
 
 
 def write(tmp_path: Path, text: str, name: str = "web.yml") -> Path:
@@ -815,14 +790,6 @@ def test_concurrent_scrapes_authenticate(users: Path) -> None:
 
 
 # --- in-memory TLS handshakes --------------------------------------------------------------
-
-
-def client_context(pki: PKI, cert: trustme.LeafCert | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    pki.ca.configure_trust(context)
-    if cert is not None:
-        cert.configure_cert(context)
-    return context
 
 
 def handshake(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> str:

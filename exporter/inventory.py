@@ -1,0 +1,334 @@
+"""VMs, policies and hosts: who should be protected, how often, and whether they are.
+
+Each poll reads the inventory's listings with the same scanner as the backups (paged, sorted
+by id, ``fields=`` only what is needed; alongside the backups, one request at a time) into an
+:class:`InventoryRead`, and the federation's backup limits with one GET
+(:data:`SCHEDULE_REPORT`, parsed by :func:`parse_schedule_report`).
+Once the backups have been counted, :meth:`InventoryRead.judge` joins the two and judges every
+live VM against its own policy (:mod:`exporter.protection`): the
+:class:`~exporter.model.ControllerSnapshot` the poll publishes.
+
+These listings are small (one record per VM, policy or host, never per backup), so they are
+decoded in the exporter's own process. An odd value (``"NA"``, a wrong type) in a record is
+read as missing, never as a broken controller: a text becomes empty, a time unknown, a host's
+``policy_enabled`` true (as before REST API 1.4, which had no such field).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from exporter.backups import MISSING
+from exporter.model import (
+    BackupSnapshot,
+    ControllerSnapshot,
+    DecodeError,
+    Host,
+    Inventory,
+    Policy,
+    ScheduleReport,
+    VirtualMachine,
+    VMBackups,
+    VMProtection,
+    decode_json,
+)
+from exporter.protection import (
+    LOCAL,
+    PROTECTION_STATUSES,
+    NewestBackup,
+    Rule,
+    VMFacts,
+    expected_intervals,
+    judge,
+    parse_rules,
+    worst_first,
+)
+from exporter.scan import Collection
+
+#: VM listings of many thousand objects are known to exhaust a controller's memory
+#: (OMNI-69918): pages of this many VMs at most, whatever ``poll.page_size`` says.
+MAX_VM_PAGE_SIZE = 1000
+#: The live VMs (``state`` defaults to ALIVE; asked for explicitly all the same).
+VIRTUAL_MACHINES = Collection(
+    "/api/virtual_machines",
+    key="virtual_machines",
+    item="virtual machine",
+    # host_id, not host_name: only newer controllers have host_name; the host listing has both.
+    fields=(
+        "id",
+        "name",
+        "created_at",
+        "policy_id",
+        "policy_name",
+        "omnistack_cluster_name",
+        "datastore_name",
+        "host_id",
+    ),
+    filters=(("state", "ALIVE"),),
+    max_page_size=MAX_VM_PAGE_SIZE,
+    alongside=True,
+)
+POLICIES = Collection(
+    "/api/policies", key="policies", item="policy", fields=("id", "name", "rules"), alongside=True
+)
+HOSTS = Collection(
+    "/api/hosts",
+    key="hosts",
+    item="host",
+    fields=("id", "name", "omnistack_cluster_name", "policy_enabled"),
+    alongside=True,
+)
+#: REST API 1.11 and later; an older controller answers it with an error status.
+SCHEDULE_REPORT = "/api/policies/policy_schedule_report"
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
+_NO_BACKUPS: Mapping[str, float] = MappingProxyType({})
+_T = TypeVar("_T")
+
+
+class InventoryRead:
+    """One poll's read of the inventory: records in (one listing after the other), judged
+    protection out.
+
+    >>> read = InventoryRead()
+    >>> read.add_vm({"id": "v1", "name": "web", "policy_id": "p1", "created_at": "NA",
+    ...              "omnistack_cluster_name": "Boston", "host_id": "h1"})
+    >>> read.add_policy({"id": "p1", "name": "Hourly", "rules": [{"frequency": 60,
+    ...     "days": "All", "start_time": "00:00", "end_time": "00:00",
+    ...     "destination_name": "<Local>"}]})
+    >>> read.add_host({"id": "h1", "name": "esx-01", "omnistack_cluster_name": "Boston",
+    ...                "policy_enabled": True})
+    >>> inventory = read.inventory(None)
+    >>> inventory.vms[0].policy, inventory.vms[0].host, inventory.vms[0].created_at
+    ('Hourly', 'esx-01', None)
+    >>> dict(inventory.policies[0].intervals)
+    {'<Local>': 3600}
+    """
+
+    def __init__(self) -> None:
+        self._vms: list[VirtualMachine] = []
+        self._policies: list[Policy] = []
+        self._hosts: list[Host] = []
+        self._rules: dict[str, tuple[Rule, ...]] = {}  # policy id -> its usable rules
+
+    # -- the listings' records, one at a time (PageCounter sinks)
+
+    def add_vm(self, record: Mapping[str, Any]) -> None:
+        self._vms.append(
+            VirtualMachine(
+                vm_id=_clean(record["id"]),
+                name=_name(record),
+                cluster=_text(record, "omnistack_cluster_name"),
+                policy_id=_text(record, "policy_id"),
+                policy=_text(record, "policy_name"),
+                datastore=_text(record, "datastore_name"),
+                host_id=_text(record, "host_id"),
+                host="",  # named once the hosts are read
+                created_at=_timestamp(record.get("created_at")),
+            )
+        )
+
+    def add_policy(self, record: Mapping[str, Any]) -> None:
+        policy_id = _clean(record["id"])
+        parsed = parse_rules(record.get("rules"))
+        self._rules[policy_id] = parsed.rules
+        self._policies.append(
+            Policy(
+                policy_id=policy_id,
+                name=_name(record),
+                rules=parsed.count,
+                intervals=expected_intervals(parsed.rules, LOCAL),
+                problems=tuple(_clean(problem) for problem in parsed.problems),
+            )
+        )
+
+    def add_host(self, record: Mapping[str, Any]) -> None:
+        enabled = record.get("policy_enabled")
+        self._hosts.append(
+            Host(
+                host_id=_clean(record["id"]),
+                name=_name(record),
+                cluster=_text(record, "omnistack_cluster_name"),
+                # Only an explicit "no" disables: a missing or odd value says nothing.
+                policy_enabled=not (
+                    enabled is False or (isinstance(enabled, str) and enabled.lower() == "false")
+                ),
+            )
+        )
+
+    # -- once every listing is read
+
+    def inventory(self, schedule: ScheduleReport | None) -> Inventory:
+        """The listings as one :class:`~exporter.model.Inventory`.
+
+        A VM's host is named from the host listing (its id when not listed there), its policy
+        from the policy listing when the VM record gave no name. Policies sharing a name, or
+        hosts sharing a cluster and a name, would make duplicate series: the first by id is
+        kept.
+        """
+        hosts = _unique(
+            sorted(self._hosts, key=lambda h: (h.cluster, h.name, h.host_id)),
+            key=lambda h: (h.cluster, h.name),
+        )
+        policies = _unique(
+            sorted(self._policies, key=lambda p: (p.name, p.policy_id)), key=lambda p: p.name
+        )
+        host_names = {host.host_id: host.name for host in self._hosts}
+        policy_names = {policy.policy_id: policy.name for policy in self._policies}
+        vms = [
+            VirtualMachine(
+                vm.vm_id,
+                vm.name,
+                vm.cluster,
+                vm.policy_id,
+                vm.policy or policy_names.get(vm.policy_id, ""),
+                vm.datastore,
+                vm.host_id,
+                host_names.get(vm.host_id) or vm.host_id,
+                vm.created_at,
+            )
+            for vm in self._vms
+        ]
+        vms.sort(key=lambda vm: (vm.name, vm.vm_id))
+        return Inventory(tuple(vms), tuple(policies), tuple(hosts), schedule)
+
+    def judge(
+        self,
+        inventory: Inventory,
+        backups: BackupSnapshot,
+        *,
+        now: float,
+        overdue_factor: float,
+        grace_seconds: float,
+    ) -> ControllerSnapshot:
+        """Every live VM of ``inventory`` judged against its own policy at ``now``."""
+        backups_by_vm = {vm.vm_id: vm for vm in backups.vms}
+        enabled = {host.host_id: host.policy_enabled for host in self._hosts}
+        # Many VMs share few (policy, cluster) pairs: their intervals are computed once.
+        intervals_of: dict[tuple[str, str], Mapping[str, int]] = {}
+        by_status: dict[str, dict[str, int]] = {
+            cluster: dict.fromkeys(PROTECTION_STATUSES, 0)
+            for cluster in sorted(
+                {vm.cluster for vm in inventory.vms} | {host.cluster for host in inventory.hosts}
+            )
+        }
+        policy_vms: dict[str, int] = {}
+        protection: list[VMProtection] = []
+        ranked = []
+        for vm in inventory.vms:
+            key = (vm.policy_id, vm.cluster)
+            intervals = intervals_of.get(key)
+            if intervals is None:
+                rules = self._rules.get(vm.policy_id, ())
+                intervals = intervals_of[key] = expected_intervals(rules, vm.cluster)
+            policy_enabled = enabled.get(vm.host_id, True)
+            held = backups_by_vm.get(vm.vm_id)
+            verdict = judge(
+                VMFacts(
+                    created_at=vm.created_at,
+                    intervals=intervals,
+                    newest_protected=held.newest_protected if held else _NO_BACKUPS,
+                    newest_backup=_newest(held),
+                    policy_enabled=policy_enabled,
+                ),
+                now=now,
+                overdue_factor=overdue_factor,
+                grace_seconds=grace_seconds,
+            )
+            judged = VMProtection(
+                vm=vm,
+                backups=held,
+                scheduled=bool(intervals) and policy_enabled,
+                intervals=intervals,
+                status=verdict.status,
+                destination=verdict.destination,
+                newest_protected=verdict.newest_protected,
+                expected_interval=verdict.expected_interval,
+            )
+            protection.append(judged)
+            by_status[vm.cluster][verdict.status] += 1
+            policy_vms[vm.policy] = policy_vms.get(vm.policy, 0) + 1
+            if verdict.at_risk:
+                ranked.append((worst_first(verdict), vm.name, vm.vm_id, judged))
+        ranked.sort(key=lambda entry: entry[:3])
+        return ControllerSnapshot(
+            backups=backups,
+            inventory=inventory,
+            protection=tuple(protection),
+            at_risk=tuple(entry[3] for entry in ranked),
+            vms_by_status=by_status,
+            policy_vms=policy_vms,
+            judged_at=now,
+        )
+
+
+def parse_schedule_report(body: bytes) -> ScheduleReport:
+    """The body of :data:`SCHEDULE_REPORT`; :class:`DecodeError` if it is not a JSON object.
+
+    >>> parse_schedule_report(b'{"daily_backup_rate": 9120, "daily_backup_rate_limit": 24000,'
+    ...                       b' "projected_retained_backups": "NA"}').retained_backups_projected
+    """
+    document = decode_json(SCHEDULE_REPORT, body)
+    if not isinstance(document, dict):
+        raise DecodeError(f"{SCHEDULE_REPORT} answered with something else than an object")
+    return ScheduleReport(
+        daily_backups=_number(document.get("daily_backup_rate")),
+        daily_backups_limit=_number(document.get("daily_backup_rate_limit")),
+        retained_backups_projected=_number(document.get("projected_retained_backups")),
+        retained_backups_limit=_number(document.get("retained_backups_limit")),
+    )
+
+
+def _newest(held: VMBackups | None) -> NewestBackup | None:
+    if held is None or held.newest_created is None:
+        return None
+    return NewestBackup(held.newest_state, held.newest_created, held.newest_destination)
+
+
+def _unique(items: list[_T], key: Callable[[_T], object]) -> list[_T]:
+    seen: set[object] = set()
+    kept: list[_T] = []
+    for item in items:
+        if (k := key(item)) not in seen:
+            seen.add(k)
+            kept.append(item)
+    return kept
+
+
+def _text(record: Mapping[str, Any], key: str) -> str:
+    """A text field; "" when missing, not a text, or the API's "NA" (but see :func:`_name`)."""
+    value = record.get(key)
+    return _clean(value) if isinstance(value, str) and value != MISSING else ""
+
+
+def _name(record: Mapping[str, Any]) -> str:
+    """A name, "NA" included: something may be called that."""
+    value = record.get("name")
+    return _clean(value) if isinstance(value, str) else ""
+
+
+def _clean(value: str) -> str:
+    # JSON's "\ud800" decodes to a lone surrogate, which UTF-8 cannot carry to /metrics.
+    return value if value.isascii() else _SURROGATES.sub("\ufffd", value)
+
+
+def _timestamp(value: object) -> float | None:
+    """``2018-05-08T10:00:01Z`` as Unix seconds; ``None`` for ``"NA"`` or anything else."""
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        return None
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+    except ValueError:  # the pattern lets 2024-02-30 or hour 24 through
+        return None
+
+
+def _number(value: object) -> float | None:
+    if (type(value) is int or type(value) is float) and math.isfinite(value):
+        return float(value)
+    return None

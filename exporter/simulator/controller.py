@@ -1,0 +1,525 @@
+"""The simulated controller: its life cycle, federation, tokens and endpoints (a route table)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import random
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Literal
+from urllib.parse import parse_qs
+
+from exporter.simulator.faults import Faults
+from exporter.simulator.federation import Federation, generate_federation
+from exporter.simulator.listing import Collection, Listings, answer_failure
+from exporter.simulator.server import Exchange, Handler, Server
+from exporter.simulator.spec import FederationSpec
+from exporter.simulator.stats import Stats
+from exporter.simulator.store import (
+    BACKUP_QUERY,
+    GENERATED,
+    QueryRules,
+    Store,
+    layout_from_dicts,
+)
+from exporter.simulator.vocabulary import (
+    CLIENT_ID,
+    HOST_FIELDS,
+    POLICY_FIELDS,
+    REST_API_VERSION,
+    SCHEDULE_REPORT_SINCE,
+    SVTFS_VERSION,
+    VM_FIELDS,
+)
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_SPEC: Final = FederationSpec()
+BACKUPS: Final = "/api/backups"
+VIRTUAL_MACHINES: Final = "/api/virtual_machines"
+POLICIES: Final = "/api/policies"
+HOSTS: Final = "/api/hosts"
+SCHEDULE_REPORT: Final = "/api/policies/policy_schedule_report"
+#: The OmniStack version an older controller (REST API before 1.11) reports.
+OLD_SVTFS: Final = "3.7.7.240"
+VM_QUERY: Final = QueryRules(VM_FIELDS, defaults=(("state", "ALIVE"),), lists=frozenset({"state"}))
+POLICY_QUERY: Final = QueryRules(POLICY_FIELDS)
+HOST_QUERY: Final = QueryRules(HOST_FIELDS)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One path of the API: the methods it answers ("GET" answers HEAD too) and its handler.
+
+    ``login`` endpoints check the Bearer token (after the method) before the handler runs.
+    """
+
+    methods: tuple[str, ...]
+    handle: Callable[[Exchange], None]
+    login: bool = False
+
+    def allows(self, method: str) -> bool:
+        return method in self.methods or (method == "HEAD" and "GET" in self.methods)
+
+
+class SimulatedController:
+    """A simulated SimpliVity controller (OVC or MVA) serving one federation's backups.
+
+    ``backups`` is a :class:`FederationSpec` (its whole federation is generated with
+    ``now = clock()``: backups, VMs, policies, hosts, schedule report) or a list of backup
+    dicts (served as given: any fields; no inventory, see :meth:`set_inventory`). ``clock``
+    drives token expiry, the token answer's ``updated_at`` and the ``created_at`` of backups
+    added by churn. ``mode="mva"`` omits ``SVTFS_Version`` and lets comma-separated filters
+    work as OR. ``api_version`` is the REST API version it answers: before 1.11 (an older
+    controller) it has no schedule report (404 with the error body) and its VMs have no
+    ``host_name``.
+
+    Endpoints: ``GET /api/version``; ``POST /api/oauth/token``; with a token, the paged
+    collections ``GET /api/backups``, ``/api/virtual_machines``, ``/api/policies``,
+    ``/api/hosts`` (envelope keys ``backups``, ``virtual_machines``, ``policies``, ``hosts``)
+    and the flat ``GET /api/policies/policy_schedule_report``. :attr:`routes` maps each path
+    to its :class:`Endpoint`.
+
+    How a collection reads its query (``/api/backups`` is the example):
+
+    - ``offset`` >= 0 (default 0), ``limit`` 0..5000 (default 500); anything else is 400.
+      ``count`` is the number of matching backups; a page past the end is empty.
+    - ``sort`` any backup field (default ``name``; an unknown one is 400), ``order``
+      ascending|descending (default descending). Ties are broken by ``id`` (descending order
+      is the exact reverse of ascending), so paging order is total and stable.
+    - ``fields=a,b``: only those fields (unknown names are ignored; empty means all).
+    - Filters: a parameter named like a backup field (``state``, ``type``,
+      ``virtual_machine_name``, ``omnistack_cluster_name``, ``datastore_name``, ...) keeps the
+      backups whose value equals it exactly (booleans as ``true``/``false``);
+      ``created_after``/``created_before`` (``YYYY-MM-DDTHH:MM:SSZ``, else 400) keep
+      ``created_at`` >= / <= the value. A comma in a filter value matches nothing ("ovc") or
+      separates alternatives ("mva"). Other parameters (``case``, ...) are ignored.
+    - Every listing reflects the backups at the time of the request (after churn).
+    - ``/api/virtual_machines``: ``state`` defaults to ALIVE and takes a comma-separated list
+      (``state=ALIVE,REMOVED,DELETED``) on every controller; no ``created_after``/``before``.
+    """
+
+    def __init__(
+        self,
+        backups: Sequence[Mapping[str, object]] | FederationSpec = _DEFAULT_SPEC,
+        *,
+        username: str = "administrator@vsphere.local",
+        password: str = "simulator-password",  # noqa: S107
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: tuple[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        idle_timeout_seconds: float = 600,
+        absolute_timeout_seconds: float = 86400,
+        mode: Literal["ovc", "mva"] = "ovc",
+        api_version: str = REST_API_VERSION,
+    ) -> None:
+        if mode not in ("ovc", "mva"):
+            raise ValueError(f"mode must be 'ovc' or 'mva', not {mode!r}")
+        version = _version_tuple(api_version)
+        self.username = username
+        self.password = password
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.clock = clock
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self.absolute_timeout_seconds = absolute_timeout_seconds
+        self.mode = mode
+        self.api_version = api_version
+        self.has_schedule_report = version >= SCHEDULE_REPORT_SINCE
+        self._content_type = f"application/vnd.simplivity.v{api_version}+json;charset=UTF-8"
+        self._report: dict[str, object] = {}
+        self._federation: Federation | None = None
+        self.faults = Faults()
+        self.stats = Stats()
+        self.generated_at = 0.0
+        self._tokens: dict[str, list[float]] = {}  # token -> [issued, last used]
+        self._lock = threading.Lock()  # the federation's parts beside the listings
+        self._tokens_lock = threading.Lock()
+        self._issued: list[str] = []
+        self._stopping = threading.Event()
+        self._listings = Listings(self.faults, self.stats, self._stopping, mode)
+        self._server: Server | None = None
+        self._url: str | None = None
+        self._thread: threading.Thread | None = None
+        #: path -> endpoint; everything else answers 404.
+        self.routes: dict[str, Endpoint] = {
+            "/api/version": Endpoint(("GET",), self._version),
+            "/api/oauth/token": Endpoint(("POST",), self._login),
+            BACKUPS: Endpoint(("GET",), self._listing, login=True),
+            VIRTUAL_MACHINES: Endpoint(("GET",), self._listing, login=True),
+            POLICIES: Endpoint(("GET",), self._listing, login=True),
+            HOSTS: Endpoint(("GET",), self._listing, login=True),
+        }
+        if self.has_schedule_report:
+            self.routes[SCHEDULE_REPORT] = Endpoint(("GET",), self._schedule_report, login=True)
+        self.set_backups(backups)
+
+    # -- life cycle
+
+    def start(self) -> SimulatedController:
+        """Bind and serve in daemon threads; returns self."""
+        if self._server is not None:
+            raise RuntimeError("already started")
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(*self.tls)
+        self._stopping.clear()
+        self._server = Server((self.host, self.port), self._serve, self._stopping, context)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"simulator-{self._server.server_address[1]}",
+            daemon=True,
+        )
+        host, port = self._server.server_address[:2]
+        host = f"[{host!s}]" if ":" in str(host) else str(host)
+        self._url = f"{'https' if self.tls else 'http'}://{host}:{port}"
+        self._thread.start()
+        log.info("simulated controller listening on %s", self._url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: close the socket and end in-flight answers (hanging, endless) at once."""
+        server, self._server = self._server, None
+        self._stopping.set()
+        self._listings.wake()
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> SimulatedController:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` or ``https://...``; set by start() (and kept after stop())."""
+        if self._url is None:
+            raise RuntimeError("the simulated controller has not been started")
+        return self._url
+
+    # -- the federation
+
+    def set_backups(self, backups: Sequence[Mapping[str, object]] | FederationSpec) -> None:
+        """Replace the federation (a spec is generated with ``now = clock()``).
+
+        Plain backup dicts come with an empty inventory and a schedule report of zeros.
+        """
+        now = self.clock()
+        if isinstance(backups, FederationSpec):
+            federation = generate_federation(backups, now)
+            store = Store(GENERATED, federation.rows)
+            seed = backups.seed
+            vms, policies = federation.virtual_machines, federation.policies
+            hosts, report = federation.hosts, federation.schedule_report
+        else:
+            federation = None
+            store = Store(*layout_from_dicts(backups))
+            seed = 0
+            vms, policies, hosts, report = [], [], [], _empty_report()
+        for sort in ("id", "name"):  # the default order, and the one paging clients use
+            store.ascending(sort)
+        # Not Random(seed): that stream generated the federation, so churn would mint the
+        # very ids that already exist (duplicates in the listing).
+        rng = random.Random(f"churn-{seed}")
+        collections = [
+            Collection(BACKUPS, "backups", store, BACKUP_QUERY, churns=True),
+            *self._inventory(vms, policies, hosts),
+        ]
+        with self._lock:
+            self._listings.replace(collections, rng)
+            self._report = dict(report)
+            self._federation = federation
+            self.generated_at = now
+
+    def set_inventory(
+        self,
+        *,
+        virtual_machines: Sequence[Mapping[str, object]] | None = None,
+        policies: Sequence[Mapping[str, object]] | None = None,
+        hosts: Sequence[Mapping[str, object]] | None = None,
+        schedule_report: Mapping[str, object] | None = None,
+    ) -> None:
+        """Serve these records (as given: any fields) in place of the generated ones."""
+        with self._lock:
+            self._listings.update(
+                self._inventory(
+                    virtual_machines if virtual_machines is not None else self.virtual_machines(),
+                    policies if policies is not None else self.policies(),
+                    hosts if hosts is not None else self.hosts(),
+                )
+            )
+            if schedule_report is not None:
+                self._report = dict(schedule_report)
+            self._federation = None
+
+    def _inventory(
+        self,
+        vms: Sequence[Mapping[str, object]],
+        policies: Sequence[Mapping[str, object]],
+        hosts: Sequence[Mapping[str, object]],
+    ) -> list[Collection]:
+        if not self.has_schedule_report:  # an older controller: no host_name yet
+            vms = [{k: v for k, v in vm.items() if k != "host_name"} for vm in vms]
+        collections = []
+        for path, key, records, rules in (
+            (VIRTUAL_MACHINES, "virtual_machines", vms, VM_QUERY),
+            (POLICIES, "policies", policies, POLICY_QUERY),
+            (HOSTS, "hosts", hosts, HOST_QUERY),
+        ):
+            store = Store(*layout_from_dicts(records))
+            store.ascending("name")
+            collections.append(Collection(path, key, store, rules))
+        return collections
+
+    @property
+    def planted(self) -> Mapping[str, str]:
+        """Role VM name -> the protection status a correct exporter finds for it (ALIVE ones).
+
+        Empty when the federation was not generated from a spec (or its inventory replaced).
+        See :mod:`exporter.simulator.spec` for the roles and the statuses.
+        """
+        federation = self._federation
+        return federation.planted if federation is not None else {}
+
+    @property
+    def expected_statuses(self) -> Mapping[str, str]:
+        """VM id -> the protection status a correct exporter finds, for every ALIVE VM."""
+        federation = self._federation
+        return federation.expected if federation is not None else {}
+
+    def virtual_machines(self) -> list[dict[str, object]]:
+        """A copy of the VMs served (every state), as full dicts."""
+        return self._records(VIRTUAL_MACHINES)
+
+    def policies(self) -> list[dict[str, object]]:
+        return self._records(POLICIES)
+
+    def hosts(self) -> list[dict[str, object]]:
+        return self._records(HOSTS)
+
+    def schedule_report(self) -> dict[str, object]:
+        with self._lock:
+            return dict(self._report)
+
+    def _records(self, path: str) -> list[dict[str, object]]:
+        layout, rows = self._listings.rows(path)
+        return [layout.as_dict(row) for row in rows]
+
+    def backup_count(self) -> int:
+        return len(self._listings.rows(BACKUPS)[1])
+
+    def backups(self) -> list[dict[str, object]]:
+        """A copy of the current backups, as full dicts (unsorted)."""
+        return self._records(BACKUPS)
+
+    def backup_ids(self) -> set[str]:
+        layout, rows = self._listings.rows(BACKUPS)
+        get = layout.getter("id")
+        if get is None:
+            return set()
+        return {str(get(row)) for row in rows}
+
+    # -- tokens
+
+    def revoke_tokens(self) -> None:
+        """Forget every token: the next request with one gets 401 "Invalid access token"."""
+        with self._tokens_lock:
+            self._tokens.clear()
+
+    def expire_tokens(self) -> None:
+        """Make every token idle-expired: the next request with one gets 401 "expired"."""
+        with self._tokens_lock:
+            for times in self._tokens.values():
+                times[1] = float("-inf")
+
+    def issued_tokens(self) -> list[str]:
+        """Every access token handed out, in order (revoked and expired ones too)."""
+        with self._tokens_lock:
+            return list(self._issued)
+
+    # -- serving
+
+    def _serve(self, h: Handler) -> None:
+        ex = Exchange(h, self.stats, self.faults, self.clock, self._content_type)
+        in_flight = self.stats.started(ex.path)
+        try:
+            ex.read_body()
+            endpoint = self.routes.get(ex.path)
+            if endpoint is None:
+                ex.error(404, "Not Found", f"No handler found for {ex.path}")
+            elif not endpoint.allows(ex.method):
+                ex.method_not_allowed(", ".join(endpoint.methods))
+            elif endpoint.login and 0 < self.faults.max_in_flight < in_flight:
+                self.stats.refused(502)
+                ex.error(
+                    502,
+                    "com.simplivity.restapi.exceptions.TooManyRequestsException",
+                    "Too many simultaneous REST API requests; try again later",
+                )
+            elif not endpoint.login or self._check_token(ex):
+                endpoint.handle(ex)
+        except (ConnectionError, TimeoutError, ssl.SSLError, ValueError) as e:
+            log.debug("request %s %s aborted: %s", ex.method, ex.path, e)
+            ex.close()
+        finally:
+            ex.leave_flight()
+
+    def _listing(self, ex: Exchange) -> None:
+        self._listings.serve(ex, self.clock())
+
+    def _schedule_report(self, ex: Exchange) -> None:
+        with self._lock:
+            report = dict(self._report)
+        self._listings.serve_object(ex, report)
+
+    def _version(self, ex: Exchange) -> None:
+        answer = {"REST_API_Version": self.api_version}
+        if self.mode == "ovc":
+            answer["SVTFS_Version"] = SVTFS_VERSION if self.has_schedule_report else OLD_SVTFS
+        ex.send(200, answer)
+
+    def _login(self, ex: Exchange) -> None:
+        if not _client_credentials_ok(ex.header("Authorization")):
+            self.stats.login(False)
+            ex.error(
+                401,
+                "org.springframework.security.authentication.BadCredentialsException",
+                "Bad Credentials",
+                error="unauthorized",
+            )
+            return
+        failure = self.faults.take_login_failure()
+        if failure is not None:
+            self.stats.login(False)
+            answer_failure(ex, failure)
+            return
+        form = parse_qs(ex.query, keep_blank_values=True)
+        try:
+            form.update(
+                parse_qs(ex.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+            )
+        except UnicodeDecodeError:
+            form = {}
+
+        def one(name: str) -> str | None:
+            values = form.get(name)
+            return values[0] if values else None
+
+        grant = one("grant_type")
+        if grant != "password":
+            self.stats.login(False)
+            ex.send(
+                400,
+                {
+                    "error": "unsupported_grant_type" if grant else "invalid_request",
+                    "error_description": f"Unsupported grant type: {grant}"
+                    if grant
+                    else "Missing grant type",
+                },
+            )
+            return
+        if one("username") != self.username or one("password") != self.password:
+            self.stats.login(False)
+            if self.faults.bad_credentials_status == 400:
+                ex.send(400, {"error": "invalid_grant", "error_description": "Bad credentials"})
+            else:
+                ex.send(
+                    self.faults.bad_credentials_status,
+                    {"error": "unauthorized", "error_description": "Bad credentials"},
+                )
+            return
+        now = self.clock()
+        token = str(uuid.uuid4())
+        with self._tokens_lock:
+            self._tokens[token] = [now, now]
+            self._issued.append(token)
+        self.stats.login(True)
+        ex.send(
+            200,
+            {
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_in": max(int(self.absolute_timeout_seconds) - 1, 0),
+                "scope": "read write",
+                "updated_at": int(now * 1000),
+            },
+        )
+
+    def _check_token(self, ex: Exchange) -> bool:
+        """True if the request carries a live token (refreshing its idle time); else answers 401."""
+        scheme, _, token = ex.header("Authorization").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        now = self.clock()
+        with self._tokens_lock:
+            times = self._tokens.get(token)
+            if times is None:
+                message = f"Invalid access token: {token}"
+            elif (
+                now - times[1] > self.idle_timeout_seconds
+                or now - times[0] > self.absolute_timeout_seconds
+            ):
+                message = f"Access token expired due to inactivity: {token}"
+            else:
+                times[1] = now
+                return True
+        ex.token_error(message)
+        return False
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        parts = tuple(int(part) for part in version.split("."))
+    except ValueError:
+        parts = ()
+    if len(parts) != 2:
+        raise ValueError(f"api_version must look like 1.25, not {version!r}")
+    return parts
+
+
+def _empty_report() -> dict[str, object]:
+    spec = _DEFAULT_SPEC
+    return {
+        "daily_backup_rate": 0,
+        "daily_backup_rate_limit": spec.daily_backup_rate_limit,
+        "backup_rate_level": 0,
+        "projected_retained_backups": 0,
+        "retained_backups_limit": spec.retained_backups_limit,
+        "projected_retained_backups_level": 0,
+    }
+
+
+def _client_credentials_ok(header: str) -> bool:
+    if not header:
+        return False
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return decoded == f"{CLIENT_ID}:"

@@ -1,0 +1,401 @@
+"""The generated federation: a :class:`FederationSpec` made into backups, VMs, policies, hosts
+and a schedule report, all consistent with each other.
+
+Each VM's backups follow its policy's rules (:mod:`exporter.simulator.schedule`): per rule,
+the newest scheduled times before the rule stopped (now - 10 min for a running one), each
+backup a few minutes after its time, at the rule's destination (the VM's cluster, another
+cluster for DR copies, or an external store). Every destination gets at least its newest
+backup; the rest of the VM's backups are the newest times of all its rules together.
+
+The simulator judges every live VM's protection status from what it generated
+(:attr:`Federation.expected`, by VM id; :attr:`Federation.planted`, by name for the role VMs):
+it is the oracle the exporter's own judgement is tested against.
+"""
+
+from __future__ import annotations
+
+import calendar
+import itertools
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final
+
+from exporter.simulator.inventory import (
+    Cluster,
+    Host,
+    Inventory,
+    Policy,
+    VmPlan,
+    host_record,
+    plan_inventory,
+    policy_record,
+    vm_record,
+)
+from exporter.simulator.schedule import Destination, Rule
+from exporter.simulator.spec import FederationSpec
+from exporter.simulator.store import GENERATED, Row
+from exporter.simulator.values import DAY, Times, seeded_uuid4
+from exporter.simulator.vocabulary import BACKUP_STATES
+
+#: The exporter's defaults: overdue past interval x 1.5 + 1 h; "new" for interval + 1 h.
+OVERDUE_FACTOR: Final = 1.5
+GRACE_SECONDS: Final = 3600
+_OTHER_STATES: Final = tuple(s for s in BACKUP_STATES if s != "PROTECTED")
+_STORE_TYPES: Final = {"StoreOnce-Boston": "StoreOnceOnPrem", "StoreOnce-Cloud": "StoreOnceCloud"}
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Everything a simulated controller serves for one spec at one time."""
+
+    #: the backups, as the store keeps them (see :data:`exporter.simulator.store.GENERATED`)
+    rows: list[Row]
+    virtual_machines: list[dict[str, object]]
+    policies: list[dict[str, object]]
+    hosts: list[dict[str, object]]
+    schedule_report: dict[str, object]
+    #: VM id -> the protection status a correct exporter finds, for every ALIVE VM
+    expected: Mapping[str, str]
+    #: role VM name -> its protection status, for the ALIVE role VMs (see spec.ROLES)
+    planted: Mapping[str, str]
+
+
+def generate_federation(spec: FederationSpec, now: float) -> Federation:
+    """The federation of ``spec`` at ``now`` (Unix seconds): same inputs, same federation."""
+    now_s = int(now)
+    inventory = plan_inventory(spec, now_s)
+    times = Times()
+    rows = _backups(spec, inventory, now_s, random.Random(f"backups-{spec.seed}"), times)
+    vms = [vm_record(vm, times) for vm in inventory.vms]
+    return Federation(
+        rows=rows,
+        virtual_machines=vms,
+        policies=[policy_record(p) for p in inventory.policies],
+        hosts=[host_record(h) for h in inventory.hosts],
+        schedule_report=_schedule_report(spec, inventory),
+        expected={vm.id: vm.expected for vm in inventory.vms if vm.expected is not None},
+        planted={
+            vm.name: vm.expected
+            for vm in inventory.vms
+            if vm.role != "regular" and vm.expected is not None
+        },
+    )
+
+
+def generate_backups(spec: FederationSpec, now: float) -> list[dict[str, object]]:
+    """The backups of a deterministic federation, as ``/api/backups`` lists them.
+
+    Every backup has every field of :data:`BACKUP_FIELDS`. Same ``spec`` and ``now`` (Unix
+    seconds), same list. The default spec (3 clusters, 40 VMs, 12 backups each for those that
+    have any) contains all 11 states, ``"NA"`` expiration and unique-size times,
+    MANUAL/POLICY/UNSPECIFIED backups, a Hyper-V cluster ("London DR"), a non-ASCII cluster
+    ("Zürich-Ost"), DR copies to another cluster (``sent`` > 0), backups on the external
+    stores ``StoreOnce-Boston`` and ``StoreOnce-Cloud`` (omnistack_cluster_id/name ""), and the
+    VMs that :data:`exporter.simulator.spec.ROLES` lists (role VMs come first; a spec with fewer
+    VMs than roles drops the last roles).
+    """
+    return [GENERATED.as_dict(row) for row in generate_federation(spec, now).rows]
+
+
+# --- backups ------------------------------------------------------------------------------------
+
+
+def _backups(
+    spec: FederationSpec, inventory: Inventory, now: int, rng: random.Random, times: Times
+) -> list[Row]:
+    clusters = {c.name: c for c in inventory.clusters}
+    rows: list[Row] = []
+    for vm in inventory.vms:
+        if vm.count:
+            rows.extend(_vm_backups(spec, vm, clusters, now, rng, times))
+        else:
+            vm.created = vm.created or now - 400 * DAY
+            vm.expected = _judge(vm, vm.host, None, {}, now)
+    return rows
+
+
+def _vm_backups(
+    spec: FederationSpec,
+    vm: VmPlan,
+    clusters: Mapping[str, Cluster],
+    now: int,
+    rng: random.Random,
+    times: Times,
+) -> list[Row]:
+    failed_share, manual_share = spec.failed_share, spec.manual_share
+    cluster = vm.cluster
+    offset = cluster.offset
+    # per rule: seconds its backups are kept, whether they are copies sent to another cluster,
+    # the values its backups share, and its destination's name
+    per_rule = []
+    for rule in vm.policy.rules:
+        group = _group(vm, rule.destination, clusters)
+        per_rule.append((rule.retention * 60, rule.destination.kind == "cluster", group))
+    base_size = rng.randint(4, 400) * 1024**3
+    spread = base_size >> 6
+    if vm.vm_type == "TEMPLATE":
+        consistency_of = None
+    elif vm.app_consistent:
+        consistency_of = "VSS" if cluster.hypervisor == "HYPERV" else "DEFAULT"
+    else:
+        consistency_of = ""
+    role = vm.role
+    special = role in ("failing", "all-states", "last-failed")
+    heads = [(0, "")] * len(per_rule)  # per rule: (created, state) of its newest backup
+    jitter = min(240, min(rule.frequency for rule in vm.policy.rules) * 30)
+    slots, oldest = _slots(vm)
+    rows: list[Row] = []
+    append = rows.append
+    for slot, r, j in slots:
+        keep, copied, group = per_rule[r]
+        created = slot + rng.randint(1, jitter)
+        state = "PROTECTED"
+        kind = "POLICY"
+        if special:
+            if role == "failing":
+                state = "FAILED"
+            elif role == "all-states":
+                if j > 0:
+                    state = _OTHER_STATES[(j - 1) % len(_OTHER_STATES)]
+            elif j == 0:  # last-failed
+                state = "FAILED"
+        elif j > 0:
+            draw = rng.random()
+            if draw < failed_share:
+                state = "FAILED"
+            elif draw < failed_share + 0.005:
+                state = "DEGRADED"
+            draw = rng.random()
+            if draw < manual_share:
+                kind = "MANUAL"
+            elif draw < manual_share + 0.002:
+                kind = "UNSPECIFIED"
+        if kind == "MANUAL":
+            name = f"{vm.name}-backup-{times.local(created, offset)}"
+            expiration = "NA"
+        else:
+            name = times.local(slot + 1, offset)
+            expires = slot + keep
+            expiration = times.utc(expires if expires > now else now + DAY)
+        if state == "FAILED":
+            size = 0
+            rng.randint(-spread, spread)  # the same draws whatever the state
+        else:
+            size = base_size + rng.randint(-spread, spread)
+        if j < 2 or state != "PROTECTED":
+            unique, unique_ts = 0, "NA"
+        else:
+            unique = size // rng.randint(20, 1000)
+            unique_ts = times.utc(slot + 3600)
+        if copied and state == "PROTECTED":
+            duration = rng.randint(5, 900)
+            sent, sent_at = unique or size // 50, times.utc(created + duration)
+        else:
+            duration, sent, sent_at = 0, 0, "NA"
+        if consistency_of is None:
+            consistent, consistency = False, "NOT_APPLICABLE"
+        elif consistency_of:
+            if rng.random() < 0.01:
+                consistent, consistency = False, "FAILEDVSS"
+            else:
+                consistent, consistency = True, consistency_of
+        else:
+            consistent, consistency = False, "NONE"
+        if j == 0:
+            heads[r] = (created, state)
+        append(
+            (
+                seeded_uuid4(rng),
+                name,
+                state,
+                kind,
+                times.utc(created),
+                expiration,
+                size,
+                unique,
+                unique_ts,
+                sent,
+                duration,
+                sent_at,
+                consistent,
+                consistency,
+                group,
+            )
+        )
+    vm.created = vm.created or oldest - rng.randint(1, 30) * DAY
+    # A rule's backups are made in the order of its times (the jitter is less than their
+    # spacing): the newest backup is a rule's first, and so is usually its newest PROTECTED.
+    newest = max(heads)
+    protected: dict[str, int] = {}
+    for r, (created, state) in enumerate(heads):
+        if state != "PROTECTED":
+            created = _first_protected(rows, per_rule[r][2])
+        where = per_rule[r][2][1] or per_rule[r][2][2]
+        if created > protected.get(where, 0):
+            protected[where] = created
+    vm.expected = _judge(vm, vm.host, newest, protected, now)
+    return rows
+
+
+def _first_protected(rows: list[Row], group: Row) -> int:
+    """When the first PROTECTED backup of a rule (by its shared group) was created; 0: none."""
+    for row in rows:
+        if row[-1] is group and row[2] == "PROTECTED":
+            text: str = row[4]  # 2023-11-14T22:13:20Z
+            fields = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
+            year, month, day, hour, minute, second = (int(f) for f in fields)
+            return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    return 0
+
+
+def _group(vm: VmPlan, target: Destination, clusters: Mapping[str, Cluster]) -> Row:
+    """The values a VM's backups at one destination share (omnistack_cluster_id onwards)."""
+    cluster = vm.cluster
+    shared = (
+        vm.datastore[0],
+        vm.datastore[1],
+        vm.id,
+        vm.name,
+        vm.state,
+        vm.vm_type,
+        cluster.hypervisor,
+        cluster.compute_parent,
+        cluster.compute_parent_id,
+        list(cluster.group_ids),
+        {"id": cluster.id, "name": cluster.name},
+    )
+    if target.kind == "store":
+        store_type = _STORE_TYPES.get(target.name, "Unknown")
+        return ("", "", target.name, store_type, *shared)
+    at = clusters[target.name] if target.kind == "cluster" else cluster
+    return (at.id, at.name, "", "SimplivityStore", *shared)
+
+
+def _slots(vm: VmPlan) -> tuple[Iterable[tuple[int, int, int]], int]:
+    """(scheduled time, rule index, index within the rule) of each backup, and the oldest time.
+
+    Every rule's newest time comes first, then the newest of all the rules' other times.
+    """
+    offset = vm.cluster.offset
+    rules = vm.policy.rules
+    if len(rules) == 1 and rules[0].every_day() and DAY % (rules[0].frequency * 60) == 0:
+        step = rules[0].frequency * 60  # the usual case, in plain arithmetic
+        top = (vm.stops[0] + offset) // step * step - offset
+        oldest = top - (vm.count - 1) * step
+        return zip(range(top, oldest - 1, -step), itertools.repeat(0), range(vm.count)), oldest
+    merged = _merged(vm, offset)
+    return merged, min(merged)[0]
+
+
+def _merged(vm: VmPlan, offset: int) -> list[tuple[int, int, int]]:
+    rules, count = vm.policy.rules, vm.count
+    streams = [rule.times(stop, offset) for rule, stop in zip(rules, vm.stops, strict=True)]
+    heads = sorted(((next(s), r) for r, s in enumerate(streams)), reverse=True)
+    merged = [(t, r, 0) for t, r in heads[:count]]
+    left = count - len(heads)
+    if left <= 0:
+        return merged
+    # The densest rule's next `left` times bound the oldest time needed: the other rules only
+    # give their times down to that bound.
+    densest = _densest(vm.policy)
+    dense = list(itertools.islice(streams[densest], left))
+    bound = dense[-1]
+    candidates = [(t, densest, j) for j, t in enumerate(dense, 1)]
+    for r, stream in enumerate(streams):
+        if r != densest:
+            times = itertools.takewhile(lambda t: t >= bound, stream)
+            candidates.extend((t, r, j) for j, t in enumerate(times, 1))
+    candidates.sort(reverse=True)
+    return merged + candidates[:left]
+
+
+@lru_cache(maxsize=1024)
+def _densest(policy: Policy) -> int:
+    """The index of the policy's rule that takes the most backups per day."""
+    return max(range(len(policy.rules)), key=lambda r: policy.rules[r].per_day())
+
+
+# --- the oracle ---------------------------------------------------------------------------------
+
+
+def _judge(
+    vm: VmPlan,
+    host: Host,
+    newest: tuple[int, str] | None,  # (created, state) of its newest backup
+    protected: Mapping[str, int],
+    now: int,
+) -> str | None:
+    """The protection status of a VM (see spec's docstring), or None when it is not ALIVE."""
+    if vm.state != "ALIVE":
+        return None
+    if not vm.policy.rules or not host.policy_enabled:
+        return "not_scheduled"
+    intervals = {
+        (vm.cluster.name if target.is_local else target.name): seconds
+        for target, seconds in expected_intervals(vm.policy).items()
+    }
+    if not protected:
+        if now - vm.created < max(intervals.values()) + GRACE_SECONDS:
+            return "new"
+        return "never_backed_up"
+    for where, interval in intervals.items():
+        last = protected.get(where)
+        if last is None or now - last > interval * OVERDUE_FACTOR + GRACE_SECONDS:
+            return "overdue"
+    if newest is not None and newest[1] == "FAILED":
+        return "last_failed"
+    return "ok"
+
+
+@lru_cache(maxsize=1024)
+def expected_intervals(policy: Policy) -> dict[Destination, int]:
+    """Per destination, the longest time (seconds) between two of its scheduled backups."""
+    by_target: dict[Destination, list[int]] = {}
+    for r, rule in enumerate(policy.rules):
+        by_target.setdefault(rule.destination, []).append(r)
+    result = {}
+    for target, indexes in by_target.items():
+        rules = [policy.rules[r] for r in indexes]
+        if len(rules) == 1 and rules[0].every_day() and DAY % (rules[0].frequency * 60) == 0:
+            result[target] = rules[0].frequency * 60
+            continue
+        # Over a span that holds every pattern the rules can make (weeks, or months of every
+        # length), from a fixed midnight: the gaps do not depend on which.
+        days = 800 if any(rule.by_month_day() for rule in rules) else 28
+        result[target] = _longest_gap(rules, 1_700_006_400, days * DAY)
+    return result
+
+
+def _longest_gap(rules: list[Rule], end: int, span: int) -> int:
+    times: set[int] = set()
+    for rule in rules:
+        times.update(itertools.takewhile(lambda t: t > end - span, rule.times(end, 0)))
+    ordered = sorted(times)
+    return max(b - a for a, b in itertools.pairwise(ordered))
+
+
+# --- the schedule report ------------------------------------------------------------------------
+
+
+def _schedule_report(spec: FederationSpec, inventory: Inventory) -> dict[str, object]:
+    """What the live VMs' policies will create per day and keep, against the limits."""
+    scheduled: dict[Policy, int] = {}  # policy -> its live VMs on hosts with policy backups
+    for vm in inventory.vms:
+        if vm.state == "ALIVE" and vm.host.policy_enabled:
+            scheduled[vm.policy] = scheduled.get(vm.policy, 0) + 1
+    rate = retained = 0.0
+    for policy, vms in scheduled.items():
+        for rule in policy.rules:
+            rate += vms * rule.per_day()
+            retained += vms * rule.per_day() * rule.retention / 1440
+    rate_limit, retained_limit = spec.daily_backup_rate_limit, spec.retained_backups_limit
+    return {
+        "daily_backup_rate": round(rate),
+        "daily_backup_rate_limit": rate_limit,
+        "backup_rate_level": round(100 * rate / rate_limit),
+        "projected_retained_backups": round(retained),
+        "retained_backups_limit": retained_limit,
+        "projected_retained_backups_level": round(100 * retained / retained_limit),
+    }

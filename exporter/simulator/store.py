@@ -1,0 +1,494 @@
+"""The served records (backups, VMs, policies, hosts): storage, sorting, filtering, churn and
+JSON rendering of pages."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import operator
+import random
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+from exporter.simulator.values import DAY, Times, seeded_uuid4
+from exporter.simulator.vocabulary import (
+    BACKUP_FIELDS,
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    OWN_FIELDS,
+    SHARED_FIELDS,
+)
+
+Row = tuple[Any, ...]
+"""One stored record: its own values, then one tuple of values shared with others (a generated
+backup shares its VM's and its destination's values; other records share nothing)."""
+
+MISSING: Final = object()
+
+_CREATED_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+# Value kinds of the per-backup fields of a generated federation (churn keeps them), so that
+# pages can be written without building a dict per backup.
+# "safe": a string that never needs JSON escaping (ids, states, times).
+_OWN_KINDS: Final = {
+    "id": "safe",
+    "name": "str",
+    "state": "safe",
+    "type": "safe",
+    "created_at": "safe",
+    "expiration_time": "safe",
+    "size": "int",
+    "unique_size_bytes": "int",
+    "unique_size_timestamp": "safe",
+    "sent": "int",
+    "sent_duration": "int",
+    "sent_completion_time": "safe",
+    "application_consistent": "bool",
+    "consistency_type": "safe",
+}
+_SORTABLE_SHARED: Final = frozenset(SHARED_FIELDS) - {"cluster_group_ids", "associated_cluster"}
+_JSON_BOOL: Final = {False: "false", True: "true"}
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def to_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each field of a stored row lives: in the row, or in its shared tuple ``row[-1]``."""
+
+    own: tuple[str, ...]
+    shared: tuple[str, ...]
+    sparse: bool  # some rows lack some fields (stored as MISSING, left out of answers)
+    typed: bool = False  # own fields hold values of the kinds _OWN_KINDS says
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.own + self.shared
+
+    def getter(self, name: str) -> Callable[[Row], Any] | None:
+        if name in self.own:
+            i = self.own.index(name)
+            return lambda row: row[i]
+        if name in self.shared:
+            j = self.shared.index(name)
+            return lambda row: row[-1][j]
+        return None
+
+    def as_dict(self, row: Row) -> dict[str, object]:
+        result = dict(zip(self.own, row, strict=False))
+        result.update(zip(self.shared, row[-1], strict=True))
+        if self.sparse:
+            return {k: v for k, v in result.items() if v is not MISSING}
+        return result
+
+    def renderer(
+        self, wanted: Sequence[str] | None
+    ) -> Callable[[Sequence[Row]], list[dict[str, Any]]]:
+        """A function turning rows into answer dicts holding only the ``wanted`` fields."""
+        names = self.fields if wanted is None else wanted
+        own = [(n, self.own.index(n)) for n in names if n in self.own]
+        shared = [(n, self.shared.index(n)) for n in names if n in self.shared]
+        own_names = tuple(n for n, _ in own)
+        own_index = tuple(i for _, i in own)
+        sparse = self.sparse
+
+        def render(rows: Sequence[Row]) -> list[dict[str, Any]]:
+            parts: dict[int, dict[str, Any]] = {}
+            out: list[dict[str, Any]] = []
+            append = out.append
+            for row in rows:
+                item = {name: row[i] for name, i in zip(own_names, own_index, strict=True)}
+                if shared:
+                    group = row[-1]
+                    part = parts.get(id(group))
+                    if part is None:
+                        part = {n: group[j] for n, j in shared}
+                        parts[id(group)] = part
+                    item.update(part)
+                if sparse:
+                    item = {k: v for k, v in item.items() if v is not MISSING}
+                append(item)
+            return out
+
+        return render
+
+    def json_renderer(
+        self, wanted: Sequence[str] | None, fragments: dict[int, tuple[Row, str]]
+    ) -> Callable[[Sequence[Row]], str]:
+        """A function writing rows as the JSON text of a list of backups with ``wanted`` fields.
+
+        ``fragments`` caches the JSON text of the shared part of each group (by the group's id;
+        the group is kept in the value so that its id stays unique); it must belong to one
+        selection of fields.
+        """
+        if not self.typed:
+            as_dicts = self.renderer(wanted)
+            return lambda rows: to_json(as_dicts(rows))
+        names = self.fields if wanted is None else wanted
+        # Plain fields go straight into the template (their values never need escaping); the
+        # others are encoded per row; the shared part comes from the per-group cache. The
+        # template's positional fields keep the requested order of the fields.
+        plain = [n for n in names if _OWN_KINDS.get(n) in ("safe", "int")]
+        other = [n for n in names if _OWN_KINDS.get(n) in ("str", "bool")]
+        shared = [(n, self.shared.index(n)) for n in names if n in self.shared]
+        position = {n: i for i, n in enumerate(plain + other)}
+        pieces = []
+        for n in names:  # field names hold no braces: they are all in _OWN_KINDS
+            if n in position:
+                slot = f"{{{position[n]}}}"
+                pieces.append(
+                    f'{to_json(n)}:"{slot}"' if _OWN_KINDS[n] == "safe" else f"{to_json(n)}:{slot}"
+                )
+        if shared:
+            pieces.append(f"{{{len(position)}}}")
+        template = "{{" + ",".join(pieces) + "}}"
+        get_plain = _tuple_getter([self.own.index(n) for n in plain])
+        encoders: list[tuple[int, Callable[[Any], str]]] = [
+            (self.own.index(n), _encode_str if _OWN_KINDS[n] == "str" else _JSON_BOOL.__getitem__)
+            for n in other
+        ]
+        fill = template.format
+
+        def fragment(group: Row) -> str:
+            text = ",".join(f"{to_json(n)}:{to_json(group[j])}" for n, j in shared)
+            fragments[id(group)] = (group, text)
+            return text
+
+        def render(rows: Sequence[Row]) -> str:
+            out: list[str] = []
+            append = out.append
+            cached = fragments.get
+            if encoders:
+                for row in rows:
+                    values = get_plain(row) + tuple([encode(row[i]) for i, encode in encoders])
+                    if shared:
+                        group = row[-1]
+                        entry = cached(id(group))
+                        values += (fragment(group) if entry is None else entry[1],)
+                    append(fill(*values))
+            elif shared:  # the usual case: ids, times, sizes and the VM's fields
+                for row in rows:
+                    group = row[-1]
+                    entry = cached(id(group))
+                    append(fill(*get_plain(row), fragment(group) if entry is None else entry[1]))
+            else:
+                for row in rows:
+                    append(fill(*get_plain(row)))
+            return "[" + ",".join(out) + "]"
+
+        return render
+
+
+def _tuple_getter(indexes: Sequence[int]) -> Callable[[Row], tuple[Any, ...]]:
+    if not indexes:
+        return lambda row: ()
+    if len(indexes) == 1:
+        i = indexes[0]
+        return lambda row: (row[i],)
+    return operator.itemgetter(*indexes)
+
+
+GENERATED: Final = Layout(OWN_FIELDS, SHARED_FIELDS, sparse=False, typed=True)
+
+
+def layout_from_dicts(backups: Sequence[Mapping[str, object]]) -> tuple[Layout, list[Row]]:
+    names: dict[str, None] = {}
+    for backup in backups:
+        for key in backup:
+            names.setdefault(key, None)
+    own = tuple(names)
+    sparse = any(len(backup) != len(own) for backup in backups)
+    rows = [(*(backup.get(n, MISSING) for n in own), ()) for backup in backups]
+    return Layout(own, (), sparse), rows
+
+
+def _sort_key(layout: Layout, sort: str) -> Callable[[Row], tuple[Any, ...]]:
+    """A total order: the field's value (numbers before strings, missing first), then id."""
+    if layout.typed and sort in _OWN_KINDS:
+        i = layout.own.index(sort)
+        return lambda row: (row[i], row[0])
+    if layout.typed and sort in _SORTABLE_SHARED:
+        j = layout.shared.index(sort)
+        return lambda row: (row[-1][j], row[0])
+    get = layout.getter(sort) or (lambda row: None)
+    get_id = layout.getter("id") or (lambda row: "")
+
+    def key(row: Row) -> tuple[Any, ...]:
+        v = get(row)
+        t = type(v)
+        if t is str:
+            return (3, v, get_id(row))
+        if t is int or t is float:
+            return (2, v, get_id(row))
+        if t is bool:
+            return (1, v, get_id(row))
+        if v is None or v is MISSING:
+            return (0, 0, get_id(row))
+        return (4, json.dumps(v, sort_keys=True, default=str), get_id(row))
+
+    return key
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class QueryRules:
+    """How one collection reads its query.
+
+    ``documented``: the fields a query may name (sort, filters) even if no record holds them;
+    ``defaults``: filters applied when the query does not name them (``state=ALIVE`` for VMs);
+    ``lists``: filters whose comma-separated values are alternatives on every controller (other
+    filters follow the controller's mode); ``dated``: ``created_after``/``created_before``.
+    """
+
+    documented: tuple[str, ...]
+    defaults: tuple[tuple[str, str], ...] = ()
+    lists: frozenset[str] = frozenset()
+    dated: bool = False
+
+
+BACKUP_QUERY: Final = QueryRules(BACKUP_FIELDS, dated=True)
+
+
+@dataclass(frozen=True)
+class Query:
+    offset: int
+    limit: int
+    fields: tuple[str, ...] | None
+    sort: str
+    descending: bool
+    filters: tuple[tuple[str, str], ...]
+    created_after: str | None
+    created_before: str | None
+    #: filters whose comma-separated values are alternatives whatever the mode
+    lists: frozenset[str] = frozenset()
+
+
+class BadRequest(Exception):
+    """A listing's query the controller refuses with 400."""
+
+
+def parse_query(query: str, rules: QueryRules, stored_fields: Iterable[str]) -> Query:
+    """The query of a listing, checked as the controller does (BadRequest says what is wrong)."""
+    params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    offset = _int_param(params, "offset", 0)
+    limit = _int_param(params, "limit", DEFAULT_LIMIT)
+    if offset < 0:
+        raise BadRequest(f"Invalid offset {offset}: it must not be negative")
+    if not 0 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"Invalid limit {limit}: it must be between 0 and {MAX_LIMIT}")
+    known = set(rules.documented) | set(stored_fields)
+    fields: tuple[str, ...] | None = None
+    if params.get("fields"):
+        wanted = dict.fromkeys(f.strip() for f in params["fields"].split(","))
+        fields = tuple(f for f in wanted if f)
+    sort = params.get("sort") or "name"
+    if sort not in known:
+        raise BadRequest(f"Invalid sort field '{sort}'")
+    order = (params.get("order") or "descending").lower()
+    if order not in ("ascending", "descending"):
+        raise BadRequest(f"Invalid order '{order}': ascending or descending")
+    dates: dict[str, str | None] = {}
+    for name in ("created_after", "created_before"):
+        value = params.get(name) if rules.dated else None
+        if value is not None and not _valid_time(value):
+            raise BadRequest(f"Invalid {name} '{value}': expected YYYY-MM-DDTHH:MM:SSZ")
+        dates[name] = value
+    for name, value in rules.defaults:
+        params.setdefault(name, value)
+    filters = tuple(
+        (name, value)
+        for name, value in sorted(params.items())
+        if name in known and name not in ("limit", "offset")
+    )
+    return Query(
+        offset,
+        limit,
+        fields,
+        sort,
+        order == "descending",
+        filters,
+        dates["created_after"],
+        dates["created_before"],
+        rules.lists,
+    )
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int) -> int:
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"Invalid {name} '{value}': not a number") from None
+
+
+def _valid_time(value: str) -> bool:
+    if not _CREATED_RE.fullmatch(value):
+        return False
+    try:
+        time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
+
+
+class Store:
+    """The current records of a collection, with sorted orders kept up to date as backups come
+    and go."""
+
+    _MAX_ORDERS = 4
+    _MAX_VIEWS = 16
+
+    def __init__(self, layout: Layout, rows: list[Row]) -> None:
+        self.layout = layout
+        self.rows = rows
+        # sort field -> (key, rows ascending by key); updated in place on churn
+        self._orders: OrderedDict[str, tuple[Callable[[Row], Any], list[Row]]] = OrderedDict()
+        # filtered views -> rows ascending; dropped on any change
+        self._views: OrderedDict[tuple[object, ...], list[Row]] = OrderedDict()
+        # fields selection -> JSON text of each group's shared part
+        self.fragments: dict[tuple[str, ...] | None, dict[int, tuple[Row, str]]] = {}
+        index = {n: i for i, n in enumerate(layout.own)}
+        self._churn_fields = {n: index[n] for n in _CHURNED if n in index}
+
+    def ascending(self, sort: str) -> list[Row]:
+        entry = self._orders.get(sort)
+        if entry is None:
+            key = _sort_key(self.layout, sort)
+            entry = (key, sorted(self.rows, key=key))
+            self._orders[sort] = entry
+            while len(self._orders) > self._MAX_ORDERS:
+                self._orders.popitem(last=False)
+        else:
+            self._orders.move_to_end(sort)
+        return entry[1]
+
+    def matching(self, query: Query, mode: str) -> list[Row]:
+        """The rows matching the query's filters, ascending by its sort field."""
+        ordered = self.ascending(query.sort)
+        if not query.filters and query.created_after is None and query.created_before is None:
+            return ordered
+        view_key = (
+            query.sort,
+            query.filters,
+            query.created_after,
+            query.created_before,
+            mode,
+            query.lists,
+        )
+        view = self._views.get(view_key)
+        if view is not None:
+            self._views.move_to_end(view_key)
+            return view
+        tests: list[tuple[Callable[[Row], Any], frozenset[str]]] = []
+        for name, value in query.filters:
+            alternatives = mode == "mva" or name in query.lists
+            if "," in value and not alternatives:
+                view = []  # the OVC defect: comma-separated values match nothing
+                break
+            get = self.layout.getter(name)
+            if get is None:
+                view = []
+                break
+            tests.append((get, frozenset(value.split(",") if alternatives else [value])))
+        if view is None:
+            get_created = self.layout.getter("created_at") or (lambda row: None)
+            after, before = query.created_after, query.created_before
+
+            def keep(row: Row) -> bool:
+                for get, allowed in tests:
+                    if _as_text(get(row)) not in allowed:
+                        return False
+                if after is not None or before is not None:
+                    created = get_created(row)
+                    if not isinstance(created, str):
+                        return False
+                    if after is not None and created < after:
+                        return False
+                    if before is not None and created > before:
+                        return False
+                return True
+
+            view = [row for row in ordered if keep(row)]
+        self._views[view_key] = view
+        while len(self._views) > self._MAX_VIEWS:
+            self._views.popitem(last=False)
+        return view
+
+    def churn(self, create: int, expire: int, rng: random.Random, now: float) -> None:
+        """Delete ``expire`` random backups, then add ``create`` fresh PROTECTED ones.
+
+        New backups copy the VM and store of a random backup that existed before the deletion
+        (a federation that never had backups gets none).
+        """
+        if create <= 0 and expire <= 0:
+            return
+        self._views.clear()
+        templates = [self.rows[rng.randrange(len(self.rows))] for _ in range(create) if self.rows]
+        for _ in range(min(expire, len(self.rows))):
+            i = rng.randrange(len(self.rows))
+            row = self.rows[i]
+            self.rows[i] = self.rows[-1]
+            self.rows.pop()
+            for key, ordered in self._orders.values():
+                pos = bisect.bisect_left(ordered, key(row), key=key)
+                while ordered[pos] is not row:
+                    pos += 1
+                del ordered[pos]
+        times = Times()
+        t = int(now)
+        for model in templates:
+            template = list(model)
+            for name, i in self._churn_fields.items():
+                template[i] = _churned_value(name, t, rng, times, template[i])
+            row = tuple(template)
+            self.rows.append(row)
+            for key, ordered in self._orders.values():
+                bisect.insort(ordered, row, key=key)
+
+
+# A churned backup copies another with fresh per-backup fields, but keeps its size and
+# consistency.
+_CHURNED: Final = tuple(
+    name
+    for name in OWN_FIELDS
+    if name not in {"size", "application_consistent", "consistency_type"}
+)
+
+
+def _churned_value(name: str, t: int, rng: random.Random, times: Times, old: object) -> object:
+    if name == "id":
+        return seeded_uuid4(rng)
+    if name == "name":
+        return times.local(t, 0)
+    if name == "state":
+        return "PROTECTED"
+    if name == "type":
+        return "POLICY"
+    if name == "created_at":
+        return times.utc(t)
+    if name == "expiration_time":
+        return times.utc(t + 7 * DAY)
+    if name in ("unique_size_bytes", "sent", "sent_duration"):
+        return 0
+    if name in ("unique_size_timestamp", "sent_completion_time"):
+        return "NA"
+    return old

@@ -1,0 +1,120 @@
+"""Controller snapshots for tests, built the way a poll builds them: records in, judged out.
+
+The inventory's records go through :class:`~exporter.inventory.InventoryRead` and the
+protection is judged by it, so a test's snapshot is what a poll of the same records publishes.
+Fake clients answer the inventory's listings with :func:`answer_inventory`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from exporter.backups import BACKUPS, Aggregator
+from exporter.inventory import InventoryRead
+from exporter.model import BackupSnapshot, ControllerSnapshot, ScheduleReport
+from exporter.scan import Collection, PageSink
+
+
+def aggregate(backups: Iterable[Mapping[str, Any]]) -> BackupSnapshot:
+    tally = Aggregator()
+    for backup in backups:
+        tally.add(backup)
+    return tally.snapshot()
+
+
+def judged(
+    backups: BackupSnapshot,
+    *,
+    now: float,
+    vms: Iterable[Mapping[str, Any]] = (),
+    policies: Iterable[Mapping[str, Any]] = (),
+    hosts: Iterable[Mapping[str, Any]] = (),
+    report: ScheduleReport | None = None,
+    overdue_factor: float = 1.5,
+    grace_seconds: float = 3600,
+) -> ControllerSnapshot:
+    read = InventoryRead()
+    for vm in vms:
+        read.add_vm(vm)
+    for policy in policies:
+        read.add_policy(policy)
+    for host in hosts:
+        read.add_host(host)
+    inventory = read.inventory(report)
+    return read.judge(
+        inventory, backups, now=now, overdue_factor=overdue_factor, grace_seconds=grace_seconds
+    )
+
+
+def vm_record(vm_id: str, name: Any, policy_id: str, **fields: Any) -> dict[str, Any]:
+    """A VM as ``/api/virtual_machines?fields=...`` lists it."""
+    return {
+        "id": vm_id,
+        "name": name,
+        "created_at": "2023-01-01T00:00:00Z",
+        "policy_id": policy_id,
+        "policy_name": fields.pop("policy_name", ""),
+        "omnistack_cluster_name": "Boston DC",
+        "datastore_name": "BOS-DS-01",
+        "host_id": "h-bos-1",
+        **fields,
+    }
+
+
+def rule(
+    frequency: Any = 60,
+    days: str = "All",
+    start: str = "00:00",
+    end: str = "00:00",
+    destination: str = "<Local>",
+    store: str = "",
+    number: int = 1,
+) -> dict[str, Any]:
+    """A policy rule as ``/api/policies`` lists it."""
+    return {
+        "id": f"r-{number}",
+        "number": number,
+        "frequency": frequency,
+        "retention": 10080,
+        "days": days,
+        "start_time": start,
+        "end_time": end,
+        "destination_id": "",
+        "destination_name": "" if store else destination,
+        "external_store_name": store,
+    }
+
+
+def policy_record(policy_id: str, name: str, *rules: dict[str, Any]) -> dict[str, Any]:
+    return {"id": policy_id, "name": name, "rules": list(rules)}
+
+
+def host_record(host_id: str, name: str, cluster: str, enabled: Any = True) -> dict[str, Any]:
+    return {
+        "id": host_id,
+        "name": name,
+        "omnistack_cluster_name": cluster,
+        "policy_enabled": enabled,
+    }
+
+
+def listing_body(collection: Collection, records: Sequence[Mapping[str, Any]]) -> bytes:
+    """One page holding the whole of a listing, as the controller sends it."""
+    document = {"offset": 0, "count": len(records), "limit": 3000, collection.key: list(records)}
+    return json.dumps(document).encode()
+
+
+def answer_inventory(
+    collection: Collection,
+    pages: PageSink,
+    inventory: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> bool:
+    """For a fake client: answer a read of an inventory listing with ``inventory[path]`` (an
+    empty listing by default) and say True; False for the backups, left to the fake."""
+    if collection.path == BACKUPS.path:
+        return False
+    records = (inventory or {}).get(collection.path, ())
+    pages.count(0, listing_body(collection, records))
+    return True

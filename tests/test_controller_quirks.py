@@ -1,0 +1,332 @@
+"""Real controllers' quirks, end to end: the real client over 127.0.0.1 against the simulator.
+
+A controller that serves fewer backups than asked, odd records, "too many simultaneous
+requests" (502), pages that take too long (504), and a proxy's HTML error pages. For each: the
+poll's values are exact (or the last good ones are kept, with the right reason), and the pace
+the exporter learned is what it publishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, parse_timestamp
+from exporter.config import PollConfig
+from exporter.model import BackupSnapshot, ControllerStatus
+from exporter.poller import ControllerPoller
+from exporter.scan import PageCounter
+from exporter.simulator import ODD_KINDS, FederationSpec, SimulatedController
+from tests.conftest import wait_until
+from tests.live_exporter import Lab, controller_config, fast_retries
+
+Start = Callable[..., SimulatedController]
+#: Odd records that cannot be placed at all: left out, and counted as unreadable.
+UNPLACEABLE = frozenset({"no_state", "no_id", "string_record", "number_record"})
+
+
+def poller_for(simulator: SimulatedController, **poll: Any) -> ControllerPoller:
+    settings = PollConfig(**{"timeout_seconds": 10, "page_size": 100, **poll})
+    return ControllerPoller(
+        controller_config("quirky", simulator), settings, client_factory=fast_retries
+    )
+
+
+def expected(simulator: SimulatedController, odd: dict[str, str] | None = None) -> BackupSnapshot:
+    """The snapshot of the simulator's backups as served: odd ones odd, unplaceable ones out."""
+    odd = odd or {}
+    aggregator = Aggregator()
+    for backup in simulator.backups():
+        record: dict[str, Any] = {key: backup.get(key) for key in FIELDS if key in backup}
+        kind = odd.get(str(backup["id"]))
+        if kind in UNPLACEABLE:
+            continue
+        if kind is not None:
+            name, _, value = kind.rpartition("_")
+            record[name] = None if value == "null" else "NA"
+        with contextlib.suppress(BackupRecordError):
+            aggregator.add(record)
+    return aggregator.snapshot()
+
+
+def backups_of(status: ControllerStatus) -> BackupSnapshot:
+    """The backups of the status's snapshot (a poll's picture also holds the inventory)."""
+    assert status.snapshot is not None
+    return status.snapshot.backups
+
+
+def poll(poller: ControllerPoller) -> ControllerStatus:
+    status = poller.poll_once()
+    assert status.up, status.last_error
+    return status
+
+
+# --- a controller that serves fewer backups than asked --------------------------------------
+
+
+def test_a_capped_limit_is_paged_by_what_was_served(start_simulator: Start) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=2345, vms=60))
+    simulator.faults.limit_cap = 100
+    poller = poller_for(simulator, page_size=1000, max_concurrency=3)
+    try:
+        status = poll(poller)
+    finally:
+        poller.close()
+    assert backups_of(status) == expected(simulator)
+    assert backups_of(status).backups_seen == 2345
+    limits = [limit for _, limit in simulator.stats.snapshot().pages]
+    assert limits[0] == 1000
+    assert set(limits[1:]) == {100}
+    assert 24 <= len(limits) <= 26  # pages of 100 overlapping by 2, not a tenth of them
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_capped_limit_under_churn_never_double_counts_or_misses_a_survivor(
+    start_simulator: Start, concurrency: int
+) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=3000, seed=11))
+    simulator.faults.limit_cap = 150
+    before = simulator.backup_ids()
+    simulator.faults.churn_create_per_request = 30
+    simulator.faults.churn_expire_per_request = 30
+    poller = poller_for(simulator, page_size=1000, max_concurrency=concurrency)
+    ids: list[str] = []
+    try:
+        poller._client.read(BACKUPS, PageCounter(BACKUPS, lambda b: ids.append(b["id"])))
+    finally:
+        poller.close()
+    simulator.faults.churn_create_per_request = simulator.faults.churn_expire_per_request = 0
+    assert [key for key, n in Counter(ids).items() if n > 1] == []
+    assert (before & simulator.backup_ids()) - set(ids) == set()
+
+
+def test_a_page_short_of_its_own_limit_still_fails_the_poll(start_simulator: Start) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=500))
+    poller = poller_for(simulator, page_size=100)
+    try:
+        good = poll(poller)
+        simulator.faults.malformed = "short_page"
+        failed = poller.poll_once()
+    finally:
+        poller.close()
+    assert not failed.up
+    assert failed.errors["decode"] == 1
+    assert failed.snapshot is good.snapshot
+    assert failed.last_error == (
+        "page at offset 0 held 50 backups (limit 100) although count says 500"
+    )
+
+
+# --- odd records --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ODD_KINDS)
+def test_odd_records_leave_the_rest_of_the_poll_exact(
+    start_simulator: Start, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=700, vms=40, seed=3))
+    # Every 97th backup, pages of 100 overlapping by 2: odd ones land near page boundaries.
+    chosen = sorted(simulator.backup_ids())[5::97]
+    simulator.faults.make_odd(kind, chosen)  # type: ignore[arg-type]
+    poller = poller_for(simulator, page_size=100, max_concurrency=3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+            status = poll(poller)
+    finally:
+        poller.close()
+    odd = dict.fromkeys(chosen, kind)
+    assert backups_of(status) == expected(simulator, odd)
+    unplaceable = len(chosen) if kind in UNPLACEABLE else 0
+    assert status.unreadable_records == unplaceable
+    assert status.snapshot is not None
+    assert status.snapshot.backups_seen == 700 - unplaceable
+    warnings = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    if not unplaceable:
+        assert warnings == []
+        return
+    (warning,) = warnings  # once per poll, however many
+    assert warning.startswith(f"controller quirky: {unplaceable} records could not be read")
+    if kind == "no_state":
+        assert f"backup {chosen[0]!r}: state is missing" in warning
+    assert "PROTECTED" not in warning
+    assert "created_at" not in warning
+
+
+def test_a_backup_without_a_creation_time_is_never_the_newest(start_simulator: Start) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=300, vms=10, seed=5))
+    protected = [b for b in simulator.backups() if b["state"] == "PROTECTED"]
+    times = Counter(str(b["created_at"]) for b in protected)
+    # A cluster's newest PROTECTED backup, alone at its time.
+    newest = max(
+        (b for b in protected if times[str(b["created_at"])] == 1),
+        key=lambda b: str(b["created_at"]),
+    )
+    simulator.faults.make_odd("created_at_na", [str(newest["id"])])
+    poller = poller_for(simulator)
+    try:
+        status = poll(poller)
+    finally:
+        poller.close()
+    assert backups_of(status) == expected(simulator, {str(newest["id"]): "created_at_na"})
+    cluster = next(
+        c for c in backups_of(status).clusters if c.name == newest["omnistack_cluster_name"]
+    )
+    assert cluster.newest_protected != parse_timestamp(str(newest["created_at"]))
+    assert cluster.counts["PROTECTED"] == sum(
+        1 for b in protected if b["omnistack_cluster_name"] == cluster.name
+    )
+
+
+def test_the_unreadable_records_gauge_on_metrics(start_simulator: Start) -> None:
+    with Lab() as lab:
+        simulator = lab.controller("odd", FederationSpec(vms=12, backups_per_vm=10))
+        lab.controller("tidy", FederationSpec(vms=5, backups_per_vm=4))
+        chosen = sorted(simulator.backup_ids())[3::40]
+        simulator.faults.make_odd("number_record", chosen)
+        exporter = lab.start_exporter()
+
+        def polled() -> Any:
+            scrape = exporter.scrape()
+            return scrape if scrape.up("odd") == 1 and scrape.up("tidy") == 1 else None
+
+        scrape = wait_until(polled, what="both controllers polled")
+        assert scrape.value("simplivity_unreadable_records", controller="odd") == len(chosen)
+        assert scrape.value("simplivity_unreadable_records", controller="tidy") == 0
+        assert scrape.total(
+            "simplivity_backups", controller="odd"
+        ) == simulator.backup_count() - len(chosen)
+        # Fixed on the controller: the next poll reads every record, and the gauge says so.
+        simulator.faults.clear()
+        scrape = wait_until(
+            lambda: (
+                (s := exporter.scrape()).value("simplivity_unreadable_records", controller="odd")
+                == 0
+                and s
+            ),
+            what="a poll without odd records",
+        )
+        assert scrape.total("simplivity_backups", controller="odd") == simulator.backup_count()
+
+
+# --- too many simultaneous requests, pages that take too long -------------------------------
+
+
+def test_502s_fall_from_poll_to_poll_and_the_values_stay_exact(start_simulator: Start) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=3000, vms=50, seed=9))
+    simulator.faults.max_in_flight = 2  # more than two requests at once: 502
+    simulator.faults.request_cost_seconds = 0.005  # so that requests do overlap
+    poller = poller_for(simulator, page_size=100, max_concurrency=8, max_retries=8)
+    truth = expected(simulator)
+    assert poller.status.concurrency == 8
+    refused, paces = [], []
+    try:
+        for _ in range(5):
+            before = simulator.stats.snapshot().refused_in_flight
+            status = poll(poller)
+            assert backups_of(status) == truth  # every 502 retried: nothing lost, nothing twice
+            refused.append(simulator.stats.snapshot().refused_in_flight - before)
+            paces.append(status.concurrency)
+    finally:
+        poller.close()
+    # The first poll starts at 8 and halves at its first 502s; from then on the exporter stays
+    # around what the controller takes, probing one more after each quiet poll.
+    assert refused[0] > 0
+    assert all(1 <= pace <= 3 for pace in paces), paces
+    assert max(refused[1:]) < refused[0], refused
+    assert 0 in refused[1:], refused
+
+
+def test_a_504_makes_pages_smaller_and_quiet_polls_make_them_larger(
+    start_simulator: Start,
+) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=2000, vms=50, seed=4))
+    simulator.faults.timeout_above_limit = 300  # a page above 300 takes the controller > 60 s
+    poller = poller_for(simulator, page_size=1000, max_concurrency=2)
+    truth = expected(simulator)
+    sizes, refused = [], []
+    try:
+        for _ in range(3):
+            before = len(simulator.stats.snapshot().pages)
+            status = poll(poller)
+            assert backups_of(status) == truth
+            sizes.append(status.page_size)
+            # The backups' pages refused (the inventory, read alongside, meets 504s of its own).
+            asked = simulator.stats.snapshot().pages[before:]
+            refused.append(sum(1 for _, limit in asked if limit > 300))
+    finally:
+        poller.close()
+    # 1000 and 500 refused, 250 served; a poll of whole pages of 250: 350 next, refused, 175.
+    assert sizes == [250, 350, 175]
+    assert refused == [2, 0, 1]
+
+
+def test_at_the_floor_504s_fail_the_poll_and_keep_the_last_good_values(
+    start_simulator: Start,
+) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=500))
+    poller = poller_for(simulator, page_size=400, max_retries=1)
+    try:
+        good = poll(poller)
+        simulator.faults.timeout_above_limit = 50  # below the floor of 100
+        failed = poller.poll_once()
+    finally:
+        poller.close()
+    assert not failed.up
+    assert failed.errors["http"] == 1
+    assert failed.snapshot is good.snapshot
+    assert failed.page_size == 100
+    assert failed.last_error is not None
+    assert failed.last_error.startswith("/api/backups answered HTTP 504")
+
+
+# --- a proxy's HTML error pages ---------------------------------------------------------------
+
+
+def test_a_proxys_html_error_page_gives_a_clean_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with Lab() as lab:
+        simulator = lab.controller("proxied", FederationSpec(vms=12, backups_per_vm=10))
+        exporter = lab.start_exporter()
+        wait_until(lambda: exporter.scrape().up("proxied") == 1, what="a first good poll")
+        simulator.faults.html_error_statuses = frozenset({502, 503, 504})
+        with caplog.at_level(logging.INFO):
+            simulator.faults.fail_next(1000, status=503)
+            scrape = wait_until(
+                lambda: (s := exporter.scrape()).up("proxied") == 0 and s,
+                what="a poll failed by the proxy",
+            )
+            simulator.faults.clear()
+        assert scrape.errors("proxied")["http"] >= 1
+        assert scrape.total("simplivity_backups", controller="proxied") == simulator.backup_count()
+        status = next(s for s in exporter.poller.statuses() if s.name == "proxied")
+        assert status.last_error == (
+            "/api/backups answered HTTP 503: an HTML page, not the controller's own answer"
+        )
+        _, landing = exporter.get("/")
+        assert b"an HTML page, not the controller&#x27;s own answer" in landing
+        assert b"nginx" not in landing
+        assert b"<center>" not in landing
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert "an HTML page" in logged
+        assert "nginx" not in logged
+        assert "<html" not in logged
+
+
+def test_an_html_page_instead_of_json_is_named_not_quoted(start_simulator: Start) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=100))
+    simulator.faults.malformed = "not_json"
+    poller = poller_for(simulator)
+    try:
+        failed = poller.poll_once()
+    finally:
+        poller.close()
+    assert failed.errors["decode"] == 1
+    assert failed.last_error is not None
+    assert failed.last_error.startswith("/api/backups answered with an HTML page, not JSON (")
+    assert "<" not in failed.last_error
