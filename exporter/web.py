@@ -50,6 +50,7 @@ from typing import Any
 
 from exporter import __version__
 from exporter.model import ControllerSnapshot, ControllerStatus
+from exporter.protection import AT_RISK_STATUSES, SEVERITY
 from exporter.webconfig import BASIC_AUTH_CHALLENGE, WebConfig
 
 log = logging.getLogger(__name__)
@@ -601,11 +602,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-#: The protection statuses worst first: the columns of the landing page's counts, so that the
-#: at-risk ones come first in a narrow window too (the order of ``protection.SEVERITY``).
-PROTECTION_STATUSES = ("never_backed_up", "overdue", "not_scheduled", "last_failed", "new", "ok")
-#: The statuses of the landing page's at-risk table, highlighted in its counts when above 0.
-AT_RISK_STATUSES = frozenset({"not_scheduled", "never_backed_up", "overdue", "last_failed"})
 #: The at-risk VMs listed per controller; the page says how many more there are.
 AT_RISK_ROWS = 100
 
@@ -704,21 +700,24 @@ def _protection_section(status: ControllerStatus, now: float) -> str:
 
 
 def _counts(snapshot: ControllerSnapshot) -> str:
-    """Live VMs per cluster and status; a total row when there is not exactly one cluster."""
+    """Live VMs per cluster and status; a total row when there is not exactly one cluster.
+
+    The statuses are columns worst first, so the at-risk ones stay in view in a narrow window.
+    """
     clusters = sorted(snapshot.vms_by_status.items())
     rows = [(html.escape(cluster), counts, "") for cluster, counts in clusters]
     if len(rows) != 1:
-        total = {s: sum(counts.get(s, 0) for _, counts in clusters) for s in PROTECTION_STATUSES}
+        total = {s: sum(counts.get(s, 0) for _, counts in clusters) for s in SEVERITY}
         rows.append(("all clusters", total, ' class="total"'))
-    header = "".join(f"<th>{_words(s)}</th>" for s in PROTECTION_STATUSES)
+    header = "".join(f"<th>{_words(s)}</th>" for s in SEVERITY)
     lines = [f"<tr><th>Cluster</th><th>Live VMs</th>{header}</tr>"]
     for cluster, counts, total_class in rows:
         cells = []
-        for status in PROTECTION_STATUSES:
+        for status in SEVERITY:
             count = counts.get(status, 0)
             risky = " risk" if count and status in AT_RISK_STATUSES else ""
             cells.append(f'<td class="n{risky}">{count}</td>')
-        live = sum(counts.get(s, 0) for s in PROTECTION_STATUSES)
+        live = sum(counts.get(s, 0) for s in SEVERITY)
         lines.append(
             f'<tr{total_class}><td>{cluster}</td><td class="n">{live}</td>{"".join(cells)}</tr>'
         )

@@ -1,17 +1,22 @@
 """The landing page in a real browser (headless Chromium), as a person reads it.
 
 One Chromium run for the page of an exporter polling two simulated controllers, one healthy
-and one refusing the exporter's password; the screenshot is kept in the test's temporary
-directory. The helper's reading of a DOM is checked without a browser.
+(the default federation, where the simulator plants every protection status) and one refusing
+the exporter's password; the screenshot is kept in the test's temporary directory. The
+helper's reading of a DOM is checked without a browser.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.browser import Page, load
+from exporter.protection import AT_RISK_STATUSES, PROTECTION_STATUSES
+from exporter.simulator import DR_STOPPED_VM, NEVER_BACKED_UP_VM, NO_RULES_VM, FederationSpec
+from exporter.web import AT_RISK_ROWS
+from tests.browser import Page, Table, load
 from tests.conftest import wait_until
 from tests.live_exporter import Lab, controller_config
 
@@ -21,7 +26,7 @@ GREEN, RED = "#1a7f37", "#cf222e"
 
 def test_the_landing_page_shows_each_controller_and_how_its_polls_go(tmp_path: Path) -> None:
     with Lab() as lab:
-        healthy = lab.controller("dc1")
+        healthy = lab.controller("dc1", FederationSpec())
         refusing = lab.controller("dc2")
         exporter = lab.start_exporter(
             controllers=(
@@ -34,8 +39,10 @@ def test_the_landing_page_shows_each_controller_and_how_its_polls_go(tmp_path: P
             30,
             "a good poll of dc1 and a failed one of dc2",
         )
-        page = load(exporter.url + "/", screenshot=tmp_path / "landing.png")
+        page = load(exporter.url + "/", screenshot=tmp_path / "landing.png", window=(1280, 1600))
         statuses = {status.name: status for status in exporter.server.app.statuses()}
+        planted = dict(healthy.planted)
+        expected = Counter(healthy.expected_statuses.values())
 
     assert page.title == "SimpliVity exporter"
     assert "Metrics · Health · Readiness" in page.text
@@ -56,6 +63,40 @@ def test_the_landing_page_shows_each_controller_and_how_its_polls_go(tmp_path: P
     # Shown in colour: the good result in green, the failed one in red.
     assert page.pixels_near(GREEN) > 20
     assert page.pixels_near(RED) > 20
+
+    # Protection: the live VMs by status (the simulator's own count of what it planted) ...
+    assert set(planted.values()) >= AT_RISK_STATUSES, planted
+    counts = _tables(page, "Cluster", "Live VMs")
+    assert len(counts) == 1  # dc2 has no data yet, and says so
+    assert "No data yet: no poll has succeeded so far" in page.text
+    total = dict(zip(counts[0].headers, counts[0].rows[-1], strict=True))
+    assert total["Cluster"] == "all clusters"
+    assert total["Live VMs"] == str(sum(expected.values()))
+    for status in PROTECTION_STATUSES:
+        assert total[_words(status)] == str(expected[status]), status
+    # ... and each planted at-risk VM with its status, worst first; the others not listed.
+    at_risk = _tables(page, "Status", "VM")
+    assert len(at_risk) == 1
+    listed = at_risk[0].records()
+    assert [row["VM"] for row in listed] == [p.vm.name for p in snapshot.at_risk[:AT_RISK_ROWS]]
+    for name, status in planted.items():
+        if status in AT_RISK_STATUSES:
+            assert page.row("VM", name)["Status"] == _words(status), name
+        else:
+            assert name not in {row["VM"] for row in listed}, (name, status)
+    # The DR copies stopped: overdue at another cluster than the VM's own.
+    dr = page.row("VM", DR_STOPPED_VM)
+    assert dr["Destination"] not in ("", "none", dr["Cluster"])
+    assert page.row("VM", NEVER_BACKED_UP_VM)["Newest good backup"] == "never"
+    assert page.row("VM", NO_RULES_VM)["Expected interval"] == "none"
+
+
+def _tables(page: Page, *first_headers: str) -> list[Table]:
+    return [t for t in page.tables if t.headers[: len(first_headers)] == first_headers]
+
+
+def _words(status: str) -> str:
+    return status.replace("_", " ")
 
 
 DOM = """<!DOCTYPE html><html><head><title>A  page</title><style>td { color: red }</style></head>

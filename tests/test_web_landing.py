@@ -21,7 +21,8 @@ from exporter.model import (
     VMBackups,
     VMProtection,
 )
-from exporter.web import AT_RISK_ROWS, PROTECTION_STATUSES, _duration, landing_page
+from exporter.protection import PROTECTION_STATUSES
+from exporter.web import AT_RISK_ROWS, _duration, landing_page
 from tests.browser import Page, Table
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
