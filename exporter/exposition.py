@@ -9,11 +9,12 @@ snapshot before a scrape asks for it.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
+import struct
 import threading
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -204,6 +205,11 @@ class TextWriter:
         self._written: dict[str, tuple[ControllerSnapshot, _WrittenSnapshot]] = {}
 
     def text(self) -> str:
+        return "".join(self.parts())
+
+    def parts(self) -> list[str]:
+        """The text in pieces: each snapshot's lines are the very string objects written when
+        it first showed, so that what is made of them (their gzip) can be kept too."""
         reading = self._collector.read()
         state, now = reading.state, reading.now
         written = self._written_snapshots(reading.fresh, state.per_vm)
@@ -223,7 +229,7 @@ class TextWriter:
         # The health and exporter series are few: prometheus_client writes them.
         rest = [*health_families(reading.statuses), *exporter_families(state)]
         out.append(generate_latest(_Families(rest)).decode("utf-8"))
-        return "".join(out)
+        return out
 
     def _written_snapshots(
         self, fresh: Sequence[tuple[str, ControllerSnapshot]], per_vm: bool
@@ -252,8 +258,68 @@ class _Rendered:
     gzipped: bytes
 
 
-def _gzip(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=1, mtime=0)
+#: A gzip member's header as ``gzip.compress(data, compresslevel=1, mtime=0)`` writes it.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+#: The last, empty deflate block that ends a member.
+_DEFLATE_END = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
+#: Pieces of the text shorter than this are joined and compressed with their neighbours.
+_SEGMENT_MIN_CHARS = 16 * 1024
+
+
+def _deflate(data: bytes) -> bytes:
+    """``data`` as deflate blocks that any deflate stream may go on from: a fresh compressor
+    refers back to nothing before it, and a sync flush ends on a byte boundary."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _Encoder:
+    """Writes the text as bytes and as one gzip member, keeping both for the pieces that
+    stay the same from one second to the next.
+
+    Only the ages change every second, yet the whole text used to be encoded and compressed
+    again each time (about 30 ms of CPU per second with 5,000 VMs). A piece's deflate blocks
+    are compressed on their own, so the member is the cached blocks of the unchanged pieces
+    and the new blocks of the ages, between one header and one CRC-32 trailer.
+    """
+
+    def __init__(self) -> None:
+        # id of a piece -> (the piece, its bytes, its deflate blocks); the piece is held, so
+        # its id is not reused while the entry lives. Only the last text's pieces are kept.
+        self._kept: dict[int, tuple[str, bytes, bytes]] = {}
+
+    def encode(self, pieces: Sequence[str], tail: bytes = b"") -> tuple[bytes, bytes]:
+        """(the text as UTF-8 followed by ``tail``, the same as gzip)."""
+        kept, self._kept = self._kept, {}
+        plain: list[bytes] = []
+        deflated: list[bytes] = []
+        pending: list[str] = []
+
+        def flush_pending() -> None:
+            if pending:
+                data = "".join(pending).encode()
+                plain.append(data)
+                deflated.append(_deflate(data))
+                pending.clear()
+
+        for piece in pieces:
+            if len(piece) < _SEGMENT_MIN_CHARS:
+                pending.append(piece)
+                continue
+            flush_pending()
+            entry = kept.get(id(piece))
+            if entry is None or entry[0] is not piece:
+                data = piece.encode()
+                entry = (piece, data, _deflate(data))
+            self._kept[id(piece)] = entry
+            plain.append(entry[1])
+            deflated.append(entry[2])
+        flush_pending()
+        plain.append(tail)
+        deflated.append(_deflate(tail))
+        text = b"".join(plain)
+        trailer = struct.pack("<II", zlib.crc32(text), len(text) & 0xFFFFFFFF)
+        return text, b"".join([_GZIP_HEADER, *deflated, _DEFLATE_END, trailer])
 
 
 class _Families(Collector):
@@ -294,6 +360,7 @@ class Exposition:
         self._generation = generation
         self._clock = clock
         self._text = TextWriter(backups) if backups is not None else None
+        self._encoder = _Encoder()
         self._lock = threading.Lock()  # held while a text is written
         self._rendered: _Rendered | None = None  # replaced as a whole
 
@@ -326,10 +393,11 @@ class Exposition:
     def _write_locked(self, generation: object, second: int) -> _Rendered:
         rendered = self._rendered
         if rendered is None or rendered.key != (generation, second):
-            plain = self._write()
-            # Level 1: written every second, 7 ms for 1.3 MB instead of 20 ms at level 6, for
-            # a body 12% larger.
-            rendered = _Rendered((generation, second), plain, _gzip(plain))
+            # gzip level 1: written every second, 7 ms for 1.3 MB instead of 20 ms at level 6,
+            # for a body 12% larger.
+            pieces = self._text.parts() if self._text is not None else []
+            plain, gzipped = self._encoder.encode(pieces, generate_latest(self._registry))
+            rendered = _Rendered((generation, second), plain, gzipped)
             self._rendered = rendered
         return rendered
 
@@ -350,7 +418,3 @@ class Exposition:
         except BaseException:
             self._lock.release()
             raise
-
-    def _write(self) -> bytes:
-        text = self._text.text().encode() if self._text is not None else b""
-        return text + generate_latest(self._registry)

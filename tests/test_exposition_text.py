@@ -6,14 +6,18 @@ The fast writer exists for speed only (bench/): every case here compares its byt
 
 from __future__ import annotations
 
+import gzip
 import threading
+import zlib
 from collections.abc import Sequence
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporter import exposition as exposition_module
 from exporter.collector import BackupCollector, ExporterState
 from exporter.exposition import Exposition, TextWriter
 from exporter.model import (
@@ -188,7 +192,46 @@ def test_the_exposition_with_the_fast_writer_serves_the_same_bytes() -> None:
         CollectorRegistry(auto_describe=False), lambda: 0, clock=lambda: NOW, backups=collector
     )
     assert fast.render() == slow.render()
-    assert fast.render(gzipped=True) == slow.render(gzipped=True)
+    assert one_gzip_member(fast.render(gzipped=True)) == slow.render()
+
+
+def one_gzip_member(body: bytes) -> bytes:
+    """What ``body`` holds, read as a single gzip member (as strict clients read it), checked
+    against its CRC-32 and length (zlib checks the trailer)."""
+    reader = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    data = reader.decompress(body)
+    assert reader.eof, "the gzip member does not end"
+    assert reader.unused_data == b"", "more than one gzip member"
+    return data
+
+
+def test_the_gzip_is_one_member_whose_unchanged_parts_are_compressed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compressed: list[int] = []
+    deflate = exposition_module._deflate
+
+    def counting(data: bytes) -> bytes:
+        compressed.append(len(data))
+        return deflate(data)
+
+    monkeypatch.setattr(exposition_module, "_deflate", counting)
+    now = [NOW]
+    statuses = [status("boston", federation(vms=2000))]
+    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: now[0])
+    exposition = Exposition(
+        CollectorRegistry(auto_describe=False), lambda: 0, clock=lambda: now[0], backups=collector
+    )
+    first = exposition.render(gzipped=True)
+    assert one_gzip_member(first) == exposition.render()
+    first_bytes = sum(compressed)
+    compressed.clear()
+    now[0] += 90  # a later second: the ages change, the other lines are those of the snapshot
+    later = exposition.render(gzipped=True)
+    # Only the ages and the few series written at every render were compressed again.
+    assert 0 < sum(compressed) < first_bytes / 3
+    assert one_gzip_member(later) == exposition.render() != one_gzip_member(first)
+    assert gzip.decompress(later) == exposition.render()
 
 
 class HeldExposition:
