@@ -24,6 +24,22 @@ def aggregate(backups: Iterable[Mapping[str, Any]]) -> BackupSnapshot:
     return tally.snapshot()
 
 
+def read_of(
+    vms: Iterable[Mapping[str, Any]] = (),
+    policies: Iterable[Mapping[str, Any]] = (),
+    hosts: Iterable[Mapping[str, Any]] = (),
+) -> InventoryRead:
+    """The inventory's records, read as a poll reads them."""
+    read = InventoryRead()
+    for vm in vms:
+        read.add_vm(vm)
+    for policy in policies:
+        read.add_policy(policy)
+    for host in hosts:
+        read.add_host(host)
+    return read
+
+
 def judged(
     backups: BackupSnapshot,
     *,
@@ -35,13 +51,7 @@ def judged(
     overdue_factor: float = 1.5,
     grace_seconds: float = 3600,
 ) -> ControllerSnapshot:
-    read = InventoryRead()
-    for vm in vms:
-        read.add_vm(vm)
-    for policy in policies:
-        read.add_policy(policy)
-    for host in hosts:
-        read.add_host(host)
+    read = read_of(vms, policies, hosts)
     inventory = read.inventory(report)
     return read.judge(
         inventory, backups, now=now, overdue_factor=overdue_factor, grace_seconds=grace_seconds

@@ -9,29 +9,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.inventory import InventoryRead, parse_schedule_report
+from exporter.inventory import parse_schedule_report
 from exporter.model import BackupSnapshot, DecodeError, ScheduleReport, VMBackups
 from exporter.protection import PROTECTION_STATUSES
-from tests.snapshots import aggregate, host_record, judged, policy_record, rule, vm_record
+from tests.snapshots import (
+    aggregate,
+    host_record,
+    judged,
+    policy_record,
+    read_of,
+    rule,
+    vm_record,
+)
 
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
 HOUR, DAY = 3600, 86400
 NO_BACKUPS = BackupSnapshot((), (), 0)
-
-
-def read_of(
-    vms: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    policies: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    hosts: list[dict[str, Any]] = (),  # type: ignore[assignment]
-) -> InventoryRead:
-    read = InventoryRead()
-    for vm in vms:
-        read.add_vm(vm)
-    for policy in policies:
-        read.add_policy(policy)
-    for host in hosts:
-        read.add_host(host)
-    return read
 
 
 # -- reading the records -------------------------------------------------------------------------
