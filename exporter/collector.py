@@ -312,7 +312,7 @@ class VMFamilies(NamedTuple):
     failed: GaugeMetricFamily
 
 
-#: The labels of every per-VM series, after ``controller``; then ``destination`` for some.
+#: The labels of every per-VM series; then ``destination`` for some, more for ``vm_info``.
 VM_LABELS = ["controller", "vm", "vm_id"]
 VM_INFO_LABELS = [*VM_LABELS, "omnistack_cluster", "policy", "datastore", "host"]
 
@@ -389,20 +389,23 @@ class InventoryFamilies(NamedTuple):
         return self[4:]
 
 
+#: The schedule report's families (name, help text), in the order of :func:`federation_figures`.
+FEDERATION_FAMILIES = (
+    ("simplivity_federation_daily_backups", "Backups per day the current policies and "
+     "VMs will create (daily_backup_rate)"),
+    ("simplivity_federation_daily_backups_limit", "The most backups the federation may "
+     "create per day (daily_backup_rate_limit); past it, policy backups stop"),
+    ("simplivity_federation_retained_backups_projected", "Backups the federation will "
+     "retain under the current policies (projected_retained_backups)"),
+    ("simplivity_federation_retained_backups_limit", "The most backups the federation may "
+     "retain (retained_backups_limit); past it, policy backups stop"),
+)  # fmt: skip
+
+
 def inventory_families(state: ExporterState) -> InventoryFamilies:
     judged = _refreshed(state, "the inventory and /api/backups")
     listed = _refreshed(state, "/api/policies and /api/virtual_machines")
     report = _refreshed(state, "/api/policies/policy_schedule_report")
-    federation = [
-        ("simplivity_federation_daily_backups", "Backups per day the current policies and "
-         "VMs will create (daily_backup_rate)"),
-        ("simplivity_federation_daily_backups_limit", "The most backups the federation may "
-         "create per day (daily_backup_rate_limit); past it, policy backups stop"),
-        ("simplivity_federation_retained_backups_projected", "Backups the federation will "
-         "retain under the current policies (projected_retained_backups)"),
-        ("simplivity_federation_retained_backups_limit", "The most backups the federation may "
-         "retain (retained_backups_limit); past it, policy backups stop"),
-    ]  # fmt: skip
     return InventoryFamilies(
         GaugeMetricFamily(
             "simplivity_vms",
@@ -432,13 +435,13 @@ def inventory_families(state: ExporterState) -> InventoryFamilies:
                 f"{text}; absent before REST API 1.11. {report}",
                 labels=["controller"],
             )
-            for name, text in federation
+            for name, text in FEDERATION_FAMILIES
         ),
     )
 
 
 def federation_figures(snapshot: ControllerSnapshot) -> tuple[float | None, ...]:
-    """The schedule report's figures, in the order of :attr:`InventoryFamilies.federation`."""
+    """The schedule report's figures, in the order of :data:`FEDERATION_FAMILIES`."""
     report = snapshot.inventory.schedule
     if report is None:
         return (None, None, None, None)

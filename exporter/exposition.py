@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.collector import (
+    FEDERATION_FAMILIES,
     BackupCollector,
     cluster_families,
     exporter_families,
@@ -179,13 +180,7 @@ def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list
             f'omnistack_cluster="{_label(host.cluster)}"}} '
             f"{'1.0' if host.policy_enabled else '0.0'}\n"
         )
-    names = (
-        "simplivity_federation_daily_backups",
-        "simplivity_federation_daily_backups_limit",
-        "simplivity_federation_retained_backups_projected",
-        "simplivity_federation_retained_backups_limit",
-    )
-    for name, value in zip(names, federation_figures(snapshot), strict=True):
+    for (name, _), value in zip(FEDERATION_FAMILIES, federation_figures(snapshot), strict=True):
         if value is not None:
             lines[name].append(f'{name}{{controller="{c}"}} {_go_float(value)}\n')
 
