@@ -100,50 +100,57 @@ class BackupCollector(Collector):
         if state.per_vm:
             vm = vm_families(state)
             for controller, snapshot in fresh:
-                for judged in snapshot.protection:
-                    machine = judged.vm
-                    labels = [controller, machine.name, machine.vm_id]
-                    newest_anywhere = judged.newest_protected_anywhere
-                    vm.newest.add_metric(labels, newest_anywhere or 0.0)
-                    vm.age.add_metric(labels, _age(now, newest_anywhere))
-                    vm.info.add_metric(
-                        [*labels, machine.cluster, machine.policy, machine.datastore, machine.host],
-                        1.0,
-                    )
-                    if machine.created_at is not None:
-                        vm.created.add_metric(labels, machine.created_at)
-                    vm.scheduled.add_metric(labels, 1.0 if judged.scheduled else 0.0)
-                    for destination, interval in judged.intervals.items():
-                        vm.interval.add_metric([*labels, destination], interval)
-                        vm.destination_newest.add_metric(
-                            [*labels, destination], judged.newest_protected_at(destination) or 0.0
-                        )
-                    vm.failed.add_metric(labels, judged.newest_failed or 0.0)
+                _add_vms(vm, controller, snapshot, now)
             yield from vm
 
         inventory = inventory_families(state)
         for controller, snapshot in fresh:
-            for cluster_name, statuses in snapshot.vms_by_status.items():
-                for status, number in statuses.items():
-                    inventory.vms.add_metric([controller, cluster_name, status], number)
-            for policy in snapshot.inventory.policies:
-                inventory.policy_rules.add_metric([controller, policy.name], policy.rules)
-                inventory.policy_vms.add_metric(
-                    [controller, policy.name], snapshot.policy_vms.get(policy.name, 0)
-                )
-            for host in snapshot.inventory.hosts:
-                inventory.host_enabled.add_metric(
-                    [controller, host.name, host.cluster], 1.0 if host.policy_enabled else 0.0
-                )
-            for family, value in zip(
-                inventory.federation, federation_figures(snapshot), strict=True
-            ):
-                if value is not None:
-                    family.add_metric([controller], value)
+            _add_inventory(inventory, controller, snapshot)
         yield from inventory
 
         yield from health_families(reading.statuses)
         yield from exporter_families(state)
+
+
+def _add_vms(vm: VMFamilies, controller: str, snapshot: ControllerSnapshot, now: float) -> None:
+    for judged in snapshot.protection:
+        machine = judged.vm
+        labels = [controller, machine.name, machine.vm_id]
+        newest_anywhere = judged.newest_protected_anywhere
+        vm.newest.add_metric(labels, newest_anywhere or 0.0)
+        vm.age.add_metric(labels, _age(now, newest_anywhere))
+        vm.info.add_metric(
+            [*labels, machine.cluster, machine.policy, machine.datastore, machine.host], 1.0
+        )
+        if machine.created_at is not None:
+            vm.created.add_metric(labels, machine.created_at)
+        vm.scheduled.add_metric(labels, 1.0 if judged.scheduled else 0.0)
+        for destination, interval in judged.intervals.items():
+            vm.interval.add_metric([*labels, destination], interval)
+            vm.destination_newest.add_metric(
+                [*labels, destination], judged.newest_protected_at(destination) or 0.0
+            )
+        vm.failed.add_metric(labels, judged.newest_failed or 0.0)
+
+
+def _add_inventory(
+    inventory: InventoryFamilies, controller: str, snapshot: ControllerSnapshot
+) -> None:
+    for cluster_name, statuses in snapshot.vms_by_status.items():
+        for status, number in statuses.items():
+            inventory.vms.add_metric([controller, cluster_name, status], number)
+    for policy in snapshot.inventory.policies:
+        inventory.policy_rules.add_metric([controller, policy.name], policy.rules)
+        inventory.policy_vms.add_metric(
+            [controller, policy.name], snapshot.policy_vms.get(policy.name, 0)
+        )
+    for host in snapshot.inventory.hosts:
+        inventory.host_enabled.add_metric(
+            [controller, host.name, host.cluster], 1.0 if host.policy_enabled else 0.0
+        )
+    for family, value in zip(inventory.federation, federation_figures(snapshot), strict=True):
+        if value is not None:
+            family.add_metric([controller], value)
 
 
 def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
