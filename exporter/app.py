@@ -213,7 +213,6 @@ class Parts:
     worker: DecodingWorker
     poller: Poller
     reloader: Reloader
-    exposition: Exposition
     app: WebApp
 
     def close(self) -> None:
@@ -252,7 +251,7 @@ def assemble(
         ready=poller.ready,
         reload=reloader.reload,
     )
-    return Parts(worker, poller, reloader, exposition, app)
+    return Parts(worker, poller, reloader, app)
 
 
 class _SignalEvents:

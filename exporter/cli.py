@@ -26,6 +26,10 @@ log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEMO_REFRESH_SECONDS = 900.0
+#: How long a thread runs before another one waiting for the interpreter gets it (Python's
+#: default is 5 ms): a poll keeps the interpreter busy for seconds, and a scrape's thread
+#: should not wait long for its turn.
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,8 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(LogSettings.of(args.log_level, args.log_format))
     keep_large_buffers_off_the_heap()
-    # A poll keeps the interpreter busy for seconds; a scrape's thread waiting for its turn
-    # gets it within 1 ms instead of the default 5 ms.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
         shard = resolve_shard(args.shard_index, args.shard_count)
@@ -146,10 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log.error("%s", err)
         return EXIT_USAGE
-
-
-#: How long a thread runs before another one waiting for the interpreter gets it.
-SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def main_entry() -> None:

@@ -100,50 +100,57 @@ class BackupCollector(Collector):
         if state.per_vm:
             vm = vm_families(state)
             for controller, snapshot in fresh:
-                for judged in snapshot.protection:
-                    machine = judged.vm
-                    labels = [controller, machine.name, machine.vm_id]
-                    newest_anywhere = judged.newest_protected_anywhere
-                    vm.newest.add_metric(labels, newest_anywhere or 0.0)
-                    vm.age.add_metric(labels, _age(now, newest_anywhere))
-                    vm.info.add_metric(
-                        [*labels, machine.cluster, machine.policy, machine.datastore, machine.host],
-                        1.0,
-                    )
-                    if machine.created_at is not None:
-                        vm.created.add_metric(labels, machine.created_at)
-                    vm.scheduled.add_metric(labels, 1.0 if judged.scheduled else 0.0)
-                    for destination, interval in judged.intervals.items():
-                        vm.interval.add_metric([*labels, destination], interval)
-                        vm.destination_newest.add_metric(
-                            [*labels, destination], judged.newest_protected_at(destination) or 0.0
-                        )
-                    vm.failed.add_metric(labels, judged.newest_failed or 0.0)
+                _add_vms(vm, controller, snapshot, now)
             yield from vm
 
         inventory = inventory_families(state)
         for controller, snapshot in fresh:
-            for cluster_name, statuses in snapshot.vms_by_status.items():
-                for status, number in statuses.items():
-                    inventory.vms.add_metric([controller, cluster_name, status], number)
-            for policy in snapshot.inventory.policies:
-                inventory.policy_rules.add_metric([controller, policy.name], policy.rules)
-                inventory.policy_vms.add_metric(
-                    [controller, policy.name], snapshot.policy_vms.get(policy.name, 0)
-                )
-            for host in snapshot.inventory.hosts:
-                inventory.host_enabled.add_metric(
-                    [controller, host.name, host.cluster], 1.0 if host.policy_enabled else 0.0
-                )
-            for family, value in zip(
-                inventory.federation, federation_figures(snapshot), strict=True
-            ):
-                if value is not None:
-                    family.add_metric([controller], value)
+            _add_inventory(inventory, controller, snapshot)
         yield from inventory
 
         yield from health_families(reading.statuses)
         yield from exporter_families(state)
+
+
+def _add_vms(vm: VMFamilies, controller: str, snapshot: ControllerSnapshot, now: float) -> None:
+    for judged in snapshot.protection:
+        machine = judged.vm
+        labels = [controller, machine.name, machine.vm_id]
+        newest_anywhere = judged.newest_protected_anywhere
+        vm.newest.add_metric(labels, newest_anywhere or 0.0)
+        vm.age.add_metric(labels, _age(now, newest_anywhere))
+        vm.info.add_metric(
+            [*labels, machine.cluster, machine.policy, machine.datastore, machine.host], 1.0
+        )
+        if machine.created_at is not None:
+            vm.created.add_metric(labels, machine.created_at)
+        vm.scheduled.add_metric(labels, 1.0 if judged.scheduled else 0.0)
+        for destination, interval in judged.intervals.items():
+            vm.interval.add_metric([*labels, destination], interval)
+            vm.destination_newest.add_metric(
+                [*labels, destination], judged.newest_protected_at(destination) or 0.0
+            )
+        vm.failed.add_metric(labels, judged.newest_failed or 0.0)
+
+
+def _add_inventory(
+    inventory: InventoryFamilies, controller: str, snapshot: ControllerSnapshot
+) -> None:
+    for cluster_name, statuses in snapshot.vms_by_status.items():
+        for status, number in statuses.items():
+            inventory.vms.add_metric([controller, cluster_name, status], number)
+    for policy in snapshot.inventory.policies:
+        inventory.policy_rules.add_metric([controller, policy.name], policy.rules)
+        inventory.policy_vms.add_metric(
+            [controller, policy.name], snapshot.policy_vms.get(policy.name, 0)
+        )
+    for host in snapshot.inventory.hosts:
+        inventory.host_enabled.add_metric(
+            [controller, host.name, host.cluster], 1.0 if host.policy_enabled else 0.0
+        )
+    for family, value in zip(inventory.federation, federation_figures(snapshot), strict=True):
+        if value is not None:
+            family.add_metric([controller], value)
 
 
 def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
@@ -312,7 +319,7 @@ class VMFamilies(NamedTuple):
     failed: GaugeMetricFamily
 
 
-#: The labels of every per-VM series, after ``controller``; then ``destination`` for some.
+#: The labels of every per-VM series; then ``destination`` for some, more for ``vm_info``.
 VM_LABELS = ["controller", "vm", "vm_id"]
 VM_INFO_LABELS = [*VM_LABELS, "omnistack_cluster", "policy", "datastore", "host"]
 
@@ -389,20 +396,23 @@ class InventoryFamilies(NamedTuple):
         return self[4:]
 
 
+#: The schedule report's families (name, help text), in the order of :func:`federation_figures`.
+FEDERATION_FAMILIES = (
+    ("simplivity_federation_daily_backups", "Backups per day the current policies and "
+     "VMs will create (daily_backup_rate)"),
+    ("simplivity_federation_daily_backups_limit", "The most backups the federation may "
+     "create per day (daily_backup_rate_limit); past it, policy backups stop"),
+    ("simplivity_federation_retained_backups_projected", "Backups the federation will "
+     "retain under the current policies (projected_retained_backups)"),
+    ("simplivity_federation_retained_backups_limit", "The most backups the federation may "
+     "retain (retained_backups_limit); past it, policy backups stop"),
+)  # fmt: skip
+
+
 def inventory_families(state: ExporterState) -> InventoryFamilies:
     judged = _refreshed(state, "the inventory and /api/backups")
     listed = _refreshed(state, "/api/policies and /api/virtual_machines")
     report = _refreshed(state, "/api/policies/policy_schedule_report")
-    federation = [
-        ("simplivity_federation_daily_backups", "Backups per day the current policies and "
-         "VMs will create (daily_backup_rate)"),
-        ("simplivity_federation_daily_backups_limit", "The most backups the federation may "
-         "create per day (daily_backup_rate_limit); past it, policy backups stop"),
-        ("simplivity_federation_retained_backups_projected", "Backups the federation will "
-         "retain under the current policies (projected_retained_backups)"),
-        ("simplivity_federation_retained_backups_limit", "The most backups the federation may "
-         "retain (retained_backups_limit); past it, policy backups stop"),
-    ]  # fmt: skip
     return InventoryFamilies(
         GaugeMetricFamily(
             "simplivity_vms",
@@ -432,13 +442,13 @@ def inventory_families(state: ExporterState) -> InventoryFamilies:
                 f"{text}; absent before REST API 1.11. {report}",
                 labels=["controller"],
             )
-            for name, text in federation
+            for name, text in FEDERATION_FAMILIES
         ),
     )
 
 
 def federation_figures(snapshot: ControllerSnapshot) -> tuple[float | None, ...]:
-    """The schedule report's figures, in the order of :attr:`InventoryFamilies.federation`."""
+    """The schedule report's figures, in the order of :data:`FEDERATION_FAMILIES`."""
     report = snapshot.inventory.schedule
     if report is None:
         return (None, None, None, None)

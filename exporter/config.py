@@ -29,7 +29,6 @@ __all__ = [
     "Secret",
     "TLSConfig",
     "load_config",
-    "parse_config",
 ]
 
 MAX_PAGE_SIZE = 3000  # HPE's recommended maximum of backups per request
@@ -109,36 +108,11 @@ class Config:
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a YAML config file; raise :class:`ConfigError` listing every problem."""
     document = read_yaml(path)
-    return _parse(
-        document.value,
-        os.environ if environ is None else environ,
-        base_dir=Path(path).resolve().parent,
-        source=str(path),
-        problems=document.problems,
-    )
-
-
-def parse_config(
-    document: object,
-    environ: Mapping[str, str],
-    base_dir: Path | None = None,
-    source: str = "configuration",
-) -> Config:
-    """Validate an already-parsed YAML document."""
-    return _parse(document, environ, base_dir or Path.cwd(), source)
-
-
-def _parse(
-    document: object,
-    environ: Mapping[str, str],
-    base_dir: Path,
-    source: str,
-    problems: Iterable[str] = (),
-) -> Config:
-    reader = _Reader(environ, base_dir, problems)
-    config = reader.config(document)
+    environ = os.environ if environ is None else environ
+    reader = _Reader(environ, Path(path).resolve().parent, document.problems)
+    config = reader.config(document.value)
     if reader.problems or config is None:
-        raise ConfigError(reader.problems or ["the configuration is empty"], source)
+        raise ConfigError(reader.problems or ["the configuration is empty"], str(path))
     return config
 
 

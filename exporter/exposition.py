@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.collector import (
+    FEDERATION_FAMILIES,
     BackupCollector,
     cluster_families,
     exporter_families,
@@ -179,13 +180,7 @@ def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list
             f'omnistack_cluster="{_label(host.cluster)}"}} '
             f"{'1.0' if host.policy_enabled else '0.0'}\n"
         )
-    names = (
-        "simplivity_federation_daily_backups",
-        "simplivity_federation_daily_backups_limit",
-        "simplivity_federation_retained_backups_projected",
-        "simplivity_federation_retained_backups_limit",
-    )
-    for name, value in zip(names, federation_figures(snapshot), strict=True):
+    for (name, _), value in zip(FEDERATION_FAMILIES, federation_figures(snapshot), strict=True):
         if value is not None:
             lines[name].append(f'{name}{{controller="{c}"}} {_go_float(value)}\n')
 
@@ -193,10 +188,11 @@ def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list
 class TextWriter:
     """Writes exactly what ``generate_latest`` writes for a :class:`BackupCollector`, faster.
 
-    Going through a ``Sample`` per series and prometheus_client's formatting took about 100 ms
-    per render with 5,000 VMs, during which every scrape waited. Here the series of each
-    snapshot are written once, when it first shows, and only the ages are written at each
-    render. ``tests/test_exposition_text.py`` holds it to ``generate_latest``'s bytes.
+    Going through a ``Sample`` per series and prometheus_client's formatting costs a render
+    with thousands of VMs far more than the ages that change (README, "Performance"). Here the
+    series of each snapshot are written once, when it first shows, and only the ages are
+    written at each render. ``tests/test_exposition_text.py`` holds it to ``generate_latest``'s
+    bytes.
     """
 
     def __init__(self, collector: BackupCollector) -> None:
@@ -268,7 +264,11 @@ _SEGMENT_MIN_CHARS = 16 * 1024
 
 def _deflate(data: bytes) -> bytes:
     """``data`` as deflate blocks that any deflate stream may go on from: a fresh compressor
-    refers back to nothing before it, and a sync flush ends on a byte boundary."""
+    refers back to nothing before it, and a sync flush ends on a byte boundary.
+
+    Level 1, the fastest: the ages are compressed again every second, and a higher level
+    costs several times the CPU for a body only slightly smaller.
+    """
     compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
@@ -278,9 +278,9 @@ class _Encoder:
     stay the same from one second to the next.
 
     Only the ages change every second, yet the whole text used to be encoded and compressed
-    again each time (about 30 ms of CPU per second with 5,000 VMs). A piece's deflate blocks
-    are compressed on their own, so the member is the cached blocks of the unchanged pieces
-    and the new blocks of the ages, between one header and one CRC-32 trailer.
+    again each time (the CPU this saves: README, "Performance"). A piece's deflate blocks are
+    compressed on their own, so the member is the cached blocks of the unchanged pieces and
+    the new blocks of the ages, between one header and one CRC-32 trailer.
     """
 
     def __init__(self) -> None:
@@ -393,8 +393,6 @@ class Exposition:
     def _write_locked(self, generation: object, second: int) -> _Rendered:
         rendered = self._rendered
         if rendered is None or rendered.key != (generation, second):
-            # gzip level 1: written every second, 7 ms for 1.3 MB instead of 20 ms at level 6,
-            # for a body 12% larger.
             pieces = self._text.parts() if self._text is not None else []
             plain, gzipped = self._encoder.encode(pieces, generate_latest(self._registry))
             rendered = _Rendered((generation, second), plain, gzipped)

@@ -163,7 +163,7 @@ class WebConfigError(ConfigError):
 
 @dataclass(frozen=True)
 class TLSServerConfig:
-    """What ``tls_server_config`` asked for, for logging; the context is built from it."""
+    """What ``tls_server_config`` asked for; the context is built from it."""
 
     cert: str  # a path, or "(inline cert)"
     key: str  # a path, or "(inline key)": never the key itself
@@ -254,7 +254,6 @@ def _parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:
 class WebConfig:
     """A loaded web config. ``WebConfig()`` serves plain HTTP with no authentication."""
 
-    source: str = "(no web config file)"
     tls: TLSServerConfig | None = None
     basic_auth: BasicAuth | None = field(default=None, compare=False)
     extra_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -284,7 +283,7 @@ def load_web_config(path: str | Path, *, checkpw: PasswordChecker | None = None)
     source = str(path)
     document = read_yaml(path, WebConfigError)
     reader = _Reader(Path(path).resolve().parent, checkpw, document.problems)
-    config = reader.web_config(document.value, source)
+    config = reader.web_config(document.value)
     if reader.problems:
         raise WebConfigError(reader.problems, source)
     return config
@@ -310,7 +309,7 @@ class _Reader(Reader):
         self.checkpw = checkpw
         self.notes: list[str] = []
 
-    def web_config(self, document: object, source: str) -> WebConfig:
+    def web_config(self, document: object) -> WebConfig:
         top = self.mapping(document, TOP_LEVEL, _TOP_KEYS, refused=_UNSUPPORTED)
         tls, context = self.tls(top.get("tls_server_config"))
         headers = self.http(top.get("http_server_config"))
@@ -321,7 +320,6 @@ class _Reader(Reader):
                 "clear text"
             )
         return WebConfig(
-            source=source,
             tls=tls,
             basic_auth=auth,
             extra_headers=MappingProxyType(headers),

@@ -13,9 +13,13 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from exporter.app import Reloader, Shard
+from exporter.config import Config, ControllerConfig, Secret
+from exporter.poller import Poller
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, Scrape, write_config
@@ -262,3 +266,33 @@ def test_a_storm_of_sighups_neither_deadlocks_nor_loses_the_last_reload(
         scraped_until(exporter, has("cb", b), "the reload after the storm")
         took = sigterm(exporter)
     assert took < 3, f"SIGTERM took {took:.1f} s"
+
+
+def test_a_bad_web_config_refuses_the_whole_reload_and_a_good_one_applies_both(
+    tmp_path: Path,
+) -> None:
+    """Both files are checked before anything changes: a web config that does not load keeps
+    the old config too, and says why."""
+    applied: list[Config] = []
+
+    class Applied:
+        def apply(self, config: Config) -> None:
+            applied.append(config)
+
+    controller = ControllerConfig("a", "http://127.0.0.1:1", "user", Secret("pw"))
+    config = Config(controllers=(controller,))
+    web_config = tmp_path / "web.yml"
+    web_config.write_text("tls_server_config: {cert_file: absent.crt, key_file: absent.key}\n")
+    reloader = Reloader(cast(Poller, Applied()), Shard(), lambda: config, config, str(web_config))
+
+    ok, message = reloader.reload()
+    assert not ok
+    assert "absent.crt" in message
+    assert applied == []
+    assert not reloader.state.reload_successful
+
+    web_config.write_text("http_server_config: {headers: {X-Frame-Options: deny}}\n")
+    ok, message = reloader.reload()
+    assert ok, message
+    assert applied == [config]
+    assert reloader.state.reload_successful
