@@ -325,7 +325,6 @@ VM_INFO_LABELS = [*VM_LABELS, "omnistack_cluster", "policy", "datastore", "host"
 
 
 def vm_families(state: ExporterState) -> VMFamilies:
-    refreshed = _refreshed(state)
     judged = _refreshed(state, "the inventory and /api/backups")
     listed = _refreshed(state, "/api/virtual_machines")
     by_destination = [*VM_LABELS, "destination"]
@@ -333,13 +332,13 @@ def vm_families(state: ExporterState) -> VMFamilies:
         GaugeMetricFamily(
             "simplivity_vm_backup_newest_timestamp_seconds",
             "Creation time of the newest PROTECTED backup of each live VM, 0 if it has none. "
-            f"{refreshed}",
+            f"{judged}",
             labels=VM_LABELS,
         ),
         GaugeMetricFamily(
             "simplivity_vm_backup_newest_age_seconds",
             "Seconds since the newest PROTECTED backup of each live VM was created, at "
-            f"scrape time; +Inf if none. {refreshed}",
+            f"scrape time; +Inf if none. {judged}",
             labels=VM_LABELS,
         ),
         GaugeMetricFamily(
@@ -372,7 +371,7 @@ def vm_families(state: ExporterState) -> VMFamilies:
         ),
         GaugeMetricFamily(
             "simplivity_vm_backup_newest_failed_timestamp_seconds",
-            f"Creation time of the newest FAILED backup of each live VM, 0 if none. {refreshed}",
+            f"Creation time of the newest FAILED backup of each live VM, 0 if none. {judged}",
             labels=VM_LABELS,
         ),
     )
@@ -422,7 +421,7 @@ def inventory_families(state: ExporterState) -> InventoryFamilies:
         ),
         GaugeMetricFamily(
             "simplivity_policy_rules",
-            f"Rules of each backup policy. {listed}",
+            "Rules of each backup policy. " + _refreshed(state, "/api/policies"),
             labels=["controller", "policy"],
         ),
         GaugeMetricFamily(
