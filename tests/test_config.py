@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pytest
+import yaml
 
 from exporter.config import (
     Config,
     ConfigError,
     ControllerConfig,
+    MetricsConfig,
     PollConfig,
     ProtectionConfig,
     Secret,
@@ -66,6 +68,21 @@ def test_the_shipped_example_file_is_valid() -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
     config = load_config(example, {"SVT_PASSWORD": "x", "SVT_PASSWORD_CHICAGO": "y"})
     assert config.controllers
+
+
+def test_the_example_file_names_every_key_and_writes_each_setting_at_its_default() -> None:
+    """config.example.yaml is the commented reference: no key of the loader may be missing."""
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    document = yaml.safe_load(example.read_text(encoding="utf-8"))
+    sections = {"poll": PollConfig, "metrics": MetricsConfig, "protection": ProtectionConfig}
+    assert set(document) == {*sections, "controllers"}
+    for name, section in sections.items():
+        assert set(document[name]) == {f.name for f in fields(section)}, name
+        assert document[name] == asdict(section()), name
+    text = example.read_text(encoding="utf-8")
+    controller_keys = {f.name for f in fields(ControllerConfig)} | {"password_file"}
+    for key in controller_keys | {f.name for f in fields(TLSConfig)}:
+        assert f" {key}:" in text, key  # set, or shown in a comment
 
 
 def test_defaults_fill_what_is_left_out(tmp_path: Path) -> None:

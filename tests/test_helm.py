@@ -817,6 +817,12 @@ def test_notes_say_how_to_reach_the_metrics(helm: dict[str, Any], case: str) -> 
     assert "/metrics" in notes
     assert f"kubectl --namespace {NAMESPACE} port-forward" in notes
     assert ("DEMO MODE" in notes) == (not values_of(case)["controllers"])
+    monitor = values_of(case)["serviceMonitor"]
+    scheme = monitor["scheme"]
+    assert f"curl {scheme}://127.0.0.1:" in notes
+    assert f"{scheme}://{FULLNAME}.{NAMESPACE}.svc:" in notes
+    assert ("TLS on: add --cacert" in notes) == (scheme == "https")
+    assert ("basic auth on: add -u USER" in notes) == bool(monitor["basicAuth"])
 
 
 def test_policy_aware_rules_and_dashboard_follow_the_exporters_protection_settings(
