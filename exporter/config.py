@@ -303,6 +303,11 @@ class _Reader(Reader):
             return None if expanded is None else Secret(expanded)
         if path is None:
             return None
+        # ${VAR} too: systemd's LoadCredential= hands the file over in ${CREDENTIALS_DIRECTORY}.
+        name = self.expand(str(raw["password_file"]), f"{where}.password_file")
+        if name is None:
+            return None
+        path = self.base_dir / name
         content = self.read_bytes(f"{where}.password_file", path)
         if content is None:
             return None

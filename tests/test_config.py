@@ -101,6 +101,25 @@ def test_password_file_is_read_and_its_trailing_newline_dropped(tmp_path: Path) 
     assert config.controllers[0].password.reveal() == "pa ss"
 
 
+def test_password_file_expands_the_environment_as_systemd_credentials_need(
+    tmp_path: Path,
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "svt-password").write_text("s3cret\n", encoding="utf-8")
+    text = (
+        "controllers:\n  - {name: a, url: 'https://h', username: u,"
+        " password_file: '${CREDENTIALS_DIRECTORY}/svt-password'}\n"
+    )
+    path = write(tmp_path, text)
+    config = load_config(path, {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.controllers[0].password.reveal() == "s3cret"
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {})
+    assert "controllers[0].password_file: environment variable(s) not set: " in str(raised.value)
+    assert "CREDENTIALS_DIRECTORY" in str(raised.value)
+
+
 def test_a_password_never_shows_in_repr_or_str() -> None:
     secret = Secret("hunter2")
     controller = ControllerConfig(name="a", url="https://h", username="u", password=secret)
