@@ -555,7 +555,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             gzipped = accepts_gzip(self.headers.get("Accept-Encoding"))
             body = app.render_metrics(gzipped)
-            headers = {"Content-Encoding": "gzip"} if gzipped else {}
+            # Either way the answer depends on Accept-Encoding: a cache must know.
+            headers = {"Vary": "Accept-Encoding"}
+            if gzipped:
+                headers["Content-Encoding"] = "gzip"
             self._send(HTTPStatus.OK, body, METRICS_CONTENT_TYPE, headers, head=head)
         elif path == "/-/healthy":
             self._send(HTTPStatus.OK, b"Healthy.\n", head=head)

@@ -536,6 +536,7 @@ def test_metrics_are_gzipped_only_when_the_client_accepts_it() -> None:
                 "gzip" if gzipped else None,
             )
             assert (gzip.decompress(body) if gzipped else body) == METRICS
+            assert answer.getheader("Vary") == "Accept-Encoding"
 
 
 # --- certificates ---------------------------------------------------------------------------
