@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -181,16 +182,10 @@ class InventoryRead:
         host_names = {host.host_id: host.name for host in self._hosts}
         policy_names = {policy.policy_id: policy.name for policy in self._policies}
         vms = [
-            VirtualMachine(
-                vm.vm_id,
-                vm.name,
-                vm.cluster,
-                vm.policy_id,
-                vm.policy or policy_names.get(vm.policy_id, ""),
-                vm.datastore,
-                vm.host_id,
-                host_names.get(vm.host_id) or vm.host_id,
-                vm.created_at,
+            replace(
+                vm,
+                policy=vm.policy or policy_names.get(vm.policy_id, ""),
+                host=host_names.get(vm.host_id) or vm.host_id,
             )
             for vm in self._vms
         ]
