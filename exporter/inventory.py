@@ -221,7 +221,6 @@ class InventoryRead:
             if intervals is None:
                 rules = self._rules.get(vm.policy_id, ())
                 intervals = intervals_of[key] = expected_intervals(rules, vm.cluster)
-            policy_enabled = enabled.get(vm.host_id, True)
             held = backups_by_vm.get(vm.vm_id)
             verdict = judge(
                 VMFacts(
@@ -229,7 +228,7 @@ class InventoryRead:
                     intervals=intervals,
                     newest_protected=held.newest_protected if held else _NO_BACKUPS,
                     newest_backup=_newest(held),
-                    policy_enabled=policy_enabled,
+                    policy_enabled=enabled.get(vm.host_id, True),
                 ),
                 now=now,
                 overdue_factor=overdue_factor,
@@ -238,7 +237,6 @@ class InventoryRead:
             judged = VMProtection(
                 vm=vm,
                 backups=held,
-                scheduled=bool(intervals) and policy_enabled,
                 intervals=intervals,
                 status=verdict.status,
                 destination=verdict.destination,

@@ -286,12 +286,16 @@ class VMProtection:
 
     vm: VirtualMachine
     backups: VMBackups | None  # None: not a single backup of it was listed
-    scheduled: bool  # its policy has usable rules and policy backups are enabled on its host
     intervals: Mapping[str, int]  # expected interval in seconds per destination of its policy
     status: str
     destination: str | None
     newest_protected: float | None  # Unix seconds, at ``destination``
     expected_interval: int | None  # seconds, at ``destination``
+
+    @property
+    def scheduled(self) -> bool:
+        """Its policy has usable rules and policy backups are enabled on its host."""
+        return self.status != "not_scheduled"
 
     @property
     def newest_protected_anywhere(self) -> float | None:
