@@ -1,7 +1,8 @@
 """The shared vocabulary: what a poll asks for, what it finds, how it fails, what it publishes.
 
 Every layer imports this module and it imports no other part of the exporter: the REST client
-raises its errors, the aggregation builds its snapshot types, the poller publishes a
+raises its errors, the backup and inventory readers share how the API writes a value
+(``"NA"``, timestamps), the aggregation builds its snapshot types, the poller publishes a
 :class:`ControllerStatus` per controller, and the scrape path (collector, exposition, web)
 reads those statuses without importing the client or the poller.
 """
