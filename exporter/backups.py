@@ -98,10 +98,6 @@ class Aggregator:
         self._vms: dict[str, _VMTally] = {}
         self._seen = 0
 
-    @property
-    def backups_seen(self) -> int:
-        return self._seen
-
     def add(self, backup: Mapping[str, object]) -> None:
         """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
 
