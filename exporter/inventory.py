@@ -204,7 +204,8 @@ class InventoryRead:
         """Every live VM of ``inventory`` judged against its own policy at ``now``."""
         backups_by_vm = {vm.vm_id: vm for vm in backups.vms}
         enabled = {host.host_id: host.policy_enabled for host in self._hosts}
-        # Many VMs share few (policy, cluster) pairs: their intervals are computed once.
+        # Many VMs share few (policy, cluster) pairs: looked up here once per pair, not once per
+        # VM in expected_intervals' own cache, which hashes every rule at each call.
         intervals_of: dict[tuple[str, str], Mapping[str, int]] = {}
         by_status: dict[str, dict[str, int]] = {
             cluster: dict.fromkeys(PROTECTION_STATUSES, 0)
