@@ -9,18 +9,20 @@ in this process (:class:`LocalBackupScan`) or in the decoding worker (:mod:`expo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Protocol
 
 from exporter.model import (
+    MISSING,
     OTHER_STATE,
     STATES,
     BackupSnapshot,
     ClusterSummary,
     RecordError,
     VMBackups,
+    is_timestamp,
+    text_field,
+    timestamp_seconds,
 )
 from exporter.scan import Collection, PageCounter, PageOutcome, PageSink
 
@@ -41,10 +43,8 @@ BACKUPS = Collection("/api/backups", key="backups", item="backup", fields=FIELDS
 UNKNOWN_CLUSTER = "unknown"
 
 _KNOWN_STATES = frozenset(STATES)
-_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
 #: The API's sizes are Java longs; far past this a sum no longer converts to a float at scrape.
 _MAX_SIZE = 2**63 - 1
-_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class BackupRecordError(RecordError):
@@ -98,10 +98,6 @@ class Aggregator:
         self._vms: dict[str, _VMTally] = {}
         self._seen = 0
 
-    @property
-    def backups_seen(self) -> int:
-        return self._seen
-
     def add(self, backup: Mapping[str, object]) -> None:
         """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
 
@@ -122,8 +118,8 @@ class Aggregator:
         created = _created(backup)
         size = _size(backup)
         cluster_name = (
-            _optional_text(backup, "omnistack_cluster_name")
-            or _optional_text(backup, "external_store_name")
+            text_field(backup, "omnistack_cluster_name")
+            or text_field(backup, "external_store_name")
             or UNKNOWN_CLUSTER
         )
         tally = self._clusters.get(cluster_name)
@@ -140,7 +136,7 @@ class Aggregator:
             tally.newest_protected = created
         self._seen += 1
 
-        vm_id = _optional_text(backup, "virtual_machine_id")
+        vm_id = text_field(backup, "virtual_machine_id")
         if not vm_id:
             return
         destination = tally.name
@@ -173,7 +169,7 @@ class Aggregator:
         def parsed(created: str) -> float:
             value = seconds.get(created)
             if value is None:
-                value = seconds[created] = _seconds(created)
+                value = seconds[created] = timestamp_seconds(created)
             return value
 
         vms = tuple(
@@ -220,17 +216,9 @@ class LocalBackupScan:
         pass
 
 
-def _seconds(value: str) -> float:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
-
-
 def parse_timestamp(value: str) -> float | None:
     """``2018-05-08T10:00:01Z`` as Unix seconds; ``None`` for an empty string."""
-    return _seconds(value) if value else None
-
-
-#: How the API writes a value it does not have.
-MISSING = "NA"
+    return timestamp_seconds(value) if value else None
 
 
 def _created(backup: Mapping[str, object]) -> str:
@@ -238,7 +226,7 @@ def _created(backup: Mapping[str, object]) -> str:
     value = backup.get("created_at")
     if value is None or value == MISSING or value == "":
         return ""
-    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value) or not _is_real_time(value):
+    if not is_timestamp(value):
         raise BackupRecordError(
             f"backup {_describe(backup)}: created_at {str(value)[:40]!r} is not a UTC timestamp"
         )
@@ -258,26 +246,6 @@ def _size(backup: Mapping[str, object]) -> int:
             f"not {str(value)[:40]!r}"
         )
     return value
-
-
-def _optional_text(backup: Mapping[str, object], key: str) -> str:
-    """A text value, or "" if missing; odd values (a number, a list) count as missing too."""
-    value = backup.get(key)
-    if not isinstance(value, str) or value == MISSING:
-        return ""
-    if not value.isascii():
-        # JSON's "\ud800" decodes to a lone surrogate, which UTF-8 cannot carry to /metrics.
-        value = _SURROGATES.sub("\ufffd", value)
-    return value
-
-
-def _is_real_time(text: str) -> bool:
-    """The pattern lets 2024-02-30 or hour 24 through; parsing them would fail later."""
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _describe(backup: Mapping[str, object]) -> str:

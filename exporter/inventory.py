@@ -17,13 +17,11 @@ read as missing, never as a broken controller: a text becomes empty, a time unkn
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from exporter.backups import MISSING
 from exporter.model import (
     BackupSnapshot,
     ControllerSnapshot,
@@ -35,7 +33,11 @@ from exporter.model import (
     VirtualMachine,
     VMBackups,
     VMProtection,
+    clean_text,
     decode_json,
+    is_timestamp,
+    text_field,
+    timestamp_seconds,
 )
 from exporter.protection import (
     LOCAL,
@@ -86,8 +88,6 @@ HOSTS = Collection(
 #: REST API 1.11 and later; an older controller answers it with an error status.
 SCHEDULE_REPORT = "/api/policies/policy_schedule_report"
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
-_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
 _NO_BACKUPS: Mapping[str, float] = MappingProxyType({})
 _T = TypeVar("_T")
 
@@ -122,20 +122,20 @@ class InventoryRead:
     def add_vm(self, record: Mapping[str, Any]) -> None:
         self._vms.append(
             VirtualMachine(
-                vm_id=_clean(record["id"]),
+                vm_id=clean_text(record["id"]),
                 name=_name(record),
-                cluster=_text(record, "omnistack_cluster_name"),
-                policy_id=_text(record, "policy_id"),
-                policy=_text(record, "policy_name"),
-                datastore=_text(record, "datastore_name"),
-                host_id=_text(record, "host_id"),
+                cluster=text_field(record, "omnistack_cluster_name"),
+                policy_id=text_field(record, "policy_id"),
+                policy=text_field(record, "policy_name"),
+                datastore=text_field(record, "datastore_name"),
+                host_id=text_field(record, "host_id"),
                 host="",  # named once the hosts are read
                 created_at=_timestamp(record.get("created_at")),
             )
         )
 
     def add_policy(self, record: Mapping[str, Any]) -> None:
-        policy_id = _clean(record["id"])
+        policy_id = clean_text(record["id"])
         parsed = parse_rules(record.get("rules"))
         self._rules[policy_id] = parsed.rules
         self._policies.append(
@@ -144,7 +144,7 @@ class InventoryRead:
                 name=_name(record),
                 rules=parsed.count,
                 intervals=expected_intervals(parsed.rules, LOCAL),
-                problems=tuple(_clean(problem) for problem in parsed.problems),
+                problems=tuple(clean_text(problem) for problem in parsed.problems),
             )
         )
 
@@ -152,9 +152,9 @@ class InventoryRead:
         enabled = record.get("policy_enabled")
         self._hosts.append(
             Host(
-                host_id=_clean(record["id"]),
+                host_id=clean_text(record["id"]),
                 name=_name(record),
-                cluster=_text(record, "omnistack_cluster_name"),
+                cluster=text_field(record, "omnistack_cluster_name"),
                 # Only an explicit "no" disables: a missing or odd value says nothing.
                 policy_enabled=not (
                     enabled is False or (isinstance(enabled, str) and enabled.lower() == "false")
@@ -182,16 +182,10 @@ class InventoryRead:
         host_names = {host.host_id: host.name for host in self._hosts}
         policy_names = {policy.policy_id: policy.name for policy in self._policies}
         vms = [
-            VirtualMachine(
-                vm.vm_id,
-                vm.name,
-                vm.cluster,
-                vm.policy_id,
-                vm.policy or policy_names.get(vm.policy_id, ""),
-                vm.datastore,
-                vm.host_id,
-                host_names.get(vm.host_id) or vm.host_id,
-                vm.created_at,
+            replace(
+                vm,
+                policy=vm.policy or policy_names.get(vm.policy_id, ""),
+                host=host_names.get(vm.host_id) or vm.host_id,
             )
             for vm in self._vms
         ]
@@ -210,7 +204,8 @@ class InventoryRead:
         """Every live VM of ``inventory`` judged against its own policy at ``now``."""
         backups_by_vm = {vm.vm_id: vm for vm in backups.vms}
         enabled = {host.host_id: host.policy_enabled for host in self._hosts}
-        # Many VMs share few (policy, cluster) pairs: their intervals are computed once.
+        # Many VMs share few (policy, cluster) pairs: looked up here once per pair, not once per
+        # VM in expected_intervals' own cache, which hashes every rule at each call.
         intervals_of: dict[tuple[str, str], Mapping[str, int]] = {}
         by_status: dict[str, dict[str, int]] = {
             cluster: dict.fromkeys(PROTECTION_STATUSES, 0)
@@ -227,7 +222,6 @@ class InventoryRead:
             if intervals is None:
                 rules = self._rules.get(vm.policy_id, ())
                 intervals = intervals_of[key] = expected_intervals(rules, vm.cluster)
-            policy_enabled = enabled.get(vm.host_id, True)
             held = backups_by_vm.get(vm.vm_id)
             verdict = judge(
                 VMFacts(
@@ -235,7 +229,7 @@ class InventoryRead:
                     intervals=intervals,
                     newest_protected=held.newest_protected if held else _NO_BACKUPS,
                     newest_backup=_newest(held),
-                    policy_enabled=policy_enabled,
+                    policy_enabled=enabled.get(vm.host_id, True),
                 ),
                 now=now,
                 overdue_factor=overdue_factor,
@@ -244,7 +238,6 @@ class InventoryRead:
             judged = VMProtection(
                 vm=vm,
                 backups=held,
-                scheduled=bool(intervals) and policy_enabled,
                 intervals=intervals,
                 status=verdict.status,
                 destination=verdict.destination,
@@ -301,31 +294,15 @@ def _unique(items: list[_T], key: Callable[[_T], object]) -> list[_T]:
     return kept
 
 
-def _text(record: Mapping[str, Any], key: str) -> str:
-    """A text field; "" when missing, not a text, or the API's "NA" (but see :func:`_name`)."""
-    value = record.get(key)
-    return _clean(value) if isinstance(value, str) and value != MISSING else ""
-
-
 def _name(record: Mapping[str, Any]) -> str:
     """A name, "NA" included: something may be called that."""
     value = record.get("name")
-    return _clean(value) if isinstance(value, str) else ""
-
-
-def _clean(value: str) -> str:
-    # JSON's "\ud800" decodes to a lone surrogate, which UTF-8 cannot carry to /metrics.
-    return value if value.isascii() else _SURROGATES.sub("\ufffd", value)
+    return clean_text(value) if isinstance(value, str) else ""
 
 
 def _timestamp(value: object) -> float | None:
     """``2018-05-08T10:00:01Z`` as Unix seconds; ``None`` for ``"NA"`` or anything else."""
-    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
-        return None
-    try:
-        return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
-    except ValueError:  # the pattern lets 2024-02-30 or hour 24 through
-        return None
+    return timestamp_seconds(value) if is_timestamp(value) else None
 
 
 def _number(value: object) -> float | None:

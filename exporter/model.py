@@ -1,7 +1,8 @@
 """The shared vocabulary: what a poll asks for, what it finds, how it fails, what it publishes.
 
 Every layer imports this module and it imports no other part of the exporter: the REST client
-raises its errors, the aggregation builds its snapshot types, the poller publishes a
+raises its errors, the backup and inventory readers share how the API writes a value
+(``"NA"``, timestamps), the aggregation builds its snapshot types, the poller publishes a
 :class:`ControllerStatus` per controller, and the scrape path (collector, exposition, web)
 reads those statuses without importing the client or the poller.
 """
@@ -9,9 +10,11 @@ reads those statuses without importing the client or the poller.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeGuard
 
 #: Every value the ``reason`` label of ``simplivity_poll_errors_total`` can take, all exported
 #: from the start: one per :class:`SimplivityError` subclass.
@@ -106,6 +109,45 @@ def looks_like_html(body: bytes) -> bool:
     """An HTML page (a reverse proxy's error page), to be named as such and never quoted."""
     start = body[:512].lstrip().lower()
     return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<title"))
+
+
+# -- how the API writes a value ---------------------------------------------------------------
+
+#: How the API writes a value it does not have.
+MISSING = "NA"
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def is_timestamp(value: object) -> TypeGuard[str]:
+    """A time as the API writes it, in UTC: ``2018-05-08T10:00:01Z`` (fractions allowed)."""
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        return False
+    try:
+        datetime.fromisoformat(value)  # the pattern lets 2024-02-30 or hour 24 through
+    except ValueError:
+        return False
+    return True
+
+
+def timestamp_seconds(value: str) -> float:
+    """A text :func:`is_timestamp` accepts, as Unix seconds."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+def text_field(record: Mapping[str, object], key: str) -> str:
+    """A text value of a record, cleaned (:func:`clean_text`); "" when it is missing, the API's
+    "NA", or not a text (a number, a list)."""
+    value = record.get(key)
+    if not isinstance(value, str) or value == MISSING:
+        return ""
+    return value if value.isascii() else clean_text(value)
+
+
+def clean_text(value: str) -> str:
+    """``value`` as /metrics can carry it: JSON's ``"\\ud800"`` decodes to a lone surrogate, which
+    UTF-8 cannot encode."""
+    return value if value.isascii() else _SURROGATES.sub("\ufffd", value)
 
 
 # -- what a poll asks for ----------------------------------------------------------------------
@@ -245,12 +287,16 @@ class VMProtection:
 
     vm: VirtualMachine
     backups: VMBackups | None  # None: not a single backup of it was listed
-    scheduled: bool  # its policy has usable rules and policy backups are enabled on its host
     intervals: Mapping[str, int]  # expected interval in seconds per destination of its policy
     status: str
     destination: str | None
     newest_protected: float | None  # Unix seconds, at ``destination``
     expected_interval: int | None  # seconds, at ``destination``
+
+    @property
+    def scheduled(self) -> bool:
+        """Its policy has usable rules and policy backups are enabled on its host."""
+        return self.status != "not_scheduled"
 
     @property
     def newest_protected_anywhere(self) -> float | None:

@@ -7,11 +7,11 @@ only when every read succeeded. A scrape never sees half a poll, and a failed po
 last good result in place (the collector drops it once it is stale).
 
 The inventory is read in a second thread while the backups are scanned, one request at a time
-(so one more request in flight than the scan's): read one after the other, its dozen requests
-added a fifth to the wall time of a poll of 100,000 backups on 5,000 VMs. Both reads span the
-same moments, so the picture is that of the poll's time: a VM created while the poll runs
-may be listed without the backup it got meanwhile, and is then judged ``new``, as it is. Only
-the schedule report is optional (REST API 1.11 and later): an error status there leaves the
+(so one more request in flight than the scan's): read after the backups, its dozen requests
+would lengthen every poll (by how much: the README's "How polling works, and why"). Both
+reads span the same moments, so the picture is that of the poll's time: a VM created while the
+poll runs may be listed without the backup it got meanwhile, and is then judged ``new``, as it
+is. Only the schedule report is optional (REST API 1.11 and later): an error status there leaves the
 federation's limits out of the snapshot, and is logged once.
 """
 
@@ -157,7 +157,7 @@ class ControllerPoller:
         self._said_no_report = snapshot is not None and snapshot.inventory.schedule is None
 
     def poll_once(self) -> ControllerStatus:
-        """Scan the controller's backups and publish the outcome. Never raises.
+        """Read the controller's backups and inventory and publish the outcome. Never raises.
 
         A controller is never polled twice at once: a poll due while this poller's last one
         still runs is skipped; one due while the poller this one replaced (at a reload) is

@@ -62,7 +62,8 @@ A rule with an ``external_store_name`` sends its backups to that store; otherwis
 ``destination_name`` is a cluster, ``<Local>`` (any case) meaning the VM's own cluster. A
 backup is held where its ``omnistack_cluster_name`` says, or at its ``external_store_name`` when
 the cluster name is empty, exactly as the ``omnistack_cluster`` label of the backup metrics
-(``unknown`` when it names neither). A store named like a cluster is the same destination.
+(``unknown`` when it names neither): :class:`~exporter.backups.Aggregator` keys each VM's
+newest backups so. A store named like a cluster is the same destination.
 
 Protection status
 -----------------
@@ -81,8 +82,6 @@ from datetime import date
 from functools import cache, lru_cache
 from itertools import pairwise
 from types import MappingProxyType
-
-from exporter.backups import UNKNOWN_CLUSTER
 
 #: Every status :func:`judge` returns, in the order the issue lists them (the label values).
 PROTECTION_STATUSES = ("ok", "not_scheduled", "new", "never_backed_up", "overdue", "last_failed")
@@ -322,15 +321,6 @@ def parse_rules(raw: object) -> PolicyRules:
             label = number if type(number) is int else f"at position {position}"
             problems.append(f"rule {label}: {error}")
     return PolicyRules(tuple(rules), tuple(problems))
-
-
-def backup_destination(omnistack_cluster_name: str | None, external_store_name: str | None) -> str:
-    """Where a backup is held: its cluster, else its external store, else ``unknown``.
-
-    >>> backup_destination("", "StoreOnce"), backup_destination(None, None)
-    ('StoreOnce', 'unknown')
-    """
-    return omnistack_cluster_name or external_store_name or UNKNOWN_CLUSTER
 
 
 def expected_intervals(rules: Sequence[Rule], own_cluster: str) -> Mapping[str, int]:

@@ -294,7 +294,9 @@ class _Read:
         self.guessed_cap = False  # the cap was taken from a short page that did not say it
         self.throttled = throttled  # the client's count of "too many requests" answers seen
         self.was_throttled = False
-        self.calm_until = 0  # no new halving before this many pages: the answers of the last
+        #: No new halving before this many requests: answers to requests sent before the last
+        #: halving say nothing of the new pace.
+        self.calm_until = 0
         self.page_size = page_size  # the page size at the start of the read
         self.full_page = False  # a page came back whole at the page size
 

@@ -1,11 +1,11 @@
 """The decoding worker: pages are decoded and counted in a child process, off the exporter's GIL.
 
-Decoding and counting a page of 3,000 backups keeps a Python thread busy for about 8 ms, and a
-poll of 100,000 backups for a third of a second. In the exporter's own process that time is
-taken from the threads that answer ``/metrics``: each waits for the interpreter lock at every
-turn, and a scrape's p99 latency doubled while a poll ran. So the exporter's threads only move
-bytes (HTTP in, pipe out, both without the lock held) and one child process, started by the
-first poll and shared by every controller, does the decoding and counting:
+Decoding and counting the pages is the CPU-heavy half of a poll, and it holds the interpreter
+lock. In the exporter's own process that time is taken from the threads that answer
+``/metrics``: each waits for the lock at every turn, and scrapes slow down while a poll runs.
+So the exporter's threads only move bytes (HTTP in, pipe out, both without the lock held) and
+one child process, started by the first poll and shared by every controller, does the
+decoding and counting:
 
     exporter (fetches pages)  --page body-->  python -m exporter.worker
                               <--outcome----  (a PageCounter and an Aggregator per scan)
@@ -274,7 +274,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
 
     The cycle collector is off while pages are counted: a page decodes into thousands of
     dicts that live until it is counted, and collections kept scanning them (and every scan's
-    tallies) over and over, up to half the child's time. Nothing here makes reference cycles
+    tallies) over and over, a large share of the child's time. Nothing here makes reference cycles
     but an exception's traceback, so a collection after each scan is enough.
     """
     gc.disable()

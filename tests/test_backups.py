@@ -126,6 +126,26 @@ def test_a_vms_newest_failed_backup_and_its_newest_backup_in_any_state() -> None
     )
 
 
+@pytest.mark.parametrize(
+    ("cluster", "store", "held_at"),
+    [
+        ("Boston", "StoreOnce", "Boston"),
+        ("", "StoreOnce", "StoreOnce"),
+        (None, "Cloud", "Cloud"),
+        ("", "", UNKNOWN_CLUSTER),
+        (None, None, UNKNOWN_CLUSTER),
+    ],
+)
+def test_a_backup_is_held_at_its_cluster_else_its_store_else_unknown(
+    cluster: str | None, store: str | None, held_at: str
+) -> None:
+    """What protection.py's destinations rely on: a rule's destination is compared with this."""
+    snapshot = aggregate(backup(1, omnistack_cluster_name=cluster, external_store_name=store))
+    (summary,) = snapshot.clusters
+    assert summary.name == held_at
+    assert dict(snapshot.vms[0].newest_protected) == {held_at: 1709272800.0}
+
+
 def test_external_store_backups_are_grouped_under_the_store() -> None:
     snapshot = aggregate(
         backup(1, omnistack_cluster_name="", external_store_name="StoreOnce-1"),

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import protection
-from exporter.backups import UNKNOWN_CLUSTER, Aggregator
 from exporter.protection import (
     AT_RISK_STATUSES,
     LOCAL,
@@ -27,7 +26,6 @@ from exporter.protection import (
     Schedule,
     Verdict,
     VMFacts,
-    backup_destination,
     expected_intervals,
     interval_seconds,
     judge,
@@ -188,25 +186,6 @@ def test_a_policy_keeps_its_usable_rules_and_names_the_others() -> None:
 def test_a_policy_without_rules() -> None:
     assert parse_rules([]) == parse_rules(None) == protection.PolicyRules(())
     assert parse_rules({"rule": 1}).problems == ("rules is a dict, not a list",)
-
-
-def test_a_backup_is_where_the_backup_metrics_say_it_is() -> None:
-    cases = [("Boston", "StoreOnce"), ("", "StoreOnce"), (None, "Cloud"), ("", ""), (None, None)]
-    for cluster, store in cases:
-        tally = Aggregator()
-        tally.add(
-            {
-                "id": "b1",
-                "state": "PROTECTED",
-                "created_at": "2024-01-01T00:00:00Z",
-                "size": 1,
-                "omnistack_cluster_name": cluster,
-                "external_store_name": store,
-            }
-        )
-        (summary,) = tally.snapshot().clusters
-        assert backup_destination(cluster, store) == summary.name
-    assert backup_destination(None, None) == UNKNOWN_CLUSTER
 
 
 # --- expected interval ---------------------------------------------------------------------

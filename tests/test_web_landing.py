@@ -70,7 +70,6 @@ def judged(
     return VMProtection(
         vm=vm,
         backups=backups,
-        scheduled=status != "not_scheduled",
         intervals=intervals,
         status=status,
         destination=destination,
