@@ -1,4 +1,5 @@
-"""promtool, from Debian's prometheus package (``./dev setup`` installs it), for the tests."""
+"""Prometheus' binaries (Debian's prometheus package, which ``./dev setup`` installs), for the
+tests."""
 
 from __future__ import annotations
 
@@ -8,11 +9,24 @@ import subprocess
 import pytest
 
 
+def binary(name: str) -> str:
+    """The path of ``promtool`` or ``prometheus``; fails the test if it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} not found on PATH: it comes with Debian's prometheus package, "
+            "which `./dev setup` installs (or: apt-get install prometheus)"
+        )
+    return path
+
+
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """``promtool ARGS`` with ``stdin`` as its input; fails the test if promtool is missing."""
-    binary = shutil.which("promtool")
-    if binary is None:
-        pytest.fail("promtool is missing: ./dev setup installs Debian's prometheus package")
     return subprocess.run(
-        [binary, *args], input=stdin, capture_output=True, text=True, timeout=60, check=False
+        [binary("promtool"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )

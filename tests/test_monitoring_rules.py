@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from exporter import protection
+from tests.promtool import binary
 from tools import monitoring as monitoring_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,16 +30,6 @@ README = MONITORING.parent / "README.md"
 TOOL = REPO / "tools" / "monitoring.py"
 
 SEVERITIES = {"critical", "warning"}
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail(
-            "promtool not found on PATH: it comes with Debian's prometheus package, "
-            "which `./dev setup` installs (or: apt-get install prometheus)"
-        )
-    return path
 
 
 def load_yaml(path: Path) -> Any:
@@ -60,7 +50,12 @@ def alert_names() -> list[str]:
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [promtool(), *args], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
+        [binary("promtool"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
     )
 
 

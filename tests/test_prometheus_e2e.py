@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from exporter.simulator.federation import (
     generate_federation,
 )
 from exporter.simulator.inventory import plan_inventory
+from tests.promtool import binary
 from tests.test_dashboard import EXPORTED_METRICS, load_dashboard, queries
 from tests.test_monitoring_rules import RULES
 
@@ -94,13 +94,7 @@ def free_port() -> int:
 
 
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.fail(
-            "prometheus not found on PATH: it comes with Debian's prometheus package, "
-            "which `./dev setup` installs (or: apt-get install prometheus)"
-        )
-    return path
+    return binary("prometheus")
 
 
 class Process:
