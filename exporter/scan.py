@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -186,15 +186,15 @@ class RecordTally:
         return _Tallied(self, pages)
 
     def add(self, outcome: PageOutcome) -> None:
-        self.records += outcome.unreadable
-        room = MAX_PROBLEMS - len(self.problems)
-        if room > 0:
-            self.problems.extend(outcome.problems[:room])
+        self._count(outcome.unreadable, outcome.problems)
 
     def merge(self, other: RecordTally) -> None:
         """Add what ``other`` tallied (another thread's reads of the same poll)."""
-        self.records += other.records
-        self.problems.extend(other.problems[: MAX_PROBLEMS - len(self.problems)])
+        self._count(other.records, other.problems)
+
+    def _count(self, records: int, problems: Sequence[str]) -> None:
+        self.records += records
+        self.problems.extend(problems[: max(0, MAX_PROBLEMS - len(self.problems))])
 
 
 class _Tallied:
