@@ -241,6 +241,7 @@ class ControllerPoller:
                 name,
                 unreadable.records,
                 "; ".join(unreadable.problems),
+                extra={"controller": name, "records": unreadable.records},
             )
         log.info(
             "controller %s: %d backups, %d clusters, %d live VMs (%d at risk) in %.2f s",
