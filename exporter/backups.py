@@ -20,6 +20,7 @@ from exporter.model import (
     ClusterSummary,
     RecordError,
     VMBackups,
+    is_cut,
     is_timestamp,
     text_field,
     timestamp_seconds,
@@ -97,6 +98,7 @@ class Aggregator:
         self._clusters: dict[str, _ClusterTally] = {}
         self._vms: dict[str, _VMTally] = {}
         self._seen = 0
+        self._cut: set[str] = set()  # cluster names cut to MAX_LABEL_LENGTH
 
     def add(self, backup: Mapping[str, object]) -> None:
         """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
@@ -117,7 +119,7 @@ class Aggregator:
             raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
         created = _created(backup)
         size = _size(backup)
-        cluster_name = (
+        cluster_name = (  # the order of _CLUSTER_FIELDS
             text_field(backup, "omnistack_cluster_name")
             or text_field(backup, "external_store_name")
             or UNKNOWN_CLUSTER
@@ -125,6 +127,8 @@ class Aggregator:
         tally = self._clusters.get(cluster_name)
         if tally is None:
             tally = self._clusters[cluster_name] = _ClusterTally(cluster_name)
+            if any(_cut_to(backup, key, cluster_name) for key in _CLUSTER_FIELDS):
+                self._cut.add(cluster_name)
         if state not in _KNOWN_STATES:
             state = OTHER_STATE
         tally.counts[state] = tally.counts.get(state, 0) + 1
@@ -183,7 +187,9 @@ class Aggregator:
             )
             for vm_id, vm in sorted(self._vms.items())
         )
-        return BackupSnapshot(clusters=clusters, vms=vms, backups_seen=self._seen)
+        return BackupSnapshot(
+            clusters=clusters, vms=vms, backups_seen=self._seen, cut_labels=frozenset(self._cut)
+        )
 
 
 class BackupScan(PageSink, Protocol):
@@ -246,6 +252,14 @@ def _size(backup: Mapping[str, object]) -> int:
             f"not {str(value)[:40]!r}"
         )
     return value
+
+
+_CLUSTER_FIELDS = ("omnistack_cluster_name", "external_store_name")
+
+
+def _cut_to(backup: Mapping[str, object], key: str, name: str) -> bool:
+    """Whether ``name`` is the backup's ``key``, cut."""
+    return is_cut(backup.get(key)) and text_field(backup, key) == name
 
 
 def _describe(backup: Mapping[str, object]) -> str:
