@@ -44,6 +44,8 @@ from exporter.model import (
 )
 from exporter.protection import (
     LOCAL,
+    MAX_POLICIES_WORK,
+    MAX_RULE_WORK,
     PROTECTION_STATUSES,
     NewestBackup,
     Rule,
@@ -122,6 +124,7 @@ class InventoryRead:
         self._hosts: list[Host] = []
         self._rules: dict[str, tuple[Rule, ...]] = {}  # policy id -> its usable rules
         self._vm_ids: set[str] = set()
+        self._rules_work = 0  # what judging by the policies read so far may take
         self._cut: set[str] = set()  # the label values cut to MAX_LABEL_LENGTH
 
     @property
@@ -181,7 +184,9 @@ class InventoryRead:
 
     def add_policy(self, record: Mapping[str, Any]) -> None:
         """:class:`RecordError` for a policy whose rules are too costly to evaluate
-        (:func:`~exporter.protection.check_cost`): its VMs are then ``not_scheduled``."""
+        (:func:`~exporter.protection.check_cost`), or that comes after policies which took all
+        the work a poll spends on them (:data:`~exporter.protection.MAX_POLICIES_WORK`): its
+        VMs are then ``not_scheduled``."""
         policy_id = self._id(record)
         raw_rules = record.get("rules")
         parsed = parse_rules(raw_rules)
@@ -190,9 +195,15 @@ class InventoryRead:
                 value = rule.get(key) if isinstance(rule, dict) else None
                 if isinstance(value, str) and is_cut(value.strip()):
                     self._cut.add(label_value(value.strip()))  # as parse_rule names it
+        if self._rules_work > MAX_POLICIES_WORK:
+            raise RecordError(
+                f"policy {policy_id[:64]!r}: not evaluated, the policies before it took all the "
+                "work a poll spends on policies"
+            )
         try:
-            check_cost(parsed.rules)
+            self._rules_work += check_cost(parsed.rules)
         except RuleCostError as error:
+            self._rules_work += MAX_RULE_WORK
             raise RecordError(f"policy {policy_id[:64]!r}: {error}") from None
         self._rules[policy_id] = parsed.rules
         self._policies.append(

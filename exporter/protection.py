@@ -117,6 +117,10 @@ class RuleCostError(RuleError):
 #: a few thousand; 2 million is a few tenths of a second, where crafted rules (hundreds of
 #: every-minute rules, each on its own weekdays and days of the month) took 30 s of a poll.
 MAX_RULE_WORK = 2_000_000
+#: The most work judging a poll's policies may take, over all of them (:func:`check_cost`):
+#: about a second; thousands of real policies. Spread over many policies, crafted rules
+#: would otherwise still cost a tenth of a second each.
+MAX_POLICIES_WORK = 10 * MAX_RULE_WORK
 
 
 @dataclass(frozen=True)
@@ -351,21 +355,29 @@ def expected_intervals(rules: Sequence[Rule], own_cluster: str) -> Mapping[str, 
     return _expected_intervals(tuple(rules), own_cluster)
 
 
-def check_cost(rules: Sequence[Rule]) -> None:
-    """:class:`RuleCostError` unless every destination's expected interval can be evaluated,
-    whichever cluster a VM of the policy is on: all its schedules together, at most
-    :data:`MAX_RULE_WORK` of work, bound any subset of them. Cached, the refusal too.
+def check_cost(rules: Sequence[Rule]) -> int:
+    """The work that judging VMs of a policy with these rules may take, at most (what
+    :data:`MAX_POLICIES_WORK` counts); :class:`RuleCostError` when all its schedules together
+    take more than :data:`MAX_RULE_WORK`. Cached, the refusal too.
+
+    All the schedules together bound any subset of them; a VM's destinations group the rules
+    one way per cluster the rules name (and one for every other cluster).
 
     >>> every_minute = [Rule(Schedule(1, Days.parse(f"{day},Mon"), day, day), LOCAL)
     ...                 for day in range(1, 29)]
     >>> check_cost(every_minute[:2])
+    23040
     >>> try:
     ...     check_cost(every_minute)
     ... except RuleCostError as error:
     ...     print(error)
     its 28 rules take too much work to evaluate (over 2000000 backup times to visit)
     """
-    interval_seconds(rule.schedule for rule in rules)
+    gap, work = _bounded_longest_gap(frozenset(rule.schedule for rule in rules))
+    if isinstance(gap, str):
+        raise RuleCostError(gap)
+    named = {rule.destination_name for rule in rules if rule.destination_name not in ("", LOCAL)}
+    return work * (1 + len(named))
 
 
 def interval_seconds(schedules: Iterable[Schedule]) -> int | None:
@@ -559,24 +571,25 @@ def _join(parts: Iterable[tuple[int, _Span | None]]) -> _Span | None:
 
 
 def _longest_gap_minutes(schedules: frozenset[Schedule]) -> int | None:
-    gap = _bounded_longest_gap(schedules)
+    gap, _ = _bounded_longest_gap(schedules)
     if isinstance(gap, str):
         raise RuleCostError(gap)
     return gap
 
 
 @lru_cache(maxsize=4096)
-def _bounded_longest_gap(schedules: frozenset[Schedule]) -> int | str | None:
-    """:func:`_longest_gap`, or why not (a text, cached like a result: a hostile policy costs
-    :data:`MAX_RULE_WORK` once, not at every poll)."""
+def _bounded_longest_gap(schedules: frozenset[Schedule]) -> tuple[int | str | None, int]:
+    """:func:`_longest_gap` and its work, or why not (a text, cached like a result: a hostile
+    policy costs :data:`MAX_RULE_WORK` once, not at every poll)."""
     try:
         return _longest_gap(schedules)
     except RuleCostError as error:
-        return str(error)
+        return str(error), MAX_RULE_WORK
 
 
-def _longest_gap(schedules: frozenset[Schedule]) -> int | None:
-    """The heart of the expected interval; see the module docstring.
+def _longest_gap(schedules: frozenset[Schedule]) -> tuple[int | None, int]:
+    """The heart of the expected interval (see the module docstring), and the work it took:
+    the backup times of the day pairs it summed up.
 
     Each schedule is a bit; a day's mask holds the bits of the schedules that run on it. A
     calendar day's backups come from that day's schedules (times before 24:00) and the
@@ -587,7 +600,7 @@ def _longest_gap(schedules: frozenset[Schedule]) -> int | None:
     """
     ordered = list(schedules)
     if not ordered:
-        return None
+        return None, 0
     times = [schedule.times() for schedule in ordered]
     every_day = last_day = 0
     weekdays = [0] * 7
@@ -650,9 +663,9 @@ def _longest_gap(schedules: frozenset[Schedule]) -> int | None:
             parts.append((month.offset * _DAY, month_spans[key]))
         ring = _join(parts)
     if ring is None:
-        return None
+        return None, work
     first, last, longest = ring
-    return max(longest, cycle * _DAY + first - last)
+    return max(longest, cycle * _DAY + first - last), work
 
 
 def _worst_destination(

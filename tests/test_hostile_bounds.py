@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import protection
 from exporter.config import PollConfig
-from exporter.model import MAX_LABEL_LENGTH, ControllerStatus, label_value
+from exporter.inventory import InventoryRead
+from exporter.model import MAX_LABEL_LENGTH, ControllerStatus, RecordError, label_value
 from exporter.poller import ControllerPoller, connect
 from exporter.protection import Days, Rule, RuleCostError, Schedule, check_cost
 from exporter.simulator import FederationSpec, SimulatedController
@@ -199,6 +200,30 @@ def test_a_costly_rule_set_is_refused_once_and_the_refusal_cached() -> None:
     assert protection._bounded_longest_gap.cache_info().hits == hits + 1
     assert first < 2.0  # the budget is a few tenths of a second of work
     check_cost(rules[:3])  # a few such rules are evaluated
+
+
+def test_many_costly_policies_cost_a_poll_a_bounded_amount_of_work() -> None:
+    """Each under the bound for one policy, together over the bound for a poll: the first are
+    judged, the rest refused without being evaluated."""
+    read = InventoryRead()
+    refused: list[str] = []
+    started = time.process_time()
+    for number in range(300):  # 300 x 0.07 s of CPU each before the poll's bound
+        record = {"id": f"p{number:04d}", "name": f"P{number}", "rules": costly_rules(10, number)}
+        try:
+            read.add_policy(record)
+        except RecordError as error:
+            refused.append(str(error))
+    took = time.process_time() - started
+    assert 0 < len(refused) < 300
+    assert refused[-1] == (
+        "policy 'p0299': not evaluated, the policies before it took all the work a poll spends "
+        "on policies"
+    )
+    assert took < 10.0  # about a second of work; 15 s without the poll's bound
+    judged = read.inventory(None).policies
+    assert len(judged) == 300 - len(refused)
+    assert all(policy.intervals for policy in judged)
 
 
 def test_a_policy_too_costly_to_evaluate_is_counted_unreadable_quickly(
