@@ -22,10 +22,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import protection
+from exporter import backups, protection
+from exporter.backups import Aggregator
 from exporter.config import PollConfig
 from exporter.inventory import InventoryRead
-from exporter.model import MAX_LABEL_LENGTH, ControllerStatus, RecordError, label_value
+from exporter.model import (
+    MAX_LABEL_LENGTH,
+    ControllerStatus,
+    DecodeError,
+    RecordError,
+    label_value,
+)
 from exporter.poller import ControllerPoller, connect
 from exporter.protection import Days, Rule, RuleCostError, Schedule, check_cost
 from exporter.simulator import FederationSpec, SimulatedController
@@ -104,6 +111,26 @@ def test_a_controller_holding_more_than_the_setting_fails_and_says_which_setting
     assert "(poll.max_vms)" in status.last_error
     generous = poll_once(simulator, PollConfig(page_size=50, max_retries=0, max_vms=alive))
     assert generous.up
+
+
+@pytest.mark.parametrize(
+    ("bound", "field", "message"),
+    [
+        ("MAX_DESTINATIONS", "omnistack_cluster_name", "more than 3 clusters and external stores"),
+        ("MAX_VMS_WITH_BACKUPS", "virtual_machine_id", "more than 3 VMs"),
+    ],
+)
+def test_backups_naming_too_many_clusters_or_vms_fail_with_bounded_memory(
+    monkeypatch: pytest.MonkeyPatch, bound: str, field: str, message: str
+) -> None:
+    monkeypatch.setattr(backups, bound, 3)
+    aggregator = Aggregator()
+    base = {"state": "PROTECTED", "omnistack_cluster_name": "c", "virtual_machine_id": "v"}
+    for number in range(3):
+        aggregator.add({**base, "id": f"b{number}", field: f"new-{number}"})
+    with pytest.raises(DecodeError, match=message):
+        aggregator.add({**base, "id": "b3", field: "new-3"})
+    aggregator.add({**base, "id": "b4", field: "new-0"})  # one already known: counted
 
 
 # --- label values ----------------------------------------------------------------------------
