@@ -113,9 +113,9 @@ class RuleCostError(RuleError):
 
 
 #: The most work evaluating one set of schedules may take: the backup times of the days it
-#: visits (a day's times are its own schedules' and the previous day's). Real policies take
-#: a few thousand; 2 million is a few tenths of a second, where crafted rules (hundreds of
-#: every-minute rules, each on its own weekdays and days of the month) took 30 s of a poll.
+#: visits (a day's times are its own schedules' and the previous day's). Realistic policies
+#: take a few hundred at most; 2 million is about a tenth of a second, where crafted rules
+#: (hundreds of every-minute rules, each on its own weekdays and days of the month) took 30 s.
 MAX_RULE_WORK = 2_000_000
 #: The most work judging a poll's policies may take, over all of them (:func:`check_cost`):
 #: about a second; thousands of real policies. Spread over many policies, crafted rules

@@ -9,12 +9,14 @@ cannot carry stay apart, and a policy too costly to evaluate is an unreadable re
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -30,15 +32,18 @@ from exporter.model import (
     MAX_LABEL_LENGTH,
     ControllerStatus,
     DecodeError,
+    PageRequest,
     RecordError,
     label_value,
 )
 from exporter.poller import ControllerPoller, connect
 from exporter.protection import Days, Rule, RuleCostError, Schedule, check_cost
+from exporter.scan import PageCounter, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import Lab, controller_config
 from tests.promtool import promtool
+from tests.test_scan import VMS, Listing
 
 POLL = PollConfig(page_size=20, max_concurrency=2, max_retries=0, timeout_seconds=10)
 MEBIBYTE = 1 << 20
@@ -111,6 +116,27 @@ def test_a_controller_holding_more_than_the_setting_fails_and_says_which_setting
     assert "(poll.max_vms)" in status.last_error
     generous = poll_once(simulator, PollConfig(page_size=50, max_retries=0, max_vms=alive))
     assert generous.up
+
+
+class UnderCounted(Listing):
+    """A listing whose ``count`` says fewer records than its pages hold."""
+
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
+        document = json.loads(super().get_page(page, retry_too_slow=retry_too_slow))
+        document["count"] = 50
+        return json.dumps(document).encode()
+
+
+def test_a_listing_that_lists_more_than_the_bound_fails_even_if_its_count_does_not() -> None:
+    listing = UnderCounted(200)
+    scanner = Scanner(listing, page_size=40, max_concurrency=1)
+    capped = replace(VMS, max_records=60, max_records_setting="poll.max_vms")
+    with pytest.raises(DecodeError) as raised:
+        scanner.read(capped, PageCounter(capped, lambda item: None))
+    assert str(raised.value) == (
+        "/api/virtual_machines listed 79 virtual_machines, more than the 60 the exporter reads "
+        "from one controller (poll.max_vms): a broken controller, or a setting to raise"
+    )
 
 
 @pytest.mark.parametrize(
