@@ -201,6 +201,12 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         "no state) and were left out of every other series.",
         labels=["controller"],
     )
+    truncated = GaugeMetricFamily(
+        "simplivity_label_values_truncated",
+        "Names and ids of the last successful poll longer than 256 characters, cut to 256 (the "
+        "last 9 a ~ and a hash of the whole) so that the controller cannot bloat /metrics.",
+        labels=["controller"],
+    )
     for status in statuses:
         up.add_metric([status.name], 1.0 if status.up else 0.0)
         duration.add_metric([status.name], status.last_duration or 0.0)
@@ -211,7 +217,18 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         concurrency.add_metric([status.name], status.concurrency)
         page_size.add_metric([status.name], status.page_size)
         unreadable.add_metric([status.name], status.unreadable_records)
-    yield from (up, duration, last_success, errors, logins, concurrency, page_size, unreadable)
+        truncated.add_metric([status.name], status.labels_truncated)
+    yield from (
+        up,
+        duration,
+        last_success,
+        errors,
+        logins,
+        concurrency,
+        page_size,
+        unreadable,
+        truncated,
+    )
 
 
 def exporter_families(state: ExporterState) -> Iterator[Metric]:

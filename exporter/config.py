@@ -34,6 +34,8 @@ __all__ = [
 MAX_PAGE_SIZE = 3000  # HPE's recommended maximum of backups per request
 #: Ten years: past far larger values the scheduler's timers and socket timeouts overflow.
 MAX_SECONDS = 10 * 365 * 86400
+#: The largest ``poll.max_backups`` or ``poll.max_vms``: far past any federation (see README).
+MAX_RECORDS = 100_000_000
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -77,6 +79,10 @@ class PollConfig:
     stale_after_seconds: float = 1800.0
     max_concurrency: int = 3
     max_retries: int = 3
+    #: The most backups a controller's listing may say it holds; more fails the poll (decode).
+    max_backups: int = 5_000_000
+    #: The most VMs (and policies, and hosts) a controller's listing may say it holds.
+    max_vms: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,8 @@ class _Reader(Reader):
             "stale_after_seconds",
             "max_concurrency",
             "max_retries",
+            "max_backups",
+            "max_vms",
         )
         raw = self.mapping(value, "poll", keys)
         return PollConfig(
@@ -165,6 +173,10 @@ class _Reader(Reader):
                 raw, "poll", "max_concurrency", defaults.max_concurrency, 1, 16
             ),
             max_retries=self.integer(raw, "poll", "max_retries", defaults.max_retries, 0, 10),
+            max_backups=self.integer(
+                raw, "poll", "max_backups", defaults.max_backups, 1, MAX_RECORDS
+            ),
+            max_vms=self.integer(raw, "poll", "max_vms", defaults.max_vms, 1, MAX_RECORDS),
         )
 
     def seconds(self, raw: Mapping[str, Any], key: str, default: float) -> float:

@@ -787,6 +787,15 @@ def test_malformed_answers(start: Callable[..., SimulatedController], kind: str)
     elif kind == "empty_page":
         assert listed == []
         assert page["offset"] < page["count"] == 100
+    elif kind == "oversized_page":
+        assert len(listed) == 40
+        assert page["limit"] == 20
+    elif kind == "endless_listing":
+        assert page["count"] >= 10**18
+        past_the_end = get_backups(controller, token, offset=10**6, limit=20).json()["backups"]
+        ids = [b["id"] for b in listed + past_the_end]
+        assert len(listed) == len(past_the_end) == 20
+        assert ids == sorted(set(ids))  # full pages of new ids, in order
     controller.faults.clear()
     assert len(get_backups(controller, token, offset=40, limit=20).json()["backups"]) == 20
 
