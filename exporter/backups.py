@@ -13,12 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from exporter.model import (
+    APP_CONSISTENT_TYPES,
     MISSING,
     OTHER_STATE,
     STATES,
     BackupSnapshot,
     ClusterSummary,
     DecodeError,
+    HeldBackups,
     RecordError,
     VMBackups,
     is_cut,
@@ -38,6 +40,8 @@ FIELDS = (
     "omnistack_cluster_name",
     "external_store_name",
     "virtual_machine_id",
+    "expiration_time",
+    "consistency_type",
 )
 #: The federation's backups, as a scan pages through them.
 BACKUPS = Collection("/api/backups", key="backups", item="backup", fields=FIELDS)
@@ -60,21 +64,43 @@ class BackupRecordError(RecordError):
 
 
 class _ClusterTally:
-    __slots__ = ("counts", "name", "newest_protected", "sizes")
+    __slots__ = (
+        "counts",
+        "name",
+        "never_expiring",
+        "never_expiring_size",
+        "newest_protected",
+        "sizes",
+        "without_vm",
+        "without_vm_size",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name  # one string object per destination, shared by the VMs' tallies
         self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self.sizes: dict[str, int] = dict.fromkeys(STATES, 0)
         self.newest_protected = ""
+        self.never_expiring = self.never_expiring_size = 0
+        self.without_vm = self.without_vm_size = 0
+
+
+class _HeldTally:
+    """A VM's backups at one destination (:class:`~exporter.model.HeldBackups`)."""
+
+    __slots__ = ("backups", "newest", "newest_app", "oldest", "protected", "size", "typed")
+
+    def __init__(self) -> None:
+        self.backups = self.size = self.protected = 0
+        self.oldest = self.newest = self.newest_app = ""  # PROTECTED ones' created_at
+        self.typed = False
 
 
 class _VMTally:
     __slots__ = (
+        "held",
         "newest_created",
         "newest_destination",
         "newest_failed",
-        "newest_protected",
         "newest_state",
     )
 
@@ -82,7 +108,7 @@ class _VMTally:
         self.newest_created = ""  # of its newest backup in any state, with its state and place
         self.newest_state = ""
         self.newest_destination = ""
-        self.newest_protected: dict[str, str] = {}  # destination -> created_at
+        self.held: dict[str, _HeldTally] = {}  # by destination
         self.newest_failed = ""
 
 
@@ -151,10 +177,15 @@ class Aggregator:
         # backup without one ("") is never the newest.
         if protected and created > tally.newest_protected:
             tally.newest_protected = created
+        if backup.get("expiration_time") == MISSING:  # a manual backup: it never expires
+            tally.never_expiring += 1
+            tally.never_expiring_size += size
         self._seen += 1
 
         vm_id = text_field(backup, "virtual_machine_id")
         if not vm_id:
+            tally.without_vm += 1
+            tally.without_vm_size += size
             return
         destination = tally.name
         vm = self._vms.get(vm_id)
@@ -166,9 +197,25 @@ class Aggregator:
             vm.newest_created = created
             vm.newest_state = state
             vm.newest_destination = destination
+        held = vm.held.get(destination)
+        if held is None:
+            held = vm.held[destination] = _HeldTally()
+        held.backups += 1
+        held.size += size
+        consistency = backup.get("consistency_type")
+        if isinstance(consistency, str) and consistency not in ("", MISSING):
+            held.typed = True
+        else:
+            consistency = None
         if protected:
-            if created > vm.newest_protected.get(destination, ""):
-                vm.newest_protected[destination] = created
+            held.protected += 1
+            if created > held.newest:
+                held.newest = created
+            # A backup without a creation time ("") is no one's oldest either.
+            if created and (not held.oldest or created < held.oldest):
+                held.oldest = created
+            if consistency in APP_CONSISTENT_TYPES and created > held.newest_app:
+                held.newest_app = created
         elif state == "FAILED" and created > vm.newest_failed:
             vm.newest_failed = created
 
@@ -179,6 +226,10 @@ class Aggregator:
                 counts=dict(tally.counts),
                 sizes=dict(tally.sizes),
                 newest_protected=parse_timestamp(tally.newest_protected),
+                never_expiring=tally.never_expiring,
+                never_expiring_size=tally.never_expiring_size,
+                without_vm=tally.without_vm,
+                without_vm_size=tally.without_vm_size,
             )
             for name, tally in sorted(self._clusters.items())
         )
@@ -191,14 +242,28 @@ class Aggregator:
                 value = seconds[created] = timestamp_seconds(created)
             return value
 
+        def optional(created: str) -> float | None:
+            return parsed(created) if created else None
+
         vms = tuple(
             VMBackups(
                 vm_id,
-                {where: parsed(created) for where, created in vm.newest_protected.items()},
-                parsed(vm.newest_failed) if vm.newest_failed else None,
+                {where: parsed(h.newest) for where, h in vm.held.items() if h.newest},
+                optional(vm.newest_failed),
                 vm.newest_state,
-                parsed(vm.newest_created) if vm.newest_created else None,
+                optional(vm.newest_created),
                 vm.newest_destination,
+                {
+                    where: HeldBackups(
+                        h.backups,
+                        h.size,
+                        h.protected,
+                        optional(h.oldest),
+                        optional(h.newest_app),
+                        h.typed,
+                    )
+                    for where, h in vm.held.items()
+                },
             )
             for vm_id, vm in sorted(self._vms.items())
         )
