@@ -120,10 +120,13 @@ _VM_SCHEDULED = "simplivity_vm_policy_scheduled"
 _VM_INTERVAL = "simplivity_vm_backup_expected_interval_seconds"
 _VM_DESTINATION = "simplivity_vm_destination_backup_newest_timestamp_seconds"
 _VM_FAILED = "simplivity_vm_backup_newest_failed_timestamp_seconds"
+_VM_STATUS = "simplivity_vm_protection_status"
 _VMS = "simplivity_vms"
 _POLICY_RULES = "simplivity_policy_rules"
 _POLICY_VMS = "simplivity_policy_vms"
 _HOST_ENABLED = "simplivity_host_policy_enabled"
+_OVERDUE_FACTOR = "simplivity_protection_overdue_factor"
+_GRACE = "simplivity_protection_grace_seconds"
 
 
 def _write_vms(
@@ -141,6 +144,7 @@ def _write_vms(
     )
     scheduled, interval = lines[_VM_SCHEDULED], lines[_VM_INTERVAL]
     at_destination, failed = lines[_VM_DESTINATION], lines[_VM_FAILED]
+    status = lines[_VM_STATUS]
     for judged in snapshot.protection:
         vm = judged.vm
         ids = f'vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"'
@@ -162,6 +166,9 @@ def _write_vms(
             held = judged.newest_protected_at(destination) or 0.0
             at_destination.append(f"{_VM_DESTINATION}{where}{_go_float(held)}\n")
         failed.append(f"{_VM_FAILED}{labels}{_go_float(judged.newest_failed or 0.0)}\n")
+        status.append(
+            f'{_VM_STATUS}{{controller="{c}",status="{_label(judged.status)}",{ids}}} 1.0\n'
+        )
 
 
 def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list[str]]) -> None:
@@ -180,6 +187,10 @@ def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list
             f'omnistack_cluster="{_label(host.cluster)}"}} '
             f"{'1.0' if host.policy_enabled else '0.0'}\n"
         )
+    lines[_OVERDUE_FACTOR].append(
+        f'{_OVERDUE_FACTOR}{{controller="{c}"}} {_go_float(snapshot.overdue_factor)}\n'
+    )
+    lines[_GRACE].append(f'{_GRACE}{{controller="{c}"}} {_go_float(snapshot.grace_seconds)}\n')
     for (name, _), value in zip(FEDERATION_FAMILIES, federation_figures(snapshot), strict=True):
         if value is not None:
             lines[name].append(f'{name}{{controller="{c}"}} {_go_float(value)}\n')

@@ -61,6 +61,10 @@ EXPORTED_METRICS = frozenset(
         "simplivity_federation_daily_backups_limit",
         "simplivity_federation_retained_backups_projected",
         "simplivity_federation_retained_backups_limit",
+        # issue 17: one verdict, the exporter's, exported per VM
+        "simplivity_vm_protection_status",
+        "simplivity_protection_overdue_factor",
+        "simplivity_protection_grace_seconds",
         # issue 2
         "simplivity_backups",
         "simplivity_backup_size_bytes",
@@ -324,6 +328,11 @@ def test_every_query_uses_only_metrics_the_exporter_exports() -> None:
         "simplivity_policy_rules",
         "simplivity_policy_vms",
         "simplivity_vm_backup_newest_failed_timestamp_seconds",
+        "simplivity_vm_policy_scheduled",
+        # The dashboard's at-risk table takes them as its constants overdue_factor and
+        # grace_seconds (set by the Helm chart from config.protection).
+        "simplivity_protection_overdue_factor",
+        "simplivity_protection_grace_seconds",
     }
 
 
