@@ -8,6 +8,7 @@ helper's reading of a DOM is checked without a browser.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -115,6 +116,22 @@ def test_the_landing_page_shows_each_controller_and_how_its_polls_go(tmp_path: P
                     if s == status and cluster_of[vm_id] == record["Cluster"]
                 )
                 assert record[_words(status)] == str(shown), (record, status)
+
+    # The README's series-per-VM figure is this federation's (the demo's): dc1's series that
+    # carry a vm_id, over its live VMs.
+    per_vm = [
+        labels["vm_id"]
+        for (name, key), _ in scraped.samples.items()
+        for labels in [dict(key)]
+        if labels.get("controller") == "dc1" and "vm_id" in labels
+    ]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    figure = re.search(
+        r"([\d.]+) per VM on average on the demo, (\d+) series for its (\d+)", readme
+    )
+    assert figure, "the README's series-per-VM figure"
+    assert (figure.group(2), figure.group(3)) == (str(len(per_vm)), str(len(exported)))
+    assert figure.group(1) == f"{len(per_vm) / len(exported):.1f}"
 
 
 def _tables(page: Page, *first_headers: str) -> list[Table]:
