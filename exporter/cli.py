@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.check",
         dest="config_check",
         action="store_true",
-        help="validate the configuration, print every problem, and exit (0 valid, 2 not)",
+        help="validate the configuration, print every problem, and exit (0 valid, 2 not); "
+        "also warns about a $NAME without braces and an http:// controller URL",
     )
     add(
         "--once",
@@ -128,16 +129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_sharded(args.config_file, shard)
         if args.config_check:
             print(f"{args.config_file}: valid, {len(config.controllers)} controller(s)")
+            for warning in config.warnings:
+                print(f"simplivity-exporter: warning: {warning}", file=sys.stderr)
             if args.web_config_file:
                 read_web_config(args.web_config_file)
                 print(f"{args.web_config_file}: valid")
             return EXIT_OK
+        log_warnings(config)
         if args.once:
             return once(config, shard, args.output)
         run_server(
             config,
             shard,
-            lambda: load_sharded(args.config_file, shard),
+            lambda: log_warnings(load_sharded(args.config_file, shard)),
             listen_address=args.listen_address,
             web_config_file=args.web_config_file,
         )
@@ -148,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log.error("%s", err)
         return EXIT_USAGE
+
+
+def log_warnings(config: Config) -> Config:
+    """Log the config's warnings (``--config.check`` prints them), once per load."""
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    return config
 
 
 def main_entry() -> None:

@@ -71,6 +71,24 @@ def test_config_check_accepts_a_valid_file(tmp_path: Path, start_simulator: Star
     assert "valid, 1 controller(s)" in result.stdout
 
 
+def test_config_check_warns_about_a_bare_dollar_name_and_plain_http(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "controllers:\n  - {name: a, url: 'http://127.0.0.1:9', username: u, "
+        "password: $SVT_PASSWORD}\n",
+        encoding="utf-8",
+    )
+    result = run("--config.file", str(config), "--config.check")
+    assert result.returncode == 0, result.stderr
+    assert "valid, 1 controller(s)" in result.stdout
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2, result.stderr
+    assert all(line.startswith("simplivity-exporter: warning: ") for line in warnings)
+    assert "plain http://" in warnings[0]
+    assert "is written ${NAME}" in warnings[1]
+    assert "SVT_PASSWORD" not in result.stderr
+
+
 def test_config_check_lists_every_problem_without_a_traceback(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(

@@ -361,7 +361,7 @@ def readme_queries() -> list[str]:
     """The README's example queries ("Example queries"), one per paragraph, comments left out."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     block = text.split("### Example queries", 1)[1].split("```promql\n", 1)[1].split("```", 1)[0]
-    found = []
+    found: list[str] = []
     for paragraph in block.split("\n\n"):
         lines = [line for line in paragraph.splitlines() if not line.startswith("#")]
         # A paragraph may hold several one-line queries; a query's continuation is indented.
