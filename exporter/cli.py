@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="poll every controller once, print the metrics and exit "
-        "(0 if every controller succeeded, 1 otherwise)",
+        "(0 if every controller succeeded, 1 otherwise); per-controller series only, and "
+        "no *_age_seconds (the output is read later: take ages from the timestamps)",
     )
     add(
         "--output",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,13 +95,13 @@ class BackupCollector(Collector):
                     sizes.add_metric([*labels, state_name], cluster.sizes[state_name])
                 newest.add_metric(labels, cluster.newest_protected or 0.0)
                 newest_age.add_metric(labels, _age(now, cluster.newest_protected))
-        yield from (counts, sizes, newest, newest_age)
+        yield from shown((counts, sizes, newest, newest_age), state)
 
         if state.per_vm:
             vm = vm_families(state)
             for controller, snapshot in fresh:
                 _add_vms(vm, controller, snapshot, now)
-            yield from vm
+            yield from shown(vm, state)
 
         inventory = inventory_families(state)
         for controller, snapshot in fresh:
@@ -251,6 +251,19 @@ def exporter_families(state: ExporterState) -> Iterator[Metric]:
         "When the configuration was last loaded successfully.",
         value=state.reload_success_timestamp,
     )
+
+
+#: The families whose values change with the clock, not with the poll.
+AGE_FAMILIES = frozenset(
+    {"simplivity_backup_newest_age_seconds", "simplivity_vm_backup_newest_age_seconds"}
+)
+
+
+def shown(families: Iterable[GaugeMetricFamily], state: ExporterState) -> list[GaugeMetricFamily]:
+    """The families to write: all but the ages for ``--once``, whose output is read later
+    (a textfile read for minutes would show an age frozen at the run); the timestamps say
+    the same and stay true."""
+    return [family for family in families if not (state.once and family.name in AGE_FAMILIES)]
 
 
 def _age(now: float, created: float | None) -> float:

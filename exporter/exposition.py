@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.collector import (
+    AGE_FAMILIES,
     FEDERATION_FAMILIES,
     BackupCollector,
     cluster_families,
@@ -33,6 +34,7 @@ from exporter.collector import (
     federation_figures,
     health_families,
     inventory_families,
+    shown,
     state_names,
     vm_families,
 )
@@ -221,15 +223,15 @@ class TextWriter:
         state, now = reading.state, reading.now
         written = self._written_snapshots(reading.fresh, state.per_vm)
         families = [
-            *cluster_families(state),
-            *(vm_families(state) if state.per_vm else ()),
+            *shown(cluster_families(state), state),
+            *(shown(vm_families(state), state) if state.per_vm else ()),
             *inventory_families(state),
         ]
         out: list[str] = []
         for family in families:
             out.append(_header(family))
             name = family.name
-            if name in _AGE_FAMILIES:
+            if name in AGE_FAMILIES:
                 out += [_ages(w.ages.get(name, ()), now) for w in written]
             else:
                 out += [w.lines.get(name, "") for w in written]
@@ -253,9 +255,6 @@ class TextWriter:
             controller: entry for (controller, _), entry in zip(fresh, written, strict=True)
         }
         return [entry[1] for entry in written]
-
-
-_AGE_FAMILIES = frozenset({_NEWEST_AGE, _VM_AGE})
 
 
 @dataclass(frozen=True)
