@@ -21,6 +21,7 @@ import requests
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import cli
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, parse, scrape
@@ -108,6 +109,15 @@ def test_a_missing_config_file_is_a_usage_error(tmp_path: Path) -> None:
     result = run("--config.file", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "cannot read the file: No such file or directory" in result.stderr
+
+
+def test_the_demo_listens_on_loopback_unless_told_otherwise() -> None:
+    """Made-up data and its landing page stay on this machine (the README's
+    http://127.0.0.1:10025/); a real config keeps listening on every interface."""
+    assert cli.listen_address(None, demo=True) == "127.0.0.1:10025"
+    assert cli.listen_address(None, demo=False) == ":10025"
+    assert cli.listen_address(":9999", demo=True) == ":9999"
+    assert "with --demo, 127.0.0.1:10025" in " ".join(run("--help").stdout.split())
 
 
 def test_bad_flags_exit_2() -> None:
