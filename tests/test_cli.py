@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 import trustme
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
@@ -144,6 +145,44 @@ def test_once_writes_the_metrics_atomically_and_exits_0(
     up = families["simplivity_up"].samples[0]
     assert (up.labels, up.value) == ({"controller": "c0"}, 1.0)
     assert "simplivity_backups" in families
+
+
+def test_the_ready_simulator_config_polls_the_standalone_simulator(tmp_path: Path) -> None:
+    """The README's "Try it against a simulated controller": config.simulator.yaml holds the
+    simulator's defaults, and polls the simulator started as documented (here on a free port
+    instead of 8443, which a parallel run may hold)."""
+    from exporter.simulator import cli as simulator_cli
+
+    ready = yaml.safe_load((ROOT / "config.simulator.yaml").read_text(encoding="utf-8"))
+    (controller,) = ready["controllers"]
+    defaults = simulator_cli._parser().parse_args([])
+    assert controller["url"] == f"http://{defaults.host}:{defaults.port}"
+    assert (controller["username"], controller["password"]) == (
+        defaults.username,
+        defaults.password,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter.simulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip().removeprefix("url: ")
+        assert url.startswith("http://127.0.0.1:"), url
+        controller["url"] = url
+        config = tmp_path / "config.simulator.yaml"
+        config.write_text(yaml.safe_dump(ready), encoding="utf-8")
+        result = run("--config.file", str(config), "--once")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert 'simplivity_up{controller="simulator"} 1.0' in result.stdout
+    assert 'simplivity_vm_protection_status{controller="simulator",status="overdue"' in (
+        result.stdout
+    )
 
 
 def test_once_exits_1_when_a_controller_fails(tmp_path: Path, start_simulator: Start) -> None:
