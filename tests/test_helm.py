@@ -213,13 +213,13 @@ RENDER_CASES: dict[str, dict[str, Any]] = {
     "rules as shipped": {"demo": True, "prometheusRule": {"enabled": True}},
     "dashboard as shipped": {"demo": True, "grafanaDashboard": {"enabled": True}},
     "CA bundle": with_values(SECRETS_CASE, caBundle=CA_BUNDLE),
-    # Demo mode (no controllers): the exporter on this branch has no protection settings yet.
-    "protection settings": {
-        "demo": True,
-        "config": {"protection": {"overdue_factor": 2, "grace_seconds": 5400}},
-        "prometheusRule": {"enabled": True},
-        "grafanaDashboard": {"enabled": True},
-    },
+    # config.protection reaches the exporter; rules and dashboard read it from its series.
+    "protection settings": with_values(
+        SECRETS_CASE,
+        config={"protection": {"overdue_factor": 2, "grace_seconds": 5400}},
+        prometheusRule={"enabled": True},
+        grafanaDashboard={"enabled": True},
+    ),
     "scrape over TLS, certificate not checked": {
         "demo": True,
         "serviceMonitor": {
@@ -871,20 +871,14 @@ def test_notes_say_how_to_reach_the_metrics(helm: dict[str, Any], case: str) -> 
 def test_policy_aware_rules_and_dashboard_follow_the_exporters_protection_settings(
     helm: dict[str, Any],
 ) -> None:
-    """config.protection (what the exporter gets) sets the overdue factor and grace of the
-    dashboard's at-risk table; the rules need no substitution (they read the exporter's
-    verdict and settings from its series) and come out as shipped."""
+    """config.protection goes to the exporter only: the rules and the dashboard read the
+    verdict and the settings it judged with from its series, so both come out as shipped."""
     docs = rendered(helm, "protection settings")
+    config = yaml.safe_load(exporter_config_map(docs)["data"]["config.yaml"])
+    assert config["protection"] == {"overdue_factor": 2, "grace_seconds": 5400}
     got = rules_by_alert(one(docs, "PrometheusRule")["spec"]["groups"])
     assert got == rules_by_alert(source_rules())
-    dashboard = rendered_dashboard(docs)
-    assert dashboard is not None
-    constants = {
-        v["name"]: (v["query"], v["current"]["value"])
-        for v in dashboard["templating"]["list"]
-        if v["type"] == "constant"
-    }
-    assert constants == {"overdue_factor": ("2", "2"), "grace_seconds": ("5400", "5400")}
+    assert rendered_dashboard(docs) == rendered_dashboard(rendered(helm, "dashboard as shipped"))
 
 
 @pytest.mark.parametrize(
