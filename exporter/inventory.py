@@ -342,6 +342,8 @@ class InventoryRead:
             vms_by_status=by_status,
             policy_vms=policy_vms,
             judged_at=now,
+            overdue_factor=overdue_factor,
+            grace_seconds=grace_seconds,
             orphaned=orphaned(backups, self._vm_ids),
         )
 

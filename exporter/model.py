@@ -406,6 +406,9 @@ class ControllerSnapshot:
     vms_by_status: Mapping[str, Mapping[str, int]]
     policy_vms: Mapping[str, int]  # policy name -> live VMs using it
     judged_at: float  # Unix seconds
+    #: The protection settings the VMs were judged with (exported for the alert rules).
+    overdue_factor: float
+    grace_seconds: float
     #: cluster -> (backups, bytes) whose VM is not a live VM of the inventory, any state; every
     #: cluster of :attr:`BackupSnapshot.clusters`.
     orphaned: Mapping[str, tuple[int, int]] = field(default_factory=dict)

@@ -1571,3 +1571,16 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_every_flag_of_the_simulator_is_described_in_its_help() -> None:
+    from exporter.simulator import cli as simulator_cli
+
+    parser = simulator_cli._parser()
+    undescribed = [
+        action.option_strings[0]
+        for action in parser._actions
+        if action.option_strings and not (action.help or "").strip()
+    ]
+    assert undescribed == []
+    assert "config.simulator.yaml" in parser.format_help()
