@@ -99,6 +99,7 @@ def exporter_state(
         interval_seconds=config.poll.interval_seconds,
         stale_after_seconds=config.poll.stale_after_seconds,
         per_vm=config.metrics.per_vm,
+        exclude=config.metrics.exclude,
         shard_index=shard.index,
         shard_count=shard.count,
         reload_successful=reload_ok,

@@ -36,6 +36,8 @@ from exporter.collector import (
     inventory_families,
     shown,
     state_names,
+    unowned_families,
+    unowned_figures,
     vm_families,
 )
 from exporter.model import ControllerSnapshot
@@ -99,6 +101,10 @@ class _WrittenSnapshot:
             newest = _go_float(cluster.newest_protected or 0.0)
             lines[_NEWEST].append(f"{_NEWEST}{{{labels}}} {newest}\n")
             ages[_NEWEST_AGE].append((f"{_NEWEST_AGE}{{{labels}}} ", cluster.newest_protected))
+        for cluster_name, figures in unowned_figures(snapshot):
+            labels = f'{{controller="{c}",omnistack_cluster="{_label(cluster_name)}"}} '
+            for name, value in zip(_UNOWNED, figures, strict=True):
+                lines[name].append(f"{name}{labels}{_go_float(value)}\n")
         if per_vm:
             _write_vms(c, snapshot, lines, ages)
         _write_inventory(c, snapshot, lines)
@@ -123,6 +129,17 @@ _VM_INTERVAL = "simplivity_vm_backup_expected_interval_seconds"
 _VM_DESTINATION = "simplivity_vm_destination_backup_newest_timestamp_seconds"
 _VM_FAILED = "simplivity_vm_backup_newest_failed_timestamp_seconds"
 _VM_STATUS = "simplivity_vm_protection_status"
+_VM_APP = "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seconds"
+_VM_RESTORE_POINTS = "simplivity_vm_destination_restore_points"
+_VM_OLDEST = "simplivity_vm_destination_oldest_restore_point_timestamp_seconds"
+_VM_WINDOW = "simplivity_vm_destination_recovery_window_seconds"
+#: In the order of unowned_figures.
+_UNOWNED = (
+    "simplivity_backups_orphaned",
+    "simplivity_backups_orphaned_size_bytes",
+    "simplivity_backups_never_expiring",
+    "simplivity_backups_never_expiring_size_bytes",
+)
 _VMS = "simplivity_vms"
 _POLICY_RULES = "simplivity_policy_rules"
 _POLICY_VMS = "simplivity_policy_vms"
@@ -146,7 +163,8 @@ def _write_vms(
     )
     scheduled, interval = lines[_VM_SCHEDULED], lines[_VM_INTERVAL]
     at_destination, failed = lines[_VM_DESTINATION], lines[_VM_FAILED]
-    status = lines[_VM_STATUS]
+    status, app, window = lines[_VM_STATUS], lines[_VM_APP], lines[_VM_WINDOW]
+    restore_points, oldest = lines[_VM_RESTORE_POINTS], lines[_VM_OLDEST]
     for judged in snapshot.protection:
         vm = judged.vm
         ids = f'vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"'
@@ -155,7 +173,8 @@ def _write_vms(
         newest.append(f"{_VM_NEWEST}{labels}{_go_float(anywhere or 0.0)}\n")
         age.append((f"{_VM_AGE}{labels}", anywhere))
         info.append(
-            f'{_VM_INFO}{{controller="{c}",datastore="{_label(vm.datastore)}",'
+            f'{_VM_INFO}{{app_aware_status="{_label(vm.app_aware_status)}",'
+            f'controller="{c}",datastore="{_label(vm.datastore)}",'
             f'host="{_label(vm.host)}",omnistack_cluster="{_label(vm.cluster)}",'
             f'policy="{_label(vm.policy)}",{ids}}} 1.0\n'
         )
@@ -171,6 +190,18 @@ def _write_vms(
         status.append(
             f'{_VM_STATUS}{{controller="{c}",status="{_label(judged.status)}",{ids}}} 1.0\n'
         )
+        for destination in judged.app_intervals:
+            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
+            newest_app = judged.newest_app_consistent_at(destination) or 0.0
+            app.append(f"{_VM_APP}{where}{_go_float(newest_app)}\n")
+        for destination in judged.restore_destinations:
+            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
+            points, first = judged.restore_points_at(destination)
+            restore_points.append(f"{_VM_RESTORE_POINTS}{where}{_go_float(points)}\n")
+            oldest.append(f"{_VM_OLDEST}{where}{_go_float(first or 0.0)}\n")
+        for destination, seconds in judged.recovery_windows.items():
+            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
+            window.append(f"{_VM_WINDOW}{where}{_go_float(seconds)}\n")
 
 
 def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list[str]]) -> None:
@@ -224,8 +255,9 @@ class TextWriter:
         written = self._written_snapshots(reading.fresh, state.per_vm)
         families = [
             *shown(cluster_families(state), state),
+            *shown(unowned_families(state), state),
             *(shown(vm_families(state), state) if state.per_vm else ()),
-            *inventory_families(state),
+            *shown(inventory_families(state), state),
         ]
         out: list[str] = []
         for family in families:
@@ -236,7 +268,7 @@ class TextWriter:
             else:
                 out += [w.lines.get(name, "") for w in written]
         # The health and exporter series are few: prometheus_client writes them.
-        rest = [*health_families(reading.statuses), *exporter_families(state)]
+        rest = shown([*health_families(reading.statuses), *exporter_families(state)], state)
         out.append(generate_latest(_Families(rest)).decode("utf-8"))
         return out
 

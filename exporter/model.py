@@ -367,6 +367,15 @@ class VMProtection:
     def held_at(self, destination: str) -> HeldBackups | None:
         return None if self.backups is None else self.backups.held.get(destination)
 
+    def restore_points_at(self, destination: str) -> tuple[int, float | None]:
+        """Its PROTECTED backups at ``destination``, and the oldest one's creation."""
+        held = self.held_at(destination)
+        return (0, None) if held is None else (held.restore_points, held.oldest_protected)
+
+    def newest_app_consistent_at(self, destination: str) -> float | None:
+        held = self.held_at(destination)
+        return None if held is None else held.newest_app_consistent
+
     @property
     def restore_destinations(self) -> tuple[str, ...]:
         """Every destination of its policy and every destination where it has PROTECTED backups,
