@@ -14,6 +14,8 @@ formula, so the exporter derives the window a policy promises at each destinatio
   7 hours, not its retention; 7 daily ones, 7 days.
 - A rule's window is the shorter of the two; without a usable ``max_backups`` it is its
   retention, without a usable ``retention`` its count; with neither, it promises nothing.
+  Nor does a rule that keeps a single backup (``max_backups`` 1): its only restore point is
+  its newest, which the expected interval already watches.
 - A destination's window is the longest of the windows of the rules aimed at it: each rule
   keeps its own backups, so the deepest one says how far back a VM can go there.
 
@@ -51,8 +53,10 @@ def shortest_gap_minutes(schedule: Schedule) -> int:
 
 def rule_window_minutes(rule: Rule) -> int | None:
     """How far back the rule's backups reach, at least (see the module docstring); ``None``
-    when it says neither how long nor how many it keeps."""
+    when it promises nothing: it says neither how long nor how many it keeps, or it keeps one."""
     retention = rule.retention_minutes
+    if rule.max_backups == 1:
+        return None
     if rule.max_backups is None:
         return retention
     by_count = rule.max_backups * shortest_gap_minutes(rule.schedule)
