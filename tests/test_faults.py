@@ -417,6 +417,16 @@ class ExpiringMidScan:
     def pace(self) -> Pace:
         return self.client.pace
 
+    @property
+    def login_backoff_seconds(self) -> float:
+        return self.client.login_backoff_seconds
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        self.client.begin_poll(deadline_seconds)
+
+    def redact(self, text: str) -> str:
+        return self.client.redact(text)
+
     def get(self, path: str) -> bytes:
         return self.client.get(path)
 

@@ -86,6 +86,16 @@ class WatchedClient:
     def pace(self) -> Pace:
         return self.inner.pace
 
+    @property
+    def login_backoff_seconds(self) -> float:
+        return self.inner.login_backoff_seconds
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        self.inner.begin_poll(deadline_seconds)
+
+    def redact(self, text: str) -> str:
+        return self.inner.redact(text)
+
     def get(self, path: str) -> bytes:
         return self.inner.get(path)
 
