@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ import requests
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.config import load_config
+from exporter.simplivity import worst_case_poll_seconds
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, parse, scrape
@@ -124,6 +127,28 @@ def test_once_exits_1_when_a_controller_fails(tmp_path: Path, start_simulator: S
     assert result.returncode == 1
     assert 'simplivity_poll_errors_total{controller="c0",reason="auth"} 1.0' in result.stdout
     assert "wrong" not in result.stderr.replace("wrong-", "")
+
+
+def test_once_against_a_firewalled_controller_ends_within_its_documented_bound(
+    tmp_path: Path, blackhole: int
+) -> None:
+    url = f"https://127.0.0.1:{blackhole}"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "poll: {connect_timeout_seconds: 1, timeout_seconds: 30, max_retries: 2}\n"
+        f"controllers:\n  - {{name: fw, url: '{url}', username: u, password: p}}\n",
+        encoding="utf-8",
+    )
+    bound = worst_case_poll_seconds(load_config(config).poll, connects=False)
+    started = time.monotonic()
+    result = run("--config.file", str(config), "--once")
+    took = time.monotonic() - started
+    assert result.returncode == 1
+    assert f"could not connect to {url} within 1 s: wrong address, port or a firewall?" in (
+        result.stderr
+    )
+    assert 'simplivity_poll_errors_total{controller="fw",reason="connection"} 1.0' in result.stdout
+    assert took < bound + 5  # the process's start-up and exit beside the poll
 
 
 def test_demo_once_shows_realistic_metrics() -> None:
