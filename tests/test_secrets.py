@@ -234,8 +234,10 @@ def test_secrets_a_controller_echoes_back_are_shown_nowhere(tmp_path: Path) -> N
             wait_until(lambda: exporter.scrape().up("echoing") == 1, timeout=20, what="a login")
             echoing.faults.fail_next(100, status=503)
             wait_until(
-                lambda: errors_of(exporter.scrape(), "echoing") >= 1
-                and exporter.scrape().errors("refusing")["http"] >= 1,
+                lambda: (
+                    errors_of(exporter.scrape(), "echoing") >= 1
+                    and exporter.scrape().errors("refusing")["http"] >= 1
+                ),
                 timeout=20,
                 what="the echoing errors",
             )
