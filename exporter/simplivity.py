@@ -105,57 +105,64 @@ class _Exchange:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.expired = False
-        self._sock: socket.socket | None = None
-        self._done = False
-        self._lock = threading.Lock()
+        self.sock: socket.socket | None = None  # set while watched
+        self.done = False
 
     def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._sock = sock
-        _WATCHDOG.arm(self)
-
-    def expire(self) -> None:
-        with self._lock:
-            sock, self._sock = self._sock, None
-            if self._done or sock is None:
-                return
-            self.expired = True
-        # socket.socket's shutdown even for TLS: wake the reader, leave the TLS state alone.
-        with contextlib.suppress(OSError):  # closed meanwhile: nothing left to end
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        _WATCHDOG.arm(self, sock)
 
     def finish(self) -> None:
-        with self._lock:
-            self._done = True
-            self._sock = None
+        _WATCHDOG.disarm(self)
 
 
 class _Watchdog:
-    """Ends the exchanges that outlive their deadline: one thread for the whole process."""
+    """Ends the exchanges that outlive their deadline: one thread for the process, running
+    only while an exchange is watched."""
 
     def __init__(self) -> None:
         self._due: list[tuple[float, int, _Exchange]] = []
         self._order = itertools.count()
-        self._wake = threading.Condition()
+        self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def arm(self, exchange: _Exchange) -> None:
-        with self._wake:
+    def arm(self, exchange: _Exchange, sock: socket.socket) -> None:
+        with self._lock:
+            if exchange.done:
+                return
+            exchange.sock = sock
             heapq.heappush(self._due, (exchange.deadline, next(self._order), exchange))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            self._lock.notify()
+
+    def disarm(self, exchange: _Exchange) -> None:
+        with self._lock:
+            exchange.done = True
+            if exchange.sock is None:
+                return
+            exchange.sock = None
+            self._due = [entry for entry in self._due if entry[2] is not exchange]
+            heapq.heapify(self._due)
+            self._lock.notify()
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while not self._due or self._due[0][0] > time.monotonic():
-                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+            with self._lock:
+                while self._due and self._due[0][0] > time.monotonic():
+                    self._lock.wait(self._due[0][0] - time.monotonic())
+                if not self._due:
+                    self._thread = None  # nothing watched: the next arm() starts another
+                    return
                 exchange = heapq.heappop(self._due)[2]
-            exchange.expire()  # a finished one ignores it
+                sock, exchange.sock = exchange.sock, None
+                if sock is None:
+                    continue
+                exchange.expired = True
+                # Under the lock: once disarmed, the connection may serve another exchange.
+                # socket.socket's shutdown even for TLS: wake the reader, leave TLS alone.
+                with contextlib.suppress(OSError):  # closed meanwhile: nothing left to end
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 _WATCHDOG = _Watchdog()
@@ -621,7 +628,9 @@ class SimplivityClient:
             return RequestTimeout(
                 f"{path}: the poll ran out of time ({self.poll.deadline:g} s, poll.deadline)"
             )
-        return RequestTimeout(f"{path}: no complete answer within {self.poll.timeout_seconds:g} s")
+        return RequestTimeout(
+            f"{path}: no answer within {self.poll.timeout_seconds:g} s (headers and body)"
+        )
 
     def _connection_error(
         self, err: requests.exceptions.RequestException, path: str, connect: float

@@ -72,7 +72,7 @@ def test_a_controller_dripping_its_answer_fails_the_poll_within_the_timeout(
     simulator.faults.drip_seconds = 0.2  # far below the per-read timeout: reads never time out
     took = timed(poller)
     assert poller.status.errors["timeout"] == 1
-    assert "no complete answer within 2 s" in (poller.status.last_error or "")
+    assert "no answer within 2 s (headers and body)" in (poller.status.last_error or "")
     assert took < 2 + 1
 
 

@@ -58,6 +58,7 @@ POLL = PollConfig(
     stale_after_seconds=6,
     max_concurrency=2,
     max_retries=1,
+    deadline_seconds=30,  # polls under faults last longer than the interval
 )
 UNRESOLVABLE = "ovc-unresolvable.invalid"
 

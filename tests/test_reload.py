@@ -25,7 +25,10 @@ from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, Scrape, write_config
 
 Start = Callable[..., SimulatedController]
-POLL = "{interval_seconds: 1, timeout_seconds: 2, max_retries: 0, stale_after_seconds: 60}"
+POLL = (
+    "{interval_seconds: 1, timeout_seconds: 2, max_retries: 0, stale_after_seconds: 60, "
+    "deadline_seconds: 30}"
+)
 SUCCESSFUL = "simplivity_exporter_config_last_reload_successful"
 SUCCESS_TIME = "simplivity_exporter_config_last_reload_success_timestamp_seconds"
 LOGINS = "simplivity_logins_total"
