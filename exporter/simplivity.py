@@ -10,8 +10,8 @@ and never hold a password or a token: what the controller writes is redacted
 (:meth:`SimplivityClient.redact`) before it goes into one.
 
 What bounds a poll (:meth:`SimplivityClient.begin_poll`): every exchange has a wall-clock
-deadline (``timeout_seconds``: connecting, headers and body, whatever the framing; a watchdog
-shuts the socket of an exchange that outlives it), connecting alone a shorter one
+deadline (``timeout_seconds``: connecting, headers and body, whatever the framing, kept by
+:mod:`exporter.deadlines`), connecting alone a shorter one
 (``connect_timeout_seconds``); the poll as a whole has its own (``deadline``), and one budget of
 retries for failures without an answer (timeouts, connections), shared by its threads. A login
 is shared by every reader: one at a time, and when it fails, the poll's other readers fail with
@@ -20,9 +20,6 @@ it; refused credentials are not tried again before a back-off (see :meth:`_check
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import itertools
 import json
 import logging
 import random
@@ -34,19 +31,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
-import urllib3.connection
-import urllib3.connectionpool
 import urllib3.exceptions
-import urllib3.poolmanager
-import urllib3.response
-from requests.adapters import HTTPAdapter
 
 from exporter import __version__
 from exporter.config import ControllerConfig, PollConfig
+from exporter.deadlines import DeadlineAdapter, Exchange
 from exporter.model import (
     AuthError,
     Cancelled,
@@ -91,136 +83,6 @@ def worst_case_poll_seconds(poll: PollConfig, *, connects: bool, backoff: float 
         each = min(each, poll.connect_timeout_seconds)
     waits = sum(min(MAX_RETRY_DELAY, backoff * 2.0**k) * 1.5 for k in range(poll.max_retries))
     return min(poll.deadline, (poll.max_retries + 1) * each + waits)
-
-
-class _Exchange:
-    """One request and its answer, against a wall-clock deadline (``time.monotonic``).
-
-    A socket timeout bounds each read, not their sum: a controller that drips its headers or
-    its body a byte at a time would never time out. So the watchdog shuts the exchange's
-    socket down at the deadline, which ends any read in progress; :attr:`expired` then tells
-    the error (or the short body) apart from the controller's own doing.
-    """
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.expired = False
-        self.sock: socket.socket | None = None  # set while watched
-        self.done = False
-
-    def watch(self, sock: socket.socket) -> None:
-        _WATCHDOG.arm(self, sock)
-
-    def finish(self) -> None:
-        _WATCHDOG.disarm(self)
-
-
-class _Watchdog:
-    """Ends the exchanges that outlive their deadline: one thread for the process, running
-    only while an exchange is watched."""
-
-    def __init__(self) -> None:
-        self._due: list[tuple[float, int, _Exchange]] = []
-        self._order = itertools.count()
-        self._lock = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, exchange: _Exchange, sock: socket.socket) -> None:
-        with self._lock:
-            if exchange.done:
-                return
-            exchange.sock = sock
-            heapq.heappush(self._due, (exchange.deadline, next(self._order), exchange))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-                self._thread.start()
-            self._lock.notify()
-
-    def disarm(self, exchange: _Exchange) -> None:
-        with self._lock:
-            exchange.done = True
-            if exchange.sock is None:
-                return
-            exchange.sock = None
-            self._due = [entry for entry in self._due if entry[2] is not exchange]
-            heapq.heapify(self._due)
-            self._lock.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while self._due and self._due[0][0] > time.monotonic():
-                    self._lock.wait(self._due[0][0] - time.monotonic())
-                if not self._due:
-                    self._thread = None  # nothing watched: the next arm() starts another
-                    return
-                exchange = heapq.heappop(self._due)[2]
-                sock, exchange.sock = exchange.sock, None
-                if sock is None:
-                    continue
-                exchange.expired = True
-                # Under the lock: once disarmed, the connection may serve another exchange.
-                # socket.socket's shutdown even for TLS: wake the reader, leave TLS alone.
-                with contextlib.suppress(OSError):  # closed meanwhile: nothing left to end
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-_WATCHDOG = _Watchdog()
-_current = threading.local()  # .exchange: the exchange this thread is making, if any
-
-
-class _WatchedConnection(urllib3.connection.HTTPConnection):
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-        _watch(self.sock)
-        return super().getresponse()
-
-
-class _WatchedTLSConnection(urllib3.connection.HTTPSConnection):
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-        _watch(self.sock)
-        return super().getresponse()
-
-
-def _watch(sock: socket.socket | None) -> None:
-    """Put the socket a request was just sent on under its exchange's deadline (the answer,
-    headers and body, is read from it)."""
-    exchange: _Exchange | None = getattr(_current, "exchange", None)
-    if exchange is not None and sock is not None:
-        exchange.watch(sock)
-
-
-class _WatchedPool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _WatchedConnection
-
-
-class _WatchedTLSPool(urllib3.connectionpool.HTTPSConnectionPool):
-    ConnectionCls = _WatchedTLSConnection
-
-
-_WATCHED_POOLS = {"http": _WatchedPool, "https": _WatchedTLSPool}
-
-
-class _Adapter(HTTPAdapter):
-    """Connections under the watchdog; with ``server_name``, verifies the controller's
-    certificate against that name instead of the URL's host (appliance certificates rarely
-    carry the IP address users put in the URL)."""
-
-    def __init__(self, server_name: str | None, pool_maxsize: int) -> None:
-        self._server_name = server_name
-        super().__init__(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        if self._server_name:
-            kwargs["server_hostname"] = self._server_name
-            kwargs["assert_hostname"] = self._server_name
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
-
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> urllib3.poolmanager.PoolManager:
-        manager: urllib3.poolmanager.PoolManager = super().proxy_manager_for(proxy, **kwargs)
-        if isinstance(manager, urllib3.poolmanager.ProxyManager):  # not SOCKS: its own pools
-            manager.pool_classes_by_scheme = _WATCHED_POOLS
-        return manager
 
 
 class SimplivityClient:
@@ -335,8 +197,8 @@ class SimplivityClient:
         session.verify = self._verify
         # One connection per request in flight: the scan's and the inventory's.
         pool_size = self.poll.max_concurrency + 1
-        session.mount("https://", _Adapter(tls.server_name, pool_size))
-        session.mount("http://", _Adapter(None, pool_size))
+        session.mount("https://", DeadlineAdapter(tls.server_name, pool_size))
+        session.mount("http://", DeadlineAdapter(None, pool_size))
         session.headers["User-Agent"] = f"simplivity-exporter/{__version__}"
         session.headers["Accept"] = "application/json"
         session.trust_env = True  # read once, in __init__: proxies like every HTTP client
@@ -471,9 +333,7 @@ class SimplivityClient:
 
     def _check_poll_deadline(self, path: str) -> None:
         if self._past_deadline(0):
-            raise RequestTimeout(
-                f"{path}: the poll ran out of time ({self.poll.deadline:g} s, poll.deadline)"
-            )
+            raise self._timeout(path, cut=True)
 
     def _current_token(self) -> str:
         with self._token_lock:
@@ -588,9 +448,9 @@ class SimplivityClient:
         cut = poll_deadline is not None and poll_deadline < deadline  # by the poll's deadline
         if cut and poll_deadline is not None:
             deadline = poll_deadline
-        exchange = _Exchange(deadline)
+        exchange = Exchange(deadline)
         connect = min(self.poll.connect_timeout_seconds, deadline - started)
-        _current.exchange = exchange
+        exchange.begin()
         try:
             response = self._session.request(
                 method,
@@ -611,22 +471,24 @@ class SimplivityClient:
                 exchange.finish()
                 response.close()
         except requests.exceptions.RequestException as err:
-            if exchange.expired or (cut and _is_timeout(err)):
-                raise self._timeout(path, cut) from None
-            if _is_timeout(err) and not _is_connect_timeout(err):
+            # A connection that did not open in time is a connection problem, unless the
+            # poll's deadline cut its time short.
+            timed_out = _is_timeout(err) and (cut or not _is_connect_timeout(err))
+            if exchange.expired or timed_out:
                 raise self._timeout(path, cut) from None
             raise self._connection_error(err, path, connect) from None
         finally:
             exchange.finish()
-            _current.exchange = None
         if exchange.expired:  # the socket was shut: a body without a length ends there
             raise self._timeout(path, cut)
         return response.status_code, body
 
     def _timeout(self, path: str, cut: bool) -> RequestTimeout:
+        """``cut``: by the poll's deadline, before the exchange's own."""
         if cut:
+            deadline = self.poll.deadline
             return RequestTimeout(
-                f"{path}: the poll ran out of time ({self.poll.deadline:g} s, poll.deadline)"
+                f"{path}: the poll ran out of time ({deadline:g} s, poll.deadline_seconds)"
             )
         return RequestTimeout(
             f"{path}: no answer within {self.poll.timeout_seconds:g} s (headers and body)"
