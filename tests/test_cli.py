@@ -46,7 +46,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def write_config(path: Path, *controllers: SimulatedController, extra: str = "") -> Path:
     lines = [
-        "poll: {interval_seconds: 1, timeout_seconds: 2, max_retries: 0}",
+        "poll: {interval_seconds: 1, deadline_seconds: 60, timeout_seconds: 2, max_retries: 0}",
         extra,
         "controllers:",
     ]
@@ -276,7 +276,8 @@ def test_with_log_format_json_every_stderr_line_is_a_json_object(
         name: start_simulator(FederationSpec(vms=12, backups_per_vm=5), tls=(str(cert), str(key)))
         for name in ("boston", "austin")
     }
-    lines = ["poll: {interval_seconds: 1, timeout_seconds: 5, max_retries: 0}", "controllers:"]
+    settings = "{interval_seconds: 1, deadline_seconds: 60, timeout_seconds: 5, max_retries: 0}"
+    lines = [f"poll: {settings}", "controllers:"]
     for name, simulator in simulators.items():
         lines += [
             f"  - name: {name}",

@@ -86,7 +86,12 @@ def config_document(
             entry["password"] = wrong  # refused: the controller's password is another
         entries.append(entry)
     return {
-        "poll": {"interval_seconds": 1, "timeout_seconds": 2, "max_retries": 1},
+        "poll": {
+            "interval_seconds": 1,
+            "deadline_seconds": 60,
+            "timeout_seconds": 2,
+            "max_retries": 1,
+        },
         "controllers": entries,
     }
 
@@ -219,7 +224,12 @@ def test_secrets_a_controller_echoes_back_are_shown_nowhere(tmp_path: Path) -> N
         refusing.faults.bad_credentials_status = 500  # an error, not a refusal: its text shows
         echoing.faults.paths = None  # every data request of the poll fails, echoing its token
         document = {
-            "poll": {"interval_seconds": 1, "timeout_seconds": 2, "max_retries": 1},
+            "poll": {
+                "interval_seconds": 1,
+                "deadline_seconds": 60,
+                "timeout_seconds": 2,
+                "max_retries": 1,
+            },
             "controllers": [
                 {"name": "refusing", "url": refusing.url, "username": refusing.username,
                  "password": configured},

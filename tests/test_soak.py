@@ -47,6 +47,7 @@ WARM_UP_SECONDS = min(10.0, SOAK_SECONDS / 3)
 NAMES = ("c1", "c2", "c3", "c4", "c5")
 POLL = PollConfig(
     interval_seconds=1,
+    deadline_seconds=60,
     timeout_seconds=1,
     page_size=40,
     stale_after_seconds=600,  # the data never goes stale here: every scrape can be checked
