@@ -134,6 +134,7 @@ class SimplivityClient:
         self._login_failure: SimplivityError | None = None
         # Refused credentials: how often in a row, when, and how long until the next try.
         self._refusals = 0
+        self._refused_status = 0
         self._refused_at = 0.0
         self._backoff = 0.0
         self._speaks_tls: bool | None = None  # for an http:// URL that got no answer
@@ -365,20 +366,13 @@ class SimplivityClient:
     def _check_backoff(self, now: float) -> None:
         """No login while refused credentials are backed off: each refusal would count
         towards locking the account (directories lock one after a few failures)."""
-        if not self._refusals:
-            return
-        wait = self._refused_at + self._backoff - now
-        if wait <= 0:
-            return
-        raise AuthError(
-            f"the controller refused the credentials of user {self.controller.username!r}; "
-            f"no login for {self._backoff:g} s after a refusal: next attempt at the first poll "
-            f"after {_wall_clock(wait)}, or reload after fixing the password"
-        )
+        if self._refusals and self._refused_at + self._backoff > now:
+            raise self._refusal(now)
 
     def _refused(self, status: int) -> AuthError:
         """Count a refusal of the credentials and start (or double) the back-off."""
         self._refusals += 1
+        self._refused_status = status
         interval = self.poll.interval_seconds
         longest = max(interval, self.poll.max_login_backoff_seconds)
         self._backoff = min(longest, interval * 2 ** min(self._refusals - 1, 32))
@@ -387,11 +381,15 @@ class SimplivityClient:
         now = self._clock()
         started = self._poll_started if self._poll_deadline is not None else now
         self._refused_at = started - interval * SCHEDULE_JITTER
+        return self._refusal(now)
+
+    def _refusal(self, now: float) -> AuthError:
+        """The same words at the refusal and at every poll of its back-off."""
         wait = self._refused_at + self._backoff - now
         return AuthError(
             f"the controller refused the credentials of user {self.controller.username!r} "
-            f"(HTTP {status}); next attempt at the first poll after {_wall_clock(wait)}, or "
-            "reload after fixing the password"
+            f"(HTTP {self._refused_status}); next attempt at the first poll after "
+            f"{_wall_clock(wait)}, or reload after fixing the password"
         )
 
     def _login(self) -> str:

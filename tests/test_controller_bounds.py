@@ -94,6 +94,18 @@ def test_a_poll_past_its_deadline_fails_as_timeout_and_keeps_the_last_good_value
     assert took < 1.5 + 1
 
 
+def test_an_answer_that_streams_forever_ends_at_the_poll_deadline(start_simulator: Start) -> None:
+    simulator = start_simulator(SMALL)
+    poller = poller_for(simulator, timeout_seconds=30, deadline_seconds=2, max_retries=0)
+    simulator.faults.malformed = "endless"  # 200, no length, a body that never ends
+    took = timed(poller)
+    assert poller.status.errors["timeout"] == 1
+    assert "the poll ran out of time (2 s, poll.deadline_seconds)" in (
+        poller.status.last_error or ""
+    )
+    assert took < 2 + 1
+
+
 def test_a_silent_controller_fails_within_the_documented_bound_whatever_the_threads(
     start_simulator: Start,
 ) -> None:
