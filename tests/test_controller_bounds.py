@@ -8,6 +8,7 @@ cannot be sent and echo secrets; and a port that drops every connection, as a fi
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -135,6 +136,39 @@ def test_an_unreachable_controller_fails_fast_and_says_why(blackhole: int) -> No
     assert poller.status.errors["connection"] == 1
     assert "within 1 s: wrong address, port or a firewall?" in (poller.status.last_error or "")
     assert took < worst_case_poll_seconds(poll, connects=False, backoff=0.01) + 1
+
+
+def test_a_tls_handshake_that_trickles_ends_with_the_exchange() -> None:
+    """A port that answers the TLS handshake a byte at a time, each in time for the socket's
+    timeout: the exchange's deadline ends it all the same."""
+    stop = threading.Event()
+
+    def trickle(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            # A handshake record of 16 KiB is announced, then sent a byte every 0.2 s.
+            conn.sendall(b"\x16\x03\x03\x40\x00")
+            while not stop.wait(0.2):
+                try:
+                    conn.sendall(b"\x02")
+                except OSError:
+                    return  # the client gave up
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        server = threading.Thread(target=trickle, args=(listener,), daemon=True)
+        server.start()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        poll = PollConfig(timeout_seconds=2, max_retries=0)
+        poller = ControllerPoller(
+            ControllerConfig("sim", url, "u", Secret("p")), poll, client_factory=fast
+        )
+        took = timed(poller)
+        stop.set()
+        server.join(timeout=5)
+    assert poller.status.errors["timeout"] == 1
+    assert took < 2 + 1
 
 
 def test_a_refused_connection_names_the_cause(start_simulator: Start) -> None:

@@ -101,7 +101,7 @@ class WatchedClient:
         return self.inner.get(path)
 
     def read(self, collection: Collection, pages: PageSink) -> None:
-        if collection.path != BACKUPS.path:  # the inventory's listings come before, in the same poll
+        if collection.path != BACKUPS.path:  # the inventory's listings come first
             self.inner.read(collection, pages)
             return
         ledger = self.ledger
