@@ -102,7 +102,7 @@ class BackupCollector(Collector):
 
         unowned = unowned_families(state)
         for controller, snapshot in fresh:
-            for cluster_name, figures in unowned_figures(snapshot):
+            for cluster_name, figures in snapshot.unowned():
                 for family, value in zip(unowned, figures, strict=True):
                     family.add_metric([controller, cluster_name], value)
         yield from shown(unowned, state)
@@ -523,7 +523,8 @@ def vm_families(state: ExporterState) -> VMFamilies:
 
 
 def unowned_families(state: ExporterState) -> tuple[GaugeMetricFamily, ...]:
-    """The backups nobody owns, per cluster: in the order of :func:`unowned_figures`."""
+    """The backups nobody owns, per cluster, in the order of
+    :meth:`~exporter.model.ControllerSnapshot.unowned`."""
     judged = _refreshed(state, "the inventory and /api/backups")
     listed = _refreshed(state)
     labels = ["controller", "omnistack_cluster"]
@@ -550,15 +551,6 @@ def unowned_families(state: ExporterState) -> tuple[GaugeMetricFamily, ...]:
             labels=labels,
         ),
     )
-
-
-def unowned_figures(
-    snapshot: ControllerSnapshot,
-) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
-    """Per cluster of the backups: orphaned backups and bytes, never-expiring backups and bytes."""
-    for cluster in snapshot.backups.clusters:
-        count, size = snapshot.orphaned.get(cluster.name, (0, 0))
-        yield cluster.name, (count, size, cluster.never_expiring, cluster.never_expiring_size)
 
 
 class InventoryFamilies(NamedTuple):

@@ -37,7 +37,6 @@ from exporter.collector import (
     shown,
     state_names,
     unowned_families,
-    unowned_figures,
     vm_families,
 )
 from exporter.model import ControllerSnapshot
@@ -101,7 +100,7 @@ class _WrittenSnapshot:
             newest = _go_float(cluster.newest_protected or 0.0)
             lines[_NEWEST].append(f"{_NEWEST}{{{labels}}} {newest}\n")
             ages[_NEWEST_AGE].append((f"{_NEWEST_AGE}{{{labels}}} ", cluster.newest_protected))
-        for cluster_name, figures in unowned_figures(snapshot):
+        for cluster_name, figures in snapshot.unowned():
             labels = f'{{controller="{c}",omnistack_cluster="{_label(cluster_name)}"}} '
             for name, value in zip(_UNOWNED, figures, strict=True):
                 lines[name].append(f"{name}{labels}{_go_float(value)}\n")
@@ -133,7 +132,7 @@ _VM_APP = "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seco
 _VM_RESTORE_POINTS = "simplivity_vm_destination_restore_points"
 _VM_OLDEST = "simplivity_vm_destination_oldest_restore_point_timestamp_seconds"
 _VM_WINDOW = "simplivity_vm_destination_recovery_window_seconds"
-#: In the order of unowned_figures.
+#: In the order of ControllerSnapshot.unowned.
 _UNOWNED = (
     "simplivity_backups_orphaned",
     "simplivity_backups_orphaned_size_bytes",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeGuard
@@ -425,6 +425,13 @@ class ControllerSnapshot:
     @property
     def backups_seen(self) -> int:
         return self.backups.backups_seen
+
+    def unowned(self) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
+        """Per cluster (or store) of the backups: its orphaned backups and their bytes, its
+        never-expiring backups and their bytes."""
+        for cluster in self.backups.clusters:
+            count, size = self.orphaned.get(cluster.name, (0, 0))
+            yield cluster.name, (count, size, cluster.never_expiring, cluster.never_expiring_size)
 
 
 # -- what a poll publishes ----------------------------------------------------------------------
