@@ -84,6 +84,10 @@ class _ClusterTally:
         self.without_vm = self.without_vm_size = 0
 
 
+#: The oldest PROTECTED backup of a tally that has none: after every timestamp.
+_NO_OLDEST = "~"
+
+
 class _HeldTally:
     """A VM's backups at one destination (:class:`~exporter.model.HeldBackups`)."""
 
@@ -91,7 +95,8 @@ class _HeldTally:
 
     def __init__(self) -> None:
         self.backups = self.size = self.protected = 0
-        self.oldest = self.newest = self.newest_app = ""  # PROTECTED ones' created_at
+        self.newest = self.newest_app = ""  # PROTECTED ones' created_at
+        self.oldest = _NO_OLDEST
         self.typed = False
 
 
@@ -203,16 +208,16 @@ class Aggregator:
         held.backups += 1
         held.size += size
         consistency = backup.get("consistency_type")
-        if isinstance(consistency, str) and consistency not in ("", MISSING):
+        if type(consistency) is not str:  # absent, or odd: as if not said
+            consistency = MISSING
+        elif not held.typed and consistency and consistency != MISSING:
             held.typed = True
-        else:
-            consistency = None
         if protected:
             held.protected += 1
             if created > held.newest:
                 held.newest = created
-            # A backup without a creation time ("") is no one's oldest either.
-            if created and (not held.oldest or created < held.oldest):
+            # _NO_OLDEST sorts after every time; a backup without one ("") is no one's oldest.
+            if "" < created < held.oldest:
                 held.oldest = created
             if consistency in APP_CONSISTENT_TYPES and created > held.newest_app:
                 held.newest_app = created
@@ -258,7 +263,7 @@ class Aggregator:
                         h.backups,
                         h.size,
                         h.protected,
-                        optional(h.oldest),
+                        None if h.oldest is _NO_OLDEST else parsed(h.oldest),
                         optional(h.newest_app),
                         h.typed,
                     )
