@@ -81,11 +81,18 @@ class _WrittenSnapshot:
     every second) as (line up to the value, creation time), by family name."""
 
     per_vm: bool
+    exclude: frozenset[str]  # metrics.exclude: families not written at all
     lines: Mapping[str, str]
     ages: Mapping[str, tuple[tuple[str, float | None], ...]]
 
     @classmethod
-    def of(cls, controller: str, snapshot: ControllerSnapshot, per_vm: bool) -> _WrittenSnapshot:
+    def of(
+        cls,
+        controller: str,
+        snapshot: ControllerSnapshot,
+        per_vm: bool,
+        exclude: frozenset[str] = frozenset(),
+    ) -> _WrittenSnapshot:
         c = _label(controller)
         lines: dict[str, list[str]] = defaultdict(list)
         ages: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
@@ -105,11 +112,12 @@ class _WrittenSnapshot:
             for name, value in zip(_UNOWNED, figures, strict=True):
                 lines[name].append(f"{name}{labels}{_go_float(value)}\n")
         if per_vm:
-            _write_vms(c, snapshot, lines, ages)
+            _write_vms(c, snapshot, lines, ages, exclude)
         _write_inventory(c, snapshot, lines)
         return cls(
             per_vm,
-            {name: "".join(parts) for name, parts in lines.items()},
+            exclude,
+            {name: "".join(parts) for name, parts in lines.items() if name not in exclude},
             {name: tuple(parts) for name, parts in ages.items()},
         )
 
@@ -152,8 +160,12 @@ def _write_vms(
     snapshot: ControllerSnapshot,
     lines: dict[str, list[str]],
     ages: dict[str, list[tuple[str, float | None]]],
+    exclude: frozenset[str] = frozenset(),
 ) -> None:
-    """The per-VM series; label names in sorted order, as ``generate_latest`` writes them."""
+    """The per-VM series; label names in sorted order, as ``generate_latest`` writes them.
+
+    The per-destination families ``metrics.exclude`` names are not even written: with tens of
+    thousands of VMs, they are what that setting is for."""
     newest, age, info, created = (
         lines[_VM_NEWEST],
         ages[_VM_AGE],
@@ -164,6 +176,20 @@ def _write_vms(
     at_destination, failed = lines[_VM_DESTINATION], lines[_VM_FAILED]
     status, app, window = lines[_VM_STATUS], lines[_VM_APP], lines[_VM_WINDOW]
     restore_points, oldest = lines[_VM_RESTORE_POINTS], lines[_VM_OLDEST]
+    # Thousands of VMs share a few destinations and many of their values (intervals, windows,
+    # restore point counts): each is escaped or formatted once.
+    destinations: dict[str, str] = {}
+    numbers: dict[float, str] = {}
+    write_app, write_window = _VM_APP not in exclude, _VM_WINDOW not in exclude
+    write_points, write_oldest = _VM_RESTORE_POINTS not in exclude, _VM_OLDEST not in exclude
+    write_restore_points = write_points or write_oldest
+
+    def number(value: float) -> str:
+        text = numbers.get(value)
+        if text is None:
+            text = numbers[value] = _go_float(value)
+        return text
+
     for judged in snapshot.protection:
         vm = judged.vm
         ids = f'vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"'
@@ -180,27 +206,36 @@ def _write_vms(
         if vm.created_at is not None:
             created.append(f"{_VM_CREATED}{labels}{_go_float(vm.created_at)}\n")
         scheduled.append(f"{_VM_SCHEDULED}{labels}{'1.0' if judged.scheduled else '0.0'}\n")
+        where: dict[str, str] = {}  # the labels up to the value, per destination
+        restored = judged.restore_destinations
+        for destination in (*restored, *judged.recovery_windows, *judged.app_intervals):
+            if destination in where:
+                continue
+            escaped = destinations.get(destination)
+            if escaped is None:
+                escaped = destinations[destination] = _label(destination)
+            where[destination] = f'{{controller="{c}",destination="{escaped}",{ids}}} '
         for destination, seconds in judged.intervals.items():
-            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
-            interval.append(f"{_VM_INTERVAL}{where}{_go_float(seconds)}\n")
+            at = where[destination]
+            interval.append(f"{_VM_INTERVAL}{at}{number(seconds)}\n")
             held = judged.newest_protected_at(destination) or 0.0
-            at_destination.append(f"{_VM_DESTINATION}{where}{_go_float(held)}\n")
+            at_destination.append(f"{_VM_DESTINATION}{at}{_go_float(held)}\n")
         failed.append(f"{_VM_FAILED}{labels}{_go_float(judged.newest_failed or 0.0)}\n")
         status.append(
             f'{_VM_STATUS}{{controller="{c}",status="{_label(judged.status)}",{ids}}} 1.0\n'
         )
-        for destination in judged.app_intervals:
-            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
+        for destination in judged.app_intervals if write_app else ():
             newest_app = judged.newest_app_consistent_at(destination) or 0.0
-            app.append(f"{_VM_APP}{where}{_go_float(newest_app)}\n")
-        for destination in judged.restore_destinations:
-            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
+            app.append(f"{_VM_APP}{where[destination]}{_go_float(newest_app)}\n")
+        for destination in restored if write_restore_points else ():
+            at = where[destination]
             points, first = judged.restore_points_at(destination)
-            restore_points.append(f"{_VM_RESTORE_POINTS}{where}{_go_float(points)}\n")
-            oldest.append(f"{_VM_OLDEST}{where}{_go_float(first or 0.0)}\n")
-        for destination, seconds in judged.recovery_windows.items():
-            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
-            window.append(f"{_VM_WINDOW}{where}{_go_float(seconds)}\n")
+            if write_points:
+                restore_points.append(f"{_VM_RESTORE_POINTS}{at}{number(points)}\n")
+            if write_oldest:
+                oldest.append(f"{_VM_OLDEST}{at}{number(first or 0.0)}\n")
+        for destination, seconds in judged.recovery_windows.items() if write_window else ():
+            window.append(f"{_VM_WINDOW}{where[destination]}{number(seconds)}\n")
 
 
 def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list[str]]) -> None:
@@ -251,7 +286,7 @@ class TextWriter:
         it first showed, so that what is made of them (their gzip) can be kept too."""
         reading = self._collector.read()
         state, now = reading.state, reading.now
-        written = self._written_snapshots(reading.fresh, state.per_vm)
+        written = self._written_snapshots(reading.fresh, state.per_vm, state.exclude)
         families = [
             *shown(cluster_families(state), state),
             *shown(unowned_families(state), state),
@@ -272,14 +307,21 @@ class TextWriter:
         return out
 
     def _written_snapshots(
-        self, fresh: Sequence[tuple[str, ControllerSnapshot]], per_vm: bool
+        self,
+        fresh: Sequence[tuple[str, ControllerSnapshot]],
+        per_vm: bool,
+        exclude: frozenset[str],
     ) -> list[_WrittenSnapshot]:
         cache = self._written
         written = []
         for controller, snapshot in fresh:
             entry = cache.get(controller)
-            if entry is None or entry[0] is not snapshot or entry[1].per_vm != per_vm:
-                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot, per_vm))
+            if (
+                entry is None
+                or entry[0] is not snapshot
+                or (entry[1].per_vm, entry[1].exclude) != (per_vm, exclude)
+            ):
+                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot, per_vm, exclude))
             written.append(entry)
         # Replaced, never changed in place: concurrent renders each see a whole cache.
         self._written = {

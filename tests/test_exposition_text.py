@@ -135,6 +135,21 @@ def test_several_controllers_stale_ones_missing_ones_and_no_per_vm() -> None:
         assert "simplivity_backups_orphaned_size_bytes{" in text
 
 
+def test_a_changed_metrics_exclude_rewrites_the_written_snapshot() -> None:
+    """A reload may change metrics.exclude while the snapshot stays: the next text follows."""
+    statuses = [status("boston", federation(vms=20))]
+    states = [
+        STATE,
+        replace(STATE, exclude=frozenset({"simplivity_vm_destination_restore_points"})),
+    ]
+    collector = BackupCollector(lambda: statuses, lambda: states[0], clock=lambda: NOW)
+    writer = TextWriter(collector)
+    assert "simplivity_vm_destination_restore_points{" in writer.text()
+    states.reverse()
+    assert writer.text() == generate_latest(collector).decode()
+    assert "simplivity_vm_destination_restore_points" not in writer.text()
+
+
 def test_numbers_that_prometheus_writes_with_exponents() -> None:
     counts = {**dict.fromkeys(STATES, 0), "PROTECTED": 12_345_678, "OTHER": 1}
     sizes = {**dict.fromkeys(STATES, 0), "PROTECTED": 2**62, "OTHER": 5}
