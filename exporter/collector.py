@@ -155,7 +155,7 @@ def _add_inventory(
 
 def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
     """The health of each controller's polls: up, duration, last success, errors, logins, the
-    pace the poller learned, and the records it could not read."""
+    pace the poller learned, the records it could not read, and its versions."""
     up = GaugeMetricFamily(
         "simplivity_up",
         "1 if the last poll of the controller succeeded, else 0.",
@@ -201,7 +201,16 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         "no state) and were left out of every other series.",
         labels=["controller"],
     )
+    info = GaugeMetricFamily(
+        "simplivity_controller_info",
+        "The controller's REST API version and, on a virtual controller, its OmniStack (SVTFS) "
+        "version, as GET /api/version said at the last successful poll. Always 1.",
+        labels=["controller", "rest_api_version", "svtfs_version"],
+    )
     for status in statuses:
+        versions = status.versions
+        if versions.rest_api or versions.svtfs:
+            info.add_metric([status.name, versions.rest_api, versions.svtfs], 1.0)
         up.add_metric([status.name], 1.0 if status.up else 0.0)
         duration.add_metric([status.name], status.last_duration or 0.0)
         last_success.add_metric([status.name], status.last_success or 0.0)
@@ -212,6 +221,7 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         page_size.add_metric([status.name], status.page_size)
         unreadable.add_metric([status.name], status.unreadable_records)
     yield from (up, duration, last_success, errors, logins, concurrency, page_size, unreadable)
+    yield info
 
 
 def exporter_families(state: ExporterState) -> Iterator[Metric]:

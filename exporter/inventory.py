@@ -82,7 +82,16 @@ HOSTS = Collection(
     "/api/hosts",
     key="hosts",
     item="host",
-    fields=("id", "name", "omnistack_cluster_name", "policy_enabled"),
+    # A host has no omnistack_cluster_name (HPE's schema): CLUSTERS names its cluster's id.
+    fields=("id", "name", "omnistack_cluster_id", "policy_enabled"),
+    alongside=True,
+)
+#: The OmniStack clusters' names, by id: a few records, for the hosts'.
+CLUSTERS = Collection(
+    "/api/omnistack_clusters",
+    key="omnistack_clusters",
+    item="OmniStack cluster",
+    fields=("id", "name"),
     alongside=True,
 )
 #: REST API 1.11 and later; an older controller answers it with an error status.
@@ -101,12 +110,15 @@ class InventoryRead:
     ...              "omnistack_cluster_name": "Boston", "host_id": "h1"})
     >>> read.add_policy({"id": "p1", "name": "Hourly", "rules": [{"frequency": 60,
     ...     "days": "All", "start_time": "00:00", "end_time": "00:00",
-    ...     "destination_name": "<Local>"}]})
-    >>> read.add_host({"id": "h1", "name": "esx-01", "omnistack_cluster_name": "Boston",
+    ...     "destination_name": "<local>"}]})
+    >>> read.add_host({"id": "h1", "name": "esx-01", "omnistack_cluster_id": "c1",
     ...                "policy_enabled": True})
+    >>> read.add_cluster({"id": "c1", "name": "Boston"})
     >>> inventory = read.inventory(None)
     >>> inventory.vms[0].policy, inventory.vms[0].host, inventory.vms[0].created_at
     ('Hourly', 'esx-01', None)
+    >>> inventory.hosts[0].cluster
+    'Boston'
     >>> dict(inventory.policies[0].intervals)
     {'<Local>': 3600}
     """
@@ -116,6 +128,8 @@ class InventoryRead:
         self._policies: list[Policy] = []
         self._hosts: list[Host] = []
         self._rules: dict[str, tuple[Rule, ...]] = {}  # policy id -> its usable rules
+        self._cluster_names: dict[str, str] = {}  # omnistack_cluster_id -> its name
+        self._host_clusters: dict[str, str] = {}  # host id -> its omnistack_cluster_id
 
     # -- the listings' records, one at a time (PageCounter sinks)
 
@@ -148,13 +162,18 @@ class InventoryRead:
             )
         )
 
+    def add_cluster(self, record: Mapping[str, Any]) -> None:
+        self._cluster_names[clean_text(record["id"])] = _name(record)
+
     def add_host(self, record: Mapping[str, Any]) -> None:
         enabled = record.get("policy_enabled")
+        host_id = clean_text(record["id"])
+        self._host_clusters[host_id] = text_field(record, "omnistack_cluster_id")
         self._hosts.append(
             Host(
-                host_id=clean_text(record["id"]),
+                host_id=host_id,
                 name=_name(record),
-                cluster=text_field(record, "omnistack_cluster_name"),
+                cluster="",  # named once the clusters are read
                 # Only an explicit "no" disables: a missing or odd value says nothing.
                 policy_enabled=not (
                     enabled is False or (isinstance(enabled, str) and enabled.lower() == "false")
@@ -168,12 +187,24 @@ class InventoryRead:
         """The listings as one :class:`~exporter.model.Inventory`.
 
         A VM's host is named from the host listing (its id when not listed there), its policy
-        from the policy listing when the VM record gave no name. Policies sharing a name, or
-        hosts sharing a cluster and a name, would make duplicate series: the first by id is
-        kept.
+        from the policy listing when the VM record gave no name. A host's OmniStack cluster is
+        named from its ``omnistack_cluster_id`` (REST API 1.9 and later) through the cluster
+        listing, or else (an older controller) from the cluster of the VMs on it; a host with
+        neither (no id, no live VM) stays unnamed (""), and no VM names it.
+        Policies sharing a name, or hosts sharing a cluster and a name, would make duplicate
+        series: the first by id is kept.
         """
+        vm_clusters = {vm.host_id: vm.cluster for vm in self._vms if vm.cluster}
+        named = [
+            replace(
+                host,
+                cluster=self._cluster_names.get(self._host_clusters.get(host.host_id, ""))
+                or vm_clusters.get(host.host_id, ""),
+            )
+            for host in self._hosts
+        ]
         hosts = _unique(
-            sorted(self._hosts, key=lambda h: (h.cluster, h.name, h.host_id)),
+            sorted(named, key=lambda h: (h.cluster, h.name, h.host_id)),
             key=lambda h: (h.cluster, h.name),
         )
         policies = _unique(
@@ -210,7 +241,8 @@ class InventoryRead:
         by_status: dict[str, dict[str, int]] = {
             cluster: dict.fromkeys(PROTECTION_STATUSES, 0)
             for cluster in sorted(
-                {vm.cluster for vm in inventory.vms} | {host.cluster for host in inventory.hosts}
+                {vm.cluster for vm in inventory.vms}
+                | {host.cluster for host in inventory.hosts if host.cluster}
             )
         }
         policy_vms: dict[str, int] = {}

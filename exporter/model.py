@@ -249,7 +249,7 @@ class Host:
 
     host_id: str
     name: str
-    cluster: str  # omnistack_cluster_name
+    cluster: str  # its OmniStack cluster's name, from its omnistack_cluster_id or its VMs
     policy_enabled: bool  # True when the API does not say (REST API before 1.4, or "NA")
 
 
@@ -334,6 +334,15 @@ class ControllerSnapshot:
 
 
 @dataclass(frozen=True)
+class ControllerVersions:
+    """``GET /api/version``: the REST API version, and the OmniStack (SVTFS) version a virtual
+    controller adds (a management appliance does not)."""
+
+    rest_api: str
+    svtfs: str
+
+
+@dataclass(frozen=True)
 class ControllerStatus:
     """Everything known about one controller at one moment; replaced, never changed."""
 
@@ -353,3 +362,5 @@ class ControllerStatus:
     page_size: int = 0  # records per page asked for
     #: Records of the last successful poll that could not be placed (and were left out).
     unreadable_records: int = 0
+    #: What ``GET /api/version`` answered at the last successful poll ("" if it did not say).
+    versions: ControllerVersions = field(default_factory=lambda: ControllerVersions("", ""))

@@ -34,6 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from exporter.backups import BACKUPS, BackupScanFactory, LocalBackupScan
 from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig
 from exporter.inventory import (
+    CLUSTERS,
     HOSTS,
     POLICIES,
     SCHEDULE_REPORT,
@@ -45,11 +46,21 @@ from exporter.model import (
     REASONS,
     Cancelled,
     ControllerStatus,
+    ControllerVersions,
     DecodeError,
     HTTPStatusError,
     Inventory,
     ScheduleReport,
     SimplivityError,
+)
+from exporter.restapi import (
+    VERSION,
+    Version,
+    documented,
+    for_version,
+    has_resource,
+    parse_version,
+    parse_versions,
 )
 from exporter.scan import Collection, Pace, PageCounter, PageSink, RecordTally, Scanner
 from exporter.simplivity import SimplivityClient
@@ -155,6 +166,7 @@ class ControllerPoller:
         # across a reload) already lacks the report.
         snapshot = self.status.snapshot
         self._said_no_report = snapshot is not None and snapshot.inventory.schedule is None
+        self._said_no_version = False
 
     def poll_once(self) -> ControllerStatus:
         """Read the controller's backups and inventory and publish the outcome. Never raises.
@@ -189,10 +201,12 @@ class ControllerPoller:
         scan = self._scans()
         unreadable, unreadable_inventory = RecordTally(), RecordTally()
         try:
+            versions = self._read_versions()
+            version = parse_version(versions.rest_api)
             # Leaving the block waits for the inventory's read, whatever the scan's outcome.
             with ThreadPoolExecutor(1, thread_name_prefix=f"inventory-{name}") as side:
-                inventory_read = side.submit(self._read_inventory, unreadable_inventory)
-                self._client.read(BACKUPS, unreadable.around(scan))
+                inventory_read = side.submit(self._read_inventory, unreadable_inventory, version)
+                self._client.read(for_version(BACKUPS, version), unreadable.around(scan))
             read, inventory = inventory_read.result()
             unreadable.merge(unreadable_inventory)
             backups = scan.snapshot()
@@ -233,6 +247,7 @@ class ControllerPoller:
             concurrency=pace.concurrency,
             page_size=pace.page_size,
             unreadable_records=unreadable.records,
+            versions=versions,
         )
         if unreadable.records:
             # Once per poll, with the first few only: never a record's whole body.
@@ -263,16 +278,43 @@ class ControllerPoller:
         self._on_publish()
         return self.status
 
-    def _read_inventory(self, unreadable: RecordTally) -> tuple[InventoryRead, Inventory]:
-        """The live VMs first, then the policies and hosts they name, then the report."""
+    def _read_versions(self) -> ControllerVersions:
+        """``GET /api/version``, which says what fields to ask for; a controller that does not
+        answer it is asked for the newest version's (and any it refuses are dropped)."""
+        try:
+            versions = parse_versions(self._client.get(VERSION))
+        except (HTTPStatusError, DecodeError) as err:
+            versions = ControllerVersions("", "")
+            if not self._said_no_version:
+                log.info(
+                    "controller %s: no REST API version (%s); asking for the newest version's "
+                    "fields",
+                    self.controller.name,
+                    err,
+                    extra={"controller": self.controller.name, "error": str(err)},
+                )
+                self._said_no_version = True
+        return versions
+
+    def _read_inventory(
+        self, unreadable: RecordTally, version: Version | None
+    ) -> tuple[InventoryRead, Inventory]:
+        """The live VMs first, then the policies and hosts they name, the clusters' names (for
+        the hosts: before REST API 1.9 they name none), then the report."""
         read = InventoryRead()
-        for collection, sink in (
+        listings = [
             (VIRTUAL_MACHINES, read.add_vm),
             (POLICIES, read.add_policy),
             (HOSTS, read.add_host),
-        ):
-            self._client.read(collection, unreadable.around(PageCounter(collection, sink)))
-        return read, read.inventory(self._read_schedule_report())
+        ]
+        if documented(HOSTS.path, "omnistack_cluster_id", version):
+            listings.append((CLUSTERS, read.add_cluster))
+        for collection, sink in listings:
+            asked = for_version(collection, version)
+            self._client.read(asked, unreadable.around(PageCounter(asked, sink)))
+        # Before REST API 1.11 there is no schedule report to ask for.
+        report = self._read_schedule_report() if has_resource(SCHEDULE_REPORT, version) else None
+        return read, read.inventory(report)
 
     def _read_schedule_report(self) -> ScheduleReport | None:
         try:

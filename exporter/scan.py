@@ -341,6 +341,8 @@ class Scanner:
         self._concurrency = max_concurrency
         self._page_size_lock = threading.Lock()  # a 504 shrinks pages from a fetch's thread
         self._name = name
+        #: Listings whose ``fields=`` the controller refused (400): asked without from then on.
+        self._refused_fields: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._closed = threading.Event()
 
@@ -465,28 +467,44 @@ class Scanner:
         return limit if read.cap is None else min(limit, read.cap)
 
     def _fetch(self, read: _Read, offset: int) -> tuple[int, bytes]:
-        """One page, and the limit it was asked with; smaller each time it answers 504."""
+        """One page, and the limit it was asked with; smaller each time it answers 504, and
+        without ``fields=`` once it answered 400 to them."""
         collection = read.collection
         while True:
             limit = self._limit(read)
+            fields = () if collection.path in self._refused_fields else collection.fields
             request = PageRequest(
-                collection.path,
-                offset,
-                limit,
-                collection.fields,
-                SORT_FIELD,
-                filters=collection.filters,
+                collection.path, offset, limit, fields, SORT_FIELD, filters=collection.filters
             )
             floor = limit <= self._min_page_size
             try:
                 return limit, self._source.get_page(request, retry_too_slow=floor)
             except HTTPStatusError as err:
+                if err.status == 400 and fields:
+                    self._refuse_fields(collection, err)
+                    continue
                 if err.status != 504 or floor:
                     raise
                 if collection.alongside:
                     read.cap = max(self._min_page_size, limit // 2)
                 else:
                     self._shrink_pages(limit)
+
+    def _refuse_fields(self, collection: Collection, err: HTTPStatusError) -> None:
+        """What a controller does with a field it does not know is undocumented; a 400 is the
+        likely answer. The records then come whole: larger pages, the same counts."""
+        with self._page_size_lock:
+            if collection.path in self._refused_fields:
+                return  # another page's 400 said it already
+            self._refused_fields.add(collection.path)
+        log.warning(
+            "controller %s: %s refused the fields asked for (%s); asking for whole records "
+            "from now on",
+            self._name,
+            collection.path,
+            err,
+            extra={"controller": self._name, "path": collection.path},
+        )
 
     def _shrink_pages(self, limit: int) -> None:
         with self._page_size_lock:

@@ -368,7 +368,8 @@ def _read_body(response: requests.Response, deadline: float, path: str) -> bytes
 
 
 def _server_message(body: bytes) -> str:
-    """The ``message`` of an error body, shortened; never the raw body (it may echo a token)."""
+    """The ``message`` (and ``extendedResponse``) of an error body, shortened; never the raw
+    body, nor a part that mentions a token (it may echo one)."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -376,10 +377,16 @@ def _server_message(body: bytes) -> str:
         return "an HTML page, not the controller's own answer" if looks_like_html(body) else ""
     if not isinstance(document, dict):
         return ""
-    message = document.get("message") or document.get("error_description") or ""
-    if not isinstance(message, str) or "token" in message.lower():
-        return ""
-    return message[:200]
+    # Some controllers put the useful words in extendedResponse rather than message.
+    said = [
+        part
+        for part in (
+            document.get("message") or document.get("error_description"),
+            document.get("extendedResponse"),
+        )
+        if isinstance(part, str) and part and "token" not in part.lower()
+    ]
+    return " ".join(said)[:200]
 
 
 def _is_timeout(err: BaseException) -> bool:

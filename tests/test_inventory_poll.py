@@ -121,12 +121,15 @@ def test_every_planted_status_reaches_metrics_through_a_real_scrape() -> None:
             labels = {"controller": "boston", "policy": str(policy["name"])}
             assert scrape.value("simplivity_policy_rules", **labels) == len(policy["rules"])  # type: ignore[arg-type]
             assert scrape.value("simplivity_policy_vms", **labels) == users
+        # A host names its cluster by id only: the series carry the cluster's name.
+        cluster_names = {c["id"]: c["name"] for c in simulator.clusters()}
         for host in simulator.hosts():
+            assert "omnistack_cluster_name" not in host
             enabled = scrape.value(
                 "simplivity_host_policy_enabled",
                 controller="boston",
                 host=str(host["name"]),
-                omnistack_cluster=str(host["omnistack_cluster_name"]),
+                omnistack_cluster=str(cluster_names[host["omnistack_cluster_id"]]),
             )
             assert enabled == (1 if host["policy_enabled"] else 0)
         report = simulator.schedule_report()
