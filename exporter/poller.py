@@ -312,27 +312,29 @@ class ControllerPoller:
         for collection, sink in listings:
             asked = for_version(collection, version)
             self._client.read(asked, unreadable.around(PageCounter(asked, sink)))
-        # Before REST API 1.11 there is no schedule report to ask for.
-        report = self._read_schedule_report() if has_resource(SCHEDULE_REPORT, version) else None
-        return read, read.inventory(report)
+        return read, read.inventory(self._read_schedule_report(version))
 
-    def _read_schedule_report(self) -> ScheduleReport | None:
+    def _read_schedule_report(self, version: Version | None) -> ScheduleReport | None:
+        """REST API before 1.11 has no such report (it is not asked for): not a failure."""
+        if not has_resource(SCHEDULE_REPORT, version):
+            return self._no_report("REST API 1.11 and later only")
         try:
             body = self._client.get(SCHEDULE_REPORT)
         except HTTPStatusError as err:
-            # REST API before 1.11 has no such report: not a failure of the poll.
-            if not self._said_no_report:
-                log.info(
-                    "controller %s: no schedule report (%s); the federation's backup limits "
-                    "are not exported",
-                    self.controller.name,
-                    err,
-                    extra={"controller": self.controller.name, "error": str(err)},
-                )
-                self._said_no_report = True
-            return None
+            return self._no_report(str(err))
         self._said_no_report = False
         return parse_schedule_report(body)
+
+    def _no_report(self, why: str) -> None:
+        if not self._said_no_report:
+            log.info(
+                "controller %s: no schedule report (%s); the federation's backup limits "
+                "are not exported",
+                self.controller.name,
+                why,
+                extra={"controller": self.controller.name, "error": why},
+            )
+            self._said_no_report = True
 
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
         errors = dict(self.status.errors)
