@@ -317,11 +317,13 @@ class ControllerPoller:
     def _read_schedule_report(self, version: Version | None) -> ScheduleReport | None:
         """REST API before 1.11 has no such report (it is not asked for): not a failure."""
         if not has_resource(SCHEDULE_REPORT, version):
-            return self._no_report("REST API 1.11 and later only")
+            self._no_report("REST API 1.11 and later only")
+            return None
         try:
             body = self._client.get(SCHEDULE_REPORT)
         except HTTPStatusError as err:
-            return self._no_report(str(err))
+            self._no_report(str(err))
+            return None
         self._said_no_report = False
         return parse_schedule_report(body)
 
