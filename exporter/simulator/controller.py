@@ -50,7 +50,8 @@ POLICIES: Final = "/api/policies"
 HOSTS: Final = "/api/hosts"
 CLUSTERS: Final = "/api/omnistack_clusters"
 SCHEDULE_REPORT: Final = "/api/policies/policy_schedule_report"
-#: The OmniStack version an older controller (REST API before 1.11) reports.
+#: The OmniStack version an older controller (before SimpliVity 4.0: REST API before 1.14)
+#: reports.
 OLD_SVTFS: Final = "3.7.7.240"
 VM_QUERY: Final = QueryRules(VM_FIELDS, defaults=(("state", "ALIVE"),), lists=frozenset({"state"}))
 POLICY_QUERY: Final = QueryRules(POLICY_FIELDS)
@@ -427,7 +428,8 @@ class SimulatedController:
     def _version(self, ex: Exchange) -> None:
         answer = {"REST_API_Version": self.api_version}
         if self.mode == "ovc":
-            answer["SVTFS_Version"] = SVTFS_VERSION if self.has_schedule_report else OLD_SVTFS
+            newer = self.version >= EXTERNAL_STORES_SINCE
+            answer["SVTFS_Version"] = SVTFS_VERSION if newer else OLD_SVTFS
         ex.send(200, answer)
 
     def _login(self, ex: Exchange) -> None:
