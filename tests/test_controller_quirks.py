@@ -22,6 +22,7 @@ from exporter.model import BackupSnapshot, ControllerStatus
 from exporter.poller import ControllerPoller
 from exporter.scan import PageCounter
 from exporter.simulator import ODD_KINDS, FederationSpec, SimulatedController
+from exporter.simulator.controller import Endpoint
 from tests.conftest import wait_until
 from tests.live_exporter import Lab, controller_config, fast_retries
 
@@ -330,3 +331,33 @@ def test_an_html_page_instead_of_json_is_named_not_quoted(start_simulator: Start
     assert failed.last_error is not None
     assert failed.last_error.startswith("/api/backups answered with an HTML page, not JSON (")
     assert "<" not in failed.last_error
+
+
+# --- a controller that refuses a field it does not document ----------------------------------
+
+
+def test_a_field_the_controller_refuses_is_dropped_and_the_poll_succeeds(
+    start_simulator: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A strict REST API 1.13 controller (no external stores) whose version the exporter cannot
+    # read: it asks for the newest version's fields, external_store_name among them.
+    simulator = start_simulator(FederationSpec(vms=30), api_version="1.13")
+    simulator.routes["/api/version"] = Endpoint(
+        ("GET",), lambda ex: ex.error(404, "NotFound", "No handler found for /api/version")
+    )
+    poller = poller_for(simulator)
+    try:
+        with caplog.at_level(logging.INFO, logger="exporter"):
+            first = poll(poller)
+            refused = simulator.stats.snapshot().status_counts.get(400, 0)
+            second = poll(poller)
+    finally:
+        poller.close()
+    assert refused >= 1  # the first poll met the 400, and asked again without fields=
+    assert simulator.stats.snapshot().status_counts.get(400, 0) == refused  # remembered
+    assert backups_of(first) == backups_of(second) == expected(simulator)
+    said = [r.getMessage() for r in caplog.records if "refused the fields" in r.getMessage()]
+    assert len(said) == 1
+    assert "/api/backups" in said[0]
+    assert "external_store_name" in said[0]  # the controller's own words
+    assert second.versions.rest_api == ""
