@@ -74,6 +74,7 @@ VIRTUAL_MACHINES = Collection(
     filters=(("state", "ALIVE"),),
     max_page_size=MAX_VM_PAGE_SIZE,
     alongside=True,
+    orders=("id", "-created_at"),
 )
 POLICIES = Collection(
     "/api/policies", key="policies", item="policy", fields=("id", "name", "rules"), alongside=True

@@ -48,6 +48,8 @@ SORT_FIELD = "id"
 MIN_PAGE_SIZE = 100
 #: How much larger pages get after a read that got a whole page without a 504.
 PAGE_SIZE_STEP = 100
+#: The largest ``limit`` the API documents.
+MAX_LIMIT = 5000
 #: How many problems with unreadable records a page, or a poll, describes (the count is exact).
 MAX_PROBLEMS = 5
 
@@ -60,6 +62,13 @@ class Collection:
     names one of its items in messages; ``fields`` is what a scan asks for (``fields=``), and
     ``filters`` too (``state=ALIVE``). ``max_page_size`` caps the scanner's page size for a
     listing that is expensive for the controller to page through.
+
+    ``orders``: the fields it may be paged in (``-`` first: descending), the first preferred:
+    a controller that refuses one (400) is paged in the next, remembered by the scanner.
+    ``id`` is unique; in any other order (``-created_at``) records may tie, and their order
+    among themselves may change from one request to the next (:class:`PageCounter` copes).
+    Newest first suits a listing that grows at its newest end and expires at its oldest: what
+    comes and goes then lies ahead of the pages read, or behind, never shifting them back.
 
     ``alongside``: the listing is read while another read of the same scanner runs, in another
     thread. It asks for one page at a time (one request in flight beside the other read's), and
@@ -74,6 +83,7 @@ class Collection:
     filters: tuple[tuple[str, str], ...] = ()
     max_page_size: int | None = None
     alongside: bool = False
+    orders: tuple[str, ...] = (SORT_FIELD,)
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,9 @@ class PageOutcome:
     overlap_lost: bool = False
     #: The limit the controller says it applied (the envelope's ``limit``), if it said one.
     limit: int | None = None
-    #: Where on the page its last record with an id is (-1: none). The next page must reach
-    #: back to it: records without an id cannot be stitched.
+    #: Where on the page the next one must start at the latest (-1: nowhere): its last record
+    #: with an id, or in an order with ties, the last record before the page's last tie
+    #: (records without an id, or tying, cannot be stitched).
     last_placed: int = -1
     #: New records of the page that could not be placed (not an object, no id, or refused by
     #: the sink), and what was wrong with the first few of them.
@@ -100,18 +111,23 @@ class PageOutcome:
 class PageSink(Protocol):
     """Where a scan's pages go, in order: a :class:`PageCounter`, or one in the worker."""
 
-    def count(self, offset: int, body: bytes) -> PageOutcome: ...
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome: ...
 
 
 class PageCounter:
     """Counts the pages of one scan of ``collection``, each record once, in the listing's order.
 
     A record the sink refuses (a :class:`~exporter.model.RecordError`: no state, say), or one
-    that cannot be placed at all (not an object, no id), does not fail the page: it is counted
-    in :attr:`PageOutcome.unreadable`, and the rest of the page stands. Records with an id are
+    that cannot be placed at all (not an object, no id, or in another order than ``id`` no
+    value of that field), does not fail the page: it is counted in
+    :attr:`PageOutcome.unreadable`, and the rest of the page stands. Records with an id are
     stitched by it. One without an id is placed by the records around it: it is new when it
     follows the last record counted, beyond the records without an id already counted there
     (``_tail``), and old anywhere before; so an overlap never counts it twice.
+
+    In an order with ties (``created_at``) records are stitched by that field: each page
+    must start before the last value counted, so that it holds every record of that value,
+    which are told apart by id (``_at_last``).
     """
 
     def __init__(self, collection: Collection, sink: Callable[[dict[str, Any]], None]) -> None:
@@ -119,29 +135,42 @@ class PageCounter:
         makes that record unreadable."""
         self._collection = collection
         self._sink = sink
-        self._last_id: str | None = None
+        self._last: str | None = None  # the sort value of the last record counted
+        self._at_last: set[str] = set()  # the ids counted with that value (ties)
         self._tail = 0  # records without an id counted right after the last id (or the start)
 
-    def count(self, offset: int, body: bytes) -> PageOutcome:
-        """Decode one page and feed its new records to the sink; :class:`DecodeError` if the
-        page itself cannot be read (bad JSON, a wrong envelope, ids out of order).
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        """Decode one page, in ``order``, and feed its new records to the sink;
+        :class:`DecodeError` if the page itself cannot be read (bad JSON, a wrong envelope,
+        records out of order).
 
         ``offset`` is where the page was asked for: the first page (offset 0) needs no overlap.
         """
-        total, limit, items, ids = _parse_page(self._collection, body)
-        last_id = self._last_id
-        first_id = next((item_id for item_id in ids if item_id is not None), None)
-        if offset > 0 and last_id is not None and (first_id is None or first_id > last_id):
+        total, limit, items, keys = _parse_page(self._collection, body, order)
+        unique = order == SORT_FIELD
+        _, descending = sorting(order)
+
+        def precedes(a: str, b: str) -> bool:
+            return a > b if descending else a < b
+
+        last = self._last
+        first = next((key for key in keys if key is not None), None)
+        if (
+            offset > 0
+            and last is not None
+            and (first is None or precedes(last, first[0]) or (not unique and first[0] == last))
+        ):
             return PageOutcome(total, len(items), 0, overlap_lost=True, limit=limit)
         counted = unreadable = 0
         problems: list[str] = []
         tail, run, last_placed = self._tail, 0, -1
+        at_last = self._at_last
         # Whether the record before this one is the last one counted (or the listing's start):
         # only then can a record without an id be new.
-        after_last = last_id is None
+        after_last = last is None
         sink = self._sink
-        for index, item_id in enumerate(ids):
-            if item_id is None:
+        for index, key in enumerate(keys):
+            if key is None:
                 if not after_last:
                     continue  # before the last record counted: counted already
                 run += 1
@@ -150,13 +179,21 @@ class PageCounter:
                 tail = run
                 unreadable += 1
                 if len(problems) < MAX_PROBLEMS:
-                    problems.append(_unplaceable(self._collection, items[index], offset + index))
+                    problems.append(
+                        _unplaceable(self._collection, items[index], offset + index, order)
+                    )
                 continue
+            value, item_id = key
             last_placed, run = index, 0
-            if last_id is not None and item_id <= last_id:
-                after_last = item_id == last_id
+            if last is not None and (
+                precedes(value, last) or (value == last and item_id in at_last)
+            ):
+                after_last = value == last
                 continue
-            last_id, after_last, tail = item_id, True, 0
+            if value != last:
+                last, at_last = value, set()
+            at_last.add(item_id)
+            after_last, tail = True, 0
             try:
                 sink(items[index])
             except RecordError as err:
@@ -165,7 +202,18 @@ class PageCounter:
                     problems.append(str(err))
             else:
                 counted += 1
-        self._last_id, self._tail = last_id, tail
+        if not unique and last_placed >= 0:
+            # The next page starts before the last value, so that it holds all of its ties.
+            end = keys[last_placed]
+            last_placed = next(
+                (
+                    i
+                    for i in range(last_placed, -1, -1)
+                    if (k := keys[i]) and end and precedes(k[0], end[0])
+                ),
+                -1,
+            )
+        self._last, self._at_last, self._tail = last, at_last, tail
         return PageOutcome(
             total, len(items), counted, False, limit, last_placed, unreadable, tuple(problems)
         )
@@ -202,16 +250,17 @@ class _Tallied:
         self._tally = tally
         self._pages = pages
 
-    def count(self, offset: int, body: bytes) -> PageOutcome:
-        outcome = self._pages.count(offset, body)
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        outcome = self._pages.count(offset, body, order)
         self._tally.add(outcome)
         return outcome
 
 
 def _parse_page(
-    collection: Collection, body: bytes
-) -> tuple[int, int | None, list[Any], list[str | None]]:
-    """The count, the limit applied (if said), the records, and their ids (None: no id)."""
+    collection: Collection, body: bytes, order: str
+) -> tuple[int, int | None, list[Any], list[tuple[str, str] | None]]:
+    """The count, the limit applied (if said), the records, and their place in ``order``:
+    (the value of that field, the id), or None when the record has no place."""
     path, key = collection.path, collection.key
     document = decode_json(path, body)
     count = document.get("count") if isinstance(document, dict) else None
@@ -221,29 +270,47 @@ def _parse_page(
     limit = document.get("limit")
     if type(limit) is not int or limit < 1:
         limit = None  # not said (or not usable): the limit asked for applies
-    ids: list[str | None] = []
-    previous = ""
+    unique = order == SORT_FIELD
+    field, descending = sorting(order)
+    keys: list[tuple[str, str] | None] = []
+    previous: str | None = None
     for entry in items:
-        value = entry.get("id") if isinstance(entry, dict) else None
-        if not isinstance(value, str) or not value:
-            ids.append(None)
+        item_id = entry.get("id") if isinstance(entry, dict) else None
+        value = entry.get(field) if isinstance(entry, dict) else None
+        if not (isinstance(item_id, str) and item_id and isinstance(value, str) and value):
+            keys.append(None)
             continue
-        if value <= previous:
-            raise DecodeError(f"{path} did not return {key} sorted by id")
+        if previous is not None and (
+            (value > previous if descending else value < previous) or (unique and value == previous)
+        ):
+            how = " descending" if descending else ""
+            raise DecodeError(f"{path} did not return {key} sorted by {field}{how}")
         previous = value
-        ids.append(value)
-    return count, limit, items, ids
+        keys.append((value, item_id))
+    return count, limit, items, keys
 
 
-def _unplaceable(collection: Collection, entry: object, position: int) -> str:
+def _unplaceable(collection: Collection, entry: object, position: int, order: str) -> str:
     """What is wrong with a record that has no place, never quoting it."""
     item = collection.item
     if not isinstance(entry, dict):
         kind = _JSON_KINDS.get(type(entry), type(entry).__name__)
         return f"a {kind} where a {item} belongs, at position {position}"
-    if entry.get("id") is None:
+    item_id = entry.get("id")
+    if item_id is None:
         return f"a {item} without an id, at position {position}"
-    return f"a {item} whose id is not a text, at position {position}"
+    if not isinstance(item_id, str) or not item_id:
+        return f"a {item} whose id is not a text, at position {position}"
+    return f"a {item} without a {sorting(order)[0]} to page it by, at position {position}"
+
+
+def sorting(order: str) -> tuple[str, bool]:
+    """An entry of :attr:`Collection.orders` as the field to sort by, and whether descending.
+
+    >>> sorting("-created_at"), sorting("id")
+    (('created_at', True), ('id', False))
+    """
+    return order.removeprefix("-"), order.startswith("-")
 
 
 _JSON_KINDS = {
@@ -287,8 +354,11 @@ class Pace:
 class _Read:
     """What one read has learned so far (changed by the fetches, in their threads too)."""
 
-    def __init__(self, collection: Collection, throttled: int, page_size: int) -> None:
+    def __init__(self, collection: Collection, throttled: int, page_size: int, order: str) -> None:
         self.collection = collection
+        self.order = order  # the field the pages are sorted by
+        self.counted = False  # a page was counted: the order can no longer change
+        self.wide = 0  # a larger limit than the page size, once ties filled a page
         #: The limit the controller applied, once it applied a smaller one than asked.
         self.cap: int | None = None
         self.guessed_cap = False  # the cap was taken from a short page that did not say it
@@ -343,6 +413,8 @@ class Scanner:
         self._name = name
         #: Listings whose ``fields=`` the controller refused (400): asked without from then on.
         self._refused_fields: set[str] = set()
+        #: Listings paged in another order than their first, its sort refused (400).
+        self._orders: dict[str, str] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._closed = threading.Event()
 
@@ -373,7 +445,8 @@ class Scanner:
         Raises :class:`~exporter.model.SimplivityError` (a page that contradicts the listing,
         or a listing that never settles, is a :class:`~exporter.model.DecodeError`).
         """
-        read = _Read(collection, self._source.throttled, self._page_size)
+        order = self._orders.get(collection.path, collection.orders[0])
+        read = _Read(collection, self._source.throttled, self._page_size, order)
         fetch = partial(self._fetch, read)
         requests_made = 0
         budget: int | None = None
@@ -391,7 +464,8 @@ class Scanner:
                     # is never left with fewer requests than it may take while we count.
                     step = _step(self._limit(read))
                     self._prefetch(pending, offset + step, step, count, fetch)
-                page = pages.count(offset, body)
+                page = pages.count(offset, body, read.order)
+                read.counted = True
                 del body
                 count = page.count
                 size = self._served(read, offset, asked, page)
@@ -417,6 +491,17 @@ class Scanner:
                 # The next page overlaps this one's last record with an id, the only kind
                 # that can be stitched.
                 advance = min(step, page.last_placed)
+                if advance < 1 and read.order != SORT_FIELD:
+                    # Ties fill the page: the same page again, larger, if it can be.
+                    if self._widen(read, size):
+                        self._cancel(pending)
+                        continue
+                    raise DecodeError(
+                        f"{collection.path} listed more {collection.key} sharing one "
+                        f"{sorting(read.order)[0]} (or without one) than a page of {size} holds, "
+                        f"at offset "
+                        f"{offset}: the listing cannot be stitched in that order"
+                    )
                 if advance < 1:
                     run = page.received - 1 - page.last_placed
                     raise DecodeError(
@@ -461,10 +546,21 @@ class Scanner:
         return size
 
     def _limit(self, read: _Read) -> int:
-        """The limit to ask for: the page size, or the controller's or the collection's cap if
-        smaller."""
+        """The limit to ask for: the page size (or the larger one ties made the read ask for),
+        or the controller's or the collection's cap if smaller."""
         limit = min(self._page_size, read.collection.max_page_size or self._page_size)
+        limit = max(limit, read.wide)
         return limit if read.cap is None else min(limit, read.cap)
+
+    @staticmethod
+    def _widen(read: _Read, size: int) -> bool:
+        """Twice as large pages for the rest of the read, if the controller and the collection
+        allow them: whether they do."""
+        wider = min(2 * size, MAX_LIMIT, read.collection.max_page_size or MAX_LIMIT)
+        if wider <= size or (read.cap is not None and read.cap <= size):
+            return False
+        read.wide = wider
+        return True
 
     def _fetch(self, read: _Read, offset: int) -> tuple[int, bytes]:
         """One page, and the limit it was asked with; smaller each time it answers 504, and
@@ -473,15 +569,21 @@ class Scanner:
         while True:
             limit = self._limit(read)
             fields = () if collection.path in self._refused_fields else collection.fields
+            field, descending = sorting(read.order)
             request = PageRequest(
-                collection.path, offset, limit, fields, SORT_FIELD, filters=collection.filters
+                collection.path,
+                offset,
+                limit,
+                fields,
+                field,
+                "descending" if descending else "ascending",
+                filters=collection.filters,
             )
             floor = limit <= self._min_page_size
             try:
                 return limit, self._source.get_page(request, retry_too_slow=floor)
             except HTTPStatusError as err:
-                if err.status == 400 and fields:
-                    self._refuse_fields(collection, err)
+                if err.status == 400 and self._refused(read, bool(fields), err):
                     continue
                 if err.status != 504 or floor:
                     raise
@@ -490,21 +592,44 @@ class Scanner:
                 else:
                     self._shrink_pages(limit)
 
-    def _refuse_fields(self, collection: Collection, err: HTTPStatusError) -> None:
-        """What a controller does with a field it does not know is undocumented; a 400 is the
-        likely answer. The records then come whole: larger pages, the same counts."""
+    def _refused(self, read: _Read, fields: bool, err: HTTPStatusError) -> bool:
+        """Whether to ask again after a 400: without ``fields=``, or (before anything was
+        counted) in the collection's next order. The sort first if the answer names it (HPE
+        documents a 400 for an unknown sort field), else the fields, the likelier culprit.
+
+        What a controller does with a field it does not know is undocumented; a 400 is the
+        likely answer. Whole records are larger pages, the same counts.
+        """
+        collection = read.collection
+        orders = collection.orders
+        position = orders.index(read.order) if read.order in orders else len(orders)
+        other = orders[position + 1] if position + 1 < len(orders) else None
+        if read.counted:
+            other = None
         with self._page_size_lock:
-            if collection.path in self._refused_fields:
-                return  # another page's 400 said it already
-            self._refused_fields.add(collection.path)
+            if other is not None and ("sort" in str(err).lower() or not fields):
+                refused, read.order = sorting(read.order)[0], other
+                self._orders[collection.path] = other
+                field, descending = sorting(other)
+                what = f"sort={refused}"
+                now = f"sorting by {field}{' (newest first)' if descending else ''}"
+            elif fields:
+                if collection.path in self._refused_fields:
+                    return True  # another page's 400 said it already
+                self._refused_fields.add(collection.path)
+                what, now = "the fields asked for", "asking for whole records"
+            else:
+                return False
         log.warning(
-            "controller %s: %s refused the fields asked for (%s); asking for whole records "
-            "from now on",
+            "controller %s: %s refused %s (%s); %s from now on",
             self._name,
             collection.path,
+            what,
             err,
+            now,
             extra={"controller": self._name, "path": collection.path},
         )
+        return True
 
     def _shrink_pages(self, limit: int) -> None:
         with self._page_size_lock:

@@ -45,7 +45,7 @@ from exporter import logs
 from exporter.backups import BackupScan, LocalBackupScan
 from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.model import BackupSnapshot, DecodeError
-from exporter.scan import PageOutcome
+from exporter.scan import SORT_FIELD, PageOutcome
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,9 @@ class _WorkerScan:
         self._id = scan_id
         self._generation = generation
 
-    def count(self, offset: int, body: bytes) -> PageOutcome:
-        outcome: PageOutcome = self._worker.call(("page", self._id, offset), self._generation, body)
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        request = ("page", self._id, offset, order)
+        outcome: PageOutcome = self._worker.call(request, self._generation, body)
         return outcome
 
     def snapshot(self) -> BackupSnapshot:
@@ -249,8 +250,8 @@ def _read_exactly(stream: IO[bytes], length: int) -> bytes:
 def _answer(scans: dict[int, LocalBackupScan], request: tuple[Any, ...], body: bytes) -> Any:
     operation, scan_id, *arguments = request
     if operation == "page":
-        (offset,) = arguments
-        return _scan(scans, scan_id).count(offset, body)
+        offset, order = arguments
+        return _scan(scans, scan_id).count(offset, body, order)
     if operation == "open":
         scans[scan_id] = LocalBackupScan()
         return None

@@ -26,7 +26,7 @@ from exporter.config import ControllerConfig, PollConfig, Secret
 from exporter.inventory import CLUSTERS, HOSTS, POLICIES, SCHEDULE_REPORT, VIRTUAL_MACHINES
 from exporter.model import PageRequest
 from exporter.poller import ControllerPoller
-from exporter.scan import Scanner
+from exporter.scan import Collection, Scanner, sorting
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.snapshots import listing_body
 
@@ -143,6 +143,18 @@ def test_every_request_of_a_poll_names_only_what_its_version_documents(
     assert (SCHEDULE_REPORT in source.gets) is (version >= (1, 11))
     for path in source.gets[1:]:
         assert path.removeprefix("/api") in CONTRACT["resources"], path
+
+
+@pytest.mark.parametrize("collection", LISTINGS, ids=lambda c: c.path)
+def test_every_order_a_listing_may_fall_back_to_is_documented_in_every_version(
+    collection: Collection,
+) -> None:
+    definition = resource(collection.path)["definition"]
+    for order in collection.orders:
+        field, _ = sorting(order)
+        assert field in CONTRACT["definitions"][definition]["properties"], order
+        assert since(definition, field) == restapi.OLDEST, order
+        assert field in collection.fields or field == "id", order  # stitched by its value
 
 
 # -- what the simulator serves -----------------------------------------------------------------

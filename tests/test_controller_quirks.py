@@ -87,11 +87,16 @@ def test_a_capped_limit_is_paged_by_what_was_served(start_simulator: Start) -> N
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
+@pytest.mark.parametrize(
+    "refused", [frozenset(), frozenset({"id"})], ids=["by id", "by created_at"]
+)
 def test_a_capped_limit_under_churn_never_double_counts_or_misses_a_survivor(
-    start_simulator: Start, concurrency: int
+    start_simulator: Start, concurrency: int, refused: frozenset[str]
 ) -> None:
+    # A controller that refuses sort=id is paged by created_at, where backups tie.
     simulator = start_simulator(FederationSpec(total_backups=3000, seed=11))
     simulator.faults.limit_cap = 150
+    simulator.faults.refused_sorts = refused
     before = simulator.backup_ids()
     simulator.faults.churn_create_per_request = 30
     simulator.faults.churn_expire_per_request = 30

@@ -107,6 +107,8 @@ class Listings:
             query = parse_query(ex.query, collection.rules, stored_fields)
             if self.strict:
                 self._check_documented(ex.path, query.fields or (), query.sort)
+            if query.sort in self.faults.refused_sorts:
+                raise BadRequest(f"Invalid sort field '{query.sort}'", INVALID_SORT)
         except BadRequest as e:
             ex.error(400, e.exception, str(e))
             return
