@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from exporter.model import (
     BackupSnapshot,
     ControllerSnapshot,
+    ControllerVersions,
     DecodeError,
     Host,
     Inventory,
@@ -97,6 +98,8 @@ CLUSTERS = Collection(
 )
 #: REST API 1.11 and later; an older controller answers it with an error status.
 SCHEDULE_REPORT = "/api/policies/policy_schedule_report"
+#: The REST API version, and a virtual controller's OmniStack version: what fields to ask for.
+VERSION = "/api/version"
 
 _NO_BACKUPS: Mapping[str, float] = MappingProxyType({})
 _T = TypeVar("_T")
@@ -292,6 +295,25 @@ class InventoryRead:
             policy_vms=policy_vms,
             judged_at=now,
         )
+
+
+def parse_versions(body: bytes) -> ControllerVersions:
+    """The body of ``GET /api/version``; :class:`DecodeError` if it is not a JSON object.
+
+    >>> parse_versions(b'{"REST_API_Version": "1.25", "SVTFS_Version": "5.3.1.284"}')
+    ControllerVersions(rest_api='1.25', svtfs='5.3.1.284')
+    """
+    document = decode_json(VERSION, body)
+    if not isinstance(document, dict):
+        raise DecodeError(f"{VERSION} answered with something else than an object")
+    return ControllerVersions(
+        _version(document.get("REST_API_Version")), _version(document.get("SVTFS_Version"))
+    )
+
+
+def _version(value: object) -> str:
+    """A version as a label value: text only, and short."""
+    return clean_text(value)[:40] if isinstance(value, str) else ""
 
 
 def parse_schedule_report(body: bytes) -> ScheduleReport:

@@ -38,9 +38,11 @@ from exporter.inventory import (
     HOSTS,
     POLICIES,
     SCHEDULE_REPORT,
+    VERSION,
     VIRTUAL_MACHINES,
     InventoryRead,
     parse_schedule_report,
+    parse_versions,
 )
 from exporter.model import (
     REASONS,
@@ -53,15 +55,7 @@ from exporter.model import (
     ScheduleReport,
     SimplivityError,
 )
-from exporter.restapi import (
-    VERSION,
-    Version,
-    documented,
-    for_version,
-    has_resource,
-    parse_version,
-    parse_versions,
-)
+from exporter.restapi import Version, documented, has_resource, parse_version
 from exporter.scan import Collection, Pace, PageCounter, PageSink, RecordTally, Scanner
 from exporter.simplivity import SimplivityClient
 
@@ -109,6 +103,18 @@ def connect(
         max_concurrency=poll.max_concurrency,
         name=controller.name,
     )
+
+
+def for_version(collection: Collection, version: Version | None) -> Collection:
+    """``collection`` asking only for the fields that REST API ``version`` documents (None:
+    the newest the exporter knows).
+
+    >>> hosts = Collection("/api/hosts", "hosts", "host", ("id", "omnistack_cluster_id"))
+    >>> for_version(hosts, (1, 8)).fields
+    ('id',)
+    """
+    fields = tuple(f for f in collection.fields if documented(collection.path, f, version))
+    return collection if fields == collection.fields else replace(collection, fields=fields)
 
 
 class PollTurn:

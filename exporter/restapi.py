@@ -5,18 +5,16 @@ HPE's Swagger reference of REST API 1.25 and HPE's "Feature and function support
 version" page (tests/data/hpe/README.md names both; tests/test_contract.py checks this table
 against the derived copy). A field without a version here is as old as :data:`OLDEST`.
 
-The exporter asks a controller only for what its version documents (:func:`for_version`), and
-the simulator serves, and in its strict mode accepts, only that.
+The exporter asks a controller only for what its version documents, and the simulator
+serves, and in its strict mode accepts, only that. It is HPE's contract, not the exporter's
+reading of it: it imports nothing of the exporter, and the simulator, an independent oracle
+otherwise, may use it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Final
-
-from exporter.model import ControllerVersions, DecodeError, clean_text, decode_json
-from exporter.scan import Collection
 
 Version = tuple[int, int]
 
@@ -79,7 +77,6 @@ _REPORT = (
     "projected_retained_backups_level retained_backups_limit"
 )
 
-VERSION: Final = "/api/version"
 BACKUPS: Final = "/api/backups"
 VIRTUAL_MACHINES: Final = "/api/virtual_machines"
 POLICIES: Final = "/api/policies"
@@ -152,33 +149,3 @@ def documented(path: str, name: str, version: Version | None) -> bool:
 
 def has_resource(path: str, version: Version | None) -> bool:
     return RESOURCE_SINCE.get(path, OLDEST) <= (version or NEWEST)
-
-
-def for_version(collection: Collection, version: Version | None) -> Collection:
-    """``collection`` asking only for the fields that ``version`` documents.
-
-    >>> hosts = Collection(HOSTS, "hosts", "host", ("id", "omnistack_cluster_id"))
-    >>> for_version(hosts, (1, 8)).fields
-    ('id',)
-    """
-    fields = tuple(name for name in collection.fields if documented(collection.path, name, version))
-    return collection if fields == collection.fields else replace(collection, fields=fields)
-
-
-def parse_versions(body: bytes) -> ControllerVersions:
-    """The body of ``GET /api/version``; :class:`DecodeError` if it is not a JSON object.
-
-    >>> parse_versions(b'{"REST_API_Version": "1.25", "SVTFS_Version": "5.3.1.284"}')
-    ControllerVersions(rest_api='1.25', svtfs='5.3.1.284')
-    """
-    document = decode_json(VERSION, body)
-    if not isinstance(document, dict):
-        raise DecodeError(f"{VERSION} answered with something else than an object")
-    return ControllerVersions(
-        _short(document.get("REST_API_Version")), _short(document.get("SVTFS_Version"))
-    )
-
-
-def _short(value: object) -> str:
-    """A version as a label value: text only, and short."""
-    return clean_text(value)[:40] if isinstance(value, str) else ""

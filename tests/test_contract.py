@@ -23,7 +23,14 @@ from jsonschema import Draft4Validator  # type: ignore[import-untyped,unused-ign
 from exporter import restapi
 from exporter.backups import BACKUPS
 from exporter.config import ControllerConfig, PollConfig, Secret
-from exporter.inventory import CLUSTERS, HOSTS, POLICIES, SCHEDULE_REPORT, VIRTUAL_MACHINES
+from exporter.inventory import (
+    CLUSTERS,
+    HOSTS,
+    POLICIES,
+    SCHEDULE_REPORT,
+    VERSION,
+    VIRTUAL_MACHINES,
+)
 from exporter.model import PageRequest
 from exporter.poller import ControllerPoller
 from exporter.scan import Collection, Scanner, sorting
@@ -105,7 +112,7 @@ class RecordingSource:
 
     def get_body(self, path: str) -> bytes:
         self.gets.append(path)
-        if path == restapi.VERSION:
+        if path == VERSION:
             return json.dumps({"REST_API_Version": self.version}).encode()
         return b"{}"
 
@@ -139,7 +146,7 @@ def test_every_request_of_a_poll_names_only_what_its_version_documents(
             assert field in properties, (page.path, field)
             assert since(definition, field) <= version, (page.path, field)
         assert PAGING | {name for name, _ in page.filters} <= set(entry["parameters"])
-    assert source.gets[0] == restapi.VERSION
+    assert source.gets[0] == VERSION
     assert (SCHEDULE_REPORT in source.gets) is (version >= (1, 11))
     for path in source.gets[1:]:
         assert path.removeprefix("/api") in CONTRACT["resources"], path

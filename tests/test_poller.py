@@ -16,7 +16,14 @@ from exporter.backups import BACKUPS, BackupRecordError
 from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig, Secret
 from exporter.exposition import Exposition
-from exporter.inventory import CLUSTERS, HOSTS, POLICIES, SCHEDULE_REPORT, VIRTUAL_MACHINES
+from exporter.inventory import (
+    CLUSTERS,
+    HOSTS,
+    POLICIES,
+    SCHEDULE_REPORT,
+    VERSION,
+    VIRTUAL_MACHINES,
+)
 from exporter.model import (
     REASONS,
     Cancelled,
@@ -28,7 +35,6 @@ from exporter.model import (
     ScheduleReport,
 )
 from exporter.poller import ControllerPoller, ControllerReader, Poller
-from exporter.restapi import VERSION
 from exporter.scan import Collection, Pace, PageSink, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
