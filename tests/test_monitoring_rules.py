@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
 import subprocess
 import sys
@@ -554,12 +555,10 @@ def _exported(version: str) -> str:
 
 
 NOW_EXPORTED = 1_700_000_000.0
-ALERT_INPUTS = (
-    "simplivity_vm_policy_scheduled",
-    "simplivity_vm_info",
-    "simplivity_host_policy_enabled",
-    "simplivity_vms",
-)
+
+
+def _promtool_value(value: float) -> str:
+    return {math.inf: "Inf", -math.inf: "-Inf"}.get(value, f"{value:g}")
 
 
 def _dashboard_expr(fragment: str) -> str:
@@ -587,11 +586,10 @@ def test_not_scheduled_the_hosts_panel_and_vm_counts_hold_on_real_shaped_series(
             + "{"
             + ", ".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             + "}",
-            "values": f"{sample.value:g}x90",
+            "values": f"{_promtool_value(sample.value)}+0x90",
         }
         for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name in ALERT_INPUTS
+        for sample in family.samples  # every series of the poll, as Prometheus would scrape it
     ]
     hosts = {s["series"] for s in input_series if "host_policy_enabled" in s["series"]}
     assert all('omnistack_cluster=""' not in series for series in hosts) is (version == "1.25")
@@ -621,6 +619,16 @@ def test_not_scheduled_the_hosts_panel_and_vm_counts_hold_on_real_shaped_series(
                                 'vm="no-rules-vm"}',
                                 "value": 1,
                             }
+                        ],
+                    },
+                    # The suspended host's own alert, with its cluster.
+                    {
+                        "expr": "count by (host, omnistack_cluster) ("
+                        + exprs["SimplivityHostPolicyDisabled"]
+                        + ")",
+                        "eval_time": "60m",
+                        "exp_samples": [
+                            {"labels": '{host="esx-02", omnistack_cluster="Boston DC"}', "value": 1}
                         ],
                     },
                     # The dashboard's "hosts with policy backups disabled", Boston DC selected.
