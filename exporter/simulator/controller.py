@@ -16,7 +16,17 @@ from types import TracebackType
 from typing import Final, Literal
 from urllib.parse import parse_qs
 
-from exporter.restapi import RULES, Version, documented
+from exporter.restapi import (
+    BACKUPS,
+    CLUSTERS,
+    HOSTS,
+    POLICIES,
+    RULES,
+    SCHEDULE_REPORT,
+    VIRTUAL_MACHINES,
+    Version,
+    documented,
+)
 from exporter.simulator.faults import Faults
 from exporter.simulator.federation import Federation, generate_federation
 from exporter.simulator.listing import Collection, Listings, answer_failure
@@ -44,12 +54,6 @@ from exporter.simulator.vocabulary import (
 log = logging.getLogger(__name__)
 
 _DEFAULT_SPEC: Final = FederationSpec()
-BACKUPS: Final = "/api/backups"
-VIRTUAL_MACHINES: Final = "/api/virtual_machines"
-POLICIES: Final = "/api/policies"
-HOSTS: Final = "/api/hosts"
-CLUSTERS: Final = "/api/omnistack_clusters"
-SCHEDULE_REPORT: Final = "/api/policies/policy_schedule_report"
 #: The OmniStack version an older controller (before SimpliVity 4.0: REST API before 1.14)
 #: reports.
 OLD_SVTFS: Final = "3.7.7.240"
