@@ -90,7 +90,7 @@ class WatchedClient:
         return self.inner.get(path)
 
     def read(self, collection: Collection, pages: PageSink) -> None:
-        if collection != BACKUPS:  # the inventory's listings come before, in the same poll
+        if collection.path != BACKUPS.path:  # the inventory's listings, in the same poll
             self.inner.read(collection, pages)
             return
         ledger = self.ledger
