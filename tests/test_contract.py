@@ -178,10 +178,7 @@ def strict_schema(definition: str) -> dict[str, Any]:
     return {"definitions": definitions, "$ref": f"#/definitions/{definition}"}
 
 
-SIMULATED = [(1, 0), (1, 3), (1, 4), (1, 8), (1, 9), (1, 10), (1, 11), (1, 13), (1, 14), (1, 25)]
-
-
-@pytest.mark.parametrize("version", SIMULATED, ids=label)
+@pytest.mark.parametrize("version", VERSIONS, ids=label)
 def test_every_object_the_simulator_serves_is_hpes_for_its_version(
     version: tuple[int, int], start_simulator: Starter
 ) -> None:
