@@ -84,8 +84,15 @@ VIRTUAL_MACHINES = Collection(
     alongside=True,
     orders=("id", "-created_at"),
 )
+#: Policies, hosts and clusters are few: a controller that will not sort them by id is asked
+#: for the whole listing in one page.
 POLICIES = Collection(
-    "/api/policies", key="policies", item="policy", fields=("id", "name", "rules"), alongside=True
+    "/api/policies",
+    key="policies",
+    item="policy",
+    fields=("id", "name", "rules"),
+    alongside=True,
+    orders=("id", ""),
 )
 HOSTS = Collection(
     "/api/hosts",
@@ -94,6 +101,7 @@ HOSTS = Collection(
     # A host has no omnistack_cluster_name (HPE's schema): CLUSTERS names its cluster's id.
     fields=("id", "name", "omnistack_cluster_id", "policy_enabled"),
     alongside=True,
+    orders=("id", ""),
 )
 #: The OmniStack clusters' names, by id: a few records, for the hosts'.
 CLUSTERS = Collection(
@@ -102,6 +110,7 @@ CLUSTERS = Collection(
     item="OmniStack cluster",
     fields=("id", "name"),
     alongside=True,
+    orders=("id", ""),
 )
 #: REST API 1.11 and later; an older controller answers it with an error status.
 SCHEDULE_REPORT = "/api/policies/policy_schedule_report"

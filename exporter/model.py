@@ -82,6 +82,10 @@ class DecodeError(SimplivityError):
     reason = "decode"
 
 
+class OrderError(DecodeError):
+    """A page not in the order asked for: the controller ignored ``sort``."""
+
+
 class Cancelled(Exception):
     """The exporter is shutting down; the scan was abandoned (not a controller failure)."""
 

@@ -35,8 +35,10 @@ from exporter.model import (
     Cancelled,
     DecodeError,
     HTTPStatusError,
+    OrderError,
     PageRequest,
     RecordError,
+    SimplivityError,
     decode_json,
 )
 
@@ -48,6 +50,9 @@ SORT_FIELD = "id"
 MIN_PAGE_SIZE = 100
 #: How much larger pages get after a read that got a whole page without a 504.
 PAGE_SIZE_STEP = 100
+#: What every record of an unsorted listing is placed by: all tie, so its pages must hold it
+#: whole.
+UNSORTED = "*"
 #: The largest ``limit`` the API documents.
 MAX_LIMIT = 5000
 #: How many problems with unreadable records a page, or a poll, describes (the count is exact).
@@ -66,8 +71,9 @@ class Collection:
     the setting that sets it (``max_records_setting``): a controller that says it holds more
     fails the scan at its first page instead of being paged through for hours.
 
-    ``orders``: the fields it may be paged in (``-`` first: descending), the first preferred:
-    a controller that refuses one (400) is paged in the next, remembered by the scanner.
+    ``orders``: the fields it may be paged in (``-`` first: descending; ``""``: no sort, for a
+    listing a page can hold), the first preferred: a controller that refuses one (400), or
+    ignores it, is paged in the next, remembered by the scanner.
     ``id`` is unique; in any other order (``-created_at``) records may tie, and their order
     among themselves may change from one request to the next (:class:`PageCounter` copes).
     Newest first suits a listing that grows at its newest end and expires at its oldest: what
@@ -281,7 +287,7 @@ def _parse_page(
     previous: str | None = None
     for entry in items:
         item_id = entry.get("id") if isinstance(entry, dict) else None
-        value = entry.get(field) if isinstance(entry, dict) else None
+        value = (entry.get(field) if field else UNSORTED) if isinstance(entry, dict) else None
         if not (isinstance(item_id, str) and item_id and isinstance(value, str) and value):
             keys.append(None)
             continue
@@ -289,7 +295,7 @@ def _parse_page(
             (value > previous if descending else value < previous) or (unique and value == previous)
         ):
             how = " descending" if descending else ""
-            raise DecodeError(f"{path} did not return {key} sorted by {field}{how}")
+            raise OrderError(f"{path} did not return {key} sorted by {field}{how}")
         previous = value
         keys.append((value, item_id))
     return count, limit, items, keys
@@ -310,10 +316,11 @@ def _unplaceable(collection: Collection, entry: object, position: int, order: st
 
 
 def sorting(order: str) -> tuple[str, bool]:
-    """An entry of :attr:`Collection.orders` as the field to sort by, and whether descending.
+    """An entry of :attr:`Collection.orders` as the field to sort by ("": none), and whether
+    descending.
 
-    >>> sorting("-created_at"), sorting("id")
-    (('created_at', True), ('id', False))
+    >>> sorting("-created_at"), sorting("id"), sorting("")
+    (('created_at', True), ('id', False), ('', False))
     """
     return order.removeprefix("-"), order.startswith("-")
 
@@ -469,7 +476,14 @@ class Scanner:
                     # is never left with fewer requests than it may take while we count.
                     step = _step(self._limit(read))
                     self._prefetch(pending, offset + step, step, count, fetch)
-                page = pages.count(offset, body, read.order)
+                try:
+                    page = pages.count(offset, body, read.order)
+                except OrderError as err:
+                    # The first page, sorted otherwise: the controller ignored the sort.
+                    if read.counted or not self._refused(read, False, err, "ignored"):
+                        raise
+                    self._cancel(pending)
+                    continue
                 read.counted = True
                 del body
                 counted += page.counted
@@ -601,7 +615,7 @@ class Scanner:
                 offset,
                 limit,
                 fields,
-                field,
+                field or None,
                 "descending" if descending else "ascending",
                 filters=collection.filters,
             )
@@ -618,10 +632,13 @@ class Scanner:
                 else:
                     self._shrink_pages(limit)
 
-    def _refused(self, read: _Read, fields: bool, err: HTTPStatusError) -> bool:
-        """Whether to ask again after a 400: without ``fields=``, or (before anything was
-        counted) in the collection's next order. The sort first if the answer names it (HPE
-        documents a 400 for an unknown sort field), else the fields, the likelier culprit.
+    def _refused(
+        self, read: _Read, fields: bool, err: SimplivityError, how: str = "refused"
+    ) -> bool:
+        """Whether to ask again after a 400, or a first page in another order than asked:
+        without ``fields=``, or (before anything was counted) in the collection's next order.
+        The sort first if the answer names it (HPE documents a 400 for an unknown sort field),
+        else the fields, the likelier culprit.
 
         What a controller does with a field it does not know is undocumented; a 400 is the
         likely answer. Whole records are larger pages, the same counts.
@@ -639,6 +656,8 @@ class Scanner:
                 field, descending = sorting(other)
                 what = f"sort={refused}"
                 now = f"sorting by {field}{' (newest first)' if descending else ''}"
+                if not field:
+                    now = "asking without a sort, for the whole listing in one page"
             elif fields:
                 if collection.path in self._refused_fields:
                     return True  # another page's 400 said it already
@@ -647,9 +666,10 @@ class Scanner:
             else:
                 return False
         log.warning(
-            "controller %s: %s refused %s (%s); %s from now on",
+            "controller %s: %s %s %s (%s); %s from now on",
             self._name,
             collection.path,
+            how,
             what,
             err,
             now,

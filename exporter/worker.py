@@ -44,7 +44,7 @@ from typing import IO, Any
 from exporter import logs
 from exporter.backups import BackupScan, LocalBackupScan
 from exporter.memory import keep_large_buffers_off_the_heap
-from exporter.model import BackupSnapshot, DecodeError
+from exporter.model import BackupSnapshot, DecodeError, OrderError
 from exporter.scan import SORT_FIELD, PageOutcome
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ class DecodingWorker:
                 self._stop_process()  # half a conversation: the next answer would be this one's
                 raise
             answered_by = self.starts
+        if status == "order":
+            raise OrderError(value)
         if status == "error":
             raise DecodeError(value)
         return value, answered_by
@@ -288,6 +290,8 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
             return
         try:
             answer: tuple[str, Any] = ("ok", _answer(scans, request, body))
+        except OrderError as err:  # the scanner may ask again in another order
+            answer = ("order", str(err))
         except DecodeError as err:
             answer = ("error", str(err))
         except Exception as err:  # a bug: say so on stderr, keep serving the other scans

@@ -159,6 +159,8 @@ def test_every_order_a_listing_may_fall_back_to_is_documented_in_every_version(
     definition = resource(collection.path)["definition"]
     for order in collection.orders:
         field, _ = sorting(order)
+        if not field:
+            continue  # no sort at all
         assert field in CONTRACT["definitions"][definition]["properties"], order
         assert since(definition, field) == restapi.OLDEST, order
         assert field in collection.fields or field == "id", order  # stitched by its value

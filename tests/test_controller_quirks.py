@@ -341,6 +341,47 @@ def test_an_html_page_instead_of_json_is_named_not_quoted(start_simulator: Start
 # --- a controller that refuses a field it does not document ----------------------------------
 
 
+@pytest.mark.parametrize("how", ["refused", "ignored"])
+def test_a_controller_that_refuses_or_ignores_sort_by_id_is_paged_newest_first(
+    start_simulator: Start, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=1500, vms=50, seed=5))
+    if how == "refused":
+        simulator.faults.refused_sorts = frozenset({"id"})
+    else:  # served by name, descending (the default order)
+        simulator.faults.ignored_sorts = frozenset({"id"})
+    poller = poller_for(simulator, page_size=100, max_concurrency=3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="exporter.scan"):
+            first, second = poll(poller), poll(poller)
+    finally:
+        poller.close()
+    assert backups_of(first) == backups_of(second) == expected(simulator)
+    said = [r.getMessage() for r in caplog.records if "sort=id" in r.getMessage()]
+    # Once per listing (not per poll): backups and VMs newest first, the small listings
+    # (policies, hosts, clusters; an ignored sort goes unseen where by chance it did not
+    # matter) unsorted in one page.
+    by_path = Counter(message.split()[2] for message in said)
+    assert set(by_path.values()) == {1}, said
+    assert (
+        {"/api/backups", "/api/virtual_machines"}
+        <= set(by_path)
+        <= {
+            "/api/backups",
+            "/api/virtual_machines",
+            "/api/policies",
+            "/api/hosts",
+            "/api/omnistack_clusters",
+        }
+    )
+    for message in said:
+        assert f" {how} sort=id" in message
+        newest_first = "created_at (newest first)" in message
+        assert newest_first is ("/api/backups" in message or "/api/virtual_machines" in message)
+    pages = simulator.stats.snapshot().pages_per_path
+    assert len(pages["/api/backups"]) >= 15
+
+
 def test_a_field_the_controller_refuses_is_dropped_and_the_poll_succeeds(
     start_simulator: Start, caplog: pytest.LogCaptureFixture
 ) -> None:

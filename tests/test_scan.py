@@ -91,7 +91,9 @@ class Listing:
                 raise HTTPStatusError(f"{page.path} answered HTTP 504", 504)
             for _ in range(self.churn):
                 self._change()
-            if page.sort == "created_at":
+            if page.sort is None:  # no order asked: none kept from one request to the next
+                order = sorted(self.items, key=lambda k: self.rng.random())
+            elif page.sort == "created_at":
                 shuffled = {key: self.rng.random() for key in self.items}
                 order = sorted(self.items, key=lambda k: (self.created[k], shuffled[k]))
                 if page.order == "descending":
@@ -247,6 +249,23 @@ def test_a_refused_sort_or_fields_is_asked_otherwise_remembered_and_said_once(
     assert all("/api/virtual_machines refused" in message for message in said)
     if refused != "fields":
         assert any("sort=id" in m and "created_at (newest first)" in m for m in said)
+
+
+def test_a_listing_read_unsorted_is_read_whole_in_one_page_or_fails_in_words() -> None:
+    few = replace(VMS, orders=("id", ""))
+    listing = Listing(250, refused=frozenset({"id"}))
+    ids: list[str] = []
+    scanner = Scanner(listing, page_size=100, max_concurrency=1)
+    try:
+        scanner.read(few, PageCounter(few, lambda item: ids.append(item["id"])))
+        assert sorted(ids) == sorted(listing.items)
+        unsorted = [page for page in listing.requests if page.sort is None]
+        assert [(page.offset, page.limit) for page in unsorted] == [(0, 100), (0, 200), (0, 400)]
+        listing.cap = 100  # the controller will not serve a page that holds it whole
+        with pytest.raises(DecodeError, match="than a page of 100 holds"):
+            scanner.read(few, PageCounter(few, lambda item: None))
+    finally:
+        scanner.close()
 
 
 def test_a_short_page_is_an_error_in_the_collections_own_words() -> None:

@@ -13,7 +13,7 @@ import json
 import random
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from exporter.restapi import Version, documented
@@ -109,6 +109,8 @@ class Listings:
                 self._check_documented(ex.path, query.fields or (), query.sort)
             if query.sort in self.faults.refused_sorts:
                 raise BadRequest(f"Invalid sort field '{query.sort}'", INVALID_SORT)
+            if query.sort in self.faults.ignored_sorts:
+                query = replace(query, sort="name", descending=True)
         except BadRequest as e:
             ex.error(400, e.exception, str(e))
             return
