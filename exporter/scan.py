@@ -157,19 +157,19 @@ class PageCounter:
 
         ``offset`` is where the page was asked for: the first page (offset 0) needs no overlap.
         """
-        total, limit, items, keys = _parse_page(self._collection, body, order)
+        total, limit, items, values, ids = _parse_page(self._collection, body, order)
         unique = order == SORT_FIELD
         _, descending = sorting(order)
-
-        def precedes(a: str, b: str) -> bool:
-            return a > b if descending else a < b
-
         last = self._last
-        first = next((key for key in keys if key is not None), None)
+        first = next((value for value in values if value is not None), None)
         if (
             offset > 0
             and last is not None
-            and (first is None or precedes(last, first[0]) or (not unique and first[0] == last))
+            and (
+                first is None
+                or (first < last if descending else first > last)
+                or (not unique and first == last)
+            )
         ):
             return PageOutcome(total, len(items), 0, overlap_lost=True, limit=limit)
         counted = unreadable = 0
@@ -180,8 +180,8 @@ class PageCounter:
         # only then can a record without an id be new.
         after_last = last is None
         sink = self._sink
-        for index, key in enumerate(keys):
-            if key is None:
+        for index, value in enumerate(values):
+            if value is None:
                 if not after_last:
                     continue  # before the last record counted: counted already
                 run += 1
@@ -194,17 +194,18 @@ class PageCounter:
                         _unplaceable(self._collection, items[index], offset + index, order)
                     )
                 continue
-            value, item_id = key
             last_placed, run = index, 0
             if last is not None and (
-                precedes(value, last) or (value == last and item_id in at_last)
+                (value > last if descending else value < last)
+                or (value == last and (unique or ids[index] in at_last))
             ):
                 after_last = value == last
                 continue
-            if value != last:
-                last, at_last = value, set()
-            at_last.add(item_id)
-            after_last, tail = True, 0
+            if not unique:  # ties: the ids counted at this value (in id order, the value)
+                if value != last:
+                    at_last = set()
+                at_last.add(str(ids[index]))
+            last, after_last, tail = value, True, 0
             try:
                 sink(items[index])
             except RecordError as err:
@@ -215,12 +216,14 @@ class PageCounter:
                 counted += 1
         if not unique and last_placed >= 0:
             # The next page starts before the last value, so that it holds all of its ties.
-            end = keys[last_placed]
+            end = values[last_placed]
             last_placed = next(
                 (
                     i
                     for i in range(last_placed, -1, -1)
-                    if (k := keys[i]) and end and precedes(k[0], end[0])
+                    if (v := values[i]) is not None
+                    and end is not None
+                    and (v > end if descending else v < end)
                 ),
                 -1,
             )
@@ -269,9 +272,10 @@ class _Tallied:
 
 def _parse_page(
     collection: Collection, body: bytes, order: str
-) -> tuple[int, int | None, list[Any], list[tuple[str, str] | None]]:
-    """The count, the limit applied (if said), the records, and their place in ``order``:
-    (the value of that field, the id), or None when the record has no place."""
+) -> tuple[int, int | None, list[Any], list[str | None], list[str | None]]:
+    """The count, the limit applied (if said), the records, their place in ``order`` (the
+    value of that field; None: the record has no place) and their ids (in id order, the same
+    list)."""
     path, key = collection.path, collection.key
     document = decode_json(path, body)
     count = document.get("count") if isinstance(document, dict) else None
@@ -283,22 +287,30 @@ def _parse_page(
         limit = None  # not said (or not usable): the limit asked for applies
     unique = order == SORT_FIELD
     field, descending = sorting(order)
-    keys: list[tuple[str, str] | None] = []
-    previous: str | None = None
+    values: list[str | None] = []
+    ids: list[str | None] = values if unique else []
+    previous = ""
     for entry in items:
         item_id = entry.get("id") if isinstance(entry, dict) else None
-        value = (entry.get(field) if field else UNSORTED) if isinstance(entry, dict) else None
-        if not (isinstance(item_id, str) and item_id and isinstance(value, str) and value):
-            keys.append(None)
+        if not isinstance(item_id, str) or not item_id:
+            values.append(None)
+            if not unique:
+                ids.append(None)
             continue
-        if previous is not None and (
+        value = item_id if unique else entry.get(field) if field else UNSORTED
+        if not unique:
+            ids.append(item_id)
+            if not isinstance(value, str) or not value:
+                values.append(None)
+                continue
+        if previous and (
             (value > previous if descending else value < previous) or (unique and value == previous)
         ):
             how = " descending" if descending else ""
             raise OrderError(f"{path} did not return {key} sorted by {field}{how}")
         previous = value
-        keys.append((value, item_id))
-    return count, limit, items, keys
+        values.append(value)
+    return count, limit, items, values, ids
 
 
 def _unplaceable(collection: Collection, entry: object, position: int, order: str) -> str:
