@@ -35,7 +35,7 @@ from exporter.model import PageRequest
 from exporter.poller import ControllerPoller
 from exporter.scan import Collection, Scanner, sorting
 from exporter.simulator import FederationSpec, SimulatedController
-from tests.snapshots import listing_body
+from tests.snapshots import NoPollLimits, listing_body
 
 CONTRACT = json.loads(
     (Path(__file__).parent / "data" / "hpe" / "contract.json").read_text(encoding="utf-8")
@@ -95,7 +95,7 @@ def test_hosts_have_no_cluster_name_and_their_cluster_id_came_with_1_9() -> None
 # -- what the exporter asks --------------------------------------------------------------------
 
 
-class RecordingSource:
+class RecordingSource(NoPollLimits):
     """A controller of one REST API version that records every request a poll sends."""
 
     def __init__(self, version: str) -> None:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from exporter.model import DecodeError, HTTPStatusError, PageRequest, RecordError
 from exporter.scan import Collection, Pace, PageCounter, RecordTally, Scanner
+from tests.snapshots import NoPollLimits
 
 VMS = Collection(
     "/api/virtual_machines",
@@ -33,7 +34,7 @@ VMS = Collection(
 ORDERS = ["id", "-created_at"]
 
 
-class Listing:
+class Listing(NoPollLimits):
     """A collection held in memory, sorted as asked, that changes a little at every request.
 
     Sorted by id, or by ``created_at``: records tie there (a few to a second), and their order
