@@ -33,6 +33,8 @@ FORBIDDEN = {
     "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "worker": {"simplivity", "poller", "web", "app", "cli"},
     "app": {"cli"},
+    # The HTTP server serves any callable: it knows nothing of the exporter.
+    "httpserver": {"*"},
 }
 
 

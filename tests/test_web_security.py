@@ -66,6 +66,7 @@ class StubApp:
     """The exporter's side of the web layer, recording what the handlers asked of it."""
 
     reloads: list[None] = field(default_factory=list)
+    lifecycle: bool = True
 
     def web_app(self) -> WebApp:
         return WebApp(
@@ -73,6 +74,7 @@ class StubApp:
             statuses=lambda: [],
             ready=lambda: True,
             reload=self.reload,
+            lifecycle=self.lifecycle,
         )
 
     def reload(self) -> tuple[bool, str]:

@@ -243,6 +243,7 @@ class StubApp:
     gate: threading.Event = field(default_factory=threading.Event)
     rendering: list[None] = field(default_factory=list)
     reloads: list[None] = field(default_factory=list)
+    lifecycle: bool = True
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -253,6 +254,7 @@ class StubApp:
             statuses=lambda: [],
             ready=lambda: True,
             reload=self.reload,
+            lifecycle=self.lifecycle,
         )
 
     def render(self, gzipped: bool) -> bytes:
