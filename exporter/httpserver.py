@@ -512,13 +512,18 @@ class HTTPServer:
             self._wake_writer.send(b"\0")
 
     def _log_error(self, doing: str, connection: _Connection) -> None:
-        """Log the exception being handled: its traceback the first time, one line after."""
+        """Log the exception being handled: as an error once per kind, then at debug level
+        (a client that can provoke it must not be able to flood the log)."""
         kind = f"{doing}:{_exception_kind()}"
         if kind in self._errors_seen:
-            log.error("error while %s %s (seen before)", doing, connection.host, exc_info=False)
+            log.debug("error while %s %s", doing, connection.host, exc_info=True)
             return
         self._errors_seen.add(kind)
-        log.exception("error while %s %s (the traceback once per kind)", doing, connection.host)
+        log.exception(
+            "error while %s %s (logged once per kind of error, then at debug level)",
+            doing,
+            connection.host,
+        )
 
     # --- the workers and the password checker -------------------------------------------------
 
