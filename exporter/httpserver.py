@@ -195,7 +195,7 @@ class HTTPServer:
         self._held: dict[_Connection, None] = {}
         self._handshakes: dict[_Connection, None] = {}
         self._work: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()
-        self._checks: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()
+        self._checks: queue.SimpleQueue[_Check | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0  # being answered, or waiting for a worker
         self._checking = 0  # waiting for, or in, a password check
@@ -286,21 +286,27 @@ class HTTPServer:
                 elif key.fileobj is self._wake_reader:
                     with contextlib.suppress(OSError):
                         self._wake_reader.recv(4096)
+                elif key.data.output:
+                    self._safely(self._write, selector, key.data)
                 else:
-                    connection = key.data
-                    try:
-                        if connection.output:
-                            self._write(selector, connection)
-                        else:
-                            self._read(selector, connection)
-                    except Exception:  # a bug costs one connection, not the server
-                        self._log_error("serving", connection)
-                        self._drop(selector, connection)
+                    self._safely(self._read, selector, key.data)
             self._take_back(selector)
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + _TICK_SECONDS
                 self._expire(selector, now)
+
+    def _safely(
+        self,
+        step: Callable[[selectors.BaseSelector, _Connection], None],
+        selector: selectors.BaseSelector,
+        connection: _Connection,
+    ) -> None:
+        try:
+            step(selector, connection)
+        except Exception:  # a bug costs one connection, not the server
+            self._log_error("serving", connection)
+            self._drop(selector, connection)
 
     def _accept(self, selector: selectors.BaseSelector) -> None:
         for _ in range(64):  # then serve the connections already held
@@ -429,8 +435,7 @@ class HTTPServer:
                 connection.deadline = connection.not_before + self.write_timeout
                 continue
             connection.deadline = now + self.write_timeout
-            selector.register(connection.sock, selectors.EVENT_WRITE, connection)
-            self._write(selector, connection)
+            self._safely(self._write, selector, connection)
 
     def _write(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         sock = connection.sock
@@ -481,8 +486,7 @@ class HTTPServer:
                 self._drop(selector, connection)
             elif connection.output and 0 < connection.not_before <= now:
                 connection.not_before = 0.0
-                self._watch(selector, connection, selectors.EVENT_WRITE)
-                self._write(selector, connection)
+                self._safely(self._write, selector, connection)
         if self._accept_paused:
             self._accept_paused = False
             selector.register(self._listener, selectors.EVENT_READ)
@@ -569,7 +573,8 @@ class HTTPServer:
             else:
                 verdict = Verdict.DENY  # checked, and wrong
             if verdict is Verdict.CHECK:
-                if self._hand_to_checker(connection, authorizer):
+                authorization = request.headers.get("Authorization")
+                if self._hand_to_checker(connection, authorizer, authorization):
                     return None
                 message = "Too many password checks at once; try again."
                 busy = _page(HTTPStatus.SERVICE_UNAVAILABLE, message)
@@ -617,37 +622,34 @@ class HTTPServer:
             return [memoryview(head_bytes)]
         return [memoryview(head_bytes), memoryview(response.body)]
 
-    def _hand_to_checker(self, connection: _Connection, authorizer: Authorizer) -> bool:
+    def _hand_to_checker(
+        self, connection: _Connection, authorizer: Authorizer, authorization: str | None
+    ) -> bool:
         with self._lock:
             if self._checking >= self.auth_queue_size:
                 return False
             self._checking += 1
-        connection.authorizer = authorizer
-        self._checks.put(connection)
+        self._checks.put((connection, authorizer, authorization))
         return True
 
     def _check_passwords(self) -> None:
-        """Run the slow checks, then queue the request again, its verdict known."""
-        while (connection := self._checks.get()) is not None:
+        """Run the slow checks, then queue each request again, its verdict known."""
+        while (check := self._checks.get()) is not None:
+            connection, authorizer, authorization = check
             try:
-                parsed = _parse(connection.head)
-                authorization = (
-                    None if isinstance(parsed, _Error) else parsed.headers.get("Authorization")
-                )
-                assert connection.authorizer is not None
-                connection.verdict = connection.authorizer.check(authorization, connection.host)
+                connection.verdict = authorizer.check(authorization, connection.host)
             except Exception:
                 self._log_error("checking the password of", connection)
                 connection.verdict = False
             finally:
-                connection.authorizer = None
                 with self._lock:
                     self._checking -= 1
-                    self._pending += 1  # admitted before: not refused now
             if self._stop.is_set():
                 _close(connection)
-            else:
-                self._work.put(connection)
+                continue
+            with self._lock:
+                self._pending += 1  # admitted before: not refused now
+            self._work.put(connection)
 
 
 @dataclass(eq=False)
@@ -666,11 +668,14 @@ class _Connection:
     close_after: bool = False  # once the output is written
     not_before: float = 0.0  # monotonic: a late refusal is written from then on
     verdict: bool | None = None  # the password check's, for the request in ``head``
-    authorizer: Authorizer | None = None  # the one asked to check it
 
     @property
     def host(self) -> str:
         return str(self.peer[0])
+
+
+# A request whose credentials wait for a check: by whom, and what it sent.
+_Check = tuple[_Connection, Authorizer, str | None]
 
 
 def _close(connection: _Connection) -> None:
