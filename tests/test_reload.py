@@ -299,3 +299,22 @@ def test_a_bad_web_config_refuses_the_whole_reload_and_a_good_one_applies_both(
     assert ok, message
     assert applied == [config]
     assert reloader.state.reload_successful
+
+
+def test_reload_over_http_is_closed_without_the_lifecycle_flag(
+    tmp_path: Path, controllers: dict[str, SimulatedController]
+) -> None:
+    """As in Prometheus: POST /-/reload is refused unless --web.enable-lifecycle; SIGHUP works."""
+    a, b = controllers["a"], controllers["b"]
+    config = write_config(tmp_path / "config.yaml", {"ca": a}, poll=POLL)
+    with ExporterProcess(
+        "--config.file", str(config), log_path=tmp_path / "exporter.log"
+    ) as exporter:
+        scraped_until(exporter, has("ca", a), "the first poll")
+        write_config(config, {"ca": a, "cb": b}, poll=POLL)
+        assert exporter.get("/-/reload", method="POST") == (403, b"Lifecycle API is not enabled.\n")
+        assert exporter.get("/-/reload")[0] == 405
+        assert "reloaded" not in exporter.log()
+        assert exporter.scrape().controllers() == {"ca"}
+        Reload(exporter, "SIGHUP")()
+        scraped_until(exporter, has("cb", b), "the reload by SIGHUP")

@@ -248,6 +248,32 @@ def test_the_right_password_gets_200_on_every_path(
     assert '"GET /metrics HTTP/1.1" 200' in caplog.text  # the secrets grep covers request logs
 
 
+def test_reload_needs_post_and_the_lifecycle_flag(pki: PKI) -> None:
+    context = client_context(pki)
+    for lifecycle in (False, True):
+        app = StubApp(lifecycle=lifecycle)
+        server = ExporterServer(
+            ("127.0.0.1", 0), app.web_app(), load_web_config(web_config_file(pki))
+        )
+        server.serve_in_background()
+        try:
+            port = int(server.server_address[1])
+            for method in ("GET", "HEAD", "PUT", "DELETE"):
+                answer = request(port, "/-/reload", context, GOOD, method)
+                assert (method, answer.status, answer.headers["Allow"]) == (method, 405, "POST")
+            answer = request(port, "/-/reload", context, GOOD, "POST")
+            if lifecycle:
+                assert (answer.status, answer.body) == (200, b"reloaded\n")
+            else:
+                assert (answer.status, answer.body) == (403, b"Lifecycle API is not enabled.\n")
+            assert len(app.reloads) == int(lifecycle)
+            answer = request(port, "/metrics", context, GOOD, "POST")
+            assert (answer.status, answer.headers["Allow"]) == (405, "GET, HEAD")
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
 def test_repeated_scrapes_check_the_password_once(pki: PKI, serve: Serve) -> None:
     calls: list[None] = []
 
