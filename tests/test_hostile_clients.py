@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from exporter.web import ExporterServer, WebApp
 from exporter.webconfig import AUTH_FAILURE_BUDGET, PasswordChecker, WebConfig, load_web_config
 from tests.conftest import wait_until
+from tests.live_exporter import serving_app
 from tests.pki import PKI, client_context, make_pki
 
 PASSWORD = "s3cret-scrape-password"
@@ -92,13 +93,8 @@ def _no() -> tuple[bool, str]:
 
 @contextmanager
 def serving(config: WebConfig, body: bytes = METRICS, **options: Any) -> Iterator[ExporterServer]:
-    server = ExporterServer(("127.0.0.1", 0), Counter(body).app(), config, **options)
-    server.serve_in_background()
-    try:
+    with serving_app(Counter(body).app(), config, **options) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(autouse=True)
@@ -203,9 +199,7 @@ def test_an_answer_that_raises_costs_its_connection_never_a_worker(
         return METRICS
 
     app = WebApp(render_metrics=render, statuses=lambda: [], ready=lambda: True, reload=_no)
-    server = ExporterServer(("127.0.0.1", 0), app, web_config(pki, tls=False), workers=2)
-    server.serve_in_background()
-    try:
+    with serving_app(app, web_config(pki, tls=False), workers=2) as server:
         for _ in range(4 * server.workers):
             sock = connect(server)
             sock.sendall(f"GET /metrics HTTP/1.1\r\nAuthorization: {GOOD}\r\n\r\n".encode())
@@ -215,9 +209,6 @@ def test_an_answer_that_raises_costs_its_connection_never_a_worker(
         wait_until(lambda: server.pending == 0, 5, "every slot given back")
         failing[0] = False
         assert scrape(server, None, timeout=5) == (200, METRICS)  # the workers are all there
-    finally:
-        server.shutdown()
-        server.server_close()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1  # once per kind of error: a client cannot flood the log
     assert errors[0].exc_info is not None

@@ -30,7 +30,7 @@ import pytest
 from exporter.web import ExporterServer, WebApp, accepts_gzip
 from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import wait_until
-from tests.live_exporter import ExporterProcess
+from tests.live_exporter import ExporterProcess, serving_app
 from tests.pki import PKI, client_context, make_pki
 
 METRICS = b"# HELP simplivity_up Whether the last poll succeeded.\nsimplivity_up 1\n" * 50
@@ -271,13 +271,8 @@ class StubApp:
 def serving(
     app: StubApp | None = None, web_config: WebConfig | None = None, **options: Any
 ) -> Iterator[ExporterServer]:
-    server = ExporterServer(("127.0.0.1", 0), (app or StubApp()).web_app(), web_config, **options)
-    server.serve_in_background()
-    try:
+    with serving_app((app or StubApp()).web_app(), web_config, **options) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def connect(server: ExporterServer) -> socket.socket:
