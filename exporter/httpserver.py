@@ -555,46 +555,47 @@ class HTTPServer:
         True to give the connection back to the serving thread, False to close it, None when
         a password check has taken it.
         """
-        settings = self.settings
-        checked, connection.verdict = connection.verdict, None
         parsed = _parse(connection.head)
         if isinstance(parsed, _Error):
             page = _page(parsed.status, parsed.message)
             return self._answered(connection, page, "", head=False, close=True)
         path = parsed.path.split("?", 1)[0]
         request = Request(parsed.command, path, parsed.headers, connection.host)
-        line = parsed.requestline
-        head = request.method == "HEAD"
+        line, head = parsed.requestline, request.method == "HEAD"
         close = parsed.close_connection or not _skip_body(connection, request.headers)
-        authorizer = settings.authorizer
-        if authorizer is not None and checked is not True:
-            if checked is None:
-                verdict = authorizer.verdict(request.headers.get("Authorization"), request.client)
-            else:
-                verdict = Verdict.DENY  # checked, and wrong
-            if verdict is Verdict.CHECK:
-                authorization = request.headers.get("Authorization")
-                if self._hand_to_checker(connection, authorizer, authorization):
-                    return None
-                message = "Too many password checks at once; try again."
-                busy = _page(HTTPStatus.SERVICE_UNAVAILABLE, message)
-                return self._answered(connection, busy, line, head=head, close=True)
-            if verdict is not Verdict.ALLOW:
-                if verdict is Verdict.DENY_LATER:
-                    connection.not_before = time.monotonic() + authorizer.penalty_seconds
-                refusal = Response(
-                    HTTPStatus.UNAUTHORIZED,
-                    b"Unauthorized.\n",
-                    headers={"WWW-Authenticate": settings.challenge},
-                )
-                return self._answered(connection, refusal, line, head=head, close=close)
-        try:
-            response = self.respond(request)
-        except Exception:
-            self._log_error("answering", connection)
-            response = _page(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error.")
-            close = True
+        response = self._authorize(connection, request)
+        if response is _CHECKING:
+            return None
+        if response is None:
+            try:
+                response = self.respond(request)
+            except Exception:
+                self._log_error("answering", connection)
+                response = _page(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error.")
+                close = True
         return self._answered(connection, response, line, head=head, close=close)
+
+    def _authorize(self, connection: _Connection, request: Request) -> Response | None:
+        """None if the request may be answered, else its refusal, or :data:`_CHECKING` when
+        its credentials have gone to the password checker."""
+        checked, connection.verdict = connection.verdict, None
+        authorizer = self.settings.authorizer
+        if authorizer is None or checked is True:
+            return None
+        authorization = request.headers.get("Authorization")
+        verdict = Verdict.DENY  # checked, and wrong
+        if checked is None:
+            verdict = authorizer.verdict(authorization, request.client)
+        if verdict is Verdict.CHECK:
+            if self._hand_to_checker(connection, authorizer, authorization):
+                return _CHECKING
+            return _page(HTTPStatus.SERVICE_UNAVAILABLE, "Too many password checks; try again.")
+        if verdict is Verdict.ALLOW:
+            return None
+        if verdict is Verdict.DENY_LATER:
+            connection.not_before = time.monotonic() + authorizer.penalty_seconds
+        challenge = {"WWW-Authenticate": self.settings.challenge}
+        return Response(HTTPStatus.UNAUTHORIZED, b"Unauthorized.\n", headers=challenge)
 
     def _answered(
         self, connection: _Connection, response: Response, line: str, *, head: bool, close: bool
@@ -674,6 +675,8 @@ class _Connection:
         return str(self.peer[0])
 
 
+#: What :meth:`HTTPServer._authorize` returns for a request whose password is being checked.
+_CHECKING = Response(HTTPStatus.PROCESSING)
 # A request whose credentials wait for a check: by whom, and what it sent.
 _Check = tuple[_Connection, Authorizer, str | None]
 

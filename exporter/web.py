@@ -22,10 +22,11 @@ from http import HTTPStatus
 from typing import Any
 
 from exporter import __version__
+from exporter.basicauth import BASIC_AUTH_CHALLENGE
 from exporter.httpserver import HTTPServer, Request, Response, ServerSettings
 from exporter.model import ControllerSnapshot, ControllerStatus
 from exporter.protection import AT_RISK_STATUSES, SEVERITY
-from exporter.webconfig import BASIC_AUTH_CHALLENGE, WebConfig
+from exporter.webconfig import WebConfig
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")

@@ -25,8 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exporter.basicauth import AUTH_FAILURE_BUDGET, PasswordChecker
 from exporter.web import ExporterServer, WebApp
-from exporter.webconfig import AUTH_FAILURE_BUDGET, PasswordChecker, WebConfig, load_web_config
+from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import wait_until
 from tests.live_exporter import serving_app
 from tests.pki import PKI, client_context, make_pki

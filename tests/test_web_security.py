@@ -23,8 +23,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from exporter.basicauth import PasswordChecker
 from exporter.web import ExporterServer, WebApp
-from exporter.webconfig import PasswordChecker, load_web_config
+from exporter.webconfig import load_web_config
 from tests.logfmt import parse_line
 from tests.pki import PKI, client_context, make_pki
 

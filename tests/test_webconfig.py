@@ -13,15 +13,9 @@ import bcrypt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from exporter.basicauth import AUTH_FAILURE_BUDGET, AUTH_FAILURE_REFILL_SECONDS, BasicAuth
 from exporter.httpserver import Verdict
-from exporter.webconfig import (
-    AUTH_FAILURE_BUDGET,
-    AUTH_FAILURE_REFILL_SECONDS,
-    BasicAuth,
-    WebConfig,
-    WebConfigError,
-    load_web_config,
-)
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 from tests.pki import PKI, client_context, make_pki
 
 ALICE_PASSWORD = "correct horse battery staple"
