@@ -50,10 +50,8 @@ import contextlib
 import email.utils
 import enum
 import errno
-import io
 import logging
 import queue
-import re
 import resource
 import selectors
 import socket
@@ -65,9 +63,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from types import MappingProxyType
 from typing import Any, Protocol
+
+from exporter.httprequest import MAX_HEADER_BYTES, HeadError, end_of_headers, parse_head, skip_body
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,6 @@ IDLE_TIMEOUT_SECONDS = 120.0
 # Prometheus gives up on a scrape after its scrape_timeout (10 s by default): an answer not
 # taken by then is wanted by no one.
 WRITE_TIMEOUT_SECONDS = 10.0
-MAX_HEADER_BYTES = 32 * 1024
 MAX_HANDSHAKES = 64
 AUTH_QUEUE_SIZE = 16
 _TICK_SECONDS = 0.25  # how often deadlines are checked
@@ -86,9 +84,6 @@ _READ_SIZE = 16 * 1024
 # same bytes, and a slice of the same size from the same offset is that.
 _WRITE_SIZE = 256 * 1024
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and other scripts'
-# digits (which int() reads).
-_LENGTH = re.compile(r"[0-9]{1,15}")
 
 
 class Verdict(enum.Enum):
@@ -383,7 +378,7 @@ class HTTPServer:
 
     def _received(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         """Hand the connection to a worker once its request's headers are all in."""
-        end = _end_of_headers(connection.buffer)
+        end = end_of_headers(connection.buffer)
         if (len(connection.buffer) if end is None else end) > MAX_HEADER_BYTES:
             message = "Request headers too large."
             self._refuse(selector, connection, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, message)
@@ -555,14 +550,14 @@ class HTTPServer:
         True to give the connection back to the serving thread, False to close it, None when
         a password check has taken it.
         """
-        parsed = _parse(connection.head)
-        if isinstance(parsed, _Error):
+        parsed = parse_head(connection.head)
+        if isinstance(parsed, HeadError):
             page = _page(parsed.status, parsed.message)
             return self._answered(connection, page, "", head=False, close=True)
         path = parsed.path.split("?", 1)[0]
         request = Request(parsed.command, path, parsed.headers, connection.host)
         line, head = parsed.requestline, request.method == "HEAD"
-        close = parsed.close_connection or not _skip_body(connection, request.headers)
+        close = parsed.close_connection or not skip_body(connection.buffer, request.headers)
         response = self._authorize(connection, request)
         if response is _CHECKING:
             return None
@@ -693,74 +688,3 @@ def _exception_kind() -> str:
 
 def _page(status: HTTPStatus, message: str) -> Response:
     return Response(status, (message.rstrip("\n") + "\n").encode())
-
-
-def _end_of_headers(buffer: bytearray) -> int | None:
-    """Where the request line and headers end in ``buffer`` (after the empty line), or None.
-
-    Empty lines before a request are skipped (RFC 9112, section 2.2), and removed from it.
-    """
-    while buffer.startswith((b"\r\n", b"\n")):
-        del buffer[: 1 if buffer.startswith(b"\n") else 2]
-    ends = [
-        found + len(marker)
-        for marker in (b"\r\n\r\n", b"\n\n")
-        if (found := buffer.find(marker)) >= 0
-    ]
-    return min(ends, default=None)
-
-
-@dataclass(frozen=True)
-class _Error:
-    status: HTTPStatus
-    message: str
-
-
-class _Parser(BaseHTTPRequestHandler):
-    """The standard library's request-line and header parsing, on bytes already read.
-
-    It writes nothing: an error is kept in :attr:`error` for the server to answer with its
-    own page (and headers).
-    """
-
-    protocol_version = "HTTP/1.1"
-
-    def __init__(self, head: bytes) -> None:  # not BaseRequestHandler's: no socket here
-        self.rfile = io.BytesIO(head)
-        self.wfile = io.BytesIO()
-        self.error: _Error | None = None
-        self.command = ""
-        self.requestline = ""
-        self.close_connection = True
-        self.raw_requestline = self.rfile.readline(MAX_HEADER_BYTES + 1)
-        if not self.parse_request() and self.error is None:
-            self.error = _Error(HTTPStatus.BAD_REQUEST, "Bad request.")
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        status = HTTPStatus(code)
-        self.error = _Error(status, f"{message or status.phrase}.")
-        self.close_connection = True
-
-    def handle_expect_100(self) -> bool:
-        return True  # no body is read: nothing to continue
-
-
-def _parse(head: bytes) -> _Parser | _Error:
-    parser = _Parser(head)
-    if parser.error is not None:
-        return parser.error
-    lengths = parser.headers.get_all("Content-Length") or []
-    if len(lengths) > 1 or not all(_LENGTH.fullmatch(value.strip(" \t")) for value in lengths):
-        return _Error(HTTPStatus.BAD_REQUEST, "Bad Content-Length.")
-    return parser
-
-
-def _skip_body(connection: _Connection, headers: Message) -> bool:
-    """Drop a request's body from the buffer; False when it is not all there (then close)."""
-    if headers.get("Transfer-Encoding") is not None:
-        return False
-    length = int(headers.get("Content-Length", "0").strip(" \t"))  # checked by _parse
-    if length > len(connection.buffer):
-        return False
-    del connection.buffer[:length]
-    return True
