@@ -234,15 +234,18 @@ HEADER_NAMES = (
 )
 
 
-#: Values that look like numbers to one parser and not to another.
-TRICKY_VALUES = (b"\xb2", b"1\xb9", b" 5 ", b"-1", b"+1", b"0x10", b"1_0", b"\xa05", b"9" * 30)
-
-
-@settings(
+FUZZ_SETTINGS = settings(
     max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+
+
+#: Values that look like numbers to one parser and not to another.
+TRICKY_VALUES = (b"\xb2", b"1\xb9", b" 5 ", b"-1", b"+1", b"0x10", b"1_0", b"\xa05", b"9" * 30)
+
+
+@FUZZ_SETTINGS
 @given(
     name=st.sampled_from(HEADER_NAMES) | st.binary(min_size=1, max_size=20),
     value=st.binary(max_size=40)
@@ -271,6 +274,22 @@ def test_fuzzed_header_bytes_get_an_answer_or_a_close_and_scrapes_go_on(
         + value
         + b"\r\n\r\n"
     )
+    assert_answered_and_still_serving(server, caplog, request)
+
+
+@FUZZ_SETTINGS
+@given(head=st.binary(max_size=300))
+def test_fuzzed_request_heads_get_an_answer_or_a_close_and_scrapes_go_on(
+    fuzzed_server: ExporterServer, caplog: pytest.LogCaptureFixture, head: bytes
+) -> None:
+    caplog.clear()
+    assert_answered_and_still_serving(fuzzed_server, caplog, head + b"\r\n\r\n")
+
+
+def assert_answered_and_still_serving(
+    server: ExporterServer, caplog: pytest.LogCaptureFixture, request: bytes
+) -> None:
+    """``request`` gets an answer or a close; no error is logged, no slot kept; scrapes go on."""
     sock = connect(server, timeout=5)
     try:
         sock.sendall(request)
@@ -279,7 +298,7 @@ def test_fuzzed_header_bytes_get_an_answer_or_a_close_and_scrapes_go_on(
         first = b""
     finally:
         sock.close()
-    # An answer of ours, or a close (a value that ends the headers early leaves them unfinished).
+    # An answer of ours, or a close (nothing but empty lines: no request, and its deadline).
     assert first == b"" or first.startswith(b"HTTP/1.1 "), first[:100]
     wait_until(lambda: server.pending == 0, 5, "every slot given back")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
