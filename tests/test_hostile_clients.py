@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -18,6 +19,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import bcrypt
@@ -29,8 +32,9 @@ from exporter.basicauth import AUTH_FAILURE_BUDGET, PasswordChecker
 from exporter.web import ExporterServer, WebApp
 from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import wait_until
-from tests.live_exporter import serving_app
+from tests.live_exporter import ExporterProcess, serving_app
 from tests.pki import PKI, client_context, make_pki
+from tests.test_web_serving import MB, Sampler, raise_open_file_limit, sample_process
 
 PASSWORD = "s3cret-scrape-password"
 METRICS = b"# HELP simplivity_up Whether the last poll succeeded.\nsimplivity_up 1\n"
@@ -144,13 +148,14 @@ def read_answer(sock: socket.socket) -> Answer:
 
 
 def scrape(
-    server: ExporterServer,
+    server: ExporterServer | int,
     context: ssl.SSLContext | None,
     authorization: str | None = GOOD,
     timeout: float = 10.0,
+    path: str = "/metrics",
 ) -> tuple[int, bytes]:
-    """One ``GET /metrics`` on a new connection; (status, body)."""
-    port = server.server_address[1]
+    """One GET of ``path`` on a new connection to a server or a port; (status, body)."""
+    port = server if isinstance(server, int) else server.server_address[1]
     connection = (
         http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         if context is None
@@ -158,7 +163,7 @@ def scrape(
     )
     headers = {} if authorization is None else {"Authorization": authorization}
     try:
-        connection.request("GET", "/metrics", headers=headers)
+        connection.request("GET", path, headers=headers)
         answer = connection.getresponse()
         return answer.status, answer.read()
     finally:
@@ -573,3 +578,57 @@ def is_open(sock: socket.socket) -> bool:
         return True
     except ConnectionResetError:
         return False
+
+
+def test_a_thousand_half_open_tls_handshakes_leave_no_memory_behind(
+    pki: PKI, tmp_path: Path
+) -> None:
+    """Half-open handshakes once raised the exporter's RSS by 40 MB or more, never given back:
+    now at most MAX_HANDSHAKES are under way, the oldest closed for a new one."""
+    raise_open_file_limit(4096)
+    path = pki.dir / "web-tls-only.yml"
+    path.write_text("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+    args = ("--demo", "--web.config.file", str(path))
+    with ExporterProcess(*args, log_path=tmp_path / "exporter.log") as exporter:
+        port = int(exporter.url.rsplit(":", 1)[1])
+        context = client_context(pki)
+        ready = partial(scrape, port, context, None, path="/-/ready")
+        wait_until(lambda: ready()[0] == 200, 60, "the demo's first poll")
+        pid = exporter.process.pid
+        before = sample_process(pid)
+        sampler = Sampler(pid)
+        hello = client_hello(context)
+        half_open = []
+        try:
+            for _ in range(1000):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                sock.sendall(hello)
+                half_open.append(sock)
+            # Each has its answer (the server's half of the handshake), or was closed.
+            wait_until(lambda: all_readable(half_open), 30, "the server to take every hello")
+            assert scrape(port, context, None, timeout=5)[0] == 200
+        finally:
+            for sock in half_open:
+                sock.close()
+            peak = sampler.stop()
+        wait_until(
+            lambda: sample_process(pid).open_files <= before.open_files + 2,
+            30,
+            "the exporter to close the half-open connections",
+        )
+        after = sample_process(pid)
+    print(
+        f"\n1,000 half-open TLS handshakes: RSS {before.rss_bytes / MB:.1f} MB -> peak "
+        f"{peak.rss_bytes / MB:.1f} MB -> after {after.rss_bytes / MB:.1f} MB"
+    )
+    assert peak.rss_bytes <= before.rss_bytes + 12 * MB
+    assert after.rss_bytes <= before.rss_bytes + 8 * MB
+
+
+def all_readable(socks: list[socket.socket]) -> bool:
+    """Whether every socket has something to read (or has been closed), without reading."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    readable = {fd for fd, _ in poller.poll(0)}
+    return all(sock.fileno() in readable for sock in socks)
