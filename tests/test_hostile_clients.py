@@ -3,7 +3,8 @@
 Real sockets and real threads on 127.0.0.1 against an :class:`ExporterServer` in this process
 (a stub app behind it, so a scrape costs nothing and only the serving is measured): headers
 the parser has never seen, clients that never read their answers, password guessers, and TLS
-handshakes left half done. Each ends with scrapes that must succeed.
+handshakes left half done. Each ends with scrapes that must succeed. The last test runs the
+real exporter (``python -m exporter --demo``) instead, to read its memory from ``/proc``.
 """
 
 from __future__ import annotations
