@@ -26,7 +26,7 @@ from exporter.model import (
     text_field,
     timestamp_seconds,
 )
-from exporter.scan import SORT_FIELD, Collection, PageCounter, PageOutcome, PageSink
+from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, PageSink
 
 #: What a scan asks the API for (``fields=``): everything the metrics need and nothing more
 #: (a VM's name and state come from the inventory).

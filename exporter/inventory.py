@@ -43,6 +43,7 @@ from exporter.model import (
     text_field,
     timestamp_seconds,
 )
+from exporter.pages import Collection
 from exporter.protection import (
     LOCAL,
     MAX_POLICIES_WORK,
@@ -58,7 +59,6 @@ from exporter.protection import (
     parse_rules,
     worst_first,
 )
-from exporter.scan import Collection
 
 #: VM listings of many thousand objects are known to exhaust a controller's memory
 #: (OMNI-69918): pages of this many VMs at most, whatever ``poll.page_size`` says.

@@ -56,8 +56,9 @@ from exporter.model import (
     ScheduleReport,
     SimplivityError,
 )
+from exporter.pages import Collection, PageCounter, PageSink, RecordTally
 from exporter.restapi import Version, documented, has_resource, parse_version
-from exporter.scan import Collection, Pace, PageCounter, PageSink, RecordTally, Scanner
+from exporter.scan import Pace, Scanner
 from exporter.simplivity import SimplivityClient
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ decoding and counting:
                               <--outcome----  (a PageCounter and an Aggregator per scan)
 
 The exporter's :class:`~exporter.scan.Scanner` still pages through the listing; the child only
-runs the other half, :class:`~exporter.scan.PageCounter`. It gets page bodies, never
+runs the other half, :class:`~exporter.pages.PageCounter`. It gets page bodies, never
 credentials or tokens. It keeps one :class:`~exporter.backups.LocalBackupScan` per scan in
-progress and sends back a small :class:`~exporter.scan.PageOutcome` per page, then the scan's
+progress and sends back a small :class:`~exporter.pages.PageOutcome` per page, then the scan's
 snapshot (one entry per VM).
 Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
 stdin and stdout; it exits when its stdin closes, so it never outlives the exporter. Its stderr
@@ -45,7 +45,7 @@ from exporter import logs
 from exporter.backups import BackupScan, LocalBackupScan
 from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.model import BackupSnapshot, DecodeError, OrderError
-from exporter.scan import SORT_FIELD, PageOutcome
+from exporter.pages import SORT_FIELD, PageOutcome
 
 log = logging.getLogger(__name__)
 

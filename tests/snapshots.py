@@ -14,7 +14,7 @@ from typing import Any
 from exporter.backups import BACKUPS, Aggregator
 from exporter.inventory import InventoryRead
 from exporter.model import BackupSnapshot, ControllerSnapshot, ScheduleReport
-from exporter.scan import Collection, PageSink
+from exporter.pages import Collection, PageSink
 
 
 class NoPollLimits:

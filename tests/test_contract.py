@@ -32,8 +32,9 @@ from exporter.inventory import (
     VIRTUAL_MACHINES,
 )
 from exporter.model import PageRequest
+from exporter.pages import Collection, sorting
 from exporter.poller import ControllerPoller
-from exporter.scan import Collection, Scanner, sorting
+from exporter.scan import Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.snapshots import NoPollLimits, listing_body
 

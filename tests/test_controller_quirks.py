@@ -19,8 +19,8 @@ import pytest
 from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, parse_timestamp
 from exporter.config import PollConfig
 from exporter.model import BackupSnapshot, ControllerStatus
+from exporter.pages import PageCounter
 from exporter.poller import ControllerPoller
-from exporter.scan import PageCounter
 from exporter.simulator import ODD_KINDS, FederationSpec, SimulatedController
 from exporter.simulator.controller import Endpoint
 from tests.conftest import wait_until

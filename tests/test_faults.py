@@ -34,8 +34,9 @@ import trustme
 
 from exporter.config import ControllerConfig, PollConfig, TLSConfig
 from exporter.model import REASONS
+from exporter.pages import SORT_FIELD, Collection, PageOutcome, PageSink
 from exporter.poller import ControllerReader
-from exporter.scan import SORT_FIELD, Collection, Pace, PageOutcome, PageSink
+from exporter.scan import Pace
 from exporter.simulator import FederationSpec, Malformed, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import (

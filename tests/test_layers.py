@@ -28,6 +28,8 @@ FORBIDDEN = {
     "simplivity": {"scan", "backups", "worker", "poller", "collector", "exposition", "web"},
     # The paging algorithm works for any collection and any client.
     "scan": {"simplivity", "backups", "worker", "poller", "collector", "exposition", "web"},
+    # Counting a listing's pages runs in the worker too: only the vocabulary below it.
+    "pages": {"simplivity", "scan", "backups", "worker", "poller", "collector", "web", "app"},
     # The scrape path reads published statuses: never the client or the poller.
     "collector": {"simplivity", "scan", "poller", "worker", "web", "app"},
     "exposition": {"simplivity", "scan", "poller", "worker", "web", "app"},

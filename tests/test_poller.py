@@ -34,8 +34,9 @@ from exporter.model import (
     RequestTimeout,
     ScheduleReport,
 )
+from exporter.pages import Collection, PageSink
 from exporter.poller import ControllerPoller, ControllerReader, Poller
-from exporter.scan import Collection, Pace, PageSink, Scanner
+from exporter.scan import Pace, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.snapshots import (

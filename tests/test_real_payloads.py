@@ -16,8 +16,8 @@ from exporter.backups import BACKUPS, Aggregator
 from exporter.config import PollConfig
 from exporter.inventory import CLUSTERS, VIRTUAL_MACHINES, InventoryRead, parse_schedule_report
 from exporter.model import HTTPStatusError
+from exporter.pages import Collection, PageCounter
 from exporter.protection import expected_intervals, parse_rules
-from exporter.scan import Collection, PageCounter
 from exporter.simplivity import SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.simulator.controller import Endpoint

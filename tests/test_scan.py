@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.model import DecodeError, HTTPStatusError, PageRequest, RecordError
-from exporter.scan import Collection, Pace, PageCounter, RecordTally, Scanner
+from exporter.pages import Collection, PageCounter, RecordTally
+from exporter.scan import Pace, Scanner
 from tests.snapshots import NoPollLimits
 
 VMS = Collection(
