@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ConfigError, load_config
-from exporter.exposition import Exposition
+from exporter.exposition import Exposition, TextWriter
 from exporter.poller import ClientFactory, Poller, connect
 from exporter.sharding import select_controllers
 from exporter.web import ExporterServer, WebApp, parse_listen_address
@@ -68,7 +68,9 @@ def run_once(config: Config, shard: Shard, output: str | None) -> bool:
         worker.close()
     state = replace(exporter_state(config, shard, time.time()), once=True)
     backups = BackupCollector(lambda: statuses, lambda: state)
-    text = Exposition(CollectorRegistry(auto_describe=False), lambda: 0, backups=backups).render()
+    # The text only: the server's Exposition also gzips it and keeps its pieces for the next
+    # scrape, which a file written once has no use for (a poll of 100,000 backups: ~60 ms).
+    text = TextWriter(backups).text().encode()
     if output:
         write_atomically(Path(output), text)
     else:
