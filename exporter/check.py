@@ -58,6 +58,7 @@ from exporter.scan import SORT_FIELD, Collection, PageCounter
 from exporter.simplivity import SimplivityClient
 
 VERSION = "/api/version"
+LOGIN = "/api/oauth/token"
 #: The most any request of the check waits (less if ``poll.timeout_seconds`` is shorter): a
 #: controller answers each of these in well under a second, and a person is waiting.
 CHECK_TIMEOUT_SECONDS = 15.0
@@ -253,8 +254,10 @@ class _Check:
                 self.add("credentials", "fail", str(err), AUTH_FIX)
                 return False
             except SimplivityError as err:
-                if not logged_in and self.client.logins == 0:  # the login itself failed
-                    self.add("credentials", "fail", str(err), self.fix(err, "/api/oauth/token"))
+                # The login failed (it counts a login once answered, with whatever status; its
+                # errors name its path) before anything was said about the credentials.
+                if not logged_in and (self.client.logins == 0 or LOGIN in str(err)):
+                    self.add("login", "fail", str(err), self.fix(err, LOGIN))
                     return False
                 self.credentials_accepted(logged_in)
                 logged_in = True
@@ -393,7 +396,7 @@ class _Check:
                 return f"the port may speak TLS: use https://{self.url.netloc}"
             return f"check url and the network path to {host}:{port} (firewall, proxy)"
         if isinstance(err, RequestTimeout):
-            if path in (VERSION, "/api/oauth/token"):
+            if path in (VERSION, LOGIN):
                 return (
                     f"check the address in url, that the controller is up, and that no "
                     f"firewall drops the traffic to {host}:{port}"

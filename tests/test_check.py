@@ -9,6 +9,7 @@ requests. The command itself runs as users run it for its exit codes and its sec
 from __future__ import annotations
 
 import datetime
+import doctest
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter import check
 from exporter.check import Report, check_controller, check_controllers
 from exporter.config import ControllerConfig, PollConfig, Secret, TLSConfig
 from exporter.simulator import FederationSpec, SimulatedController
@@ -159,6 +161,22 @@ def test_a_wrong_password_costs_one_refused_login_and_names_the_fix(
     stats = simulator.stats.snapshot()
     assert (stats.logins, stats.login_failures) == (0, 1)
     assert set(requests_seen(simulator)) == {"/api/version", "/api/oauth/token"}
+
+
+def test_a_login_that_fails_otherwise_is_not_called_accepted_nor_retried(
+    start_simulator: Start,
+) -> None:
+    simulator = start_simulator(FederationSpec())
+    simulator.faults.fail_next_logins(5, status=500)
+    report = check_controller(controller(simulator), POLL)
+
+    login = line(report, "login")
+    assert login.startswith("  FAIL  login")
+    assert "/api/oauth/token answered HTTP 500" in login
+    assert "fix: the controller failed to answer" in login
+    assert "credentials" not in report.render()
+    assert simulator.stats.snapshot().login_failures == 1
+    assert "/api/backups" not in requests_seen(simulator)
 
 
 def test_http_against_the_tls_port_says_use_https(start_simulator: Start, pki: PKI) -> None:
@@ -315,6 +333,12 @@ def test_several_controllers_are_checked_together_and_reported_in_order(
     )
     reports = list(check_controllers(controllers, POLL))
     assert [(r.name, r.ok) for r in reports] == [("a", True), ("b", False), ("c", True)]
+
+
+def test_the_docstring_example_of_a_report_holds() -> None:
+    results = doctest.testmod(check)
+    assert results.attempted >= 1
+    assert results.failed == 0
 
 
 # -- the command ----------------------------------------------------------------------------------
