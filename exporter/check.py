@@ -321,18 +321,16 @@ class _Check:
             return
         trusted = f"tls.ca_file {tls.ca_file}" if tls.ca_file else "the default CA bundle"
         named = f", name {tls.server_name} (tls.server_name)" if tls.server_name else ""
-        text = f"verified against {trusted}{named}"
+        self.add("TLS", "ok", f"verified against {trusted}{named}")
         certificate = self.peer_certificate()
         if certificate is None:
-            self.add("TLS", "ok", text)
             return
         expires = _expiry(certificate)
-        level: Level = "ok"
-        fix = ""
         if expires is not None and expires - time.time() < CERTIFICATE_WARN_DAYS * 86400:
-            level = "warn"
             fix = "renew the controller's certificate: once it expires, every poll fails"
-        self.add("TLS", level, f"{text}; {describe_certificate(certificate)}", fix)
+            self.add("certificate", "warn", describe_certificate(certificate), fix)
+        else:
+            self.add("certificate", "ok", describe_certificate(certificate))
 
     def tls_fix(self, message: str) -> str:
         """What to do about a failed handshake, from the client's words for it."""
@@ -453,14 +451,14 @@ def describe_certificate(certificate: Mapping[str, Any]) -> str:
     parts = []
     names = _names(certificate)
     if names:
-        parts.append(f"certificate for {', '.join(names)}")
+        parts.append(f"for {', '.join(names)}")
     issuer = _name_of(certificate.get("issuer", ()))
     if issuer:
         parts.append(f"issued by {issuer}")
     expires = _expiry(certificate)
     if expires is not None:
         parts.append(f"valid until {datetime.fromtimestamp(expires, UTC):%Y-%m-%d}")
-    return ", ".join(parts) or "certificate details unknown"
+    return ", ".join(parts) or "no details"
 
 
 def _names(certificate: Mapping[str, Any]) -> list[str]:

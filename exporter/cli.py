@@ -249,6 +249,6 @@ def check(config: Config, name: str) -> int:
         raise UsageError(str(err)) from None
     works = True
     for report in check_controllers(controllers, config.poll):
-        print(report.render(), flush=True)
+        print(report.render(), end="\n\n", flush=True)
         works = works and report.ok
     return EXIT_OK if works else EXIT_FAILED

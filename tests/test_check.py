@@ -108,8 +108,9 @@ def test_a_healthy_controller_shows_its_version_certificate_and_counts(
     tls = line(report, "TLS")
     assert tls.split()[0] == "ok"
     assert "verified against tls.ca_file" in tls
-    assert "certificate for localhost, 127.0.0.1" in tls
-    assert "issued by Testing CA" in tls  # trustme's CA, by its name
+    certificate = line(report, "certificate")
+    assert certificate.startswith("  ok    certificate      for localhost, 127.0.0.1, issued by")
+    assert "issued by Testing CA" in certificate  # trustme's CA, by its name
     assert f"REST API         {simulator.api_version}, OmniStack" in line(report, "REST API")
     assert "accepted for user 'administrator@vsphere.local' (1 login)" in line(
         report, "credentials"
@@ -230,10 +231,10 @@ def test_a_certificate_about_to_expire_is_a_warning(start_simulator: Start, pki:
     report = check_controller(controller(simulator, tls=trusted(pki)), POLL)
 
     assert report.ok, report.render()  # a warning, not a failure
-    tls = line(report, "TLS")
-    assert tls.startswith("  warn  TLS")
-    assert f"valid until {soon:%Y-%m-%d}" in tls
-    assert "fix: renew the controller's certificate" in tls
+    certificate = line(report, "certificate")
+    assert certificate.startswith("  warn  certificate")
+    assert f"valid until {soon:%Y-%m-%d}" in certificate
+    assert "fix: renew the controller's certificate" in certificate
 
 
 def test_a_closed_port_says_nothing_listens(start_simulator: Start) -> None:

@@ -33,6 +33,8 @@ FORBIDDEN = {
     "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "worker": {"simplivity", "poller", "web", "app", "cli"},
     "app": {"cli"},
+    # The controller check reads as a poll reads, through the client: it neither polls nor serves.
+    "check": {"poller", "worker", "collector", "exposition", "web", "app", "cli"},
 }
 
 
