@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import datetime
 import doctest
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +22,7 @@ from exporter.check import Report, check_controller, check_controllers
 from exporter.config import ControllerConfig, PollConfig, Secret, TLSConfig
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.pki import PKI, make_pki
+from tests.test_cli import free_port, run, write_config
 
 Start = Callable[..., SimulatedController]
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,12 +80,6 @@ def line(report: Report, topic: str) -> str:
             following = lines[number + 1] if number + 1 < len(lines) else ""
             return found + ("\n" + following if following.lstrip().startswith("fix:") else "")
     raise AssertionError(f"no line on {topic!r} in:\n{report.render()}")
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def requests_seen(simulator: SimulatedController) -> dict[str, int]:
@@ -239,7 +231,7 @@ def test_a_certificate_about_to_expire_is_a_warning(start_simulator: Start, pki:
 
 def test_a_closed_port_says_nothing_listens(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
-    port = closed_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     report = check_controller(controller(simulator, url=url), POLL)
@@ -329,7 +321,7 @@ def test_several_controllers_are_checked_together_and_reported_in_order(
     good = start_simulator(FederationSpec())
     controllers = (
         controller(good, name="a"),
-        controller(good, name="b", url=f"http://127.0.0.1:{closed_port()}"),
+        controller(good, name="b", url=f"http://127.0.0.1:{free_port()}"),
         controller(good, name="c"),
     )
     reports = list(check_controllers(controllers, POLL))
@@ -345,63 +337,45 @@ def test_the_docstring_example_of_a_report_holds() -> None:
 # -- the command ----------------------------------------------------------------------------------
 
 
-def run(config: Path, *args: str, password: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", "--config.file", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "SIM_PASSWORD": password},
-        check=False,
-    )
-
-
-def write_config(path: Path, *urls: tuple[str, str]) -> Path:
-    lines = ["poll: {timeout_seconds: 5}", "controllers:"]
-    for name, url in urls:
-        lines += [
-            f"  - name: {name}",
-            f"    url: {url}",
-            "    username: administrator@vsphere.local",
-            "    password: ${SIM_PASSWORD}",
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+def check_command(config: Path, *args: str, password: str) -> subprocess.CompletedProcess[str]:
+    """``--controller.check`` as users run it, the password in ``SIM_PASSWORD``."""
+    flags = ("--config.file", str(config), "--controller.check", *args)
+    return run(*flags, env={"SIM_PASSWORD": password})
 
 
 def test_the_command_exits_0_when_all_work_and_1_when_one_does_not(
     start_simulator: Start, tmp_path: Path
 ) -> None:
     simulator = start_simulator(FederationSpec())
-    down = f"http://127.0.0.1:{closed_port()}"
-    config = write_config(tmp_path / "c.yaml", ("boston", simulator.url), ("austin", down))
+    down = start_simulator(FederationSpec())
+    down.stop()  # its port is closed now
+    config = write_config(tmp_path / "c.yaml", simulator, down)  # c0 and c1
 
-    one = run(config, "--controller.check", "boston", password=simulator.password)
+    one = check_command(config, "c0", password=simulator.password)
     assert one.returncode == 0, one.stdout + one.stderr
-    assert "controller boston at" in one.stdout
-    assert "austin" not in one.stdout
-    assert "boston: works" in one.stdout
+    assert "controller c0 at" in one.stdout
+    assert "c1" not in one.stdout
+    assert "c0: works" in one.stdout
 
-    both = run(config, "--controller.check", password=simulator.password)
+    both = check_command(config, password=simulator.password)
     assert both.returncode == 1, both.stdout + both.stderr
-    assert both.stdout.index("boston: works") < both.stdout.index("austin: FAILED (reachable)")
+    assert both.stdout.index("c0: works") < both.stdout.index("c1: FAILED (reachable)")
 
 
 def test_the_command_exits_2_for_a_name_not_in_the_config(
     start_simulator: Start, tmp_path: Path
 ) -> None:
     simulator = start_simulator(FederationSpec())
-    config = write_config(tmp_path / "c.yaml", ("boston", simulator.url))
-    result = run(config, "--controller.check", "bostn", password=simulator.password)
+    config = write_config(tmp_path / "c.yaml", simulator)
+    result = check_command(config, "c00", password=simulator.password)
     assert result.returncode == 2
-    assert "no controller is named 'bostn' (did you mean 'boston'?)" in result.stderr
+    assert "no controller is named 'c00' (did you mean 'c0'?)" in result.stderr
     assert "Traceback" not in result.stderr
     assert simulator.stats.snapshot().requests_per_path == {}
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("controllers:\n  - {name: a, url: 'ftp://x'}\n", encoding="utf-8")
-    result = run(broken, "--controller.check", password=simulator.password)
+    result = check_command(broken, password=simulator.password)
     assert result.returncode == 2
     assert "problem(s)" in result.stderr
 
@@ -410,9 +384,9 @@ def test_the_command_never_prints_a_password_or_a_token(
     start_simulator: Start, tmp_path: Path
 ) -> None:
     simulator = start_simulator(FederationSpec())
-    config = write_config(tmp_path / "c.yaml", ("boston", simulator.url))
-    works = run(config, "--controller.check", "--log.level", "debug", password=simulator.password)
-    refused = run(config, "--controller.check", "--log.level", "debug", password="Wr0ng-Secret")
+    config = write_config(tmp_path / "c.yaml", simulator)
+    works = check_command(config, "--log.level", "debug", password=simulator.password)
+    refused = check_command(config, "--log.level", "debug", password="Wr0ng-Secret")
     assert works.returncode == 0, works.stdout + works.stderr
     assert refused.returncode == 1
     assert "FAIL  credentials" in refused.stdout
