@@ -396,3 +396,11 @@ def test_the_command_never_prints_a_password_or_a_token(
         assert simulator.password not in output
         assert "Wr0ng-Secret" not in output
         assert tokens[0] not in output
+
+
+def test_the_demo_checks_its_own_simulated_controller() -> None:
+    result = run("--demo", "--controller.check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "controller demo at http://127.0.0.1:" in result.stdout
+    assert "  ok    credentials" in result.stdout
+    assert "demo: works in" in result.stdout
