@@ -156,10 +156,17 @@ def check_controllers(
         yield from pool.map(lambda controller: check_controller(controller, poll), controllers)
 
 
-def check_controller(controller: ControllerConfig, poll: PollConfig) -> Report:
+def check_controller(
+    controller: ControllerConfig,
+    poll: PollConfig,
+    *,
+    timeout_seconds: float = CHECK_TIMEOUT_SECONDS,
+) -> Report:
+    """Check one controller with the configured settings, but no retries and no request
+    waiting more than ``timeout_seconds``."""
     started = time.monotonic()
     settings = replace(
-        poll, max_retries=0, timeout_seconds=min(poll.timeout_seconds, CHECK_TIMEOUT_SECONDS)
+        poll, max_retries=0, timeout_seconds=min(poll.timeout_seconds, timeout_seconds)
     )
     client = SimplivityClient(controller, settings)
     findings: list[Finding] = []

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime
 import doctest
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,41 @@ def test_a_closed_port_says_nothing_listens(start_simulator: Start) -> None:
     assert "connection refused" in reachable
     assert f"fix: nothing listens on 127.0.0.1:{port}: check the port in url" in reachable
     assert report.render().count("\n") == 3  # the heading, one finding, its fix, the verdict
+
+
+@pytest.fixture
+def blackholed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose connections never open: its listener's queue is full and
+    never accepted from, so the kernel drops further SYNs, as a firewall that drops does."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_a_controller_that_never_answers_fails_within_the_timeout(
+    start_simulator: Start, blackholed_port: int
+) -> None:
+    simulator = start_simulator(FederationSpec())
+    poll = PollConfig(timeout_seconds=60, max_retries=3)  # what polls may wait: not a check
+    url = f"https://127.0.0.1:{blackholed_port}"
+    started = time.monotonic()
+    report = check_controller(controller(simulator, url=url), poll, timeout_seconds=2)
+
+    assert time.monotonic() - started < 2 + 1  # one try of its own timeout, not four of 60 s
+    reachable = line(report, "reachable")
+    assert reachable.startswith("  FAIL  reachable")
+    assert "no answer within 2 s" in reachable
+    assert "that no firewall drops the traffic" in reachable
 
 
 def test_plain_http_works_with_a_warning_that_the_password_goes_in_clear(
