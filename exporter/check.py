@@ -169,52 +169,46 @@ def check_controller(
         poll, max_retries=0, timeout_seconds=min(poll.timeout_seconds, timeout_seconds)
     )
     client = SimplivityClient(controller, settings)
-    findings: list[Finding] = []
+    check = _Check(controller, settings, client)
     try:
-        _Check(controller, settings, client, findings).run()
+        check.run()
     finally:
         client.close()
     return Report(
         controller.name,
         controller.url,
         controller.username,
-        tuple(findings),
+        tuple(check.findings),
         time.monotonic() - started,
     )
 
 
 class _Check:
-    """The steps of one controller's check; each adds its findings, and says whether the
-    check goes on."""
+    """The steps of one controller's check, in order; each adds its findings, and says whether
+    the check goes on."""
 
     def __init__(
-        self,
-        controller: ControllerConfig,
-        poll: PollConfig,
-        client: SimplivityClient,
-        findings: list[Finding],
+        self, controller: ControllerConfig, poll: PollConfig, client: SimplivityClient
     ) -> None:
         self.controller = controller
         self.poll = poll
         self.client = client
-        self.findings = findings
         self.url = urlsplit(controller.url)
+        self.findings: list[Finding] = []
+        self.rest_api: tuple[int, ...] | None = None  # as /api/version said, if it parses
+        self.logged_in = False  # and said so
 
     def add(self, topic: str, level: Level, text: str, fix: str = "") -> None:
         self.findings.append(Finding(topic, level, text, fix))
 
     def run(self) -> None:
-        version = self.version()
-        if version is None:
-            return
-        if not self.listings():
-            return
-        self.schedule_report(version)
+        if self.version() and self.listings():
+            self.schedule_report()
 
     # -- the steps
 
-    def version(self) -> tuple[int, ...] | None:
-        """``GET /api/version``: reachable, TLS, REST API. None: nothing more to learn (and no
+    def version(self) -> bool:
+        """``GET /api/version``: reachable, TLS, REST API. False: nothing more to learn (and no
         credentials are sent to what did not answer like a controller)."""
         started = time.monotonic()
         try:
@@ -222,15 +216,15 @@ class _Check:
         except TLSError as err:
             self.add("reachable", "ok", f"{self.url.netloc} accepted the connection")
             self.add("TLS", "fail", str(err), self.tls_fix(str(err)))
-            return None
+            return False
         except HTTPStatusError as err:
             self.add("reachable", "ok", f"{VERSION} answered HTTP {err.status}")
             self.tls_finding()
             self.add("REST API", "fail", str(err), self.fix(err, VERSION))
-            return None
+            return False
         except SimplivityError as err:
             self.add("reachable", "fail", str(err), self.fix(err, VERSION))
-            return None
+            return False
         seconds = time.monotonic() - started
         self.add("reachable", "ok", f"{VERSION} answered in {seconds:.2f} s")
         self.tls_finding()
@@ -238,13 +232,13 @@ class _Check:
             rest, omnistack = parse_version(body)
         except DecodeError as err:
             self.add("REST API", "fail", str(err), self.fix(err, VERSION))
-            return None
+            return False
         self.add("REST API", "ok", rest + (f", OmniStack {omnistack}" if omnistack else ""))
-        return version_tuple(rest)
+        self.rest_api = version_tuple(rest)
+        return True
 
     def listings(self) -> bool:
         """One login, then one record of each listing; False once going on is pointless."""
-        logged_in = False
         for topic, collection in LISTINGS:
             request = PageRequest(
                 collection.path,
@@ -263,34 +257,32 @@ class _Check:
             except SimplivityError as err:
                 # The login failed (it counts a login once answered, with whatever status; its
                 # errors name its path) before anything was said about the credentials.
-                if not logged_in and (self.client.logins == 0 or LOGIN in str(err)):
+                if not self.logged_in and (self.client.logins == 0 or LOGIN in str(err)):
                     self.add("login", "fail", str(err), self.fix(err, LOGIN))
                     return False
-                self.credentials_accepted(logged_in)
-                logged_in = True
+                self.credentials_accepted()
                 self.add(topic, "fail", str(err), self.fix(err, collection.path))
                 if isinstance(err, RequestTimeout | ConnectError | TLSError):
                     return False  # the controller stopped answering: the rest would wait too
-                continue
-            self.credentials_accepted(logged_in)
-            logged_in = True
-            self.add(topic, "ok", f"{count} listed")
+            else:
+                self.credentials_accepted()
+                self.add(topic, "ok", f"{count} listed")
         return True
 
-    def credentials_accepted(self, said: bool) -> None:
-        if not said:
-            logins = self.client.logins
-            self.add(
-                "credentials",
-                "ok",
-                f"accepted for user {self.controller.username!r} "
-                f"({logins} login{'s' if logins != 1 else ''})",
-            )
+    def credentials_accepted(self) -> None:
+        """Said once, before the first listing's line."""
+        if self.logged_in:
+            return
+        self.logged_in = True
+        logins = self.client.logins
+        plural = "s" if logins != 1 else ""
+        user = self.controller.username
+        self.add("credentials", "ok", f"accepted for user {user!r} ({logins} login{plural})")
 
-    def schedule_report(self, version: tuple[int, ...] | None) -> None:
+    def schedule_report(self) -> None:
         topic = "schedule report"
         unexported = "the federation's backup limits are not exported"
-        if version is not None and version < SCHEDULE_REPORT_SINCE:
+        if self.rest_api is not None and self.rest_api < SCHEDULE_REPORT_SINCE:
             since = ".".join(map(str, SCHEDULE_REPORT_SINCE))
             self.add(topic, "warn", f"none before REST API {since}: {unexported}")
             return
