@@ -412,6 +412,8 @@ class _Check:
                 return f"give user {self.controller.username!r} read access to {path}"
             if err.status >= 500:
                 return "the controller failed to answer; if it lasts, see the controller's health"
+            if err.status in (400, 404):  # what a poll asks (fields, sort, filters) was refused
+                return "polls ask the same: please report this message with the REST API version"
             return ""
         if isinstance(err, DecodeError) and path == VERSION:
             return "this is not a SimpliVity controller's answer: a proxy or another service?"

@@ -351,6 +351,19 @@ def test_a_user_without_read_access_is_told_what_to_grant(start_simulator: Start
     assert line(report, "schedule report").startswith("  ok")
 
 
+def test_a_listing_that_refuses_what_a_poll_asks_is_worth_a_report(
+    start_simulator: Start,
+) -> None:
+    simulator = start_simulator(FederationSpec())
+    simulator.faults.paths = frozenset({"/api/virtual_machines"})
+    simulator.faults.fail_next(1, status=400)
+    report = check_controller(controller(simulator), POLL)
+    vms = line(report, "live VMs")
+    assert vms.startswith("  FAIL  live VMs")
+    assert "/api/virtual_machines answered HTTP 400" in vms
+    assert "fix: polls ask the same: please report this message" in vms
+
+
 def test_several_controllers_are_checked_together_and_reported_in_order(
     start_simulator: Start,
 ) -> None:
