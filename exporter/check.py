@@ -252,7 +252,9 @@ class _Check:
                 body = self.client.get_page(request)
                 count = PageCounter(collection, _ignore).count(0, body).count
             except AuthError as err:
-                self.add("credentials", "fail", str(err), AUTH_FIX)
+                # Without what a poll's client adds (when it will try again): a check does not.
+                refused = str(err).partition("; next attempt")[0]
+                self.add("credentials", "fail", refused, AUTH_FIX)
                 return False
             except SimplivityError as err:
                 # The login failed (it counts a login once answered, with whatever status; its
@@ -384,20 +386,23 @@ class _Check:
             return self.tls_fix(message)
         if isinstance(err, AuthError):
             return AUTH_FIX
+        unreachable = (
+            f"check the address and port in url, that the controller is up, and that no "
+            f"firewall drops the traffic to {host}:{port}"
+        )
         if isinstance(err, ConnectError):
             if "does not resolve" in message:
                 return f"check the host name in url ({host}), or use the controller's address"
             if "refused" in message:
-                return f"nothing listens on {host}:{port}: check the port in url (HTTPS is 443)"
-            if self.url.scheme == "http" and "https://" not in message:
-                return f"the port may speak TLS: use https://{self.url.netloc}"
-            return f"check url and the network path to {host}:{port} (firewall, proxy)"
+                return f"check the port in url ({port}; a controller's HTTPS port is 443)"
+            if self.url.scheme == "http" and "speaks TLS" in message:
+                return f"url: https://{self.url.netloc} (the port speaks TLS, as controllers do)"
+            if self.url.scheme == "http" and ("reset" in message or "closed" in message):
+                return f"if the port speaks TLS, as controllers do: url: https://{self.url.netloc}"
+            return unreachable
         if isinstance(err, RequestTimeout):
             if path in (VERSION, LOGIN):
-                return (
-                    f"check the address in url, that the controller is up, and that no "
-                    f"firewall drops the traffic to {host}:{port}"
-                )
+                return unreachable
             return (
                 "the controller is slow to answer: see its load (polls wait up to "
                 f"poll.timeout_seconds per request, the check {self.poll.timeout_seconds:g} s)"
