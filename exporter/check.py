@@ -349,8 +349,8 @@ class _Check:
             return "renew the controller's certificate"
         if "does not speak TLS" in message:
             return (
-                f"this port does not speak TLS: check the port in url, or use "
-                f"http://{self.url.netloc} if that is really what it serves"
+                "check the port in url (a controller's HTTPS port is 443); "
+                f"http://{self.url.netloc} only if this port really serves plain HTTP"
             )
         return "check tls.ca_file and tls.server_name"
 
