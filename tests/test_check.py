@@ -186,6 +186,18 @@ def test_http_against_the_tls_port_says_use_https(start_simulator: Start, pki: P
     assert simulator.stats.snapshot().login_failures == 0
 
 
+def test_https_against_a_plain_port_says_check_the_port(start_simulator: Start) -> None:
+    simulator = start_simulator(FederationSpec())
+    url = simulator.url.replace("http://", "https://")
+    report = check_controller(controller(simulator, url=url), POLL)
+
+    tls = line(report, "TLS")
+    assert tls.startswith("  FAIL  TLS")
+    assert "fix: check the port in url (a controller's HTTPS port is 443)" in tls
+    assert simulator.stats.snapshot().login_failures == 0
+    assert "/api/oauth/token" not in requests_seen(simulator)
+
+
 def test_a_certificate_from_an_unknown_ca_says_set_ca_file_and_sends_no_credentials(
     start_simulator: Start, pki: PKI
 ) -> None:
