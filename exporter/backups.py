@@ -18,8 +18,10 @@ from exporter.model import (
     STATES,
     BackupSnapshot,
     ClusterSummary,
+    DecodeError,
     RecordError,
     VMBackups,
+    is_cut,
     is_timestamp,
     text_field,
     timestamp_seconds,
@@ -43,6 +45,12 @@ BACKUPS = Collection("/api/backups", key="backups", item="backup", fields=FIELDS
 UNKNOWN_CLUSTER = "unknown"
 
 _KNOWN_STATES = frozenset(STATES)
+#: The most clusters and external stores the backups may name, and VMs they may belong to:
+#: memory follows these, not the number of backups. A federation has at most a few dozen
+#: clusters, and tens of thousands of VMs (with those deleted but still holding backups);
+#: past these, the listing is broken, and the poll fails (decode).
+MAX_DESTINATIONS = 10_000
+MAX_VMS_WITH_BACKUPS = 1_000_000
 #: The API's sizes are Java longs; far past this a sum no longer converts to a float at scrape.
 _MAX_SIZE = 2**63 - 1
 
@@ -97,6 +105,7 @@ class Aggregator:
         self._clusters: dict[str, _ClusterTally] = {}
         self._vms: dict[str, _VMTally] = {}
         self._seen = 0
+        self._cut: set[str] = set()  # cluster names cut to MAX_LABEL_LENGTH
 
     def add(self, backup: Mapping[str, object]) -> None:
         """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
@@ -106,6 +115,8 @@ class Aggregator:
         without a size counts 0 bytes, one without a cluster goes under its external store or
         ``unknown``. A backup without a state, or with a value that is present but wrong (a
         size of -1, a creation time that is no UTC timestamp), cannot be placed.
+        :class:`~exporter.model.DecodeError` past :data:`MAX_DESTINATIONS` or
+        :data:`MAX_VMS_WITH_BACKUPS`: the whole listing is in doubt.
         """
         state = backup.get("state")
         if not isinstance(state, str) or state in ("", MISSING):
@@ -117,14 +128,20 @@ class Aggregator:
             raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
         created = _created(backup)
         size = _size(backup)
-        cluster_name = (
+        cluster_name = (  # the order of _CLUSTER_FIELDS
             text_field(backup, "omnistack_cluster_name")
             or text_field(backup, "external_store_name")
             or UNKNOWN_CLUSTER
         )
         tally = self._clusters.get(cluster_name)
         if tally is None:
+            if len(self._clusters) >= MAX_DESTINATIONS:
+                raise DecodeError(
+                    f"the backups name more than {MAX_DESTINATIONS} clusters and external stores"
+                )
             tally = self._clusters[cluster_name] = _ClusterTally(cluster_name)
+            if any(_cut_to(backup, key, cluster_name) for key in _CLUSTER_FIELDS):
+                self._cut.add(cluster_name)
         if state not in _KNOWN_STATES:
             state = OTHER_STATE
         tally.counts[state] = tally.counts.get(state, 0) + 1
@@ -142,6 +159,8 @@ class Aggregator:
         destination = tally.name
         vm = self._vms.get(vm_id)
         if vm is None:
+            if len(self._vms) >= MAX_VMS_WITH_BACKUPS:
+                raise DecodeError(f"the backups belong to more than {MAX_VMS_WITH_BACKUPS} VMs")
             vm = self._vms[vm_id] = _VMTally()
         if created > vm.newest_created:  # one without a creation time ("") is never the newest
             vm.newest_created = created
@@ -183,7 +202,9 @@ class Aggregator:
             )
             for vm_id, vm in sorted(self._vms.items())
         )
-        return BackupSnapshot(clusters=clusters, vms=vms, backups_seen=self._seen)
+        return BackupSnapshot(
+            clusters=clusters, vms=vms, backups_seen=self._seen, cut_labels=frozenset(self._cut)
+        )
 
 
 class BackupScan(PageSink, Protocol):
@@ -246,6 +267,14 @@ def _size(backup: Mapping[str, object]) -> int:
             f"not {str(value)[:40]!r}"
         )
     return value
+
+
+_CLUSTER_FIELDS = ("omnistack_cluster_name", "external_store_name")
+
+
+def _cut_to(backup: Mapping[str, object], key: str, name: str) -> bool:
+    """Whether ``name`` is the backup's ``key``, cut."""
+    return is_cut(backup.get(key)) and text_field(backup, key) == name
 
 
 def _describe(backup: Mapping[str, object]) -> str:

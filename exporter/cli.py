@@ -28,6 +28,9 @@ log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEMO_REFRESH_SECONDS = 900.0
+LISTEN_ADDRESS = ":10025"
+#: --demo's default: its landing page and made-up metrics for this machine only.
+DEMO_LISTEN_ADDRESS = "127.0.0.1:10025"
 #: How long a thread runs before another one waiting for the interpreter gets it (Python's
 #: default is 5 ms): a poll keeps the interpreter busy for seconds, and a scrape's thread
 #: should not wait long for its turn.
@@ -50,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--web.listen-address",
         dest="listen_address",
-        default=":10025",
         metavar="HOST:PORT",
-        help="address to serve /metrics on (default: %(default)s)",
+        help=f"address to serve /metrics on (default: {LISTEN_ADDRESS}; with --demo, "
+        f"{DEMO_LISTEN_ADDRESS}: made-up data stays on this machine unless asked)",
     )
     add(
         "--web.config.file",
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.check",
         dest="config_check",
         action="store_true",
-        help="validate the configuration, print every problem, and exit (0 valid, 2 not)",
+        help="validate the configuration, print every problem, and exit (0 valid, 2 not); "
+        "also warns about a $NAME without braces and an http:// controller URL",
     )
     add(
         "--controller.check",
@@ -96,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="poll every controller once, print the metrics and exit "
-        "(0 if every controller succeeded, 1 otherwise)",
+        "(0 if every controller succeeded, 1 otherwise); per-controller series only, and "
+        "no *_age_seconds (the output is read later: take ages from the timestamps)",
     )
     add(
         "--output",
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.listen_address = listen_address(args.listen_address, demo=args.demo)
     logs.setup(LogSettings.of(args.log_level, args.log_format))
     keep_large_buffers_off_the_heap()
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
@@ -140,10 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_sharded(args.config_file, shard)
         if args.config_check:
             print(f"{args.config_file}: valid, {len(config.controllers)} controller(s)")
+            for warning in config.warnings:
+                print(f"simplivity-exporter: warning: {warning}", file=sys.stderr)
             if args.web_config_file:
                 read_web_config(args.web_config_file)
                 print(f"{args.web_config_file}: valid")
             return EXIT_OK
+        log_warnings(config)
         if args.controller_check is not None:
             return check(config, args.controller_check)
         if args.once:
@@ -151,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_server(
             config,
             shard,
-            lambda: load_sharded(args.config_file, shard),
+            lambda: log_warnings(load_sharded(args.config_file, shard)),
             listen_address=args.listen_address,
             web_config_file=args.web_config_file,
         )
@@ -163,6 +172,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log.error("%s", err)
         return EXIT_USAGE
+
+
+def listen_address(given: str | None, *, demo: bool) -> str:
+    """--web.listen-address, or its default: every interface, but loopback for --demo.
+
+    >>> listen_address(None, demo=True), listen_address(None, demo=False)
+    ('127.0.0.1:10025', ':10025')
+    >>> listen_address(":9999", demo=True)
+    ':9999'
+    """
+    if given is not None:
+        return given
+    return DEMO_LISTEN_ADDRESS if demo else LISTEN_ADDRESS
+
+
+def log_warnings(config: Config) -> Config:
+    """Log the config's warnings (``--config.check`` prints them), once per load."""
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    return config
 
 
 def main_entry() -> None:

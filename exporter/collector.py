@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,13 +95,13 @@ class BackupCollector(Collector):
                     sizes.add_metric([*labels, state_name], cluster.sizes[state_name])
                 newest.add_metric(labels, cluster.newest_protected or 0.0)
                 newest_age.add_metric(labels, _age(now, cluster.newest_protected))
-        yield from (counts, sizes, newest, newest_age)
+        yield from shown((counts, sizes, newest, newest_age), state)
 
         if state.per_vm:
             vm = vm_families(state)
             for controller, snapshot in fresh:
                 _add_vms(vm, controller, snapshot, now)
-            yield from vm
+            yield from shown(vm, state)
 
         inventory = inventory_families(state)
         for controller, snapshot in fresh:
@@ -131,6 +131,7 @@ def _add_vms(vm: VMFamilies, controller: str, snapshot: ControllerSnapshot, now:
                 [*labels, destination], judged.newest_protected_at(destination) or 0.0
             )
         vm.failed.add_metric(labels, judged.newest_failed or 0.0)
+        vm.status.add_metric([*labels, judged.status], 1.0)
 
 
 def _add_inventory(
@@ -148,6 +149,8 @@ def _add_inventory(
         inventory.host_enabled.add_metric(
             [controller, host.name, host.cluster], 1.0 if host.policy_enabled else 0.0
         )
+    inventory.overdue_factor.add_metric([controller], snapshot.overdue_factor)
+    inventory.grace.add_metric([controller], snapshot.grace_seconds)
     for family, value in zip(inventory.federation, federation_figures(snapshot), strict=True):
         if value is not None:
             family.add_metric([controller], value)
@@ -201,6 +204,12 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         "no state) and were left out of every other series.",
         labels=["controller"],
     )
+    truncated = GaugeMetricFamily(
+        "simplivity_label_values_truncated",
+        "Names and ids of the last successful poll longer than 256 characters, cut to 256 (the "
+        "last 9 a ~ and a hash of the whole) so that the controller cannot bloat /metrics.",
+        labels=["controller"],
+    )
     for status in statuses:
         up.add_metric([status.name], 1.0 if status.up else 0.0)
         duration.add_metric([status.name], status.last_duration or 0.0)
@@ -211,7 +220,18 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         concurrency.add_metric([status.name], status.concurrency)
         page_size.add_metric([status.name], status.page_size)
         unreadable.add_metric([status.name], status.unreadable_records)
-    yield from (up, duration, last_success, errors, logins, concurrency, page_size, unreadable)
+        truncated.add_metric([status.name], status.labels_truncated)
+    yield from (
+        up,
+        duration,
+        last_success,
+        errors,
+        logins,
+        concurrency,
+        page_size,
+        unreadable,
+        truncated,
+    )
 
 
 def exporter_families(state: ExporterState) -> Iterator[Metric]:
@@ -248,6 +268,19 @@ def exporter_families(state: ExporterState) -> Iterator[Metric]:
         "When the configuration was last loaded successfully.",
         value=state.reload_success_timestamp,
     )
+
+
+#: The families whose values change with the clock, not with the poll.
+AGE_FAMILIES = frozenset(
+    {"simplivity_backup_newest_age_seconds", "simplivity_vm_backup_newest_age_seconds"}
+)
+
+
+def shown(families: Iterable[GaugeMetricFamily], state: ExporterState) -> list[GaugeMetricFamily]:
+    """The families to write: all but the ages for ``--once``, whose output is read later
+    (a textfile read for minutes would show an age frozen at the run); the timestamps say
+    the same and stay true."""
+    return [family for family in families if not (state.once and family.name in AGE_FAMILIES)]
 
 
 def _age(now: float, created: float | None) -> float:
@@ -317,6 +350,7 @@ class VMFamilies(NamedTuple):
     interval: GaugeMetricFamily
     destination_newest: GaugeMetricFamily
     failed: GaugeMetricFamily
+    status: GaugeMetricFamily
 
 
 #: The labels of every per-VM series; then ``destination`` for some, more for ``vm_info``.
@@ -374,6 +408,13 @@ def vm_families(state: ExporterState) -> VMFamilies:
             f"Creation time of the newest FAILED backup of each live VM, 0 if none. {judged}",
             labels=VM_LABELS,
         ),
+        GaugeMetricFamily(
+            "simplivity_vm_protection_status",
+            "The exporter's verdict on each live VM, as its landing page shows it: one series "
+            "per VM, value 1, the status in its label (ok, not_scheduled, new, "
+            f"never_backed_up, overdue, last_failed), judged at the poll. {judged}",
+            labels=[*VM_LABELS, "status"],
+        ),
     )
 
 
@@ -384,6 +425,8 @@ class InventoryFamilies(NamedTuple):
     policy_rules: GaugeMetricFamily
     policy_vms: GaugeMetricFamily
     host_enabled: GaugeMetricFamily
+    overdue_factor: GaugeMetricFamily
+    grace: GaugeMetricFamily
     daily_backups: GaugeMetricFamily
     daily_backups_limit: GaugeMetricFamily
     retained_backups_projected: GaugeMetricFamily
@@ -392,7 +435,7 @@ class InventoryFamilies(NamedTuple):
     @property
     def federation(self) -> tuple[GaugeMetricFamily, ...]:
         """The schedule report's families, in the order of :func:`federation_figures`."""
-        return self[4:]
+        return self[6:]
 
 
 #: The schedule report's families (name, help text), in the order of :func:`federation_figures`.
@@ -434,6 +477,19 @@ def inventory_families(state: ExporterState) -> InventoryFamilies:
             "1 if policy backups are enabled on the host, 0 while they are suspended. "
             + _refreshed(state, "/api/hosts"),
             labels=["controller", "host", "omnistack_cluster"],
+        ),
+        GaugeMetricFamily(
+            "simplivity_protection_overdue_factor",
+            "The protection.overdue_factor the VMs' status was judged with: a destination is "
+            "overdue once its newest PROTECTED backup is older than its expected interval "
+            f"times this, plus the grace. {judged}",
+            labels=["controller"],
+        ),
+        GaugeMetricFamily(
+            "simplivity_protection_grace_seconds",
+            "The protection.grace_seconds the VMs' status was judged with (see "
+            f"simplivity_protection_overdue_factor). {judged}",
+            labels=["controller"],
         ),
         *(
             GaugeMetricFamily(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,7 +34,11 @@ __all__ = [
 MAX_PAGE_SIZE = 3000  # HPE's recommended maximum of backups per request
 #: Ten years: past far larger values the scheduler's timers and socket timeouts overflow.
 MAX_SECONDS = 10 * 365 * 86400
+#: The largest ``poll.max_backups`` or ``poll.max_vms``: far past any federation (see README).
+MAX_RECORDS = 100_000_000
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: ``$NAME`` without braces: not expanded, and probably meant to be.
+_BARE_REFERENCE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
 
@@ -77,6 +81,10 @@ class PollConfig:
     stale_after_seconds: float = 1800.0
     max_concurrency: int = 3
     max_retries: int = 3
+    #: The most backups a controller's listing may say it holds; more fails the poll (decode).
+    max_backups: int = 5_000_000
+    #: The most VMs (and policies, and hosts) a controller's listing may say it holds.
+    max_vms: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,9 @@ class Config:
     poll: PollConfig = PollConfig()
     metrics: MetricsConfig = MetricsConfig()
     protection: ProtectionConfig = ProtectionConfig()
+    #: Settings that work but are probably not what the user meant (``--config.check`` shows
+    #: them; the server logs them at each load). Not a reason to refuse the file.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -113,7 +124,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     config = reader.config(document.value)
     if reader.problems or config is None:
         raise ConfigError(reader.problems or ["the configuration is empty"], str(path))
-    return config
+    return replace(config, warnings=tuple(reader.warnings))
 
 
 class _Reader(Reader):
@@ -123,6 +134,7 @@ class _Reader(Reader):
         super().__init__(problems)
         self.environ = environ
         self.base_dir = base_dir
+        self.warnings: list[str] = []
 
     def config(self, document: object) -> Config | None:
         if document is None:
@@ -152,6 +164,8 @@ class _Reader(Reader):
             "stale_after_seconds",
             "max_concurrency",
             "max_retries",
+            "max_backups",
+            "max_vms",
         )
         raw = self.mapping(value, "poll", keys)
         return PollConfig(
@@ -165,6 +179,10 @@ class _Reader(Reader):
                 raw, "poll", "max_concurrency", defaults.max_concurrency, 1, 16
             ),
             max_retries=self.integer(raw, "poll", "max_retries", defaults.max_retries, 0, 10),
+            max_backups=self.integer(
+                raw, "poll", "max_backups", defaults.max_backups, 1, MAX_RECORDS
+            ),
+            max_vms=self.integer(raw, "poll", "max_vms", defaults.max_vms, 1, MAX_RECORDS),
         )
 
     def seconds(self, raw: Mapping[str, Any], key: str, default: float) -> float:
@@ -255,6 +273,15 @@ class _Reader(Reader):
         return None if value is None else self.expand(value, join(where, key))
 
     def expand(self, value: str, where: str) -> str | None:
+        bare = _BARE_REFERENCE.findall(value)
+        if bare:
+            # A password's text is never echoed, not even the part that looks like a name.
+            looks = "a $NAME" if where.endswith("password") else f"${bare[0]}"
+            written = "${NAME}" if where.endswith("password") else f"${{{bare[0]}}}"
+            self.warnings.append(
+                f"{where}: {looks} is used literally, not read from the environment; "
+                f"an environment variable is written {written}"
+            )
         missing = [n for n in _ENV_REFERENCE.findall(value) if n not in self.environ]
         if missing:
             names = ", ".join(sorted(set(missing)))
@@ -274,6 +301,11 @@ class _Reader(Reader):
             self.problem(where, f"{url!r} is not a valid URL")
         elif parts.scheme not in ("https", "http"):
             self.problem(where, f"{url!r} must start with https:// (or http://)")
+        elif parts.scheme == "http":
+            self.warnings.append(
+                f"{where}: {url!r} is plain http://: the password crosses the network in "
+                "clear; use https://"
+            )
         elif not parts.hostname:
             self.problem(where, f"{url!r} has no host")
         elif parts.path not in ("", "/") or parts.query or parts.fragment:

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.collector import (
+    AGE_FAMILIES,
     FEDERATION_FAMILIES,
     BackupCollector,
     cluster_families,
@@ -33,6 +34,7 @@ from exporter.collector import (
     federation_figures,
     health_families,
     inventory_families,
+    shown,
     state_names,
     vm_families,
 )
@@ -120,10 +122,13 @@ _VM_SCHEDULED = "simplivity_vm_policy_scheduled"
 _VM_INTERVAL = "simplivity_vm_backup_expected_interval_seconds"
 _VM_DESTINATION = "simplivity_vm_destination_backup_newest_timestamp_seconds"
 _VM_FAILED = "simplivity_vm_backup_newest_failed_timestamp_seconds"
+_VM_STATUS = "simplivity_vm_protection_status"
 _VMS = "simplivity_vms"
 _POLICY_RULES = "simplivity_policy_rules"
 _POLICY_VMS = "simplivity_policy_vms"
 _HOST_ENABLED = "simplivity_host_policy_enabled"
+_OVERDUE_FACTOR = "simplivity_protection_overdue_factor"
+_GRACE = "simplivity_protection_grace_seconds"
 
 
 def _write_vms(
@@ -141,6 +146,7 @@ def _write_vms(
     )
     scheduled, interval = lines[_VM_SCHEDULED], lines[_VM_INTERVAL]
     at_destination, failed = lines[_VM_DESTINATION], lines[_VM_FAILED]
+    status = lines[_VM_STATUS]
     for judged in snapshot.protection:
         vm = judged.vm
         ids = f'vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"'
@@ -162,6 +168,9 @@ def _write_vms(
             held = judged.newest_protected_at(destination) or 0.0
             at_destination.append(f"{_VM_DESTINATION}{where}{_go_float(held)}\n")
         failed.append(f"{_VM_FAILED}{labels}{_go_float(judged.newest_failed or 0.0)}\n")
+        status.append(
+            f'{_VM_STATUS}{{controller="{c}",status="{_label(judged.status)}",{ids}}} 1.0\n'
+        )
 
 
 def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list[str]]) -> None:
@@ -180,6 +189,10 @@ def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list
             f'omnistack_cluster="{_label(host.cluster)}"}} '
             f"{'1.0' if host.policy_enabled else '0.0'}\n"
         )
+    lines[_OVERDUE_FACTOR].append(
+        f'{_OVERDUE_FACTOR}{{controller="{c}"}} {_go_float(snapshot.overdue_factor)}\n'
+    )
+    lines[_GRACE].append(f'{_GRACE}{{controller="{c}"}} {_go_float(snapshot.grace_seconds)}\n')
     for (name, _), value in zip(FEDERATION_FAMILIES, federation_figures(snapshot), strict=True):
         if value is not None:
             lines[name].append(f'{name}{{controller="{c}"}} {_go_float(value)}\n')
@@ -210,15 +223,15 @@ class TextWriter:
         state, now = reading.state, reading.now
         written = self._written_snapshots(reading.fresh, state.per_vm)
         families = [
-            *cluster_families(state),
-            *(vm_families(state) if state.per_vm else ()),
+            *shown(cluster_families(state), state),
+            *(shown(vm_families(state), state) if state.per_vm else ()),
             *inventory_families(state),
         ]
         out: list[str] = []
         for family in families:
             out.append(_header(family))
             name = family.name
-            if name in _AGE_FAMILIES:
+            if name in AGE_FAMILIES:
                 out += [_ages(w.ages.get(name, ()), now) for w in written]
             else:
                 out += [w.lines.get(name, "") for w in written]
@@ -242,9 +255,6 @@ class TextWriter:
             controller: entry for (controller, _), entry in zip(fresh, written, strict=True)
         }
         return [entry[1] for entry in written]
-
-
-_AGE_FAMILIES = frozenset({_NEWEST_AGE, _VM_AGE})
 
 
 @dataclass(frozen=True)

@@ -29,22 +29,29 @@ from exporter.model import (
     Host,
     Inventory,
     Policy,
+    RecordError,
     ScheduleReport,
     VirtualMachine,
     VMBackups,
     VMProtection,
     clean_text,
     decode_json,
+    is_cut,
     is_timestamp,
+    label_value,
     text_field,
     timestamp_seconds,
 )
 from exporter.protection import (
     LOCAL,
+    MAX_POLICIES_WORK,
+    MAX_RULE_WORK,
     PROTECTION_STATUSES,
     NewestBackup,
     Rule,
+    RuleCostError,
     VMFacts,
+    check_cost,
     expected_intervals,
     judge,
     parse_rules,
@@ -116,32 +123,93 @@ class InventoryRead:
         self._policies: list[Policy] = []
         self._hosts: list[Host] = []
         self._rules: dict[str, tuple[Rule, ...]] = {}  # policy id -> its usable rules
+        self._vm_ids: set[str] = set()
+        self._rules_work = 0  # what judging by the policies read so far may take
+        self._cut: set[str] = set()  # the label values cut to MAX_LABEL_LENGTH
+
+    @property
+    def cut_labels(self) -> frozenset[str]:
+        """The label values so far that were too long and were cut (:func:`label_value`)."""
+        return frozenset(self._cut)
+
+    def _text(self, record: Mapping[str, Any], key: str) -> str:
+        """:func:`~exporter.model.text_field`, noting a value it cut."""
+        value = text_field(record, key)
+        if is_cut(record.get(key)):
+            self._cut.add(value)
+        return value
+
+    def _name(self, record: Mapping[str, Any]) -> str:
+        """A name, "NA" included: something may be called that."""
+        value = record.get("name")
+        if not isinstance(value, str):
+            return ""
+        name = label_value(value)
+        if is_cut(value):
+            self._cut.add(name)
+        return name
+
+    def _id(self, record: Mapping[str, Any]) -> str:
+        """The record's id (a text: the scan places no other)."""
+        record_id = label_value(record["id"])
+        if is_cut(record["id"]):
+            self._cut.add(record_id)
+        return record_id
 
     # -- the listings' records, one at a time (PageCounter sinks)
 
     def add_vm(self, record: Mapping[str, Any]) -> None:
+        """:class:`RecordError` for a VM whose id, as a label value, is another VM's: the ids
+        differ, but only in what a label cannot carry (crafted to collide with label_value's
+        hash); one series per VM is worth more than this VM."""
+        vm_id = self._id(record)
+        if vm_id in self._vm_ids:
+            raise RecordError(
+                f"virtual machine {vm_id[:64]!r}: its id, as a label, is another VM's"
+            )
+        self._vm_ids.add(vm_id)
         self._vms.append(
             VirtualMachine(
-                vm_id=clean_text(record["id"]),
-                name=_name(record),
-                cluster=text_field(record, "omnistack_cluster_name"),
-                policy_id=text_field(record, "policy_id"),
-                policy=text_field(record, "policy_name"),
-                datastore=text_field(record, "datastore_name"),
-                host_id=text_field(record, "host_id"),
+                vm_id=vm_id,
+                name=self._name(record),
+                cluster=self._text(record, "omnistack_cluster_name"),
+                policy_id=self._text(record, "policy_id"),
+                policy=self._text(record, "policy_name"),
+                datastore=self._text(record, "datastore_name"),
+                host_id=self._text(record, "host_id"),
                 host="",  # named once the hosts are read
                 created_at=_timestamp(record.get("created_at")),
             )
         )
 
     def add_policy(self, record: Mapping[str, Any]) -> None:
-        policy_id = clean_text(record["id"])
-        parsed = parse_rules(record.get("rules"))
+        """:class:`RecordError` for a policy whose rules are too costly to evaluate
+        (:func:`~exporter.protection.check_cost`), or that comes after policies which took all
+        the work a poll spends on them (:data:`~exporter.protection.MAX_POLICIES_WORK`): its
+        VMs are then ``not_scheduled``."""
+        policy_id = self._id(record)
+        raw_rules = record.get("rules")
+        parsed = parse_rules(raw_rules)
+        for rule in raw_rules if isinstance(raw_rules, list) else ():
+            for key in ("destination_name", "external_store_name"):
+                value = rule.get(key) if isinstance(rule, dict) else None
+                if isinstance(value, str) and is_cut(value.strip()):
+                    self._cut.add(label_value(value.strip()))  # as parse_rule names it
+        if self._rules_work > MAX_POLICIES_WORK:
+            raise RecordError(
+                f"policy {policy_id[:64]!r}: not evaluated, the policies before it took all the "
+                "work a poll spends on policies"
+            )
+        try:
+            self._rules_work += check_cost(parsed.rules)
+        except RuleCostError as error:
+            self._rules_work += MAX_RULE_WORK
+            raise RecordError(f"policy {policy_id[:64]!r}: {error}") from None
         self._rules[policy_id] = parsed.rules
         self._policies.append(
             Policy(
                 policy_id=policy_id,
-                name=_name(record),
+                name=self._name(record),
                 rules=parsed.count,
                 intervals=expected_intervals(parsed.rules, LOCAL),
                 problems=tuple(clean_text(problem) for problem in parsed.problems),
@@ -152,9 +220,9 @@ class InventoryRead:
         enabled = record.get("policy_enabled")
         self._hosts.append(
             Host(
-                host_id=clean_text(record["id"]),
-                name=_name(record),
-                cluster=text_field(record, "omnistack_cluster_name"),
+                host_id=self._id(record),
+                name=self._name(record),
+                cluster=self._text(record, "omnistack_cluster_name"),
                 # Only an explicit "no" disables: a missing or odd value says nothing.
                 policy_enabled=not (
                     enabled is False or (isinstance(enabled, str) and enabled.lower() == "false")
@@ -258,6 +326,8 @@ class InventoryRead:
             vms_by_status=by_status,
             policy_vms=policy_vms,
             judged_at=now,
+            overdue_factor=overdue_factor,
+            grace_seconds=grace_seconds,
         )
 
 
@@ -292,12 +362,6 @@ def _unique(items: list[_T], key: Callable[[_T], object]) -> list[_T]:
             seen.add(k)
             kept.append(item)
     return kept
-
-
-def _name(record: Mapping[str, Any]) -> str:
-    """A name, "NA" included: something may be called that."""
-    value = record.get("name")
-    return clean_text(value) if isinstance(value, str) else ""
 
 
 def _timestamp(value: object) -> float | None:

@@ -9,6 +9,7 @@ reads those statuses without importing the client or the poller.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -136,18 +137,53 @@ def timestamp_seconds(value: str) -> float:
 
 
 def text_field(record: Mapping[str, object], key: str) -> str:
-    """A text value of a record, cleaned (:func:`clean_text`); "" when it is missing, the API's
-    "NA", or not a text (a number, a list)."""
+    """A text value of a record as a label value (:func:`label_value`); "" when it is missing,
+    the API's "NA", or not a text (a number, a list)."""
     value = record.get(key)
     if not isinstance(value, str) or value == MISSING:
         return ""
-    return value if value.isascii() else clean_text(value)
+    return value if value.isascii() and len(value) <= MAX_LABEL_LENGTH else label_value(value)
 
 
 def clean_text(value: str) -> str:
     """``value`` as /metrics can carry it: JSON's ``"\\ud800"`` decodes to a lone surrogate, which
     UTF-8 cannot encode."""
     return value if value.isascii() else _SURROGATES.sub("\ufffd", value)
+
+
+#: The longest label value taken from a controller, in characters. Real names are far shorter
+#: (vSphere caps VM, cluster and datastore names at 80, a host name is at most 253); a longer
+#: one is cut, so that a controller cannot blow up /metrics (or Prometheus) with huge names.
+MAX_LABEL_LENGTH = 256
+#: What ends a value the exporter had to change: ``~`` and 8 hex digits of the original's hash.
+_MARK_LENGTH = 9
+
+
+def label_value(value: str) -> str:
+    """A text from a controller as a label value: at most :data:`MAX_LABEL_LENGTH` characters
+    and no lone surrogate (replaced by U+FFFD, :func:`clean_text`).
+
+    A value that had to change ends in ``~`` and 8 hex digits of a hash of the original, so two
+    different values never become the same label value (two VM ids that differ only in a lone
+    surrogate stay two VMs).
+
+    >>> label_value("web-01")
+    'web-01'
+    >>> label_value("bad\\ud800") == label_value("bad\\udc00"), label_value("bad\\ud800")[:4]
+    (False, 'bad\ufffd')
+    >>> len(label_value("x" * 10**6)), label_value("x" * 10**6)[-9:-8]
+    (256, '~')
+    """
+    cleaned = clean_text(value)
+    if cleaned == value and len(value) <= MAX_LABEL_LENGTH:
+        return value
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{cleaned[: MAX_LABEL_LENGTH - _MARK_LENGTH]}~{digest}"
+
+
+def is_cut(value: object) -> bool:
+    """Whether :func:`label_value` cuts this value (it is longer than :data:`MAX_LABEL_LENGTH`)."""
+    return isinstance(value, str) and len(value) > MAX_LABEL_LENGTH
 
 
 # -- what a poll asks for ----------------------------------------------------------------------
@@ -209,6 +245,8 @@ class BackupSnapshot:
     clusters: tuple[ClusterSummary, ...]
     vms: tuple[VMBackups, ...]  # every VM with a backup, live or not, by id
     backups_seen: int
+    #: The cluster names that were too long and were cut (:func:`label_value`).
+    cut_labels: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -324,6 +362,9 @@ class ControllerSnapshot:
     vms_by_status: Mapping[str, Mapping[str, int]]
     policy_vms: Mapping[str, int]  # policy name -> live VMs using it
     judged_at: float  # Unix seconds
+    #: The protection settings the VMs were judged with (exported for the alert rules).
+    overdue_factor: float
+    grace_seconds: float
 
     @property
     def backups_seen(self) -> int:
@@ -353,3 +394,5 @@ class ControllerStatus:
     page_size: int = 0  # records per page asked for
     #: Records of the last successful poll that could not be placed (and were left out).
     unreadable_records: int = 0
+    #: Label values of the last successful poll that were too long and were cut.
+    labels_truncated: int = 0

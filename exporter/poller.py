@@ -42,6 +42,7 @@ from exporter.inventory import (
     parse_schedule_report,
 )
 from exporter.model import (
+    MAX_LABEL_LENGTH,
     REASONS,
     Cancelled,
     ControllerStatus,
@@ -129,6 +130,12 @@ class ControllerPoller:
         self.poll_config = poll
         self.protection = protection or ProtectionConfig()
         self._scans = scans
+        # The listings as this config bounds them: a controller saying it holds more fails.
+        self._backups = _capped(BACKUPS, poll.max_backups, "poll.max_backups")
+        self._inventory = tuple(
+            _capped(collection, poll.max_vms, "poll.max_vms")
+            for collection in (VIRTUAL_MACHINES, POLICIES, HOSTS)
+        )
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
         self._clock = clock
@@ -192,7 +199,7 @@ class ControllerPoller:
             # Leaving the block waits for the inventory's read, whatever the scan's outcome.
             with ThreadPoolExecutor(1, thread_name_prefix=f"inventory-{name}") as side:
                 inventory_read = side.submit(self._read_inventory, unreadable_inventory)
-                self._client.read(BACKUPS, unreadable.around(scan))
+                self._client.read(self._backups, unreadable.around(scan))
             read, inventory = inventory_read.result()
             unreadable.merge(unreadable_inventory)
             backups = scan.snapshot()
@@ -204,6 +211,7 @@ class ControllerPoller:
                 overdue_factor=self.protection.overdue_factor,
                 grace_seconds=self.protection.grace_seconds,
             )
+            truncated = len(backups.cut_labels | read.cut_labels)
             duration = time.monotonic() - started
         except Cancelled:
             log.debug("controller %s: poll abandoned at shutdown", name, extra={"controller": name})
@@ -233,6 +241,7 @@ class ControllerPoller:
             concurrency=pace.concurrency,
             page_size=pace.page_size,
             unreadable_records=unreadable.records,
+            labels_truncated=truncated,
         )
         if unreadable.records:
             # Once per poll, with the first few only: never a record's whole body.
@@ -242,6 +251,15 @@ class ControllerPoller:
                 unreadable.records,
                 "; ".join(unreadable.problems),
                 extra={"controller": name, "records": unreadable.records},
+            )
+        if truncated:
+            log.warning(
+                "controller %s: %d names longer than %d characters were cut (they end in ~ "
+                "and a hash)",
+                name,
+                truncated,
+                MAX_LABEL_LENGTH,
+                extra={"controller": name, "labels": truncated},
             )
         log.info(
             "controller %s: %d backups, %d clusters, %d live VMs (%d at risk) in %.2f s",
@@ -266,10 +284,8 @@ class ControllerPoller:
     def _read_inventory(self, unreadable: RecordTally) -> tuple[InventoryRead, Inventory]:
         """The live VMs first, then the policies and hosts they name, then the report."""
         read = InventoryRead()
-        for collection, sink in (
-            (VIRTUAL_MACHINES, read.add_vm),
-            (POLICIES, read.add_policy),
-            (HOSTS, read.add_host),
+        for collection, sink in zip(
+            self._inventory, (read.add_vm, read.add_policy, read.add_host), strict=True
         ):
             self._client.read(collection, unreadable.around(PageCounter(collection, sink)))
         return read, read.inventory(self._read_schedule_report())
@@ -326,6 +342,10 @@ class ControllerPoller:
     def close(self) -> None:
         self._stop.set()
         self._client.close()
+
+
+def _capped(collection: Collection, most: int, setting: str) -> Collection:
+    return replace(collection, max_records=most, max_records_setting=setting)
 
 
 class Poller:

@@ -83,6 +83,8 @@ from functools import cache, lru_cache
 from itertools import pairwise
 from types import MappingProxyType
 
+from exporter.model import label_value
+
 #: Every status :func:`judge` returns, in the order the issue lists them (the label values).
 PROTECTION_STATUSES = ("ok", "not_scheduled", "new", "never_backed_up", "overdue", "last_failed")
 #: The statuses worst first, the order of the landing page's at-risk table (:func:`worst_first`).
@@ -104,6 +106,21 @@ _CYCLE_DAYS = 28 * 365 + 7  # 1,461 weeks
 
 class RuleError(ValueError):
     """A policy rule the exporter cannot schedule; the message says which and why."""
+
+
+class RuleCostError(RuleError):
+    """A policy's rules together take more work to evaluate than :data:`MAX_RULE_WORK`."""
+
+
+#: The most work evaluating one set of schedules may take: the backup times of the days it
+#: visits (a day's times are its own schedules' and the previous day's). Realistic policies
+#: take a few hundred at most; 2 million is about a tenth of a second, where crafted rules
+#: (hundreds of every-minute rules, each on its own weekdays and days of the month) took 30 s.
+MAX_RULE_WORK = 2_000_000
+#: The most work judging a poll's policies may take, over all of them (:func:`check_cost`):
+#: about a second; thousands of real policies. Spread over many policies, crafted rules
+#: would otherwise still cost a tenth of a second each.
+MAX_POLICIES_WORK = 10 * MAX_RULE_WORK
 
 
 @dataclass(frozen=True)
@@ -326,7 +343,8 @@ def parse_rules(raw: object) -> PolicyRules:
 def expected_intervals(rules: Sequence[Rule], own_cluster: str) -> Mapping[str, int]:
     """The expected interval in seconds per destination of these rules, for a VM of ``own_cluster``.
 
-    Empty when there is no rule: the policy schedules nothing.
+    Empty when there is no rule: the policy schedules nothing. :class:`RuleCostError` when the
+    rules of a destination are too costly to evaluate (see :func:`check_cost`).
 
     >>> every = Days(every_day=True)
     >>> hourly = Rule(Schedule(60, every, 0, 0), LOCAL)
@@ -337,10 +355,36 @@ def expected_intervals(rules: Sequence[Rule], own_cluster: str) -> Mapping[str, 
     return _expected_intervals(tuple(rules), own_cluster)
 
 
+def check_cost(rules: Sequence[Rule]) -> int:
+    """The work that judging VMs of a policy with these rules may take, at most (what
+    :data:`MAX_POLICIES_WORK` counts); :class:`RuleCostError` when all its schedules together
+    take more than :data:`MAX_RULE_WORK`. Cached, the refusal too.
+
+    All the schedules together bound any subset of them; a VM's destinations group the rules
+    one way per cluster the rules name (and one for every other cluster).
+
+    >>> every_minute = [Rule(Schedule(1, Days.parse(f"{day},Mon"), day, day), LOCAL)
+    ...                 for day in range(1, 29)]
+    >>> check_cost(every_minute[:2])
+    23040
+    >>> try:
+    ...     check_cost(every_minute)
+    ... except RuleCostError as error:
+    ...     print(error)
+    its 28 rules take too much work to evaluate (over 2000000 backup times to visit)
+    """
+    gap, work = _bounded_longest_gap(frozenset(rule.schedule for rule in rules))
+    if isinstance(gap, str):
+        raise RuleCostError(gap)
+    named = {rule.destination_name for rule in rules if rule.destination_name not in ("", LOCAL)}
+    return work * (1 + len(named))
+
+
 def interval_seconds(schedules: Iterable[Schedule]) -> int | None:
     """The longest time between consecutive backups of these schedules together, in seconds.
 
-    ``None`` when they schedule nothing at all. Cached per distinct set of schedules.
+    ``None`` when they schedule nothing at all; :class:`RuleCostError` when that takes more than
+    :data:`MAX_RULE_WORK`. Cached per distinct set of schedules.
 
     >>> every = Days(every_day=True)
     >>> interval_seconds([Schedule(60, every, 8 * 60, 18 * 60)])
@@ -447,7 +491,7 @@ def _name(raw: Mapping[str, object], key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise RuleError(f"{key} is {_missing_or_type(value)}")
-    return value.strip()
+    return label_value(value.strip())
 
 
 def _missing_or_type(value: object) -> str:
@@ -526,9 +570,26 @@ def _join(parts: Iterable[tuple[int, _Span | None]]) -> _Span | None:
     return None if first is None else (first, last, longest)
 
 
-@lru_cache(maxsize=4096)
 def _longest_gap_minutes(schedules: frozenset[Schedule]) -> int | None:
-    """The heart of the expected interval; see the module docstring.
+    gap, _ = _bounded_longest_gap(schedules)
+    if isinstance(gap, str):
+        raise RuleCostError(gap)
+    return gap
+
+
+@lru_cache(maxsize=4096)
+def _bounded_longest_gap(schedules: frozenset[Schedule]) -> tuple[int | str | None, int]:
+    """:func:`_longest_gap` and its work, or why not (a text, cached like a result: a hostile
+    policy costs :data:`MAX_RULE_WORK` once, not at every poll)."""
+    try:
+        return _longest_gap(schedules)
+    except RuleCostError as error:
+        return str(error), MAX_RULE_WORK
+
+
+def _longest_gap(schedules: frozenset[Schedule]) -> tuple[int | None, int]:
+    """The heart of the expected interval (see the module docstring), and the work it took:
+    the backup times of the day pairs it summed up.
 
     Each schedule is a bit; a day's mask holds the bits of the schedules that run on it. A
     calendar day's backups come from that day's schedules (times before 24:00) and the
@@ -539,7 +600,7 @@ def _longest_gap_minutes(schedules: frozenset[Schedule]) -> int | None:
     """
     ordered = list(schedules)
     if not ordered:
-        return None
+        return None, 0
     times = [schedule.times() for schedule in ordered]
     every_day = last_day = 0
     weekdays = [0] * 7
@@ -557,10 +618,18 @@ def _longest_gap_minutes(schedules: frozenset[Schedule]) -> int | None:
             last_day |= flag
 
     day_spans: dict[tuple[int, int], _Span | None] = {}
+    work = 0
 
     def day(previous: int, mask: int) -> _Span | None:
+        nonlocal work
         key = (previous, mask)
         if key not in day_spans:
+            work += sum(len(ts) for bit, ts in enumerate(times) if (previous | mask) >> bit & 1)
+            if work > MAX_RULE_WORK:
+                raise RuleCostError(
+                    f"its {len(times)} rules take too much work to evaluate "
+                    f"(over {MAX_RULE_WORK} backup times to visit)"
+                )
             spilled = {t - _DAY for bit, ts in enumerate(times) if previous >> bit & 1 for t in ts}
             own = {t for bit, ts in enumerate(times) if mask >> bit & 1 for t in ts}
             minutes = sorted(t for t in spilled | own if 0 <= t < _DAY)
@@ -594,9 +663,9 @@ def _longest_gap_minutes(schedules: frozenset[Schedule]) -> int | None:
             parts.append((month.offset * _DAY, month_spans[key]))
         ring = _join(parts)
     if ring is None:
-        return None
+        return None, work
     first, last, longest = ring
-    return max(longest, cycle * _DAY + first - last)
+    return max(longest, cycle * _DAY + first - last), work
 
 
 def _worst_destination(

@@ -59,7 +59,10 @@ class Collection:
     ``key`` names the list in the answer's envelope (``{"count": ..., key: [...]}``); ``item``
     names one of its items in messages; ``fields`` is what a scan asks for (``fields=``), and
     ``filters`` too (``state=ALIVE``). ``max_page_size`` caps the scanner's page size for a
-    listing that is expensive for the controller to page through.
+    listing that is expensive for the controller to page through. ``max_records`` is the most
+    records the listing may hold (its ``count``, and what a scan counts), named in messages by
+    the setting that sets it (``max_records_setting``): a controller that says it holds more
+    fails the scan at its first page instead of being paged through for hours.
 
     ``alongside``: the listing is read while another read of the same scanner runs, in another
     thread. It asks for one page at a time (one request in flight beside the other read's), and
@@ -74,6 +77,8 @@ class Collection:
     filters: tuple[tuple[str, str], ...] = ()
     max_page_size: int | None = None
     alongside: bool = False
+    max_records: int | None = None
+    max_records_setting: str = ""
 
 
 @dataclass(frozen=True)
@@ -376,7 +381,7 @@ class Scanner:
         requests_made = 0
         budget: int | None = None
         budget_step = 0
-        count = 0
+        count = counted = 0
         pending: dict[int, Future[tuple[int, bytes]]] = {}
         offset = 0
         try:
@@ -391,6 +396,8 @@ class Scanner:
                     self._prefetch(pending, offset + step, step, count, fetch)
                 page = pages.count(offset, body)
                 del body
+                counted += page.counted
+                self._check_size(collection, page, counted)
                 count = page.count
                 size = self._served(read, offset, asked, page)
                 step = _step(size)
@@ -428,9 +435,28 @@ class Scanner:
             self._cancel(pending)
             self._watch_load(read, requests_made)
 
+    @staticmethod
+    def _check_size(collection: Collection, page: PageOutcome, counted: int) -> None:
+        """:class:`DecodeError` once the listing says, or has shown, that it holds more than
+        :attr:`Collection.max_records`."""
+        most = collection.max_records
+        if most is None or (page.count <= most and counted <= most):
+            return
+        what = f"says it holds {page.count}" if page.count > most else f"listed {counted}"
+        raise DecodeError(
+            f"{collection.path} {what} {collection.key}, more than the {most} the exporter "
+            f"reads from one controller ({collection.max_records_setting}): a broken "
+            "controller, or a setting to raise"
+        )
+
     def _served(self, read: _Read, offset: int, asked: int, page: PageOutcome) -> int:
         """How many records the page was served by: what was asked, unless the controller
         applied a smaller limit; :class:`DecodeError` if the page contradicts itself."""
+        if page.received > asked:
+            raise DecodeError(
+                f"{read.collection.path} answered {page.received} {read.collection.key} to a "
+                f"page of at most {asked} (offset {offset})"
+            )
         more = offset + page.received < page.count
         size = asked
         if page.limit is not None:

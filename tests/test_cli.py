@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,8 +19,10 @@ from typing import Any
 import pytest
 import requests
 import trustme
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import cli
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, parse, scrape
@@ -71,6 +74,24 @@ def test_config_check_accepts_a_valid_file(tmp_path: Path, start_simulator: Star
     assert "valid, 1 controller(s)" in result.stdout
 
 
+def test_config_check_warns_about_a_bare_dollar_name_and_plain_http(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "controllers:\n  - {name: a, url: 'http://127.0.0.1:9', username: u, "
+        "password: $SVT_PASSWORD}\n",
+        encoding="utf-8",
+    )
+    result = run("--config.file", str(config), "--config.check")
+    assert result.returncode == 0, result.stderr
+    assert "valid, 1 controller(s)" in result.stdout
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2, result.stderr
+    assert all(line.startswith("simplivity-exporter: warning: ") for line in warnings)
+    assert "plain http://" in warnings[0]
+    assert "is written ${NAME}" in warnings[1]
+    assert "SVT_PASSWORD" not in result.stderr
+
+
 def test_config_check_lists_every_problem_without_a_traceback(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(
@@ -89,6 +110,15 @@ def test_a_missing_config_file_is_a_usage_error(tmp_path: Path) -> None:
     result = run("--config.file", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "cannot read the file: No such file or directory" in result.stderr
+
+
+def test_the_demo_listens_on_loopback_unless_told_otherwise() -> None:
+    """Made-up data and its landing page stay on this machine (the README's
+    http://127.0.0.1:10025/); a real config keeps listening on every interface."""
+    assert cli.listen_address(None, demo=True) == "127.0.0.1:10025"
+    assert cli.listen_address(None, demo=False) == ":10025"
+    assert cli.listen_address(":9999", demo=True) == ":9999"
+    assert "with --demo, 127.0.0.1:10025" in " ".join(run("--help").stdout.split())
 
 
 def test_bad_flags_exit_2() -> None:
@@ -117,6 +147,44 @@ def test_once_writes_the_metrics_atomically_and_exits_0(
     assert "simplivity_backups" in families
 
 
+def test_the_ready_simulator_config_polls_the_standalone_simulator(tmp_path: Path) -> None:
+    """The README's "Try it against a simulated controller": config.simulator.yaml holds the
+    simulator's defaults, and polls the simulator started as documented (here on a free port
+    instead of 8443, which a parallel run may hold)."""
+    from exporter.simulator import cli as simulator_cli
+
+    ready = yaml.safe_load((ROOT / "config.simulator.yaml").read_text(encoding="utf-8"))
+    (controller,) = ready["controllers"]
+    defaults = simulator_cli._parser().parse_args([])
+    assert controller["url"] == f"http://{defaults.host}:{defaults.port}"
+    assert (controller["username"], controller["password"]) == (
+        defaults.username,
+        defaults.password,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter.simulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip().removeprefix("url: ")
+        assert url.startswith("http://127.0.0.1:"), url
+        controller["url"] = url
+        config = tmp_path / "config.simulator.yaml"
+        config.write_text(yaml.safe_dump(ready), encoding="utf-8")
+        result = run("--config.file", str(config), "--once")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert 'simplivity_up{controller="simulator"} 1.0' in result.stdout
+    assert 'simplivity_vm_protection_status{controller="simulator",status="overdue"' in (
+        result.stdout
+    )
+
+
 def test_once_exits_1_when_a_controller_fails(tmp_path: Path, start_simulator: Start) -> None:
     good = start_simulator(FederationSpec())
     config = write_config(tmp_path / "c.yaml", good, good)
@@ -126,17 +194,23 @@ def test_once_exits_1_when_a_controller_fails(tmp_path: Path, start_simulator: S
     assert "wrong" not in result.stderr.replace("wrong-", "")
 
 
-def test_demo_once_shows_realistic_metrics() -> None:
+def test_demo_once_shows_realistic_metrics_and_no_ages() -> None:
+    """--once output is read later (a textfile, for minutes): no *_age_seconds family, whose
+    value would freeze at the run; the timestamps say the same and stay true."""
+    started = time.time()
     result = run("--demo", "--once")
     assert result.returncode == 0, result.stderr
+    families = list(text_string_to_metric_families(result.stdout))
+    assert not [family.name for family in families if family.name.endswith("_age_seconds")]
+    assert "simplivity_backup_newest_timestamp_seconds" in {family.name for family in families}
     vms = {
         sample.labels["vm"]: sample.value
-        for family in text_string_to_metric_families(result.stdout)
-        if family.name == "simplivity_vm_backup_newest_age_seconds"
+        for family in families
+        if family.name == "simplivity_vm_backup_newest_timestamp_seconds"
         for sample in family.samples
     }
-    assert vms[STALE_VM] > 2 * 86400
-    assert vms[FAILING_VM] == float("inf")
+    assert started - vms[STALE_VM] > 2 * 86400
+    assert vms[FAILING_VM] == 0  # none
 
 
 @contextmanager

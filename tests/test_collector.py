@@ -311,3 +311,21 @@ def test_exposition_is_rendered_once_per_change_and_second(gzipped: bool) -> Non
     generation[0] += 1
     exposition.render(gzipped=gzipped)
     assert len(calls) == 2
+
+
+def test_once_leaves_out_the_ages() -> None:
+    """``--once`` output is read later (a textfile), so no age family: its value would be
+    frozen at the run under a help text that says "at scrape time". The timestamps stay."""
+    once = render([boston()], replace(STATE, once=True))
+    names = {family.name for family in text_string_to_metric_families(once)}
+    assert not {name for name in names if name.endswith("_age_seconds")}
+    assert {
+        "simplivity_backup_newest_timestamp_seconds",
+        "simplivity_vm_backup_newest_timestamp_seconds",
+        "simplivity_vm_protection_status",
+    } <= names
+    served = {family.name for family in text_string_to_metric_families(render([boston()]))}
+    assert {name for name in served if name.endswith("_age_seconds")} == {
+        "simplivity_backup_newest_age_seconds",
+        "simplivity_vm_backup_newest_age_seconds",
+    }

@@ -452,3 +452,36 @@ def test_the_same_mistake_gets_the_same_words_in_both_files(
     for side, problems in ((config, config_error.value.problems), (web, web_error.value.problems)):
         said = words.format(dir=tmp_path.resolve(), **side.fill)
         assert (said if side.where is None else f"{side.where}: {said}") in problems
+
+
+def test_a_bare_dollar_name_and_plain_http_are_warnings_not_errors(tmp_path: Path) -> None:
+    """``$SVT_PASSWORD`` without braces is used literally, and ``http://`` sends the password
+    in clear: both load (a literal ``$`` may be meant), with a warning that says what to
+    write instead; the password's own text is never echoed."""
+    text = """\
+controllers:
+  - name: boston
+    url: http://10.0.0.10
+    username: $SVT_USER
+    password: $SVT_PASSWORD
+  - name: chicago
+    url: https://10.0.0.20
+    username: admin
+    password: ${SVT_PASSWORD}
+"""
+    config = load_config(write(tmp_path, text), {"SVT_PASSWORD": "s3cret"})
+    assert config.controllers[0].password.reveal() == "$SVT_PASSWORD"
+    assert config.controllers[0].username == "$SVT_USER"
+    assert config.warnings == (
+        "controllers[0].url: 'http://10.0.0.10' is plain http://: the password crosses the "
+        "network in clear; use https://",
+        "controllers[0].username: $SVT_USER is used literally, not read from the environment; "
+        "an environment variable is written ${SVT_USER}",
+        "controllers[0].password: a $NAME is used literally, not read from the environment; "
+        "an environment variable is written ${NAME}",
+    )
+    assert not any("SVT_PASSWORD" in warning for warning in config.warnings)
+
+
+def test_a_clean_config_has_no_warnings(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD), {"SVT_PASSWORD": "s3cret"}).warnings == ()

@@ -42,6 +42,8 @@ LINTED_PANEL_TYPES = {"stat", "singlestat", "graph", "table", "timeseries", "gau
 #: dashboard and the alert rules may read, plus Prometheus' own ``up``.
 EXPORTED_METRICS = frozenset(
     {
+        # issue 18: names cut to a bounded length
+        "simplivity_label_values_truncated",
         # issue 11: odd records and adaptive polling
         "simplivity_unreadable_records",
         "simplivity_poll_concurrency",
@@ -61,6 +63,10 @@ EXPORTED_METRICS = frozenset(
         "simplivity_federation_daily_backups_limit",
         "simplivity_federation_retained_backups_projected",
         "simplivity_federation_retained_backups_limit",
+        # issue 17: one verdict, the exporter's, exported per VM
+        "simplivity_vm_protection_status",
+        "simplivity_protection_overdue_factor",
+        "simplivity_protection_grace_seconds",
         # issue 2
         "simplivity_backups",
         "simplivity_backup_size_bytes",
@@ -293,14 +299,13 @@ def test_the_protection_row() -> None:
     age, interval = (t["expr"] for t in at_risk["targets"])
     assert "simplivity_vm_destination_backup_newest_timestamp_seconds" in age
     assert "simplivity_vm_backup_expected_interval_seconds" in interval
-    # The same rule as the exporter's and the alert's, with the factor and grace as variables
-    # (the Helm chart sets them from config.protection).
+    # The same rule as the exporter's and the alert's, with the factor and grace the exporter
+    # judged with (its series), not a copy of them.
     for expr in (age, interval):
-        assert "* $overdue_factor + $grace_seconds" in expr
+        assert "group_left () simplivity_protection_overdue_factor{" in expr
+        assert "group_left () simplivity_protection_grace_seconds{" in expr
         assert "group_left (policy, omnistack_cluster)" in expr
-    constants = {v["name"]: v["query"] for v in dashboard["templating"]["list"]}
-    assert constants["overdue_factor"] == "1.5"
-    assert constants["grace_seconds"] == "3600"
+    assert not [v for v in dashboard["templating"]["list"] if v["type"] == "constant"]
     for title in ("Daily backups, % of limit", "Retained backups, % of limit"):
         panel = by_title[title]
         assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
@@ -317,13 +322,16 @@ def test_every_query_uses_only_metrics_the_exporter_exports() -> None:
         assert names <= EXPORTED_METRICS, f"{where}: {sorted(names - EXPORTED_METRICS)}"
         used |= names
     # Every metric family shows up somewhere on the dashboard, but those only the alerts and
-    # the runbook read (a VM whose last backup failed counts in simplivity_vms).
+    # the runbook read (a VM whose last backup failed counts in simplivity_vms), and a
+    # controller's cut names, which its log explains.
     assert used == EXPORTED_METRICS - {
+        "simplivity_label_values_truncated",
         "simplivity_exporter_shard_index",
         "simplivity_exporter_shards",
         "simplivity_policy_rules",
         "simplivity_policy_vms",
         "simplivity_vm_backup_newest_failed_timestamp_seconds",
+        "simplivity_vm_policy_scheduled",
     }
 
 
@@ -610,7 +618,11 @@ def test_the_at_risk_table_lists_the_overdue_destinations(tmp_path: Path) -> Non
         "none-yet": (100, {"cl1": 0}, 3600),
     }
     newest_metric = "simplivity_vm_destination_backup_newest_timestamp_seconds"
-    series = []
+    # The settings the exporter judged with, which the table reads rather than copies.
+    series = [
+        {"series": f"simplivity_protection_overdue_factor{{{where}}}", "values": "1.5x200"},
+        {"series": f"simplivity_protection_grace_seconds{{{where}}}", "values": "3600x200"},
+    ]
     for number, (vm, (created, newest, interval)) in enumerate(vms.items()):
         labels = f'{where}, vm="{vm}", vm_id="v{number}"'
         info = f'{labels}, omnistack_cluster="cl1", policy="p-{vm}", datastore="ds", host="h1"'

@@ -122,6 +122,8 @@ def test_several_controllers_stale_ones_missing_ones_and_no_per_vm() -> None:
     assert_same_text(statuses)
     assert_same_text(statuses, replace(STATE, per_vm=False, shard_count=3, shard_index=2))
     assert_same_text([])
+    once = assert_same_text(statuses, replace(STATE, once=True))
+    assert "_age_seconds" not in once  # --once: no ages (its output is read later)
 
 
 def test_numbers_that_prometheus_writes_with_exponents() -> None:

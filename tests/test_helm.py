@@ -169,46 +169,70 @@ REFUSED_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         'controllers[1] (b): Secret key "a" is already used by controllers[0]',
     ),
     "existingSecret without controllers": (
-        {"existingSecret": "mine"},
+        {"existingSecret": "mine", "demo": True},
         "existingSecret is set but controllers is empty",
     ),
     "TLS settings on a plain-HTTP scrape": (
-        {"serviceMonitor": {"enabled": True, "tlsConfig": {"serverName": "exporter.example"}}},
+        {
+            "demo": True,
+            "serviceMonitor": {"enabled": True, "tlsConfig": {"serverName": "exporter.example"}},
+        },
         "serviceMonitor.tlsConfig is set but serviceMonitor.scheme is not https",
     ),
     "unknown alert": (
-        {"prometheusRule": {"enabled": True, "alerts": {"SimplivityTypo": {"for": "1h"}}}},
+        {
+            "demo": True,
+            "prometheusRule": {"enabled": True, "alerts": {"SimplivityTypo": {"for": "1h"}}},
+        },
         "prometheusRule.alerts.SimplivityTypo: no such alert in files/alerts.yml",
+    ),
+    # Issue 17: "install now, configure later" must not put made-up data and its alerts into
+    # production monitoring.
+    "no controller and no demo": (
+        {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        "no controller configured: list your controllers under `controllers`",
+    ),
+    "demo and controllers": (
+        with_values(SECRETS_CASE, demo=True),
+        "demo: true and controllers are both set",
     ),
 }
 
+#: The controllers' CA bundle, as a user pastes it into caBundle.
+CA_BUNDLE = "-----BEGIN CERTIFICATE-----\nMIIBexample\n-----END CERTIFICATE-----\n"
+
 RENDER_CASES: dict[str, dict[str, Any]] = {
-    "default": {},
+    # values.yaml alone has no controller: the chart refuses it (below); demo: true is the
+    # explicit first look.
+    "default": {"demo": True},
     **CI_CASES,
     "secrets": SECRETS_CASE,
     "secrets, interval changed": with_values(
         SECRETS_CASE, config={"poll": {"interval_seconds": 600}}
     ),
-    "rules as shipped": {"prometheusRule": {"enabled": True}},
-    "dashboard as shipped": {"grafanaDashboard": {"enabled": True}},
-    # Demo mode (no controllers): the exporter on this branch has no protection settings yet.
-    "protection settings": {
-        "config": {"protection": {"overdue_factor": 2, "grace_seconds": 5400}},
-        "prometheusRule": {"enabled": True},
-        "grafanaDashboard": {"enabled": True},
-    },
+    "rules as shipped": {"demo": True, "prometheusRule": {"enabled": True}},
+    "dashboard as shipped": {"demo": True, "grafanaDashboard": {"enabled": True}},
+    "CA bundle": with_values(SECRETS_CASE, caBundle=CA_BUNDLE),
+    # config.protection reaches the exporter; rules and dashboard read it from its series.
+    "protection settings": with_values(
+        SECRETS_CASE,
+        config={"protection": {"overdue_factor": 2, "grace_seconds": 5400}},
+        prometheusRule={"enabled": True},
+        grafanaDashboard={"enabled": True},
+    ),
     "scrape over TLS, certificate not checked": {
+        "demo": True,
         "serviceMonitor": {
             "enabled": True,
             "scheme": "https",
             "tlsConfig": {"insecureSkipVerify": True},
-        }
+        },
     },
     **{f"bad: {name}": values for name, values in BAD_VALUES.items()},
     **{f"refused: {name}": values for name, (values, _) in REFUSED_VALUES.items()},
 }
 LINT_CASES: dict[str, dict[str, Any] | None] = {
-    "default": None,
+    "default": {"demo": True},
     **CI_CASES,
     **{f"bad: {name}": values for name, values in BAD_VALUES.items()},
 }
@@ -350,6 +374,25 @@ def test_templates_refuse_inconsistent_values(helm: dict[str, Any], case: str) -
     error = helm["render"][f"refused: {case}"]["error"]
     assert error is not None, f"{case}: helm install accepted it"
     assert REFUSED_VALUES[case][1] in error
+
+
+def test_the_ca_bundle_reaches_every_controller_without_its_own(helm: dict[str, Any]) -> None:
+    """caBundle lands in the exporter's ConfigMap, mounted with the config, and is the ca_file
+    of every controller that names none; a new bundle rolls the pods."""
+    docs = rendered(helm, "CA bundle")
+    data = exporter_config_map(docs)["data"]
+    assert data["controllers-ca.pem"] == CA_BUNDLE
+    (container,) = containers(docs)
+    config_dir = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "config")
+    config = yaml.safe_load(data["config.yaml"])
+    assert [c.get("tls", {}).get("ca_file") for c in config["controllers"]] == [
+        f"{config_dir}/controllers-ca.pem"
+    ] * len(SECRETS_CASE["controllers"])
+    # The other TLS settings of a controller stay as they are.
+    assert config["controllers"][1]["tls"]["server_name"] == "mva.chicago.example.com"
+    annotations = workload(docs)["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations["checksum/ca-bundle"]) == 64
+    assert "controllers-ca.pem" not in exporter_config_map(rendered(helm, "secrets"))["data"]
 
 
 # --------------------------------------------------------------------------- Helm lint
@@ -828,34 +871,14 @@ def test_notes_say_how_to_reach_the_metrics(helm: dict[str, Any], case: str) -> 
 def test_policy_aware_rules_and_dashboard_follow_the_exporters_protection_settings(
     helm: dict[str, Any],
 ) -> None:
-    """config.protection (what the exporter gets) sets the overdue factor and grace of the
-    policy-aware alerts and of the dashboard's at-risk table; nothing else changes."""
+    """config.protection goes to the exporter only: the rules and the dashboard read the
+    verdict and the settings it judged with from its series, so both come out as shipped."""
     docs = rendered(helm, "protection settings")
+    config = yaml.safe_load(exporter_config_map(docs)["data"]["config.yaml"])
+    assert config["protection"] == {"overdue_factor": 2, "grace_seconds": 5400}
     got = rules_by_alert(one(docs, "PrometheusRule")["spec"]["groups"])
-    shipped = rules_by_alert(source_rules())
-    interval = "simplivity_vm_backup_expected_interval_seconds"
-    changed = {
-        "SimplivityVMBackupOverdue": shipped["SimplivityVMBackupOverdue"]["expr"].replace(
-            f"{interval} * 1.5 + 3600", f"{interval} * 2 + 5400"
-        ),
-        "SimplivityVMNeverBackedUp": shipped["SimplivityVMNeverBackedUp"]["expr"].replace(
-            f"({interval}) + 3600", f"({interval}) + 5400"
-        ),
-    }
-    for name, expr in changed.items():
-        assert expr != shipped[name]["expr"], name
-        assert got[name]["expr"] == expr, name
-    for name, rule in got.items():
-        if name not in changed:
-            assert rule == shipped[name], name
-    dashboard = rendered_dashboard(docs)
-    assert dashboard is not None
-    constants = {
-        v["name"]: (v["query"], v["current"]["value"])
-        for v in dashboard["templating"]["list"]
-        if v["type"] == "constant"
-    }
-    assert constants == {"overdue_factor": ("2", "2"), "grace_seconds": ("5400", "5400")}
+    assert got == rules_by_alert(source_rules())
+    assert rendered_dashboard(docs) == rendered_dashboard(rendered(helm, "dashboard as shipped"))
 
 
 @pytest.mark.parametrize(

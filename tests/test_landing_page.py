@@ -8,6 +8,7 @@ helper's reading of a DOM is checked without a browser.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def test_the_landing_page_shows_each_controller_and_how_its_polls_go(tmp_path: P
             "a good poll of dc1 and a failed one of dc2",
         )
         page = load(exporter.url + "/", screenshot=tmp_path / "landing.png", window=(1280, 1600))
+        scraped = exporter.scrape()
         statuses = {status.name: status for status in exporter.server.app.statuses()}
         planted = dict(healthy.planted)
         expected = Counter(healthy.expected_statuses.values())
@@ -89,6 +91,47 @@ def test_the_landing_page_shows_each_controller_and_how_its_polls_go(tmp_path: P
     assert dr["Destination"] not in ("", "none", dr["Cluster"])
     assert page.row("VM", NEVER_BACKED_UP_VM)["Newest good backup"] == "never"
     assert page.row("VM", NO_RULES_VM)["Expected interval"] == "none"
+
+    # One verdict: simplivity_vm_protection_status says for every live VM what the page says
+    # (the at-risk table; every VM through the snapshot the page is rendered from), and its
+    # counts by cluster and status are the page's.
+    exported = {
+        labels["vm_id"]: labels["status"]
+        for labels, value in scraped.matching("simplivity_vm_protection_status", controller="dc1")
+        if value == 1
+    }
+    assert exported == {judged.vm.vm_id: judged.status for judged in snapshot.protection}
+    assert exported == healthy.expected_statuses
+    for row, judged in zip(listed, snapshot.at_risk, strict=False):
+        assert row["Status"] == _words(exported[judged.vm.vm_id]), row
+    cluster_of = {judged.vm.vm_id: judged.vm.cluster for judged in snapshot.protection}
+    for table in counts:
+        for record in table.records():
+            if record["Cluster"] == "all clusters":
+                continue
+            for status in PROTECTION_STATUSES:
+                shown = sum(
+                    1
+                    for vm_id, s in exported.items()
+                    if s == status and cluster_of[vm_id] == record["Cluster"]
+                )
+                assert record[_words(status)] == str(shown), (record, status)
+
+    # The README's series-per-VM figure is this federation's (the demo's): dc1's series that
+    # carry a vm_id, over its live VMs.
+    per_vm = [
+        labels["vm_id"]
+        for (name, key), _ in scraped.samples.items()
+        for labels in [dict(key)]
+        if labels.get("controller") == "dc1" and "vm_id" in labels
+    ]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    figure = re.search(
+        r"([\d.]+) per VM on average on the demo, (\d+) series for its (\d+)", readme
+    )
+    assert figure, "the README's series-per-VM figure"
+    assert (figure.group(2), figure.group(3)) == (str(len(per_vm)), str(len(exported)))
+    assert figure.group(1) == f"{len(per_vm) / len(exported):.1f}"
 
 
 def _tables(page: Page, *first_headers: str) -> list[Table]:

@@ -265,29 +265,33 @@ def test_the_runbook_tool_refuses_an_alert_without_annotations() -> None:
         monitoring_tool.rules_with_runbook_urls(text, BASE_URL)
 
 
-#: The overdue rule as issue 12 defines it, and the exporter's defaults (protection.*).
-OVERDUE_FACTOR = "1.5"
-GRACE_SECONDS = "3600"
-
-
-def test_policy_aware_rules_use_the_exporters_overdue_factor_and_grace() -> None:
-    """The literals the Helm chart replaces with config.protection: the factor after
-    ``expected_interval *`` (overdue only), the grace after its ``+`` (both rules)."""
+def test_no_rule_judges_again_or_holds_a_copy_of_the_protection_settings() -> None:
+    """The VM alerts read the exporter's verdict (simplivity_vm_protection_status); the one
+    rule that needs the overdue factor and grace (to name an overdue VM's late destinations)
+    reads the values the exporter judged with, so changing them in the exporter's config is
+    the only edit, and the Helm chart substitutes nothing."""
     rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
-    interval = r"simplivity_vm_backup_expected_interval_seconds\)?"
-    overdue, never = rules["SimplivityVMBackupOverdue"], rules["SimplivityVMNeverBackedUp"]
-    assert re.findall(interval + r" \* ([\d.]+)", overdue) == [OVERDUE_FACTOR]
-    assert re.findall(interval + r"(?: \* [\d.]+)? \+ (\d+)", overdue) == [GRACE_SECONDS]
-    assert re.findall(interval + r" \* ([\d.]+)", never) == []
-    assert re.findall(interval + r" \+ (\d+)", never) == [GRACE_SECONDS]
+    verdicts = {
+        "SimplivityVMNotScheduled": "not_scheduled",
+        "SimplivityVMNeverBackedUp": "never_backed_up",
+        "SimplivityVMBackupOverdue": "overdue",
+        "SimplivityVMLastBackupFailed": "last_failed",
+    }
+    for name, status in verdicts.items():
+        assert re.search(
+            rf'simplivity_vm_protection_status\{{status=~?"[^"]*\b{status}\b', rules[name]
+        )
     for name, expr in rules.items():
-        if name not in {"SimplivityVMBackupOverdue", "SimplivityVMNeverBackedUp"}:
-            assert "simplivity_vm_backup_expected_interval_seconds" not in expr, name
+        assert "simplivity_vm_policy_scheduled" not in expr, name
+        if "simplivity_vm_" in expr:
+            # No number in a VM rule: every threshold is the exporter's.
+            numbers = re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", expr)
+            assert set(numbers) <= {"0"}, (name, numbers)
+    overdue = rules["SimplivityVMBackupOverdue"]
+    assert "simplivity_protection_overdue_factor" in overdue
+    assert "simplivity_protection_grace_seconds" in overdue
     header = RULES.read_text(encoding="utf-8").split("\ngroups:", 1)[0]
-    assert (
-        f"simplivity_vm_backup_expected_interval_seconds * {OVERDUE_FACTOR} + {GRACE_SECONDS}"
-        in (header)
-    )
+    assert "* 1.5 + 3600" not in header
 
 
 def test_rules_read_only_metrics_the_exporter_exports() -> None:
@@ -357,6 +361,7 @@ def _series(vm_id: str, facts: protection.VMFacts) -> list[tuple[str, str]]:
     if facts.newest_backup is None or facts.newest_backup.state != "FAILED":
         failed = 0.0
     out = [
+        (f'simplivity_vm_protection_status{{{ids}, status="{_judged(facts)}"}}', "1"),
         (
             f'simplivity_vm_info{{{ids}, omnistack_cluster="cl", policy="p", datastore="d", '
             f'host="{host}"}}',
@@ -442,6 +447,10 @@ def test_the_vm_alerts_fire_for_the_vms_the_exporter_judges_at_risk(tmp_path: Pa
         {"series": series, "values": f"{value}+0x{hours}"}
         for vm_id, facts in cases
         for series, value in _series(vm_id, facts)
+    ]
+    input_series += [
+        {"series": f'simplivity_protection_{name}{{controller="c"}}', "values": f"{value}x{hours}"}
+        for name, value in (("overdue_factor", 1.5), ("grace_seconds", 3600))
     ]
     input_series += [
         {

@@ -357,6 +357,45 @@ def subject(labels: Mapping[str, str]) -> str:
     raise AssertionError(f"an alert without a subject: {labels}")
 
 
+def readme_queries() -> list[str]:
+    """The README's example queries ("Example queries"), one per paragraph, comments left out."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("### Example queries", 1)[1].split("```promql\n", 1)[1].split("```", 1)[0]
+    found: list[str] = []
+    for paragraph in block.split("\n\n"):
+        lines = [line for line in paragraph.splitlines() if not line.startswith("#")]
+        # A paragraph may hold several one-line queries; a query's continuation is indented.
+        for line in lines:
+            if line.startswith(" ") and found:
+                found[-1] += "\n" + line
+            elif line.strip():
+                found.append(line)
+    return found
+
+
+#: Ten years in seconds: an age past it is a "0 when none" timestamp read as an age.
+AGE_LIMIT = 10 * 365 * 86400
+
+
+def check_readme_queries(prometheus: Prometheus, statuses: Mapping[str, str]) -> None:
+    """Every example query of the README parses and runs; none names a VM the exporter calls
+    ``new`` or ``ok``; none reads a "0 when none" timestamp as an age; and each returns data
+    but those for what this healthy federation lacks: a controller down or stale, and an hour
+    of history (this Prometheus is minutes old)."""
+    queries = readme_queries()
+    assert len(queries) >= 10, queries
+    quiet = ("offset 1h", "simplivity_up == 0", "simplivity_poll_last_success")
+    for expr in queries:
+        rows = prometheus.query(expr)
+        assert bool(rows) != any(word in expr for word in quiet), (expr, rows)
+        for row in rows:
+            labels = row.get("metric", {})
+            if "vm_id" in labels:
+                assert statuses[labels["vm_id"]] not in ("new", "ok"), (expr, labels)
+            if "time() -" in expr:
+                assert float(row["value"][1]) < AGE_LIMIT, (expr, row)
+
+
 def an_unremarkable_backup(simulator: SimulatedController) -> str:
     """The id of a PROTECTED backup of a VM judged ok, with a newer PROTECTED backup of that VM
     at the same destination: the newest of nothing, so leaving it out changes no alert."""
@@ -536,6 +575,7 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
     assert named["SimplivityFederationDailyBackupsNearLimit"] == {CONTROLLER}
     assert "SimplivityFederationRetainedBackupsNearLimit" not in named
     prometheus.wait_for_alerts(expected)
+    check_readme_queries(prometheus, simulator.expected_statuses)
 
     # Their annotations rendered: the templates name the subject, with no template errors.
     for firing in prometheus.get("/api/v1/alerts")["alerts"]:

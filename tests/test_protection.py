@@ -431,7 +431,7 @@ def test_the_order_and_repetition_of_rules_do_not_matter(
     first = dict(expected_intervals(rules, "Boston"))
     shuffled = [*rules, *rules[:1]]
     shuffler.shuffle(shuffled)
-    protection._longest_gap_minutes.cache_clear()  # recompute, with the bits in another order
+    protection._bounded_longest_gap.cache_clear()  # recompute, with the bits in another order
     assert dict(expected_intervals(shuffled, "Boston")) == first
     assert set(first) <= {"Boston", "Chicago"}
 

@@ -787,6 +787,15 @@ def test_malformed_answers(start: Callable[..., SimulatedController], kind: str)
     elif kind == "empty_page":
         assert listed == []
         assert page["offset"] < page["count"] == 100
+    elif kind == "oversized_page":
+        assert len(listed) == 40
+        assert page["limit"] == 20
+    elif kind == "endless_listing":
+        assert page["count"] >= 10**18
+        past_the_end = get_backups(controller, token, offset=10**6, limit=20).json()["backups"]
+        ids = [b["id"] for b in listed + past_the_end]
+        assert len(listed) == len(past_the_end) == 20
+        assert ids == sorted(set(ids))  # full pages of new ids, in order
     controller.faults.clear()
     assert len(get_backups(controller, token, offset=40, limit=20).json()["backups"]) == 20
 
@@ -1562,3 +1571,16 @@ def test_main_serves_until_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_every_flag_of_the_simulator_is_described_in_its_help() -> None:
+    from exporter.simulator import cli as simulator_cli
+
+    parser = simulator_cli._parser()
+    undescribed = [
+        action.option_strings[0]
+        for action in parser._actions
+        if action.option_strings and not (action.help or "").strip()
+    ]
+    assert undescribed == []
+    assert "config.simulator.yaml" in parser.format_help()

@@ -97,6 +97,8 @@ def snapshot(
         vms_by_status=by_status,
         policy_vms={},
         judged_at=judged_at,
+        overdue_factor=1.5,
+        grace_seconds=3600.0,
     )
 
 

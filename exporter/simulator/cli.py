@@ -1,4 +1,7 @@
-"""The simulator's command line: ``python -m exporter.simulator --port 8443 --backups 100000``."""
+"""The simulator's command line: ``python -m exporter.simulator --port 8443 --backups 100000``.
+
+The README's "Try it against a simulated controller" runs it with ``config.simulator.yaml``.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +22,36 @@ from exporter.simulator.vocabulary import REST_API_VERSION
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exporter.simulator",
-        description="Serve a simulated HPE SimpliVity controller on 127.0.0.1.",
+        description="Serve a simulated HPE SimpliVity controller (REST API: /api/oauth/token, "
+        "backups, virtual machines, policies, hosts, the schedule report) on 127.0.0.1, with "
+        "a generated federation in which every protection status occurs. It prints its URL, "
+        "username and password, and serves until Ctrl-C or SIGTERM.",
+        epilog="Poll it with the exporter: simplivity-exporter --config.file "
+        "config.simulator.yaml (the repository's ready config for the defaults here).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8443, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8443, help="port; 0 picks a free one")
     parser.add_argument("--backups", type=int, default=None, help="total backups to generate")
-    parser.add_argument("--vms", type=int, default=None, help="VMs (default 40, or backups/60)")
-    parser.add_argument("--clusters", type=int, default=3)
-    parser.add_argument("--backups-per-vm", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--mode", choices=("ovc", "mva"), default="ovc")
+    parser.add_argument(
+        "--vms", type=int, default=None, help="live VMs; none given: 40, or backups/60 if larger"
+    )
+    parser.add_argument("--clusters", type=int, default=3, help="clusters of the federation")
+    parser.add_argument(
+        "--backups-per-vm",
+        type=int,
+        default=12,
+        help="backups of each VM, when --backups is not given",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1, help="the generator's seed: the same seed, the same data"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("ovc", "mva"),
+        default="ovc",
+        help="answer as a Virtual Controller (ovc) or a Management Virtual Appliance (mva)",
+    )
     parser.add_argument(
         "--api-version",
         default=REST_API_VERSION,
@@ -39,18 +62,34 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="an older controller: the same as --api-version 1.10",
     )
-    parser.add_argument("--daily-backup-limit", type=int, default=50_000)
-    parser.add_argument("--retained-backups-limit", type=int, default=1_000_000)
-    parser.add_argument("--username", default="administrator@vsphere.local")
-    parser.add_argument("--password", default="simulator-password")
+    parser.add_argument(
+        "--daily-backup-limit",
+        type=int,
+        default=50_000,
+        help="the schedule report's daily_backup_rate_limit",
+    )
+    parser.add_argument(
+        "--retained-backups-limit",
+        type=int,
+        default=1_000_000,
+        help="the schedule report's retained_backups_limit",
+    )
+    parser.add_argument(
+        "--username", default="administrator@vsphere.local", help="the login it accepts"
+    )
+    parser.add_argument("--password", default="simulator-password", help="its password")
     parser.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--request-cost", type=float, default=0.0, help="seconds per request")
     parser.add_argument("--object-cost", type=float, default=0.0, help="seconds per backup")
-    parser.add_argument("--max-parallel", type=int, default=0, help="0: unlimited")
+    parser.add_argument(
+        "--max-parallel", type=int, default=0, help="requests served at once; 0: unlimited"
+    )
     parser.add_argument("--churn-create", type=int, default=0, help="new backups per request")
     parser.add_argument("--churn-expire", type=int, default=0, help="expired backups per request")
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--log-level", default="warning", help="debug, info, warning or error (to stderr)"
+    )
     quirks = parser.add_argument_group("real controllers' quirks (0: off)")
     quirks.add_argument("--limit-cap", type=int, default=0, help="serve at most N records per page")
     quirks.add_argument(
@@ -69,9 +108,24 @@ def _parser() -> argparse.ArgumentParser:
     quirks.add_argument(
         "--odd-every", type=int, default=0, help="serve every N-th backup (by id) odd"
     )
-    quirks.add_argument("--odd-kind", choices=ODD_KINDS, default="created_at_na")
-    quirks.add_argument("--error-timestamp", choices=("iso", "epoch_ms"), default="iso")
-    quirks.add_argument("--error-code", choices=("string", "number"), default="string")
+    quirks.add_argument(
+        "--odd-kind",
+        choices=ODD_KINDS,
+        default="created_at_na",
+        help="what is odd about the backups --odd-every picks",
+    )
+    quirks.add_argument(
+        "--error-timestamp",
+        choices=("iso", "epoch_ms"),
+        default="iso",
+        help="how error bodies write their timestamp",
+    )
+    quirks.add_argument(
+        "--error-code",
+        choices=("string", "number"),
+        default="string",
+        help="how error bodies write their status code",
+    )
     quirks.add_argument(
         "--extended-errors", action="store_true", help="error bodies carry extendedResponse"
     )

@@ -16,6 +16,8 @@ Malformed = Literal[
     "short_page",
     "empty_page",
     "endless",
+    "endless_listing",
+    "oversized_page",
 ]
 MALFORMED_KINDS: Final[tuple[str, ...]] = get_args(Malformed)
 
@@ -72,7 +74,10 @@ class Faults:
       (no record of the page has ``created_at``), ``count_too_large`` (``count`` 1000 more than
       exist: the pages past the real end are empty), ``short_page`` (half of the page; ``count``
       is right), ``empty_page`` (an empty list whatever the offset), ``endless`` (200 without
-      Content-Length, a body that streams until the client leaves or stop()).
+      Content-Length, a body that streams until the client leaves or stop()),
+      ``endless_listing`` (``count`` 10^18, and every page full: the listing's records again
+      under new ids, in order), ``oversized_page`` (twice the records the ``limit`` asked for,
+      the envelope's ``limit`` saying the one asked).
 
     The controller's own limits, on every paged collection:
 

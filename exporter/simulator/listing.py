@@ -133,11 +133,14 @@ class Listings:
                     )
                 matching = store.matching(query, self.mode)
                 count = len(matching)
-                if query.descending:
+                served = 2 * limit if scoped and faults.malformed == "oversized_page" else limit
+                if scoped and faults.malformed == "endless_listing" and matching:
+                    page = [matching[(query.offset + i) % count] for i in range(limit)]
+                elif query.descending:
                     end = count - query.offset
-                    page = matching[max(end - limit, 0) : max(end, 0)][::-1]
+                    page = matching[max(end - served, 0) : max(end, 0)][::-1]
                 else:
-                    page = matching[query.offset : query.offset + limit]
+                    page = matching[query.offset : query.offset + served]
             cost = faults.request_cost_seconds + faults.object_cost_seconds * len(page)
             if cost > 0 and self._stopping.wait(cost):
                 ex.close()
@@ -155,9 +158,11 @@ class Listings:
             page = page[: len(page) // 2]
         elif malformed == "empty_page":
             page = []
-        listing = self._render(store, query.fields, page, malformed)
+        listing = self._render(store, query.fields, page, malformed, query.offset)
         if malformed == "count_too_large":
             count += 1000
+        elif malformed == "endless_listing":
+            count = ENDLESS_COUNT
         body = (
             f'{{"offset":{query.offset},"count":{count},"limit":{limit},'
             f'"{collection.key}":{listing}}}'
@@ -167,7 +172,12 @@ class Listings:
         ex.send(200, body, items=len(page))
 
     def _render(
-        self, store: Store, fields: tuple[str, ...] | None, page: list[Row], malformed: str | None
+        self,
+        store: Store,
+        fields: tuple[str, ...] | None,
+        page: list[Row],
+        malformed: str | None,
+        offset: int = 0,
     ) -> str:
         layout = store.layout
         odd = self.faults.odd_records()
@@ -175,10 +185,12 @@ class Listings:
         odd_rows = (
             {i for i, row in enumerate(page) if get_id(row) in odd} if odd and get_id else set()
         )
-        if malformed in ("size_as_string", "missing_created_at") or odd_rows:
+        if malformed in ("size_as_string", "missing_created_at", "endless_listing") or odd_rows:
             items: list[Any] = layout.renderer(fields)(page)
-            for item in items:
-                if malformed == "missing_created_at":
+            for position, item in enumerate(items, start=offset):
+                if malformed == "endless_listing" and "id" in item:
+                    item["id"] = f"{position:020d}"  # new, and in order, page after page
+                elif malformed == "missing_created_at":
                     item.pop("created_at", None)
                 elif malformed == "size_as_string" and "size" in item:
                     item["size"] = str(item["size"])
@@ -265,6 +277,10 @@ class Listings:
             self.stats.streamed(len(chunk))
             if self._stopping.wait(0.01):
                 break
+
+
+#: The ``count`` of an ``endless_listing``: more than any client can page through.
+ENDLESS_COUNT = 10**18
 
 
 def answer_failure(ex: Exchange, status: int) -> None:

@@ -57,7 +57,14 @@ _encode_str: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def to_json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if text.isascii() or not _LONE_SURROGATE.search(text):
+        return text
+    # A lone surrogate (a hostile test's name) is no UTF-8: JSON's escape, as in "\ud800".
+    return json.dumps(value, separators=(",", ":"))
+
+
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,20 @@ app.kubernetes.io/part-of: simplivity-exporter
 {{- end }}
 {{- end }}
 
-{{/* True (non-empty) when there is no controller: the exporter runs --demo. */}}
+{{/* True (non-empty) when the exporter runs --demo: no controller, and demo: true. */}}
 {{- define "simplivity-exporter.demo" -}}
-{{- if not .Values.controllers }}true{{ end }}
+{{- if and .Values.demo .Values.controllers }}
+{{- fail "demo: true and controllers are both set: remove demo to poll the controllers" }}
 {{- end }}
+{{- if not .Values.controllers }}
+{{- if not .Values.demo }}
+{{- fail "no controller configured: list your controllers under `controllers` (see the chart's README), or set demo: true to run the built-in simulated controller (made-up data, for a first look only)" }}
+{{- end }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{- define "simplivity-exporter.caFile" -}}{{ include "simplivity-exporter.configDir" . }}/controllers-ca.pem{{- end }}
 
 {{- define "simplivity-exporter.sharded" -}}
 {{- if gt (int .Values.sharding.shards) 1 }}true{{ end }}
@@ -103,7 +113,11 @@ controller unless existingSecret, no password alongside existingSecret.
 {{- $controllers := list }}
 {{- range .Values.controllers }}
 {{- $entry := dict "name" .name "url" .url "username" .username "password_file" (printf "%s/%s" (include "simplivity-exporter.secretDir" $) (include "simplivity-exporter.passwordKey" .)) }}
-{{- with .tls }}
+{{- $tls := deepCopy (.tls | default dict) }}
+{{- if and $.Values.caBundle (not (hasKey $tls "ca_file")) }}
+{{- $_ := set $tls "ca_file" (include "simplivity-exporter.caFile" $) }}
+{{- end }}
+{{- with $tls }}
 {{- $_ := set $entry "tls" . }}
 {{- end }}
 {{- $controllers = append $controllers $entry }}
@@ -125,6 +139,9 @@ metadata:
   {{- if not (include "simplivity-exporter.demo" .) }}
   {{- /* A new config rolls the pods; no checksum of the Secret, which would leak a hash of the passwords. */}}
   {{- $_ := set $annotations "checksum/config" (include "simplivity-exporter.configFile" . | sha256sum) }}
+  {{- with .Values.caBundle }}
+  {{- $_ := set $annotations "checksum/ca-bundle" (. | sha256sum) }}
+  {{- end }}
   {{- end }}
   {{- with $annotations }}
   annotations:
