@@ -37,11 +37,14 @@ import requests.utils
 from exporter.backups import BACKUPS
 from exporter.config import ControllerConfig, PollConfig
 from exporter.inventory import (
+    CLUSTERS,
     HOSTS,
     POLICIES,
     SCHEDULE_REPORT,
+    VERSION,
     VIRTUAL_MACHINES,
     parse_schedule_report,
+    parse_versions,
 )
 from exporter.model import (
     AuthError,
@@ -53,18 +56,16 @@ from exporter.model import (
     ScheduleReport,
     SimplivityError,
     TLSError,
-    decode_json,
 )
-from exporter.scan import SORT_FIELD, Collection, PageCounter
+from exporter.pages import Collection, PageCounter, sorting
+from exporter.poller import for_version
+from exporter.restapi import RESOURCE_SINCE, Version, documented, has_resource, parse_version
 from exporter.simplivity import SimplivityClient
 
-VERSION = "/api/version"
 LOGIN = "/api/oauth/token"
 #: The most any request of the check waits (less if ``poll.timeout_seconds`` is shorter): a
 #: controller answers each of these in well under a second, and a person is waiting.
 CHECK_TIMEOUT_SECONDS = 15.0
-#: The first REST API version with the schedule report.
-SCHEDULE_REPORT_SINCE = (1, 11)
 #: Controllers checked at the same time.
 MAX_PARALLEL_CHECKS = 8
 #: A certificate that expires sooner than this is worth a warning.
@@ -75,6 +76,7 @@ LISTINGS: tuple[tuple[str, Collection], ...] = (
     ("live VMs", VIRTUAL_MACHINES),
     ("policies", POLICIES),
     ("hosts", HOSTS),
+    ("clusters", CLUSTERS),
 )
 AUTH_FIX = (
     "check the user name (vCenter users need their domain: administrator@vsphere.local) and "
@@ -196,7 +198,7 @@ class _Check:
         self.client = client
         self.url = urlsplit(controller.url)
         self.findings: list[Finding] = []
-        self.rest_api: tuple[int, ...] | None = None  # as /api/version said, if it parses
+        self.rest_api: Version | None = None  # as /api/version said (None: the newest)
         self.logged_in = False  # and said so
 
     def add(self, topic: str, level: Level, text: str, fix: str = "") -> None:
@@ -230,28 +232,42 @@ class _Check:
         self.add("reachable", "ok", f"{VERSION} answered in {seconds:.2f} s")
         self.tls_finding()
         try:
-            rest, omnistack = parse_version(body)
+            versions = parse_versions(body)
         except DecodeError as err:
             self.add("REST API", "fail", str(err), self.fix(err, VERSION))
             return False
-        self.add("REST API", "ok", rest + (f", OmniStack {omnistack}" if omnistack else ""))
-        self.rest_api = version_tuple(rest)
+        self.rest_api = parse_version(versions.rest_api)
+        if self.rest_api is None:  # as a poll: asked for the newest version's fields
+            said = repr(versions.rest_api) if versions.rest_api else "none"
+            self.add("REST API", "warn", f"version {said}: asking as of the newest")
+            return True
+        omnistack = f", OmniStack {versions.svtfs}" if versions.svtfs else ""
+        self.add("REST API", "ok", versions.rest_api + omnistack)
         return True
 
     def listings(self) -> bool:
         """One login, then one record of each listing; False once going on is pointless."""
-        for topic, collection in LISTINGS:
+        # As a poll: the clusters only where hosts name theirs (REST API 1.9 and later), the
+        # fields this version documents, in the first order the poll tries.
+        named = documented(HOSTS.path, "omnistack_cluster_id", self.rest_api)
+        for topic, listed in LISTINGS:
+            if listed is CLUSTERS and not named:
+                continue
+            collection = for_version(listed, self.rest_api)
+            order = collection.orders[0]
+            field, descending = sorting(order)
             request = PageRequest(
                 collection.path,
                 0,
                 1,
                 collection.fields,
-                SORT_FIELD,
+                field or None,
+                "descending" if descending else "ascending",
                 filters=collection.filters,
             )
             try:
                 body = self.client.get_page(request)
-                count = PageCounter(collection, _ignore).count(0, body).count
+                count = PageCounter(collection, _ignore).count(0, body, order).count
             except AuthError as err:
                 # Without what a poll's client adds (when it will try again): a check does not.
                 refused = str(err).partition("; next attempt")[0]
@@ -285,8 +301,8 @@ class _Check:
     def schedule_report(self) -> None:
         topic = "schedule report"
         unexported = "the federation's backup limits are not exported"
-        if self.rest_api is not None and self.rest_api < SCHEDULE_REPORT_SINCE:
-            since = ".".join(map(str, SCHEDULE_REPORT_SINCE))
+        if not has_resource(SCHEDULE_REPORT, self.rest_api):
+            since = ".".join(map(str, RESOURCE_SINCE[SCHEDULE_REPORT]))
             self.add(topic, "warn", f"none before REST API {since}: {unexported}")
             return
         try:
@@ -424,25 +440,6 @@ class _Check:
         if isinstance(err, DecodeError) and path == VERSION:
             return "this is not a SimpliVity controller's answer: a proxy or another service?"
         return "please report this message with the controller's REST API version"
-
-
-def parse_version(body: bytes) -> tuple[str, str]:
-    """The REST API version and the OmniStack version ("" on an MVA, which does not say) of
-    ``GET /api/version``; :class:`DecodeError` if it does not look like a controller's."""
-    document = decode_json(VERSION, body)
-    rest = document.get("REST_API_Version") if isinstance(document, dict) else None
-    if not isinstance(rest, str) or not rest:
-        raise DecodeError(f"{VERSION} answered without a REST_API_Version")
-    omnistack = document.get("SVTFS_Version")
-    return rest, omnistack if isinstance(omnistack, str) else ""
-
-
-def version_tuple(version: str) -> tuple[int, ...] | None:
-    """``"1.25"`` as (1, 25); None if it is not dotted numbers."""
-    try:
-        return tuple(int(part) for part in version.split("."))
-    except ValueError:
-        return None
 
 
 def describe_limits(report: ScheduleReport) -> str:

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TLS and basic-auth settings, in the Prometheus exporter-toolkit format",
     )
     add(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="let POST /-/reload reload the configuration (SIGHUP always does)",
+    )
+    add(
         "--log.level",
         dest="log_level",
         default="info",
@@ -163,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: log_warnings(load_sharded(args.config_file, shard)),
             listen_address=args.listen_address,
             web_config_file=args.web_config_file,
+            enable_lifecycle=args.enable_lifecycle,
         )
         return EXIT_OK
     except (ConfigError, UsageError) as err:
@@ -258,6 +265,7 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
             lambda: config,
             listen_address=args.listen_address,
             web_config_file=args.web_config_file,
+            enable_lifecycle=args.enable_lifecycle,
         )
         return EXIT_OK
     finally:

@@ -114,6 +114,7 @@ def test_a_healthy_controller_shows_its_version_certificate_and_counts(
         "live VMs": live,
         "policies": len(simulator.policies()),
         "hosts": len(simulator.hosts()),
+        "clusters": len(simulator.clusters()),
     }
     for topic, count in expected.items():
         assert line(report, topic).split()[-2:] == [str(count), "listed"]
@@ -127,11 +128,13 @@ def test_a_healthy_controller_shows_its_version_certificate_and_counts(
     stats = simulator.stats.snapshot()
     assert (stats.logins, stats.login_failures) == (1, 0)
     assert all(pages == ((0, 1),) for pages in stats.pages_per_path.values())
+    assert stats.status_counts == {200: 8}  # version, login, 5 listings, the schedule report
     assert set(stats.pages_per_path) == {
         "/api/backups",
         "/api/virtual_machines",
         "/api/policies",
         "/api/hosts",
+        "/api/omnistack_clusters",
     }
 
 
@@ -338,6 +341,19 @@ def test_an_old_controller_has_no_schedule_report_and_is_not_asked_for_it(
     assert schedule.startswith("  warn  schedule report")
     assert "none before REST API 1.11" in schedule
     assert "/api/policies/policy_schedule_report" not in requests_seen(simulator)
+
+
+def test_a_controller_before_rest_api_1_9_is_asked_only_what_it_documents(
+    start_simulator: Start,
+) -> None:
+    # Its hosts name no cluster: a poll reads no cluster listing, and asks the hosts without
+    # omnistack_cluster_id (the simulator, like a real controller, refuses an unknown field).
+    simulator = start_simulator(FederationSpec(), api_version="1.8")
+    report = check_controller(controller(simulator), POLL)
+    assert report.ok, report.render()
+    assert line(report, "hosts").split()[-2:] == [str(len(simulator.hosts())), "listed"]
+    assert " clusters " not in report.render()
+    assert "/api/omnistack_clusters" not in requests_seen(simulator)
 
 
 def test_no_credentials_go_to_an_address_that_is_not_a_controller(
