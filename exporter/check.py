@@ -285,8 +285,25 @@ class _Check:
                     return False  # the controller stopped answering: the rest would wait too
             else:
                 self.credentials_accepted()
-                self.add(topic, "ok", f"{count} listed")
+                self.add_count(topic, listed, count)
         return True
+
+    def add_count(self, topic: str, listed: Collection, count: int) -> None:
+        """A listing's size, and whether polls read it: as the poller caps them, a listing
+        larger than its setting fails the poll at its first page."""
+        if listed is BACKUPS:
+            most, setting = self.poll.max_backups, "poll.max_backups"
+        else:
+            most, setting = self.poll.max_vms, "poll.max_vms"
+        if count <= most:
+            self.add(topic, "ok", f"{count} listed")
+            return
+        self.add(
+            topic,
+            "fail",
+            f"{count} listed, more than {setting} ({most}): a poll fails at its first page",
+            f"raise {setting} above {count} if the controller really holds that many",
+        )
 
     def credentials_accepted(self) -> None:
         """Said once, before the first listing's line."""

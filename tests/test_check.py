@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -392,6 +393,20 @@ def test_a_listing_that_refuses_what_a_poll_asks_is_worth_a_report(
     assert vms.startswith("  FAIL  live VMs")
     assert "/api/virtual_machines answered HTTP 400" in vms
     assert "fix: polls ask the same: please report this message" in vms
+
+
+def test_a_listing_larger_than_its_setting_says_which_setting_to_raise(
+    start_simulator: Start,
+) -> None:
+    simulator = start_simulator(FederationSpec())
+    live = sum(1 for vm in simulator.virtual_machines() if vm["state"] == "ALIVE")
+    poll = replace(POLL, max_vms=live - 1)
+    report = check_controller(controller(simulator), poll)
+
+    vms = line(report, "live VMs")
+    assert vms.startswith(f"  FAIL  live VMs         {live} listed, more than poll.max_vms")
+    assert f"fix: raise poll.max_vms above {live}" in vms
+    assert line(report, "backups").startswith("  ok")  # poll.max_backups is another setting
 
 
 def test_several_controllers_are_checked_together_and_reported_in_order(
