@@ -2,8 +2,9 @@
 
 For each controller: one ``GET /api/version``, which needs no login (reachable? TLS? which REST
 API?); then one login and one record of each listing a poll reads, asked for as a poll asks
-(same fields, filters and sort) with ``limit=1``, so that the envelope's ``count`` is the size
-of the listing; then the schedule report where the REST API has it. An ``https://``
+(the fields that REST API version documents, the filters, the first sort) with ``limit=1``, so
+that the envelope's ``count`` is the size of the listing; then the schedule report where the
+REST API has it. An ``https://``
 controller's certificate (names, issuer, expiry) is read with one more handshake. Every finding
 that is not fine comes with what to do about it.
 
