@@ -232,7 +232,7 @@ class ClusterSummary:
 class HeldBackups(NamedTuple):
     """A VM's backups at one destination: how far back it can be restored there, whether they
     are application-consistent, and what they hold. (A named tuple, not a dataclass: one per VM
-    and destination is made and pickled at every poll, and a tuple costs a third of that.)"""
+    and destination is made and pickled at every poll, and a tuple is cheaper at both.)"""
 
     backups: int  # any state
     size: int  # bytes, any state
