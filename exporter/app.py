@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -68,23 +68,26 @@ def run_once(config: Config, shard: Shard, output: str | None) -> bool:
         worker.close()
     state = replace(exporter_state(config, shard, time.time()), once=True)
     backups = BackupCollector(lambda: statuses, lambda: state)
-    # The text only: the server's Exposition also gzips it and keeps its pieces for the next
-    # scrape, which a file written once has no use for (a poll of 100,000 backups: ~60 ms).
-    text = TextWriter(backups).text().encode()
+    # The text's pieces, written one at a time: the server's Exposition also joins them, gzips
+    # the whole and keeps it for the next scrape, copies a file written once has no use for
+    # (with 5,000 VMs, megabytes of peak memory each).
+    pieces = (piece.encode() for piece in TextWriter(backups).parts())
     if output:
-        write_atomically(Path(output), text)
+        write_atomically(Path(output), pieces)
     else:
-        sys.stdout.buffer.write(text)
+        for piece in pieces:
+            sys.stdout.buffer.write(piece)
         sys.stdout.flush()
     return all(status.up for status in statuses)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: Iterable[bytes]) -> None:
     """Readers (node_exporter's textfile collector) see the old file or the new, never half."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            for piece in data:
+                stream.write(piece)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)
