@@ -92,6 +92,8 @@ class _ClusterTally:
         self.without_vm = self.without_vm_size = 0
 
 
+#: What a backup's consistency_type is when it does not say.
+_UNSAID = frozenset({"", MISSING})
 #: The oldest PROTECTED backup of a tally that has none: after every timestamp.
 _NO_OLDEST = "~"
 
@@ -99,10 +101,10 @@ _NO_OLDEST = "~"
 class _HeldTally:
     """A VM's backups at one destination (:class:`~exporter.model.HeldBackups`)."""
 
-    __slots__ = ("backups", "newest", "newest_app", "oldest", "protected", "size", "typed")
+    __slots__ = ("newest", "newest_app", "oldest", "others", "protected", "size", "typed")
 
     def __init__(self) -> None:
-        self.backups = self.size = self.protected = 0
+        self.size = self.protected = self.others = 0  # others: not PROTECTED
         self.newest = self.newest_app = ""  # PROTECTED ones' created_at
         self.oldest = _NO_OLDEST
         self.typed = False
@@ -213,12 +215,10 @@ class Aggregator:
         held = vm.held.get(destination)
         if held is None:
             held = vm.held[destination] = _HeldTally()
-        held.backups += 1
         held.size += size
+        # Not a text (absent, or odd): as if not said.
         consistency = backup.get("consistency_type")
-        if type(consistency) is not str:  # absent, or odd: as if not said
-            consistency = MISSING
-        elif not held.typed and consistency and consistency != MISSING:
+        if not held.typed and type(consistency) is str and consistency not in _UNSAID:
             held.typed = True
         if protected:
             held.protected += 1
@@ -227,10 +227,16 @@ class Aggregator:
             # _NO_OLDEST sorts after every time; a backup without one ("") is no one's oldest.
             if "" < created < held.oldest:
                 held.oldest = created
-            if consistency in APP_CONSISTENT_TYPES and created > held.newest_app:
+            if (
+                created > held.newest_app
+                and type(consistency) is str
+                and consistency in APP_CONSISTENT_TYPES
+            ):
                 held.newest_app = created
-        elif state == "FAILED" and created > vm.newest_failed:
-            vm.newest_failed = created
+        else:
+            held.others += 1
+            if state == "FAILED" and created > vm.newest_failed:
+                vm.newest_failed = created
 
     def snapshot(self) -> BackupSnapshot:
         clusters = tuple(
@@ -268,7 +274,7 @@ class Aggregator:
                 vm.newest_destination,
                 {
                     where: HeldBackups(
-                        h.backups,
+                        h.protected + h.others,
                         h.size,
                         h.protected,
                         None if h.oldest is _NO_OLDEST else parsed(h.oldest),
