@@ -44,23 +44,19 @@ from exporter.model import (
     timestamp_seconds,
 )
 from exporter.pages import Collection
-from exporter.protection import (
+from exporter.protection import PROTECTION_STATUSES, NewestBackup, VMFacts, judge, worst_first
+from exporter.recovery import orphaned, recovery_windows
+from exporter.schedule import (
     LOCAL,
     MAX_POLICIES_WORK,
     MAX_RULE_WORK,
-    PROTECTION_STATUSES,
-    NewestBackup,
     Rule,
     RuleCostError,
-    VMFacts,
     app_consistent_intervals,
     check_cost,
     expected_intervals,
-    judge,
     parse_rules,
-    worst_first,
 )
-from exporter.recovery import orphaned, recovery_windows
 
 #: VM listings of many thousand objects are known to exhaust a controller's memory
 #: (OMNI-69918): pages of this many VMs at most, whatever ``poll.page_size`` says.
@@ -218,8 +214,8 @@ class InventoryRead:
 
     def add_policy(self, record: Mapping[str, Any]) -> None:
         """:class:`RecordError` for a policy whose rules are too costly to evaluate
-        (:func:`~exporter.protection.check_cost`), or that comes after policies which took all
-        the work a poll spends on them (:data:`~exporter.protection.MAX_POLICIES_WORK`): its
+        (:func:`~exporter.schedule.check_cost`), or that comes after policies which took all
+        the work a poll spends on them (:data:`~exporter.schedule.MAX_POLICIES_WORK`): its
         VMs are then ``not_scheduled``."""
         policy_id = self._id(record)
         raw_rules = record.get("rules")

@@ -43,6 +43,8 @@ FORBIDDEN = {
     # Who should be protected, and how: records in, judgements out; no HTTP, no scheduler.
     "inventory": {"simplivity", "poller", "worker", "collector", "exposition", "web", "app"},
     "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
+    # A policy's rules and their expected intervals: the vocabulary below them, nothing else.
+    "schedule": EVERY_MODULE - {"model"},
     "recovery": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "worker": {"simplivity", "poller", "web", "app", "cli"},
     "app": {"cli"},

@@ -21,7 +21,7 @@ from exporter import recovery
 from exporter.backups import Aggregator
 from exporter.inventory import InventoryRead
 from exporter.model import BackupSnapshot, ControllerSnapshot
-from exporter.protection import LOCAL, Days, Rule, Schedule, interval_seconds, parse_rule
+from exporter.schedule import LOCAL, Days, Rule, Schedule, interval_seconds, parse_rule
 from exporter.recovery import (
     orphaned,
     recovery_windows,
