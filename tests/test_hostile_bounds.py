@@ -38,8 +38,8 @@ from exporter.model import (
 )
 from exporter.pages import PageCounter
 from exporter.poller import ControllerPoller, connect
-from exporter.schedule import Days, Rule, RuleCostError, Schedule, check_cost
 from exporter.scan import Scanner
+from exporter.schedule import Days, Rule, RuleCostError, Schedule, check_cost
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import Lab, controller_config

@@ -35,10 +35,7 @@ FORBIDDEN = {
     "exposition": {"simplivity", "scan", "poller", "worker", "web", "app"},
     "web": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "app"},
     # The landing page is drawn from published statuses alone: it neither serves nor polls.
-    "landing": {
-        "simplivity", "scan", "poller", "worker", "collector", "exposition", "web", "httpserver",
-        "app", "cli",
-    },  # fmt: skip
+    "landing": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "poller": {"collector", "exposition", "web", "app", "cli"},
     # Who should be protected, and how: records in, judgements out; no HTTP, no scheduler.
     "inventory": {"simplivity", "poller", "worker", "collector", "exposition", "web", "app"},

@@ -21,13 +21,13 @@ from exporter import recovery
 from exporter.backups import Aggregator
 from exporter.inventory import InventoryRead
 from exporter.model import BackupSnapshot, ControllerSnapshot
-from exporter.schedule import LOCAL, Days, Rule, Schedule, interval_seconds, parse_rule
 from exporter.recovery import (
     orphaned,
     recovery_windows,
     rule_window_minutes,
     shortest_gap_minutes,
 )
+from exporter.schedule import LOCAL, Days, Rule, Schedule, interval_seconds, parse_rule
 
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
 HOUR, DAY = 3600, 86400
