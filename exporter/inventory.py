@@ -115,6 +115,9 @@ CLUSTERS = Collection(
 SCHEDULE_REPORT = "/api/policies/policy_schedule_report"
 #: The REST API version, and a virtual controller's OmniStack version: what fields to ask for.
 VERSION = "/api/version"
+#: The inventory's listings in the order a poll reads them: the live VMs first, then the
+#: policies and hosts they name, then the clusters' names (for the hosts).
+INVENTORY_LISTINGS = (VIRTUAL_MACHINES, POLICIES, HOSTS, CLUSTERS)
 
 _NO_BACKUPS: Mapping[str, float] = MappingProxyType({})
 #: What a policy promises a VM of a cluster: expected intervals, those of its rules that ask for

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from exporter.backups import BACKUPS, Aggregator
-from exporter.inventory import InventoryRead
-from exporter.model import BackupSnapshot, ControllerSnapshot, ScheduleReport
+from exporter.inventory import INVENTORY_LISTINGS, VERSION, InventoryRead
+from exporter.model import BackupSnapshot, ControllerSnapshot, PageRequest, ScheduleReport
 from exporter.pages import Collection, PageSink
 
 
@@ -164,3 +164,43 @@ def answer_inventory(
     records = (inventory or {}).get(collection.path, ())
     pages.count(0, listing_body(collection, records))
     return True
+
+
+class RecordingSource(NoPollLimits):
+    """A controller for a :class:`~exporter.scan.Scanner`, recording every request a poll sends.
+
+    Each listing holds ``records[path]`` (none by default), paged as asked; ``GET /api/version``
+    answers ``version`` (with no version, ``{}``, as every other ``GET``).
+    """
+
+    def __init__(
+        self, records: Mapping[str, Sequence[Mapping[str, Any]]] | None = None, version: str = ""
+    ) -> None:
+        self.records = records or {}
+        self.version = version
+        self.pages: list[PageRequest] = []
+        self.gets: list[str] = []
+        self.logins = 1
+        self.throttled = 0
+
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
+        self.pages.append(page)
+        collection = {c.path: c for c in (BACKUPS, *INVENTORY_LISTINGS)}[page.path]
+        records = self.records.get(page.path, ())
+        window = records[page.offset : page.offset + page.limit]
+        document = {
+            "offset": page.offset,
+            "count": len(records),
+            "limit": page.limit,
+            collection.key: list(window),
+        }
+        return json.dumps(document).encode()
+
+    def get_body(self, path: str) -> bytes:
+        self.gets.append(path)
+        if path == VERSION and self.version:
+            return json.dumps({"REST_API_Version": self.version}).encode()
+        return b"{}"
+
+    def close(self) -> None:
+        pass
