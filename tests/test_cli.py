@@ -26,6 +26,7 @@ from exporter import cli
 from exporter.config import load_config
 from exporter.simplivity import worst_case_poll_seconds
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
+from tests import live_exporter
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, parse, scrape
 from tests.promtool import promtool
@@ -47,20 +48,10 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def write_config(path: Path, *controllers: SimulatedController, extra: str = "") -> Path:
-    lines = [
-        "poll: {interval_seconds: 1, deadline_seconds: 60, timeout_seconds: 2, max_retries: 0}",
-        extra,
-        "controllers:",
-    ]
-    for number, controller in enumerate(controllers):
-        lines += [
-            f"  - name: c{number}",
-            f"    url: {controller.url}",
-            f"    username: {controller.username}",
-            "    password: ${SIM_PASSWORD}",
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    """The controllers named ``c0``, ``c1``..., their password read from ``${SIM_PASSWORD}``."""
+    named = {f"c{number}": controller for number, controller in enumerate(controllers)}
+    passwords = dict.fromkeys(named, "${SIM_PASSWORD}")
+    return live_exporter.write_config(path, named, passwords=passwords, extra=extra)
 
 
 def free_port() -> int:
