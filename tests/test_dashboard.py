@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.promtool import promtool
 from tools import monitoring as monitoring_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -350,12 +349,6 @@ def test_every_query_uses_only_metrics_the_exporter_exports() -> None:
 
 def test_every_query_parses(tmp_path: Path) -> None:
     """promtool parses each expression as it would reach Prometheus (variables substituted)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail(
-            "promtool not found on PATH: it comes with Debian's prometheus package, "
-            "which `./dev setup` installs (or: apt-get install prometheus)"
-        )
     dashboard = load_dashboard()
     found = queries(dashboard)
     rules = [
@@ -364,13 +357,7 @@ def test_every_query_parses(tmp_path: Path) -> None:
     ]
     rule_file = tmp_path / "dashboard_queries.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run(
-        [promtool, "check", "rules", str(rule_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = promtool("check", "rules", str(rule_file))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(found)} rules found" in result.stdout
 
@@ -700,13 +687,5 @@ def test_the_at_risk_table_lists_the_overdue_destinations(tmp_path: Path) -> Non
     }
     path = tmp_path / "at_risk_test.yml"
     path.write_text(yaml.safe_dump(tests), encoding="utf-8")
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool comes with Debian's prometheus package (./dev setup)"
-    result = subprocess.run(
-        [promtool, "test", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
