@@ -38,6 +38,12 @@ def pki(tmp_path: Path) -> PKI:
     return make_pki(tmp_path)
 
 
+@pytest.fixture
+def simulator(start_simulator: Start) -> SimulatedController:
+    """A controller of the default federation, up for the test."""
+    return start_simulator(FederationSpec())
+
+
 def controller(
     simulator: SimulatedController,
     *,
@@ -140,9 +146,8 @@ def test_a_healthy_controller_shows_its_version_certificate_and_counts(
 
 
 def test_a_wrong_password_costs_one_refused_login_and_names_the_fix(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     report = check_controller(controller(simulator, password="not-the-password"), POLL)
 
     assert not report.ok
@@ -163,9 +168,8 @@ def test_a_wrong_password_costs_one_refused_login_and_names_the_fix(
 
 
 def test_a_login_that_fails_otherwise_is_not_called_accepted_nor_retried(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     simulator.faults.fail_next_logins(5, status=500)
     report = check_controller(controller(simulator), POLL)
 
@@ -190,8 +194,7 @@ def test_http_against_the_tls_port_says_use_https(start_simulator: Start, pki: P
     assert simulator.stats.snapshot().login_failures == 0
 
 
-def test_https_against_a_plain_port_says_check_the_port(start_simulator: Start) -> None:
-    simulator = start_simulator(FederationSpec())
+def test_https_against_a_plain_port_says_check_the_port(simulator: SimulatedController) -> None:
     url = simulator.url.replace("http://", "https://")
     report = check_controller(controller(simulator, url=url), POLL)
 
@@ -247,8 +250,7 @@ def test_a_certificate_about_to_expire_is_a_warning(start_simulator: Start, pki:
     assert "fix: renew the controller's certificate" in certificate
 
 
-def test_a_closed_port_says_nothing_listens(start_simulator: Start) -> None:
-    simulator = start_simulator(FederationSpec())
+def test_a_closed_port_says_nothing_listens(simulator: SimulatedController) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
@@ -282,9 +284,8 @@ def blackholed_port() -> Iterator[int]:
 
 
 def test_a_controller_that_never_answers_fails_within_the_timeout(
-    start_simulator: Start, blackholed_port: int
+    simulator: SimulatedController, blackholed_port: int
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     poll = PollConfig(timeout_seconds=60, max_retries=3)  # what polls may wait: not a check
     url = f"https://127.0.0.1:{blackholed_port}"
     started = time.monotonic()
@@ -299,9 +300,8 @@ def test_a_controller_that_never_answers_fails_within_the_timeout(
 
 
 def test_plain_http_works_with_a_warning_that_the_password_goes_in_clear(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     report = check_controller(controller(simulator), POLL)
     assert report.ok, report.render()
     tls = line(report, "TLS")
@@ -311,9 +311,8 @@ def test_plain_http_works_with_a_warning_that_the_password_goes_in_clear(
 
 
 def test_a_slow_listing_fails_within_the_timeout_without_retries(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     simulator.faults.hang_seconds = 30  # /api/backups only
     poll = PollConfig(timeout_seconds=1, max_retries=3)
     started = time.monotonic()
@@ -358,9 +357,8 @@ def test_a_controller_before_rest_api_1_9_is_asked_only_what_it_documents(
 
 
 def test_no_credentials_go_to_an_address_that_is_not_a_controller(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     report = check_controller(controller(simulator, url=simulator.url + "/ui"), POLL)
     rest = line(report, "REST API")
     assert rest.startswith("  FAIL  REST API")
@@ -369,8 +367,7 @@ def test_no_credentials_go_to_an_address_that_is_not_a_controller(
     assert "/api/oauth/token" not in requests_seen(simulator)
 
 
-def test_a_user_without_read_access_is_told_what_to_grant(start_simulator: Start) -> None:
-    simulator = start_simulator(FederationSpec())
+def test_a_user_without_read_access_is_told_what_to_grant(simulator: SimulatedController) -> None:
     simulator.faults.paths = frozenset({"/api/hosts"})
     simulator.faults.fail_next(1, status=403)
     report = check_controller(controller(simulator), POLL)
@@ -383,9 +380,8 @@ def test_a_user_without_read_access_is_told_what_to_grant(start_simulator: Start
 
 
 def test_a_listing_that_refuses_what_a_poll_asks_is_worth_a_report(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     simulator.faults.paths = frozenset({"/api/virtual_machines"})
     simulator.faults.fail_next(1, status=400)
     report = check_controller(controller(simulator), POLL)
@@ -396,9 +392,8 @@ def test_a_listing_that_refuses_what_a_poll_asks_is_worth_a_report(
 
 
 def test_a_listing_larger_than_its_setting_says_which_setting_to_raise(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     live = sum(1 for vm in simulator.virtual_machines() if vm["state"] == "ALIVE")
     poll = replace(POLL, max_vms=live - 1)
     report = check_controller(controller(simulator), poll)
@@ -457,9 +452,8 @@ def test_the_command_exits_0_when_all_work_and_1_when_one_does_not(
 
 
 def test_the_command_exits_2_for_a_name_not_in_the_config(
-    start_simulator: Start, tmp_path: Path
+    simulator: SimulatedController, tmp_path: Path
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     config = write_config(tmp_path / "c.yaml", simulator)
     result = check_command(config, "c00", password=simulator.password)
     assert result.returncode == 2
@@ -475,9 +469,8 @@ def test_the_command_exits_2_for_a_name_not_in_the_config(
 
 
 def test_the_command_never_prints_a_password_or_a_token(
-    start_simulator: Start, tmp_path: Path
+    simulator: SimulatedController, tmp_path: Path
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     config = write_config(tmp_path / "c.yaml", simulator)
     works = check_command(config, "--log.level", "debug", password=simulator.password)
     refused = check_command(config, "--log.level", "debug", password="Wr0ng-Secret")
