@@ -22,17 +22,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
+from exporter.simulator.catalog import COLLECTIONS
 from exporter.simulator.inventory import (
     Cluster,
     Host,
     Inventory,
     Policy,
     VmPlan,
-    cluster_record,
-    host_record,
     plan_inventory,
-    policy_record,
-    vm_record,
 )
 from exporter.simulator.schedule import Destination, Rule
 from exporter.simulator.spec import FederationSpec
@@ -53,10 +50,9 @@ class Federation:
 
     #: the backups, as the store keeps them (see :data:`exporter.simulator.store.GENERATED`)
     rows: list[Row]
-    virtual_machines: list[dict[str, object]]
-    policies: list[dict[str, object]]
-    hosts: list[dict[str, object]]
-    clusters: list[dict[str, object]]
+    #: path -> the records of every other paged collection (their generators in
+    #: :data:`exporter.simulator.catalog.COLLECTIONS`)
+    records: Mapping[str, list[dict[str, object]]]
     schedule_report: dict[str, object]
     #: VM id -> the protection status a correct exporter finds, for every ALIVE VM
     expected: Mapping[str, str]
@@ -70,13 +66,9 @@ def generate_federation(spec: FederationSpec, now: float) -> Federation:
     inventory = plan_inventory(spec, now_s)
     times = Times()
     rows = _backups(spec, inventory, now_s, random.Random(f"backups-{spec.seed}"), times)
-    vms = [vm_record(vm, times) for vm in inventory.vms]
     return Federation(
         rows=rows,
-        virtual_machines=vms,
-        policies=[policy_record(p) for p in inventory.policies],
-        hosts=[host_record(h) for h in inventory.hosts],
-        clusters=[cluster_record(c, inventory.hosts) for c in inventory.clusters],
+        records={p.path: p.generate(inventory) for p in COLLECTIONS if p.generate is not None},
         schedule_report=_schedule_report(spec, inventory),
         expected={vm.id: vm.expected for vm in inventory.vms if vm.expected is not None},
         planted={
