@@ -88,10 +88,12 @@ def _virtual_machines(inventory: Inventory) -> Records:
     return [vm_record(vm, times) for vm in inventory.vms]
 
 
+#: The backups, generated with the federation as typed rows (:data:`.store.GENERATED`).
+BACKUP_LISTING: Final = Paged(BACKUPS, "backups", None, QueryRules(dated=True), churns=True)
 #: Every paged collection: a route each, from the REST API version that has it
 #: (:func:`exporter.restapi.has_resource`).
 COLLECTIONS: Final = (
-    Paged(BACKUPS, "backups", None, QueryRules(dated=True), churns=True),
+    BACKUP_LISTING,
     Paged(
         VIRTUAL_MACHINES,
         "virtual_machines",
@@ -112,7 +114,5 @@ COLLECTIONS: Final = (
         lambda inventory: [cluster_record(c, inventory.hosts) for c in inventory.clusters],
     ),
 )
-#: The backups' entry (the one :class:`Paged` without a generator).
-BACKUP_LISTING: Final = COLLECTIONS[0]
 #: The inventory's entries, by envelope key.
 INVENTORY: Final = {paged.key: paged for paged in COLLECTIONS if paged.generate is not None}
