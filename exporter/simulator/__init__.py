@@ -20,9 +20,8 @@ Endpoints: ``GET /api/version`` (no login), ``POST /api/oauth/token`` (HTTP Basi
 ``simplivity:`` plus a password grant), and with a Bearer token the paged collections of
 :data:`~exporter.simulator.catalog.COLLECTIONS`: ``GET /api/backups``,
 ``/api/virtual_machines``, ``/api/policies``, ``/api/hosts``, ``/api/omnistack_clusters``
-(offset/limit/count paging, ``fields``, ``sort``/``order``,
-single-value filters and the comma-filter defect of an OVC; VMs' ``state`` defaults to ALIVE
-and takes a list) and
+(offset/limit/count paging, ``fields``, ``sort``/``order``, single-value filters and the
+comma-filter defect of an OVC; VMs' ``state`` defaults to ALIVE and takes a list) and
 ``GET /api/policies/policy_schedule_report`` (REST API 1.11 and later). Everything else
 answers 404 (or 405 for a wrong method) with the documented error body.
 
@@ -46,7 +45,9 @@ The rest follows from the table: the route (from the version that has the resour
 ``restapi.RESOURCE_SINCE``), paging with the controller's limits, ``fields=``, sorting and
 filtering by any field HPE documents, strict mode's 400s (or ``strict=False``, ``--lenient``),
 a version's fields only, the faults aimed at its path (``faults.paths``), the stats per path,
-``set_inventory(datastores=[...])`` and ``records("/api/datastores")``.
+``set_inventory(datastores=[...])`` and ``records("/api/datastores")``. The tests run over
+every entry: ``tests/test_simulator.py`` the common rules, ``tests/test_contract.py`` HPE's
+path, envelope key and definitions for every REST API version.
 
 The generated federation is consistent across endpoints: the backups' VMs are the inventory's
 VMs, each VM's backups follow its policy's rules (local, DR copies to another cluster,
