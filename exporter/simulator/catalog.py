@@ -28,6 +28,7 @@ from exporter.simulator.inventory import (
     Inventory,
     cluster_record,
     host_record,
+    max_backups,
     policy_record,
     vm_record,
 )
@@ -88,6 +89,11 @@ def _virtual_machines(inventory: Inventory) -> Records:
     return [vm_record(vm, times) for vm in inventory.vms]
 
 
+def _policies(inventory: Inventory) -> Records:
+    kept = max_backups(inventory)
+    return [policy_record(policy, kept) for policy in inventory.policies]
+
+
 #: The backups, generated with the federation as typed rows (:data:`.store.GENERATED`).
 BACKUP_LISTING: Final = Paged(BACKUPS, "backups", None, QueryRules(dated=True), churns=True)
 #: Every paged collection: a route each, from the REST API version that has it
@@ -104,7 +110,7 @@ COLLECTIONS: Final = (
     Paged(
         POLICIES,
         "policies",
-        lambda inventory: [policy_record(p) for p in inventory.policies],
+        _policies,
         nested=(("rules", RULES),),
     ),
     Paged(HOSTS, "hosts", lambda inventory: [host_record(h) for h in inventory.hosts]),

@@ -292,6 +292,13 @@ class SimulatedController:
         federation = self._federation
         return federation.expected if federation is not None else {}
 
+    @property
+    def short_recovery_windows(self) -> Mapping[str, frozenset[str]]:
+        """VM id -> the destinations where a live VM older than its policy's recovery window
+        has an oldest restore point younger than half of it (as the simulator judged them)."""
+        federation = self._federation
+        return federation.short_windows if federation is not None else {}
+
     def records(self, path: str) -> list[dict[str, object]]:
         """A copy of the records a paged collection serves (unsorted; every VM state), as full
         dicts."""
