@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -229,25 +228,13 @@ def test_demo_once_shows_realistic_metrics_and_no_ages() -> None:
 
 
 @contextmanager
-def running_exporter(config: Path, password: str) -> Iterator[str]:
-    """The real command as a process on a free port; yields its base URL once it listens."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", str(config),
-         "--web.listen-address", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env={**os.environ, "SIM_PASSWORD": password},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: status(base, "/-/healthy", process) == 200, 20, "the exporter")
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+def running_exporter(config: Path, password: str, log_path: Path) -> Iterator[str]:
+    """The real command as a process on a free port; yields its base URL once it listens, then
+    ends it with SIGTERM, which it obeys with exit code 0."""
+    env = {"SIM_PASSWORD": password}
+    with ExporterProcess("--config.file", str(config), log_path=log_path, env=env) as exporter:
+        yield exporter.url
+        assert exporter.stop(timeout=15) == 0, exporter.log()
 
 
 def status(base: str, path: str, process: subprocess.Popen[Any] | None = None) -> int:
@@ -262,7 +249,7 @@ def status(base: str, path: str, process: subprocess.Popen[Any] | None = None) -
 def test_a_running_exporter_serves_every_endpoint(tmp_path: Path, start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
     config = write_config(tmp_path / "c.yaml", simulator)
-    with running_exporter(config, simulator.password) as base:
+    with running_exporter(config, simulator.password, tmp_path / "exporter.log") as base:
         wait_until(lambda: status(base, "/-/ready") == 200, 20, "readiness")
         metrics = requests.get(base + "/metrics", timeout=5)
         assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -284,7 +271,7 @@ def test_not_ready_until_every_controller_finished_its_first_poll(
     simulator = start_simulator(FederationSpec())
     simulator.faults.hang_seconds = 30
     config = write_config(tmp_path / "c.yaml", simulator)
-    with running_exporter(config, simulator.password) as base:
+    with running_exporter(config, simulator.password, tmp_path / "exporter.log") as base:
         assert status(base, "/-/ready") == 503
         wait_until(lambda: status(base, "/-/ready") == 200, 20, "the first poll to time out")
         assert status(base, "/-/healthy") == 200

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.live_exporter import BACKUP_FAMILIES
 from tests.promtool import promtool
 from tools import monitoring as monitoring_tool
 
@@ -76,12 +77,7 @@ EXPORTED_METRICS = frozenset(
         "simplivity_protection_overdue_factor",
         "simplivity_protection_grace_seconds",
         # issue 2
-        "simplivity_backups",
-        "simplivity_backup_size_bytes",
-        "simplivity_backup_newest_timestamp_seconds",
-        "simplivity_backup_newest_age_seconds",
-        "simplivity_vm_backup_newest_timestamp_seconds",
-        "simplivity_vm_backup_newest_age_seconds",
+        *BACKUP_FAMILIES,
         "simplivity_up",
         "simplivity_poll_duration_seconds",
         "simplivity_poll_last_success_timestamp_seconds",
