@@ -15,6 +15,8 @@ from exporter.backups import BACKUPS, Aggregator
 from exporter.inventory import INVENTORY_LISTINGS, VERSION, InventoryRead
 from exporter.model import BackupSnapshot, ControllerSnapshot, PageRequest, ScheduleReport
 from exporter.pages import Collection, PageSink
+from exporter.poller import ControllerReader
+from exporter.scan import Pace
 
 
 class NoPollLimits:
@@ -28,6 +30,41 @@ class NoPollLimits:
 
     def redact(self, text: str) -> str:
         return text
+
+
+class ReaderWrapper:
+    """A :class:`~exporter.poller.ControllerReader` that hands everything to ``inner``: a test's
+    wrapper of the real client overrides what it watches or changes."""
+
+    def __init__(self, inner: ControllerReader) -> None:
+        self.inner = inner
+
+    @property
+    def logins(self) -> int:
+        return self.inner.logins
+
+    @property
+    def pace(self) -> Pace:
+        return self.inner.pace
+
+    @property
+    def login_backoff_seconds(self) -> float:
+        return self.inner.login_backoff_seconds
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        self.inner.begin_poll(deadline_seconds)
+
+    def redact(self, text: str) -> str:
+        return self.inner.redact(text)
+
+    def get(self, path: str) -> bytes:
+        return self.inner.get(path)
+
+    def read(self, collection: Collection, pages: PageSink) -> None:
+        self.inner.read(collection, pages)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def aggregate(backups: Iterable[Mapping[str, Any]]) -> BackupSnapshot:
