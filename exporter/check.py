@@ -49,13 +49,12 @@ from exporter.model import (
     ConnectError,
     DecodeError,
     HTTPStatusError,
-    PageRequest,
     RequestTimeout,
     ScheduleReport,
     SimplivityError,
     TLSError,
 )
-from exporter.pages import Collection, PageCounter, sorting
+from exporter.pages import Collection, PageCounter
 from exporter.poller import as_asked
 from exporter.restapi import RESOURCE_SINCE, Version, has_resource, parse_version
 from exporter.simplivity import SimplivityClient
@@ -252,18 +251,8 @@ class _Check:
             if collection is None:
                 continue
             order = collection.orders[0]
-            field, descending = sorting(order)
-            request = PageRequest(
-                collection.path,
-                0,
-                1,
-                collection.fields,
-                field or None,
-                "descending" if descending else "ascending",
-                filters=collection.filters,
-            )
             try:
-                body = self.client.get_page(request)
+                body = self.client.get_page(collection.page(0, 1, order))
                 count = PageCounter(collection, _ignore).count(0, body, order).count
             except AuthError as err:
                 # Without what a poll's client adds (when it will try again): a check does not.

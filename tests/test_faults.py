@@ -309,23 +309,20 @@ def fault_run() -> Iterator[Scenario]:
             return scrape if good and scrape.up(HEALTHY) == 1 else None
 
         run.before = wait_until(all_good, timeout=30, what="every controller's first poll")
+
+        def not_yet(shows: Callable[[Scrape, Site], bool]) -> Callable[[Scrape], list[str]]:
+            """The sites a scrape does not yet show as ``shows`` says."""
+            return lambda scrape: [site.name for site in everyone if not shows(scrape, site)]
+
         run.injected_at = time.time()
         for site in everyone:
             FAULTS[site.name].inject(site)
-
-        def all_stale(scrape: Scrape) -> list[str]:
-            return [site.name for site in everyone if not _stale(scrape, site)]
-
-        scrapes(exporter, run, run.during, all_stale)
+        scrapes(exporter, run, run.during, not_yet(_stale))
         run.landing = exporter.get("/")[1].decode()
         run.cleared_at = time.time()
         for site in everyone:
             FAULTS[site.name].clear(site)
-
-        def all_recovered(scrape: Scrape) -> list[str]:
-            return [site.name for site in everyone if not _recovered(scrape, site)]
-
-        scrapes(exporter, run, run.after, all_recovered)
+        scrapes(exporter, run, run.after, not_yet(_recovered))
         yield run
 
 
