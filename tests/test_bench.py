@@ -34,8 +34,10 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
             "--load-backups=300",
             "--scrapers=3",
             "--load-seconds=0.5",
-            "--load-repeat=1",
+            "--load-repeat=2",
             "--pace=0.05",
+            "--idle-connections=50",
+            "--idle-hold=0.1",
             "--sweep=1,2",
             "--sweep-at=1k",
             f"--output={tmp_path}",
@@ -65,13 +67,16 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
             assert row["requests_per_path"]["/api/oauth/token"] == 1
     assert "by path" in table
     assert [point["max_concurrency"] for point in results["sweep"]] == [1, 2]
-    assert [(row["phase"], row["mode"]) for row in results["load"]] == [
-        ("idle", "closed loop"),
-        ("idle", "every 50 ms"),
-        ("polling", "closed loop"),
-        ("polling", "every 50 ms"),
+    assert [(row["phase"], row["idle_connections"]) for row in results["load"]] == [
+        ("idle", 0),
+        ("polling", 0),
+        ("polling", 50),
     ]
     assert all(row["errors"] == 0 and row["requests"] > 0 for row in results["load"])
+    assert all(len(row["window_p99_ms"]) == 2 for row in results["load"])
+    churned = results["load"][-1]
+    assert churned["idle_cycles"] >= 1
+    assert churned["idle_failed"] == 0
     assert results["logins"]["controller_logins"] == 1
     assert "| backups |" in (tmp_path / "latest.md").read_text()
     assert (tmp_path / "poll.png").read_bytes().startswith(b"\x89PNG")
