@@ -541,8 +541,8 @@ def _read_body(response: requests.Response, path: str) -> bytes:
 
 
 def _server_message(body: bytes) -> str:
-    """The ``message`` of an error body, never the raw body; to be redacted (it may echo a
-    token or the password)."""
+    """The ``message`` (and ``extendedResponse``) of an error body, never the raw body; to be
+    redacted (it may echo a token or the password)."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -552,9 +552,17 @@ def _server_message(body: bytes) -> str:
         return "an HTML page, not the controller's own answer" if looks_like_html(body) else ""
     if not isinstance(document, dict):
         return ""
-    message = document.get("message") or document.get("error_description") or ""
+    # Some controllers put the useful words in extendedResponse rather than message.
+    said = [
+        part
+        for part in (
+            document.get("message") or document.get("error_description"),
+            document.get("extendedResponse"),
+        )
+        if isinstance(part, str) and part
+    ]
     # Redacted whole, then shortened: shortening first could leave half a secret.
-    return message[:4096] if isinstance(message, str) else ""
+    return " ".join(said)[:4096]
 
 
 def _written_forms(secret: str) -> Iterable[str]:
