@@ -5,6 +5,7 @@ No timing is asserted here: the numbers are the benchmark's business (bench/READ
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bench import variant
 from bench.run import parse_sizes
 from bench.scrape import percentile
+from bench.variant import Variant
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,3 +94,13 @@ def test_sizes_are_read_with_k_suffixes() -> None:
 )
 def test_percentiles_are_nearest_rank(fraction: float, expected: float) -> None:
     assert percentile([float(v) for v in range(100, 0, -1)], fraction) == expected
+
+
+@pytest.mark.parametrize(
+    "measured", [Variant(), Variant(worker=False, switch_interval=0.005, whole_gzip=True)]
+)
+def test_a_variant_reaches_the_exporters_process_as_it_was_chosen(measured: Variant) -> None:
+    """The bench hands a variant to its children as options: they read back the same one."""
+    parser = argparse.ArgumentParser()
+    variant.add_arguments(parser)
+    assert variant.from_arguments(parser.parse_args(measured.arguments())) == measured
