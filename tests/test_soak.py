@@ -95,6 +95,9 @@ class WatchedClient:
     def begin_poll(self, deadline_seconds: float) -> None:
         self.inner.begin_poll(deadline_seconds)
 
+    def sibling(self, *, page_size: int, max_concurrency: int) -> ControllerReader:
+        return self.inner.sibling(page_size=page_size, max_concurrency=max_concurrency)
+
     def redact(self, text: str) -> str:
         return self.inner.redact(text)
 
