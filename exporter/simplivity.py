@@ -256,6 +256,14 @@ class SimplivityClient:
             return body
         raise AssertionError("unreachable: the second round returns or raises")
 
+    def get_without_login(self, path: str) -> bytes:
+        """GET a path that needs no login (``/api/version``), with the same retries and errors
+        as :meth:`get_body`: whether the controller answers at all, before any login."""
+        status, body = self._retrying(path, partial(self._send, "GET", path))
+        if status != 200:
+            raise self._status_error(path, status, body)
+        return body
+
     def _retrying(
         self,
         path: str,

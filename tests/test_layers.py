@@ -40,6 +40,9 @@ FORBIDDEN = {
     "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "worker": {"simplivity", "poller", "web", "app", "cli"},
     "app": {"cli"},
+    # The controller check asks as a poll asks (the poller's for_version), through the client;
+    # it neither serves nor runs a poll.
+    "check": {"worker", "collector", "exposition", "web", "app", "cli"},
     # The HTTP server serves any callable: of the exporter it knows only its request parser.
     "httpserver": EVERY_MODULE - {"httprequest"},
     "httprequest": {"*"},
