@@ -36,6 +36,7 @@ from exporter.collector import (
     inventory_families,
     shown,
     state_names,
+    unowned_families,
     vm_families,
 )
 from exporter.model import ControllerSnapshot
@@ -80,11 +81,18 @@ class _WrittenSnapshot:
     every second) as (line up to the value, creation time), by family name."""
 
     per_vm: bool
+    exclude: frozenset[str]  # metrics.exclude: families not written at all
     lines: Mapping[str, str]
     ages: Mapping[str, tuple[tuple[str, float | None], ...]]
 
     @classmethod
-    def of(cls, controller: str, snapshot: ControllerSnapshot, per_vm: bool) -> _WrittenSnapshot:
+    def of(
+        cls,
+        controller: str,
+        snapshot: ControllerSnapshot,
+        per_vm: bool,
+        exclude: frozenset[str] = frozenset(),
+    ) -> _WrittenSnapshot:
         c = _label(controller)
         lines: dict[str, list[str]] = defaultdict(list)
         ages: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
@@ -99,12 +107,17 @@ class _WrittenSnapshot:
             newest = _go_float(cluster.newest_protected or 0.0)
             lines[_NEWEST].append(f"{_NEWEST}{{{labels}}} {newest}\n")
             ages[_NEWEST_AGE].append((f"{_NEWEST_AGE}{{{labels}}} ", cluster.newest_protected))
+        for cluster_name, figures in snapshot.unowned():
+            labels = f'{{controller="{c}",omnistack_cluster="{_label(cluster_name)}"}} '
+            for name, value in zip(_UNOWNED, figures, strict=True):
+                lines[name].append(f"{name}{labels}{_go_float(value)}\n")
         if per_vm:
-            _write_vms(c, snapshot, lines, ages)
+            _write_vms(c, snapshot, lines, ages, exclude)
         _write_inventory(c, snapshot, lines)
         return cls(
             per_vm,
-            {name: "".join(parts) for name, parts in lines.items()},
+            exclude,
+            {name: "".join(parts) for name, parts in lines.items() if name not in exclude},
             {name: tuple(parts) for name, parts in ages.items()},
         )
 
@@ -123,6 +136,17 @@ _VM_INTERVAL = "simplivity_vm_backup_expected_interval_seconds"
 _VM_DESTINATION = "simplivity_vm_destination_backup_newest_timestamp_seconds"
 _VM_FAILED = "simplivity_vm_backup_newest_failed_timestamp_seconds"
 _VM_STATUS = "simplivity_vm_protection_status"
+_VM_APP = "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seconds"
+_VM_RESTORE_POINTS = "simplivity_vm_destination_restore_points"
+_VM_OLDEST = "simplivity_vm_destination_oldest_restore_point_timestamp_seconds"
+_VM_WINDOW = "simplivity_vm_destination_recovery_window_seconds"
+#: In the order of ControllerSnapshot.unowned.
+_UNOWNED = (
+    "simplivity_backups_orphaned",
+    "simplivity_backups_orphaned_size_bytes",
+    "simplivity_backups_never_expiring",
+    "simplivity_backups_never_expiring_size_bytes",
+)
 _VMS = "simplivity_vms"
 _POLICY_RULES = "simplivity_policy_rules"
 _POLICY_VMS = "simplivity_policy_vms"
@@ -136,8 +160,12 @@ def _write_vms(
     snapshot: ControllerSnapshot,
     lines: dict[str, list[str]],
     ages: dict[str, list[tuple[str, float | None]]],
+    exclude: frozenset[str] = frozenset(),
 ) -> None:
-    """The per-VM series; label names in sorted order, as ``generate_latest`` writes them."""
+    """The per-VM series; label names in sorted order, as ``generate_latest`` writes them.
+
+    The per-destination families ``metrics.exclude`` names are not even written: with tens of
+    thousands of VMs, they are what that setting is for."""
     newest, age, info, created = (
         lines[_VM_NEWEST],
         ages[_VM_AGE],
@@ -146,7 +174,22 @@ def _write_vms(
     )
     scheduled, interval = lines[_VM_SCHEDULED], lines[_VM_INTERVAL]
     at_destination, failed = lines[_VM_DESTINATION], lines[_VM_FAILED]
-    status = lines[_VM_STATUS]
+    status, app, window = lines[_VM_STATUS], lines[_VM_APP], lines[_VM_WINDOW]
+    restore_points, oldest = lines[_VM_RESTORE_POINTS], lines[_VM_OLDEST]
+    # Thousands of VMs share a few destinations and many of their values (intervals, windows,
+    # restore point counts): each is escaped or formatted once.
+    destinations: dict[str, str] = {}
+    numbers: dict[float, str] = {}
+    write_app, write_window = _VM_APP not in exclude, _VM_WINDOW not in exclude
+    write_points, write_oldest = _VM_RESTORE_POINTS not in exclude, _VM_OLDEST not in exclude
+    write_restore_points = write_points or write_oldest
+
+    def number(value: float) -> str:
+        text = numbers.get(value)
+        if text is None:
+            text = numbers[value] = _go_float(value)
+        return text
+
     for judged in snapshot.protection:
         vm = judged.vm
         ids = f'vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"'
@@ -155,22 +198,44 @@ def _write_vms(
         newest.append(f"{_VM_NEWEST}{labels}{_go_float(anywhere or 0.0)}\n")
         age.append((f"{_VM_AGE}{labels}", anywhere))
         info.append(
-            f'{_VM_INFO}{{controller="{c}",datastore="{_label(vm.datastore)}",'
+            f'{_VM_INFO}{{app_aware_status="{_label(vm.app_aware_status)}",'
+            f'controller="{c}",datastore="{_label(vm.datastore)}",'
             f'host="{_label(vm.host)}",omnistack_cluster="{_label(vm.cluster)}",'
             f'policy="{_label(vm.policy)}",{ids}}} 1.0\n'
         )
         if vm.created_at is not None:
             created.append(f"{_VM_CREATED}{labels}{_go_float(vm.created_at)}\n")
         scheduled.append(f"{_VM_SCHEDULED}{labels}{'1.0' if judged.scheduled else '0.0'}\n")
+        where: dict[str, str] = {}  # the labels up to the value, per destination
+        restored = judged.restore_destinations
+        for destination in (*restored, *judged.recovery_windows, *judged.app_intervals):
+            if destination in where:
+                continue
+            escaped = destinations.get(destination)
+            if escaped is None:
+                escaped = destinations[destination] = _label(destination)
+            where[destination] = f'{{controller="{c}",destination="{escaped}",{ids}}} '
         for destination, seconds in judged.intervals.items():
-            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
-            interval.append(f"{_VM_INTERVAL}{where}{_go_float(seconds)}\n")
+            at = where[destination]
+            interval.append(f"{_VM_INTERVAL}{at}{number(seconds)}\n")
             held = judged.newest_protected_at(destination) or 0.0
-            at_destination.append(f"{_VM_DESTINATION}{where}{_go_float(held)}\n")
+            at_destination.append(f"{_VM_DESTINATION}{at}{_go_float(held)}\n")
         failed.append(f"{_VM_FAILED}{labels}{_go_float(judged.newest_failed or 0.0)}\n")
         status.append(
             f'{_VM_STATUS}{{controller="{c}",status="{_label(judged.status)}",{ids}}} 1.0\n'
         )
+        for destination in judged.app_intervals if write_app else ():
+            newest_app = judged.newest_app_consistent_at(destination) or 0.0
+            app.append(f"{_VM_APP}{where[destination]}{_go_float(newest_app)}\n")
+        for destination in restored if write_restore_points else ():
+            at = where[destination]
+            points, first = judged.restore_points_at(destination)
+            if write_points:
+                restore_points.append(f"{_VM_RESTORE_POINTS}{at}{number(points)}\n")
+            if write_oldest:
+                oldest.append(f"{_VM_OLDEST}{at}{number(first or 0.0)}\n")
+        for destination, seconds in judged.recovery_windows.items() if write_window else ():
+            window.append(f"{_VM_WINDOW}{where[destination]}{number(seconds)}\n")
 
 
 def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list[str]]) -> None:
@@ -221,11 +286,12 @@ class TextWriter:
         it first showed, so that what is made of them (their gzip) can be kept too."""
         reading = self._collector.read()
         state, now = reading.state, reading.now
-        written = self._written_snapshots(reading.fresh, state.per_vm)
+        written = self._written_snapshots(reading.fresh, state.per_vm, state.exclude)
         families = [
             *shown(cluster_families(state), state),
+            *shown(unowned_families(state), state),
             *(shown(vm_families(state), state) if state.per_vm else ()),
-            *inventory_families(state),
+            *shown(inventory_families(state), state),
         ]
         out: list[str] = []
         for family in families:
@@ -236,19 +302,26 @@ class TextWriter:
             else:
                 out += [w.lines.get(name, "") for w in written]
         # The health and exporter series are few: prometheus_client writes them.
-        rest = [*health_families(reading.statuses), *exporter_families(state)]
+        rest = shown([*health_families(reading.statuses), *exporter_families(state)], state)
         out.append(generate_latest(_Families(rest)).decode("utf-8"))
         return out
 
     def _written_snapshots(
-        self, fresh: Sequence[tuple[str, ControllerSnapshot]], per_vm: bool
+        self,
+        fresh: Sequence[tuple[str, ControllerSnapshot]],
+        per_vm: bool,
+        exclude: frozenset[str],
     ) -> list[_WrittenSnapshot]:
         cache = self._written
         written = []
         for controller, snapshot in fresh:
             entry = cache.get(controller)
-            if entry is None or entry[0] is not snapshot or entry[1].per_vm != per_vm:
-                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot, per_vm))
+            if (
+                entry is None
+                or entry[0] is not snapshot
+                or (entry[1].per_vm, entry[1].exclude) != (per_vm, exclude)
+            ):
+                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot, per_vm, exclude))
             written.append(entry)
         # Replaced, never changed in place: concurrent renders each see a whole cache.
         self._written = {

@@ -124,6 +124,30 @@ def test_several_controllers_stale_ones_missing_ones_and_no_per_vm() -> None:
     assert_same_text([])
     once = assert_same_text(statuses, replace(STATE, once=True))
     assert "_age_seconds" not in once  # --once: no ages (its output is read later)
+    excluded = frozenset(
+        {"simplivity_vm_info", "simplivity_backups_orphaned", "simplivity_poll_errors_total"}
+    )
+    for state in (STATE, replace(STATE, once=True)):
+        text = assert_same_text(statuses, replace(state, exclude=excluded))
+        assert "simplivity_vm_info" not in text
+        assert "simplivity_backups_orphaned{" not in text
+        assert "simplivity_poll_errors" not in text
+        assert "simplivity_backups_orphaned_size_bytes{" in text
+
+
+def test_a_changed_metrics_exclude_rewrites_the_written_snapshot() -> None:
+    """A reload may change metrics.exclude while the snapshot stays: the next text follows."""
+    statuses = [status("boston", federation(vms=20))]
+    states = [
+        STATE,
+        replace(STATE, exclude=frozenset({"simplivity_vm_destination_restore_points"})),
+    ]
+    collector = BackupCollector(lambda: statuses, lambda: states[0], clock=lambda: NOW)
+    writer = TextWriter(collector)
+    assert "simplivity_vm_destination_restore_points{" in writer.text()
+    states.reverse()
+    assert writer.text() == generate_latest(collector).decode()
+    assert "simplivity_vm_destination_restore_points" not in writer.text()
 
 
 def test_numbers_that_prometheus_writes_with_exponents() -> None:
