@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from exporter.backups import BACKUPS, Aggregator
 from exporter.inventory import INVENTORY_LISTINGS, VERSION, InventoryRead
@@ -30,6 +30,10 @@ class NoPollLimits:
 
     def redact(self, text: str) -> str:
         return text
+
+    def sibling(self, *, page_size: int, max_concurrency: int) -> Self:
+        """One fake serves every reader of a poll."""
+        return self
 
 
 class ReaderWrapper:
@@ -53,6 +57,9 @@ class ReaderWrapper:
 
     def begin_poll(self, deadline_seconds: float) -> None:
         self.inner.begin_poll(deadline_seconds)
+
+    def sibling(self, *, page_size: int, max_concurrency: int) -> ControllerReader:
+        return self.inner.sibling(page_size=page_size, max_concurrency=max_concurrency)
 
     def redact(self, text: str) -> str:
         return self.inner.redact(text)

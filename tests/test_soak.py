@@ -81,7 +81,7 @@ class WatchedClient(ReaderWrapper):
         self.ledger = ledger
 
     def read(self, collection: Collection, pages: PageSink) -> None:
-        if collection.path != BACKUPS.path:  # the inventory's listings come first
+        if collection.path != BACKUPS.path:  # not a scan (the inventory reads by sibling())
             self.inner.read(collection, pages)
             return
         ledger = self.ledger
