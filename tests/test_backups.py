@@ -39,7 +39,7 @@ def test_counts_and_sizes_by_cluster_and_state_with_every_state_present() -> Non
             backup(2, size=20, state="FAILED"),
             backup(3, size=30, omnistack_cluster_name="Chicago"),
             backup(4, size=40, state="FAILED"),
-        ],
+        ]
     )
     boston, chicago = snapshot.clusters
     assert (boston.name, chicago.name) == ("Boston", "Chicago")
@@ -67,7 +67,7 @@ def test_newest_protected_ignores_newer_backups_in_other_states() -> None:
             backup(2, created_at=T1),
             backup(3, created_at=T2, state="FAILED"),
             backup(4, created_at=T2, state="SAVING"),
-        ],
+        ]
     )
     assert snapshot.clusters[0].newest_protected == 1709359200.0
     assert snapshot.vms[0].newest_protected == {"Boston": 1709359200.0}
@@ -91,7 +91,7 @@ def test_a_vms_newest_protected_backup_per_destination() -> None:
             backup(5, created_at=T2, omnistack_cluster_name="London DR", state="FAILED"),
             backup(6, created_at=T0, omnistack_cluster_name="", external_store_name="StoreOnce"),
             backup(7, created_at=T1, virtual_machine_id="vm-2", state="SAVING"),
-        ],
+        ]
     )
     vm, other = snapshot.vms
     assert vm.newest_protected == {"Boston": 1709445600.0, "London DR": 1709359200.0,
@@ -115,7 +115,7 @@ def test_a_vms_newest_failed_backup_and_its_newest_backup_in_any_state() -> None
                 omnistack_cluster_name="",
                 external_store_name="StoreOnce",
             ),
-        ],
+        ]
     )
     failed_before, archived_last = snapshot.vms
     assert failed_before.newest_failed == 1709359200.0
@@ -153,7 +153,7 @@ def test_external_store_backups_are_grouped_under_the_store() -> None:
         [
             backup(1, omnistack_cluster_name="", external_store_name="StoreOnce-1"),
             backup(2, omnistack_cluster_name=None, external_store_name=None),
-        ],
+        ]
     )
     assert [cluster.name for cluster in snapshot.clusters] == ["StoreOnce-1", UNKNOWN_CLUSTER]
 
@@ -220,7 +220,7 @@ def test_a_backup_without_a_creation_time_counts_but_is_never_the_newest(missing
             backup(1, created_at=T0),
             backup(2, created_at=missing),
             backup(3, created_at=missing, virtual_machine_id="vm-2", state="FAILED"),
-        ],
+        ]
     )
     (cluster,) = snapshot.clusters
     assert cluster.counts["PROTECTED"] == 2
@@ -259,7 +259,7 @@ def test_odd_optional_values_count_as_missing() -> None:
             backup(2, omnistack_cluster_name=["x"], external_store_name=None),
             backup(3, virtual_machine_id="NA"),
             backup(4, virtual_machine_id=["vm-9"]),
-        ],
+        ]
     )
     assert [cluster.name for cluster in snapshot.clusters] == [
         "Boston",

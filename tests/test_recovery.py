@@ -393,7 +393,7 @@ def test_orphaned_backups_are_those_of_no_live_vm_in_any_state() -> None:
             backup(HOUR, "VSS", "DR", vm="deleted", state="DELETED"),
             {**backup(HOUR, None, "StoreOnce"), "virtual_machine_id": "NA"},  # names no VM
             backup(HOUR, "VSS", "Chicago", vm="live"),
-        ],
+        ]
     )
     assert orphaned(snapshot, {"live"}) == {
         "Boston": (2, 200),
@@ -421,7 +421,7 @@ def test_never_expiring_backups_are_counted_by_cluster_in_any_state() -> None:
             backup(3 * HOUR, "VSS"),
             {**backup(HOUR, "VSS", "DR"), "expiration_time": None},  # not said: not counted
             backup(HOUR, None, "DR"),
-        ],
+        ]
     )
     boston, dr = snapshot.clusters
     assert (boston.never_expiring, boston.never_expiring_size) == (2, 105)
