@@ -1,6 +1,6 @@
-"""The ``/metrics`` text: written from the collector's families, and cached.
+"""The ``/metrics`` text: the collector's families, written by prometheus_client, and cached.
 
-The exposition owns everything it caches: the lines of each controller's snapshot (written
+The exposition owns everything it caches: the text of each controller's snapshot (written
 once, when the snapshot first shows) and the whole text with its gzip (written at most once
 per second and per change of the statuses). The poller knows nothing of it: the app subscribes
 :meth:`Exposition.refresh` to the poller, so that each poll writes the text of its new
@@ -10,251 +10,110 @@ snapshot before a scrape asks for it.
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import threading
 import time
 import zlib
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from exporter.collector import (
     AGE_FAMILIES,
-    FEDERATION_FAMILIES,
     BackupCollector,
-    cluster_families,
+    ExporterState,
+    age_families,
+    controller_families,
     exporter_families,
-    federation_figures,
     health_families,
-    inventory_families,
-    shown,
-    state_names,
-    vm_families,
+    snapshot_families,
 )
 from exporter.model import ControllerSnapshot
 
 log = logging.getLogger(__name__)
 
-#: prometheus_client's own number format (untyped there).
-_go_float = cast(Callable[[float], str], floatToGoString)
+
+def _write(families: Sequence[Metric]) -> str:
+    """``families`` as prometheus_client writes them: the one writer of ``/metrics``."""
+    return generate_latest(_Families(families)).decode("utf-8")
 
 
-# -- the text, written directly -----------------------------------------------------------------
-# The same text as prometheus_client's generate_latest: HELP with \ and newline escaped, label
-# values with \, newline and " escaped (the label names here are already in sorted order),
-# values as floatToGoString writes them.
-
-
-def _header(family: Metric) -> str:
-    documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {family.name} {documentation}\n# TYPE {family.name} {family.type}\n"
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _age_text(now: float, created: float | None) -> str:
-    """The age the collector yields, as ``floatToGoString`` writes it, in a fraction of its time."""
-    if created is None:
-        return "+Inf"
-    seconds = max(0, math.floor(now - created))
-    # A whole number of seconds below 10**6 is written "n.0"; Go switches to exponents above.
-    return f"{seconds}.0" if seconds < 1_000_000 else _go_float(float(seconds))
-
-
-def _ages(ages: Sequence[tuple[str, float | None]], now: float) -> str:
-    return "".join([f"{prefix}{_age_text(now, created)}\n" for prefix, created in ages])
+def _series(family: Metric) -> str:
+    """A gauge family's series as prometheus_client writes them, without its HELP and TYPE
+    lines: one line each, as the writer escapes a newline in the help text."""
+    return _write([family]).split("\n", 2)[2]
 
 
 @dataclass(frozen=True)
 class _WrittenSnapshot:
-    """One controller's snapshot as exposition lines, by family name; the ages (which change
-    every second) as (line up to the value, creation time), by family name."""
+    """One controller's snapshot, its series written out by family name (all but the ages)."""
 
-    per_vm: bool
-    lines: Mapping[str, str]
-    ages: Mapping[str, tuple[tuple[str, float | None], ...]]
+    snapshot: ControllerSnapshot
+    #: The state it was written under: whether its per-VM series are shown, say.
+    state: ExporterState
+    series: Mapping[str, str]
 
     @classmethod
-    def of(cls, controller: str, snapshot: ControllerSnapshot, per_vm: bool) -> _WrittenSnapshot:
-        c = _label(controller)
-        lines: dict[str, list[str]] = defaultdict(list)
-        ages: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
-        for cluster in snapshot.backups.clusters:
-            labels = f'controller="{c}",omnistack_cluster="{_label(cluster.name)}"'
-            for state in state_names(cluster):
-                with_state = f'{{{labels},state="{_label(state)}"}} '
-                lines[_BACKUPS].append(
-                    f"{_BACKUPS}{with_state}{_go_float(cluster.counts[state])}\n"
-                )
-                lines[_SIZES].append(f"{_SIZES}{with_state}{_go_float(cluster.sizes[state])}\n")
-            newest = _go_float(cluster.newest_protected or 0.0)
-            lines[_NEWEST].append(f"{_NEWEST}{{{labels}}} {newest}\n")
-            ages[_NEWEST_AGE].append((f"{_NEWEST_AGE}{{{labels}}} ", cluster.newest_protected))
-        if per_vm:
-            _write_vms(c, snapshot, lines, ages)
-        _write_inventory(c, snapshot, lines)
-        return cls(
-            per_vm,
-            {name: "".join(parts) for name, parts in lines.items()},
-            {name: tuple(parts) for name, parts in ages.items()},
-        )
-
-
-# Family names, for the writer's tables.
-_BACKUPS = "simplivity_backups"
-_SIZES = "simplivity_backup_size_bytes"
-_NEWEST = "simplivity_backup_newest_timestamp_seconds"
-_NEWEST_AGE = "simplivity_backup_newest_age_seconds"
-_VM_NEWEST = "simplivity_vm_backup_newest_timestamp_seconds"
-_VM_AGE = "simplivity_vm_backup_newest_age_seconds"
-_VM_INFO = "simplivity_vm_info"
-_VM_CREATED = "simplivity_vm_created_timestamp_seconds"
-_VM_SCHEDULED = "simplivity_vm_policy_scheduled"
-_VM_INTERVAL = "simplivity_vm_backup_expected_interval_seconds"
-_VM_DESTINATION = "simplivity_vm_destination_backup_newest_timestamp_seconds"
-_VM_FAILED = "simplivity_vm_backup_newest_failed_timestamp_seconds"
-_VM_STATUS = "simplivity_vm_protection_status"
-_VMS = "simplivity_vms"
-_POLICY_RULES = "simplivity_policy_rules"
-_POLICY_VMS = "simplivity_policy_vms"
-_HOST_ENABLED = "simplivity_host_policy_enabled"
-_OVERDUE_FACTOR = "simplivity_protection_overdue_factor"
-_GRACE = "simplivity_protection_grace_seconds"
-
-
-def _write_vms(
-    c: str,
-    snapshot: ControllerSnapshot,
-    lines: dict[str, list[str]],
-    ages: dict[str, list[tuple[str, float | None]]],
-) -> None:
-    """The per-VM series; label names in sorted order, as ``generate_latest`` writes them."""
-    newest, age, info, created = (
-        lines[_VM_NEWEST],
-        ages[_VM_AGE],
-        lines[_VM_INFO],
-        lines[_VM_CREATED],
-    )
-    scheduled, interval = lines[_VM_SCHEDULED], lines[_VM_INTERVAL]
-    at_destination, failed = lines[_VM_DESTINATION], lines[_VM_FAILED]
-    status = lines[_VM_STATUS]
-    for judged in snapshot.protection:
-        vm = judged.vm
-        ids = f'vm="{_label(vm.name)}",vm_id="{_label(vm.vm_id)}"'
-        labels = f'{{controller="{c}",{ids}}} '
-        anywhere = judged.newest_protected_anywhere
-        newest.append(f"{_VM_NEWEST}{labels}{_go_float(anywhere or 0.0)}\n")
-        age.append((f"{_VM_AGE}{labels}", anywhere))
-        info.append(
-            f'{_VM_INFO}{{controller="{c}",datastore="{_label(vm.datastore)}",'
-            f'host="{_label(vm.host)}",omnistack_cluster="{_label(vm.cluster)}",'
-            f'policy="{_label(vm.policy)}",{ids}}} 1.0\n'
-        )
-        if vm.created_at is not None:
-            created.append(f"{_VM_CREATED}{labels}{_go_float(vm.created_at)}\n")
-        scheduled.append(f"{_VM_SCHEDULED}{labels}{'1.0' if judged.scheduled else '0.0'}\n")
-        for destination, seconds in judged.intervals.items():
-            where = f'{{controller="{c}",destination="{_label(destination)}",{ids}}} '
-            interval.append(f"{_VM_INTERVAL}{where}{_go_float(seconds)}\n")
-            held = judged.newest_protected_at(destination) or 0.0
-            at_destination.append(f"{_VM_DESTINATION}{where}{_go_float(held)}\n")
-        failed.append(f"{_VM_FAILED}{labels}{_go_float(judged.newest_failed or 0.0)}\n")
-        status.append(
-            f'{_VM_STATUS}{{controller="{c}",status="{_label(judged.status)}",{ids}}} 1.0\n'
-        )
-
-
-def _write_inventory(c: str, snapshot: ControllerSnapshot, lines: dict[str, list[str]]) -> None:
-    vms = lines[_VMS]
-    for cluster, statuses in snapshot.vms_by_status.items():
-        prefix = f'{_VMS}{{controller="{c}",omnistack_cluster="{_label(cluster)}",protection="'
-        vms += [f'{prefix}{_label(status)}"}} {_go_float(n)}\n' for status, n in statuses.items()]
-    for policy in snapshot.inventory.policies:
-        labels = f'{{controller="{c}",policy="{_label(policy.name)}"}} '
-        lines[_POLICY_RULES].append(f"{_POLICY_RULES}{labels}{_go_float(policy.rules)}\n")
-        users = snapshot.policy_vms.get(policy.name, 0)
-        lines[_POLICY_VMS].append(f"{_POLICY_VMS}{labels}{_go_float(users)}\n")
-    for host in snapshot.inventory.hosts:
-        lines[_HOST_ENABLED].append(
-            f'{_HOST_ENABLED}{{controller="{c}",host="{_label(host.name)}",'
-            f'omnistack_cluster="{_label(host.cluster)}"}} '
-            f"{'1.0' if host.policy_enabled else '0.0'}\n"
-        )
-    lines[_OVERDUE_FACTOR].append(
-        f'{_OVERDUE_FACTOR}{{controller="{c}"}} {_go_float(snapshot.overdue_factor)}\n'
-    )
-    lines[_GRACE].append(f'{_GRACE}{{controller="{c}"}} {_go_float(snapshot.grace_seconds)}\n')
-    for (name, _), value in zip(FEDERATION_FAMILIES, federation_figures(snapshot), strict=True):
-        if value is not None:
-            lines[name].append(f'{name}{{controller="{c}"}} {_go_float(value)}\n')
+    def of(
+        cls, controller: str, snapshot: ControllerSnapshot, state: ExporterState
+    ) -> _WrittenSnapshot:
+        families = snapshot_families(controller, snapshot, state)
+        return cls(snapshot, state, {family.name: _series(family) for family in families})
 
 
 class TextWriter:
-    """Writes exactly what ``generate_latest`` writes for a :class:`BackupCollector`, faster.
+    """Writes the text of the collector's families, each snapshot's series once.
 
-    Going through a ``Sample`` per series and prometheus_client's formatting costs a render
-    with thousands of VMs far more than the ages that change (README, "Performance"). Here the
-    series of each snapshot are written once, when it first shows, and only the ages are
-    written at each render. ``tests/test_exposition_text.py`` holds it to ``generate_latest``'s
-    bytes.
+    Writing a snapshot with thousands of VMs costs far more than the ages that change every
+    second (README, "Performance"): the series of each snapshot are written when it first
+    shows, the ages and the few health series at each render. Several controllers share each
+    family's HELP and TYPE lines: their series follow one another under them.
     """
 
     def __init__(self, collector: BackupCollector) -> None:
         self._collector = collector
-        # controller -> (its snapshot, that snapshot's series written out)
-        self._written: dict[str, tuple[ControllerSnapshot, _WrittenSnapshot]] = {}
+        # controller -> that controller's snapshot, written out
+        self._written: dict[str, _WrittenSnapshot] = {}
 
     def text(self) -> str:
         return "".join(self.parts())
 
     def parts(self) -> list[str]:
-        """The text in pieces: each snapshot's lines are the very string objects written when
+        """The text in pieces: each snapshot's series are the very string objects written when
         it first showed, so that what is made of them (their gzip) can be kept too."""
         reading = self._collector.read()
-        state, now = reading.state, reading.now
-        written = self._written_snapshots(reading.fresh, state.per_vm)
-        families = [
-            *shown(cluster_families(state), state),
-            *(shown(vm_families(state), state) if state.per_vm else ()),
-            *inventory_families(state),
-        ]
+        state = reading.state
+        written = self._written_snapshots(reading.fresh, state)
+        ages = {family.name: family for family in age_families(reading.fresh, state, reading.now)}
         out: list[str] = []
-        for family in families:
-            out.append(_header(family))
+        for family in controller_families(state):
             name = family.name
             if name in AGE_FAMILIES:
-                out += [_ages(w.ages.get(name, ()), now) for w in written]
+                out.append(_write([ages[name]]))
             else:
-                out += [w.lines.get(name, "") for w in written]
-        # The health and exporter series are few: prometheus_client writes them.
-        rest = [*health_families(reading.statuses), *exporter_families(state)]
-        out.append(generate_latest(_Families(rest)).decode("utf-8"))
+                out.append(_write([family]))  # no series: its HELP and TYPE lines
+                out += [w.series.get(name, "") for w in written]
+        out.append(_write([*health_families(reading.statuses), *exporter_families(state)]))
         return out
 
     def _written_snapshots(
-        self, fresh: Sequence[tuple[str, ControllerSnapshot]], per_vm: bool
+        self, fresh: Sequence[tuple[str, ControllerSnapshot]], state: ExporterState
     ) -> list[_WrittenSnapshot]:
         cache = self._written
         written = []
         for controller, snapshot in fresh:
             entry = cache.get(controller)
-            if entry is None or entry[0] is not snapshot or entry[1].per_vm != per_vm:
-                entry = (snapshot, _WrittenSnapshot.of(controller, snapshot, per_vm))
+            if entry is None or entry.snapshot is not snapshot or entry.state != state:
+                entry = _WrittenSnapshot.of(controller, snapshot, state)
             written.append(entry)
         # Replaced, never changed in place: concurrent renders each see a whole cache.
         self._written = {
             controller: entry for (controller, _), entry in zip(fresh, written, strict=True)
         }
-        return [entry[1] for entry in written]
+        return written
 
 
 @dataclass(frozen=True)
@@ -354,8 +213,8 @@ class Exposition:
     that finds nothing recent enough (the first, or one after a quiet spell) writes the text
     before answering.
 
-    ``backups``, if given, is written first, by a :class:`TextWriter` (register it in
-    ``registry`` only when not given here).
+    ``backups`` is written first, by a :class:`TextWriter`; then ``registry`` (the process's
+    own series).
     """
 
     def __init__(
@@ -363,13 +222,13 @@ class Exposition:
         registry: CollectorRegistry,
         generation: Callable[[], object],
         *,
+        backups: BackupCollector,
         clock: Callable[[], float] = time.time,
-        backups: BackupCollector | None = None,
     ) -> None:
         self._registry = registry
         self._generation = generation
         self._clock = clock
-        self._text = TextWriter(backups) if backups is not None else None
+        self._text = TextWriter(backups)
         self._encoder = _Encoder()
         self._lock = threading.Lock()  # held while a text is written
         self._rendered: _Rendered | None = None  # replaced as a whole
@@ -403,7 +262,7 @@ class Exposition:
     def _write_locked(self, generation: object, second: int) -> _Rendered:
         rendered = self._rendered
         if rendered is None or rendered.key != (generation, second):
-            pieces = self._text.parts() if self._text is not None else []
+            pieces = self._text.parts()
             plain, gzipped = self._encoder.encode(pieces, generate_latest(self._registry))
             rendered = _Rendered((generation, second), plain, gzipped)
             self._rendered = rendered
