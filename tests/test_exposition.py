@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import exposition as exposition_module
-from exporter.collector import BackupCollector, ExporterState
+from exporter.collector import BackupCollector, ExporterState, snapshot_families
 from exporter.exposition import Exposition, TextWriter
 from exporter.model import (
     REASONS,
@@ -121,11 +121,10 @@ def test_several_controllers_share_each_familys_help_and_type() -> None:
 
 def test_a_snapshot_is_written_once_not_at_every_render(monkeypatch: pytest.MonkeyPatch) -> None:
     written: list[str] = []
-    families = exposition_module.snapshot_families
 
     def counting(controller: str, snapshot: ControllerSnapshot, state: ExporterState) -> object:
         written.append(controller)
-        return families(controller, snapshot, state)
+        return snapshot_families(controller, snapshot, state)
 
     monkeypatch.setattr(exposition_module, "snapshot_families", counting)
     now = [NOW]
