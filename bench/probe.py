@@ -104,7 +104,12 @@ def exporter_config(
     interval_seconds: float | None = None,
 ) -> str:
     """The exporter's config for the benchmark's one controller (password from the environment)."""
-    interval = f"  interval_seconds: {interval_seconds:g}\n" if interval_seconds else ""
+    # Polls back to back (interval 1 s) are not cut short by the default deadline (the interval).
+    interval = (
+        f"  interval_seconds: {interval_seconds:g}\n  deadline_seconds: 3600\n"
+        if interval_seconds
+        else ""
+    )
     return (
         f"poll:\n{interval}  timeout_seconds: {timeout_seconds:g}\n"
         f"  page_size: {page_size}\n  max_concurrency: {max_concurrency}\n"

@@ -213,6 +213,12 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         "should grow only when a token expires.",
         labels=["controller"],
     )
+    backoff = GaugeMetricFamily(
+        "simplivity_login_backoff_seconds",
+        "How long the exporter waits before logging in again after the controller refused the "
+        "credentials (no retry before it, or a reload); 0 when it did not refuse them.",
+        labels=["controller"],
+    )
     concurrency = GaugeMetricFamily(
         "simplivity_poll_concurrency",
         "Requests the exporter keeps in flight at once to the controller, at most: halved when "
@@ -244,6 +250,7 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         for reason in REASONS:
             errors.add_metric([status.name, reason], status.errors.get(reason, 0))
         logins.add_metric([status.name], status.logins)
+        backoff.add_metric([status.name], status.login_backoff_seconds)
         concurrency.add_metric([status.name], status.concurrency)
         page_size.add_metric([status.name], status.page_size)
         unreadable.add_metric([status.name], status.unreadable_records)
@@ -254,6 +261,7 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         last_success,
         errors,
         logins,
+        backoff,
         concurrency,
         page_size,
         unreadable,

@@ -75,12 +75,30 @@ class ControllerConfig:
 
 @dataclass(frozen=True)
 class PollConfig:
+    """How each controller is polled.
+
+    ``timeout_seconds`` bounds one exchange as a whole (connecting, the headers and the body,
+    whatever the framing); ``connect_timeout_seconds`` the connection alone, so that an
+    unreachable controller fails fast and says so. ``deadline_seconds`` bounds a whole poll
+    (None: ``interval_seconds``, see :attr:`deadline`). ``max_login_backoff_seconds`` is how
+    long refused credentials can keep the exporter from logging in again, at most.
+    """
+
     interval_seconds: float = 300.0
     timeout_seconds: float = 60.0
     page_size: int = MAX_PAGE_SIZE
     stale_after_seconds: float = 1800.0
     max_concurrency: int = 3
     max_retries: int = 3
+    connect_timeout_seconds: float = 10.0
+    deadline_seconds: float | None = None
+    max_login_backoff_seconds: float = 3600.0
+
+    @property
+    def deadline(self) -> float:
+        """How long one poll may take, in seconds: ``deadline_seconds``, or the interval."""
+        return self.interval_seconds if self.deadline_seconds is None else self.deadline_seconds
+
     #: The most backups a controller's listing may say it holds; more fails the poll (decode).
     max_backups: int = 5_000_000
     #: The most VMs (and policies, and hosts) a controller's listing may say it holds.
@@ -164,6 +182,9 @@ class _Reader(Reader):
             "stale_after_seconds",
             "max_concurrency",
             "max_retries",
+            "connect_timeout_seconds",
+            "deadline_seconds",
+            "max_login_backoff_seconds",
             "max_backups",
             "max_vms",
         )
@@ -179,6 +200,17 @@ class _Reader(Reader):
                 raw, "poll", "max_concurrency", defaults.max_concurrency, 1, 16
             ),
             max_retries=self.integer(raw, "poll", "max_retries", defaults.max_retries, 0, 10),
+            connect_timeout_seconds=self.seconds(
+                raw, "connect_timeout_seconds", defaults.connect_timeout_seconds
+            ),
+            deadline_seconds=(
+                None
+                if raw.get("deadline_seconds") in (None, "")
+                else self.seconds(raw, "deadline_seconds", defaults.deadline)
+            ),
+            max_login_backoff_seconds=self.seconds(
+                raw, "max_login_backoff_seconds", defaults.max_login_backoff_seconds
+            ),
             max_backups=self.integer(
                 raw, "poll", "max_backups", defaults.max_backups, 1, MAX_RECORDS
             ),

@@ -388,6 +388,8 @@ class ControllerStatus:
     last_error: str | None = None
     errors: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     logins: int = 0
+    #: How long logins pause after the controller refused the credentials (0: they do not).
+    login_backoff_seconds: float = 0.0
     snapshot: ControllerSnapshot | None = None
     #: How the poller asks the controller for pages now (it learns from 502s and 504s).
     concurrency: int = 0  # requests in flight at once, at most

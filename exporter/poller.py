@@ -69,7 +69,14 @@ class ControllerReader(Protocol):
     def logins(self) -> int: ...
 
     @property
+    def login_backoff_seconds(self) -> float: ...
+
+    @property
     def pace(self) -> Pace: ...
+
+    def begin_poll(self, deadline_seconds: float) -> None: ...
+
+    def redact(self, text: str) -> str: ...
 
     def read(self, collection: Collection, pages: PageSink) -> None: ...
 
@@ -193,6 +200,7 @@ class ControllerPoller:
     def _poll(self) -> ControllerStatus:
         name = self.controller.name
         started = time.monotonic()
+        self._client.begin_poll(self.poll_config.deadline)
         scan = self._scans()
         unreadable, unreadable_inventory = RecordTally(), RecordTally()
         try:
@@ -237,6 +245,7 @@ class ControllerPoller:
             last_success=now,
             last_error=None,
             logins=self._logins_before + self._client.logins,
+            login_backoff_seconds=self._client.login_backoff_seconds,
             snapshot=snapshot,
             concurrency=pace.concurrency,
             page_size=pace.page_size,
@@ -249,7 +258,7 @@ class ControllerPoller:
                 "controller %s: %d records could not be read and were left out: %s",
                 name,
                 unreadable.records,
-                "; ".join(unreadable.problems),
+                self._client.redact("; ".join(unreadable.problems)),
                 extra={"controller": name, "records": unreadable.records},
             )
         if truncated:
@@ -309,6 +318,7 @@ class ControllerPoller:
         return parse_schedule_report(body)
 
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
+        message = str(err)  # what the controller wrote in it is redacted already
         errors = dict(self.status.errors)
         errors[err.reason] = errors.get(err.reason, 0) + 1
         pace = self._client.pace
@@ -318,9 +328,10 @@ class ControllerPoller:
             up=False,
             last_poll_finished=self._clock(),
             last_duration=duration,
-            last_error=str(err),
+            last_error=message,
             errors=errors,
             logins=self._logins_before + self._client.logins,
+            login_backoff_seconds=self._client.login_backoff_seconds,
             concurrency=pace.concurrency,
             page_size=pace.page_size,
         )
@@ -328,12 +339,12 @@ class ControllerPoller:
             "controller %s: poll failed (%s): %s",
             self.controller.name,
             err.reason,
-            err,
+            message,
             extra={
                 "controller": self.controller.name,
                 "reason": err.reason,
                 "duration_seconds": round(duration, 3),
-                "error": str(err),
+                "error": message,
             },
         )
         self._on_publish()

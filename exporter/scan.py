@@ -278,6 +278,17 @@ class PageSource(Protocol):
 
     def get_body(self, path: str) -> bytes: ...
 
+    @property
+    def login_backoff_seconds(self) -> float: ...
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        """A poll starts: it must end within ``deadline_seconds``."""
+        ...
+
+    def redact(self, text: str) -> str:
+        """``text`` without the credentials or tokens the controller may have echoed."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -358,6 +369,18 @@ class Scanner:
     def pace(self) -> Pace:
         """Requests in flight and page size, as the next read will start."""
         return Pace(self._concurrency, self._page_size)
+
+    @property
+    def login_backoff_seconds(self) -> float:
+        """How long logins pause after refused credentials (0: they do not)."""
+        return self._source.login_backoff_seconds
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        """A poll starts: its reads share one deadline and one retry budget (the client's)."""
+        self._source.begin_poll(deadline_seconds)
+
+    def redact(self, text: str) -> str:
+        return self._source.redact(text)
 
     def close(self) -> None:
         self._closed.set()

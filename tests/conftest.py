@@ -6,6 +6,8 @@ Also the ``slow`` tier: every test of the modules below is marked ``slow``, so t
 
 from __future__ import annotations
 
+import select
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,3 +80,32 @@ def start_simulator() -> Iterator[Callable[..., SimulatedController]]:
     yield start
     for controller in started:
         controller.stop()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A port on 127.0.0.1 that drops every new connection's SYN, as a firewall does.
+
+    A listener that never accepts, its accept queue (backlog 0: one connection) filled: Linux
+    then drops the SYNs of further connections instead of refusing them, so a client's connect
+    hangs until its own timeout.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            while len(fillers) < 64:
+                filler = socket.socket()
+                filler.setblocking(False)
+                fillers.append(filler)
+                filler.connect_ex(("127.0.0.1", port))
+                if not select.select([], [filler], [], 0.5)[1]:
+                    break  # this one's SYN was dropped: the queue is full
+            else:
+                pytest.fail("the listener's accept queue never filled")
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()

@@ -143,6 +143,7 @@ def fast_retries(
 
 FAST_POLL = PollConfig(
     interval_seconds=1,
+    deadline_seconds=60,  # a poll may outlast the interval: the next one waits
     timeout_seconds=1,
     page_size=50,
     stale_after_seconds=5,
@@ -324,7 +325,7 @@ def write_config(
     path: Path,
     controllers: Mapping[str, SimulatedController],
     *,
-    poll: str = "{interval_seconds: 1, timeout_seconds: 2, max_retries: 0}",
+    poll: str = "{interval_seconds: 1, deadline_seconds: 60, timeout_seconds: 2, max_retries: 0}",
     passwords: Mapping[str, str] | None = None,
     extra: str = "",
 ) -> Path:

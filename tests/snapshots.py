@@ -17,6 +17,19 @@ from exporter.model import BackupSnapshot, ControllerSnapshot, ScheduleReport
 from exporter.scan import Collection, PageSink
 
 
+class NoPollLimits:
+    """What a fake client needs of a poll's limits and secrets, as no-ops: logins never back
+    off, deadlines are not kept, nothing is redacted."""
+
+    login_backoff_seconds = 0.0
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        pass
+
+    def redact(self, text: str) -> str:
+        return text
+
+
 def aggregate(backups: Iterable[Mapping[str, Any]]) -> BackupSnapshot:
     tally = Aggregator()
     for backup in backups:

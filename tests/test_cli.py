@@ -23,6 +23,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
+from exporter.config import load_config
+from exporter.simplivity import worst_case_poll_seconds
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, parse, scrape
@@ -46,7 +48,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def write_config(path: Path, *controllers: SimulatedController, extra: str = "") -> Path:
     lines = [
-        "poll: {interval_seconds: 1, timeout_seconds: 2, max_retries: 0}",
+        "poll: {interval_seconds: 1, deadline_seconds: 60, timeout_seconds: 2, max_retries: 0}",
         extra,
         "controllers:",
     ]
@@ -194,6 +196,28 @@ def test_once_exits_1_when_a_controller_fails(tmp_path: Path, start_simulator: S
     assert "wrong" not in result.stderr.replace("wrong-", "")
 
 
+def test_once_against_a_firewalled_controller_ends_within_its_documented_bound(
+    tmp_path: Path, blackhole: int
+) -> None:
+    url = f"https://127.0.0.1:{blackhole}"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "poll: {connect_timeout_seconds: 1, timeout_seconds: 30, max_retries: 2}\n"
+        f"controllers:\n  - {{name: fw, url: '{url}', username: u, password: p}}\n",
+        encoding="utf-8",
+    )
+    bound = worst_case_poll_seconds(load_config(config).poll, connects=False)
+    started = time.monotonic()
+    result = run("--config.file", str(config), "--once")
+    took = time.monotonic() - started
+    assert result.returncode == 1
+    assert f"could not connect to {url} within 1 s: wrong address, port or a firewall?" in (
+        result.stderr
+    )
+    assert 'simplivity_poll_errors_total{controller="fw",reason="connection"} 1.0' in result.stdout
+    assert took < bound + 5  # the process's start-up and exit beside the poll
+
+
 def test_demo_once_shows_realistic_metrics_and_no_ages() -> None:
     """--once output is read later (a textfile, for minutes): no *_age_seconds family, whose
     value would freeze at the run; the timestamps say the same and stay true."""
@@ -325,7 +349,8 @@ def test_with_log_format_json_every_stderr_line_is_a_json_object(
         name: start_simulator(FederationSpec(vms=12, backups_per_vm=5), tls=(str(cert), str(key)))
         for name in ("boston", "austin")
     }
-    lines = ["poll: {interval_seconds: 1, timeout_seconds: 5, max_retries: 0}", "controllers:"]
+    settings = "{interval_seconds: 1, deadline_seconds: 60, timeout_seconds: 5, max_retries: 0}"
+    lines = [f"poll: {settings}", "controllers:"]
     for name, simulator in simulators.items():
         lines += [
             f"  - name: {name}",

@@ -295,7 +295,12 @@ def install(
                 "password_file": example["password_file"],  # ${CREDENTIALS_DIRECTORY}/...
             }
         )
-    document["poll"] = {**document.get("poll", {}), "interval_seconds": 1, "max_retries": 0}
+    document["poll"] = {
+        **document.get("poll", {}),
+        "interval_seconds": 1,
+        "deadline_seconds": 60,
+        "max_retries": 0,
+    }
     config = tmp_path / flag(argv, "--config.file").lstrip("/")
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(document), encoding="utf-8")

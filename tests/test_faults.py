@@ -58,6 +58,7 @@ POLL = PollConfig(
     stale_after_seconds=6,
     max_concurrency=2,
     max_retries=1,
+    deadline_seconds=30,  # polls under faults last longer than the interval
 )
 UNRESOLVABLE = "ovc-unresolvable.invalid"
 
@@ -416,6 +417,16 @@ class ExpiringMidScan:
     @property
     def pace(self) -> Pace:
         return self.client.pace
+
+    @property
+    def login_backoff_seconds(self) -> float:
+        return self.client.login_backoff_seconds
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        self.client.begin_poll(deadline_seconds)
+
+    def redact(self, text: str) -> str:
+        return self.client.redact(text)
 
     def get(self, path: str) -> bytes:
         return self.client.get(path)

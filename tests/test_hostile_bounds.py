@@ -198,7 +198,9 @@ def test_megabyte_names_and_surrogate_twins_give_bounded_metrics_and_no_duplicat
         vms[-2]["id"], vms[-1]["id"] = twin + "\ud800", twin + "\udbff"
         vms[-1]["name"] = vms[-2]["name"]
         simulator.set_inventory(virtual_machines=vms)
-        exporter = lab.start_exporter(PollConfig(interval_seconds=1, timeout_seconds=10))
+        exporter = lab.start_exporter(
+            PollConfig(interval_seconds=1, deadline_seconds=60, timeout_seconds=10)
+        )
         scrape = wait_until(
             lambda: (s := exporter.scrape()).up("hostile") == 1 and s, what="a good poll"
         )

@@ -19,6 +19,8 @@ FORBIDDEN = {
     "model": {"*"},
     # Logging is set up by the exporter and its worker alike, from nothing of theirs.
     "logs": {"*"},
+    # Deadlines for any HTTP exchange: plain requests and urllib3, nothing of the exporter.
+    "deadlines": {"*"},
     # The client speaks HTTP only: nothing from the layers that page, count or poll.
     "simplivity": {"scan", "backups", "worker", "poller", "collector", "exposition", "web"},
     # The paging algorithm works for any collection and any client.

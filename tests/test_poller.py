@@ -32,6 +32,7 @@ from exporter.scan import Collection, Pace, PageSink, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.snapshots import (
+    NoPollLimits,
     answer_inventory,
     host_record,
     listing_body,
@@ -75,7 +76,7 @@ INVENTORY: dict[str, list[dict[str, Any]]] = {
 REPORT = b'{"daily_backup_rate": 72, "daily_backup_rate_limit": 24000}'
 
 
-class ScriptedSource:
+class ScriptedSource(NoPollLimits):
     """A client whose scans of the backups follow a script: a list of records, or an exception
     to raise; the inventory's listings and the schedule report are answered from
     ``inventory`` and ``report`` (an exception there is raised at each read)."""
@@ -440,7 +441,7 @@ def test_a_schedule_report_that_is_not_json_fails_the_poll_as_decode() -> None:
     assert status.errors["decode"] == 1
 
 
-class RecordingSource:
+class RecordingSource(NoPollLimits):
     """A client recording every page request; each listing holds ``size`` items."""
 
     def __init__(self, size: int) -> None:

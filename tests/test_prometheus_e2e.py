@@ -442,6 +442,7 @@ def exporter(tmp_path: Path, simulator: SimulatedController) -> Iterator[tuple[s
     config = {
         "poll": {
             "interval_seconds": 1,
+            "deadline_seconds": 60,
             "timeout_seconds": 2,
             "stale_after_seconds": 60,
             "max_retries": 0,

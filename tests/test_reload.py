@@ -25,7 +25,10 @@ from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, Scrape, write_config
 
 Start = Callable[..., SimulatedController]
-POLL = "{interval_seconds: 1, timeout_seconds: 2, max_retries: 0, stale_after_seconds: 60}"
+POLL = (
+    "{interval_seconds: 1, timeout_seconds: 2, max_retries: 0, stale_after_seconds: 60, "
+    "deadline_seconds: 30}"
+)
 SUCCESSFUL = "simplivity_exporter_config_last_reload_successful"
 SUCCESS_TIME = "simplivity_exporter_config_last_reload_success_timestamp_seconds"
 LOGINS = "simplivity_logins_total"
@@ -169,7 +172,10 @@ def test_a_reload_takes_effect_while_a_poll_hangs(
 ) -> None:
     a, b = controllers["a"], controllers["b"]
     a.faults.hang_seconds = 3600  # every backups request of "ca" hangs until the test ends
-    poll = "{interval_seconds: 1, timeout_seconds: 30, max_retries: 0, stale_after_seconds: 60}"
+    poll = (
+        "{interval_seconds: 1, deadline_seconds: 600, timeout_seconds: 30, max_retries: 0, "
+        "stale_after_seconds: 60}"
+    )
     config = write_config(tmp_path / "config.yaml", {"ca": a}, poll=poll)
     with ExporterProcess(
         "--config.file", str(config), log_path=tmp_path / "exporter.log"
@@ -188,7 +194,10 @@ def test_sigterm_stops_within_seconds_during_a_hanging_poll(
 ) -> None:
     a, b = controllers["a"], controllers["b"]
     a.faults.hang_seconds = 3600
-    poll = "{interval_seconds: 1, timeout_seconds: 60, max_retries: 3, stale_after_seconds: 600}"
+    poll = (
+        "{interval_seconds: 1, deadline_seconds: 600, timeout_seconds: 60, max_retries: 3, "
+        "stale_after_seconds: 600}"
+    )
     config = write_config(tmp_path / "config.yaml", {"ca": a, "cb": b}, poll=poll)
     with ExporterProcess(
         "--config.file", str(config), log_path=tmp_path / "exporter.log"

@@ -20,13 +20,14 @@ from hypothesis import strategies as st
 
 from exporter.model import DecodeError, HTTPStatusError, PageRequest, RecordError
 from exporter.scan import Collection, Pace, PageCounter, RecordTally, Scanner
+from tests.snapshots import NoPollLimits
 
 VMS = Collection(
     "/api/virtual_machines", key="virtual_machines", item="virtual machine", fields=("id", "name")
 )
 
 
-class Listing:
+class Listing(NoPollLimits):
     """A collection held in memory, sorted by id, that changes a little at every request.
 
     It can misbehave as real controllers do: serve at most ``cap`` records a page (saying so

@@ -86,7 +86,12 @@ def config_document(
             entry["password"] = wrong  # refused: the controller's password is another
         entries.append(entry)
     return {
-        "poll": {"interval_seconds": 1, "timeout_seconds": 2, "max_retries": 1},
+        "poll": {
+            "interval_seconds": 1,
+            "deadline_seconds": 60,
+            "timeout_seconds": 2,
+            "max_retries": 1,
+        },
         "controllers": entries,
     }
 
@@ -198,6 +203,68 @@ def test_no_password_or_token_appears_anywhere(
         f"{where}: {form!r}"
         for where, text in outputs.items()
         for secret in passwords + tokens
+        for form in variants(secret)
+        if form and form in text
+    ]
+    assert leaks == []
+
+
+def test_secrets_a_controller_echoes_back_are_shown_nowhere(tmp_path: Path) -> None:
+    """One controller echoes the password it was sent in its login errors, another the
+    ``Authorization`` header in its data errors: the messages are shown (on the landing page,
+    in the log), the secrets in them are not."""
+    configured = password("configured")
+    small = FederationSpec(vms=6, backups_per_vm=10)
+    refusing = SimulatedController(small, password="other")
+    echoing = SimulatedController(small, password=password("echo"))
+    for controller in (refusing, echoing):
+        controller.faults.echo_secrets = True
+        controller.start()
+    try:
+        refusing.faults.bad_credentials_status = 500  # an error, not a refusal: its text shows
+        echoing.faults.paths = None  # every data request of the poll fails, echoing its token
+        document = {
+            "poll": {
+                "interval_seconds": 1,
+                "deadline_seconds": 60,
+                "timeout_seconds": 2,
+                "max_retries": 1,
+            },
+            "controllers": [
+                {"name": "refusing", "url": refusing.url, "username": refusing.username,
+                 "password": configured},
+                {"name": "echoing", "url": echoing.url, "username": echoing.username,
+                 "password": echoing.password},
+            ],
+        }  # fmt: skip
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+        args = ("--config.file", str(config), "--log.level", "debug")
+        with ExporterProcess(*args, log_path=tmp_path / "exporter.log") as exporter:
+            wait_until(lambda: exporter.scrape().up("echoing") == 1, timeout=20, what="a login")
+            echoing.faults.fail_next(100, status=503)
+            wait_until(
+                lambda: (
+                    errors_of(exporter.scrape(), "echoing") >= 1
+                    and exporter.scrape().errors("refusing")["http"] >= 1
+                ),
+                timeout=20,
+                what="the echoing errors",
+            )
+            outputs = {path: exporter.get(path)[1].decode() for path in ("/", "/metrics")}
+        outputs["log"] = exporter.log()
+    finally:
+        refusing.stop()
+        echoing.stop()
+    # The echoes were there, and shown redacted: the search below means something.
+    assert "Bad credentials: grant_type=password" in outputs["log"]
+    assert "Authorization: Bearer ********" in outputs["log"]
+    assert "********" in outputs["/"]
+    secrets_ = [configured, echoing.password, *echoing.issued_tokens()]
+    leaks = [
+        f"{where}: {form!r}"
+        for where, text in outputs.items()
+        for secret in secrets_
         for form in variants(secret)
         if form and form in text
     ]

@@ -47,6 +47,7 @@ WARM_UP_SECONDS = min(10.0, SOAK_SECONDS / 3)
 NAMES = ("c1", "c2", "c3", "c4", "c5")
 POLL = PollConfig(
     interval_seconds=1,
+    deadline_seconds=60,
     timeout_seconds=1,
     page_size=40,
     stale_after_seconds=600,  # the data never goes stale here: every scrape can be checked
@@ -86,11 +87,21 @@ class WatchedClient:
     def pace(self) -> Pace:
         return self.inner.pace
 
+    @property
+    def login_backoff_seconds(self) -> float:
+        return self.inner.login_backoff_seconds
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        self.inner.begin_poll(deadline_seconds)
+
+    def redact(self, text: str) -> str:
+        return self.inner.redact(text)
+
     def get(self, path: str) -> bytes:
         return self.inner.get(path)
 
     def read(self, collection: Collection, pages: PageSink) -> None:
-        if collection != BACKUPS:  # the inventory's listings come before, in the same poll
+        if collection.path != BACKUPS.path:  # the inventory's listings come first
             self.inner.read(collection, pages)
             return
         ledger = self.ledger

@@ -23,7 +23,7 @@ from exporter.simulator import FederationSpec, SimulatedController
 from exporter.worker import WORKER_NICENESS, DecodingWorker
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, write_config
-from tests.snapshots import answer_inventory
+from tests.snapshots import NoPollLimits, answer_inventory
 
 Start = Callable[..., SimulatedController]
 
@@ -149,7 +149,7 @@ def test_a_scan_is_stitched_to_its_own_last_page_only(worker: DecodingWorker) ->
     assert second.snapshot().backups_seen == 1
 
 
-class PagesThenKill:
+class PagesThenKill(NoPollLimits):
     """A client whose scan counts one page, kills the worker, then counts another."""
 
     def __init__(self, worker: DecodingWorker) -> None:

@@ -444,16 +444,24 @@ class SimulatedController:
             return
         if one("username") != self.username or one("password") != self.password:
             self.stats.login(False)
+            description = "Bad credentials"
+            if self.faults.echo_secrets:
+                description = f"Bad credentials: {ex.body.decode('utf-8', 'replace')}"
             if self.faults.bad_credentials_status == 400:
-                ex.send(400, {"error": "invalid_grant", "error_description": "Bad credentials"})
+                ex.send(400, {"error": "invalid_grant", "error_description": description})
             else:
                 ex.send(
                     self.faults.bad_credentials_status,
-                    {"error": "unauthorized", "error_description": "Bad credentials"},
+                    {"error": "unauthorized", "error_description": description},
                 )
             return
         now = self.clock()
         token = str(uuid.uuid4())
+        bad = self.faults.take_bad_token()
+        if bad == "crlf":
+            token += "\r\nX-Injected: 1"
+        elif bad == "oversized":
+            token += "0" * 10_000
         with self._tokens_lock:
             self._tokens[token] = [now, now]
             self._issued.append(token)

@@ -36,6 +36,11 @@ Oddity = Literal[
 #: number). Values only change in the fields the request selected.
 ODD_KINDS: Final[tuple[str, ...]] = get_args(Oddity)
 
+Drip = Literal["headers", "body"]
+#: An access token that cannot be sent in a header: one with a line break in it, or one of
+#: 10,000 characters.
+BadToken = Literal["crlf", "oversized"]
+
 #: The paths that per-request faults aim at unless told otherwise.
 DEFAULT_FAULT_PATHS: Final = frozenset({"/api/backups"})
 
@@ -68,6 +73,8 @@ class Faults:
     - :meth:`disconnect_next`: the next ``count`` such requests get the connection closed
       without an answer.
     - ``hang_seconds``: wait this long before answering (ends at once on stop()).
+    - ``drip``: answer a byte every ``drip_seconds``: ``headers`` (headers that never end) or
+      ``body`` (the whole answer, its Content-Length said at once, its body a byte at a time).
     - ``malformed``: one of :data:`MALFORMED_KINDS`:
       ``truncated`` (half the JSON, with a matching Content-Length), ``not_json`` (an HTML
       page with status 200), ``size_as_string`` (``"size": "1234"``), ``missing_created_at``
@@ -102,7 +109,11 @@ class Faults:
 
     Logins: :meth:`fail_next_logins` fails the next ``POST /api/oauth/token`` like
     :meth:`fail_next`; ``bad_credentials_status``: 401 (default) or 400 (``invalid_grant``) for
-    wrong user credentials.
+    wrong user credentials; :meth:`bad_tokens_next` hands out tokens that cannot be sent in a
+    header (see :data:`BadToken`).
+
+    ``echo_secrets``: error answers repeat the secrets of the request, as careless servers do: a
+    refused login the password it was sent, an injected failure the ``Authorization`` header.
     """
 
     def __init__(self) -> None:
@@ -110,6 +121,7 @@ class Faults:
         self._fail: list[int] = []
         self._fail_logins: list[int] = []
         self._disconnect = 0
+        self._bad_tokens: list[BadToken] = []
         self._odd: dict[str, Oddity] = {}
         self.clear()
 
@@ -118,10 +130,14 @@ class Faults:
             self._fail.clear()
             self._fail_logins.clear()
             self._disconnect = 0
+            self._bad_tokens.clear()
             self._odd = {}
         self._malformed: Malformed | None = None
         self.paths: frozenset[str] | None = DEFAULT_FAULT_PATHS
         self.hang_seconds = 0.0
+        self.drip: Drip | None = None
+        self.drip_seconds = 1.0
+        self.echo_secrets = False
         self.request_cost_seconds = 0.0
         self.object_cost_seconds = 0.0
         self.max_parallel = 0
@@ -151,6 +167,14 @@ class Faults:
     def fail_next_logins(self, count: int, status: int = 500) -> None:
         with self._lock:
             self._fail_logins.extend([status] * count)
+
+    def bad_tokens_next(self, count: int, kind: BadToken = "crlf") -> None:
+        with self._lock:
+            self._bad_tokens.extend([kind] * count)
+
+    def take_bad_token(self) -> BadToken | None:
+        with self._lock:
+            return self._bad_tokens.pop(0) if self._bad_tokens else None
 
     def disconnect_next(self, count: int) -> None:
         with self._lock:

@@ -292,7 +292,10 @@ def answer_failure(ex: Exchange, status: int) -> None:
         ex.token_error(f"Access token expired due to inactivity: {token}")
     else:
         exception = "com.simplivity.restapi.exceptions.ServiceException"
-        ex.error(status, exception, "Injected failure")
+        message = "Injected failure"
+        if ex.faults.echo_secrets:
+            message += f" of a request with Authorization: {ex.header('Authorization')}"
+        ex.error(status, exception, message)
 
 
 def _oddly(item: dict[str, Any], record_id: str, kind: Oddity) -> object:

@@ -170,6 +170,10 @@ class Exchange:
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         h = self.handler
+        drip = self.faults.drip if self.faults.applies_to(self.path) else None
+        if drip is not None:
+            self._drip(status, body, content_type, drip)
+            return
         h.send_response(status)
         h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(body)))
@@ -182,6 +186,29 @@ class Exchange:
         if self.method != "HEAD":
             h.wfile.write(body)
         self.stats.answered(self.path, status, len(body), items)
+
+    def _drip(self, status: int, body: bytes, content_type: str, drip: str) -> None:
+        """A byte every ``faults.drip_seconds``: headers that never end, or the body."""
+        self.close()
+        h = self.handler
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        ).encode()
+        if drip == "headers":
+            h.wfile.write(head + b"X-Padding: ")
+            payload = iter(lambda: b"a", None)  # the headers never end
+        else:
+            h.wfile.write(head + b"\r\n")
+            payload = (body[i : i + 1] for i in range(len(body)))
+        self.leave_flight()
+        stopping = self.handler.server.stopping
+        for byte in payload:
+            if stopping.wait(self.faults.drip_seconds):
+                return
+            h.wfile.write(byte)
+            h.wfile.flush()
+        self.stats.answered(self.path, status, len(body))
 
     def error(
         self,
