@@ -9,12 +9,13 @@ snapshot before a scrape asks for it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import gzip
 import logging
-import struct
 import threading
 import time
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -67,27 +68,37 @@ class _WrittenSnapshot:
 class TextWriter:
     """Writes the text of the collector's families, each snapshot's series once.
 
-    Writing a snapshot with thousands of VMs costs far more than the ages that change every
-    second (README, "Performance"): the series of each snapshot are written when it first
-    shows, the ages and the few health series at each render. Several controllers share each
-    family's HELP and TYPE lines: their series follow one another under them.
+    Writing a snapshot with thousands of VMs costs prometheus_client's writer far more than
+    the ages that change every second (README, "Performance"), so the series of each snapshot
+    are written once, by :meth:`write_snapshots` after its poll, and only the ages and the few
+    health series at each render. A render never writes a newer snapshot itself: until the
+    poll's thread has written it, the controller's last written snapshot is shown, ages and
+    all, so that no scrape waits for it. Several controllers share each family's HELP and
+    TYPE lines: their series follow one another under them.
     """
 
     def __init__(self, collector: BackupCollector) -> None:
         self._collector = collector
-        # controller -> that controller's snapshot, written out
+        # controller -> the last snapshot of it written out; replaced, never changed in place
         self._written: dict[str, _WrittenSnapshot] = {}
+        self._writing = threading.Lock()  # held while snapshots are written
+
+    def write_snapshots(self) -> None:
+        """Write the series of every fresh snapshot not written yet."""
+        reading = self._collector.read()
+        self._shown(reading.fresh, reading.state, newest=True)
 
     def text(self) -> str:
         return "".join(self.parts())
 
     def parts(self) -> list[str]:
-        """The text in pieces: each snapshot's series are the very string objects written when
-        it first showed, so that what is made of them (their gzip) can be kept too."""
+        """The text in pieces: each snapshot's series are the very string objects written
+        once, so that what is made of them can be kept too."""
         reading = self._collector.read()
         state = reading.state
-        written = self._written_snapshots(reading.fresh, state)
-        ages = {family.name: family for family in age_families(reading.fresh, state, reading.now)}
+        written = self._shown(reading.fresh, state, newest=False)
+        shown = [(controller, w.snapshot) for controller, w in written]
+        ages = {family.name: family for family in age_families(shown, state, reading.now)}
         out: list[str] = []
         for family in controller_families(state):
             name = family.name
@@ -95,25 +106,58 @@ class TextWriter:
                 out.append(_write([ages[name]]))
             else:
                 out.append(_write([family]))  # no series: its HELP and TYPE lines
-                out += [w.series.get(name, "") for w in written]
+                out += [w.series.get(name, "") for _, w in written]
         out.append(_write([*health_families(reading.statuses), *exporter_families(state)]))
         return out
 
-    def _written_snapshots(
-        self, fresh: Sequence[tuple[str, ControllerSnapshot]], state: ExporterState
-    ) -> list[_WrittenSnapshot]:
-        cache = self._written
-        written = []
-        for controller, snapshot in fresh:
-            entry = cache.get(controller)
-            if entry is None or entry.snapshot is not snapshot or entry.state != state:
-                entry = _WrittenSnapshot.of(controller, snapshot, state)
-            written.append(entry)
-        # Replaced, never changed in place: concurrent renders each see a whole cache.
-        self._written = {
-            controller: entry for (controller, _), entry in zip(fresh, written, strict=True)
-        }
-        return written
+    def _shown(
+        self, fresh: Sequence[tuple[str, ControllerSnapshot]], state: ExporterState, newest: bool
+    ) -> list[tuple[str, _WrittenSnapshot]]:
+        """The written snapshot to show of each fresh controller: written now if it has none
+        under this state (its first, or after a reload), and, if ``newest``, if it is not
+        the current snapshot."""
+
+        def usable(controller: str, snapshot: ControllerSnapshot) -> _WrittenSnapshot | None:
+            entry = self._written.get(controller)
+            if entry is None or entry.state != state:
+                return None
+            return entry if entry.snapshot is snapshot or not newest else None
+
+        shown = [
+            (controller, entry)
+            for controller, snapshot in fresh
+            if (entry := usable(controller, snapshot)) is not None
+        ]
+        if len(shown) == len(fresh):
+            return shown
+        with self._writing, _no_cycle_collection():
+            written = [
+                usable(controller, snapshot) or _WrittenSnapshot.of(controller, snapshot, state)
+                for controller, snapshot in fresh
+            ]
+            self._written = {
+                controller: entry for (controller, _), entry in zip(fresh, written, strict=True)
+            }
+        return [(controller, entry) for (controller, _), entry in zip(fresh, written, strict=True)]
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cycle collector off while snapshots are written.
+
+    A snapshot's families are a hundred thousand small containers (prometheus_client's
+    samples and their labels), none in a cycle, all freed by their counts once written. Left
+    on, the collector would run full collections of the whole heap meanwhile, stopping every
+    thread, scrapes included, for tens of milliseconds each time. Snapshots are written one
+    at a time (under the writer's lock), so no other writer turns it back on early.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -121,74 +165,6 @@ class _Rendered:
     key: tuple[object, int]  # (generation, second)
     plain: bytes
     gzipped: bytes
-
-
-#: A gzip member's header as ``gzip.compress(data, compresslevel=1, mtime=0)`` writes it.
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
-#: The last, empty deflate block that ends a member.
-_DEFLATE_END = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
-#: Pieces of the text shorter than this are joined and compressed with their neighbours.
-_SEGMENT_MIN_CHARS = 16 * 1024
-
-
-def _deflate(data: bytes) -> bytes:
-    """``data`` as deflate blocks that any deflate stream may go on from: a fresh compressor
-    refers back to nothing before it, and a sync flush ends on a byte boundary.
-
-    Level 1, the fastest: the ages are compressed again every second, and a higher level
-    costs several times the CPU for a body only slightly smaller.
-    """
-    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-
-
-class _Encoder:
-    """Writes the text as bytes and as one gzip member, keeping both for the pieces that
-    stay the same from one second to the next.
-
-    Only the ages change every second, yet the whole text used to be encoded and compressed
-    again each time (the CPU this saves: README, "Performance"). A piece's deflate blocks are
-    compressed on their own, so the member is the cached blocks of the unchanged pieces and
-    the new blocks of the ages, between one header and one CRC-32 trailer.
-    """
-
-    def __init__(self) -> None:
-        # id of a piece -> (the piece, its bytes, its deflate blocks); the piece is held, so
-        # its id is not reused while the entry lives. Only the last text's pieces are kept.
-        self._kept: dict[int, tuple[str, bytes, bytes]] = {}
-
-    def encode(self, pieces: Sequence[str], tail: bytes = b"") -> tuple[bytes, bytes]:
-        """(the text as UTF-8 followed by ``tail``, the same as gzip)."""
-        kept, self._kept = self._kept, {}
-        plain: list[bytes] = []
-        deflated: list[bytes] = []
-        pending: list[str] = []
-
-        def flush_pending() -> None:
-            if pending:
-                data = "".join(pending).encode()
-                plain.append(data)
-                deflated.append(_deflate(data))
-                pending.clear()
-
-        for piece in pieces:
-            if len(piece) < _SEGMENT_MIN_CHARS:
-                pending.append(piece)
-                continue
-            flush_pending()
-            entry = kept.get(id(piece))
-            if entry is None or entry[0] is not piece:
-                data = piece.encode()
-                entry = (piece, data, _deflate(data))
-            self._kept[id(piece)] = entry
-            plain.append(entry[1])
-            deflated.append(entry[2])
-        flush_pending()
-        plain.append(tail)
-        deflated.append(_deflate(tail))
-        text = b"".join(plain)
-        trailer = struct.pack("<II", zlib.crc32(text), len(text) & 0xFFFFFFFF)
-        return text, b"".join([_GZIP_HEADER, *deflated, _DEFLATE_END, trailer])
 
 
 class _Families(Collector):
@@ -206,12 +182,11 @@ class Exposition:
 
     Ages are computed with one-second resolution; between two changes of the snapshots every
     scrape within the same second is served the same bytes (and the same gzip), so many
-    concurrent scrapers cost little more than one. No scrape waits for the text of a new
-    second while the last second's is at hand: it is served that one (ages one second behind
-    at most) and the new text is written in the background. While one scrape writes the text
-    of new snapshots, the others are served the last text rather than wait. Only a scrape
-    that finds nothing recent enough (the first, or one after a quiet spell) writes the text
-    before answering.
+    concurrent scrapers cost little more than one. No scrape waits for a text while one at
+    most a second old is at hand: it is served that one (its ages a second behind at most, or
+    its snapshots one poll behind) and the new text, of a new second or new snapshots, is
+    written in the background. Only a scrape that finds nothing that recent (the first, or
+    one after a quiet spell) writes the text before answering, unless it is being written.
 
     ``backups`` is written first, by a :class:`TextWriter`; then ``registry`` (the process's
     own series).
@@ -229,7 +204,6 @@ class Exposition:
         self._generation = generation
         self._clock = clock
         self._text = TextWriter(backups)
-        self._encoder = _Encoder()
         self._lock = threading.Lock()  # held while a text is written
         self._rendered: _Rendered | None = None  # replaced as a whole
 
@@ -239,31 +213,36 @@ class Exposition:
         if rendered is None:
             with self._lock:
                 rendered = self._write_locked(generation, second)
-        elif rendered.key != (generation, second):
-            if rendered.key == (generation, second - 1):
+        elif rendered.key[1] >= second - 1:
+            if rendered.key != (generation, second):
                 self._write_in_background()
-            elif self._lock.acquire(blocking=False):  # else: serve the last while it is written
-                try:
-                    rendered = self._write_locked(generation, second)
-                finally:
-                    self._lock.release()
+        elif self._lock.acquire(blocking=False):  # else: serve the last while it is written
+            try:
+                rendered = self._write_locked(generation, second)
+            finally:
+                self._lock.release()
         return rendered.gzipped if gzipped else rendered.plain
 
     def refresh(self) -> None:
         """Write the text now, if it has ever been asked for (after a poll, in its thread).
 
-        So the first scrape after a poll does not write the new snapshot's series itself: it
-        finds the text written, or, while it is being written, gets the last one.
+        So that the new snapshot's series are written in the poll's thread, once, before a
+        scrape asks; a scrape meanwhile gets the last text.
         """
         if self._rendered is not None:
+            # Outside the lock: the text of each new second is written meanwhile.
+            self._text.write_snapshots()
             with self._lock:
-                self._write_locked(self._generation(), int(self._clock()))
+                # Even if this second's text was written: it may show the last snapshot.
+                self._write_locked(self._generation(), int(self._clock()), again=True)
 
-    def _write_locked(self, generation: object, second: int) -> _Rendered:
+    def _write_locked(self, generation: object, second: int, *, again: bool = False) -> _Rendered:
         rendered = self._rendered
-        if rendered is None or rendered.key != (generation, second):
-            pieces = self._text.parts()
-            plain, gzipped = self._encoder.encode(pieces, generate_latest(self._registry))
+        if again or rendered is None or rendered.key != (generation, second):
+            plain = self._text.text().encode() + generate_latest(self._registry)
+            # Level 1, the fastest: a higher level costs several times the CPU, every second,
+            # for a body only slightly smaller. zlib lets other threads run meanwhile.
+            gzipped = gzip.compress(plain, compresslevel=1, mtime=0)
             rendered = _Rendered((generation, second), plain, gzipped)
             self._rendered = rendered
         return rendered
