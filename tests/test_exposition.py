@@ -5,6 +5,7 @@ caching that keeps scrapes from waiting for any of it.
 
 from __future__ import annotations
 
+import gc
 import threading
 import zlib
 from collections.abc import Sequence
