@@ -121,24 +121,38 @@ def snapshot_families(
     return [family for family in shown(families, state) if family.name not in AGE_FAMILIES]
 
 
-def age_families(
-    fresh: Sequence[tuple[str, ControllerSnapshot]], state: ExporterState, now: float
-) -> list[GaugeMetricFamily]:
-    """The ages of the newest backups of every fresh snapshot, at ``now``: the only series
-    written again each second (none for ``--once``)."""
+@dataclass(frozen=True)
+class AgeSeries:
+    """An age family of one snapshot: its series, valued 0, and the creation time each one's
+    age counts from (see :func:`age`), in the order of its samples."""
+
+    family: GaugeMetricFamily
+    created: tuple[float | None, ...]
+
+
+def age_series(
+    controller: str, snapshot: ControllerSnapshot, state: ExporterState
+) -> list[AgeSeries]:
+    """The ages of one snapshot's newest backups: the only series whose values change with
+    the clock, written again each second (none for ``--once``)."""
     newest_age = cluster_families(state)[3]
-    vm_age = vm_families(state).age
-    for controller, snapshot in fresh:
-        for cluster in snapshot.backups.clusters:
-            newest_age.add_metric([controller, cluster.name], _age(now, cluster.newest_protected))
-        if state.per_vm:
-            for judged in snapshot.protection:
-                machine = judged.vm
-                vm_age.add_metric(
-                    [controller, machine.name, machine.vm_id],
-                    _age(now, judged.newest_protected_anywhere),
-                )
-    return shown([newest_age, *((vm_age,) if state.per_vm else ())], state)
+    for cluster in snapshot.backups.clusters:
+        newest_age.add_metric([controller, cluster.name], 0.0)
+    ages = [AgeSeries(newest_age, tuple(c.newest_protected for c in snapshot.backups.clusters))]
+    if state.per_vm:
+        vm_age = vm_families(state).age
+        for judged in snapshot.protection:
+            vm_age.add_metric([controller, judged.vm.name, judged.vm.vm_id], 0.0)
+        created = tuple(judged.newest_protected_anywhere for judged in snapshot.protection)
+        ages.append(AgeSeries(vm_age, created))
+    names = {family.name for family in shown([age.family for age in ages], state)}
+    return [age for age in ages if age.family.name in names]
+
+
+def age(now: float, created: float | None) -> float:
+    """Seconds since ``created`` at ``now``, in whole seconds (the text is written at most
+    once a second anyway); +Inf if there is no such backup."""
+    return INF if created is None else float(max(0, math.floor(now - created)))
 
 
 def _add_vms(vm: VMFamilies, controller: str, snapshot: ControllerSnapshot) -> None:
@@ -316,11 +330,6 @@ def shown(families: Iterable[GaugeMetricFamily], state: ExporterState) -> list[G
     (a textfile read for minutes would show an age frozen at the run); the timestamps say
     the same and stay true."""
     return [family for family in families if not (state.once and family.name in AGE_FAMILIES)]
-
-
-def _age(now: float, created: float | None) -> float:
-    # Whole seconds: the exposition is rendered at most once a second anyway.
-    return INF if created is None else float(max(0, math.floor(now - created)))
 
 
 def fresh_snapshots(

@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import gzip
 import logging
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from exporter.collector import (
     AGE_FAMILIES,
     BackupCollector,
     ExporterState,
-    age_families,
+    age,
+    age_series,
     controller_families,
     exporter_families,
     health_families,
@@ -48,21 +52,43 @@ def _series(family: Metric) -> str:
     return _write([family]).split("\n", 2)[2]
 
 
+#: prometheus_client's own number format (untyped there).
+_go_float = cast(Callable[[float], str], floatToGoString)
+
+
 @dataclass(frozen=True)
 class _WrittenSnapshot:
-    """One controller's snapshot, its series written out by family name (all but the ages)."""
+    """One controller's snapshot, its series written out by family name; of the ages, each
+    line up to its value, with the creation time the value counts from."""
 
     snapshot: ControllerSnapshot
     #: The state it was written under: whether its per-VM series are shown, say.
     state: ExporterState
     series: Mapping[str, str]
+    ages: Mapping[str, tuple[tuple[str, float | None], ...]]
 
     @classmethod
     def of(
         cls, controller: str, snapshot: ControllerSnapshot, state: ExporterState
     ) -> _WrittenSnapshot:
         families = snapshot_families(controller, snapshot, state)
-        return cls(snapshot, state, {family.name: _series(family) for family in families})
+        ages = {
+            series.family.name: tuple(
+                # The line as prometheus_client writes it, but for its value (no timestamp).
+                (line[: line.rindex(" ") + 1], created)
+                for line, created in zip(
+                    _series(series.family).splitlines(), series.created, strict=True
+                )
+            )
+            for series in age_series(controller, snapshot, state)
+        }
+        return cls(snapshot, state, {f.name: _series(f) for f in families}, ages)
+
+    def ages_at(self, name: str, now: float) -> str:
+        """The lines of the age family ``name`` at ``now``: the only ones written each second."""
+        return "".join(
+            [f"{line}{_go_float(age(now, created))}\n" for line, created in self.ages.get(name, ())]
+        )
 
 
 class TextWriter:
@@ -96,17 +122,15 @@ class TextWriter:
         once, so that what is made of them can be kept too."""
         reading = self._collector.read()
         state = reading.state
-        written = self._shown(reading.fresh, state, newest=False)
-        shown = [(controller, w.snapshot) for controller, w in written]
-        ages = {family.name: family for family in age_families(shown, state, reading.now)}
+        written = [w for _, w in self._shown(reading.fresh, state, newest=False)]
         out: list[str] = []
         for family in controller_families(state):
             name = family.name
+            out.append(_write([family]))  # no series: its HELP and TYPE lines
             if name in AGE_FAMILIES:
-                out.append(_write([ages[name]]))
+                out += [w.ages_at(name, reading.now) for w in written]
             else:
-                out.append(_write([family]))  # no series: its HELP and TYPE lines
-                out += [w.series.get(name, "") for _, w in written]
+                out += [w.series.get(name, "") for w in written]
         out.append(_write([*health_families(reading.statuses), *exporter_families(state)]))
         return out
 
@@ -167,6 +191,74 @@ class _Rendered:
     gzipped: bytes
 
 
+#: A gzip member's header as ``gzip.compress(data, compresslevel=1, mtime=0)`` writes it.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+#: The last, empty deflate block that ends a member.
+_DEFLATE_END = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
+#: Pieces of the text shorter than this are joined and compressed with their neighbours.
+_SEGMENT_MIN_CHARS = 16 * 1024
+
+
+def _deflate(data: bytes) -> bytes:
+    """``data`` as deflate blocks that any deflate stream may go on from: a fresh compressor
+    refers back to nothing before it, and a sync flush ends on a byte boundary.
+
+    Level 1, the fastest: the ages are compressed again every second, and a higher level
+    costs several times the CPU for a body only slightly smaller.
+    """
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _Encoder:
+    """Writes the text as bytes and as one gzip member, keeping both for the pieces that
+    stay the same from one second to the next.
+
+    Only the ages change every second, yet the whole text used to be encoded and compressed
+    again each time (the CPU this saves: README, "Performance"). A piece's deflate blocks are
+    compressed on their own, so the member is the cached blocks of the unchanged pieces and
+    the new blocks of the ages, between one header and one CRC-32 trailer.
+    """
+
+    def __init__(self) -> None:
+        # id of a piece -> (the piece, its bytes, its deflate blocks); the piece is held, so
+        # its id is not reused while the entry lives. Only the last text's pieces are kept.
+        self._kept: dict[int, tuple[str, bytes, bytes]] = {}
+
+    def encode(self, pieces: Sequence[str], tail: bytes = b"") -> tuple[bytes, bytes]:
+        """(the text as UTF-8 followed by ``tail``, the same as gzip)."""
+        kept, self._kept = self._kept, {}
+        plain: list[bytes] = []
+        deflated: list[bytes] = []
+        pending: list[str] = []
+
+        def flush_pending() -> None:
+            if pending:
+                data = "".join(pending).encode()
+                plain.append(data)
+                deflated.append(_deflate(data))
+                pending.clear()
+
+        for piece in pieces:
+            if len(piece) < _SEGMENT_MIN_CHARS:
+                pending.append(piece)
+                continue
+            flush_pending()
+            entry = kept.get(id(piece))
+            if entry is None or entry[0] is not piece:
+                data = piece.encode()
+                entry = (piece, data, _deflate(data))
+            self._kept[id(piece)] = entry
+            plain.append(entry[1])
+            deflated.append(entry[2])
+        flush_pending()
+        plain.append(tail)
+        deflated.append(_deflate(tail))
+        text = b"".join(plain)
+        trailer = struct.pack("<II", zlib.crc32(text), len(text) & 0xFFFFFFFF)
+        return text, b"".join([_GZIP_HEADER, *deflated, _DEFLATE_END, trailer])
+
+
 class _Families(Collector):
     """Some already built families, for ``generate_latest``."""
 
@@ -205,6 +297,7 @@ class Exposition:
         self._clock = clock
         self._text = TextWriter(backups)
         self._lock = threading.Lock()  # held while a text is written
+        self._encoder = _Encoder()
         self._rendered: _Rendered | None = None  # replaced as a whole
 
     def render(self, *, gzipped: bool = False) -> bytes:
@@ -239,10 +332,8 @@ class Exposition:
     def _write_locked(self, generation: object, second: int, *, again: bool = False) -> _Rendered:
         rendered = self._rendered
         if again or rendered is None or rendered.key != (generation, second):
-            plain = self._text.text().encode() + generate_latest(self._registry)
-            # Level 1, the fastest: a higher level costs several times the CPU, every second,
-            # for a body only slightly smaller. zlib lets other threads run meanwhile.
-            gzipped = gzip.compress(plain, compresslevel=1, mtime=0)
+            pieces = self._text.parts()
+            plain, gzipped = self._encoder.encode(pieces, generate_latest(self._registry))
             rendered = _Rendered((generation, second), plain, gzipped)
             self._rendered = rendered
         return rendered
