@@ -317,17 +317,17 @@ class Exposition:
         return rendered.gzipped if gzipped else rendered.plain
 
     def refresh(self) -> None:
-        """Write the text now, if it has ever been asked for (after a poll, in its thread).
+        """Write the text of the new snapshots now (after a poll, in its thread).
 
-        So that the new snapshot's series are written in the poll's thread, once, before a
-        scrape asks; a scrape meanwhile gets the last text.
+        So that a snapshot's series are written once, by its poll, before a scrape asks; the
+        scrapes meanwhile get the last text. Even before the first scrape: a first scrape
+        that had to write every snapshot would wait for it (0.4 s of CPU at 5,000 VMs).
         """
-        if self._rendered is not None:
-            # Outside the lock: the text of each new second is written meanwhile.
-            self._text.write_snapshots()
-            with self._lock:
-                # Even if this second's text was written: it may show the last snapshot.
-                self._write_locked(self._generation(), int(self._clock()), again=True)
+        # Outside the lock: the text of each new second is written meanwhile.
+        self._text.write_snapshots()
+        with self._lock:
+            # Even if this second's text was written: it may show the last snapshot.
+            self._write_locked(self._generation(), int(self._clock()), again=True)
 
     def _write_locked(self, generation: object, second: int, *, again: bool = False) -> _Rendered:
         rendered = self._rendered

@@ -278,3 +278,22 @@ def test_a_text_more_than_a_second_behind_is_never_served() -> None:
     ]
     assert ages[0]
     assert [b - a for a, b in zip(*ages, strict=True)] == [2.0] * len(ages[0])
+
+
+def test_the_first_poll_writes_the_text_before_any_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[str] = []
+
+    def counting(controller: str, snapshot: ControllerSnapshot, state: ExporterState) -> object:
+        written.append(controller)
+        return snapshot_families(controller, snapshot, state)
+
+    monkeypatch.setattr(exposition_module, "snapshot_families", counting)
+    statuses = [status("boston", federation(vms=10))]
+    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
+    exposition = Exposition(
+        CollectorRegistry(auto_describe=False), lambda: 1, clock=lambda: NOW, backups=collector
+    )
+    exposition.refresh()  # what the first poll does, in its thread
+    assert written == ["boston"]
+    assert b"simplivity_vm_info{" in exposition.render()
+    assert written == ["boston"]  # the scrape found it written
