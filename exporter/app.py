@@ -107,7 +107,8 @@ def exporter_state(
 
 
 class Reloader:
-    """Re-reads the config (and the web config) on SIGHUP or ``POST /-/reload``.
+    """Re-reads the config (and the web config) on SIGHUP or ``POST /-/reload`` (the latter
+    with ``--web.enable-lifecycle``).
 
     Both files are read and checked before anything changes: a bad one keeps the old pair.
     """
@@ -160,8 +161,10 @@ def run_server(
     *,
     listen_address: str,
     web_config_file: str | None,
+    enable_lifecycle: bool = False,
 ) -> None:
-    """Serve ``/metrics`` and poll until SIGTERM or SIGINT; SIGHUP reloads ``load()``.
+    """Serve ``/metrics`` and poll until SIGTERM or SIGINT; SIGHUP reloads ``load()``, and so
+    does ``POST /-/reload`` with ``enable_lifecycle``.
 
     :class:`UsageError` if the web config or the address is wrong, or cannot be bound.
     """
@@ -170,7 +173,7 @@ def run_server(
         address = parse_listen_address(listen_address)
     except ValueError as err:
         raise UsageError(f"--web.listen-address: {err}") from None
-    parts = assemble(config, shard, load, web_config_file)
+    parts = assemble(config, shard, load, web_config_file, lifecycle=enable_lifecycle)
     try:
         server = ExporterServer(address, parts.app, web_config)
     except OSError as err:
@@ -227,6 +230,7 @@ def assemble(
     web_config_file: str | None = None,
     *,
     client_factory: ClientFactory = connect,
+    lifecycle: bool = False,
 ) -> Parts:
     """Poller, decoding worker, reloader, exposition and web app, not yet started.
 
@@ -250,6 +254,7 @@ def assemble(
         statuses=poller.statuses,
         ready=poller.ready,
         reload=reloader.reload,
+        lifecycle=lifecycle,
     )
     return Parts(worker, poller, reloader, app)
 

@@ -26,7 +26,7 @@ from exporter.model import (
     text_field,
     timestamp_seconds,
 )
-from exporter.scan import Collection, PageCounter, PageOutcome, PageSink
+from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, PageSink
 
 #: What a scan asks the API for (``fields=``): everything the metrics need and nothing more
 #: (a VM's name and state come from the inventory).
@@ -40,7 +40,15 @@ FIELDS = (
     "virtual_machine_id",
 )
 #: The federation's backups, as a scan pages through them.
-BACKUPS = Collection("/api/backups", key="backups", item="backup", fields=FIELDS)
+BACKUPS = Collection(
+    "/api/backups",
+    key="backups",
+    item="backup",
+    fields=FIELDS,
+    # HPE's PowerShell module sorts by created_at: the order to fall back to (scan.py),
+    # newest first, the end new backups come at.
+    orders=("id", "-created_at"),
+)
 #: The ``omnistack_cluster`` label of a backup that names neither a cluster nor an external store.
 UNKNOWN_CLUSTER = "unknown"
 
@@ -227,8 +235,8 @@ class LocalBackupScan:
         self._aggregator = Aggregator()
         self._counter = PageCounter(BACKUPS, self._aggregator.add)
 
-    def count(self, offset: int, body: bytes) -> PageOutcome:
-        return self._counter.count(offset, body)
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        return self._counter.count(offset, body, order)
 
     def snapshot(self) -> BackupSnapshot:
         return self._aggregator.snapshot()

@@ -1,6 +1,7 @@
 """Command line: flags, the demo and exit codes. The only module that exits.
 
-Exit codes: 0 success; 1 ``--once`` with a controller that failed; 2 a user's mistake
+Exit codes: 0 success; 1 ``--once`` or ``--controller.check`` with a controller that failed;
+2 a user's mistake
 (bad flags, bad config, bad web config, an address that cannot be bound). The exporter's parts
 are wired and run by :mod:`exporter.app`.
 """
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 from exporter import __version__, logs
 from exporter.app import Shard, UsageError, load_sharded, read_web_config, run_once, run_server
+from exporter.check import check_controllers, choose
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret
 from exporter.logs import FORMATS, LEVELS, LogSettings
 from exporter.memory import keep_large_buffers_off_the_heap
@@ -62,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TLS and basic-auth settings, in the Prometheus exporter-toolkit format",
     )
     add(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="let POST /-/reload reload the configuration (SIGHUP always does)",
+    )
+    add(
         "--log.level",
         dest="log_level",
         default="info",
@@ -83,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the configuration, print every problem, and exit (0 valid, 2 not); "
         "also warns about a $NAME without braces and an http:// controller URL",
+    )
+    add(
+        "--controller.check",
+        dest="controller_check",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="log in to the controller NAME (default: every one), read one record of each "
+        "listing, print what works and how to fix what does not, and exit "
+        "(0 all work, 1 one does not)",
     )
     add(
         "--once",
@@ -141,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{args.web_config_file}: valid")
             return EXIT_OK
         log_warnings(config)
+        if args.controller_check is not None:
+            return check(config, args.controller_check)
         if args.once:
             return once(config, shard, args.output)
         run_server(
@@ -149,10 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: log_warnings(load_sharded(args.config_file, shard)),
             listen_address=args.listen_address,
             web_config_file=args.web_config_file,
+            enable_lifecycle=args.enable_lifecycle,
         )
         return EXIT_OK
     except (ConfigError, UsageError) as err:
-        if args.config_check:  # a person reads it: every problem on a line of its own
+        # A person reads it: every problem on a line of its own.
+        if args.config_check or args.controller_check is not None:
             print(f"simplivity-exporter: {err}", file=sys.stderr)
         else:
             log.error("%s", err)
@@ -233,6 +255,8 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
     poll = PollConfig(interval_seconds=15, timeout_seconds=10, stale_after_seconds=300)
     config = Config(controllers=(controller,), poll=poll)
     try:
+        if args.controller_check is not None:
+            return check(config, args.controller_check)
         if args.once:
             return once(config, shard, args.output)
         run_server(
@@ -241,6 +265,7 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
             lambda: config,
             listen_address=args.listen_address,
             web_config_file=args.web_config_file,
+            enable_lifecycle=args.enable_lifecycle,
         )
         return EXIT_OK
     finally:
@@ -251,3 +276,16 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
 def once(config: Config, shard: Shard, output: str | None) -> int:
     """``--once``: 0 if every controller's poll succeeded, else 1."""
     return EXIT_OK if run_once(config, shard, output) else EXIT_FAILED
+
+
+def check(config: Config, name: str) -> int:
+    """``--controller.check [NAME]``: 0 if every controller checked works, else 1."""
+    try:
+        controllers = choose(config.controllers, name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    works = True
+    for report in check_controllers(controllers, config.poll):
+        print(report.render(), end="\n\n", flush=True)
+        works = works and report.ok
+    return EXIT_OK if works else EXIT_FAILED

@@ -199,7 +199,7 @@ def _add_inventory(
 
 def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
     """The health of each controller's polls: up, duration, last success, errors, logins, the
-    pace the poller learned, and the records it could not read."""
+    pace the poller learned, the records it could not read, and its versions."""
     up = GaugeMetricFamily(
         "simplivity_up",
         "1 if the last poll of the controller succeeded, else 0.",
@@ -257,7 +257,16 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         "last 9 a ~ and a hash of the whole) so that the controller cannot bloat /metrics.",
         labels=["controller"],
     )
+    info = GaugeMetricFamily(
+        "simplivity_controller_info",
+        "The controller's REST API version and, on a virtual controller, its OmniStack (SVTFS) "
+        "version, as GET /api/version said at the last successful poll. Always 1.",
+        labels=["controller", "rest_api_version", "svtfs_version"],
+    )
     for status in statuses:
+        versions = status.versions
+        if versions.rest_api or versions.svtfs:
+            info.add_metric([status.name, versions.rest_api, versions.svtfs], 1.0)
         up.add_metric([status.name], 1.0 if status.up else 0.0)
         duration.add_metric([status.name], status.last_duration or 0.0)
         last_success.add_metric([status.name], status.last_success or 0.0)
@@ -280,6 +289,7 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         page_size,
         unreadable,
         truncated,
+        info,
     )
 
 

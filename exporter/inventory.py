@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from exporter.model import (
     BackupSnapshot,
     ControllerSnapshot,
+    ControllerVersions,
     DecodeError,
     Host,
     Inventory,
@@ -42,6 +43,7 @@ from exporter.model import (
     text_field,
     timestamp_seconds,
 )
+from exporter.pages import Collection
 from exporter.protection import (
     LOCAL,
     MAX_POLICIES_WORK,
@@ -57,7 +59,6 @@ from exporter.protection import (
     parse_rules,
     worst_first,
 )
-from exporter.scan import Collection
 
 #: VM listings of many thousand objects are known to exhaust a controller's memory
 #: (OMNI-69918): pages of this many VMs at most, whatever ``poll.page_size`` says.
@@ -81,19 +82,40 @@ VIRTUAL_MACHINES = Collection(
     filters=(("state", "ALIVE"),),
     max_page_size=MAX_VM_PAGE_SIZE,
     alongside=True,
+    orders=("id", "-created_at"),
 )
+#: Policies, hosts and clusters are few: a controller that will not sort them by id is asked
+#: for the whole listing in one page.
 POLICIES = Collection(
-    "/api/policies", key="policies", item="policy", fields=("id", "name", "rules"), alongside=True
+    "/api/policies",
+    key="policies",
+    item="policy",
+    fields=("id", "name", "rules"),
+    alongside=True,
+    orders=("id", ""),
 )
 HOSTS = Collection(
     "/api/hosts",
     key="hosts",
     item="host",
-    fields=("id", "name", "omnistack_cluster_name", "policy_enabled"),
+    # A host has no omnistack_cluster_name (HPE's schema): CLUSTERS names its cluster's id.
+    fields=("id", "name", "omnistack_cluster_id", "policy_enabled"),
     alongside=True,
+    orders=("id", ""),
+)
+#: The OmniStack clusters' names, by id: a few records, for the hosts'.
+CLUSTERS = Collection(
+    "/api/omnistack_clusters",
+    key="omnistack_clusters",
+    item="OmniStack cluster",
+    fields=("id", "name"),
+    alongside=True,
+    orders=("id", ""),
 )
 #: REST API 1.11 and later; an older controller answers it with an error status.
 SCHEDULE_REPORT = "/api/policies/policy_schedule_report"
+#: The REST API version, and a virtual controller's OmniStack version: what fields to ask for.
+VERSION = "/api/version"
 
 _NO_BACKUPS: Mapping[str, float] = MappingProxyType({})
 _T = TypeVar("_T")
@@ -108,12 +130,15 @@ class InventoryRead:
     ...              "omnistack_cluster_name": "Boston", "host_id": "h1"})
     >>> read.add_policy({"id": "p1", "name": "Hourly", "rules": [{"frequency": 60,
     ...     "days": "All", "start_time": "00:00", "end_time": "00:00",
-    ...     "destination_name": "<Local>"}]})
-    >>> read.add_host({"id": "h1", "name": "esx-01", "omnistack_cluster_name": "Boston",
+    ...     "destination_name": "<local>"}]})
+    >>> read.add_host({"id": "h1", "name": "esx-01", "omnistack_cluster_id": "c1",
     ...                "policy_enabled": True})
+    >>> read.add_cluster({"id": "c1", "name": "Boston"})
     >>> inventory = read.inventory(None)
     >>> inventory.vms[0].policy, inventory.vms[0].host, inventory.vms[0].created_at
     ('Hourly', 'esx-01', None)
+    >>> inventory.hosts[0].cluster
+    'Boston'
     >>> dict(inventory.policies[0].intervals)
     {'<Local>': 3600}
     """
@@ -123,6 +148,8 @@ class InventoryRead:
         self._policies: list[Policy] = []
         self._hosts: list[Host] = []
         self._rules: dict[str, tuple[Rule, ...]] = {}  # policy id -> its usable rules
+        self._cluster_names: dict[str, str] = {}  # omnistack_cluster_id -> its name
+        self._host_clusters: dict[str, str] = {}  # host id -> its omnistack_cluster_id
         self._vm_ids: set[str] = set()
         self._rules_work = 0  # what judging by the policies read so far may take
         self._cut: set[str] = set()  # the label values cut to MAX_LABEL_LENGTH
@@ -216,13 +243,19 @@ class InventoryRead:
             )
         )
 
+    def add_cluster(self, record: Mapping[str, Any]) -> None:
+        # Ids as text_field gives the hosts' omnistack_cluster_id.
+        self._cluster_names[label_value(record["id"])] = self._name(record)
+
     def add_host(self, record: Mapping[str, Any]) -> None:
         enabled = record.get("policy_enabled")
+        host_id = self._id(record)
+        self._host_clusters[host_id] = text_field(record, "omnistack_cluster_id")
         self._hosts.append(
             Host(
-                host_id=self._id(record),
+                host_id=host_id,
                 name=self._name(record),
-                cluster=self._text(record, "omnistack_cluster_name"),
+                cluster="",  # named once the clusters are read
                 # Only an explicit "no" disables: a missing or odd value says nothing.
                 policy_enabled=not (
                     enabled is False or (isinstance(enabled, str) and enabled.lower() == "false")
@@ -236,12 +269,24 @@ class InventoryRead:
         """The listings as one :class:`~exporter.model.Inventory`.
 
         A VM's host is named from the host listing (its id when not listed there), its policy
-        from the policy listing when the VM record gave no name. Policies sharing a name, or
-        hosts sharing a cluster and a name, would make duplicate series: the first by id is
-        kept.
+        from the policy listing when the VM record gave no name. A host's OmniStack cluster is
+        named from its ``omnistack_cluster_id`` (REST API 1.9 and later) through the cluster
+        listing, or else (an older controller) from the cluster of the VMs on it; a host with
+        neither (no id, no live VM) stays unnamed (""), and no VM names it.
+        Policies sharing a name, or hosts sharing a cluster and a name, would make duplicate
+        series: the first by id is kept.
         """
+        vm_clusters = {vm.host_id: vm.cluster for vm in self._vms if vm.cluster}
+        named = [
+            replace(
+                host,
+                cluster=self._cluster_names.get(self._host_clusters.get(host.host_id, ""))
+                or vm_clusters.get(host.host_id, ""),
+            )
+            for host in self._hosts
+        ]
         hosts = _unique(
-            sorted(self._hosts, key=lambda h: (h.cluster, h.name, h.host_id)),
+            sorted(named, key=lambda h: (h.cluster, h.name, h.host_id)),
             key=lambda h: (h.cluster, h.name),
         )
         policies = _unique(
@@ -278,7 +323,8 @@ class InventoryRead:
         by_status: dict[str, dict[str, int]] = {
             cluster: dict.fromkeys(PROTECTION_STATUSES, 0)
             for cluster in sorted(
-                {vm.cluster for vm in inventory.vms} | {host.cluster for host in inventory.hosts}
+                {vm.cluster for vm in inventory.vms}
+                | {host.cluster for host in inventory.hosts if host.cluster}
             )
         }
         policy_vms: dict[str, int] = {}
@@ -329,6 +375,25 @@ class InventoryRead:
             overdue_factor=overdue_factor,
             grace_seconds=grace_seconds,
         )
+
+
+def parse_versions(body: bytes) -> ControllerVersions:
+    """The body of ``GET /api/version``; :class:`DecodeError` if it is not a JSON object.
+
+    >>> parse_versions(b'{"REST_API_Version": "1.25", "SVTFS_Version": "5.3.1.284"}')
+    ControllerVersions(rest_api='1.25', svtfs='5.3.1.284')
+    """
+    document = decode_json(VERSION, body)
+    if not isinstance(document, dict):
+        raise DecodeError(f"{VERSION} answered with something else than an object")
+    return ControllerVersions(
+        _version(document.get("REST_API_Version")), _version(document.get("SVTFS_Version"))
+    )
+
+
+def _version(value: object) -> str:
+    """A version as a label value: text only, bounded."""
+    return label_value(value) if isinstance(value, str) else ""
 
 
 def parse_schedule_report(body: bytes) -> ScheduleReport:

@@ -82,6 +82,10 @@ class DecodeError(SimplivityError):
     reason = "decode"
 
 
+class OrderError(DecodeError):
+    """A page not in the order asked for: the controller ignored ``sort``."""
+
+
 class Cancelled(Exception):
     """The exporter is shutting down; the scan was abandoned (not a controller failure)."""
 
@@ -287,7 +291,7 @@ class Host:
 
     host_id: str
     name: str
-    cluster: str  # omnistack_cluster_name
+    cluster: str  # its OmniStack cluster's name, from its omnistack_cluster_id or its VMs
     policy_enabled: bool  # True when the API does not say (REST API before 1.4, or "NA")
 
 
@@ -375,6 +379,15 @@ class ControllerSnapshot:
 
 
 @dataclass(frozen=True)
+class ControllerVersions:
+    """``GET /api/version``: the REST API version, and the OmniStack (SVTFS) version a virtual
+    controller adds (a management appliance does not)."""
+
+    rest_api: str
+    svtfs: str
+
+
+@dataclass(frozen=True)
 class ControllerStatus:
     """Everything known about one controller at one moment; replaced, never changed."""
 
@@ -398,3 +411,5 @@ class ControllerStatus:
     unreadable_records: int = 0
     #: Label values of the last successful poll that were too long and were cut.
     labels_truncated: int = 0
+    #: What ``GET /api/version`` answered at the last successful poll ("" if it did not say).
+    versions: ControllerVersions = field(default_factory=lambda: ControllerVersions("", ""))

@@ -34,25 +34,31 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from exporter.backups import BACKUPS, BackupScanFactory, LocalBackupScan
 from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig
 from exporter.inventory import (
+    CLUSTERS,
     HOSTS,
     POLICIES,
     SCHEDULE_REPORT,
+    VERSION,
     VIRTUAL_MACHINES,
     InventoryRead,
     parse_schedule_report,
+    parse_versions,
 )
 from exporter.model import (
     MAX_LABEL_LENGTH,
     REASONS,
     Cancelled,
     ControllerStatus,
+    ControllerVersions,
     DecodeError,
     HTTPStatusError,
     Inventory,
     ScheduleReport,
     SimplivityError,
 )
-from exporter.scan import Collection, Pace, PageCounter, PageSink, RecordTally, Scanner
+from exporter.pages import Collection, PageCounter, PageSink, RecordTally
+from exporter.restapi import Version, documented, has_resource, parse_version
+from exporter.scan import Pace, Scanner
 from exporter.simplivity import SimplivityClient
 
 log = logging.getLogger(__name__)
@@ -108,6 +114,18 @@ def connect(
     )
 
 
+def for_version(collection: Collection, version: Version | None) -> Collection:
+    """``collection`` asking only for the fields that REST API ``version`` documents (None:
+    the newest the exporter knows).
+
+    >>> hosts = Collection("/api/hosts", "hosts", "host", ("id", "omnistack_cluster_id"))
+    >>> for_version(hosts, (1, 8)).fields
+    ('id',)
+    """
+    fields = tuple(f for f in collection.fields if documented(collection.path, f, version))
+    return collection if fields == collection.fields else replace(collection, fields=fields)
+
+
 class PollTurn:
     """Whose turn it is to poll a controller: one poll at a time, across reloads."""
 
@@ -141,7 +159,7 @@ class ControllerPoller:
         self._backups = _capped(BACKUPS, poll.max_backups, "poll.max_backups")
         self._inventory = tuple(
             _capped(collection, poll.max_vms, "poll.max_vms")
-            for collection in (VIRTUAL_MACHINES, POLICIES, HOSTS)
+            for collection in (VIRTUAL_MACHINES, POLICIES, HOSTS, CLUSTERS)
         )
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
@@ -169,6 +187,7 @@ class ControllerPoller:
         # across a reload) already lacks the report.
         snapshot = self.status.snapshot
         self._said_no_report = snapshot is not None and snapshot.inventory.schedule is None
+        self._said_no_version = False
 
     def poll_once(self) -> ControllerStatus:
         """Read the controller's backups and inventory and publish the outcome. Never raises.
@@ -204,10 +223,12 @@ class ControllerPoller:
         scan = self._scans()
         unreadable, unreadable_inventory = RecordTally(), RecordTally()
         try:
+            versions = self._read_versions()
+            version = parse_version(versions.rest_api)
             # Leaving the block waits for the inventory's read, whatever the scan's outcome.
             with ThreadPoolExecutor(1, thread_name_prefix=f"inventory-{name}") as side:
-                inventory_read = side.submit(self._read_inventory, unreadable_inventory)
-                self._client.read(self._backups, unreadable.around(scan))
+                inventory_read = side.submit(self._read_inventory, unreadable_inventory, version)
+                self._client.read(for_version(self._backups, version), unreadable.around(scan))
             read, inventory = inventory_read.result()
             unreadable.merge(unreadable_inventory)
             backups = scan.snapshot()
@@ -250,6 +271,7 @@ class ControllerPoller:
             concurrency=pace.concurrency,
             page_size=pace.page_size,
             unreadable_records=unreadable.records,
+            versions=versions,
             labels_truncated=truncated,
         )
         if unreadable.records:
@@ -290,32 +312,65 @@ class ControllerPoller:
         self._on_publish()
         return self.status
 
-    def _read_inventory(self, unreadable: RecordTally) -> tuple[InventoryRead, Inventory]:
-        """The live VMs first, then the policies and hosts they name, then the report."""
-        read = InventoryRead()
-        for collection, sink in zip(
-            self._inventory, (read.add_vm, read.add_policy, read.add_host), strict=True
-        ):
-            self._client.read(collection, unreadable.around(PageCounter(collection, sink)))
-        return read, read.inventory(self._read_schedule_report())
-
-    def _read_schedule_report(self) -> ScheduleReport | None:
+    def _read_versions(self) -> ControllerVersions:
+        """``GET /api/version``, which says what fields to ask for; a controller that does not
+        answer it is asked for the newest version's (and any it refuses are dropped)."""
         try:
-            body = self._client.get(SCHEDULE_REPORT)
-        except HTTPStatusError as err:
-            # REST API before 1.11 has no such report: not a failure of the poll.
-            if not self._said_no_report:
+            versions = parse_versions(self._client.get(VERSION))
+        except (HTTPStatusError, DecodeError) as err:
+            versions = ControllerVersions("", "")
+            if not self._said_no_version:
                 log.info(
-                    "controller %s: no schedule report (%s); the federation's backup limits "
-                    "are not exported",
+                    "controller %s: no REST API version (%s); asking for the newest version's "
+                    "fields",
                     self.controller.name,
                     err,
                     extra={"controller": self.controller.name, "error": str(err)},
                 )
-                self._said_no_report = True
+                self._said_no_version = True
+        return versions
+
+    def _read_inventory(
+        self, unreadable: RecordTally, version: Version | None
+    ) -> tuple[InventoryRead, Inventory]:
+        """The live VMs first, then the policies and hosts they name, the clusters' names (for
+        the hosts: before REST API 1.9 they name none), then the report."""
+        read = InventoryRead()
+        named = documented(HOSTS.path, "omnistack_cluster_id", version)
+        for collection, sink in zip(
+            self._inventory,
+            (read.add_vm, read.add_policy, read.add_host, read.add_cluster),
+            strict=True,
+        ):
+            if collection.path == CLUSTERS.path and not named:
+                continue
+            asked = for_version(collection, version)
+            self._client.read(asked, unreadable.around(PageCounter(asked, sink)))
+        return read, read.inventory(self._read_schedule_report(version))
+
+    def _read_schedule_report(self, version: Version | None) -> ScheduleReport | None:
+        """REST API before 1.11 has no such report (it is not asked for): not a failure."""
+        if not has_resource(SCHEDULE_REPORT, version):
+            self._no_report("REST API 1.11 and later only")
+            return None
+        try:
+            body = self._client.get(SCHEDULE_REPORT)
+        except HTTPStatusError as err:
+            self._no_report(str(err))
             return None
         self._said_no_report = False
         return parse_schedule_report(body)
+
+    def _no_report(self, why: str) -> None:
+        if not self._said_no_report:
+            log.info(
+                "controller %s: no schedule report (%s); the federation's backup limits "
+                "are not exported",
+                self.controller.name,
+                why,
+                extra={"controller": self.controller.name, "error": why},
+            )
+            self._said_no_report = True
 
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
         message = str(err)  # what the controller wrote in it is redacted already

@@ -2,10 +2,11 @@
 
 A listing such as ``/api/backups`` changes while it is read: items are created and expire
 between two requests, which shifts every offset after them. A :class:`Scanner` asks for the
-pages of a :class:`Collection` sorted by ``id``, a total order in which a page can be stitched
-to the one before it, each page overlapping the previous one by a few items. A
-:class:`PageCounter` takes the pages of one scan in order, as raw bodies, checks them and hands
-each item to its sink exactly once: those at or below the last id counted are skipped. When
+pages of a :class:`~exporter.pages.Collection` sorted by ``id``, a total order in which a page
+can be stitched to the one before it, each page overlapping the previous one by a few items. A
+:class:`~exporter.pages.PageCounter` takes the pages of one scan in order, as raw bodies,
+checks them and hands each item to its sink exactly once: those at or below the last id
+counted are skipped. When
 the overlap is missing (the listing shifted before the page's offset), the scanner steps back
 until it finds it. So an item that exists for the whole scan is never missed, and none is
 counted twice.
@@ -14,251 +15,41 @@ Real controllers are not tidy: one may serve fewer items than asked (and say so 
 envelope's ``limit``), answer 502 when too many requests are in flight or 504 when a page took
 too long, and list a record that is not an object or has no id. The scanner pages by what was
 served and learns how much to ask at once (:class:`Pace`); the counter sets odd records aside
-(:attr:`PageOutcome.unreadable`) and counts the rest.
+(:attr:`~exporter.pages.PageOutcome.unreadable`) and counts the rest.
 
-The two halves meet only through :class:`PageSink`: the scanner moves bytes (in the exporter's
-threads), the counter decodes them, which is the CPU-heavy half, and can run in another process
-(:mod:`exporter.worker`). This module imports nothing heavy for that reason.
+The two halves meet only through :class:`~exporter.pages.PageSink`: the scanner moves bytes
+(in the exporter's threads), the counter (:mod:`exporter.pages`) decodes them, which is the
+CPU-heavy half, and can run in another process (:mod:`exporter.worker`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
 from exporter.model import (
     Cancelled,
     DecodeError,
     HTTPStatusError,
+    OrderError,
     PageRequest,
-    RecordError,
-    decode_json,
+    SimplivityError,
 )
+from exporter.pages import SORT_FIELD, Collection, PageOutcome, PageSink, sorting
 
 log = logging.getLogger(__name__)
 
-#: The field every collection is sorted and stitched by.
-SORT_FIELD = "id"
 #: The smallest page a 504 shrinks pages to (``poll.page_size`` if that is smaller).
 MIN_PAGE_SIZE = 100
 #: How much larger pages get after a read that got a whole page without a 504.
 PAGE_SIZE_STEP = 100
-#: How many problems with unreadable records a page, or a poll, describes (the count is exact).
-MAX_PROBLEMS = 5
-
-
-@dataclass(frozen=True)
-class Collection:
-    """One paged listing of the API, such as ``/api/backups``.
-
-    ``key`` names the list in the answer's envelope (``{"count": ..., key: [...]}``); ``item``
-    names one of its items in messages; ``fields`` is what a scan asks for (``fields=``), and
-    ``filters`` too (``state=ALIVE``). ``max_page_size`` caps the scanner's page size for a
-    listing that is expensive for the controller to page through. ``max_records`` is the most
-    records the listing may hold (its ``count``, and what a scan counts), named in messages by
-    the setting that sets it (``max_records_setting``): a controller that says it holds more
-    fails the scan at its first page instead of being paged through for hours.
-
-    ``alongside``: the listing is read while another read of the same scanner runs, in another
-    thread. It asks for one page at a time (one request in flight beside the other read's), and
-    leaves the pace to the other read: its 502s change no one's concurrency, its 504s halve its
-    own pages only.
-    """
-
-    path: str
-    key: str
-    item: str
-    fields: tuple[str, ...]
-    filters: tuple[tuple[str, str], ...] = ()
-    max_page_size: int | None = None
-    alongside: bool = False
-    max_records: int | None = None
-    max_records_setting: str = ""
-
-
-@dataclass(frozen=True)
-class PageOutcome:
-    """What one page told the scan."""
-
-    count: int  # the size of the whole listing, as this page gave it
-    received: int  # records on the page
-    counted: int  # of those, how many were new (not in the overlap) and handed to the sink
-    #: The page starts after the last item counted: the listing shifted under the scan, and
-    #: nothing was counted; the scan must step back to find the overlap again.
-    overlap_lost: bool = False
-    #: The limit the controller says it applied (the envelope's ``limit``), if it said one.
-    limit: int | None = None
-    #: Where on the page its last record with an id is (-1: none). The next page must reach
-    #: back to it: records without an id cannot be stitched.
-    last_placed: int = -1
-    #: New records of the page that could not be placed (not an object, no id, or refused by
-    #: the sink), and what was wrong with the first few of them.
-    unreadable: int = 0
-    problems: tuple[str, ...] = ()
-
-
-class PageSink(Protocol):
-    """Where a scan's pages go, in order: a :class:`PageCounter`, or one in the worker."""
-
-    def count(self, offset: int, body: bytes) -> PageOutcome: ...
-
-
-class PageCounter:
-    """Counts the pages of one scan of ``collection``, each record once, in the listing's order.
-
-    A record the sink refuses (a :class:`~exporter.model.RecordError`: no state, say), or one
-    that cannot be placed at all (not an object, no id), does not fail the page: it is counted
-    in :attr:`PageOutcome.unreadable`, and the rest of the page stands. Records with an id are
-    stitched by it. One without an id is placed by the records around it: it is new when it
-    follows the last record counted, beyond the records without an id already counted there
-    (``_tail``), and old anywhere before; so an overlap never counts it twice.
-    """
-
-    def __init__(self, collection: Collection, sink: Callable[[dict[str, Any]], None]) -> None:
-        """``sink`` takes each new record; a :class:`~exporter.model.RecordError` it raises
-        makes that record unreadable."""
-        self._collection = collection
-        self._sink = sink
-        self._last_id: str | None = None
-        self._tail = 0  # records without an id counted right after the last id (or the start)
-
-    def count(self, offset: int, body: bytes) -> PageOutcome:
-        """Decode one page and feed its new records to the sink; :class:`DecodeError` if the
-        page itself cannot be read (bad JSON, a wrong envelope, ids out of order).
-
-        ``offset`` is where the page was asked for: the first page (offset 0) needs no overlap.
-        """
-        total, limit, items, ids = _parse_page(self._collection, body)
-        last_id = self._last_id
-        first_id = next((item_id for item_id in ids if item_id is not None), None)
-        if offset > 0 and last_id is not None and (first_id is None or first_id > last_id):
-            return PageOutcome(total, len(items), 0, overlap_lost=True, limit=limit)
-        counted = unreadable = 0
-        problems: list[str] = []
-        tail, run, last_placed = self._tail, 0, -1
-        # Whether the record before this one is the last one counted (or the listing's start):
-        # only then can a record without an id be new.
-        after_last = last_id is None
-        sink = self._sink
-        for index, item_id in enumerate(ids):
-            if item_id is None:
-                if not after_last:
-                    continue  # before the last record counted: counted already
-                run += 1
-                if run <= tail:
-                    continue  # counted on the page before, which ended with it
-                tail = run
-                unreadable += 1
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append(_unplaceable(self._collection, items[index], offset + index))
-                continue
-            last_placed, run = index, 0
-            if last_id is not None and item_id <= last_id:
-                after_last = item_id == last_id
-                continue
-            last_id, after_last, tail = item_id, True, 0
-            try:
-                sink(items[index])
-            except RecordError as err:
-                unreadable += 1
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append(str(err))
-            else:
-                counted += 1
-        self._last_id, self._tail = last_id, tail
-        return PageOutcome(
-            total, len(items), counted, False, limit, last_placed, unreadable, tuple(problems)
-        )
-
-
-class RecordTally:
-    """The records of one poll that could not be placed, over every collection it reads.
-
-    ``scanner.read(collection, tally.around(pages))`` counts them as the pages go by.
-    """
-
-    def __init__(self) -> None:
-        self.records = 0
-        self.problems: list[str] = []
-
-    def around(self, pages: PageSink) -> PageSink:
-        """``pages``, tallied."""
-        return _Tallied(self, pages)
-
-    def add(self, outcome: PageOutcome) -> None:
-        self._count(outcome.unreadable, outcome.problems)
-
-    def merge(self, other: RecordTally) -> None:
-        """Add what ``other`` tallied (another thread's reads of the same poll)."""
-        self._count(other.records, other.problems)
-
-    def _count(self, records: int, problems: Sequence[str]) -> None:
-        self.records += records
-        self.problems.extend(problems[: max(0, MAX_PROBLEMS - len(self.problems))])
-
-
-class _Tallied:
-    def __init__(self, tally: RecordTally, pages: PageSink) -> None:
-        self._tally = tally
-        self._pages = pages
-
-    def count(self, offset: int, body: bytes) -> PageOutcome:
-        outcome = self._pages.count(offset, body)
-        self._tally.add(outcome)
-        return outcome
-
-
-def _parse_page(
-    collection: Collection, body: bytes
-) -> tuple[int, int | None, list[Any], list[str | None]]:
-    """The count, the limit applied (if said), the records, and their ids (None: no id)."""
-    path, key = collection.path, collection.key
-    document = decode_json(path, body)
-    count = document.get("count") if isinstance(document, dict) else None
-    items = document.get(key) if isinstance(document, dict) else None
-    if type(count) is not int or count < 0 or not isinstance(items, list):
-        raise DecodeError(f"{path} answered without a numeric 'count' and a '{key}' list")
-    limit = document.get("limit")
-    if type(limit) is not int or limit < 1:
-        limit = None  # not said (or not usable): the limit asked for applies
-    ids: list[str | None] = []
-    previous = ""
-    for entry in items:
-        value = entry.get("id") if isinstance(entry, dict) else None
-        if not isinstance(value, str) or not value:
-            ids.append(None)
-            continue
-        if value <= previous:
-            raise DecodeError(f"{path} did not return {key} sorted by id")
-        previous = value
-        ids.append(value)
-    return count, limit, items, ids
-
-
-def _unplaceable(collection: Collection, entry: object, position: int) -> str:
-    """What is wrong with a record that has no place, never quoting it."""
-    item = collection.item
-    if not isinstance(entry, dict):
-        kind = _JSON_KINDS.get(type(entry), type(entry).__name__)
-        return f"a {kind} where a {item} belongs, at position {position}"
-    if entry.get("id") is None:
-        return f"a {item} without an id, at position {position}"
-    return f"a {item} whose id is not a text, at position {position}"
-
-
-_JSON_KINDS = {
-    str: "string",
-    int: "number",
-    float: "number",
-    bool: "boolean",
-    list: "list",
-    type(None): "null",
-}
+#: The largest ``limit`` the API documents.
+MAX_LIMIT = 5000
 
 
 class PageSource(Protocol):
@@ -303,8 +94,11 @@ class Pace:
 class _Read:
     """What one read has learned so far (changed by the fetches, in their threads too)."""
 
-    def __init__(self, collection: Collection, throttled: int, page_size: int) -> None:
+    def __init__(self, collection: Collection, throttled: int, page_size: int, order: str) -> None:
         self.collection = collection
+        self.order = order  # the field the pages are sorted by
+        self.counted = False  # a page was counted: the order can no longer change
+        self.wide = 0  # a larger limit than the page size, once ties filled a page
         #: The limit the controller applied, once it applied a smaller one than asked.
         self.cap: int | None = None
         self.guessed_cap = False  # the cap was taken from a short page that did not say it
@@ -357,6 +151,10 @@ class Scanner:
         self._concurrency = max_concurrency
         self._page_size_lock = threading.Lock()  # a 504 shrinks pages from a fetch's thread
         self._name = name
+        #: Listings whose ``fields=`` the controller refused (400): asked without from then on.
+        self._refused_fields: set[str] = set()
+        #: Listings paged in another order than their first, its sort refused (400).
+        self._orders: dict[str, str] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._closed = threading.Event()
 
@@ -399,7 +197,8 @@ class Scanner:
         Raises :class:`~exporter.model.SimplivityError` (a page that contradicts the listing,
         or a listing that never settles, is a :class:`~exporter.model.DecodeError`).
         """
-        read = _Read(collection, self._source.throttled, self._page_size)
+        order = self._orders.get(collection.path, collection.orders[0])
+        read = _Read(collection, self._source.throttled, self._page_size, order)
         fetch = partial(self._fetch, read)
         requests_made = 0
         budget: int | None = None
@@ -417,7 +216,15 @@ class Scanner:
                     # is never left with fewer requests than it may take while we count.
                     step = _step(self._limit(read))
                     self._prefetch(pending, offset + step, step, count, fetch)
-                page = pages.count(offset, body)
+                try:
+                    page = pages.count(offset, body, read.order)
+                except OrderError as err:
+                    # The first page, sorted otherwise: the controller ignored the sort.
+                    if read.counted or not self._refused(read, False, err, "ignored"):
+                        raise
+                    self._cancel(pending)
+                    continue
+                read.counted = True
                 del body
                 counted += page.counted
                 self._check_size(collection, page, counted)
@@ -445,6 +252,17 @@ class Scanner:
                 # The next page overlaps this one's last record with an id, the only kind
                 # that can be stitched.
                 advance = min(step, page.last_placed)
+                if advance < 1 and read.order != SORT_FIELD:
+                    # Ties fill the page: the same page again, larger, if it can be.
+                    if self._widen(read, size):
+                        self._cancel(pending)
+                        continue
+                    raise DecodeError(
+                        f"{collection.path} listed more {collection.key} sharing one "
+                        f"{sorting(read.order)[0]} (or without one) than a page of {size} holds, "
+                        f"at offset "
+                        f"{offset}: the listing cannot be stitched in that order"
+                    )
                 if advance < 1:
                     run = page.received - 1 - page.last_placed
                     raise DecodeError(
@@ -508,34 +326,96 @@ class Scanner:
         return size
 
     def _limit(self, read: _Read) -> int:
-        """The limit to ask for: the page size, or the controller's or the collection's cap if
-        smaller."""
+        """The limit to ask for: the page size (or the larger one ties made the read ask for),
+        or the controller's or the collection's cap if smaller."""
         limit = min(self._page_size, read.collection.max_page_size or self._page_size)
+        limit = max(limit, read.wide)
         return limit if read.cap is None else min(limit, read.cap)
 
+    @staticmethod
+    def _widen(read: _Read, size: int) -> bool:
+        """Twice as large pages for the rest of the read, if the controller and the collection
+        allow them: whether they do."""
+        wider = min(2 * size, MAX_LIMIT, read.collection.max_page_size or MAX_LIMIT)
+        if wider <= size or (read.cap is not None and read.cap <= size):
+            return False
+        read.wide = wider
+        return True
+
     def _fetch(self, read: _Read, offset: int) -> tuple[int, bytes]:
-        """One page, and the limit it was asked with; smaller each time it answers 504."""
+        """One page, and the limit it was asked with; smaller each time it answers 504, and
+        without ``fields=`` once it answered 400 to them."""
         collection = read.collection
         while True:
             limit = self._limit(read)
+            fields = () if collection.path in self._refused_fields else collection.fields
+            field, descending = sorting(read.order)
             request = PageRequest(
                 collection.path,
                 offset,
                 limit,
-                collection.fields,
-                SORT_FIELD,
+                fields,
+                field or None,
+                "descending" if descending else "ascending",
                 filters=collection.filters,
             )
             floor = limit <= self._min_page_size
             try:
                 return limit, self._source.get_page(request, retry_too_slow=floor)
             except HTTPStatusError as err:
+                if err.status == 400 and self._refused(read, bool(fields), err):
+                    continue
                 if err.status != 504 or floor:
                     raise
                 if collection.alongside:
                     read.cap = max(self._min_page_size, limit // 2)
                 else:
                     self._shrink_pages(limit)
+
+    def _refused(
+        self, read: _Read, fields: bool, err: SimplivityError, how: str = "refused"
+    ) -> bool:
+        """Whether to ask again after a 400, or a first page in another order than asked:
+        without ``fields=``, or (before anything was counted) in the collection's next order.
+        The sort first if the answer names it (HPE documents a 400 for an unknown sort field),
+        else the fields, the likelier culprit.
+
+        What a controller does with a field it does not know is undocumented; a 400 is the
+        likely answer. Whole records are larger pages, the same counts.
+        """
+        collection = read.collection
+        orders = collection.orders
+        position = orders.index(read.order) if read.order in orders else len(orders)
+        other = orders[position + 1] if position + 1 < len(orders) else None
+        if read.counted:
+            other = None
+        with self._page_size_lock:
+            if other is not None and ("sort" in str(err).lower() or not fields):
+                refused, read.order = sorting(read.order)[0], other
+                self._orders[collection.path] = other
+                field, descending = sorting(other)
+                what = f"sort={refused}"
+                now = f"sorting by {field}{' (newest first)' if descending else ''}"
+                if not field:
+                    now = "asking without a sort, for the whole listing in one page"
+            elif fields:
+                if collection.path in self._refused_fields:
+                    return True  # another page's 400 said it already
+                self._refused_fields.add(collection.path)
+                what, now = "the fields asked for", "asking for whole records"
+            else:
+                return False
+        log.warning(
+            "controller %s: %s %s %s (%s); %s from now on",
+            self._name,
+            collection.path,
+            how,
+            what,
+            err,
+            now,
+            extra={"controller": self._name, "path": collection.path},
+        )
+        return True
 
     def _shrink_pages(self, limit: int) -> None:
         with self._page_size_lock:

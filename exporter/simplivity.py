@@ -256,6 +256,14 @@ class SimplivityClient:
             return body
         raise AssertionError("unreachable: the second round returns or raises")
 
+    def get_without_login(self, path: str) -> bytes:
+        """GET a path that needs no login (``/api/version``), with the same retries and errors
+        as :meth:`get_body`: whether the controller answers at all, before any login."""
+        status, body = self._retrying(path, partial(self._send, "GET", path))
+        if status != 200:
+            raise self._status_error(path, status, body)
+        return body
+
     def _retrying(
         self,
         path: str,
@@ -541,8 +549,8 @@ def _read_body(response: requests.Response, path: str) -> bytes:
 
 
 def _server_message(body: bytes) -> str:
-    """The ``message`` of an error body, never the raw body; to be redacted (it may echo a
-    token or the password)."""
+    """The ``message`` (and ``extendedResponse``) of an error body, never the raw body; to be
+    redacted (it may echo a token or the password)."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -552,9 +560,17 @@ def _server_message(body: bytes) -> str:
         return "an HTML page, not the controller's own answer" if looks_like_html(body) else ""
     if not isinstance(document, dict):
         return ""
-    message = document.get("message") or document.get("error_description") or ""
+    # Some controllers put the useful words in extendedResponse rather than message.
+    said = [
+        part
+        for part in (
+            document.get("message") or document.get("error_description"),
+            document.get("extendedResponse"),
+        )
+        if isinstance(part, str) and part
+    ]
     # Redacted whole, then shortened: shortening first could leave half a secret.
-    return message[:4096] if isinstance(message, str) else ""
+    return " ".join(said)[:4096]
 
 
 def _written_forms(secret: str) -> Iterable[str]:

@@ -1,70 +1,36 @@
-"""The HTTP side: ``/``, ``/metrics``, ``/-/healthy``, ``/-/ready`` and ``POST /-/reload``.
+"""The exporter's endpoints: ``/``, ``/metrics``, ``/-/healthy``, ``/-/ready``, ``/-/reload``.
 
 Every handler only reads what the poller already published, so no request ever waits for a
-controller. TLS and basic auth come from ``--web.config.file`` (exporter-toolkit's format).
+controller. Serving them (connections, deadlines, TLS handshakes, password checks off the
+workers) is :mod:`exporter.httpserver`'s; TLS, basic auth and security headers come from
+``--web.config.file`` (exporter-toolkit's format, :mod:`exporter.webconfig`).
 
-How connections are served. One thread (``web``) holds every open connection and waits on all
-of them at once with a selector: it accepts, runs the TLS handshake without blocking, and reads
-until a request's line and headers have all arrived. Only then does a worker (``web-worker-N``,
-a fixed few) take the connection, answer that one request and give it back for the next one
-(keep-alive). So a connection that sends nothing, or its headers a byte at a time, costs a
-socket and under a kilobyte, never a thread, and cannot keep a worker from a real scrape.
-
-- A request's headers must all arrive within a few seconds of the connection (handshake
-  included) or of the request's first byte; a kept-alive connection waits longer, quietly,
-  for its next request. Whoever misses a deadline is closed.
-- A few requests are answered at once; a bounded queue of others waits for a worker, and a
-  request beyond that gets 503 at once (on a server of cached answers, a queue that long
-  means something is wrong).
-- The connections held are bounded (and by half of the open-file limit, which the poller's
-  own connections need too); one more closes the oldest that never completed a request.
-
-Why read the headers before taking a worker, rather than a bounded pool whose workers read
-with a deadline: N workers with a deadline of D seconds are held by N idle connections for D
-seconds, so thousands of idle connections queue a real scrape for minutes. A thread per
-connection (``ThreadingHTTPServer``) serves the scrape at once but lets those connections cost
-a thread each, in memory that stays taken after they leave.
+``POST /-/reload`` re-reads the configuration only with ``--web.enable-lifecycle``, as in
+Prometheus (403 without it); SIGHUP always does. Every path answers 405, with ``Allow``, to a
+method it does not take.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import html
-import io
-import logging
 import math
-import queue
 import re
-import resource
-import selectors
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from exporter import __version__
+from exporter.basicauth import BASIC_AUTH_CHALLENGE
+from exporter.httpserver import HTTPServer, Request, Response, ServerSettings
 from exporter.model import ControllerSnapshot, ControllerStatus
 from exporter.protection import AT_RISK_STATUSES, SEVERITY
-from exporter.webconfig import BASIC_AUTH_CHALLENGE, WebConfig
-
-log = logging.getLogger(__name__)
+from exporter.webconfig import WebConfig
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-HEADER_TIMEOUT_SECONDS = 5.0
-# Longer than the usual scrape interval (one minute), so Prometheus keeps its connection.
-IDLE_TIMEOUT_SECONDS = 120.0
-WRITE_TIMEOUT_SECONDS = 30.0
-MAX_HEADER_BYTES = 32 * 1024
-_TICK_SECONDS = 0.25  # how often deadlines are checked
-_READ_SIZE = 16 * 1024
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+_PAGES = ("/", "/metrics", "/-/healthy", "/-/ready")
 
 
 @dataclass(frozen=True)
@@ -76,17 +42,14 @@ class WebApp:
     ready: Callable[[], bool]
     reload: Callable[[], tuple[bool, str]]
     description: str = "HPE SimpliVity backups"
+    #: ``--web.enable-lifecycle``: whether ``POST /-/reload`` may reload.
+    lifecycle: bool = False
 
 
-class ExporterServer:
-    """Serves :class:`WebApp` on ``address``: :meth:`serve_forever`, then :meth:`shutdown`.
+class ExporterServer(HTTPServer):
+    """Serves :class:`WebApp` on ``address`` with a :class:`WebConfig`'s TLS, auth and headers.
 
-    ``workers`` requests are answered at once and ``queue_size`` more wait for a worker (503
-    beyond). A request's headers must arrive within ``header_timeout`` seconds of the
-    connection (TLS handshake included) or of the request's first byte; a kept-alive connection
-    may wait ``idle_timeout`` seconds for its next request; a client must take each write of an
-    answer within ``write_timeout`` seconds. At most ``max_connections`` are held open (and at
-    most half of the open-file limit, which the poller's own connections need as well).
+    ``options`` are :class:`~exporter.httpserver.HTTPServer`'s bounds (workers, deadlines...).
     """
 
     def __init__(
@@ -94,380 +57,63 @@ class ExporterServer:
         address: tuple[str, int],
         app: WebApp,
         web_config: WebConfig | None = None,
-        *,
-        workers: int = 8,
-        queue_size: int = 32,
-        header_timeout: float = HEADER_TIMEOUT_SECONDS,
-        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
-        write_timeout: float = WRITE_TIMEOUT_SECONDS,
-        max_connections: int = 1024,
+        **options: Any,
     ) -> None:
+        super().__init__(
+            address, self.respond_to, server_name=f"simplivity-exporter/{__version__}", **options
+        )
         self.app = app
         self.use_web_config(web_config or WebConfig())
-        self.workers = workers
-        self.queue_size = queue_size
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
-        self.write_timeout = write_timeout
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY:
-            max_connections = min(max_connections, max(16, soft // 2))
-        self.max_connections = max_connections
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._listener.bind(address)
-            # A deep backlog: a burst of connections waits for accept() instead of losing SYNs.
-            self._listener.listen(socket.SOMAXCONN)
-        except OSError:
-            self._listener.close()
-            raise
-        self._listener.setblocking(False)
-        self.server_address: tuple[str, int] = self._listener.getsockname()[:2]
-        # Owned by the serving thread: connections waiting for a request, oldest first.
-        self._held: dict[_Connection, None] = {}
-        self._work: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()
-        self._pending_lock = threading.Lock()
-        self._pending = 0  # being answered, or waiting for a worker
-        self._returned: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
-        self._stop = threading.Event()
-        self._serving = threading.Event()
-        self._stopped = threading.Event()
-        self._accept_paused = False
-        self._last_refusal_log = 0.0
 
     def use_web_config(self, web_config: WebConfig) -> None:
         """Serve with new TLS and auth settings from the next connection on (reloads)."""
         self.web_config = web_config
-        self.ssl_context = web_config.ssl_context()
+        self.settings = ServerSettings(
+            ssl_context=web_config.ssl_context(),
+            extra_headers=web_config.extra_headers,
+            authorizer=web_config.basic_auth,
+            challenge=BASIC_AUTH_CHALLENGE,
+        )
 
-    @property
-    def url(self) -> str:
-        host, port = str(self.server_address[0]), self.server_address[1]
-        scheme = "https" if self.ssl_context else "http"
-        shown = f"[{host}]" if ":" in host else host
-        return f"{scheme}://{shown}:{port}"
-
-    @property
-    def pending(self) -> int:
-        """Requests whose headers have arrived and whose answer is not written yet."""
-        with self._pending_lock:
-            return self._pending
-
-    def serve_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="web", daemon=True)
-        thread.start()
-        self._serving.wait()
-        return thread
-
-    def serve_forever(self) -> None:
-        """Accept and read in this thread, answer in the workers, until :meth:`shutdown`."""
-        self._serving.set()
-        workers = [
-            threading.Thread(target=self._answer_requests, name=f"web-worker-{n}", daemon=True)
-            for n in range(self.workers)
-        ]
-        selector = selectors.DefaultSelector()
-        try:
-            for worker in workers:
-                worker.start()
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wake_reader, selectors.EVENT_READ)
-            self._loop(selector)
-        finally:
-            self._stop.set()
-            for connection in self._held:
-                _close(connection)
-            self._held.clear()
-            for _ in workers:
-                self._work.put(None)
-            # A worker stuck writing to a slow client must not hold up the shutdown.
-            deadline = time.monotonic() + 5
-            for worker in workers:
-                if worker.is_alive():
-                    worker.join(max(0.0, deadline - time.monotonic()))
-            while not self._returned.empty():
-                _close(self._returned.get())
-            selector.close()
-            self._stopped.set()
-
-    def shutdown(self) -> None:
-        """Stop serving and wait for :meth:`serve_forever` to return (from another thread)."""
-        self._stop.set()
-        self._wake()
-        if self._serving.is_set():
-            self._stopped.wait()
-
-    def server_close(self) -> None:
-        self._listener.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
-
-    # --- the serving thread: accept, handshake, read headers, keep deadlines ------------------
-
-    def _loop(self, selector: selectors.BaseSelector) -> None:
-        next_check = time.monotonic() + _TICK_SECONDS
-        while not self._stop.is_set():
-            for key, _ in selector.select(_TICK_SECONDS):
-                if key.fileobj is self._listener:
-                    self._accept(selector)
-                elif key.fileobj is self._wake_reader:
-                    with contextlib.suppress(OSError):
-                        self._wake_reader.recv(4096)
-                else:
-                    try:
-                        self._read(selector, key.data)
-                    except Exception:  # a bug costs one connection, not the server
-                        log.exception("error while reading from %s", key.data.host)
-                        self._drop(selector, key.data)
-            self._take_back(selector)
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + _TICK_SECONDS
-                self._expire(selector, now)
-
-    def _accept(self, selector: selectors.BaseSelector) -> None:
-        for _ in range(64):  # then serve the connections already held
-            try:
-                sock, peer = self._listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as err:
-                if err.errno in _OUT_OF_RESOURCES and self._evict(selector):
-                    continue
-                if err.errno in _OUT_OF_RESOURCES:
-                    # Nothing to close: stop accepting until the next check of deadlines.
-                    log.warning("cannot accept connections: %s", err.strerror)
-                    selector.unregister(self._listener)
-                    self._accept_paused = True
-                    return
-                continue  # the client gave up before accept(): nothing to do
-            if len(self._held) >= self.max_connections:
-                self._evict(selector)
-            sock.setblocking(False)
-            # Headers and body are two writes: without this, Nagle's algorithm holds the body
-            # until the client's delayed ACK, about 40 ms on every keep-alive request.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            deadline = time.monotonic() + self.header_timeout
-            connection = _Connection(sock, peer, deadline, tls=self.ssl_context)
-            self._held[connection] = None
-            selector.register(sock, selectors.EVENT_READ, connection)
-
-    def _read(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        sock = connection.sock
-        try:
-            if connection.tls is not None:
-                # TLS starts with the client's first bytes: a connection that sends nothing
-                # costs a socket, not an SSL object.
-                selector.unregister(sock)
-                sock = connection.sock = connection.tls.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                )
-                connection.tls = None
-                connection.handshaking = True
-                selector.register(sock, selectors.EVENT_READ, connection)
-            if connection.handshaking and isinstance(sock, ssl.SSLSocket):
-                sock.do_handshake()
-                connection.handshaking = False
-                selector.modify(sock, selectors.EVENT_READ, connection)
-            data = sock.recv(_READ_SIZE)
-            # Data that TLS has already decrypted does not wake the selector: take it now.
-            while data and isinstance(sock, ssl.SSLSocket) and sock.pending():
-                data += sock.recv(sock.pending())
-        except ssl.SSLWantReadError:
-            selector.modify(sock, selectors.EVENT_READ, connection)
-            return
-        except ssl.SSLWantWriteError:
-            selector.modify(sock, selectors.EVENT_WRITE, connection)
-            return
-        except BlockingIOError:
-            return
-        except OSError:
-            log.debug("connection from %s ended with an error", connection.host, exc_info=True)
-            self._drop(selector, connection)
-            return
-        if not data:
-            self._drop(selector, connection)
-            return
-        if connection.idle:  # a kept-alive connection's next request has begun
-            connection.idle = False
-            connection.deadline = time.monotonic() + self.header_timeout
-        connection.buffer += data
-        self._received(selector, connection)
-
-    def _received(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        """Hand the connection to a worker once its request's headers are all in."""
-        end = _end_of_headers(connection.buffer)
-        if (len(connection.buffer) if end is None else end) > MAX_HEADER_BYTES:
-            self._forget(selector, connection)
-            message = b"Request headers too large.\n"
-            self._refuse(connection, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, message)
-            return
-        if end is None:
-            return
-        self._forget(selector, connection)
-        connection.head = bytes(connection.buffer[:end])
-        del connection.buffer[:end]
-        with self._pending_lock:
-            refused = self._pending >= self.workers + self.queue_size
-            if not refused:
-                self._pending += 1
-        if refused:
-            now = time.monotonic()
-            if now - self._last_refusal_log > 60:
-                self._last_refusal_log = now
-                log.warning(
-                    "%d requests are being answered or wait for a worker: refusing more with "
-                    "503 (logged once a minute)",
-                    self.workers + self.queue_size,
-                )
-            message = b"Too many requests at once; try again.\n"
-            self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, message)
-            return
-        self._work.put(connection)
-
-    def _take_back(self, selector: selectors.BaseSelector) -> None:
-        """Wait for the next request on the connections the workers kept alive."""
-        while not self._returned.empty():
-            connection = self._returned.get()
-            self._held[connection] = None
-            selector.register(connection.sock, selectors.EVENT_READ, connection)
-            sock = connection.sock
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
-                self._read(selector, connection)
-            elif connection.buffer:  # the client sent its next request with the last one
-                self._received(selector, connection)
-
-    def _expire(self, selector: selectors.BaseSelector, now: float) -> None:
-        for connection in [c for c in self._held if c.deadline <= now]:
-            log.debug("closing a connection from %s: no request in time", connection.host)
-            self._drop(selector, connection)
-        if self._accept_paused:
-            self._accept_paused = False
-            selector.register(self._listener, selectors.EVENT_READ)
-
-    def _evict(self, selector: selectors.BaseSelector) -> bool:
-        """Close the oldest connection that never completed a request, else the oldest."""
-        victim = next((c for c in self._held if not c.served), None)
-        victim = victim or next(iter(self._held), None)
-        if victim is None:
-            return False
-        log.debug("closing a connection from %s: too many connections", victim.host)
-        self._drop(selector, victim)
-        return True
-
-    def _forget(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        with contextlib.suppress(KeyError, ValueError):  # not registered, or closed
-            selector.unregister(connection.sock)
-        self._held.pop(connection, None)
-
-    def _drop(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        self._forget(selector, connection)
-        _close(connection)
-
-    def _refuse(self, connection: _Connection, status: HTTPStatus, message: bytes) -> None:
-        """A short answer without a worker, sent only if it fits at once, then close."""
-        lines = [
-            f"HTTP/1.1 {status.value} {status.phrase}",
-            "Content-Type: text/plain; charset=utf-8",
-            f"Content-Length: {len(message)}",
-            "Connection: close",
-            *(f"{name}: {value}" for name, value in self.web_config.extra_headers.items()),
-        ]
-        with contextlib.suppress(OSError):
-            connection.sock.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + message)
-        _close(connection)
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full (already woken) or closed
-            self._wake_writer.send(b"\0")
-
-    # --- the workers ---------------------------------------------------------------------
-
-    def _answer_requests(self) -> None:
-        while (connection := self._work.get()) is not None:
-            keep = self._answer(connection)
-            with self._pending_lock:
-                self._pending -= 1
-            if keep and not self._stop.is_set():
-                self._returned.put(connection)
-                self._wake()
-            else:
-                _close(connection)
-
-    def _answer(self, connection: _Connection) -> bool:
-        """Answer the request in ``connection.head``; whether to keep the connection open."""
-        try:
-            connection.sock.settimeout(self.write_timeout)
-            handler = _Handler(connection, self)
-            connection.sock.setblocking(False)
-        except OSError:
-            log.debug("connection from %s ended with an error", connection.host, exc_info=True)
-            return False
-        except Exception:
-            log.exception("error while answering %s", connection.host)
-            return False
-        if handler.close_connection or not _skip_body(connection, handler.headers):
-            return False
-        connection.served += 1
-        connection.idle = not connection.buffer
-        timeout = self.idle_timeout if connection.idle else self.header_timeout
-        connection.deadline = time.monotonic() + timeout
-        return True
+    def respond_to(self, request: Request) -> Response:
+        return respond(self.app, request)
 
 
-@dataclass(eq=False)
-class _Connection:
-    """A client's connection, owned by the serving thread or by one worker at a time."""
-
-    sock: socket.socket
-    peer: Any  # as accept() gives it: (host, port) or, for IPv6, a 4-tuple
-    deadline: float  # monotonic: when it is closed unless a request's headers are all in
-    tls: ssl.SSLContext | None = None  # to wrap the socket with when the client speaks first
-    handshaking: bool = False
-    idle: bool = False  # kept alive, waiting for its next request
-    served: int = 0  # requests answered
-    buffer: bytearray = field(default_factory=bytearray)  # read, not yet answered
-    head: bytes = b""  # the request line and headers a worker is answering
-
-    @property
-    def host(self) -> str:
-        return str(self.peer[0])
-
-
-def _close(connection: _Connection) -> None:
-    with contextlib.suppress(OSError):
-        connection.sock.close()
-
-
-def _end_of_headers(buffer: bytearray) -> int | None:
-    """Where the request line and headers end in ``buffer`` (after the empty line), or None.
-
-    Empty lines before a request are skipped (RFC 9112, section 2.2), and removed from it.
-    """
-    while buffer.startswith((b"\r\n", b"\n")):
-        del buffer[: 1 if buffer.startswith(b"\n") else 2]
-    ends = [
-        found + len(marker)
-        for marker in (b"\r\n\r\n", b"\n\n")
-        if (found := buffer.find(marker)) >= 0
-    ]
-    return min(ends, default=None)
+def respond(app: WebApp, request: Request) -> Response:
+    """The answer to an authorised request (the server has checked its credentials)."""
+    path = request.path
+    if path == "/-/reload":
+        if request.method != "POST":
+            return _text(HTTPStatus.METHOD_NOT_ALLOWED, "Only POST.", Allow="POST")
+        if not app.lifecycle:
+            return _text(HTTPStatus.FORBIDDEN, "Lifecycle API is not enabled.")
+        ok, message = app.reload()
+        return _text(HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR, message)
+    if path not in _PAGES:
+        return _text(HTTPStatus.NOT_FOUND, "Not found. Try /metrics.")
+    if request.method not in ("GET", "HEAD"):
+        return _text(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD.", Allow="GET, HEAD")
+    if path == "/metrics":
+        gzipped = accepts_gzip(request.headers.get("Accept-Encoding"))
+        # Either way the answer depends on Accept-Encoding: a cache must know.
+        headers = {"Vary": "Accept-Encoding"}
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
+        body = app.render_metrics(gzipped)
+        return Response(HTTPStatus.OK, body, METRICS_CONTENT_TYPE, headers)
+    if path == "/-/healthy":
+        return _text(HTTPStatus.OK, "Healthy.")
+    if path == "/-/ready":
+        if app.ready():
+            return _text(HTTPStatus.OK, "Ready.")
+        message = "Not ready: waiting for the first poll of every controller."
+        return _text(HTTPStatus.SERVICE_UNAVAILABLE, message)
+    page = landing_page(app.statuses(), app.description, time.time())
+    return Response(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
 
 
-def _skip_body(connection: _Connection, headers: Any) -> bool:
-    """Drop a request's body from the buffer; False when it is not all there (then close)."""
-    if headers is None or headers.get("Transfer-Encoding"):
-        return False
-    length = headers.get("Content-Length", "0").strip()
-    if not length.isdigit() or int(length) > len(connection.buffer):
-        return False
-    del connection.buffer[: int(length)]
-    return True
+def _text(status: HTTPStatus, message: str, **headers: str) -> Response:
+    return Response(status, (message.rstrip("\n") + "\n").encode(), headers=headers)
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -504,105 +150,6 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     gzip = weights.get("gzip", weights.get("x-gzip", anything or 0.0))
     identity = weights.get("identity", 1.0 if anything is None else anything)
     return gzip > 0 and gzip >= identity
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Answers the one request whose line and headers the serving thread has read."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = f"simplivity-exporter/{__version__}"
-
-    def __init__(self, connection: _Connection, server: ExporterServer) -> None:
-        # Not BaseRequestHandler's constructor: the headers are already read, and this
-        # answers one request, then the connection goes back to the serving thread.
-        self.request = self.connection = connection.sock
-        self.client_address = connection.peer
-        self.exporter = server
-        self.rfile = io.BytesIO(connection.head)
-        self.wfile = connection.sock.makefile("wb")
-        self.headers = None  # type: ignore[assignment]
-        try:
-            self.close_connection = True
-            self.handle_one_request()
-        finally:
-            self.finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
-
-    def do_GET(self) -> None:
-        self._route(head=False)
-
-    def do_HEAD(self) -> None:
-        self._route(head=True)
-
-    def do_POST(self) -> None:
-        if not self._authorized():
-            return
-        path = self.path.split("?", 1)[0]
-        if path != "/-/reload":
-            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"Only POST /-/reload is allowed.\n")
-            return
-        ok, message = self.exporter.app.reload()
-        status = HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR
-        self._send(status, (message.rstrip("\n") + "\n").encode())
-
-    def _route(self, *, head: bool) -> None:
-        if not self._authorized():
-            return
-        app = self.exporter.app
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            gzipped = accepts_gzip(self.headers.get("Accept-Encoding"))
-            body = app.render_metrics(gzipped)
-            # Either way the answer depends on Accept-Encoding: a cache must know.
-            headers = {"Vary": "Accept-Encoding"}
-            if gzipped:
-                headers["Content-Encoding"] = "gzip"
-            self._send(HTTPStatus.OK, body, METRICS_CONTENT_TYPE, headers, head=head)
-        elif path == "/-/healthy":
-            self._send(HTTPStatus.OK, b"Healthy.\n", head=head)
-        elif path == "/-/ready":
-            if app.ready():
-                self._send(HTTPStatus.OK, b"Ready.\n", head=head)
-            else:
-                message = b"Not ready: waiting for the first poll of every controller.\n"
-                self._send(HTTPStatus.SERVICE_UNAVAILABLE, message, head=head)
-        elif path == "/":
-            page = landing_page(app.statuses(), app.description, time.time())
-            self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8", head=head)
-        else:
-            self._send(HTTPStatus.NOT_FOUND, b"Not found. Try /metrics.\n", head=head)
-
-    def _authorized(self) -> bool:
-        if self.exporter.web_config.authenticate(self.headers.get("Authorization")):
-            return True
-        self._send(
-            HTTPStatus.UNAUTHORIZED,
-            b"Unauthorized.\n",
-            headers={"WWW-Authenticate": BASIC_AUTH_CHALLENGE},
-        )
-        return False
-
-    def _send(
-        self,
-        status: HTTPStatus,
-        body: bytes,
-        content_type: str = "text/plain; charset=utf-8",
-        headers: dict[str, str] | None = None,
-        *,
-        head: bool = False,
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in self.exporter.web_config.extra_headers.items():
-            self.send_header(name, value)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
 
 
 #: The at-risk VMs listed per controller; the page says how many more there are.

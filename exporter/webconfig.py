@@ -34,39 +34,23 @@ rather than silently served with less protection than it asks for:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import os
 import re
 import ssl
 import tempfile
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from exporter.basicauth import BasicAuth, PasswordChecker
 from exporter.yamlfile import TOP_LEVEL, ConfigError, Reader, join, kind, read_yaml
 
-#: Sent with a 401 so that browsers and curl know to offer basic auth.
-BASIC_AUTH_CHALLENGE = 'Basic realm="simplivity-exporter", charset="UTF-8"'
-
-#: How many verified user/password pairs are remembered, so that a scrape costs a SHA-256
-#: instead of a bcrypt check (about 100 ms at cost 10).
-AUTH_CACHE_SIZE = 256
-
-#: bcrypt reads at most 72 bytes of a password; Go's and htpasswd's implementations ignore the
-#: rest, and so do we, so that any hash made by them verifies here too.
-_BCRYPT_MAX_PASSWORD_BYTES = 72
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 _HOW_TO_HASH = "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
 
-PasswordChecker = Callable[[bytes, bytes], bool]
-"""``checkpw(password, hashed) -> bool``, as :func:`bcrypt.checkpw`."""
 
 _CLIENT_AUTH_TYPES: Mapping[str, ssl.VerifyMode] = {
     "NoClientCert": ssl.CERT_NONE,
@@ -174,80 +158,6 @@ class TLSServerConfig:
     cipher_suites: tuple[str, ...] = ()
     prefer_server_cipher_suites: bool = True
     curve_preferences: tuple[str, ...] = ()
-
-
-class BasicAuth:
-    """Checks ``Authorization: Basic`` headers against bcrypt hashes, remembering successes.
-
-    An unknown user costs as much as a wrong password (the password is still checked, against
-    the most expensive configured hash), so response times do not tell which users exist.
-    """
-
-    def __init__(
-        self,
-        hashes: Mapping[str, str],
-        checkpw: PasswordChecker,
-        cache_size: int = AUTH_CACHE_SIZE,
-    ) -> None:
-        if not hashes:
-            raise ValueError("BasicAuth needs at least one user")
-        self._hashes = {user.encode(): hashed.encode() for user, hashed in hashes.items()}
-        self._decoy = max(self._hashes.values(), key=lambda hashed: hashed[4:6])
-        self._checkpw = checkpw
-        self._cache_size = cache_size
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @property
-    def usernames(self) -> tuple[str, ...]:
-        return tuple(sorted(user.decode() for user in self._hashes))
-
-    def __repr__(self) -> str:
-        return f"BasicAuth(users={list(self.usernames)!r})"
-
-    def authenticate(self, authorization: str | None) -> bool:
-        credentials = _parse_basic(authorization)
-        if credentials is None:
-            return False
-        user, password = credentials
-        # The user name holds no ':', so "user:password" names exactly one pair.
-        key = hashlib.sha256(user + b":" + password).digest()
-        with self._lock:
-            if key in self._verified:
-                self._verified.move_to_end(key)
-                return True
-        hashed = self._hashes.get(user)
-        matches = self._check(password, hashed if hashed is not None else self._decoy)
-        if hashed is None or not matches:
-            return False
-        with self._lock:
-            self._verified[key] = None
-            while len(self._verified) > self._cache_size:
-                self._verified.popitem(last=False)
-        return True
-
-    def _check(self, password: bytes, hashed: bytes) -> bool:
-        try:
-            return self._checkpw(password[:_BCRYPT_MAX_PASSWORD_BYTES], hashed)
-        except ValueError:  # a NUL byte, or a hash the library refuses: no match either way
-            return False
-
-
-def _parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:
-    """``"Basic dXNlcjpwdw=="`` -> ``(b"user", b"pw")``; None for anything else."""
-    if not authorization:
-        return None
-    scheme, _, encoded = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    user, colon, password = decoded.partition(b":")
-    if not colon:
-        return None
-    return user, password
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ decoding and counting:
                               <--outcome----  (a PageCounter and an Aggregator per scan)
 
 The exporter's :class:`~exporter.scan.Scanner` still pages through the listing; the child only
-runs the other half, :class:`~exporter.scan.PageCounter`. It gets page bodies, never
+runs the other half, :class:`~exporter.pages.PageCounter`. It gets page bodies, never
 credentials or tokens. It keeps one :class:`~exporter.backups.LocalBackupScan` per scan in
-progress and sends back a small :class:`~exporter.scan.PageOutcome` per page, then the scan's
+progress and sends back a small :class:`~exporter.pages.PageOutcome` per page, then the scan's
 snapshot (one entry per VM).
 Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
 stdin and stdout; it exits when its stdin closes, so it never outlives the exporter. Its stderr
@@ -44,8 +44,8 @@ from typing import IO, Any
 from exporter import logs
 from exporter.backups import BackupScan, LocalBackupScan
 from exporter.memory import keep_large_buffers_off_the_heap
-from exporter.model import BackupSnapshot, DecodeError
-from exporter.scan import PageOutcome
+from exporter.model import BackupSnapshot, DecodeError, OrderError
+from exporter.pages import SORT_FIELD, PageOutcome
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class DecodingWorker:
                 self._stop_process()  # half a conversation: the next answer would be this one's
                 raise
             answered_by = self.starts
+        if status == "order":
+            raise OrderError(value)
         if status == "error":
             raise DecodeError(value)
         return value, answered_by
@@ -199,8 +201,9 @@ class _WorkerScan:
         self._id = scan_id
         self._generation = generation
 
-    def count(self, offset: int, body: bytes) -> PageOutcome:
-        outcome: PageOutcome = self._worker.call(("page", self._id, offset), self._generation, body)
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        request = ("page", self._id, offset, order)
+        outcome: PageOutcome = self._worker.call(request, self._generation, body)
         return outcome
 
     def snapshot(self) -> BackupSnapshot:
@@ -249,8 +252,8 @@ def _read_exactly(stream: IO[bytes], length: int) -> bytes:
 def _answer(scans: dict[int, LocalBackupScan], request: tuple[Any, ...], body: bytes) -> Any:
     operation, scan_id, *arguments = request
     if operation == "page":
-        (offset,) = arguments
-        return _scan(scans, scan_id).count(offset, body)
+        offset, order = arguments
+        return _scan(scans, scan_id).count(offset, body, order)
     if operation == "open":
         scans[scan_id] = LocalBackupScan()
         return None
@@ -287,6 +290,8 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
             return
         try:
             answer: tuple[str, Any] = ("ok", _answer(scans, request, body))
+        except OrderError as err:  # the scanner may ask again in another order
+            answer = ("order", str(err))
         except DecodeError as err:
             answer = ("error", str(err))
         except Exception as err:  # a bug: say so on stderr, keep serving the other scans

@@ -28,6 +28,7 @@ SLOW_MODULES = frozenset(
         "test_dockerfile",
         "test_faults",
         "test_helm",
+        "test_hostile_clients",
         "test_landing_page",
         "test_monitoring_rules",
         "test_prometheus_e2e",

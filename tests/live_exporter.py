@@ -34,7 +34,8 @@ from exporter.app import Shard, assemble
 from exporter.config import Config, ControllerConfig, PollConfig, Secret, TLSConfig
 from exporter.poller import ClientFactory, ControllerReader, connect
 from exporter.simulator import FederationSpec, SimulatedController
-from exporter.web import ExporterServer
+from exporter.web import ExporterServer, WebApp
+from exporter.webconfig import WebConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The families that come from a controller's backups (dropped when its data is stale).
@@ -132,6 +133,20 @@ def scrape(base_url: str, timeout: float = 10.0) -> Scrape:
 
 
 # --- in this process ---------------------------------------------------------------------------
+
+
+@contextmanager
+def serving_app(
+    app: WebApp, web_config: WebConfig | None = None, **options: Any
+) -> Iterator[ExporterServer]:
+    """An :class:`ExporterServer` for ``app`` on a free port of 127.0.0.1, stopped on exit."""
+    server = ExporterServer(("127.0.0.1", 0), app, web_config, **options)
+    server.serve_in_background()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def fast_retries(

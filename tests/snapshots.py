@@ -14,7 +14,7 @@ from typing import Any
 from exporter.backups import BACKUPS, Aggregator
 from exporter.inventory import InventoryRead
 from exporter.model import BackupSnapshot, ControllerSnapshot, ScheduleReport
-from exporter.scan import Collection, PageSink
+from exporter.pages import Collection, PageSink
 
 
 class NoPollLimits:
@@ -41,15 +41,27 @@ def read_of(
     vms: Iterable[Mapping[str, Any]] = (),
     policies: Iterable[Mapping[str, Any]] = (),
     hosts: Iterable[Mapping[str, Any]] = (),
+    clusters: Iterable[Mapping[str, Any]] | None = None,
 ) -> InventoryRead:
-    """The inventory's records, read as a poll reads them."""
+    """The inventory's records, read as a poll reads them; ``clusters`` defaults to the
+    listing that names every cluster :func:`host_record` gave an id."""
     read = InventoryRead()
     for vm in vms:
         read.add_vm(vm)
     for policy in policies:
         read.add_policy(policy)
+    hosts = list(hosts)
     for host in hosts:
         read.add_host(host)
+    if clusters is None:
+        ids = {h.get("omnistack_cluster_id") for h in hosts}
+        clusters = [
+            cluster_record(i.removeprefix(CLUSTER_ID_PREFIX))
+            for i in sorted(x for x in ids if isinstance(x, str))
+            if i.startswith(CLUSTER_ID_PREFIX)
+        ]
+    for cluster in clusters:
+        read.add_cluster(cluster)
     return read
 
 
@@ -114,13 +126,24 @@ def policy_record(policy_id: str, name: str, *rules: dict[str, Any]) -> dict[str
     return {"id": policy_id, "name": name, "rules": list(rules)}
 
 
+#: How :func:`host_record` makes up a cluster's id from its name.
+CLUSTER_ID_PREFIX = "cluster-id-"
+
+
 def host_record(host_id: str, name: str, cluster: str, enabled: Any = True) -> dict[str, Any]:
+    """A host as ``/api/hosts?fields=...`` lists it: its cluster by id only (HPE's schema has
+    no ``omnistack_cluster_name`` on hosts)."""
     return {
         "id": host_id,
         "name": name,
-        "omnistack_cluster_name": cluster,
+        "omnistack_cluster_id": CLUSTER_ID_PREFIX + cluster,
         "policy_enabled": enabled,
     }
+
+
+def cluster_record(name: str) -> dict[str, Any]:
+    """An OmniStack cluster as ``/api/omnistack_clusters?fields=id,name`` lists it."""
+    return {"id": CLUSTER_ID_PREFIX + name, "name": name}
 
 
 def listing_body(collection: Collection, records: Sequence[Mapping[str, Any]]) -> bytes:

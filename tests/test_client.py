@@ -24,7 +24,8 @@ from exporter.model import (
     SimplivityError,
     TLSError,
 )
-from exporter.scan import PageCounter, Scanner
+from exporter.pages import PageCounter
+from exporter.scan import Scanner
 from exporter.simplivity import SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController, generate_backups
 from tests.conftest import wait_until

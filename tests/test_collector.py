@@ -21,6 +21,7 @@ from exporter.model import (
     BackupSnapshot,
     ClusterSummary,
     ControllerStatus,
+    ControllerVersions,
     ScheduleReport,
     VMBackups,
 )
@@ -116,6 +117,7 @@ def boston(**changes: object) -> ControllerStatus:
         concurrency=2,
         page_size=1500,
         unreadable_records=3,
+        versions=ControllerVersions("1.25", "5.3.1.284"),
     )
     return replace(status, **changes)  # type: ignore[arg-type]
 

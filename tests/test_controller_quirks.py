@@ -19,9 +19,10 @@ import pytest
 from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, parse_timestamp
 from exporter.config import PollConfig
 from exporter.model import BackupSnapshot, ControllerStatus
+from exporter.pages import PageCounter
 from exporter.poller import ControllerPoller
-from exporter.scan import PageCounter
 from exporter.simulator import ODD_KINDS, FederationSpec, SimulatedController
+from exporter.simulator.controller import Endpoint
 from tests.conftest import wait_until
 from tests.live_exporter import Lab, controller_config, fast_retries
 
@@ -86,11 +87,16 @@ def test_a_capped_limit_is_paged_by_what_was_served(start_simulator: Start) -> N
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
+@pytest.mark.parametrize(
+    "refused", [frozenset(), frozenset({"id"})], ids=["by id", "by created_at"]
+)
 def test_a_capped_limit_under_churn_never_double_counts_or_misses_a_survivor(
-    start_simulator: Start, concurrency: int
+    start_simulator: Start, concurrency: int, refused: frozenset[str]
 ) -> None:
+    # A controller that refuses sort=id is paged by created_at, where backups tie.
     simulator = start_simulator(FederationSpec(total_backups=3000, seed=11))
     simulator.faults.limit_cap = 150
+    simulator.faults.refused_sorts = refused
     before = simulator.backup_ids()
     simulator.faults.churn_create_per_request = 30
     simulator.faults.churn_expire_per_request = 30
@@ -330,3 +336,74 @@ def test_an_html_page_instead_of_json_is_named_not_quoted(start_simulator: Start
     assert failed.last_error is not None
     assert failed.last_error.startswith("/api/backups answered with an HTML page, not JSON (")
     assert "<" not in failed.last_error
+
+
+# --- a controller that refuses a field it does not document ----------------------------------
+
+
+@pytest.mark.parametrize("how", ["refused", "ignored"])
+def test_a_controller_that_refuses_or_ignores_sort_by_id_is_paged_newest_first(
+    start_simulator: Start, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=1500, vms=50, seed=5))
+    if how == "refused":
+        simulator.faults.refused_sorts = frozenset({"id"})
+    else:  # served by name, descending (the default order)
+        simulator.faults.ignored_sorts = frozenset({"id"})
+    poller = poller_for(simulator, page_size=100, max_concurrency=3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="exporter.scan"):
+            first, second = poll(poller), poll(poller)
+    finally:
+        poller.close()
+    assert backups_of(first) == backups_of(second) == expected(simulator)
+    said = [r.getMessage() for r in caplog.records if "sort=id" in r.getMessage()]
+    # Once per listing (not per poll): backups and VMs newest first, the small listings
+    # (policies, hosts, clusters; an ignored sort goes unseen where by chance it did not
+    # matter) unsorted in one page.
+    by_path = Counter(message.split()[2] for message in said)
+    assert set(by_path.values()) == {1}, said
+    assert (
+        {"/api/backups", "/api/virtual_machines"}
+        <= set(by_path)
+        <= {
+            "/api/backups",
+            "/api/virtual_machines",
+            "/api/policies",
+            "/api/hosts",
+            "/api/omnistack_clusters",
+        }
+    )
+    for message in said:
+        assert f" {how} sort=id" in message
+        newest_first = "created_at (newest first)" in message
+        assert newest_first is ("/api/backups" in message or "/api/virtual_machines" in message)
+    pages = simulator.stats.snapshot().pages_per_path
+    assert len(pages["/api/backups"]) >= 15
+
+
+def test_a_field_the_controller_refuses_is_dropped_and_the_poll_succeeds(
+    start_simulator: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A strict REST API 1.13 controller (no external stores) whose version the exporter cannot
+    # read: it asks for the newest version's fields, external_store_name among them.
+    simulator = start_simulator(FederationSpec(vms=30), api_version="1.13")
+    simulator.routes["/api/version"] = Endpoint(
+        ("GET",), lambda ex: ex.error(404, "NotFound", "No handler found for /api/version")
+    )
+    poller = poller_for(simulator)
+    try:
+        with caplog.at_level(logging.INFO, logger="exporter"):
+            first = poll(poller)
+            refused = simulator.stats.snapshot().status_counts.get(400, 0)
+            second = poll(poller)
+    finally:
+        poller.close()
+    assert refused >= 1  # the first poll met the 400, and asked again without fields=
+    assert simulator.stats.snapshot().status_counts.get(400, 0) == refused  # remembered
+    assert backups_of(first) == backups_of(second) == expected(simulator)
+    said = [r.getMessage() for r in caplog.records if "refused the fields" in r.getMessage()]
+    assert len(said) == 1
+    assert "/api/backups" in said[0]
+    assert "external_store_name" in said[0]  # the controller's own words
+    assert second.versions.rest_api == ""

@@ -34,8 +34,9 @@ import trustme
 
 from exporter.config import ControllerConfig, PollConfig, TLSConfig
 from exporter.model import REASONS
+from exporter.pages import SORT_FIELD, Collection, PageOutcome, PageSink
 from exporter.poller import ControllerReader
-from exporter.scan import Collection, Pace, PageOutcome, PageSink
+from exporter.scan import Pace
 from exporter.simulator import FederationSpec, Malformed, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import (
@@ -436,9 +437,9 @@ class ExpiringMidScan:
         wrapper = self
 
         class Counting:
-            def count(self, offset: int, body: bytes) -> PageOutcome:
+            def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
                 nonlocal seen
-                outcome = pages.count(offset, body)
+                outcome = pages.count(offset, body, order)
                 before, seen = seen, seen + outcome.counted
                 if before < 60 <= seen:  # past the first page of 50: the next request
                     wrapper.kill_tokens()  # carries a dead token

@@ -36,9 +36,10 @@ from exporter.model import (
     RecordError,
     label_value,
 )
+from exporter.pages import PageCounter
 from exporter.poller import ControllerPoller, connect
 from exporter.protection import Days, Rule, RuleCostError, Schedule, check_cost
-from exporter.scan import PageCounter, Scanner
+from exporter.scan import Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import Lab, controller_config

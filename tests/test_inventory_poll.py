@@ -17,7 +17,8 @@ import pytest
 from exporter.config import Config, MetricsConfig
 from exporter.inventory import VIRTUAL_MACHINES
 from exporter.protection import PROTECTION_STATUSES
-from exporter.simulator import FederationSpec, SimulatedController
+from exporter.simulator import SVTFS_VERSION, FederationSpec, SimulatedController
+from exporter.simulator.controller import OLD_SVTFS
 from tests.conftest import wait_until
 from tests.live_exporter import FAST_POLL, InProcessExporter, Lab, Scrape, controller_config
 
@@ -50,11 +51,33 @@ def live_vms(simulator: SimulatedController) -> dict[str, dict[str, object]]:
     return {str(vm["id"]): vm for vm in simulator.virtual_machines() if vm.get("state") == "ALIVE"}
 
 
-def test_every_planted_status_reaches_metrics_through_a_real_scrape() -> None:
+@pytest.mark.parametrize(
+    ("api_version", "svtfs"),
+    # A strict controller (the simulator's default) without external stores, and the newest.
+    [("1.13", OLD_SVTFS), ("1.25", SVTFS_VERSION)],
+)
+def test_every_planted_status_reaches_metrics_through_a_real_scrape(
+    api_version: str, svtfs: str
+) -> None:
     with Lab() as lab:
-        simulator = lab.controller("boston", FederationSpec())
+        simulator = lab.controller("boston", FederationSpec(), api_version=api_version)
+        assert simulator.strict
         exporter = lab.start_exporter(POLL)
         scrape = first_good_scrape(exporter)
+        assert scrape.matching("simplivity_controller_info") == [
+            ({"controller": "boston", "rest_api_version": api_version, "svtfs_version": svtfs}, 1)
+        ]
+        # Every backup counted where it is held, by state.
+        held = Counter(
+            (str(b["omnistack_cluster_name"] or b.get("external_store_name")), str(b["state"]))
+            for b in simulator.backups()
+        )
+        counted = {
+            (labels["omnistack_cluster"], labels["state"]): value
+            for labels, value in scrape.matching("simplivity_backups", controller="boston")
+            if value
+        }
+        assert counted == held
         expected = simulator.expected_statuses
         vms = live_vms(simulator)
         assert set(simulator.planted.values()) == set(PROTECTION_STATUSES)
@@ -121,12 +144,15 @@ def test_every_planted_status_reaches_metrics_through_a_real_scrape() -> None:
             labels = {"controller": "boston", "policy": str(policy["name"])}
             assert scrape.value("simplivity_policy_rules", **labels) == len(policy["rules"])  # type: ignore[arg-type]
             assert scrape.value("simplivity_policy_vms", **labels) == users
+        # A host names its cluster by id only: the series carry the cluster's name.
+        cluster_names = {c["id"]: c["name"] for c in simulator.clusters()}
         for host in simulator.hosts():
+            assert "omnistack_cluster_name" not in host
             enabled = scrape.value(
                 "simplivity_host_policy_enabled",
                 controller="boston",
                 host=str(host["name"]),
-                omnistack_cluster=str(host["omnistack_cluster_name"]),
+                omnistack_cluster=str(cluster_names[host["omnistack_cluster_id"]]),
             )
             assert enabled == (1 if host["policy_enabled"] else 0)
         report = simulator.schedule_report()

@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
+EVERY_MODULE = {path.stem for path in PACKAGE.glob("*.py")} | {"simulator"}
 
 #: module -> the exporter modules it must never import.
 FORBIDDEN = {
     # The shared vocabulary sits below everything.
     "model": {"*"},
+    # HPE's contract, the simulator's too: nothing of the exporter's reading of it.
+    "restapi": {"*"},
     # Logging is set up by the exporter and its worker alike, from nothing of theirs.
     "logs": {"*"},
     # Deadlines for any HTTP exchange: plain requests and urllib3, nothing of the exporter.
@@ -25,6 +28,8 @@ FORBIDDEN = {
     "simplivity": {"scan", "backups", "worker", "poller", "collector", "exposition", "web"},
     # The paging algorithm works for any collection and any client.
     "scan": {"simplivity", "backups", "worker", "poller", "collector", "exposition", "web"},
+    # Counting a listing's pages runs in the worker too: only the vocabulary below it.
+    "pages": {"simplivity", "scan", "backups", "worker", "poller", "collector", "web", "app"},
     # The scrape path reads published statuses: never the client or the poller.
     "collector": {"simplivity", "scan", "poller", "worker", "web", "app"},
     "exposition": {"simplivity", "scan", "poller", "worker", "web", "app"},
@@ -35,6 +40,14 @@ FORBIDDEN = {
     "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "worker": {"simplivity", "poller", "web", "app", "cli"},
     "app": {"cli"},
+    # The controller check asks as a poll asks (the poller's for_version), through the client;
+    # it neither serves nor runs a poll.
+    "check": {"worker", "collector", "exposition", "web", "app", "cli"},
+    # The HTTP server serves any callable: of the exporter it knows only its request parser.
+    "httpserver": EVERY_MODULE - {"httprequest"},
+    "httprequest": {"*"},
+    # Password checks know HTTP's verdicts (httpserver), nothing else of the exporter.
+    "basicauth": EVERY_MODULE - {"httpserver"},
 }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+import math
 import re
 import subprocess
 import sys
@@ -17,8 +19,14 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import protection
+from exporter import protection, restapi
+from exporter.collector import BackupCollector, ExporterState
+from exporter.exposition import Exposition
+from exporter.model import ControllerStatus
+from tests import snapshots
 from tests.promtool import binary
 from tools import monitoring as monitoring_tool
 
@@ -497,3 +505,149 @@ def test_the_vm_alerts_fire_for_the_vms_the_exporter_judges_at_risk(tmp_path: Pa
     )
     result = run_promtool("test", "rules", str(tests))
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+
+
+# --- the rules on the series the exporter writes for real-shaped objects ----------------------
+
+DASHBOARD = MONITORING / "dashboard.json"
+
+
+def _exported(version: str) -> str:
+    """The /metrics text of one poll of real-shaped records (HPE's schema): hosts name their
+    cluster by id only from REST API 1.9, not at all before; the cluster listing names the ids
+    (it is not asked for before 1.9). Boston DC holds a VM on a policy without rules and one
+    on a host whose policy backups are suspended; DR Site, only hosts (replicated backups)."""
+    newer = restapi.documented(
+        restapi.HOSTS, "omnistack_cluster_id", restapi.parse_version(version)
+    )
+    vm = snapshots.vm_record
+    vms = [
+        vm("v1", "no-rules-vm", "p0", host_id="h1", omnistack_cluster_name="Boston DC"),
+        vm("v2", "suspended-vm", "p1", host_id="h2", omnistack_cluster_name="Boston DC"),
+    ]
+    policies = [
+        snapshots.policy_record("p0", "Default (no rules)"),
+        snapshots.policy_record("p1", "Hourly", snapshots.rule(60)),
+    ]
+    clusters = [{"id": "c-bos", "name": "Boston DC"}, {"id": "c-dr", "name": "DR Site"}]
+    hosts = [
+        {"id": "h1", "name": "esx-01", "omnistack_cluster_id": "c-bos", "policy_enabled": True},
+        {"id": "h2", "name": "esx-02", "omnistack_cluster_id": "c-bos", "policy_enabled": False},
+        {"id": "h3", "name": "dr-esx-01", "omnistack_cluster_id": "c-dr", "policy_enabled": True},
+    ]
+    if not newer:
+        hosts = [{k: v for k, v in h.items() if k != "omnistack_cluster_id"} for h in hosts]
+    read = snapshots.read_of(vms, policies, hosts, clusters if newer else [])
+    snapshot = read.judge(
+        read.inventory(None),
+        snapshots.aggregate([]),
+        now=NOW_EXPORTED,
+        overdue_factor=1.5,
+        grace_seconds=3600,
+    )
+    status = ControllerStatus(
+        name="c", url="https://ovc", up=True, last_success=NOW_EXPORTED, snapshot=snapshot
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    state = ExporterState(interval_seconds=300, stale_after_seconds=1800)
+    registry.register(BackupCollector(lambda: [status], lambda: state, clock=lambda: NOW_EXPORTED))
+    return Exposition(registry, lambda: 0, clock=lambda: NOW_EXPORTED).render().decode()
+
+
+NOW_EXPORTED = 1_700_000_000.0
+
+
+def _promtool_value(value: float) -> str:
+    return {math.inf: "Inf", -math.inf: "-Inf"}.get(value, f"{value:g}")
+
+
+def _dashboard_expr(fragment: str) -> str:
+    exprs = [
+        target["expr"]
+        for panel in json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+        for target in panel.get("targets", ())
+        if fragment in target.get("expr", "")
+    ]
+    assert len(exprs) == 1, exprs
+    expr: str = exprs[0]
+    for variable in ("$job", "$instance", "$controller"):
+        expr = expr.replace(variable, ".*")
+    return expr.replace("$omnistack_cluster", "Boston DC")
+
+
+@pytest.mark.parametrize("version", ["1.25", "1.8"])
+def test_not_scheduled_the_hosts_panel_and_vm_counts_hold_on_real_shaped_series(
+    version: str, tmp_path: Path
+) -> None:
+    text = _exported(version)
+    input_series = [
+        {
+            "series": sample.name
+            + "{"
+            + ", ".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            + "}",
+            "values": f"{_promtool_value(sample.value)}+0x90",
+        }
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples  # every series of the poll, as Prometheus would scrape it
+    ]
+    hosts = {s["series"] for s in input_series if "host_policy_enabled" in s["series"]}
+    assert all('omnistack_cluster=""' not in series for series in hosts) is (version == "1.25")
+    exprs = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    vm_counts = [
+        {"labels": '{omnistack_cluster="Boston DC"}', "value": 2},
+        *([{"labels": '{omnistack_cluster="DR Site"}', "value": 0}] if version == "1.25" else []),
+    ]
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": input_series,
+                "promql_expr_test": [
+                    # Only the VM whose policy has no rules: the one on the suspended host is
+                    # SimplivityHostPolicyDisabled's.
+                    {
+                        "expr": "count by (vm, omnistack_cluster, host) ("
+                        + exprs["SimplivityVMNotScheduled"]
+                        + ")",
+                        "eval_time": "60m",
+                        "exp_samples": [
+                            {
+                                "labels": '{host="esx-01", omnistack_cluster="Boston DC", '
+                                'vm="no-rules-vm"}',
+                                "value": 1,
+                            }
+                        ],
+                    },
+                    # The suspended host's own alert, with its cluster.
+                    {
+                        "expr": "count by (host, omnistack_cluster) ("
+                        + exprs["SimplivityHostPolicyDisabled"]
+                        + ")",
+                        "eval_time": "60m",
+                        "exp_samples": [
+                            {"labels": '{host="esx-02", omnistack_cluster="Boston DC"}', "value": 1}
+                        ],
+                    },
+                    # The dashboard's "hosts with policy backups disabled", Boston DC selected.
+                    {
+                        "expr": _dashboard_expr("simplivity_host_policy_enabled"),
+                        "eval_time": "60m",
+                        "exp_samples": [{"labels": "{}", "value": 1}],
+                    },
+                    # Live VMs by cluster: no cluster without a name.
+                    {
+                        "expr": "sum by (omnistack_cluster) (simplivity_vms)",
+                        "eval_time": "60m",
+                        "exp_samples": vm_counts,
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "real_shaped_test.yml"
+    path.write_text(yaml.safe_dump(tests), encoding="utf-8")
+    result = run_promtool("test", "rules", str(path))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

@@ -16,7 +16,14 @@ from exporter.backups import BACKUPS, BackupRecordError
 from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig, Secret
 from exporter.exposition import Exposition
-from exporter.inventory import HOSTS, POLICIES, SCHEDULE_REPORT, VIRTUAL_MACHINES
+from exporter.inventory import (
+    CLUSTERS,
+    HOSTS,
+    POLICIES,
+    SCHEDULE_REPORT,
+    VERSION,
+    VIRTUAL_MACHINES,
+)
 from exporter.model import (
     REASONS,
     Cancelled,
@@ -27,13 +34,15 @@ from exporter.model import (
     RequestTimeout,
     ScheduleReport,
 )
+from exporter.pages import Collection, PageSink
 from exporter.poller import ControllerPoller, ControllerReader, Poller
-from exporter.scan import Collection, Pace, PageSink, Scanner
+from exporter.scan import Pace, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.snapshots import (
     NoPollLimits,
     answer_inventory,
+    cluster_record,
     host_record,
     listing_body,
     policy_record,
@@ -72,6 +81,7 @@ INVENTORY: dict[str, list[dict[str, Any]]] = {
     ],
     POLICIES.path: [policy_record("p1", "Hourly", rule(60))],
     HOSTS.path: [host_record("h1", "esx-01", "Boston")],
+    CLUSTERS.path: [cluster_record("Boston")],
 }
 REPORT = b'{"daily_backup_rate": 72, "daily_backup_rate_limit": 24000}'
 
@@ -377,7 +387,14 @@ def test_a_poll_reads_the_inventory_and_the_backups_and_judges_every_live_vm() -
     status = poller_with(source, clock=lambda: 1709280000.0).poll_once()
     # The backups in this thread, the inventory in another: in order within each.
     inventory = [path for path in source.reads if path != BACKUPS.path]
-    assert inventory == [VIRTUAL_MACHINES.path, POLICIES.path, HOSTS.path, SCHEDULE_REPORT]
+    assert inventory == [
+        VERSION,
+        VIRTUAL_MACHINES.path,
+        POLICIES.path,
+        HOSTS.path,
+        CLUSTERS.path,
+        SCHEDULE_REPORT,
+    ]
     assert source.reads.count(BACKUPS.path) == 1
     assert status.up
     snapshot = status.snapshot
@@ -452,7 +469,9 @@ class RecordingSource(NoPollLimits):
 
     def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
         self.pages.append(page)
-        collection = {c.path: c for c in (VIRTUAL_MACHINES, POLICIES, HOSTS, BACKUPS)}[page.path]
+        collection = {c.path: c for c in (VIRTUAL_MACHINES, POLICIES, HOSTS, CLUSTERS, BACKUPS)}[
+            page.path
+        ]
         if page.path == BACKUPS.path:
             items = [record(n, id=f"b{n:05d}") for n in range(self.size)]
         else:

@@ -270,6 +270,8 @@ def expected_protection_alerts(
     assert statuses
     assert set(statuses) == {vm["id"] for vm in vms}
     hosts = {host["id"]: host for host in simulator.hosts()}
+    # A host names its cluster by id only (HPE's schema); the exporter labels it by name.
+    cluster_names = {cluster["id"]: cluster["name"] for cluster in simulator.clusters()}
     # The same spec at the same time plans the same policies (seeded): the simulator's own
     # reading of their schedules.
     policies = {
@@ -325,7 +327,7 @@ def expected_protection_alerts(
                 alert(
                     "SimplivityHostPolicyDisabled",
                     host=str(host["name"]),
-                    omnistack_cluster=str(host["omnistack_cluster_name"]),
+                    omnistack_cluster=str(cluster_names[host["omnistack_cluster_id"]]),
                 )
             )
     report = simulator.schedule_report()

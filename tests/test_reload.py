@@ -95,8 +95,9 @@ def test_reload_adds_changes_and_removes_controllers_and_refuses_a_bad_file(
 ) -> None:
     a, b, c = controllers["a"], controllers["b"], controllers["c"]
     config = write_config(tmp_path / "config.yaml", {"ca": a}, poll=POLL)
+    lifecycle = ["--web.enable-lifecycle"] if how != "SIGHUP" else []
     with ExporterProcess(
-        "--config.file", str(config), log_path=tmp_path / "exporter.log"
+        "--config.file", str(config), *lifecycle, log_path=tmp_path / "exporter.log"
     ) as exporter:
         reload = Reload(exporter, how)
         first = scraped_until(exporter, has("ca", a), "the first poll")
@@ -231,7 +232,9 @@ def test_a_reload_of_the_poll_settings_keeps_data_health_and_readiness(
     """Every controller gets a new poller, but what users see must not blink."""
     a, b = controllers["a"], controllers["b"]
     config = write_config(tmp_path / "config.yaml", {"ca": a, "cb": b}, poll=POLL)
-    with ExporterProcess("--config.file", str(config), log_path=tmp_path / "log") as exporter:
+    with ExporterProcess(
+        "--config.file", str(config), "--web.enable-lifecycle", log_path=tmp_path / "log"
+    ) as exporter:
         before = scraped_until(exporter, lambda s: has("ca", a)(s) and has("cb", b)(s), "polls")
         assert exporter.get("/-/ready")[0] == 200
         # The polls under the new settings will take a while: what is seen meanwhile counts.
@@ -305,3 +308,22 @@ def test_a_bad_web_config_refuses_the_whole_reload_and_a_good_one_applies_both(
     assert ok, message
     assert applied == [config]
     assert reloader.state.reload_successful
+
+
+def test_reload_over_http_is_closed_without_the_lifecycle_flag(
+    tmp_path: Path, controllers: dict[str, SimulatedController]
+) -> None:
+    """As in Prometheus: POST /-/reload is refused unless --web.enable-lifecycle; SIGHUP works."""
+    a, b = controllers["a"], controllers["b"]
+    config = write_config(tmp_path / "config.yaml", {"ca": a}, poll=POLL)
+    with ExporterProcess(
+        "--config.file", str(config), log_path=tmp_path / "exporter.log"
+    ) as exporter:
+        scraped_until(exporter, has("ca", a), "the first poll")
+        write_config(config, {"ca": a, "cb": b}, poll=POLL)
+        assert exporter.get("/-/reload", method="POST") == (403, b"Lifecycle API is not enabled.\n")
+        assert exporter.get("/-/reload")[0] == 405
+        assert "reloaded" not in exporter.log()
+        assert exporter.scrape().controllers() == {"ca"}
+        Reload(exporter, "SIGHUP")()
+        scraped_until(exporter, has("cb", b), "the reload by SIGHUP")

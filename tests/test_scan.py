@@ -7,6 +7,7 @@ in memory answers the scanner's requests, so that churn can be exact and example
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 from collections import Counter
@@ -19,16 +20,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.model import DecodeError, HTTPStatusError, PageRequest, RecordError
-from exporter.scan import Collection, Pace, PageCounter, RecordTally, Scanner
+from exporter.pages import Collection, PageCounter, RecordTally
+from exporter.scan import Pace, Scanner
 from tests.snapshots import NoPollLimits
 
 VMS = Collection(
-    "/api/virtual_machines", key="virtual_machines", item="virtual machine", fields=("id", "name")
+    "/api/virtual_machines",
+    key="virtual_machines",
+    item="virtual machine",
+    fields=("id", "name"),
+    orders=("id", "-created_at"),
 )
+#: The orders a listing may end up paged in: by id, or (sort=id refused) newest first.
+ORDERS = ["id", "-created_at"]
 
 
 class Listing(NoPollLimits):
-    """A collection held in memory, sorted by id, that changes a little at every request.
+    """A collection held in memory, sorted as asked, that changes a little at every request.
+
+    Sorted by id, or by ``created_at``: records tie there (a few to a second), and their order
+    among themselves changes at every request, as nothing promises it stays. A sort field in
+    ``refused`` answers 400, as HPE documents for a sort field a controller does not know.
 
     It can misbehave as real controllers do: serve at most ``cap`` records a page (saying so
     in the envelope's ``limit`` if ``says_limit``), answer 504 for pages above ``too_slow_above``,
@@ -36,10 +48,20 @@ class Listing(NoPollLimits):
     retries) whenever ``overloaded()`` is true, and serve the records in ``odd`` oddly.
     """
 
-    def __init__(self, size: int, *, churn: int = 0, seed: int = 0) -> None:
-        self.items = {f"vm-{n:06d}": {"id": f"vm-{n:06d}", "name": f"vm {n}"} for n in range(size)}
-        self.churn = churn
+    def __init__(
+        self, size: int, *, churn: int = 0, seed: int = 0, refused: frozenset[str] = frozenset()
+    ) -> None:
         self.rng = random.Random(seed)
+        self.seconds = max(1, size // 3)  # a few records to each created_at second
+        self.items = {
+            f"vm-{n:06d}": {"id": f"vm-{n:06d}", "name": f"vm {n}", "created_at": self._second()}
+            for n in range(size)
+        }
+        #: Every record's created_at, those expired too (it never changes).
+        self.created = {key: item["created_at"] for key, item in self.items.items()}
+        self.refused = refused
+        self.refuses_fields = False
+        self.churn = churn
         self.next = size
         self.requests: list[PageRequest] = []
         self.logins = 0
@@ -60,12 +82,27 @@ class Listing(NoPollLimits):
             if self.overloaded():
                 self.throttled += 1  # the client retried it; the page below is the retry's
             limit = min(page.limit, self.cap) if self.cap else page.limit
+            if page.fields and self.refuses_fields:
+                raise HTTPStatusError(f"{page.path} answered HTTP 400: Bad field", 400)
+            if page.sort in self.refused:
+                raise HTTPStatusError(
+                    f"{page.path} answered HTTP 400: Invalid sort field '{page.sort}'", 400
+                )
             if 0 < self.too_slow_above < limit and len(self.requests) > self.slow_after:
                 self.final_504s.append(retry_too_slow)
                 raise HTTPStatusError(f"{page.path} answered HTTP 504", 504)
             for _ in range(self.churn):
                 self._change()
-            ordered = [self.items[key] for key in sorted(self.items)]
+            if page.sort is None:  # no order asked: none kept from one request to the next
+                order = sorted(self.items, key=lambda k: self.rng.random())
+            elif page.sort == "created_at":
+                shuffled = {key: self.rng.random() for key in self.items}
+                order = sorted(self.items, key=lambda k: (self.created[k], shuffled[k]))
+                if page.order == "descending":
+                    order.reverse()
+            else:
+                order = sorted(self.items)
+            ordered = [self.items[key] for key in order]
             served = limit // 2 if self.short_pages else limit
             items = [self.odd.get(item["id"], item) for item in ordered[page.offset :][:served]]
             document: dict[str, Any] = {"offset": page.offset, "count": len(ordered)}
@@ -84,7 +121,18 @@ class Listing(NoPollLimits):
             # New ids land anywhere in the order, as UUIDs do.
             key = f"vm-{self.rng.randrange(10**6):06d}-{self.next}"
             self.next += 1
-            self.items[key] = {"id": key, "name": "new"}
+            self.items[key] = {"id": key, "name": "new", "created_at": self._second()}
+            self.created[key] = self.items[key]["created_at"]
+
+    def _second(self) -> str:
+        """A created_at anywhere in the listing's span: new records land anywhere too."""
+        second = self.rng.randrange(self.seconds)
+        return f"2024-01-01T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z"
+
+    def in_order(self, ids: list[str], order: str) -> bool:
+        """Whether ``ids`` come in ``order`` (ties in any order; ``-``: descending)."""
+        keys = ids if order == "id" else [self.created[key] for key in ids]
+        return keys == sorted(keys, reverse=order.startswith("-"))
 
     def close(self) -> None:
         pass
@@ -123,6 +171,7 @@ def test_any_collection_is_read_with_its_own_path_fields_and_id_order() -> None:
     assert asked == {PageRequest("/api/virtual_machines", 0, 100, ("id", "name"), "id")}
 
 
+@pytest.mark.parametrize("order", ORDERS)
 @settings(max_examples=40, deadline=None)
 @given(
     size=st.integers(0, 400),
@@ -132,22 +181,34 @@ def test_any_collection_is_read_with_its_own_path_fields_and_id_order() -> None:
     seed=st.integers(0, 2**16),
 )
 def test_under_churn_no_item_is_counted_twice_and_no_survivor_is_missed(
-    size: int, churn: int, page_size: int, max_concurrency: int, seed: int
+    order: str, size: int, churn: int, page_size: int, max_concurrency: int, seed: int
 ) -> None:
-    listing = Listing(size, churn=churn, seed=seed)
-    assert_read_exactly(listing, set(listing.items), page_size, max_concurrency, [])
+    listing = Listing(size, churn=churn, seed=seed, refused=refusing(order))
+    assert_read_exactly(listing, set(listing.items), page_size, max_concurrency, [], order)
 
 
 #: How a read may fail under churn: the listing changes faster than it can be read.
 TOO_FAST = "virtual machine listing changed faster than it could be read"
+#: How a read by created_at may fail: ties (and records without an id) fill a whole page.
+TIES = "cannot be stitched in that order"
+
+
+def refusing(order: str) -> frozenset[str]:
+    """The sort fields a listing refuses for a scan to end up paged in ``order``."""
+    return frozenset(refused.removeprefix("-") for refused in ORDERS[: ORDERS.index(order)])
 
 
 def assert_read_exactly(
-    listing: Listing, before: set[str], page_size: int, max_concurrency: int, allowed: list[str]
+    listing: Listing,
+    before: set[str],
+    page_size: int,
+    max_concurrency: int,
+    allowed: list[str],
+    order: str = "id",
 ) -> None:
     """Read ``listing``: every item that was there ``before`` and still is was read, none
-    twice, in order; or, only under churn, the read failed with one of the ``allowed`` words
-    (or :data:`TOO_FAST`)."""
+    twice, in ``order``; or, only under churn (or ties), the read failed with one of the
+    ``allowed`` words (or :data:`TOO_FAST`)."""
     try:
         ids = read_ids(listing, page_size=page_size, max_concurrency=max_concurrency)
     except DecodeError as err:
@@ -155,10 +216,58 @@ def assert_read_exactly(
     else:
         assert [key for key, n in Counter(ids).items() if n > 1] == []
         assert (before & set(listing.items)) - set(ids) == set()
-        assert ids == sorted(ids)
+        assert listing.in_order(ids, order)
         return
+    if order != "id" and TIES in failure:
+        return  # a page of ties: said in these words, never a wrong count
     assert listing.churn > 0, failure
     assert any(words in failure for words in [TOO_FAST, *allowed]), failure
+
+
+@pytest.mark.parametrize("refused", ["sort", "fields", "both"])
+def test_a_refused_sort_or_fields_is_asked_otherwise_remembered_and_said_once(
+    refused: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    listing = Listing(300, refused=frozenset({"id"}) if refused != "fields" else frozenset())
+    listing.refuses_fields = refused != "sort"
+    scanner = Scanner(listing, page_size=100, max_concurrency=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="exporter.scan"):
+            first, second = read_again(scanner, listing), read_again(scanner, listing)
+    finally:
+        scanner.close()
+    order = "-created_at" if refused != "fields" else "id"
+    for ids in (first, second):
+        assert sorted(ids) == sorted(listing.items)
+        assert listing.in_order(ids, order)
+    refusals = [
+        page
+        for page in listing.requests
+        if page.sort in listing.refused or (page.fields and listing.refuses_fields)
+    ]
+    assert len(refusals) == (2 if refused == "both" else 1)  # then remembered
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == len(refusals)
+    assert all("/api/virtual_machines refused" in message for message in said)
+    if refused != "fields":
+        assert any("sort=id" in m and "created_at (newest first)" in m for m in said)
+
+
+def test_a_listing_read_unsorted_is_read_whole_in_one_page_or_fails_in_words() -> None:
+    few = replace(VMS, orders=("id", ""))
+    listing = Listing(250, refused=frozenset({"id"}))
+    ids: list[str] = []
+    scanner = Scanner(listing, page_size=100, max_concurrency=1)
+    try:
+        scanner.read(few, PageCounter(few, lambda item: ids.append(item["id"])))
+        assert sorted(ids) == sorted(listing.items)
+        unsorted = [page for page in listing.requests if page.sort is None]
+        assert [(page.offset, page.limit) for page in unsorted] == [(0, 100), (0, 200), (0, 400)]
+        listing.cap = 100  # the controller will not serve a page that holds it whole
+        with pytest.raises(DecodeError, match="than a page of 100 holds"):
+            scanner.read(few, PageCounter(few, lambda item: None))
+    finally:
+        scanner.close()
 
 
 def test_a_short_page_is_an_error_in_the_collections_own_words() -> None:
@@ -226,6 +335,7 @@ def test_a_cap_that_is_not_said_is_believed_once_and_a_second_short_page_fails()
     )
 
 
+@pytest.mark.parametrize("order", ORDERS)
 @settings(max_examples=40, deadline=None)
 @given(
     size=st.integers(0, 400),
@@ -238,6 +348,7 @@ def test_a_cap_that_is_not_said_is_believed_once_and_a_second_short_page_fails()
     seed=st.integers(0, 2**16),
 )
 def test_under_churn_a_capped_listing_with_odd_records_is_read_exactly(
+    order: str,
     size: int,
     churn: int,
     page_size: int,
@@ -247,7 +358,7 @@ def test_under_churn_a_capped_listing_with_odd_records_is_read_exactly(
     max_concurrency: int,
     seed: int,
 ) -> None:
-    listing = Listing(size, churn=churn, seed=seed)
+    listing = Listing(size, churn=churn, seed=seed, refused=refusing(order))
     listing.cap = cap
     listing.says_limit = says_limit
     if odd_every:
@@ -256,7 +367,7 @@ def test_under_churn_a_capped_listing_with_odd_records_is_read_exactly(
     before = set(listing.items) - set(listing.odd)
     # Expiries can bring records without an id together into a run as long as a page.
     allowed = ["in a row without an id"] if odd_every else []
-    assert_read_exactly(listing, before, page_size, max_concurrency, allowed)
+    assert_read_exactly(listing, before, page_size, max_concurrency, allowed, order)
 
 
 # --- records that cannot be placed ----------------------------------------------------------

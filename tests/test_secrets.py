@@ -123,7 +123,9 @@ def test_no_password_or_token_appears_anywhere(
     outputs: dict[str, str] = {}
 
     args = ("--config.file", str(config), "--log.level", "debug", "--log.format", log_format)
-    with ExporterProcess(*args, log_path=tmp_path / "exporter.log", env=env) as exporter:
+    with ExporterProcess(
+        *args, "--web.enable-lifecycle", log_path=tmp_path / "exporter.log", env=env
+    ) as exporter:
 
         def scrape_when(condition: Callable[[Scrape], bool], what: str) -> Scrape:
             def check() -> Scrape | None:

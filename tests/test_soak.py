@@ -36,8 +36,9 @@ import pytest
 from exporter.backups import BACKUPS, Aggregator
 from exporter.config import Config, ControllerConfig, PollConfig, Secret
 from exporter.model import BackupSnapshot
+from exporter.pages import Collection, PageSink
 from exporter.poller import ControllerReader
-from exporter.scan import Collection, Pace, PageSink
+from exporter.scan import Pace
 from exporter.simulator import FederationSpec
 from tests.conftest import wait_until
 from tests.live_exporter import InProcessExporter, Lab, controller_config, fast_retries

@@ -23,8 +23,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from exporter.basicauth import PasswordChecker
 from exporter.web import ExporterServer, WebApp
-from exporter.webconfig import PasswordChecker, load_web_config
+from exporter.webconfig import load_web_config
 from tests.logfmt import parse_line
 from tests.pki import PKI, client_context, make_pki
 
@@ -66,6 +67,7 @@ class StubApp:
     """The exporter's side of the web layer, recording what the handlers asked of it."""
 
     reloads: list[None] = field(default_factory=list)
+    lifecycle: bool = True
 
     def web_app(self) -> WebApp:
         return WebApp(
@@ -73,6 +75,7 @@ class StubApp:
             statuses=lambda: [],
             ready=lambda: True,
             reload=self.reload,
+            lifecycle=self.lifecycle,
         )
 
     def reload(self) -> tuple[bool, str]:
@@ -244,6 +247,32 @@ def test_the_right_password_gets_200_on_every_path(
     assert request(running.port, "/-/reload", context, GOOD, "POST").status == 200
     assert len(running.app.reloads) == reloads + 1
     assert '"GET /metrics HTTP/1.1" 200' in caplog.text  # the secrets grep covers request logs
+
+
+def test_reload_needs_post_and_the_lifecycle_flag(pki: PKI) -> None:
+    context = client_context(pki)
+    for lifecycle in (False, True):
+        app = StubApp(lifecycle=lifecycle)
+        server = ExporterServer(
+            ("127.0.0.1", 0), app.web_app(), load_web_config(web_config_file(pki))
+        )
+        server.serve_in_background()
+        try:
+            port = int(server.server_address[1])
+            for method in ("GET", "HEAD", "PUT", "DELETE"):
+                answer = request(port, "/-/reload", context, GOOD, method)
+                assert (method, answer.status, answer.headers["Allow"]) == (method, 405, "POST")
+            answer = request(port, "/-/reload", context, GOOD, "POST")
+            if lifecycle:
+                assert (answer.status, answer.body) == (200, b"reloaded\n")
+            else:
+                assert (answer.status, answer.body) == (403, b"Lifecycle API is not enabled.\n")
+            assert len(app.reloads) == int(lifecycle)
+            answer = request(port, "/metrics", context, GOOD, "POST")
+            assert (answer.status, answer.headers["Allow"]) == (405, "GET, HEAD")
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 def test_repeated_scrapes_check_the_password_once(pki: PKI, serve: Serve) -> None:

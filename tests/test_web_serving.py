@@ -30,7 +30,7 @@ import pytest
 from exporter.web import ExporterServer, WebApp, accepts_gzip
 from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import wait_until
-from tests.live_exporter import ExporterProcess
+from tests.live_exporter import ExporterProcess, serving_app
 from tests.pki import PKI, client_context, make_pki
 
 METRICS = b"# HELP simplivity_up Whether the last poll succeeded.\nsimplivity_up 1\n" * 50
@@ -243,6 +243,7 @@ class StubApp:
     gate: threading.Event = field(default_factory=threading.Event)
     rendering: list[None] = field(default_factory=list)
     reloads: list[None] = field(default_factory=list)
+    lifecycle: bool = True
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -253,6 +254,7 @@ class StubApp:
             statuses=lambda: [],
             ready=lambda: True,
             reload=self.reload,
+            lifecycle=self.lifecycle,
         )
 
     def render(self, gzipped: bool) -> bytes:
@@ -269,13 +271,8 @@ class StubApp:
 def serving(
     app: StubApp | None = None, web_config: WebConfig | None = None, **options: Any
 ) -> Iterator[ExporterServer]:
-    server = ExporterServer(("127.0.0.1", 0), (app or StubApp()).web_app(), web_config, **options)
-    server.serve_in_background()
-    try:
+    with serving_app((app or StubApp()).web_app(), web_config, **options) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def connect(server: ExporterServer) -> socket.socket:

@@ -13,12 +13,9 @@ import bcrypt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from exporter.webconfig import (
-    BasicAuth,
-    WebConfig,
-    WebConfigError,
-    load_web_config,
-)
+from exporter.basicauth import AUTH_FAILURE_BUDGET, AUTH_FAILURE_REFILL_SECONDS, BasicAuth
+from exporter.httpserver import Verdict
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 from tests.pki import PKI, client_context, make_pki
 
 ALICE_PASSWORD = "correct horse battery staple"
@@ -719,10 +716,48 @@ def test_a_verified_password_is_checked_by_bcrypt_only_once(users: Path) -> None
     assert checker.calls == 1
     for _ in range(3):
         assert not config.authenticate(basic("alice", "wrong"))
-    assert checker.calls == 4  # failures are never remembered
+    assert checker.calls == 2  # a failure is remembered too: repeating it costs nothing
     assert config.authenticate(basic("bob", BOB_PASSWORD))
     assert config.authenticate(basic("alice", ALICE_PASSWORD))
-    assert checker.calls == 5
+    assert checker.calls == 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_verdicts_answer_from_memory_and_budget_each_client_s_guesses() -> None:
+    checker = CountingChecker()
+    clock = Clock()
+    auth = BasicAuth({"alice": ALICE_HASH}, checker, clock=clock)
+    right = basic("alice", ALICE_PASSWORD)
+    assert auth.verdict(None, "10.0.0.1") is Verdict.DENY
+    assert auth.verdict("Basic !!!!", "10.0.0.1") is Verdict.DENY
+    assert auth.verdict(right, "10.0.0.1") is Verdict.CHECK
+    assert auth.check(right, "10.0.0.1")
+    assert auth.verdict(right, "10.0.0.1") is Verdict.ALLOW
+    # A guesser: AUTH_FAILURE_BUDGET checks, then refusals that cost nothing and come late.
+    guesses = [basic("alice", f"guess {n}") for n in range(AUTH_FAILURE_BUDGET + 3)]
+    verdicts = [auth.verdict(guess, "10.0.0.2") for guess in guesses]
+    assert verdicts.count(Verdict.CHECK) == AUTH_FAILURE_BUDGET
+    assert verdicts[AUTH_FAILURE_BUDGET:] == [Verdict.DENY_LATER] * 3
+    for guess in guesses[:AUTH_FAILURE_BUDGET]:
+        assert not auth.check(guess, "10.0.0.2")
+    assert auth.verdict(guesses[0], "10.0.0.3") is Verdict.DENY_LATER  # known wrong, anywhere
+    calls = checker.calls
+    # Other clients keep their own budget; known credentials pass whoever is over budget.
+    assert auth.verdict(basic("alice", "another"), "10.0.0.3") is Verdict.CHECK
+    assert auth.verdict(right, "10.0.0.2") is Verdict.ALLOW
+    # The budget comes back with time, a guess per AUTH_FAILURE_REFILL_SECONDS.
+    assert auth.verdict(guesses[-1], "10.0.0.2") is Verdict.DENY_LATER
+    clock.now += AUTH_FAILURE_REFILL_SECONDS
+    assert auth.verdict(guesses[-1], "10.0.0.2") is Verdict.CHECK
+    assert auth.verdict(guesses[-2], "10.0.0.2") is Verdict.DENY_LATER
+    assert checker.calls == calls
 
 
 def test_the_real_bcrypt_checkpw_is_used_and_cached(

@@ -17,8 +17,9 @@ import pytest
 from exporter.backups import BACKUPS, BackupScan, LocalBackupScan
 from exporter.config import ControllerConfig, PollConfig, Secret
 from exporter.model import DecodeError
+from exporter.pages import Collection, PageOutcome, PageSink
 from exporter.poller import ControllerPoller, connect
-from exporter.scan import Collection, Pace, PageOutcome, PageSink, Scanner
+from exporter.scan import Pace, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.worker import WORKER_NICENESS, DecodingWorker
 from tests.conftest import wait_until

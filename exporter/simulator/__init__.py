@@ -18,9 +18,10 @@ tests and the benchmarks all talk to the exporter's real client over real socket
 
 Endpoints: ``GET /api/version`` (no login), ``POST /api/oauth/token`` (HTTP Basic
 ``simplivity:`` plus a password grant), and with a Bearer token the paged collections
-``GET /api/backups``, ``/api/virtual_machines``, ``/api/policies``, ``/api/hosts``
-(offset/limit/count paging, ``fields``, ``sort``/``order``, single-value filters and the
-comma-filter defect of an OVC; VMs' ``state`` defaults to ALIVE and takes a list) and
+``GET /api/backups``, ``/api/virtual_machines``, ``/api/policies``, ``/api/hosts``,
+``/api/omnistack_clusters`` (offset/limit/count paging, ``fields``, ``sort``/``order``,
+single-value filters and the comma-filter defect of an OVC; VMs' ``state`` defaults to ALIVE
+and takes a list) and
 ``GET /api/policies/policy_schedule_report`` (REST API 1.11 and later). Everything else
 answers 404 (or 405 for a wrong method) with the documented error body.
 

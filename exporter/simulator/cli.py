@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         help="an older controller: the same as --api-version 1.10",
     )
     parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="ignore fields= names the API version does not document, rather than answer 400",
+    )
+    parser.add_argument(
         "--daily-backup-limit",
         type=int,
         default=50_000,
@@ -188,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
             mode=args.mode,
             api_version=api_version,
+            strict=not args.lenient,
         )
     except ValueError as e:
         parser.error(str(e))

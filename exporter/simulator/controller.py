@@ -11,11 +11,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Final, Literal
 from urllib.parse import parse_qs
 
+from exporter.restapi import (
+    BACKUPS,
+    CLUSTERS,
+    HOSTS,
+    POLICIES,
+    RULES,
+    SCHEDULE_REPORT,
+    VIRTUAL_MACHINES,
+    Version,
+    documented,
+)
 from exporter.simulator.faults import Faults
 from exporter.simulator.federation import Federation, generate_federation
 from exporter.simulator.listing import Collection, Listings, answer_failure
@@ -31,6 +42,7 @@ from exporter.simulator.store import (
 )
 from exporter.simulator.vocabulary import (
     CLIENT_ID,
+    CLUSTER_FIELDS,
     HOST_FIELDS,
     POLICY_FIELDS,
     REST_API_VERSION,
@@ -42,16 +54,15 @@ from exporter.simulator.vocabulary import (
 log = logging.getLogger(__name__)
 
 _DEFAULT_SPEC: Final = FederationSpec()
-BACKUPS: Final = "/api/backups"
-VIRTUAL_MACHINES: Final = "/api/virtual_machines"
-POLICIES: Final = "/api/policies"
-HOSTS: Final = "/api/hosts"
-SCHEDULE_REPORT: Final = "/api/policies/policy_schedule_report"
-#: The OmniStack version an older controller (REST API before 1.11) reports.
+#: The OmniStack version an older controller (before SimpliVity 4.0: REST API before 1.14)
+#: reports.
 OLD_SVTFS: Final = "3.7.7.240"
 VM_QUERY: Final = QueryRules(VM_FIELDS, defaults=(("state", "ALIVE"),), lists=frozenset({"state"}))
 POLICY_QUERY: Final = QueryRules(POLICY_FIELDS)
 HOST_QUERY: Final = QueryRules(HOST_FIELDS)
+CLUSTER_QUERY: Final = QueryRules(CLUSTER_FIELDS)
+#: External stores came with SimpliVity 4.0 (REST API 1.14).
+EXTERNAL_STORES_SINCE: Final = (1, 14)
 
 
 @dataclass(frozen=True)
@@ -77,24 +88,28 @@ class SimulatedController:
     dicts (served as given: any fields; no inventory, see :meth:`set_inventory`). ``clock``
     drives token expiry, the token answer's ``updated_at`` and the ``created_at`` of backups
     added by churn. ``mode="mva"`` omits ``SVTFS_Version`` and lets comma-separated filters
-    work as OR. ``api_version`` is the REST API version it answers: before 1.11 (an older
-    controller) it has no schedule report (404 with the error body) and its VMs have no
-    ``host_name``.
+    work as OR. ``api_version`` is the REST API version it answers: it serves only the fields
+    that version documents (:mod:`exporter.restapi`; before 1.11, for instance, no schedule
+    report, 404 with the error body, and no ``host_name``), and a generated federation has no
+    external stores before 1.14. ``strict`` (the default): a ``fields=`` name or ``sort``
+    field the version does not document answers 400 in HPE's error body, as a real
+    controller may; otherwise unknown ``fields=`` names are ignored.
 
     Endpoints: ``GET /api/version``; ``POST /api/oauth/token``; with a token, the paged
     collections ``GET /api/backups``, ``/api/virtual_machines``, ``/api/policies``,
-    ``/api/hosts`` (envelope keys ``backups``, ``virtual_machines``, ``policies``, ``hosts``)
-    and the flat ``GET /api/policies/policy_schedule_report``. :attr:`routes` maps each path
-    to its :class:`Endpoint`.
+    ``/api/hosts``, ``/api/omnistack_clusters`` (envelope keys ``backups``,
+    ``virtual_machines``, ``policies``, ``hosts``, ``omnistack_clusters``) and the flat
+    ``GET /api/policies/policy_schedule_report``. :attr:`routes` maps each path to its
+    :class:`Endpoint`.
 
     How a collection reads its query (``/api/backups`` is the example):
 
     - ``offset`` >= 0 (default 0), ``limit`` 0..5000 (default 500); anything else is 400.
       ``count`` is the number of matching backups; a page past the end is empty.
-    - ``sort`` any backup field (default ``name``; an unknown one is 400), ``order``
+    - ``sort`` any documented backup field (default ``name``; an unknown one is 400), ``order``
       ascending|descending (default descending). Ties are broken by ``id`` (descending order
       is the exact reverse of ascending), so paging order is total and stable.
-    - ``fields=a,b``: only those fields (unknown names are ignored; empty means all).
+    - ``fields=a,b``: only those fields (empty means all; unknown names: see ``strict``).
     - Filters: a parameter named like a backup field (``state``, ``type``,
       ``virtual_machine_name``, ``omnistack_cluster_name``, ``datastore_name``, ...) keeps the
       backups whose value equals it exactly (booleans as ``true``/``false``);
@@ -120,6 +135,7 @@ class SimulatedController:
         absolute_timeout_seconds: float = 86400,
         mode: Literal["ovc", "mva"] = "ovc",
         api_version: str = REST_API_VERSION,
+        strict: bool = True,
     ) -> None:
         if mode not in ("ovc", "mva"):
             raise ValueError(f"mode must be 'ovc' or 'mva', not {mode!r}")
@@ -134,6 +150,8 @@ class SimulatedController:
         self.absolute_timeout_seconds = absolute_timeout_seconds
         self.mode = mode
         self.api_version = api_version
+        self.version: Version = version
+        self.strict = strict
         self.has_schedule_report = version >= SCHEDULE_REPORT_SINCE
         self._content_type = f"application/vnd.simplivity.v{api_version}+json;charset=UTF-8"
         self._report: dict[str, object] = {}
@@ -146,7 +164,7 @@ class SimulatedController:
         self._tokens_lock = threading.Lock()
         self._issued: list[str] = []
         self._stopping = threading.Event()
-        self._listings = Listings(self.faults, self.stats, self._stopping, mode)
+        self._listings = Listings(self.faults, self.stats, self._stopping, mode, version, strict)
         self._server: Server | None = None
         self._url: str | None = None
         self._thread: threading.Thread | None = None
@@ -158,6 +176,7 @@ class SimulatedController:
             VIRTUAL_MACHINES: Endpoint(("GET",), self._listing, login=True),
             POLICIES: Endpoint(("GET",), self._listing, login=True),
             HOSTS: Endpoint(("GET",), self._listing, login=True),
+            CLUSTERS: Endpoint(("GET",), self._listing, login=True),
         }
         if self.has_schedule_report:
             self.routes[SCHEDULE_REPORT] = Endpoint(("GET",), self._schedule_report, login=True)
@@ -230,16 +249,19 @@ class SimulatedController:
         """
         now = self.clock()
         if isinstance(backups, FederationSpec):
+            if self.version < EXTERNAL_STORES_SINCE:
+                backups = replace(backups, external_stores=False)
             federation = generate_federation(backups, now)
             store = Store(GENERATED, federation.rows)
             seed = backups.seed
             vms, policies = federation.virtual_machines, federation.policies
-            hosts, report = federation.hosts, federation.schedule_report
+            hosts, clusters = federation.hosts, federation.clusters
+            report = federation.schedule_report
         else:
             federation = None
             store = Store(*layout_from_dicts(backups))
             seed = 0
-            vms, policies, hosts, report = [], [], [], _empty_report()
+            vms, policies, hosts, clusters, report = [], [], [], [], _empty_report()
         for sort in ("id", "name"):  # the default order, and the one paging clients use
             store.ascending(sort)
         # Not Random(seed): that stream generated the federation, so churn would mint the
@@ -247,7 +269,7 @@ class SimulatedController:
         rng = random.Random(f"churn-{seed}")
         collections = [
             Collection(BACKUPS, "backups", store, BACKUP_QUERY, churns=True),
-            *self._inventory(vms, policies, hosts),
+            *self._inventory(vms, policies, hosts, clusters),
         ]
         with self._lock:
             self._listings.replace(collections, rng)
@@ -261,15 +283,17 @@ class SimulatedController:
         virtual_machines: Sequence[Mapping[str, object]] | None = None,
         policies: Sequence[Mapping[str, object]] | None = None,
         hosts: Sequence[Mapping[str, object]] | None = None,
+        clusters: Sequence[Mapping[str, object]] | None = None,
         schedule_report: Mapping[str, object] | None = None,
     ) -> None:
-        """Serve these records (as given: any fields) in place of the generated ones."""
+        """Serve these records in place of the generated ones (the fields of this version)."""
         with self._lock:
             self._listings.update(
                 self._inventory(
                     virtual_machines if virtual_machines is not None else self.virtual_machines(),
                     policies if policies is not None else self.policies(),
                     hosts if hosts is not None else self.hosts(),
+                    clusters if clusters is not None else self.clusters(),
                 )
             )
             if schedule_report is not None:
@@ -281,14 +305,20 @@ class SimulatedController:
         vms: Sequence[Mapping[str, object]],
         policies: Sequence[Mapping[str, object]],
         hosts: Sequence[Mapping[str, object]],
+        clusters: Sequence[Mapping[str, object]],
     ) -> list[Collection]:
-        if not self.has_schedule_report:  # an older controller: no host_name yet
-            vms = [{k: v for k, v in vm.items() if k != "host_name"} for vm in vms]
+        # Rules sit inside policies: their fields of later versions go here; the listings'
+        # own, as they are served.
+        policies = [
+            {k: _rules_of(v, self.version) if k == "rules" else v for k, v in policy.items()}
+            for policy in policies
+        ]
         collections = []
         for path, key, records, rules in (
             (VIRTUAL_MACHINES, "virtual_machines", vms, VM_QUERY),
             (POLICIES, "policies", policies, POLICY_QUERY),
             (HOSTS, "hosts", hosts, HOST_QUERY),
+            (CLUSTERS, "omnistack_clusters", clusters, CLUSTER_QUERY),
         ):
             store = Store(*layout_from_dicts(records))
             store.ascending("name")
@@ -320,6 +350,9 @@ class SimulatedController:
 
     def hosts(self) -> list[dict[str, object]]:
         return self._records(HOSTS)
+
+    def clusters(self) -> list[dict[str, object]]:
+        return self._records(CLUSTERS)
 
     def schedule_report(self) -> dict[str, object]:
         with self._lock:
@@ -399,7 +432,8 @@ class SimulatedController:
     def _version(self, ex: Exchange) -> None:
         answer = {"REST_API_Version": self.api_version}
         if self.mode == "ovc":
-            answer["SVTFS_Version"] = SVTFS_VERSION if self.has_schedule_report else OLD_SVTFS
+            newer = self.version >= EXTERNAL_STORES_SINCE
+            answer["SVTFS_Version"] = SVTFS_VERSION if newer else OLD_SVTFS
         ex.send(200, answer)
 
     def _login(self, ex: Exchange) -> None:
@@ -498,14 +532,26 @@ class SimulatedController:
         return False
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def _version_tuple(version: str) -> Version:
     try:
         parts = tuple(int(part) for part in version.split("."))
     except ValueError:
         parts = ()
     if len(parts) != 2:
         raise ValueError(f"api_version must look like 1.25, not {version!r}")
-    return parts
+    return parts[0], parts[1]
+
+
+def _rules_of(rules: object, version: Version) -> object:
+    """A policy's rules with only the fields ``version`` documents."""
+    if not isinstance(rules, list):
+        return rules
+    return [
+        {k: v for k, v in rule.items() if documented(RULES, k, version)}
+        if isinstance(rule, dict)
+        else rule
+        for rule in rules
+    ]
 
 
 def _empty_report() -> dict[str, object]:

@@ -95,6 +95,9 @@ class Faults:
       (0: no limit), the way HPE documents 502.
     - ``timeout_above_limit``: a page whose applied limit is above this answers 504 "the request
       took more than 60 seconds" (0: never), so that a client can learn smaller pages.
+    - ``refused_sorts``: sort fields answered with 400 ``InvalidSortCriteriaException``, as by a
+      controller that does not know them; ``ignored_sorts``: sort fields served in the default
+      order (``name``, descending) instead, as by one that ignores them.
     - :meth:`make_odd`: records with the given ids are served odd (see :data:`ODD_KINDS`).
     - cost model: ``request_cost_seconds`` + ``object_cost_seconds`` per returned record, at
       most ``max_parallel`` requests (0: unlimited) served at once, the others wait their turn.
@@ -147,6 +150,8 @@ class Faults:
         self.limit_cap = 0
         self.max_in_flight = 0
         self.timeout_above_limit = 0
+        self.refused_sorts: frozenset[str] = frozenset()
+        self.ignored_sorts: frozenset[str] = frozenset()
         self.error_body = ErrorBody()
         self.html_error_statuses: frozenset[int] = frozenset()
 

@@ -28,6 +28,7 @@ from exporter.simulator.inventory import (
     Inventory,
     Policy,
     VmPlan,
+    cluster_record,
     host_record,
     plan_inventory,
     policy_record,
@@ -55,6 +56,7 @@ class Federation:
     virtual_machines: list[dict[str, object]]
     policies: list[dict[str, object]]
     hosts: list[dict[str, object]]
+    clusters: list[dict[str, object]]
     schedule_report: dict[str, object]
     #: VM id -> the protection status a correct exporter finds, for every ALIVE VM
     expected: Mapping[str, str]
@@ -74,6 +76,7 @@ def generate_federation(spec: FederationSpec, now: float) -> Federation:
         virtual_machines=vms,
         policies=[policy_record(p) for p in inventory.policies],
         hosts=[host_record(h) for h in inventory.hosts],
+        clusters=[cluster_record(c, inventory.hosts) for c in inventory.clusters],
         schedule_report=_schedule_report(spec, inventory),
         expected={vm.id: vm.expected for vm in inventory.vms if vm.expected is not None},
         planted={
@@ -264,7 +267,7 @@ def _group(vm: VmPlan, target: Destination, clusters: Mapping[str, Cluster]) -> 
         cluster.compute_parent,
         cluster.compute_parent_id,
         list(cluster.group_ids),
-        {"id": cluster.id, "name": cluster.name},
+        cluster.name,  # associated_cluster: a string in HPE's schema
     )
     if target.kind == "store":
         store_type = _STORE_TYPES.get(target.name, "Unknown")

@@ -8,10 +8,11 @@ as the REST API lists it.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from exporter.simulator.schedule import Destination, Rule
+from exporter.simulator.schedule import LOCAL, Destination, Rule
 from exporter.simulator.spec import (
     BACKUPLESS_ROLES,
     CLOUD_STORE_NAME,
@@ -176,6 +177,8 @@ def _play(vm: VmPlan, spec: FederationSpec, policies: _Catalog, now: int) -> Non
     dr = policies.dr_target(cluster)
     if role in ("stale", "template", "never-backed-up"):
         vm.policy = policies.local(1440)
+    elif role == "external" and not spec.external_stores:
+        vm.policy = policies.local(60)
     elif role == "external":
         rule = Rule(60, destination=Destination("store", EXTERNAL_STORE_NAME), retention=7 * 1440)
         vm.policy = policies.special(f"Hourly to {EXTERNAL_STORE_NAME}", (rule,))
@@ -183,7 +186,7 @@ def _play(vm: VmPlan, spec: FederationSpec, policies: _Catalog, now: int) -> Non
         vm.datastore = cluster.datastores[-1]
         vm.policy = policies.special(f"{vm.datastore[1]} default (no rules)", ())
     elif role == "dr-stopped":  # daily DR copies stopped 4 days ago (weekly store: 4 weeks)
-        vm.policy = policies.regular(60, dr, store=dr is None)
+        vm.policy = policies.regular(60, dr, store=dr is None and spec.external_stores)
         vm.stops = (now - 600, now - (4 if dr else 28) * DAY)
     elif role == "business-hours":
         rule = Rule(60, "Mon,Tue,Wed,Thu,Fri", "08:00", "18:00", retention=14 * 1440)
@@ -192,13 +195,14 @@ def _play(vm: VmPlan, spec: FederationSpec, policies: _Catalog, now: int) -> Non
         rule = Rule(1440, "Mon,Wed,Fri", "22:00", "00:00", retention=60 * 1440)
         vm.policy = policies.special("Nightly Mon/Wed/Fri at 22:00", (rule,))
     elif role == "month-days":
-        target = Destination("cluster", dr.name, dr.id) if dr else _cloud_store()
+        target = Destination("cluster", dr.name, dr.id) if dr else _cloud_store(spec)
         rule = Rule(1440, "1,15", "03:00", "04:00", target, retention=365 * 1440)
-        name = f"Daily local + 1st and 15th to {target.name}"
+        name = f"Daily local + 1st and 15th to {target.name or 'local'}"
         vm.policy = policies.special(name, (policies.base_rule(1440), rule))
     elif role == "month-end":
-        rule = Rule(1440, "last", "23:00", "00:00", _cloud_store(), retention=365 * 1440)
-        name = f"Daily local + month end to {CLOUD_STORE_NAME}"
+        target = _cloud_store(spec)
+        rule = Rule(1440, "Last", "23:00", "00:00", target, retention=365 * 1440)
+        name = f"Daily local + month end to {target.name or 'local'}"
         vm.policy = policies.special(name, (policies.base_rule(1440), rule))
     if role == "removed":
         vm.state = "REMOVED"
@@ -222,7 +226,7 @@ def _regular(
     if rng.random() < spec.removed_vm_share:
         vm.state = "REMOVED"
         stop = now - rng.randint(1, 20) * DAY
-    store = rng.random() < spec.external_store_share
+    store = rng.random() < spec.external_store_share and spec.external_stores
     dr = policies.dr_target(vm.cluster) if rng.random() < spec.replicated_share else None
     # Each destination gets at least its newest backup: no more rules than backups.
     if dr is not None and vm.count < 2:
@@ -236,8 +240,10 @@ def _regular(
     vm.stops = tuple(stop for _ in vm.policy.rules)
 
 
-def _cloud_store() -> Destination:
-    return Destination("store", CLOUD_STORE_NAME)
+def _cloud_store(spec: FederationSpec) -> Destination:
+    """StoreOnce-Cloud; the VM's own cluster where there are no external stores (before
+    SimpliVity 4.0)."""
+    return Destination("store", CLOUD_STORE_NAME) if spec.external_stores else LOCAL
 
 
 def _clusters(spec: FederationSpec, rng: random.Random) -> list[Cluster]:
@@ -323,7 +329,8 @@ class _Catalog:
             target = Destination("cluster", dr.name, dr.id)
             rules.append(Rule(1440, destination=target, retention=30 * 1440))
         if store:
-            rules.append(Rule(1440, "Sun", "02:00", "03:00", _cloud_store(), 180 * 1440))
+            target = Destination("store", CLOUD_STORE_NAME)
+            rules.append(Rule(1440, "Sun", "02:00", "03:00", target, 180 * 1440))
         return self.special(name, tuple(rules))
 
     def special(self, name: str, rules: tuple[Rule, ...]) -> Policy:
@@ -338,24 +345,28 @@ class _Catalog:
 # --- the records, as the REST API lists them --------------------------------------------------
 
 
-# A store rule names no cluster (the API does not combine the two).
-_DESTINATION_NAMES: Final = {"local": "<Local>", "store": ""}
+# Real controllers write "<local>" (lowercase) in both destination fields of a rule to the
+# VM's own cluster; a store rule names no cluster (the API does not combine the two).
+LOCAL_DESTINATION: Final = "<local>"
+_DESTINATION_NAMES: Final = {"local": LOCAL_DESTINATION, "store": ""}
+_DESTINATION_IDS: Final = {"local": LOCAL_DESTINATION, "store": ""}
 
 
 def policy_record(policy: Policy) -> dict[str, object]:
     rules = []
+    # Real rules number from 0.
     for number, (rule, rule_id) in enumerate(zip(policy.rules, policy.rule_ids, strict=True)):
         target = rule.destination
         rules.append(
             {
                 "id": rule_id,
-                "number": number + 1,
+                "number": number,
                 "frequency": rule.frequency,
                 "retention": rule.retention,
                 "days": rule.days,
                 "start_time": rule.start,
                 "end_time": rule.end,
-                "destination_id": target.id,
+                "destination_id": _DESTINATION_IDS.get(target.kind, target.id),
                 "destination_name": _DESTINATION_NAMES.get(target.kind, target.name),
                 "external_store_name": target.name if target.kind == "store" else "",
                 "max_backups": max(1, round(rule.per_day() * rule.retention / 1440)),
@@ -374,13 +385,27 @@ def policy_record(policy: Policy) -> dict[str, object]:
 
 
 def host_record(host: Host) -> dict[str, object]:
+    """A host names its OmniStack cluster by id only (HPE's schema: no cluster name), and its
+    hypervisor's compute cluster, a different thing, by name."""
     return {
         "id": host.id,
         "name": host.name,
         "state": "ALIVE",
         "omnistack_cluster_id": host.cluster.id,
-        "omnistack_cluster_name": host.cluster.name,
+        "compute_cluster_name": f"{host.cluster.short}-Compute",
         "policy_enabled": host.policy_enabled,
+    }
+
+
+def cluster_record(cluster: Cluster, hosts: Sequence[Host]) -> dict[str, object]:
+    return {
+        "id": cluster.id,
+        "name": cluster.name,
+        "type": "OMNISTACK",
+        "hypervisor_type": cluster.hypervisor,
+        "hypervisor_object_parent_name": cluster.compute_parent,
+        "hypervisor_object_parent_id": cluster.compute_parent_id,
+        "members": [host.id for host in hosts if host.cluster is cluster],
     }
 
 

@@ -13,13 +13,15 @@ import json
 import random
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from exporter.restapi import Version, documented
 from exporter.simulator.faults import Faults, Oddity
 from exporter.simulator.server import Exchange
 from exporter.simulator.stats import Stats
 from exporter.simulator.store import (
+    INVALID_SORT,
     BadRequest,
     Layout,
     QueryRules,
@@ -58,10 +60,14 @@ class Listings:
         stats: Stats,
         stopping: threading.Event,
         mode: str,
+        version: Version,
+        strict: bool,
     ) -> None:
         self.faults = faults
         self.stats = stats
         self.mode = mode
+        self.version = version
+        self.strict = strict
         self._stopping = stopping
         self._lock = threading.Lock()
         self._collections: dict[str, Collection] = {}
@@ -99,9 +105,19 @@ class Listings:
             stored_fields = collection.store.layout.fields
         try:
             query = parse_query(ex.query, collection.rules, stored_fields)
+            if self.strict:
+                self._check_documented(ex.path, query.fields or (), query.sort)
+            if query.sort in self.faults.refused_sorts:
+                raise BadRequest(f"Invalid sort field '{query.sort}'", INVALID_SORT)
+            if query.sort in self.faults.ignored_sorts:
+                query = replace(query, sort="name", descending=True)
         except BadRequest as e:
-            ex.error(400, "com.simplivity.restapi.exceptions.InvalidParameterException", str(e))
+            ex.error(400, e.exception, str(e))
             return
+        # What this version's items have: no field it lacks, even when asked for.
+        fields = tuple(
+            f for f in query.fields or stored_fields if documented(ex.path, f, self.version)
+        )
         self.stats.page(ex.path, query.offset, query.limit)
         faults = self.faults
         scoped = faults.applies_to(ex.path)
@@ -158,7 +174,7 @@ class Listings:
             page = page[: len(page) // 2]
         elif malformed == "empty_page":
             page = []
-        listing = self._render(store, query.fields, page, malformed, query.offset)
+        listing = self._render(store, fields, page, malformed, query.offset)
         if malformed == "count_too_large":
             count += 1000
         elif malformed == "endless_listing":
@@ -171,10 +187,19 @@ class Listings:
             body = body[: len(body) // 2]
         ex.send(200, body, items=len(page))
 
+    def _check_documented(self, path: str, fields: Iterable[str], sort: str) -> None:
+        """Strict: 400 for a ``fields=`` name or a ``sort`` field this version does not
+        document (HPE documents the 400 for the sort only; a real controller may do either)."""
+        unknown = [f for f in fields if not documented(path, f, self.version)]
+        if unknown:
+            raise BadRequest(f"Invalid field(s) requested: {', '.join(unknown)}")
+        if not documented(path, sort, self.version):
+            raise BadRequest(f"Invalid sort field '{sort}'", INVALID_SORT)
+
     def _render(
         self,
         store: Store,
-        fields: tuple[str, ...] | None,
+        fields: tuple[str, ...],
         page: list[Row],
         malformed: str | None,
         offset: int = 0,

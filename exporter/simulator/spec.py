@@ -127,6 +127,10 @@ class FederationSpec:
     roles: bool = True
     #: Share of regular VMs whose policy also sends weekly backups to an external store.
     external_store_share: float = 0.1
+    #: Whether the federation has external stores at all (SimpliVity 4.0, REST API 1.14, and
+    #: later). Without, the roles that use one (EXTERNAL_STORE_VM, MONTH_END_VM...) back up
+    #: to their own cluster instead.
+    external_stores: bool = True
     #: Share of regular VMs that were removed from the hypervisor (state REMOVED).
     removed_vm_share: float = 0.05
     #: Share of a regular VM's older backups that are MANUAL (name "<vm>-backup-<time>", no expiry).

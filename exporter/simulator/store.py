@@ -51,7 +51,7 @@ _OWN_KINDS: Final = {
     "application_consistent": "bool",
     "consistency_type": "safe",
 }
-_SORTABLE_SHARED: Final = frozenset(SHARED_FIELDS) - {"cluster_group_ids", "associated_cluster"}
+_SORTABLE_SHARED: Final = frozenset(SHARED_FIELDS) - {"cluster_group_ids"}
 _JSON_BOOL: Final = {False: "false", True: "true"}
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
 
@@ -288,7 +288,19 @@ class Query:
 
 
 class BadRequest(Exception):
-    """A listing's query the controller refuses with 400."""
+    """A listing's query the controller refuses with 400 (the body's ``exception``)."""
+
+    def __init__(
+        self,
+        message: str,
+        exception: str = "com.simplivity.restapi.exceptions.InvalidParameterException",
+    ) -> None:
+        super().__init__(message)
+        self.exception = exception
+
+
+#: HPE documents this exception for an unknown sort field.
+INVALID_SORT: Final = "com.simplivity.restapi.exceptions.InvalidSortCriteriaException"
 
 
 def parse_query(query: str, rules: QueryRules, stored_fields: Iterable[str]) -> Query:
@@ -307,7 +319,7 @@ def parse_query(query: str, rules: QueryRules, stored_fields: Iterable[str]) -> 
         fields = tuple(f for f in wanted if f)
     sort = params.get("sort") or "name"
     if sort not in known:
-        raise BadRequest(f"Invalid sort field '{sort}'")
+        raise BadRequest(f"Invalid sort field '{sort}'", INVALID_SORT)
     order = (params.get("order") or "descending").lower()
     if order not in ("ascending", "descending"):
         raise BadRequest(f"Invalid order '{order}': ascending or descending")

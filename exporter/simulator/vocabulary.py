@@ -67,8 +67,8 @@ JDBC_MESSAGE: Final = (
     " HikariPool-1 - Connection is not available, request timed out after 30000ms."
 )
 
-#: The fields of a virtual machine (``GET /api/virtual_machines``); ``host_name`` only from
-#: REST API 1.11 on (see SimulatedController's ``api_version``).
+#: The fields of a virtual machine (``GET /api/virtual_machines``); those of later versions
+#: (``host_name``: 1.11) are served from theirs (:mod:`exporter.restapi`).
 VM_FIELDS: Final = (
     "id",
     "name",
@@ -110,14 +110,25 @@ RULE_FIELDS: Final = (
     "application_consistent",
     "consistency_type",
 )
-#: The fields of a host (``GET /api/hosts``).
+#: The fields of a host (``GET /api/hosts``) the simulator serves: its OmniStack cluster by id
+#: only (HPE's schema has no cluster name on a host).
 HOST_FIELDS: Final = (
     "id",
     "name",
     "state",
     "omnistack_cluster_id",
-    "omnistack_cluster_name",
+    "compute_cluster_name",
     "policy_enabled",
+)
+#: The fields of an OmniStack cluster (``GET /api/omnistack_clusters``) the simulator serves.
+CLUSTER_FIELDS: Final = (
+    "id",
+    "name",
+    "type",
+    "hypervisor_type",
+    "hypervisor_object_parent_name",
+    "hypervisor_object_parent_id",
+    "members",
 )
 #: The flat object of ``GET /api/policies/policy_schedule_report`` (REST API 1.11 and later).
 SCHEDULE_REPORT_FIELDS: Final = (

@@ -1,0 +1,284 @@
+"""HPE's published REST API contract holds the exporter and its simulator, for every version.
+
+``tests/data/hpe/contract.json`` is derived from HPE's Swagger reference of REST API 1.25 by
+``tools/hpe_contract.py`` (its README names the sources). These tests check that
+:mod:`exporter.restapi` (the table the exporter and the simulator use at run time) is that
+table; that every request a poll sends names only what the resource documents in the
+controller's version; and that every object the simulator serves validates against HPE's
+definitions and carries no field its version lacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from jsonschema import Draft4Validator  # type: ignore[import-untyped,unused-ignore]
+
+from exporter import restapi
+from exporter.backups import BACKUPS
+from exporter.config import ControllerConfig, PollConfig, Secret
+from exporter.inventory import (
+    CLUSTERS,
+    HOSTS,
+    POLICIES,
+    SCHEDULE_REPORT,
+    VERSION,
+    VIRTUAL_MACHINES,
+)
+from exporter.model import PageRequest
+from exporter.pages import Collection, sorting
+from exporter.poller import ControllerPoller
+from exporter.scan import Scanner
+from exporter.simulator import FederationSpec, SimulatedController
+from tests.snapshots import NoPollLimits, listing_body
+
+CONTRACT = json.loads(
+    (Path(__file__).parent / "data" / "hpe" / "contract.json").read_text(encoding="utf-8")
+)
+#: Every REST API version the exporter supports (README, "Which controllers").
+VERSIONS = [(1, minor) for minor in range(restapi.OLDEST[1], restapi.NEWEST[1] + 1)]
+#: The paging and selection parameters every listing documents.
+PAGING = {"fields", "limit", "offset", "sort", "order"}
+Starter = Callable[..., SimulatedController]
+LISTINGS = (BACKUPS, VIRTUAL_MACHINES, POLICIES, HOSTS, CLUSTERS)
+
+
+def resource(path: str) -> dict[str, Any]:
+    entry: dict[str, Any] = CONTRACT["resources"][path.removeprefix("/api")]
+    return entry
+
+
+def since(definition: str, field: str) -> tuple[int, int]:
+    version = restapi.parse_version(CONTRACT["since"][definition][field])
+    assert version is not None
+    return version
+
+
+def label(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "definition"),
+    [
+        (restapi.BACKUPS, "BackupMO"),
+        (restapi.VIRTUAL_MACHINES, "virtual_machine"),
+        (restapi.POLICIES, "policy"),
+        (restapi.RULES, "rule"),
+        (restapi.HOSTS, "host"),
+        (restapi.CLUSTERS, "omnistack_cluster"),
+        (restapi.SCHEDULE_REPORT, "policy_schedule_report"),
+    ],
+)
+def test_the_runtime_table_is_hpes(path: str, definition: str) -> None:
+    documented = CONTRACT["definitions"][definition]["properties"]
+    assert set(restapi.FIELDS[path]) == set(documented)
+    assert {f: since(definition, f) for f in documented} == dict(restapi.FIELDS[path])
+
+
+def test_hosts_have_no_cluster_name_and_their_cluster_id_came_with_1_9() -> None:
+    assert "omnistack_cluster_name" not in restapi.FIELDS[restapi.HOSTS]
+    assert not restapi.documented(restapi.HOSTS, "omnistack_cluster_id", (1, 8))
+    assert restapi.documented(restapi.HOSTS, "omnistack_cluster_id", (1, 9))
+    assert not restapi.documented(restapi.BACKUPS, "external_store_name", (1, 13))
+    assert restapi.documented(restapi.BACKUPS, "external_store_name", (1, 14))
+
+
+# -- what the exporter asks --------------------------------------------------------------------
+
+
+class RecordingSource(NoPollLimits):
+    """A controller of one REST API version that records every request a poll sends."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.pages: list[PageRequest] = []
+        self.gets: list[str] = []
+        self.logins = 1
+        self.throttled = 0
+
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
+        self.pages.append(page)
+        collection = {c.path: c for c in LISTINGS}[page.path]
+        return listing_body(collection, [])
+
+    def get_body(self, path: str) -> bytes:
+        self.gets.append(path)
+        if path == VERSION:
+            return json.dumps({"REST_API_Version": self.version}).encode()
+        return b"{}"
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=label)
+def test_every_request_of_a_poll_names_only_what_its_version_documents(
+    version: tuple[int, int],
+) -> None:
+    source = RecordingSource(label(version))
+    controller = ControllerConfig(name="c", url="https://h", username="u", password=Secret("p"))
+    poller = ControllerPoller(
+        controller,
+        PollConfig(),
+        client_factory=lambda c, p, stop: Scanner(source, page_size=500, max_concurrency=1),
+    )
+    assert poller.poll_once().up
+    assert {page.path for page in source.pages} == (
+        {c.path for c in LISTINGS}
+        if version >= (1, 9)
+        else {c.path for c in LISTINGS if c is not CLUSTERS}  # hosts name no cluster yet
+    )
+    for page in source.pages:
+        entry = resource(page.path)
+        definition = entry["definition"]
+        properties = CONTRACT["definitions"][definition]["properties"]
+        assert page.sort is not None
+        for field in (*page.fields, page.sort):
+            assert field in properties, (page.path, field)
+            assert since(definition, field) <= version, (page.path, field)
+        assert PAGING | {name for name, _ in page.filters} <= set(entry["parameters"])
+    assert source.gets[0] == VERSION
+    assert (SCHEDULE_REPORT in source.gets) is (version >= (1, 11))
+    for path in source.gets[1:]:
+        assert path.removeprefix("/api") in CONTRACT["resources"], path
+
+
+@pytest.mark.parametrize("collection", LISTINGS, ids=lambda c: c.path)
+def test_every_order_a_listing_may_fall_back_to_is_documented_in_every_version(
+    collection: Collection,
+) -> None:
+    definition = resource(collection.path)["definition"]
+    for order in collection.orders:
+        field, _ = sorting(order)
+        if not field:
+            continue  # no sort at all
+        assert field in CONTRACT["definitions"][definition]["properties"], order
+        assert since(definition, field) == restapi.OLDEST, order
+        assert field in collection.fields or field == "id", order  # stitched by its value
+
+
+# -- what the simulator serves -----------------------------------------------------------------
+
+
+def strict_schema(definition: str) -> dict[str, Any]:
+    """HPE's definition, as JSON schema: every documented field typed as HPE types it, no other
+    field. ``required`` is left out: ``fields=`` and older versions leave fields out."""
+    definitions = copy.deepcopy(CONTRACT["definitions"])
+    for body in definitions.values():
+        body.pop("required", None)
+        if "properties" in body:
+            body["additionalProperties"] = False
+    return {"definitions": definitions, "$ref": f"#/definitions/{definition}"}
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=label)
+def test_every_object_the_simulator_serves_is_hpes_for_its_version(
+    version: tuple[int, int], start_simulator: Starter
+) -> None:
+    controller: SimulatedController = start_simulator(FederationSpec(), api_version=label(version))
+    session = requests.Session()
+    token = session.post(
+        controller.url + "/api/oauth/token",
+        data={
+            "grant_type": "password",
+            "username": controller.username,
+            "password": controller.password,
+        },
+        auth=("simplivity", ""),
+        timeout=10,
+    ).json()["access_token"]
+    session.headers["Authorization"] = f"Bearer {token}"
+    served = 0
+    for path in (*(c.path for c in LISTINGS), SCHEDULE_REPORT):
+        entry = resource(path)
+        definition = entry["definition"]
+        params = {"limit": "5000"}
+        if path == VIRTUAL_MACHINES.path:
+            params["state"] = "ALIVE,REMOVED,DELETED"
+        answer = session.get(controller.url + path, params=params, timeout=30)
+        if version < restapi.RESOURCE_SINCE.get(path, restapi.OLDEST):
+            assert answer.status_code == 404
+            continue
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        items = body[entry["key"]] if entry["key"] else [body]
+        assert items, path
+        validator = Draft4Validator(strict_schema(definition))
+        for item in items:
+            errors = [e.message for e in validator.iter_errors(item)]
+            assert not errors, (path, errors[:3])
+            young = [f for f in item if since(definition, f) > version]
+            assert not young, (path, young)
+            for rule in item.get("rules", ()) if definition == "policy" else ():
+                assert not [f for f in rule if since("rule", f) > version], rule
+            served += 1
+    assert served > 100
+    # Hosts never name their cluster; external stores only from 1.14.
+    assert all("omnistack_cluster_name" not in h for h in controller.hosts())
+    stores = {b.get("external_store_name") for b in controller.backups()} - {None, ""}
+    assert bool(stores) is (version >= (1, 14))
+
+
+# -- the strict mode ----------------------------------------------------------------------------
+
+
+def token_of(server: SimulatedController) -> str:
+    answer = requests.post(
+        server.url + "/api/oauth/token",
+        data={"grant_type": "password", "username": server.username, "password": server.password},
+        auth=("simplivity", ""),
+        timeout=10,
+    )
+    token: str = answer.json()["access_token"]
+    return token
+
+
+def backups_answer(server: SimulatedController, params: dict[str, str]) -> requests.Response:
+    return requests.get(
+        server.url + "/api/backups",
+        params=params,
+        headers={"Authorization": f"Bearer {token_of(server)}"},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(
+    ("version", "params", "exception"),
+    [
+        ("1.25", {"fields": "id,nonsense"}, "InvalidParameterException"),
+        ("1.13", {"fields": "id,external_store_name"}, "InvalidParameterException"),
+        ("1.25", {"sort": "nonsense"}, "InvalidSortCriteriaException"),
+        ("1.13", {"sort": "external_store_name"}, "InvalidSortCriteriaException"),
+    ],
+)
+def test_the_strict_simulator_answers_400_in_hpes_error_body(
+    version: str, params: dict[str, str], exception: str, start_simulator: Starter
+) -> None:
+    answer = backups_answer(start_simulator(FederationSpec(vms=5), api_version=version), params)
+    assert answer.status_code == 400, answer.text
+    body = answer.json()
+    assert set(body) >= {"exception", "path", "message", "timestamp", "status"}
+    assert body["exception"] == f"com.simplivity.restapi.exceptions.{exception}"
+    assert (body["status"], body["path"]) == ("400", "/api/backups")
+
+
+@pytest.mark.parametrize(
+    ("version", "fields"), [("1.25", "id,nonsense"), ("1.13", "id,external_store_name")]
+)
+def test_the_lenient_simulator_leaves_out_what_its_version_does_not_document(
+    version: str, fields: str, start_simulator: Starter
+) -> None:
+    server = start_simulator(FederationSpec(vms=5), api_version=version, strict=False)
+    answer = backups_answer(server, {"fields": fields})
+    assert answer.status_code == 200, answer.text
+    assert {tuple(b) for b in answer.json()["backups"]} == {("id",)}
