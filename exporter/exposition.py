@@ -52,6 +52,12 @@ def _series(family: Metric) -> str:
     return _write([family]).split("\n", 2)[2]
 
 
+def _lines(family: Metric) -> list[str]:
+    """A gauge family's series, one line each, without their newline (``str.splitlines``
+    would also split at the other line breaks a label value may hold)."""
+    return _series(family).split("\n")[:-1]
+
+
 #: prometheus_client's own number format (untyped there).
 _go_float = cast(Callable[[float], str], floatToGoString)
 
@@ -76,9 +82,7 @@ class _WrittenSnapshot:
             series.family.name: tuple(
                 # The line as prometheus_client writes it, but for its value (no timestamp).
                 (line[: line.rindex(" ") + 1], created)
-                for line, created in zip(
-                    _series(series.family).splitlines(), series.created, strict=True
-                )
+                for line, created in zip(_lines(series.family), series.created, strict=True)
             )
             for series in age_series(controller, snapshot, state)
         }
