@@ -1,10 +1,11 @@
 """The ``/metrics`` text: the collector's families, written by prometheus_client, and cached.
 
-The exposition owns everything it caches: the text of each controller's snapshot (written
-once, when the snapshot first shows) and the whole text with its gzip (written at most once
-per second and per change of the statuses). The poller knows nothing of it: the app subscribes
-:meth:`Exposition.refresh` to the poller, so that each poll writes the text of its new
-snapshot before a scrape asks for it.
+prometheus_client's ``generate_latest`` is the only writer here: each family is defined once,
+in :mod:`exporter.collector`. The exposition owns everything it caches: the text of each
+controller's snapshot (written once, by its poll) and the whole text with its gzip (written at
+most once per second and per change of the statuses). The poller knows nothing of it: the app
+subscribes :meth:`Exposition.refresh` to the poller, so that each poll writes the text of its
+new snapshot in its own thread, before a scrape asks for it.
 """
 
 from __future__ import annotations
