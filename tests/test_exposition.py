@@ -120,14 +120,20 @@ def test_several_controllers_share_each_familys_help_and_type() -> None:
         assert not state.once or "_age_seconds" not in text  # --once: no ages
 
 
-def test_a_snapshot_is_written_once_not_at_every_render(monkeypatch: pytest.MonkeyPatch) -> None:
-    written: list[str] = []
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The controllers whose snapshot's series are written, in order, from now on."""
+    controllers: list[str] = []
 
     def counting(controller: str, snapshot: ControllerSnapshot, state: ExporterState) -> object:
-        written.append(controller)
+        controllers.append(controller)
         return snapshot_families(controller, snapshot, state)
 
     monkeypatch.setattr(exposition_module, "snapshot_families", counting)
+    return controllers
+
+
+def test_a_snapshot_is_written_once_not_at_every_render(written: list[str]) -> None:
     now = [NOW]
     statuses = [status("boston", federation(vms=10)), status("chicago", federation(vms=5))]
     state = [STATE]
@@ -280,14 +286,7 @@ def test_a_text_more_than_a_second_behind_is_never_served() -> None:
     assert [b - a for a, b in zip(*ages, strict=True)] == [2.0] * len(ages[0])
 
 
-def test_the_first_poll_writes_the_text_before_any_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
-    written: list[str] = []
-
-    def counting(controller: str, snapshot: ControllerSnapshot, state: ExporterState) -> object:
-        written.append(controller)
-        return snapshot_families(controller, snapshot, state)
-
-    monkeypatch.setattr(exposition_module, "snapshot_families", counting)
+def test_the_first_poll_writes_the_text_before_any_scrape(written: list[str]) -> None:
     statuses = [status("boston", federation(vms=10))]
     collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
     exposition = Exposition(
