@@ -87,7 +87,7 @@ class BackupCollector:
 
 def controller_families(state: ExporterState) -> list[GaugeMetricFamily]:
     """Every family of the controllers' snapshots, empty, in the order ``/metrics`` writes
-    them; the ages (:func:`age_families`) among them."""
+    them; the ages (:func:`age_series`) among them."""
     return shown(
         [
             *cluster_families(state),
@@ -102,7 +102,7 @@ def snapshot_families(
     controller: str, snapshot: ControllerSnapshot, state: ExporterState
 ) -> list[GaugeMetricFamily]:
     """One controller's snapshot as families: every series of it but the ages, which change
-    with the clock (:func:`age_families`). Written once per poll."""
+    with the clock (:func:`age_series`). Written once per poll."""
     counts, sizes, newest, _ = cluster_families(state)
     for cluster in snapshot.backups.clusters:
         labels = [controller, cluster.name]
