@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ConfigError, load_config
-from exporter.exposition import Exposition
+from exporter.exposition import Exposition, TextWriter
 from exporter.poller import ClientFactory, Poller, connect
 from exporter.sharding import select_controllers
 from exporter.web import ExporterServer, WebApp, parse_listen_address
@@ -68,21 +68,26 @@ def run_once(config: Config, shard: Shard, output: str | None) -> bool:
         worker.close()
     state = replace(exporter_state(config, shard, time.time()), once=True)
     backups = BackupCollector(lambda: statuses, lambda: state)
-    text = Exposition(CollectorRegistry(auto_describe=False), lambda: 0, backups=backups).render()
+    # The text's pieces, written one at a time: the server's Exposition also joins them, gzips
+    # the whole and keeps it for the next scrape, copies a file written once has no use for
+    # (with 5,000 VMs, megabytes of peak memory each).
+    pieces = (piece.encode() for piece in TextWriter(backups).parts())
     if output:
-        write_atomically(Path(output), text)
+        write_atomically(Path(output), pieces)
     else:
-        sys.stdout.buffer.write(text)
+        for piece in pieces:
+            sys.stdout.buffer.write(piece)
         sys.stdout.flush()
     return all(status.up for status in statuses)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: Iterable[bytes]) -> None:
     """Readers (node_exporter's textfile collector) see the old file or the new, never half."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            for piece in data:
+                stream.write(piece)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)
@@ -99,6 +104,7 @@ def exporter_state(
         interval_seconds=config.poll.interval_seconds,
         stale_after_seconds=config.poll.stale_after_seconds,
         per_vm=config.metrics.per_vm,
+        exclude=config.metrics.exclude,
         shard_index=shard.index,
         shard_count=shard.count,
         reload_successful=reload_ok,

@@ -13,12 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from exporter.model import (
+    APP_CONSISTENT_TYPES,
     MISSING,
     OTHER_STATE,
     STATES,
     BackupSnapshot,
     ClusterSummary,
     DecodeError,
+    HeldBackups,
     RecordError,
     VMBackups,
     is_cut,
@@ -38,6 +40,8 @@ FIELDS = (
     "omnistack_cluster_name",
     "external_store_name",
     "virtual_machine_id",
+    "expiration_time",
+    "consistency_type",
 )
 #: The federation's backups, as a scan pages through them.
 BACKUPS = Collection(
@@ -68,21 +72,50 @@ class BackupRecordError(RecordError):
 
 
 class _ClusterTally:
-    __slots__ = ("counts", "name", "newest_protected", "sizes")
+    __slots__ = (
+        "counts",
+        "name",
+        "never_expiring",
+        "never_expiring_size",
+        "newest_protected",
+        "sizes",
+        "without_vm",
+        "without_vm_size",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name  # one string object per destination, shared by the VMs' tallies
         self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self.sizes: dict[str, int] = dict.fromkeys(STATES, 0)
         self.newest_protected = ""
+        self.never_expiring = self.never_expiring_size = 0
+        self.without_vm = self.without_vm_size = 0
+
+
+#: What a backup's consistency_type is when it does not say.
+_UNSAID = frozenset({"", MISSING})
+#: The oldest PROTECTED backup of a tally that has none: after every timestamp.
+_NO_OLDEST = "~"
+
+
+class _HeldTally:
+    """A VM's backups at one destination (:class:`~exporter.model.HeldBackups`)."""
+
+    __slots__ = ("newest", "newest_app", "oldest", "others", "protected", "size", "typed")
+
+    def __init__(self) -> None:
+        self.size = self.protected = self.others = 0  # others: not PROTECTED
+        self.newest = self.newest_app = ""  # PROTECTED ones' created_at
+        self.oldest = _NO_OLDEST
+        self.typed = False
 
 
 class _VMTally:
     __slots__ = (
+        "held",
         "newest_created",
         "newest_destination",
         "newest_failed",
-        "newest_protected",
         "newest_state",
     )
 
@@ -90,7 +123,7 @@ class _VMTally:
         self.newest_created = ""  # of its newest backup in any state, with its state and place
         self.newest_state = ""
         self.newest_destination = ""
-        self.newest_protected: dict[str, str] = {}  # destination -> created_at
+        self.held: dict[str, _HeldTally] = {}  # by destination
         self.newest_failed = ""
 
 
@@ -159,10 +192,15 @@ class Aggregator:
         # backup without one ("") is never the newest.
         if protected and created > tally.newest_protected:
             tally.newest_protected = created
+        if backup.get("expiration_time") == MISSING:  # a manual backup: it never expires
+            tally.never_expiring += 1
+            tally.never_expiring_size += size
         self._seen += 1
 
         vm_id = text_field(backup, "virtual_machine_id")
         if not vm_id:
+            tally.without_vm += 1
+            tally.without_vm_size += size
             return
         destination = tally.name
         vm = self._vms.get(vm_id)
@@ -174,11 +212,31 @@ class Aggregator:
             vm.newest_created = created
             vm.newest_state = state
             vm.newest_destination = destination
+        held = vm.held.get(destination)
+        if held is None:
+            held = vm.held[destination] = _HeldTally()
+        held.size += size
+        # Not a text (absent, or odd): as if not said.
+        consistency = backup.get("consistency_type")
+        if not held.typed and type(consistency) is str and consistency not in _UNSAID:
+            held.typed = True
         if protected:
-            if created > vm.newest_protected.get(destination, ""):
-                vm.newest_protected[destination] = created
-        elif state == "FAILED" and created > vm.newest_failed:
-            vm.newest_failed = created
+            held.protected += 1
+            if created > held.newest:
+                held.newest = created
+            # _NO_OLDEST sorts after every time; a backup without one ("") is no one's oldest.
+            if "" < created < held.oldest:
+                held.oldest = created
+            if (
+                created > held.newest_app
+                and type(consistency) is str
+                and consistency in APP_CONSISTENT_TYPES
+            ):
+                held.newest_app = created
+        else:
+            held.others += 1
+            if state == "FAILED" and created > vm.newest_failed:
+                vm.newest_failed = created
 
     def snapshot(self) -> BackupSnapshot:
         clusters = tuple(
@@ -187,6 +245,10 @@ class Aggregator:
                 counts=dict(tally.counts),
                 sizes=dict(tally.sizes),
                 newest_protected=parse_timestamp(tally.newest_protected),
+                never_expiring=tally.never_expiring,
+                never_expiring_size=tally.never_expiring_size,
+                without_vm=tally.without_vm,
+                without_vm_size=tally.without_vm_size,
             )
             for name, tally in sorted(self._clusters.items())
         )
@@ -199,14 +261,28 @@ class Aggregator:
                 value = seconds[created] = timestamp_seconds(created)
             return value
 
+        def optional(created: str) -> float | None:
+            return parsed(created) if created else None
+
         vms = tuple(
             VMBackups(
                 vm_id,
-                {where: parsed(created) for where, created in vm.newest_protected.items()},
-                parsed(vm.newest_failed) if vm.newest_failed else None,
+                {where: parsed(h.newest) for where, h in vm.held.items() if h.newest},
+                optional(vm.newest_failed),
                 vm.newest_state,
-                parsed(vm.newest_created) if vm.newest_created else None,
+                optional(vm.newest_created),
                 vm.newest_destination,
+                {
+                    where: HeldBackups(
+                        h.protected + h.others,
+                        h.size,
+                        h.protected,
+                        None if h.oldest is _NO_OLDEST else parsed(h.oldest),
+                        optional(h.newest_app),
+                        h.typed,
+                    )
+                    for where, h in vm.held.items()
+                },
             )
             for vm_id, vm in sorted(self._vms.items())
         )

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -21,6 +21,7 @@ from exporter import __version__
 from exporter.model import REASONS, STATES, ClusterSummary, ControllerSnapshot, ControllerStatus
 
 INF = math.inf
+_F = TypeVar("_F", bound=Metric)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class ExporterState:
     #: collector merges families by name, and drops a series that two files hold and a
     #: family whose help text differs between them.
     once: bool = False
+    #: ``metrics.exclude``: families left out of /metrics and --once (judgements unchanged).
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ def controller_families(state: ExporterState) -> list[GaugeMetricFamily]:
     return shown(
         [
             *cluster_families(state),
+            *unowned_families(state),
             *(vm_families(state) if state.per_vm else ()),
             *inventory_families(state),
         ],
@@ -110,7 +114,11 @@ def snapshot_families(
             counts.add_metric([*labels, state_name], cluster.counts[state_name])
             sizes.add_metric([*labels, state_name], cluster.sizes[state_name])
         newest.add_metric(labels, cluster.newest_protected or 0.0)
-    families: list[GaugeMetricFamily] = [counts, sizes, newest]
+    unowned = unowned_families(state)
+    for cluster_name, figures in snapshot.unowned():
+        for family, value in zip(unowned, figures, strict=True):
+            family.add_metric([controller, cluster_name], value)
+    families: list[GaugeMetricFamily] = [counts, sizes, newest, *unowned]
     if state.per_vm:
         vm = vm_families(state)
         _add_vms(vm, controller, snapshot)
@@ -161,7 +169,15 @@ def _add_vms(vm: VMFamilies, controller: str, snapshot: ControllerSnapshot) -> N
         labels = [controller, machine.name, machine.vm_id]
         vm.newest.add_metric(labels, judged.newest_protected_anywhere or 0.0)
         vm.info.add_metric(
-            [*labels, machine.cluster, machine.policy, machine.datastore, machine.host], 1.0
+            [
+                *labels,
+                machine.cluster,
+                machine.policy,
+                machine.datastore,
+                machine.host,
+                machine.app_aware_status,
+            ],
+            1.0,
         )
         if machine.created_at is not None:
             vm.created.add_metric(labels, machine.created_at)
@@ -173,6 +189,15 @@ def _add_vms(vm: VMFamilies, controller: str, snapshot: ControllerSnapshot) -> N
             )
         vm.failed.add_metric(labels, judged.newest_failed or 0.0)
         vm.status.add_metric([*labels, judged.status], 1.0)
+        for destination in judged.app_intervals:
+            newest_app = judged.newest_app_consistent_at(destination)
+            vm.app_consistent_newest.add_metric([*labels, destination], newest_app or 0.0)
+        for destination in judged.restore_destinations:
+            points, oldest = judged.restore_points_at(destination)
+            vm.restore_points.add_metric([*labels, destination], points)
+            vm.oldest_restore_point.add_metric([*labels, destination], oldest or 0.0)
+        for destination, window in judged.recovery_windows.items():
+            vm.recovery_window.add_metric([*labels, destination], window)
 
 
 def _add_inventory(
@@ -335,11 +360,42 @@ AGE_FAMILIES = frozenset(
 )
 
 
-def shown(families: Iterable[GaugeMetricFamily], state: ExporterState) -> list[GaugeMetricFamily]:
-    """The families to write: all but the ages for ``--once``, whose output is read later
-    (a textfile read for minutes would show an age frozen at the run); the timestamps say
-    the same and stay true."""
-    return [family for family in families if not (state.once and family.name in AGE_FAMILIES)]
+def shown(families: Iterable[_F], state: ExporterState) -> list[_F]:
+    """The families to write: all but those ``metrics.exclude`` names, and but the ages for
+    ``--once``, whose output is read later (a textfile read for minutes would show an age
+    frozen at the run); the timestamps say the same and stay true."""
+    return [
+        family
+        for family in families
+        if not _excluded(family, state.exclude) and not (state.once and family.name in AGE_FAMILIES)
+    ]
+
+
+def _excluded(family: Metric, exclude: frozenset[str]) -> bool:
+    return _exposed_name(family) in exclude
+
+
+def _exposed_name(family: Metric) -> str:
+    """A family's name as /metrics shows it (and users write it): a counter's with ``_total``."""
+    return f"{family.name}_total" if family.type == "counter" else family.name
+
+
+def family_names() -> frozenset[str]:
+    """The name of every ``simplivity_*`` family the exporter can write (a counter's as
+    /metrics shows it, with ``_total``): what ``metrics.exclude`` may name."""
+    state = ExporterState(interval_seconds=1, stale_after_seconds=1)
+    status = ControllerStatus(name="", url="")
+    families: list[Metric] = [
+        *cluster_families(state),
+        *unowned_families(state),
+        *vm_families(state),
+        *inventory_families(state),
+        *health_families([status]),
+        *exporter_families(state),
+    ]
+    return frozenset(
+        f"{family.name}_total" if family.type == "counter" else family.name for family in families
+    )
 
 
 def fresh_snapshots(
@@ -405,11 +461,22 @@ class VMFamilies(NamedTuple):
     destination_newest: GaugeMetricFamily
     failed: GaugeMetricFamily
     status: GaugeMetricFamily
+    app_consistent_newest: GaugeMetricFamily
+    restore_points: GaugeMetricFamily
+    oldest_restore_point: GaugeMetricFamily
+    recovery_window: GaugeMetricFamily
 
 
 #: The labels of every per-VM series; then ``destination`` for some, more for ``vm_info``.
 VM_LABELS = ["controller", "vm", "vm_id"]
-VM_INFO_LABELS = [*VM_LABELS, "omnistack_cluster", "policy", "datastore", "host"]
+VM_INFO_LABELS = [
+    *VM_LABELS,
+    "omnistack_cluster",
+    "policy",
+    "datastore",
+    "host",
+    "app_aware_status",
+]
 
 
 def vm_families(state: ExporterState) -> VMFamilies:
@@ -431,7 +498,8 @@ def vm_families(state: ExporterState) -> VMFamilies:
         ),
         GaugeMetricFamily(
             "simplivity_vm_info",
-            f"Each live VM: its cluster, policy, datastore and host; constant 1. {listed}",
+            "Each live VM: its cluster, policy, datastore, host and app_aware_vm_status "
+            f"(whether it can take VSS backups; empty when not said); constant 1. {listed}",
             labels=VM_INFO_LABELS,
         ),
         GaugeMetricFamily(
@@ -466,8 +534,65 @@ def vm_families(state: ExporterState) -> VMFamilies:
             "simplivity_vm_protection_status",
             "The exporter's verdict on each live VM, as its landing page shows it: one series "
             "per VM, value 1, the status in its label (ok, not_scheduled, new, "
-            f"never_backed_up, overdue, last_failed), judged at the poll. {judged}",
+            f"never_backed_up, overdue, last_failed, app_inconsistent), judged at the poll. "
+            f"{judged}",
             labels=[*VM_LABELS, "status"],
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seconds",
+            "Creation time of the newest application-consistent (VSS or DEFAULT) PROTECTED "
+            "backup of the live VM at each destination where a rule of its policy asks for "
+            f"one, 0 if none. {judged}",
+            labels=by_destination,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_destination_restore_points",
+            "PROTECTED backups of the live VM held at each destination of its policy and each "
+            f"destination holding any. {judged}",
+            labels=by_destination,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_destination_oldest_restore_point_timestamp_seconds",
+            "Creation time of the oldest PROTECTED backup of the live VM at each destination "
+            f"of its policy and each destination holding any, 0 if none. {judged}",
+            labels=by_destination,
+        ),
+        GaugeMetricFamily(
+            "simplivity_vm_destination_recovery_window_seconds",
+            "How far back the live VM's policy promises restore points at each destination, "
+            f"from its rules' retention, max_backups and schedule. {judged}",
+            labels=by_destination,
+        ),
+    )
+
+
+def unowned_families(state: ExporterState) -> tuple[GaugeMetricFamily, ...]:
+    """The backups nobody owns, per cluster, in the order of
+    :meth:`~exporter.model.ControllerSnapshot.unowned`."""
+    judged = _refreshed(state, "the inventory and /api/backups")
+    listed = _refreshed(state)
+    labels = ["controller", "omnistack_cluster"]
+    return (
+        GaugeMetricFamily(
+            "simplivity_backups_orphaned",
+            "Backups in any state whose VM is not a live VM of the inventory (removed, "
+            f"deleted, or none named), by cluster. {judged}",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "simplivity_backups_orphaned_size_bytes",
+            f"Sum of the logical size of those orphaned backups, by cluster. {judged}",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "simplivity_backups_never_expiring",
+            f"Backups in any state whose expiration_time is NA, by cluster. {listed}",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "simplivity_backups_never_expiring_size_bytes",
+            f"Sum of the logical size of those never-expiring backups, by cluster. {listed}",
+            labels=labels,
         ),
     )
 
@@ -513,7 +638,8 @@ def inventory_families(state: ExporterState) -> InventoryFamilies:
         GaugeMetricFamily(
             "simplivity_vms",
             "Live VMs by cluster and protection status (ok, not_scheduled, new, "
-            f"never_backed_up, overdue, last_failed), judged at the poll. {judged}",
+            f"never_backed_up, overdue, last_failed, app_inconsistent), judged at the poll. "
+            f"{judged}",
             labels=["controller", "omnistack_cluster", "protection"],
         ),
         GaugeMetricFamily(

@@ -9,6 +9,7 @@ The reading itself, and the words of each problem, are shared with the web confi
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from exporter.collector import family_names
 from exporter.yamlfile import TOP_LEVEL, ConfigError, Reader, join, kind, read_yaml
 
 __all__ = [
@@ -108,6 +110,8 @@ class PollConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     per_vm: bool = True
+    #: Families left out of /metrics and --once, by name; judgements do not change.
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -221,8 +225,21 @@ class _Reader(Reader):
         return self.number(raw, "poll", key, default, 1, MAX_SECONDS, unit="seconds")
 
     def metrics(self, value: object) -> MetricsConfig:
-        raw = self.mapping(value, "metrics", ("per_vm",))
-        return MetricsConfig(per_vm=self.boolean(raw, "metrics", "per_vm", MetricsConfig.per_vm))
+        raw = self.mapping(value, "metrics", ("per_vm", "exclude"))
+        known = family_names()
+        exclude = self.string_list(raw, "metrics", "exclude")
+        for position, name in enumerate(exclude):
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.problem(
+                    f"metrics.exclude[{position}]",
+                    f"{name[:80]!r} is not a family the exporter writes{hint}",
+                )
+        return MetricsConfig(
+            per_vm=self.boolean(raw, "metrics", "per_vm", MetricsConfig.per_vm),
+            exclude=frozenset(name for name in exclude if name in known),
+        )
 
     def protection(self, value: object) -> ProtectionConfig:
         defaults = ProtectionConfig()

@@ -35,6 +35,7 @@ from exporter.collector import (
     controller_families,
     exporter_families,
     health_families,
+    shown,
     snapshot_families,
 )
 from exporter.model import ControllerSnapshot
@@ -136,7 +137,8 @@ class TextWriter:
                 out += [w.ages_at(name, reading.now) for w in written]
             else:
                 out += [w.series.get(name, "") for w in written]
-        out.append(_write([*health_families(reading.statuses), *exporter_families(state)]))
+        rest = shown([*health_families(reading.statuses), *exporter_families(state)], state)
+        out.append(_write(rest))
         return out
 
     def _shown(

@@ -53,12 +53,14 @@ from exporter.protection import (
     Rule,
     RuleCostError,
     VMFacts,
+    app_consistent_intervals,
     check_cost,
     expected_intervals,
     judge,
     parse_rules,
     worst_first,
 )
+from exporter.recovery import orphaned, recovery_windows
 
 #: VM listings of many thousand objects are known to exhaust a controller's memory
 #: (OMNI-69918): pages of this many VMs at most, whatever ``poll.page_size`` says.
@@ -78,6 +80,7 @@ VIRTUAL_MACHINES = Collection(
         "omnistack_cluster_name",
         "datastore_name",
         "host_id",
+        "app_aware_vm_status",
     ),
     filters=(("state", "ALIVE"),),
     max_page_size=MAX_VM_PAGE_SIZE,
@@ -118,6 +121,9 @@ SCHEDULE_REPORT = "/api/policies/policy_schedule_report"
 VERSION = "/api/version"
 
 _NO_BACKUPS: Mapping[str, float] = MappingProxyType({})
+#: What a policy promises a VM of a cluster: expected intervals, those of its rules that ask for
+#: application-consistent backups, recovery windows (each per destination).
+_Promises = tuple[Mapping[str, int], Mapping[str, int], Mapping[str, int]]
 _T = TypeVar("_T")
 
 
@@ -206,6 +212,7 @@ class InventoryRead:
                 host_id=self._text(record, "host_id"),
                 host="",  # named once the hosts are read
                 created_at=_timestamp(record.get("created_at")),
+                app_aware_status=self._text(record, "app_aware_vm_status"),
             )
         )
 
@@ -319,7 +326,7 @@ class InventoryRead:
         enabled = {host.host_id: host.policy_enabled for host in self._hosts}
         # Many VMs share few (policy, cluster) pairs: looked up here once per pair, not once per
         # VM in expected_intervals' own cache, which hashes every rule at each call.
-        intervals_of: dict[tuple[str, str], Mapping[str, int]] = {}
+        intervals_of: dict[tuple[str, str], _Promises] = {}
         by_status: dict[str, dict[str, int]] = {
             cluster: dict.fromkeys(PROTECTION_STATUSES, 0)
             for cluster in sorted(
@@ -332,10 +339,15 @@ class InventoryRead:
         ranked = []
         for vm in inventory.vms:
             key = (vm.policy_id, vm.cluster)
-            intervals = intervals_of.get(key)
-            if intervals is None:
+            promises = intervals_of.get(key)
+            if promises is None:
                 rules = self._rules.get(vm.policy_id, ())
-                intervals = intervals_of[key] = expected_intervals(rules, vm.cluster)
+                promises = intervals_of[key] = (
+                    expected_intervals(rules, vm.cluster),
+                    app_consistent_intervals(rules, vm.cluster),
+                    recovery_windows(rules, vm.cluster),
+                )
+            intervals, app_intervals, windows = promises
             held = backups_by_vm.get(vm.vm_id)
             verdict = judge(
                 VMFacts(
@@ -344,6 +356,8 @@ class InventoryRead:
                     newest_protected=held.newest_protected if held else _NO_BACKUPS,
                     newest_backup=_newest(held),
                     policy_enabled=enabled.get(vm.host_id, True),
+                    app_intervals=app_intervals,
+                    newest_app_consistent=_newest_app_consistent(held, app_intervals),
                 ),
                 now=now,
                 overdue_factor=overdue_factor,
@@ -357,6 +371,8 @@ class InventoryRead:
                 destination=verdict.destination,
                 newest_protected=verdict.newest_protected,
                 expected_interval=verdict.expected_interval,
+                app_intervals=app_intervals,
+                recovery_windows=windows,
             )
             protection.append(judged)
             by_status[vm.cluster][verdict.status] += 1
@@ -374,6 +390,7 @@ class InventoryRead:
             judged_at=now,
             overdue_factor=overdue_factor,
             grace_seconds=grace_seconds,
+            orphaned=orphaned(backups, self._vm_ids),
         )
 
 
@@ -417,6 +434,20 @@ def _newest(held: VMBackups | None) -> NewestBackup | None:
     if held is None or held.newest_created is None:
         return None
     return NewestBackup(held.newest_state, held.newest_created, held.newest_destination)
+
+
+def _newest_app_consistent(
+    held: VMBackups | None, app_intervals: Mapping[str, int]
+) -> Mapping[str, float | None]:
+    """Where the VM is judged on consistency, and its newest application-consistent backup
+    there (:attr:`~exporter.protection.VMFacts.newest_app_consistent`)."""
+    if held is None or not app_intervals:
+        return _NO_BACKUPS
+    return {
+        where: at.newest_app_consistent
+        for where in app_intervals
+        if (at := held.held.get(where)) is not None and at.consistency_known
+    }
 
 
 def _unique(items: list[_T], key: Callable[[_T], object]) -> list[_T]:

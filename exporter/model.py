@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeGuard
+from typing import Any, ClassVar, NamedTuple, TypeGuard
 
 #: Every value the ``reason`` label of ``simplivity_poll_errors_total`` can take, all exported
 #: from the start: one per :class:`SimplivityError` subclass.
@@ -37,6 +37,9 @@ STATES = (
 )
 #: Where a state outside :data:`STATES` is counted.
 OTHER_STATE = "OTHER"
+#: The ``consistency_type`` of an application-consistent backup; FAILEDVSS (the VSS part
+#: failed and a crash-consistent backup was kept), NONE and NOT_APPLICABLE are not.
+APP_CONSISTENT_TYPES = frozenset({"VSS", "DEFAULT"})
 
 
 # -- how a poll fails ---------------------------------------------------------------------------
@@ -218,6 +221,26 @@ class ClusterSummary:
     counts: Mapping[str, int]
     sizes: Mapping[str, int]
     newest_protected: float | None  # Unix seconds of the newest PROTECTED backup
+    #: Backups whose expiration_time is "NA" (manual backups never expire), any state.
+    never_expiring: int = 0
+    never_expiring_size: int = 0  # bytes
+    #: Backups that name no VM at all, any state (orphaned whatever the inventory says).
+    without_vm: int = 0
+    without_vm_size: int = 0  # bytes
+
+
+class HeldBackups(NamedTuple):
+    """A VM's backups at one destination: how far back it can be restored there, whether they
+    are application-consistent, and what they hold. (A named tuple, not a dataclass: one per VM
+    and destination is made and pickled at every poll, and a tuple is cheaper at both.)"""
+
+    backups: int  # any state
+    size: int  # bytes, any state
+    restore_points: int  # PROTECTED backups
+    oldest_protected: float | None  # Unix seconds
+    newest_app_consistent: float | None  # the newest PROTECTED backup of consistency VSS/DEFAULT
+    #: Whether any backup there says its consistency_type (REST API 1.3 and later, not "NA").
+    consistency_known: bool
 
 
 @dataclass(frozen=True)
@@ -236,6 +259,7 @@ class VMBackups:
     newest_state: str
     newest_created: float | None
     newest_destination: str
+    held: Mapping[str, HeldBackups] = field(default_factory=dict)  # by destination
 
     @property
     def newest_protected_anywhere(self) -> float | None:
@@ -269,6 +293,9 @@ class VirtualMachine:
     host_id: str
     host: str  # the host's name in the host listing; its id when it is not listed
     created_at: float | None  # Unix seconds
+    #: app_aware_vm_status: whether it can take application-consistent (VSS) backups
+    #: (CAPABLE, INVALID_CREDS, VMWARE_TOOLS_UNAVAILABLE, ...); "" when the API does not say.
+    app_aware_status: str = ""
 
 
 @dataclass(frozen=True)
@@ -322,8 +349,8 @@ class VMProtection:
     """A live VM judged against its own policy, at the poll.
 
     ``status`` is one of ``ok``, ``not_scheduled``, ``new``, ``never_backed_up``, ``overdue``,
-    ``last_failed`` (see :mod:`exporter.protection`). ``destination`` is its policy's
-    destination nearest to (or furthest past) its overdue threshold, ``None`` when
+    ``last_failed``, ``app_inconsistent`` (see :mod:`exporter.protection`). ``destination`` is
+    its policy's destination nearest to (or furthest past) its overdue threshold, ``None`` when
     ``not_scheduled``; ``newest_protected`` and ``expected_interval`` are the figures there.
     """
 
@@ -334,6 +361,31 @@ class VMProtection:
     destination: str | None
     newest_protected: float | None  # Unix seconds, at ``destination``
     expected_interval: int | None  # seconds, at ``destination``
+    #: Expected interval of the rules that ask for application-consistent backups, per
+    #: destination (:func:`~exporter.protection.app_consistent_intervals`).
+    app_intervals: Mapping[str, int] = field(default_factory=dict)
+    #: The recovery window its policy promises, in seconds per destination
+    #: (:func:`~exporter.recovery.recovery_windows`).
+    recovery_windows: Mapping[str, int] = field(default_factory=dict)
+
+    def held_at(self, destination: str) -> HeldBackups | None:
+        return None if self.backups is None else self.backups.held.get(destination)
+
+    def restore_points_at(self, destination: str) -> tuple[int, float | None]:
+        """Its PROTECTED backups at ``destination``, and the oldest one's creation."""
+        held = self.held_at(destination)
+        return (0, None) if held is None else (held.restore_points, held.oldest_protected)
+
+    def newest_app_consistent_at(self, destination: str) -> float | None:
+        held = self.held_at(destination)
+        return None if held is None else held.newest_app_consistent
+
+    @property
+    def restore_destinations(self) -> tuple[str, ...]:
+        """Every destination of its policy and every destination where it has PROTECTED backups,
+        in order: those its restore points are exported for."""
+        held = () if self.backups is None else self.backups.newest_protected
+        return tuple(sorted({*self.intervals, *held}))
 
     @property
     def scheduled(self) -> bool:
@@ -360,19 +412,30 @@ class ControllerSnapshot:
     backups: BackupSnapshot
     inventory: Inventory
     protection: tuple[VMProtection, ...]  # every live VM, in the inventory's order
-    #: The at-risk VMs (never backed up, overdue, not scheduled, last failed), worst first.
+    #: The at-risk VMs (never backed up, overdue, not scheduled, last failed, app-inconsistent),
+    #: worst first.
     at_risk: tuple[VMProtection, ...]
-    #: cluster -> status -> live VMs: every cluster of a live VM or a host, all six statuses.
+    #: cluster -> status -> live VMs: every cluster of a live VM or a host, every status.
     vms_by_status: Mapping[str, Mapping[str, int]]
     policy_vms: Mapping[str, int]  # policy name -> live VMs using it
     judged_at: float  # Unix seconds
     #: The protection settings the VMs were judged with (exported for the alert rules).
     overdue_factor: float
     grace_seconds: float
+    #: cluster -> (backups, bytes) whose VM is not a live VM of the inventory, any state; every
+    #: cluster of :attr:`BackupSnapshot.clusters`.
+    orphaned: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def backups_seen(self) -> int:
         return self.backups.backups_seen
+
+    def unowned(self) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
+        """Per cluster (or store) of the backups: its orphaned backups and their bytes, its
+        never-expiring backups and their bytes."""
+        for cluster in self.backups.clusters:
+            count, size = self.orphaned.get(cluster.name, (0, 0))
+            yield cluster.name, (count, size, cluster.never_expiring, cluster.never_expiring_size)
 
 
 # -- what a poll publishes ----------------------------------------------------------------------

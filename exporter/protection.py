@@ -68,7 +68,7 @@ newest backups so. A store named like a cluster is the same destination.
 Protection status
 -----------------
 Each live VM gets the first status that applies (see :func:`judge`): ``not_scheduled``,
-``new``, ``never_backed_up``, ``overdue``, ``last_failed``, ``ok``.
+``new``, ``never_backed_up``, ``overdue``, ``last_failed``, ``app_inconsistent``, ``ok``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ import calendar
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cache, lru_cache
 from itertools import pairwise
@@ -86,11 +86,29 @@ from types import MappingProxyType
 from exporter.model import label_value
 
 #: Every status :func:`judge` returns, in the order the issue lists them (the label values).
-PROTECTION_STATUSES = ("ok", "not_scheduled", "new", "never_backed_up", "overdue", "last_failed")
+PROTECTION_STATUSES = (
+    "ok",
+    "not_scheduled",
+    "new",
+    "never_backed_up",
+    "overdue",
+    "last_failed",
+    "app_inconsistent",
+)
 #: The statuses worst first, the order of the landing page's at-risk table (:func:`worst_first`).
-SEVERITY = ("never_backed_up", "overdue", "not_scheduled", "last_failed", "new", "ok")
+SEVERITY = (
+    "never_backed_up",
+    "overdue",
+    "not_scheduled",
+    "last_failed",
+    "app_inconsistent",
+    "new",
+    "ok",
+)
 #: The statuses the landing page lists as at risk.
-AT_RISK_STATUSES = frozenset({"never_backed_up", "overdue", "not_scheduled", "last_failed"})
+AT_RISK_STATUSES = frozenset(
+    {"never_backed_up", "overdue", "not_scheduled", "last_failed", "app_inconsistent"}
+)
 #: A rule's ``destination_name`` for the VM's own cluster (compared in any case).
 LOCAL = "<Local>"
 
@@ -202,11 +220,15 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Rule:
-    """One usable rule of a policy: its schedule and where its backups go."""
+    """One usable rule of a policy: its schedule, where its backups go, how long and how many
+    of them it keeps, and whether it asks for application-consistent ones."""
 
     schedule: Schedule
     destination_name: str  # a cluster's name or LOCAL; "" when external_store_name is set
     external_store_name: str = ""
+    retention_minutes: int | None = None  # None when the API gives none (or an odd value)
+    max_backups: int | None = None  # the same
+    app_consistent: bool = False  # application_consistent: true
 
     def destination(self, own_cluster: str) -> str:
         """Where the rule's backups are held, for a VM of cluster ``own_cluster``.
@@ -251,6 +273,13 @@ class VMFacts:
     newest_protected: Mapping[str, float]  # newest PROTECTED backup per destination, any
     newest_backup: NewestBackup | None  # newest backup in any state
     policy_enabled: bool = True  # policy backups enabled on the VM's host
+    #: The expected interval of the rules that ask for application-consistent backups, per
+    #: destination (:func:`app_consistent_intervals`).
+    app_intervals: Mapping[str, int] = field(default_factory=dict)
+    #: Per destination whose backups say their ``consistency_type``: the newest
+    #: application-consistent PROTECTED backup there, None when there is none. A destination
+    #: missing here (REST API before 1.3, or ``"NA"``) is not judged on consistency.
+    newest_app_consistent: Mapping[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -303,14 +332,21 @@ def parse_rule(raw: object) -> Rule:
         end_minute=_minute(raw, "end_time"),
     )
     store = _name(raw, "external_store_name")
-    if store:
-        return Rule(schedule, "", store)
-    destination = _name(raw, "destination_name")
+    destination = LOCAL if store else _name(raw, "destination_name")
     if not destination:
         raise RuleError("names neither a destination_name nor an external_store_name")
     if destination.casefold() == LOCAL.casefold():
         destination = LOCAL
-    return Rule(schedule, destination)
+    # What a rule keeps, and whether it asks for application consistency, only matter to
+    # judgements of their own: an odd value there leaves the schedule usable.
+    return Rule(
+        schedule,
+        "" if store else destination,
+        store,
+        retention_minutes=_optional_count(raw.get("retention")),
+        max_backups=_optional_count(raw.get("max_backups")),
+        app_consistent=_true(raw.get("application_consistent")),
+    )
 
 
 def parse_rules(raw: object) -> PolicyRules:
@@ -353,6 +389,19 @@ def expected_intervals(rules: Sequence[Rule], own_cluster: str) -> Mapping[str, 
     {'Boston': 3600, 'DR': 86400}
     """
     return _expected_intervals(tuple(rules), own_cluster)
+
+
+def app_consistent_intervals(rules: Sequence[Rule], own_cluster: str) -> Mapping[str, int]:
+    """:func:`expected_intervals` of the rules that ask for application-consistent backups: the
+    destinations a VM is judged on consistency at, and how often it should get such a backup.
+
+    >>> every = Days(every_day=True)
+    >>> hourly = Rule(Schedule(60, every, 0, 0), LOCAL)
+    >>> nightly_vss = Rule(Schedule(1440, every, 22 * 60, 22 * 60), LOCAL, app_consistent=True)
+    >>> dict(app_consistent_intervals([hourly, nightly_vss], "Boston"))
+    {'Boston': 86400}
+    """
+    return _expected_intervals(tuple(rule for rule in rules if rule.app_consistent), own_cluster)
 
 
 def check_cost(rules: Sequence[Rule]) -> int:
@@ -411,6 +460,11 @@ def judge(vm: VMFacts, *, now: float, overdue_factor: float, grace_seconds: floa
       that follows the first local backup a few minutes later is not overdue), and is
       infinite when the creation time is unknown.
     - ``last_failed``: its newest backup (any state, any destination) is FAILED.
+    - ``app_inconsistent``: at some destination its rules ask application-consistent backups
+      for, the newest application-consistent PROTECTED backup is older than the interval of
+      those rules there ``* overdue_factor + grace_seconds`` (none: counted from the VM's
+      creation, as for ``overdue``). Destinations whose backups do not say their consistency
+      are not judged so.
     - ``ok``.
 
     >>> facts = VMFacts(created_at=0.0, intervals={"Boston": 3600},
@@ -424,7 +478,9 @@ def judge(vm: VMFacts, *, now: float, overdue_factor: float, grace_seconds: floa
     if not vm.intervals or not vm.policy_enabled:
         age = math.inf if newest_anywhere is None else now - newest_anywhere
         return Verdict("not_scheduled", newest_protected=newest_anywhere, age_seconds=age)
-    worst = _worst_destination(vm, now, overdue_factor, grace_seconds)
+    worst = _worst_destination(
+        vm.intervals, vm.newest_protected, vm.created_at, now, overdue_factor, grace_seconds
+    )
     if newest_anywhere is None:
         longest = max(vm.intervals.values())
         created = vm.created_at
@@ -435,6 +491,12 @@ def judge(vm: VMFacts, *, now: float, overdue_factor: float, grace_seconds: floa
         return _verdict("overdue", worst)
     if vm.newest_backup is not None and vm.newest_backup.state == "FAILED":
         return _verdict("last_failed", worst)
+    judged = {d: i for d, i in vm.app_intervals.items() if d in vm.newest_app_consistent}
+    if judged:
+        newest = {d: t for d, t in vm.newest_app_consistent.items() if t is not None}
+        app = _worst_destination(judged, newest, vm.created_at, now, overdue_factor, grace_seconds)
+        if app.overdue:
+            return _verdict("app_inconsistent", app)
     return _verdict("ok", worst)
 
 
@@ -470,6 +532,19 @@ def _frequency(value: object) -> int:
         shown = "missing" if value is None else repr(value)[:40]
         raise RuleError(f"frequency {shown} is not a whole number of minutes above 0")
     return minutes
+
+
+def _optional_count(value: object) -> int | None:
+    """A whole number above 0 (``retention``, ``max_backups``), or None for anything else."""
+    try:
+        return _frequency(value)
+    except RuleError:
+        return None
+
+
+def _true(value: object) -> bool:
+    """A boolean the API may also write as a text."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def _minute(raw: Mapping[str, object], key: str) -> int:
@@ -669,13 +744,18 @@ def _longest_gap(schedules: frozenset[Schedule]) -> tuple[int | None, int]:
 
 
 def _worst_destination(
-    vm: VMFacts, now: float, overdue_factor: float, grace_seconds: float
+    intervals: Mapping[str, int],
+    newest_backups: Mapping[str, float],
+    created_at: float | None,
+    now: float,
+    overdue_factor: float,
+    grace_seconds: float,
 ) -> _Destination:
     """The overdue destination furthest past its threshold, else the one nearest to it."""
     candidates: list[_Destination] = []
-    for destination, interval in sorted(vm.intervals.items()):
-        newest = vm.newest_protected.get(destination)
-        since = newest if newest is not None else vm.created_at
+    for destination, interval in sorted(intervals.items()):
+        newest = newest_backups.get(destination)
+        since = newest if newest is not None else created_at
         age = math.inf if since is None else now - since
         threshold = interval * overdue_factor + grace_seconds
         overdue = age > threshold

@@ -169,7 +169,7 @@ td.risk { background: #ffebe9; color: #a40e26; font-weight: 600; }
 .pending { color: #9a6700; }
 .status { font-weight: 600; white-space: nowrap; }
 .status.overdue, .status.never_backed_up, .status.last_failed { color: #cf222e; }
-.status.not_scheduled { color: #9a6700; }
+.status.not_scheduled { color: #9a6700; } .status.app_inconsistent { color: #bc4c00; }
 .utc { color: #666; font-size: 0.9em; white-space: nowrap; }
 @media (max-width: 40em) { body { margin: 0.7em; } th, td { padding: 0.25em 0.4em; } }
 """
@@ -205,7 +205,9 @@ def landing_page(statuses: Sequence[ControllerStatus], description: str, now: fl
 <h2>Protection</h2>
 <p>Each live VM is judged against its own policy at the end of each good poll. At risk:
 never backed up, overdue at a destination of its policy, not scheduled (a policy without
-rules, or policy backups disabled on its host), last backup failed.</p>
+rules, or policy backups disabled on its host), last backup failed, no recent
+application-consistent backup where its policy asks for one. Orphaned backups are those of
+no live VM; never-expiring ones have no expiration time (manual backups).</p>
 {sections}
 </body>
 </html>
@@ -254,19 +256,28 @@ def _counts(snapshot: ControllerSnapshot) -> str:
 
     The statuses are columns worst first, so the at-risk ones stay in view in a narrow window.
     """
-    clusters = sorted(snapshot.vms_by_status.items())
-    rows = [(html.escape(cluster), counts, "") for cluster, counts in clusters]
+    # Clusters of live VMs or hosts, and clusters and stores holding backups.
+    unowned = {name: (orphans, never) for name, (orphans, _, never, _) in snapshot.unowned()}
+    names = sorted({*snapshot.vms_by_status, *unowned})
+    clusters = [(name, snapshot.vms_by_status.get(name, {}), unowned.get(name, (0, 0)))
+                for name in names]  # fmt: skip
+    rows = [(html.escape(name), counts, extra, "") for name, counts, extra in clusters]
     if len(rows) != 1:
-        total = {s: sum(counts.get(s, 0) for _, counts in clusters) for s in SEVERITY}
-        rows.append(("all clusters", total, ' class="total"'))
+        total = {s: sum(counts.get(s, 0) for _, counts, _ in clusters) for s in SEVERITY}
+        extra = (sum(e[0] for _, _, e in clusters), sum(e[1] for _, _, e in clusters))
+        rows.append(("all clusters", total, extra, ' class="total"'))
     header = "".join(f"<th>{_words(s)}</th>" for s in SEVERITY)
-    lines = [f"<tr><th>Cluster</th><th>Live VMs</th>{header}</tr>"]
-    for cluster, counts, total_class in rows:
+    lines = [
+        f"<tr><th>Cluster</th><th>Live VMs</th>{header}"
+        "<th>orphaned backups</th><th>never-expiring backups</th></tr>"
+    ]
+    for cluster, counts, (orphans, never), total_class in rows:
         cells = []
         for status in SEVERITY:
             count = counts.get(status, 0)
             risky = " risk" if count and status in AT_RISK_STATUSES else ""
             cells.append(f'<td class="n{risky}">{count}</td>')
+        cells += [f'<td class="n">{orphans}</td>', f'<td class="n">{never}</td>']
         live = sum(counts.get(s, 0) for s in SEVERITY)
         lines.append(
             f'<tr{total_class}><td>{cluster}</td><td class="n">{live}</td>{"".join(cells)}</tr>'

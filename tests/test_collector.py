@@ -22,9 +22,11 @@ from exporter.model import (
     ClusterSummary,
     ControllerStatus,
     ControllerVersions,
+    HeldBackups,
     ScheduleReport,
     VMBackups,
 )
+from exporter.protection import PROTECTION_STATUSES
 from tests.snapshots import host_record, judged, policy_record, rule, vm_record
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
@@ -37,13 +39,32 @@ def counts(**values: int) -> dict[str, int]:
     return {**dict.fromkeys(STATES, 0), **values}
 
 
-def held(vm_id: str, newest: dict[str, float], failed: float | None = None) -> VMBackups:
-    """A VM's backups: the newest PROTECTED per destination, the newest FAILED."""
+def held(
+    vm_id: str,
+    newest: dict[str, float],
+    failed: float | None = None,
+    app: dict[str, float | None] | None = None,
+) -> VMBackups:
+    """A VM's backups: the newest PROTECTED per destination, the newest FAILED; three restore
+    points a day apart at each destination, the newest application-consistent unless ``app``
+    says otherwise."""
     times = [*newest.values(), *([failed] if failed is not None else [])]
     last = max(times)
     state = "FAILED" if last == failed else "PROTECTED"
     where = next((d for d, t in newest.items() if t == last), BOSTON)
-    return VMBackups(vm_id, newest, failed, state, last, where)
+    app = app or {}
+    places = {
+        destination: HeldBackups(
+            backups=4 if destination == where and failed is not None else 3,
+            size=3_000_000,
+            restore_points=3,
+            oldest_protected=time - 2 * DAY,
+            newest_app_consistent=app.get(destination, time),
+            consistency_known=True,
+        )
+        for destination, time in newest.items()
+    }
+    return VMBackups(vm_id, newest, failed, state, last, where, places)
 
 
 BACKUPS = BackupSnapshot(
@@ -53,6 +74,10 @@ BACKUPS = BackupSnapshot(
             counts=counts(PROTECTED=40, FAILED=2, SAVING=1),
             sizes=counts(PROTECTED=4_000_000_000, FAILED=0, SAVING=123_456),
             newest_protected=NOW - 3600,
+            never_expiring=2,
+            never_expiring_size=2_000_000,
+            without_vm=1,
+            without_vm_size=500,
         ),
         ClusterSummary(
             name=ZURICH,
@@ -68,7 +93,8 @@ BACKUPS = BackupSnapshot(
         held("b2-susp", {BOSTON: NOW - 3 * DAY}),  # host suspended: not scheduled
         held("d4-flaky", {BOSTON: NOW - 3000}, failed=NOW - 100),  # last failed
         held("e5-store", {STORE: NOW - 2 * DAY}),  # weekly to the store: ok
-        held("ff-removed", {BOSTON: NOW - 9 * DAY}),  # not in the inventory: no series
+        held("f6-vss", {BOSTON: NOW - 7200}, app={BOSTON: NOW - 3 * DAY}),  # VSS failing
+        held("ff-removed", {BOSTON: NOW - 9 * DAY}),  # not in the inventory: no series, orphaned
     ),
     backups_seen=46,
 )
@@ -81,6 +107,8 @@ POLICIES = [
     policy_record("p-store", "Weekly to StoreOnce",
                   rule(1440, days="Sun", start="02:00", end="03:00", store=STORE),
                   rule(frequency="NA", number=2)),
+    policy_record("p-vss", "Daily VSS", {**rule(1440), "application_consistent": True,
+                                         "consistency_type": "VSS", "max_backups": 7}),
 ]  # fmt: skip
 VMS = [
     vm_record("4b1c-vm-a", "db01", "p-hourly-dr", policy_name="Hourly local + daily to London DR"),
@@ -91,6 +119,7 @@ VMS = [
     vm_record("c3-def", "default-policy-vm", "p-none", datastore_name="BOS-DS-02"),
     vm_record("d4-flaky", "flaky-vm", "p-hourly", created_at="NA"),
     vm_record("e5-store", "store-vm", "p-store", host_id="h-unlisted"),
+    vm_record("f6-vss", "sql-vm", "p-vss", app_aware_vm_status="INVALID_CREDS"),
 ]
 HOSTS = [
     host_record("h-bos-1", "BOS-ESX-01", BOSTON),
@@ -224,12 +253,12 @@ def test_per_vm_series_can_be_switched_off() -> None:
     names = {name for name, _ in samples(text)}
     assert not {name for name in names if name.startswith("simplivity_vm_")}
     assert "simplivity_backups" in names
-    # Not per VM: the counts by status (all six, per cluster), policies, hosts and limits.
+    # Not per VM: the counts by status (every status, per cluster), policies, hosts and limits.
     protection = {
         (labels["omnistack_cluster"], labels["protection"]): value
         for labels, value in matching(text, "simplivity_vms")
     }
-    assert len(protection) == 2 * 6
+    assert len(protection) == 2 * len(PROTECTION_STATUSES)
     assert protection[BOSTON, "last_failed"] == 1
     assert protection[ZURICH, "overdue"] == 1
     assert protection[ZURICH, "ok"] == 0
@@ -239,6 +268,26 @@ def test_per_vm_series_can_be_switched_off() -> None:
     assert value(text, "simplivity_host_policy_enabled", controller="boston", host="BOS-ESX-02",
                  omnistack_cluster=BOSTON) == 0  # fmt: skip
     assert value(text, "simplivity_federation_daily_backups_limit", controller="boston") == 24000
+
+
+def test_metrics_exclude_drops_exactly_the_named_families() -> None:
+    excluded = frozenset(
+        {
+            "simplivity_vm_destination_restore_points",
+            "simplivity_backups_orphaned",
+            "simplivity_vm_info",
+            "simplivity_poll_errors_total",
+            "simplivity_exporter_build_info",
+        }
+    )
+    for state in (STATE, replace(STATE, once=True)):
+        whole = samples(render([boston()], state))
+        kept = samples(render([boston()], replace(state, exclude=excluded)))
+        dropped = {key for key in whole if key[0] in excluded}  # a sample is named as its family
+        assert {name for name, _ in dropped} == excluded - ({"simplivity_exporter_build_info"}
+                                                            if state.once else set())  # fmt: skip
+        # Everything else, the verdicts included, is exactly as without the setting.
+        assert kept == {key: v for key, v in whole.items() if key not in dropped}
 
 
 def matching(text: str, name: str) -> list[tuple[dict[str, str], float]]:

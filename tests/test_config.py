@@ -78,7 +78,11 @@ def test_the_example_file_names_every_key_and_writes_each_setting_at_its_default
     assert set(document) == {*sections, "controllers"}
     for name, section in sections.items():
         assert set(document[name]) == {f.name for f in fields(section)}, name
-        assert document[name] == asdict(section()), name
+        defaults = {
+            key: list(value) if isinstance(value, frozenset) else value
+            for key, value in asdict(section()).items()
+        }
+        assert document[name] == defaults, name
     text = example.read_text(encoding="utf-8")
     controller_keys = {f.name for f in fields(ControllerConfig)} | {"password_file"}
     for key in controller_keys | {f.name for f in fields(TLSConfig)}:
@@ -277,6 +281,24 @@ BAD_FILES = [
         id="protection-types",
     ),
     pytest.param(
+        f"controllers: [{CONTROLLER}]\n"
+        "metrics: {exclude: [simplivity_vm_restore_points, simplivity_up, simplivity_logins, "
+        "process_cpu_seconds_total]}\n",
+        [
+            "metrics.exclude[0]: 'simplivity_vm_restore_points' is not a family the exporter "
+            "writes (did you mean 'simplivity_vm_destination_restore_points'?)",
+            "metrics.exclude[2]: 'simplivity_logins' is not a family the exporter writes "
+            "(did you mean 'simplivity_logins_total'?)",
+            "metrics.exclude[3]: 'process_cpu_seconds_total' is not a family the exporter writes",
+        ],
+        id="metrics-exclude-unknown",
+    ),
+    pytest.param(
+        f"controllers: [{CONTROLLER}]\nmetrics: {{exclude: simplivity_up}}\n",
+        ["metrics.exclude: must be a list of strings, not a string ('simplivity_up')"],
+        id="metrics-exclude-not-a-list",
+    ),
+    pytest.param(
         f"controllers: [{CONTROLLER}]\nprotection: [1.5]\n",
         ["protection: must be a mapping, not a list"],
         id="protection-not-a-mapping",
@@ -313,6 +335,17 @@ def test_no_password_reaches_an_error_message(tmp_path: Path) -> None:
     assert "987654321" not in message
     assert "envsecret" not in message
     assert len(caught.value.problems) == 3
+
+
+def test_metrics_exclude_is_read(tmp_path: Path) -> None:
+    text = (
+        f"controllers: [{CONTROLLER}]\n"
+        "metrics: {exclude: [simplivity_backups_orphaned, simplivity_poll_errors_total]}\n"
+    )
+    config = load_config(write(tmp_path, text), {})
+    assert config.metrics == MetricsConfig(
+        exclude=frozenset({"simplivity_backups_orphaned", "simplivity_poll_errors_total"})
+    )
 
 
 def test_protection_settings_are_read(tmp_path: Path) -> None:

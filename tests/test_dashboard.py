@@ -63,6 +63,15 @@ EXPORTED_METRICS = frozenset(
         "simplivity_federation_daily_backups_limit",
         "simplivity_federation_retained_backups_projected",
         "simplivity_federation_retained_backups_limit",
+        # issue 20: application consistency, recovery depth, backups nobody owns
+        "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seconds",
+        "simplivity_vm_destination_restore_points",
+        "simplivity_vm_destination_oldest_restore_point_timestamp_seconds",
+        "simplivity_vm_destination_recovery_window_seconds",
+        "simplivity_backups_orphaned",
+        "simplivity_backups_orphaned_size_bytes",
+        "simplivity_backups_never_expiring",
+        "simplivity_backups_never_expiring_size_bytes",
         # issue 17: one verdict, the exporter's, exported per VM
         "simplivity_vm_protection_status",
         "simplivity_protection_overdue_factor",
@@ -332,6 +341,10 @@ def test_every_query_uses_only_metrics_the_exporter_exports() -> None:
         "simplivity_policy_vms",
         "simplivity_vm_backup_newest_failed_timestamp_seconds",
         "simplivity_vm_policy_scheduled",
+        # issue 20: per VM and destination, for queries and the runbook; the dashboard shows
+        # the verdicts made of them (app_inconsistent, the recovery window's ratio)
+        "simplivity_vm_destination_restore_points",
+        "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seconds",
     }
 
 

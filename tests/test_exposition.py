@@ -118,6 +118,30 @@ def test_several_controllers_share_each_familys_help_and_type() -> None:
         if state.per_vm and not state.once:
             assert controllers["simplivity_vm_backup_newest_age_seconds"] == {"boston", "chicago"}
         assert not state.once or "_age_seconds" not in text  # --once: no ages
+    excluded = frozenset(
+        {"simplivity_vm_info", "simplivity_backups_orphaned", "simplivity_poll_errors_total"}
+    )
+    for state in (STATE, replace(STATE, once=True)):
+        text = writer_of(statuses, replace(state, exclude=excluded)).text()
+        assert "simplivity_vm_info" not in text
+        assert "simplivity_backups_orphaned{" not in text
+        assert "simplivity_poll_errors" not in text
+        assert "simplivity_backups_orphaned_size_bytes{" in text
+
+
+def test_a_changed_metrics_exclude_rewrites_the_written_snapshot() -> None:
+    """A reload may change metrics.exclude while the snapshot stays: the next text follows."""
+    statuses = [status("boston", federation(vms=20))]
+    states = [
+        STATE,
+        replace(STATE, exclude=frozenset({"simplivity_vm_destination_restore_points"})),
+    ]
+    collector = BackupCollector(lambda: statuses, lambda: states[0], clock=lambda: NOW)
+    writer = TextWriter(collector)
+    assert "simplivity_vm_destination_restore_points{" in writer.text()
+    states.reverse()
+    assert "simplivity_vm_destination_restore_points" not in writer.text()
+    assert writer.text() == writer_of(statuses, states[0]).text()
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ a real poll and a real scrape of ``/metrics``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,6 +21,7 @@ from exporter.inventory import VIRTUAL_MACHINES
 from exporter.protection import PROTECTION_STATUSES
 from exporter.simulator import SVTFS_VERSION, FederationSpec, SimulatedController
 from exporter.simulator.controller import OLD_SVTFS
+from exporter.simulator.spec import TRIMMED_VM, VSS_FAILING_VM
 from tests.conftest import wait_until
 from tests.live_exporter import FAST_POLL, InProcessExporter, Lab, Scrape, controller_config
 
@@ -128,13 +131,30 @@ def test_every_planted_status_reaches_metrics_through_a_real_scrape(
                 )
                 > interval * 1.5 + 3600
             ]
+            # Where its rules ask for application-consistent backups (the one rule to each
+            # such destination of the planted VMs: its interval is the destination's).
+            app_late = []
+            for labels, newest_app in scrape.matching(
+                "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seconds", **vm
+            ):
+                where = labels["destination"]
+                since = newest_app or scrape.value("simplivity_vm_created_timestamp_seconds", **vm)
+                interval = scrape.value(
+                    "simplivity_vm_backup_expected_interval_seconds", destination=where, **vm
+                )
+                assert since is not None
+                assert interval is not None
+                if time.time() - since > interval * 1.5 + 3600:
+                    app_late.append(where)
+            good = scheduled == 1 and not late and newest > failed
             shown = {
                 "not_scheduled": scheduled == 0,
                 "new": scheduled == 1 and newest == 0 and not late,
                 "never_backed_up": scheduled == 1 and newest == 0 and bool(late),
                 "overdue": scheduled == 1 and newest > 0 and bool(late),
                 "last_failed": scheduled == 1 and not late and failed > newest > 0,
-                "ok": scheduled == 1 and not late and newest > failed,
+                "app_inconsistent": good and bool(app_late),
+                "ok": good and not app_late,
             }
             assert [s for s, holds in shown.items() if holds] == [planted], name
 
@@ -158,6 +178,91 @@ def test_every_planted_status_reaches_metrics_through_a_real_scrape(
         report = simulator.schedule_report()
         for metric, field in FEDERATION.items():
             assert scrape.value(metric, controller="boston") == report[field]
+
+
+def unix(text: object) -> float:
+    return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def test_restore_points_consistency_and_unowned_backups_reach_metrics() -> None:
+    """Issue 20's planted cases, counted from the simulator's own records and its own judgement,
+    against a real scrape."""
+    with Lab() as lab:
+        simulator = lab.controller("boston", FederationSpec())
+        exporter = lab.start_exporter(POLL)
+        scrape = first_good_scrape(exporter)
+        vms = live_vms(simulator)
+        backups = simulator.backups()
+
+        # Orphaned (VM not live, any state) and never-expiring backups, per cluster or store.
+        orphaned: Counter[str] = Counter()
+        orphaned_size: Counter[str] = Counter()
+        never: Counter[str] = Counter()
+        never_size: Counter[str] = Counter()
+        points: Counter[tuple[str, str]] = Counter()
+        oldest: dict[tuple[str, str], float] = {}
+        for b in backups:
+            where = str(b["omnistack_cluster_name"] or b["external_store_name"])
+            if b["virtual_machine_id"] not in vms:
+                orphaned[where] += 1
+                orphaned_size[where] += int(b["size"])  # type: ignore[call-overload]
+            if b["expiration_time"] == "NA":
+                never[where] += 1
+                never_size[where] += int(b["size"])  # type: ignore[call-overload]
+            if b["state"] == "PROTECTED":
+                key = (str(b["virtual_machine_id"]), where)
+                points[key] += 1
+                oldest[key] = min(oldest.get(key, math.inf), unix(b["created_at"]))
+        assert sum(orphaned.values()) > 0  # removed and deleted VMs' backups
+        assert sum(never.values()) > 0  # manual backups
+        for family, expected in (
+            ("simplivity_backups_orphaned", orphaned),
+            ("simplivity_backups_orphaned_size_bytes", orphaned_size),
+            ("simplivity_backups_never_expiring", never),
+            ("simplivity_backups_never_expiring_size_bytes", never_size),
+        ):
+            shown = {labels["omnistack_cluster"]: v for labels, v in scrape.matching(family)}
+            assert shown == {where: expected[where] for where in shown}, family
+            assert set(shown) >= set(expected), family
+
+        # Restore points and the oldest of them, at every destination holding any.
+        shown_points = {
+            (labels["vm_id"], labels["destination"]): v
+            for labels, v in scrape.matching("simplivity_vm_destination_restore_points")
+        }
+        assert {k: v for k, v in shown_points.items() if v} == {
+            k: v for k, v in points.items() if k[0] in vms
+        }
+        for labels, first in scrape.matching(
+            "simplivity_vm_destination_oldest_restore_point_timestamp_seconds"
+        ):
+            assert first == oldest.get((labels["vm_id"], labels["destination"]), 0), labels
+
+        # The VM whose VSS backups fail: no application-consistent backup where its rule asks,
+        # and the reason it will go on failing.
+        vss = next(vm_id for vm_id, vm in vms.items() if vm["name"] == VSS_FAILING_VM)
+        (asked,) = scrape.matching(
+            "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seconds", vm_id=vss
+        )
+        assert asked[1] == 0.0
+        (info,) = scrape.matching("simplivity_vm_info", vm_id=vss)
+        assert info[0]["app_aware_status"] == "INVALID_CREDS"
+
+        # Short recovery windows: exactly where the simulator judged them short.
+        now = time.time()
+        created = {
+            labels["vm_id"]: v
+            for labels, v in scrape.matching("simplivity_vm_created_timestamp_seconds")
+        }
+        short: dict[str, set[str]] = {}
+        for labels, window in scrape.matching("simplivity_vm_destination_recovery_window_seconds"):
+            vm_id, where = labels["vm_id"], labels["destination"]
+            since = oldest.get((vm_id, where))
+            if now - created[vm_id] > window and since is not None and now - since < window / 2:
+                short.setdefault(vm_id, set()).add(where)
+        assert short == simulator.short_recovery_windows
+        names = {str(vms[vm_id]["name"]) for vm_id in short}
+        assert TRIMMED_VM in names
 
 
 def test_an_older_controller_without_the_schedule_report_is_polled_all_the_same(

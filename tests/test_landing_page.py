@@ -45,6 +45,7 @@ def test_the_landing_page_shows_each_controller_and_how_its_polls_go(tmp_path: P
         statuses = {status.name: status for status in exporter.server.app.statuses()}
         planted = dict(healthy.planted)
         expected = Counter(healthy.expected_statuses.values())
+        backups = healthy.backups()
 
     assert page.title == "SimpliVity exporter"
     assert "Metrics · Health · Readiness" in page.text
@@ -121,6 +122,22 @@ def test_the_landing_page_shows_each_controller_and_how_its_polls_go(tmp_path: P
                     if s == status and cluster_of[vm_id] == record["Cluster"]
                 )
                 assert record[_words(status)] == str(shown), (record, status)
+    # Backups nobody owns, where they are held: counted from the simulator's own records.
+    live = set(exported)
+    orphaned: Counter[str] = Counter()
+    never: Counter[str] = Counter()
+    for backup in backups:
+        where = str(backup["omnistack_cluster_name"] or backup["external_store_name"])
+        orphaned[where] += backup["virtual_machine_id"] not in live
+        never[where] += backup["expiration_time"] == "NA"
+    rows = {r["Cluster"]: r for r in counts[0].records()}
+    assert set(rows) == {*cluster_of.values(), *orphaned, "all clusters"}
+    for where in orphaned:
+        assert rows[where]["orphaned backups"] == str(orphaned[where]), where
+        assert rows[where]["never-expiring backups"] == str(never[where]), where
+    assert rows["all clusters"]["orphaned backups"] == str(sum(orphaned.values()))
+    assert sum(orphaned.values()) > 0
+    assert sum(never.values()) > 0
 
     # The README's series-per-VM figure is this federation's (the demo's): dc1's series that
     # carry a vm_id, over its live VMs.

@@ -38,6 +38,7 @@ FORBIDDEN = {
     # Who should be protected, and how: records in, judgements out; no HTTP, no scheduler.
     "inventory": {"simplivity", "poller", "worker", "collector", "exposition", "web", "app"},
     "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
+    "recovery": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
     "worker": {"simplivity", "poller", "web", "app", "cli"},
     "app": {"cli"},
     # The controller check asks as a poll asks (the poller's for_version), through the client;

@@ -8,6 +8,7 @@ from Debian's ``prometheus`` package, which ``./dev setup`` installs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -98,6 +99,9 @@ def test_the_issue_s_alerts_are_all_there() -> None:
         "SimplivityHostPolicyDisabled",
         "SimplivityFederationDailyBackupsNearLimit",
         "SimplivityFederationRetainedBackupsNearLimit",
+        # issue 20: application consistency and recovery depth
+        "SimplivityVMAppConsistencyFailing",
+        "SimplivityVMRecoveryWindowShort",
     }
     # Replaced by the policy-aware SimplivityVMBackupOverdue, SimplivityVMNeverBackedUp and
     # SimplivityVMLastBackupFailed: one fixed 26 h threshold misjudges every non-daily policy,
@@ -284,6 +288,7 @@ def test_no_rule_judges_again_or_holds_a_copy_of_the_protection_settings() -> No
         "SimplivityVMNeverBackedUp": "never_backed_up",
         "SimplivityVMBackupOverdue": "overdue",
         "SimplivityVMLastBackupFailed": "last_failed",
+        "SimplivityVMAppConsistencyFailing": "app_inconsistent",
     }
     for name, status in verdicts.items():
         assert re.search(
@@ -292,9 +297,11 @@ def test_no_rule_judges_again_or_holds_a_copy_of_the_protection_settings() -> No
     for name, expr in rules.items():
         assert "simplivity_vm_policy_scheduled" not in expr, name
         if "simplivity_vm_" in expr:
-            # No number in a VM rule: every threshold is the exporter's.
+            # No number in a VM rule: every threshold is the exporter's, but for a rule's own
+            # documented one (the recovery window's half, which no status judges).
             numbers = re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", expr)
-            assert set(numbers) <= {"0"}, (name, numbers)
+            own = {t.removeprefix("> ") for t in header_thresholds()[name] if t.startswith(">")}
+            assert set(numbers) <= {"0", *own}, (name, numbers)
     overdue = rules["SimplivityVMBackupOverdue"]
     assert "simplivity_protection_overdue_factor" in overdue
     assert "simplivity_protection_grace_seconds" in overdue
@@ -357,6 +364,27 @@ def _vm_cases() -> list[tuple[str, protection.VMFacts]]:
             newest_backup = protection.NewestBackup("PROTECTED", latest, "cl")
         facts = protection.VMFacts(made, ivs, newest, newest_backup, enabled)
         cases.append((f"v{index}", facts))
+    # Application consistency asked for at dr only, everything else fresh: the newest
+    # application-consistent backup there none, fresh, past the daily threshold or far past
+    # it, or not said (the controller gives no consistency_type: not judged).
+    fresh = {"cl": NOW - 1000, "dr": NOW - 1000}
+    app_cases: list[dict[str, float | None]] = [
+        {"dr": None},
+        {"dr": NOW - 1000},
+        {"dr": NOW - 100_000},
+        {"dr": NOW - 200_000},
+        {},
+    ]
+    for made, app in itertools.product([None, NOW - 7200, NOW - 200_000], app_cases):
+        facts = protection.VMFacts(
+            made,
+            {"cl": HOURLY, "dr": DAILY},
+            fresh,
+            protection.NewestBackup("PROTECTED", NOW - 1000, "cl"),
+            app_intervals={"dr": DAILY},
+            newest_app_consistent=app,
+        )
+        cases.append((f"v{len(cases)}", facts))
     return cases
 
 
@@ -372,7 +400,7 @@ def _series(vm_id: str, facts: protection.VMFacts) -> list[tuple[str, str]]:
         (f'simplivity_vm_protection_status{{{ids}, status="{_judged(facts)}"}}', "1"),
         (
             f'simplivity_vm_info{{{ids}, omnistack_cluster="cl", policy="p", datastore="d", '
-            f'host="{host}"}}',
+            f'host="{host}", app_aware_status="INVALID_CREDS"}}',
             "1",
         ),
         (f"simplivity_vm_backup_newest_timestamp_seconds{{{ids}}}", f"{anywhere:g}"),
@@ -399,13 +427,7 @@ def _series(vm_id: str, facts: protection.VMFacts) -> list[tuple[str, str]]:
 
 
 def _judged(facts: protection.VMFacts, **intervals: int) -> str:
-    changed = protection.VMFacts(
-        facts.created_at,
-        intervals if intervals else facts.intervals,
-        facts.newest_protected,
-        facts.newest_backup,
-        facts.policy_enabled,
-    )
+    changed = dataclasses.replace(facts, intervals=intervals) if intervals else facts
     return protection.judge(changed, now=NOW, overdue_factor=1.5, grace_seconds=3600).status
 
 
@@ -433,6 +455,9 @@ def test_the_vm_alerts_fire_for_the_vms_the_exporter_judges_at_risk(tmp_path: Pa
             for vm_id, facts in cases
             for destination, interval in facts.intervals.items()
             if _judged(facts, **{destination: interval}) == "overdue"
+        },
+        "SimplivityVMAppConsistencyFailing": {
+            (vm_id,) for vm_id in statuses if statuses[vm_id] == "app_inconsistent"
         },
         "SimplivityVMLastBackupFailed": {
             (vm_id,)

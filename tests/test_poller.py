@@ -502,7 +502,7 @@ def test_live_vms_are_asked_for_in_pages_of_1000_at_most_with_only_the_fields_ne
     assert {page.filters for page in vm_pages} == {(("state", "ALIVE"),)}
     assert set(vm_pages[0].fields) == {
         "id", "name", "created_at", "policy_id", "policy_name", "omnistack_cluster_name",
-        "datastore_name", "host_id",
+        "datastore_name", "host_id", "app_aware_vm_status",
     }  # fmt: skip
     assert {page.limit for page in source.pages if page.path == BACKUPS.path} == {3000}
     assert status.snapshot is not None

@@ -38,6 +38,7 @@ from exporter.simulator.federation import (
     generate_federation,
 )
 from exporter.simulator.inventory import plan_inventory
+from exporter.simulator.spec import ALL_STATES_VM, TRIMMED_VM, VSS_FAILING_VM
 from tests.promtool import binary
 from tests.test_dashboard import EXPORTED_METRICS, load_dashboard, queries
 from tests.test_monitoring_rules import RULES
@@ -308,7 +309,7 @@ def expected_protection_alerts(
             )
         elif status == "never_backed_up":
             expected.add(alert("SimplivityVMNeverBackedUp", **ids))
-        elif status in ("overdue", "last_failed", "ok"):
+        elif status in ("overdue", "last_failed", "app_inconsistent", "ok"):
             late = set()
             for target, interval in expected_intervals(policies[str(vm["policy_id"])]).items():
                 where = str(vm["omnistack_cluster_name"]) if target.is_local else target.name
@@ -321,6 +322,13 @@ def expected_protection_alerts(
             assert failed_last or status != "last_failed", vm["name"]
             if failed_last:  # an overdue VM whose last backup failed raises both (alerts.yml)
                 expected.add(alert("SimplivityVMLastBackupFailed", **ids))
+            if status == "app_inconsistent":
+                aware = str(vm["app_aware_vm_status"])
+                expected.add(
+                    alert("SimplivityVMAppConsistencyFailing", **ids, app_aware_status=aware)
+                )
+        for where in simulator.short_recovery_windows.get(vm_id, ()):
+            expected.add(alert("SimplivityVMRecoveryWindowShort", **ids, destination=where))
     for host in hosts.values():
         if not host["policy_enabled"]:
             expected.add(
@@ -567,6 +575,10 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
     assert named["SimplivityVMNeverBackedUp"] == at["never_backed_up"]
     assert named["SimplivityVMBackupOverdue"] == at["overdue"]
     assert named["SimplivityVMLastBackupFailed"] == at["last_failed"]
+    # Issue 20: the VM whose VSS backups fail every night; the one trimmed below half its
+    # window (and the one whose older backups are in other states than PROTECTED).
+    assert named["SimplivityVMAppConsistencyFailing"] == at["app_inconsistent"] == {VSS_FAILING_VM}
+    assert named["SimplivityVMRecoveryWindowShort"] == {TRIMMED_VM, ALL_STATES_VM}
     assert not at["new"] & set().union(*named.values())
     dr = {
         labels["destination"]

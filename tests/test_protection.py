@@ -173,7 +173,9 @@ def test_a_policy_keeps_its_usable_rules_and_names_the_others() -> None:
             raw_rule(number=None, days="Mo"),
         ]
     )
-    assert parsed.rules == (Rule(Schedule(60, EVERY_DAY, 0, 0), LOCAL),)
+    assert parsed.rules == (
+        Rule(Schedule(60, EVERY_DAY, 0, 0), LOCAL, retention_minutes=1440, max_backups=1),
+    )
     assert parsed.problems == (
         "rule 2: frequency 'NA' is not a whole number of minutes above 0",
         "rule at position 3: is a str, not an object",
@@ -581,8 +583,14 @@ def test_protection_status(vm: VMFacts, status: str, destination: str | None) ->
 
 def test_every_status_is_a_label_value_and_has_a_rank() -> None:
     assert sorted(SEVERITY) == sorted(PROTECTION_STATUSES)
-    assert len(set(PROTECTION_STATUSES)) == 6
-    assert {"not_scheduled", "never_backed_up", "overdue", "last_failed"} == AT_RISK_STATUSES
+    assert len(set(PROTECTION_STATUSES)) == 7
+    assert {
+        "not_scheduled",
+        "never_backed_up",
+        "overdue",
+        "last_failed",
+        "app_inconsistent",
+    } == AT_RISK_STATUSES
 
 
 def test_the_verdict_shows_the_worst_destination_for_the_at_risk_table() -> None:

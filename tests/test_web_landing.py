@@ -9,11 +9,13 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
 from exporter.model import (
     BackupSnapshot,
+    ClusterSummary,
     ControllerSnapshot,
     ControllerStatus,
     Inventory,
@@ -78,6 +80,12 @@ def judged(
     )
 
 
+def cluster(name: str, never_expiring: int = 0, without_vm: int = 0) -> ClusterSummary:
+    return ClusterSummary(
+        name, {}, {}, None, never_expiring, never_expiring * 100, without_vm, without_vm * 100
+    )
+
+
 def snapshot(
     at_risk: Sequence[VMProtection],
     by_status: dict[str, dict[str, int]] | None = None,
@@ -133,11 +141,22 @@ def counts_table(shown: Page, index: int = 0) -> Table:
 def test_vm_counts_per_cluster_with_a_total_and_the_at_risk_ones_highlighted() -> None:
     counts = {
         "dc1-cluster": {"ok": 40, "not_scheduled": 2, "new": 1, "never_backed_up": 0,
-                        "overdue": 3, "last_failed": 0},
+                        "overdue": 3, "last_failed": 0, "app_inconsistent": 2},
         "dr-cluster": {"ok": 7, "not_scheduled": 0, "new": 0, "never_backed_up": 1,
-                       "overdue": 0, "last_failed": 4},
+                       "overdue": 0, "last_failed": 4, "app_inconsistent": 0},
     }  # fmt: skip
-    text = landing_page([status("dc1", snapshot([], counts))], "HPE SimpliVity backups", NOW)
+    # Backups nobody owns, counted where the backups are held: a store holds backups but no VM.
+    held = (
+        cluster("dc1-cluster", never_expiring=5, without_vm=1),
+        cluster("StoreOnce-1", never_expiring=2),
+    )
+    orphaned = {"dc1-cluster": (3, 300), "StoreOnce-1": (1, 100)}
+    snap = replace(
+        snapshot([], counts),
+        backups=BackupSnapshot(clusters=held, vms=(), backups_seen=1234),
+        orphaned=orphaned,
+    )
+    text = landing_page([status("dc1", snap)], "HPE SimpliVity backups", NOW)
     table = counts_table(Page("http://127.0.0.1/", text))
     assert table.headers == (
         "Cluster",
@@ -146,27 +165,48 @@ def test_vm_counts_per_cluster_with_a_total_and_the_at_risk_ones_highlighted() -
         "overdue",
         "not scheduled",
         "last failed",
+        "app inconsistent",
         "new",
         "ok",
+        "orphaned backups",
+        "never-expiring backups",
     )
     assert table.rows == (
-        ("dc1-cluster", "46", "0", "3", "2", "0", "1", "40"),
-        ("dr-cluster", "12", "1", "0", "0", "4", "0", "7"),
-        ("all clusters", "58", "1", "3", "2", "4", "1", "47"),
+        ("StoreOnce-1", "0", "0", "0", "0", "0", "0", "0", "0", "1", "2"),
+        ("dc1-cluster", "48", "0", "3", "2", "0", "2", "1", "40", "3", "5"),
+        ("dr-cluster", "12", "1", "0", "0", "4", "0", "0", "7", "0", "0"),
+        ("all clusters", "60", "1", "3", "2", "4", "2", "1", "47", "4", "7"),
     )
     # Highlighted: exactly the at-risk statuses above 0 (not ok, not new, not a zero).
     risky = re.findall(r'<td class="n risk">(\d+)</td>', text)
-    assert risky == ["3", "2", "1", "4", "1", "3", "2", "4"]
+    assert risky == ["3", "2", "2", "1", "4", "1", "3", "2", "4", "2"]
     assert re.findall(r'<tr class="total"><td>([^<]*)</td>', text) == ["all clusters"]
 
 
 def test_one_cluster_needs_no_total_and_no_vms_reads_as_zeros() -> None:
     one = counts_table(page(status("dc1", snapshot([judged("a", "overdue")]))))
-    assert one.rows == (("dc1-cluster", "1", "0", "1", "0", "0", "0", "0"),)
+    assert one.rows == (("dc1-cluster", "1", "0", "1", "0", "0", "0", "0", "0", "0", "0"),)
     empty = page(status("dc1", snapshot([], {})))
-    assert counts_table(empty).rows == (("all clusters",) + ("0",) * 7,)
+    assert counts_table(empty).rows == (("all clusters",) + ("0",) * 10,)
     assert "No VM at risk." in empty.text
     assert not [t for t in empty.tables if t.headers == AT_RISK_HEADERS]
+
+
+def test_an_app_inconsistent_vm_is_at_risk_with_its_newest_app_consistent_backup() -> None:
+    sql = judged("sql", "app_inconsistent", destination="dr-cluster", newest=None, interval=DAY)
+    shown = page(status("dc1", snapshot([sql])))
+    assert at_risk_table(shown).records() == [
+        {
+            "Status": "app inconsistent",
+            "VM": "sql",
+            "Cluster": "dc1-cluster",
+            "Policy": "hourly",
+            "Destination": "dr-cluster",
+            "Newest good backup": "never",
+            "Expected interval": "1 d",
+        }
+    ]
+    assert '<span class="status app_inconsistent">' in shown.dom
 
 
 def test_at_risk_vms_keep_the_snapshots_order_with_every_column_readable() -> None:

@@ -341,6 +341,13 @@ class SimulatedController:
         federation = self._federation
         return federation.expected if federation is not None else {}
 
+    @property
+    def short_recovery_windows(self) -> Mapping[str, frozenset[str]]:
+        """VM id -> the destinations where a live VM older than its policy's recovery window
+        has an oldest restore point younger than half of it (as the simulator judged them)."""
+        federation = self._federation
+        return federation.short_windows if federation is not None else {}
+
     def virtual_machines(self) -> list[dict[str, object]]:
         """A copy of the VMs served (every state), as full dicts."""
         return self._records(VIRTUAL_MACHINES)

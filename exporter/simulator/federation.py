@@ -32,6 +32,7 @@ from exporter.simulator.inventory import (
     host_record,
     plan_inventory,
     policy_record,
+    rule_max_backups,
     vm_record,
 )
 from exporter.simulator.schedule import Destination, Rule
@@ -62,6 +63,8 @@ class Federation:
     expected: Mapping[str, str]
     #: role VM name -> its protection status, for the ALIVE role VMs (see spec.ROLES)
     planted: Mapping[str, str]
+    #: VM id -> the destinations where its recovery window is short (:func:`_short_windows`)
+    short_windows: Mapping[str, frozenset[str]]
 
 
 def generate_federation(spec: FederationSpec, now: float) -> Federation:
@@ -71,10 +74,11 @@ def generate_federation(spec: FederationSpec, now: float) -> Federation:
     times = Times()
     rows = _backups(spec, inventory, now_s, random.Random(f"backups-{spec.seed}"), times)
     vms = [vm_record(vm, times) for vm in inventory.vms]
+    kept = max_backups(inventory)
     return Federation(
         rows=rows,
         virtual_machines=vms,
-        policies=[policy_record(p) for p in inventory.policies],
+        policies=[policy_record(p, kept) for p in inventory.policies],
         hosts=[host_record(h) for h in inventory.hosts],
         clusters=[cluster_record(c, inventory.hosts) for c in inventory.clusters],
         schedule_report=_schedule_report(spec, inventory),
@@ -84,6 +88,7 @@ def generate_federation(spec: FederationSpec, now: float) -> Federation:
             for vm in inventory.vms
             if vm.role != "regular" and vm.expected is not None
         },
+        short_windows=_short_windows(inventory, kept, now_s),
     )
 
 
@@ -115,7 +120,7 @@ def _backups(
             rows.extend(_vm_backups(spec, vm, clusters, now, rng, times))
         else:
             vm.created = vm.created or now - 400 * DAY
-            vm.expected = _judge(vm, vm.host, None, {}, now)
+            vm.expected = _judge(vm, vm.host, None, {}, now, {})
     return rows
 
 
@@ -138,6 +143,7 @@ def _vm_backups(
         per_rule.append((rule.retention * 60, rule.destination.kind == "cluster", group))
     base_size = rng.randint(4, 400) * 1024**3
     spread = base_size >> 6
+    asks = [rule.app_consistent for rule in vm.policy.rules]
     if vm.vm_type == "TEMPLATE":
         consistency_of = None
     elif vm.app_consistent:
@@ -147,6 +153,8 @@ def _vm_backups(
     role = vm.role
     special = role in ("failing", "all-states", "last-failed")
     heads = [(0, "")] * len(per_rule)  # per rule: (created, state) of its newest backup
+    kept = [0] * len(per_rule)  # per rule: its PROTECTED backups
+    app_newest: dict[str, int] = {}  # destination -> its newest application-consistent one
     jitter = min(240, min(rule.frequency for rule in vm.policy.rules) * 30)
     slots, oldest = _slots(vm)
     rows: list[Row] = []
@@ -197,7 +205,9 @@ def _vm_backups(
             sent, sent_at = unique or size // 50, times.utc(created + duration)
         else:
             duration, sent, sent_at = 0, 0, "NA"
-        if consistency_of is None:
+        if asks[r]:  # only vss-failing's rules ask: VSS fails every time, as in HPE's sample
+            consistent, consistency = True, "FAILEDVSS"
+        elif consistency_of is None:
             consistent, consistency = False, "NOT_APPLICABLE"
         elif consistency_of:
             if rng.random() < 0.01:
@@ -208,6 +218,12 @@ def _vm_backups(
             consistent, consistency = False, "NONE"
         if j == 0:
             heads[r] = (created, state)
+        if state == "PROTECTED":
+            kept[r] += 1
+            where = group[1] or group[2]
+            vm.oldest[where] = min(vm.oldest.get(where, created), created)
+            if consistency in ("VSS", "DEFAULT"):
+                app_newest[where] = max(app_newest.get(where, 0), created)
         append(
             (
                 seeded_uuid4(rng),
@@ -238,7 +254,8 @@ def _vm_backups(
         where = per_rule[r][2][1] or per_rule[r][2][2]
         if created > protected.get(where, 0):
             protected[where] = created
-    vm.expected = _judge(vm, vm.host, newest, protected, now)
+    vm.kept = tuple(kept)
+    vm.expected = _judge(vm, vm.host, newest, protected, now, app_newest)
     return rows
 
 
@@ -329,6 +346,7 @@ def _judge(
     newest: tuple[int, str] | None,  # (created, state) of its newest backup
     protected: Mapping[str, int],
     now: int,
+    app_newest: Mapping[str, int],  # destination -> its newest VSS or DEFAULT PROTECTED backup
 ) -> str | None:
     """The protection status of a VM (see spec's docstring), or None when it is not ALIVE."""
     if vm.state != "ALIVE":
@@ -349,15 +367,22 @@ def _judge(
             return "overdue"
     if newest is not None and newest[1] == "FAILED":
         return "last_failed"
+    for target, interval in expected_intervals(vm.policy, app_consistent=True).items():
+        where = vm.cluster.name if target.is_local else target.name
+        since = app_newest.get(where) or vm.created
+        if now - since > interval * OVERDUE_FACTOR + GRACE_SECONDS:
+            return "app_inconsistent"
     return "ok"
 
 
 @lru_cache(maxsize=1024)
-def expected_intervals(policy: Policy) -> dict[Destination, int]:
-    """Per destination, the longest time (seconds) between two of its scheduled backups."""
+def expected_intervals(policy: Policy, app_consistent: bool = False) -> dict[Destination, int]:
+    """Per destination, the longest time (seconds) between two of its scheduled backups; with
+    ``app_consistent``, of those of its rules that ask for application-consistent backups."""
     by_target: dict[Destination, list[int]] = {}
     for r, rule in enumerate(policy.rules):
-        by_target.setdefault(rule.destination, []).append(r)
+        if rule.app_consistent or not app_consistent:
+            by_target.setdefault(rule.destination, []).append(r)
     result = {}
     for target, indexes in by_target.items():
         rules = [policy.rules[r] for r in indexes]
@@ -377,6 +402,60 @@ def _longest_gap(rules: list[Rule], end: int, span: int) -> int:
         times.update(itertools.takewhile(lambda t: t > end - span, rule.times(end, 0)))
     ordered = sorted(times)
     return max(b - a for a, b in itertools.pairwise(ordered))
+
+
+# --- recovery depth -----------------------------------------------------------------------------
+
+#: Roles whose backups are not what their policy keeps (one PROTECTED backup among ten other
+#: states; trimmed by hand): they do not set their policy's max_backups.
+_ODD_KEEPERS: Final = frozenset({"all-states", "trimmed"})
+
+
+def max_backups(inventory: Inventory) -> dict[tuple[str, int], int]:
+    """(policy id, rule index) -> the max_backups its record says, for rules that set none: the
+    fewest PROTECTED backups of that rule a live VM on the policy holds (the simulator keeps
+    fewer backups than retention would, as a controller does whose rules keep that many)."""
+    fewest: dict[tuple[str, int], int] = {}
+    for vm in inventory.vms:
+        if vm.state != "ALIVE" or vm.role in _ODD_KEEPERS:
+            continue
+        for r, count in enumerate(vm.kept):
+            key = (vm.policy.id, r)
+            if count and count < fewest.get(key, count + 1):
+                fewest[key] = count
+    return fewest
+
+
+def recovery_windows(policy: Policy, kept: list[int]) -> dict[Destination, int]:
+    """Per destination, the recovery window (seconds) the policy promises when its rules keep
+    ``kept`` backups each (their max_backups): the longest of its rules' (:meth:`Rule.window`)."""
+    windows: dict[Destination, int] = {}
+    for rule, count in zip(policy.rules, kept, strict=True):
+        window = rule.window(count)
+        if window is not None:
+            windows[rule.destination] = max(windows.get(rule.destination, 0), window)
+    return windows
+
+
+def _short_windows(
+    inventory: Inventory, kept: Mapping[tuple[str, int], int], now: int
+) -> dict[str, frozenset[str]]:
+    """VM id -> where a live VM older than its policy's recovery window holds an oldest
+    PROTECTED backup younger than half that window."""
+    short: dict[str, frozenset[str]] = {}
+    for vm in inventory.vms:
+        if vm.state != "ALIVE" or not vm.oldest:
+            continue
+        counts = [rule_max_backups(vm.policy, r, kept) for r in range(len(vm.policy.rules))]
+        where = set()
+        for target, window in recovery_windows(vm.policy, counts).items():
+            name = vm.cluster.name if target.is_local else target.name
+            oldest = vm.oldest.get(name)
+            if now - vm.created > window and oldest is not None and now - oldest < window / 2:
+                where.add(name)
+        if where:
+            short[vm.id] = frozenset(where)
+    return short
 
 
 # --- the schedule report ------------------------------------------------------------------------

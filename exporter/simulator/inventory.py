@@ -8,8 +8,8 @@ as the REST API lists it.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 from exporter.simulator.schedule import LOCAL, Destination, Rule
@@ -18,6 +18,7 @@ from exporter.simulator.spec import (
     CLOUD_STORE_NAME,
     EXTERNAL_STORE_NAME,
     ROLES,
+    TRIMMED_VM_KEPT,
     FederationSpec,
 )
 from exporter.simulator.values import DAY, Times, seeded_uuid4
@@ -57,7 +58,12 @@ _STOPPED_AGO: Final = {
     "removed": 5 * DAY,
     "deleted": 10 * DAY,
 }
-_CREATED_AGO: Final = {"never-backed-up": 5 * DAY, "no-rules": 30 * DAY, "new": 600}
+_CREATED_AGO: Final = {
+    "never-backed-up": 5 * DAY,
+    "no-rules": 30 * DAY,
+    "new": 600,
+    "trimmed": 90 * DAY,  # older than its 30-day window
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,10 @@ class VmPlan:
     created: int = 0
     #: the protection status a correct exporter finds (None: not ALIVE); set with the backups
     expected: str | None = None
+    #: per rule of its policy: its PROTECTED backups; set with the backups
+    kept: tuple[int, ...] = ()
+    #: destination -> its oldest PROTECTED backup (Unix seconds); set with the backups
+    oldest: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -204,6 +214,16 @@ def _play(vm: VmPlan, spec: FederationSpec, policies: _Catalog, now: int) -> Non
         rule = Rule(1440, "Last", "23:00", "00:00", target, retention=365 * 1440)
         name = f"Daily local + month end to {target.name or 'local'}"
         vm.policy = policies.special(name, (policies.base_rule(1440), rule))
+    elif role == "vss-failing":
+        target = Destination("cluster", dr.name, dr.id) if dr else Destination("local")
+        rule = Rule(1440, destination=target, retention=30 * 1440, app_consistent=True)
+        name = f"Hourly local + daily VSS to {dr.name if dr else 'local'}"
+        vm.policy = policies.special(name, (policies.base_rule(60), rule))
+    elif role == "trimmed":
+        rule = Rule(1440, retention=30 * 1440, max_backups=30)
+        vm.policy = policies.special("Daily local, 30 kept", (rule,))
+        if spec.total_backups is None:  # else: exactly that many backups, as spread
+            vm.count = min(vm.count, TRIMMED_VM_KEPT)
     if role == "removed":
         vm.state = "REMOVED"
     elif role == "deleted":
@@ -352,7 +372,11 @@ _DESTINATION_NAMES: Final = {"local": LOCAL_DESTINATION, "store": ""}
 _DESTINATION_IDS: Final = {"local": LOCAL_DESTINATION, "store": ""}
 
 
-def policy_record(policy: Policy) -> dict[str, object]:
+def policy_record(
+    policy: Policy, kept: Mapping[tuple[str, int], int] | None = None
+) -> dict[str, object]:
+    """``kept``: (policy id, rule index) -> the max_backups of a rule that does not set its own
+    (:func:`exporter.simulator.federation.max_backups`)."""
     rules = []
     # Real rules number from 0.
     for number, (rule, rule_id) in enumerate(zip(policy.rules, policy.rule_ids, strict=True)):
@@ -369,9 +393,9 @@ def policy_record(policy: Policy) -> dict[str, object]:
                 "destination_id": _DESTINATION_IDS.get(target.kind, target.id),
                 "destination_name": _DESTINATION_NAMES.get(target.kind, target.name),
                 "external_store_name": target.name if target.kind == "store" else "",
-                "max_backups": max(1, round(rule.per_day() * rule.retention / 1440)),
-                "application_consistent": False,
-                "consistency_type": "NONE",
+                "max_backups": rule_max_backups(policy, number, kept or {}),
+                "application_consistent": rule.app_consistent,
+                "consistency_type": "VSS" if rule.app_consistent else "NONE",
             }
         )
     return {
@@ -382,6 +406,13 @@ def policy_record(policy: Policy) -> dict[str, object]:
         "owner_cluster_id": policy.owner.id,
         "owner_cluster_name": policy.owner.name,
     }
+
+
+def rule_max_backups(policy: Policy, index: int, kept: Mapping[tuple[str, int], int]) -> int:
+    """The max_backups of the policy's rule ``index``: its own, else what ``kept`` says, else
+    what its retention holds."""
+    rule = policy.rules[index]
+    return rule.max_backups or kept.get((policy.id, index)) or rule.retained()
 
 
 def host_record(host: Host) -> dict[str, object]:
@@ -410,7 +441,9 @@ def cluster_record(cluster: Cluster, hosts: Sequence[Host]) -> dict[str, object]
 
 
 def vm_record(vm: VmPlan, times: Times) -> dict[str, object]:
-    if vm.app_consistent:
+    if vm.role == "vss-failing":
+        app_aware = "INVALID_CREDS"
+    elif vm.app_consistent:
         app_aware = "VALID_CREDS"
     elif vm.vm_type == "TEMPLATE":
         app_aware = "VMWARE_TOOLS_UNAVAILABLE"

@@ -53,6 +53,11 @@ class Rule:
     end: str = "00:00"
     destination: Destination = LOCAL
     retention: int = 7 * 24 * 60  # minutes
+    #: The most backups the rule keeps; None: as many as its policy's VMs hold (the simulator
+    #: keeps what a controller with this rule would, see federation.max_backups).
+    max_backups: int | None = None
+    #: Whether it asks for application-consistent (VSS) backups.
+    app_consistent: bool = False
 
     def __post_init__(self) -> None:
         if self.frequency <= 0:
@@ -84,6 +89,23 @@ class Rule:
     def per_day(self) -> float:
         """Backups per day, on average over a year."""
         return _per_day(self)
+
+    def retained(self) -> int:
+        """The backups its retention holds, on average (at least 1)."""
+        return max(1, round(self.per_day() * self.retention / 1440))
+
+    def window(self, max_backups: int) -> int | None:
+        """The recovery window (seconds) this rule promises keeping ``max_backups`` backups, as
+        the exporter's README defines it: the shorter of its retention and ``max_backups`` x the
+        shortest time it leaves between two backups (its frequency when it takes several a day,
+        else a day); none when it keeps a single backup."""
+        if max_backups <= 1:
+            return None
+        minutes = self.minutes_of_day()
+        shortest = DAY // 60
+        if len(minutes) > 1:
+            shortest = min(self.frequency, minutes[0] + DAY // 60 - minutes[-1])
+        return min(self.retention, max_backups * shortest) * 60
 
     def times(self, before: int, offset: int) -> Iterator[int]:
         """Scheduled times (Unix seconds), newest first, at or before ``before``; endless.

@@ -6,7 +6,9 @@ the first that applies of: ``not_scheduled`` (its policy has no rules, or policy
 disabled on its host), ``new`` (no PROTECTED backup yet, created less than its expected
 interval + 1 h ago), ``never_backed_up``, ``overdue`` (for some destination of its policy, the
 newest PROTECTED backup there is older than 1.5 x the expected interval + 1 h), ``last_failed``
-(its newest backup FAILED), ``ok``.
+(its newest backup FAILED), ``app_inconsistent`` (at a destination where a rule asks for
+application-consistent backups, the newest VSS or DEFAULT one there is older than 1.5 x those
+rules' interval + 1 h), ``ok``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ PROTECTION_STATUSES: Final = (
     "never_backed_up",
     "overdue",
     "last_failed",
+    "app_inconsistent",
     "ok",
 )
 
@@ -44,7 +47,8 @@ EXTERNAL_STORE_VM: Final = "external-store-vm-01"
 EXTERNAL_STORE_NAME: Final = "StoreOnce-Boston"
 #: The store regular VMs' weekly rules (and the month-end rule) send backups to.
 CLOUD_STORE_NAME: Final = "StoreOnce-Cloud"
-#: Fresh hourly VM: newest backup PROTECTED, the next ten take the ten other states in turn. ok.
+#: Fresh hourly VM: newest backup PROTECTED, the next ten take the ten other states in turn. ok;
+#: its recovery window is short (one restore point where its policy keeps about ten).
 ALL_STATES_VM: Final = "all-states-vm-01"
 #: virtual_machine_type TEMPLATE, daily backups, consistency_type NOT_APPLICABLE. ok.
 TEMPLATE_VM: Final = "template-win2022"
@@ -70,6 +74,16 @@ WEEKDAYS_VM: Final = "mon-wed-fri-vm-01"
 MONTH_DAYS_VM: Final = "month-days-vm-01"
 #: Daily local, and on the last day of each month to StoreOnce-Cloud. ok.
 MONTH_END_VM: Final = "month-end-vm-01"
+#: Hourly crash-consistent local backups keep coming; its daily rule to another cluster asks
+#: for application-consistent (VSS) backups, and VSS fails every night there: each of those
+#: backups is PROTECTED with consistency_type FAILEDVSS (like HPE's real sample).
+#: app_aware_vm_status INVALID_CREDS. app_inconsistent.
+VSS_FAILING_VM: Final = "vss-failing-vm-01"
+#: Daily local, kept 30 days and at most 30 backups (a recovery window of 30 days); only its
+#: newest 5 remain (trimmed by hand). ok, and its recovery window is short.
+TRIMMED_VM: Final = "trimmed-vm-01"
+#: Days of backups TRIMMED_VM keeps, of the 30 its policy promises.
+TRIMMED_VM_KEPT: Final = 5
 
 # (name, role, cluster index, protection status or None when not ALIVE). The order is the
 # order in which roles are dropped when a spec has fewer VMs than roles.
@@ -96,6 +110,8 @@ ROLES: Final = (
     (WEEKDAYS_VM, "weekdays", 1, "ok"),
     (MONTH_DAYS_VM, "month-days", 1, "ok"),
     (MONTH_END_VM, "month-end", 2, "ok"),
+    (VSS_FAILING_VM, "vss-failing", 0, "app_inconsistent"),
+    (TRIMMED_VM, "trimmed", 1, "ok"),
 )
 #: Planted VM name -> the protection status an exporter must find (live VMs only).
 ROLE_STATUSES: Final = {name: status for name, _, _, status in ROLES if status is not None}
