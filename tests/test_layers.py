@@ -52,9 +52,11 @@ FORBIDDEN = {
 }
 
 
-def exporter_imports(module: str) -> set[str]:
-    """The exporter modules ``module`` imports (``exporter.x.y`` counts as ``x``)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+def exporter_imports(module: str | Path) -> set[str]:
+    """The exporter modules ``module`` (a name, or a file) imports (``exporter.x.y`` counts as
+    ``x``)."""
+    path = module if isinstance(module, Path) else PACKAGE / f"{module}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
         names: list[str] = []
@@ -81,3 +83,12 @@ def test_nothing_below_the_web_imports_it() -> None:
     modules = [path.stem for path in PACKAGE.glob("*.py") if path.stem not in ("app", "cli")]
     importers = [module for module in modules if "web" in exporter_imports(module)]
     assert importers == []
+
+
+@pytest.mark.parametrize(
+    "source", sorted((PACKAGE / "simulator").glob("*.py")), ids=lambda path: path.name
+)
+def test_the_simulator_imports_nothing_of_the_exporter_but_hpes_table(source: Path) -> None:
+    """An independent oracle: of the exporter it may read HPE's contract (``restapi``) only."""
+    wrong = exporter_imports(source) - {"simulator", "restapi"}
+    assert wrong == set(), f"exporter/simulator/{source.name} imports {sorted(wrong)}"
