@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import gzip
+import sys
 import threading
 import zlib
 from collections.abc import Sequence
@@ -158,6 +159,7 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_a_snapshot_is_written_once_not_at_every_render(written: list[str]) -> None:
+    interval = sys.getswitchinterval()
     now = [NOW]
     statuses = [status("boston", federation(vms=10)), status("chicago", federation(vms=5))]
     state = [STATE]
@@ -177,6 +179,7 @@ def test_a_snapshot_is_written_once_not_at_every_render(written: list[str]) -> N
     assert "simplivity_vm_info" not in writer.text()
     assert len(written) == 5
     assert gc.isenabled()  # off only while snapshots were written
+    assert sys.getswitchinterval() == interval  # shortened only meanwhile too
 
 
 def without_ages(text: str) -> list[str]:
