@@ -1,6 +1,7 @@
-"""Every link in README.md, docs/*.md and CONTRIBUTING.md leads somewhere: in-page anchors name a heading (by GitHub's
-rules for heading anchors), relative links name a file of the repository (and, with an
-anchor, a heading of that file). Links in code blocks and code spans are not links."""
+"""Every link in README.md, docs/*.md and CONTRIBUTING.md leads somewhere: in-page anchors
+name a heading (by GitHub's rules for heading anchors), relative links name a file of the
+repository (and, with an anchor, a heading of that file). Links in code blocks and code spans
+are not links."""
 
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def test_every_link_leads_somewhere(document: Path) -> None:
 
 def test_the_readme_links_every_document() -> None:
     """docs/ and CONTRIBUTING.md are reached from the front door."""
-    linked = {destination.partition("#")[0] for _, destination in links(README.read_text(encoding="utf-8"))}
+    text = README.read_text(encoding="utf-8")
+    linked = {destination.partition("#")[0] for _, destination in links(text)}
     wanted = {str(path.relative_to(ROOT)) for path in DOCUMENTS[1:]}
     assert wanted - linked == set()
 
