@@ -36,6 +36,7 @@ from exporter.pages import Collection, sorting
 from exporter.poller import ControllerPoller
 from exporter.scan import Scanner
 from exporter.simulator import FederationSpec, SimulatedController
+from exporter.simulator.catalog import COLLECTIONS as SIMULATED
 from tests.snapshots import NoPollLimits, listing_body
 
 CONTRACT = json.loads(
@@ -83,6 +84,15 @@ def test_the_runtime_table_is_hpes(path: str, definition: str) -> None:
     documented = CONTRACT["definitions"][definition]["properties"]
     assert set(restapi.FIELDS[path]) == set(documented)
     assert {f: since(definition, f) for f in documented} == dict(restapi.FIELDS[path])
+
+
+def test_the_simulators_collections_are_hpes_resources() -> None:
+    """Each entry of the simulator's table: a path and envelope key HPE documents, with its
+    fields in the runtime table; every listing the exporter reads among them."""
+    for paged in SIMULATED:
+        assert resource(paged.path)["key"] == paged.key
+        assert restapi.FIELDS[paged.path]
+    assert {c.path for c in LISTINGS} <= {paged.path for paged in SIMULATED}
 
 
 def test_hosts_have_no_cluster_name_and_their_cluster_id_came_with_1_9() -> None:
@@ -199,7 +209,7 @@ def test_every_object_the_simulator_serves_is_hpes_for_its_version(
     ).json()["access_token"]
     session.headers["Authorization"] = f"Bearer {token}"
     served = 0
-    for path in (*(c.path for c in LISTINGS), SCHEDULE_REPORT):
+    for path in (*(paged.path for paged in SIMULATED), SCHEDULE_REPORT):
         entry = resource(path)
         definition = entry["definition"]
         params = {"limit": "5000"}

@@ -20,7 +20,7 @@ import pytest
 import requests
 import trustme
 
-from exporter import simulator
+from exporter import restapi, simulator
 from exporter.simulator import (
     BACKUP_FIELDS,
     BACKUP_STATES,
@@ -30,6 +30,8 @@ from exporter.simulator import (
     SimulatedController,
     generate_backups,
 )
+from exporter.simulator.catalog import COLLECTIONS as TABLE
+from exporter.simulator.catalog import INVENTORY, Paged
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 Json = dict[str, Any]
@@ -1073,11 +1075,8 @@ def test_faults_aim_at_the_paths_they_are_given(
 
 # --- inventory: VMs, policies, hosts, the schedule report ---------------------------------------
 
-COLLECTIONS = {
-    "/api/virtual_machines": "virtual_machines",
-    "/api/policies": "policies",
-    "/api/hosts": "hosts",
-}
+#: The inventory's collections, from the simulator's table: path -> envelope key.
+COLLECTIONS = {paged.path: paged.key for paged in INVENTORY.values()}
 REPORT = "/api/policies/policy_schedule_report"
 
 
@@ -1089,7 +1088,7 @@ def by_id(records: list[Any]) -> dict[str, Any]:
 def test_inventory_collections_page_sort_and_select_like_the_api(
     start: Callable[..., SimulatedController], path: str
 ) -> None:
-    controller = start(FederationSpec(vms=60))
+    controller = start(FederationSpec(vms=60, clusters=5))
     key = COLLECTIONS[path]
     assert requests.get(controller.url + path, timeout=5).status_code == 401
     token = login(controller)
@@ -1414,6 +1413,63 @@ def test_set_inventory_serves_records_as_given(
     controller.set_backups([{"id": "b1", "name": "x", "state": "PROTECTED"}])
     assert get(controller, token, "/api/virtual_machines")["count"] == 0
     assert get(controller, token, REPORT)["daily_backup_rate"] == 0
+
+
+@pytest.mark.parametrize("paged", INVENTORY.values(), ids=lambda paged: paged.key)
+def test_set_inventory_replaces_the_collection_its_envelope_key_names(
+    start: Callable[..., SimulatedController], paged: Paged
+) -> None:
+    controller = start(FederationSpec(vms=5))
+    others = {p.path: controller.records(p.path) for p in INVENTORY.values() if p is not paged}
+    assert all(others.values())
+    record = {"id": "r1", "name": "only", **dict(paged.query.defaults)}
+    replaced: dict[str, Any] = {paged.key: [record]}
+    controller.set_inventory(**replaced)
+    token = login(controller)
+    assert get(controller, token, paged.path)[paged.key] == [record]
+    assert controller.records(paged.path) == [record]
+    assert {path: controller.records(path) for path in others} == others
+    with pytest.raises(TypeError, match="no inventory collection"):
+        controller.set_inventory(datastores=[record])
+
+
+@pytest.mark.parametrize("paged", TABLE, ids=lambda paged: paged.key)
+def test_every_collection_of_the_table_is_served_with_the_common_rules(
+    start: Callable[..., SimulatedController], paged: Paged
+) -> None:
+    """A route, paging, fields=, a sort by any field HPE documents, strict mode's 400s and
+    the faults aimed at it: what an entry of the table gets without a line of its own."""
+    controller = start(FederationSpec(vms=40), api_version="1.10")
+    assert controller.routes[paged.path].login
+    token = login(controller)
+    whole = get(controller, token, paged.path, limit=5000)
+    assert whole["count"] == len(whole[paged.key]) >= 3
+    ids = sorted(str(r["id"]) for r in whole[paged.key])
+    paged_ids = [
+        str(r["id"])
+        for offset in range(0, len(ids), 2)
+        for r in get(
+            controller, token, paged.path, offset=offset, limit=2, sort="id", order="ascending"
+        )[paged.key]
+    ]
+    assert paged_ids == ids
+    narrow = get(controller, token, paged.path, fields="id", limit=3)[paged.key]
+    assert [set(r) for r in narrow] == [{"id"}] * 3
+    young = [f for f, since in restapi.FIELDS[paged.path].items() if since > (1, 10)]
+    for params in ({"sort": "nonsense"}, {"fields": "id,nonsense"}, *({"sort": f} for f in young)):
+        refused = get_path(controller, token, paged.path, **params)
+        assert refused.status_code == 400, params
+        assert refused.json()["path"] == paged.path
+    documented = [f for f, since in restapi.FIELDS[paged.path].items() if since <= (1, 10)]
+    for unserved in [f for f in documented if f not in whole[paged.key][0]][:1]:
+        assert get(controller, token, paged.path, sort=unserved)["count"] == whole["count"]
+    requests_before = controller.stats.snapshot().requests_per_path[paged.path]
+    controller.faults.paths = frozenset({paged.path})
+    controller.faults.fail_next(1, 503)
+    assert get_path(controller, token, paged.path).status_code == 503
+    controller.faults.limit_cap = 2
+    assert len(get(controller, token, paged.path)[paged.key]) == 2
+    assert controller.stats.snapshot().requests_per_path[paged.path] == requests_before + 2
 
 
 @pytest.mark.parametrize(

@@ -17,13 +17,37 @@ tests and the benchmarks all talk to the exporter's real client over real socket
         # {"offset": 0, "count": 485, "limit": 3000, "backups": [...]}
 
 Endpoints: ``GET /api/version`` (no login), ``POST /api/oauth/token`` (HTTP Basic
-``simplivity:`` plus a password grant), and with a Bearer token the paged collections
-``GET /api/backups``, ``/api/virtual_machines``, ``/api/policies``, ``/api/hosts``,
-``/api/omnistack_clusters`` (offset/limit/count paging, ``fields``, ``sort``/``order``,
-single-value filters and the comma-filter defect of an OVC; VMs' ``state`` defaults to ALIVE
-and takes a list) and
+``simplivity:`` plus a password grant), and with a Bearer token the paged collections of
+:data:`~exporter.simulator.catalog.COLLECTIONS`: ``GET /api/backups``,
+``/api/virtual_machines``, ``/api/policies``, ``/api/hosts``, ``/api/omnistack_clusters``
+(offset/limit/count paging, ``fields``, ``sort``/``order``, single-value filters and the
+comma-filter defect of an OVC; VMs' ``state`` defaults to ALIVE and takes a list) and
 ``GET /api/policies/policy_schedule_report`` (REST API 1.11 and later). Everything else
 answers 404 (or 405 for a wrong method) with the documented error body.
+
+Adding a paged collection (``/api/datastores``, say) is an entry in one table and a generator:
+
+1. HPE's fields for it in :mod:`exporter.restapi` (its path, its field names, the REST API
+   version of each younger one), if that table, shared with the exporter, lacks them;
+2. its generator: a function of the planned
+   :class:`~exporter.simulator.inventory.Inventory` that returns its records as the newest
+   version lists them, beside ``host_record`` and the others in
+   :mod:`~exporter.simulator.inventory`;
+3. its entry in :data:`exporter.simulator.catalog.COLLECTIONS`::
+
+       Paged(DATASTORES, "datastores", lambda inventory: [datastore_record(d) for d in ...]),
+
+   with ``QueryRules(defaults=..., lists=..., dated=True)`` if its query has default filters,
+   filters taking a list, or ``created_after``/``created_before``, and ``nested=`` for fields
+   holding another resource's items (a policy's ``rules``).
+
+The rest follows from the table: the route (from the version that has the resource,
+``restapi.RESOURCE_SINCE``), paging with the controller's limits, ``fields=``, sorting and
+filtering by any field HPE documents, strict mode's 400s (or ``strict=False``, ``--lenient``),
+a version's fields only, the faults aimed at its path (``faults.paths``), the stats per path,
+``set_inventory(datastores=[...])`` and ``records("/api/datastores")``. The tests run over
+every entry: ``tests/test_simulator.py`` the common rules, ``tests/test_contract.py`` HPE's
+path, envelope key and definitions for every REST API version.
 
 The generated federation is consistent across endpoints: the backups' VMs are the inventory's
 VMs, each VM's backups follow its policy's rules (local, DR copies to another cluster,
@@ -38,9 +62,10 @@ while a client pages); :attr:`SimulatedController.stats` counts what clients did
 The package's rooms: ``vocabulary`` (the API's names and limits), ``values`` (fast texts of
 times and ids), ``spec`` (:class:`FederationSpec`, the role VMs and their statuses),
 ``schedule`` (when a policy rule takes its backups), ``inventory`` (clusters, hosts, policies,
-VM placement), ``federation`` (the backups, the oracle of protection statuses, the schedule
-report), ``store`` (sorting, filtering, churn and JSON rendering of records), ``listing``
-(serving a paged collection with its faults), ``faults``, ``stats``, ``server`` (HTTP
+VM placement, and the records as the API lists them), ``federation`` (the backups, the oracle
+of protection statuses, the schedule report), ``catalog`` (the table of paged collections),
+``store`` (sorting, filtering, churn and JSON rendering of records), ``listing`` (serving a
+paged collection with its faults), ``faults``, ``stats``, ``server`` (HTTP
 plumbing; one :class:`~exporter.simulator.server.Exchange` per request), ``controller`` (life
 cycle, tokens and the route table ``SimulatedController.routes``: path -> endpoint) and
 ``cli`` (the command line).
@@ -51,6 +76,7 @@ Run one from the shell (it prints its URL and credentials, and serves until SIGI
         --request-cost 0.02 --object-cost 0.00002 --max-parallel 8
 """
 
+from exporter.simulator.catalog import COLLECTIONS, Paged
 from exporter.simulator.cli import main
 from exporter.simulator.controller import Endpoint, SimulatedController
 from exporter.simulator.faults import (
@@ -113,6 +139,7 @@ __all__ = [
     "BUSINESS_HOURS_VM",
     "CLIENT_ID",
     "CLOUD_STORE_NAME",
+    "COLLECTIONS",
     "DEFAULT_LIMIT",
     "DELETED_VM",
     "DR_STOPPED_VM",
@@ -153,6 +180,7 @@ __all__ = [
     "FederationSpec",
     "Malformed",
     "Oddity",
+    "Paged",
     "SimulatedController",
     "Stats",
     "StatsSnapshot",

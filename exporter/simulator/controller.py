@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Final, Literal
@@ -21,35 +21,20 @@ from exporter.restapi import (
     CLUSTERS,
     HOSTS,
     POLICIES,
-    RULES,
     SCHEDULE_REPORT,
     VIRTUAL_MACHINES,
     Version,
-    documented,
+    has_resource,
 )
+from exporter.simulator.catalog import BACKUP_LISTING, COLLECTIONS, INVENTORY, Paged
 from exporter.simulator.faults import Faults
 from exporter.simulator.federation import Federation, generate_federation
 from exporter.simulator.listing import Collection, Listings, answer_failure
 from exporter.simulator.server import Exchange, Handler, Server
 from exporter.simulator.spec import FederationSpec
 from exporter.simulator.stats import Stats
-from exporter.simulator.store import (
-    BACKUP_QUERY,
-    GENERATED,
-    QueryRules,
-    Store,
-    layout_from_dicts,
-)
-from exporter.simulator.vocabulary import (
-    CLIENT_ID,
-    CLUSTER_FIELDS,
-    HOST_FIELDS,
-    POLICY_FIELDS,
-    REST_API_VERSION,
-    SCHEDULE_REPORT_SINCE,
-    SVTFS_VERSION,
-    VM_FIELDS,
-)
+from exporter.simulator.store import GENERATED, Store, layout_from_dicts
+from exporter.simulator.vocabulary import CLIENT_ID, REST_API_VERSION, SVTFS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +42,6 @@ _DEFAULT_SPEC: Final = FederationSpec()
 #: The OmniStack version an older controller (before SimpliVity 4.0: REST API before 1.14)
 #: reports.
 OLD_SVTFS: Final = "3.7.7.240"
-VM_QUERY: Final = QueryRules(VM_FIELDS, defaults=(("state", "ALIVE"),), lists=frozenset({"state"}))
-POLICY_QUERY: Final = QueryRules(POLICY_FIELDS)
-HOST_QUERY: Final = QueryRules(HOST_FIELDS)
-CLUSTER_QUERY: Final = QueryRules(CLUSTER_FIELDS)
 #: External stores came with SimpliVity 4.0 (REST API 1.14).
 EXTERNAL_STORES_SINCE: Final = (1, 14)
 
@@ -96,17 +77,17 @@ class SimulatedController:
     controller may; otherwise unknown ``fields=`` names are ignored.
 
     Endpoints: ``GET /api/version``; ``POST /api/oauth/token``; with a token, the paged
-    collections ``GET /api/backups``, ``/api/virtual_machines``, ``/api/policies``,
-    ``/api/hosts``, ``/api/omnistack_clusters`` (envelope keys ``backups``,
-    ``virtual_machines``, ``policies``, ``hosts``, ``omnistack_clusters``) and the flat
-    ``GET /api/policies/policy_schedule_report``. :attr:`routes` maps each path to its
-    :class:`Endpoint`.
+    collections of :data:`~exporter.simulator.catalog.COLLECTIONS` (``GET /api/backups``,
+    ``/api/virtual_machines``, ``/api/policies``, ``/api/hosts``, ``/api/omnistack_clusters``)
+    and the flat ``GET /api/policies/policy_schedule_report``. :attr:`routes` maps each path to
+    its :class:`Endpoint`.
 
     How a collection reads its query (``/api/backups`` is the example):
 
     - ``offset`` >= 0 (default 0), ``limit`` 0..5000 (default 500); anything else is 400.
       ``count`` is the number of matching backups; a page past the end is empty.
-    - ``sort`` any documented backup field (default ``name``; an unknown one is 400), ``order``
+    - ``sort`` any backup field HPE documents or a backup holds (default ``name``; another is
+      400; in ``strict`` mode, only those of this version), ``order``
       ascending|descending (default descending). Ties are broken by ``id`` (descending order
       is the exact reverse of ascending), so paging order is total and stable.
     - ``fields=a,b``: only those fields (empty means all; unknown names: see ``strict``).
@@ -152,7 +133,7 @@ class SimulatedController:
         self.api_version = api_version
         self.version: Version = version
         self.strict = strict
-        self.has_schedule_report = version >= SCHEDULE_REPORT_SINCE
+        self.has_schedule_report = has_resource(SCHEDULE_REPORT, version)
         self._content_type = f"application/vnd.simplivity.v{api_version}+json;charset=UTF-8"
         self._report: dict[str, object] = {}
         self._federation: Federation | None = None
@@ -172,12 +153,10 @@ class SimulatedController:
         self.routes: dict[str, Endpoint] = {
             "/api/version": Endpoint(("GET",), self._version),
             "/api/oauth/token": Endpoint(("POST",), self._login),
-            BACKUPS: Endpoint(("GET",), self._listing, login=True),
-            VIRTUAL_MACHINES: Endpoint(("GET",), self._listing, login=True),
-            POLICIES: Endpoint(("GET",), self._listing, login=True),
-            HOSTS: Endpoint(("GET",), self._listing, login=True),
-            CLUSTERS: Endpoint(("GET",), self._listing, login=True),
         }
+        for paged in COLLECTIONS:
+            if has_resource(paged.path, version):
+                self.routes[paged.path] = Endpoint(("GET",), self._listing, login=True)
         if self.has_schedule_report:
             self.routes[SCHEDULE_REPORT] = Endpoint(("GET",), self._schedule_report, login=True)
         self.set_backups(backups)
@@ -254,23 +233,20 @@ class SimulatedController:
             federation = generate_federation(backups, now)
             store = Store(GENERATED, federation.rows)
             seed = backups.seed
-            vms, policies = federation.virtual_machines, federation.policies
-            hosts, clusters = federation.hosts, federation.clusters
+            records = federation.records
             report = federation.schedule_report
         else:
             federation = None
             store = Store(*layout_from_dicts(backups))
             seed = 0
-            vms, policies, hosts, clusters, report = [], [], [], [], _empty_report()
+            records, report = {}, _empty_report()
         for sort in ("id", "name"):  # the default order, and the one paging clients use
             store.ascending(sort)
         # Not Random(seed): that stream generated the federation, so churn would mint the
         # very ids that already exist (duplicates in the listing).
         rng = random.Random(f"churn-{seed}")
-        collections = [
-            Collection(BACKUPS, "backups", store, BACKUP_QUERY, churns=True),
-            *self._inventory(vms, policies, hosts, clusters),
-        ]
+        collections = [Collection(BACKUP_LISTING, store)]
+        collections += [self._collection(p, records.get(p.path, ())) for p in INVENTORY.values()]
         with self._lock:
             self._listings.replace(collections, rng)
             self._report = dict(report)
@@ -280,50 +256,25 @@ class SimulatedController:
     def set_inventory(
         self,
         *,
-        virtual_machines: Sequence[Mapping[str, object]] | None = None,
-        policies: Sequence[Mapping[str, object]] | None = None,
-        hosts: Sequence[Mapping[str, object]] | None = None,
-        clusters: Sequence[Mapping[str, object]] | None = None,
         schedule_report: Mapping[str, object] | None = None,
+        **records: Sequence[Mapping[str, object]],
     ) -> None:
-        """Serve these records in place of the generated ones (the fields of this version)."""
+        """Serve these records in place of the generated ones, each collection named by its
+        envelope key (``virtual_machines=[...]``, ``omnistack_clusters=[...]``; the fields of
+        this version)."""
+        unknown = sorted(set(records) - set(INVENTORY))
+        if unknown:
+            raise TypeError(f"no inventory collection {unknown}; there are {sorted(INVENTORY)}")
         with self._lock:
-            self._listings.update(
-                self._inventory(
-                    virtual_machines if virtual_machines is not None else self.virtual_machines(),
-                    policies if policies is not None else self.policies(),
-                    hosts if hosts is not None else self.hosts(),
-                    clusters if clusters is not None else self.clusters(),
-                )
-            )
+            self._listings.update(self._collection(INVENTORY[k], v) for k, v in records.items())
             if schedule_report is not None:
                 self._report = dict(schedule_report)
             self._federation = None
 
-    def _inventory(
-        self,
-        vms: Sequence[Mapping[str, object]],
-        policies: Sequence[Mapping[str, object]],
-        hosts: Sequence[Mapping[str, object]],
-        clusters: Sequence[Mapping[str, object]],
-    ) -> list[Collection]:
-        # Rules sit inside policies: their fields of later versions go here; the listings'
-        # own, as they are served.
-        policies = [
-            {k: _rules_of(v, self.version) if k == "rules" else v for k, v in policy.items()}
-            for policy in policies
-        ]
-        collections = []
-        for path, key, records, rules in (
-            (VIRTUAL_MACHINES, "virtual_machines", vms, VM_QUERY),
-            (POLICIES, "policies", policies, POLICY_QUERY),
-            (HOSTS, "hosts", hosts, HOST_QUERY),
-            (CLUSTERS, "omnistack_clusters", clusters, CLUSTER_QUERY),
-        ):
-            store = Store(*layout_from_dicts(records))
-            store.ascending("name")
-            collections.append(Collection(path, key, store, rules))
-        return collections
+    def _collection(self, paged: Paged, records: Iterable[Mapping[str, object]]) -> Collection:
+        store = Store(*layout_from_dicts(paged.as_served(records, self.version)))
+        store.ascending("name")
+        return Collection(paged, store)
 
     @property
     def planted(self) -> Mapping[str, str]:
@@ -348,33 +299,34 @@ class SimulatedController:
         federation = self._federation
         return federation.short_windows if federation is not None else {}
 
+    def records(self, path: str) -> list[dict[str, object]]:
+        """A copy of the records a paged collection serves (unsorted; every VM state), as full
+        dicts."""
+        layout, rows = self._listings.rows(path)
+        return [layout.as_dict(row) for row in rows]
+
     def virtual_machines(self) -> list[dict[str, object]]:
-        """A copy of the VMs served (every state), as full dicts."""
-        return self._records(VIRTUAL_MACHINES)
+        return self.records(VIRTUAL_MACHINES)
 
     def policies(self) -> list[dict[str, object]]:
-        return self._records(POLICIES)
+        return self.records(POLICIES)
 
     def hosts(self) -> list[dict[str, object]]:
-        return self._records(HOSTS)
+        return self.records(HOSTS)
 
     def clusters(self) -> list[dict[str, object]]:
-        return self._records(CLUSTERS)
+        return self.records(CLUSTERS)
 
     def schedule_report(self) -> dict[str, object]:
         with self._lock:
             return dict(self._report)
-
-    def _records(self, path: str) -> list[dict[str, object]]:
-        layout, rows = self._listings.rows(path)
-        return [layout.as_dict(row) for row in rows]
 
     def backup_count(self) -> int:
         return len(self._listings.rows(BACKUPS)[1])
 
     def backups(self) -> list[dict[str, object]]:
         """A copy of the current backups, as full dicts (unsorted)."""
-        return self._records(BACKUPS)
+        return self.records(BACKUPS)
 
     def backup_ids(self) -> set[str]:
         layout, rows = self._listings.rows(BACKUPS)
@@ -547,18 +499,6 @@ def _version_tuple(version: str) -> Version:
     if len(parts) != 2:
         raise ValueError(f"api_version must look like 1.25, not {version!r}")
     return parts[0], parts[1]
-
-
-def _rules_of(rules: object, version: Version) -> object:
-    """A policy's rules with only the fields ``version`` documents."""
-    if not isinstance(rules, list):
-        return rules
-    return [
-        {k: v for k, v in rule.items() if documented(RULES, k, version)}
-        if isinstance(rule, dict)
-        else rule
-        for rule in rules
-    ]
 
 
 def _empty_report() -> dict[str, object]:

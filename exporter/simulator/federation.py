@@ -22,18 +22,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
+from exporter.restapi import HOSTS, POLICIES, VIRTUAL_MACHINES
+from exporter.simulator.catalog import COLLECTIONS
 from exporter.simulator.inventory import (
     Cluster,
     Host,
     Inventory,
     Policy,
     VmPlan,
-    cluster_record,
-    host_record,
+    max_backups,
     plan_inventory,
-    policy_record,
     rule_max_backups,
-    vm_record,
 )
 from exporter.simulator.schedule import Destination, Rule
 from exporter.simulator.spec import FederationSpec
@@ -54,10 +53,9 @@ class Federation:
 
     #: the backups, as the store keeps them (see :data:`exporter.simulator.store.GENERATED`)
     rows: list[Row]
-    virtual_machines: list[dict[str, object]]
-    policies: list[dict[str, object]]
-    hosts: list[dict[str, object]]
-    clusters: list[dict[str, object]]
+    #: path -> the records of every other paged collection (their generators in
+    #: :data:`exporter.simulator.catalog.COLLECTIONS`)
+    records: Mapping[str, list[dict[str, object]]]
     schedule_report: dict[str, object]
     #: VM id -> the protection status a correct exporter finds, for every ALIVE VM
     expected: Mapping[str, str]
@@ -66,6 +64,20 @@ class Federation:
     #: VM id -> the destinations where its recovery window is short (:func:`_short_windows`)
     short_windows: Mapping[str, frozenset[str]]
 
+    # The inventory by name, for the readers that judge it themselves (the tests).
+
+    @property
+    def virtual_machines(self) -> list[dict[str, object]]:
+        return self.records[VIRTUAL_MACHINES]
+
+    @property
+    def policies(self) -> list[dict[str, object]]:
+        return self.records[POLICIES]
+
+    @property
+    def hosts(self) -> list[dict[str, object]]:
+        return self.records[HOSTS]
+
 
 def generate_federation(spec: FederationSpec, now: float) -> Federation:
     """The federation of ``spec`` at ``now`` (Unix seconds): same inputs, same federation."""
@@ -73,14 +85,9 @@ def generate_federation(spec: FederationSpec, now: float) -> Federation:
     inventory = plan_inventory(spec, now_s)
     times = Times()
     rows = _backups(spec, inventory, now_s, random.Random(f"backups-{spec.seed}"), times)
-    vms = [vm_record(vm, times) for vm in inventory.vms]
-    kept = max_backups(inventory)
     return Federation(
         rows=rows,
-        virtual_machines=vms,
-        policies=[policy_record(p, kept) for p in inventory.policies],
-        hosts=[host_record(h) for h in inventory.hosts],
-        clusters=[cluster_record(c, inventory.hosts) for c in inventory.clusters],
+        records={p.path: p.generate(inventory) for p in COLLECTIONS if p.generate is not None},
         schedule_report=_schedule_report(spec, inventory),
         expected={vm.id: vm.expected for vm in inventory.vms if vm.expected is not None},
         planted={
@@ -88,7 +95,7 @@ def generate_federation(spec: FederationSpec, now: float) -> Federation:
             for vm in inventory.vms
             if vm.role != "regular" and vm.expected is not None
         },
-        short_windows=_short_windows(inventory, kept, now_s),
+        short_windows=_short_windows(inventory, max_backups(inventory), now_s),
     )
 
 
@@ -405,25 +412,6 @@ def _longest_gap(rules: list[Rule], end: int, span: int) -> int:
 
 
 # --- recovery depth -----------------------------------------------------------------------------
-
-#: Roles whose backups are not what their policy keeps (one PROTECTED backup among ten other
-#: states; trimmed by hand): they do not set their policy's max_backups.
-_ODD_KEEPERS: Final = frozenset({"all-states", "trimmed"})
-
-
-def max_backups(inventory: Inventory) -> dict[tuple[str, int], int]:
-    """(policy id, rule index) -> the max_backups its record says, for rules that set none: the
-    fewest PROTECTED backups of that rule a live VM on the policy holds (the simulator keeps
-    fewer backups than retention would, as a controller does whose rules keep that many)."""
-    fewest: dict[tuple[str, int], int] = {}
-    for vm in inventory.vms:
-        if vm.state != "ALIVE" or vm.role in _ODD_KEEPERS:
-            continue
-        for r, count in enumerate(vm.kept):
-            key = (vm.policy.id, r)
-            if count and count < fewest.get(key, count + 1):
-                fewest[key] = count
-    return fewest
 
 
 def recovery_windows(policy: Policy, kept: list[int]) -> dict[Destination, int]:

@@ -376,7 +376,7 @@ def policy_record(
     policy: Policy, kept: Mapping[tuple[str, int], int] | None = None
 ) -> dict[str, object]:
     """``kept``: (policy id, rule index) -> the max_backups of a rule that does not set its own
-    (:func:`exporter.simulator.federation.max_backups`)."""
+    (:func:`max_backups`)."""
     rules = []
     # Real rules number from 0.
     for number, (rule, rule_id) in enumerate(zip(policy.rules, policy.rule_ids, strict=True)):
@@ -413,6 +413,26 @@ def rule_max_backups(policy: Policy, index: int, kept: Mapping[tuple[str, int], 
     what its retention holds."""
     rule = policy.rules[index]
     return rule.max_backups or kept.get((policy.id, index)) or rule.retained()
+
+
+#: Roles whose backups are not what their policy keeps (one PROTECTED backup among ten other
+#: states; trimmed by hand): they do not set their policy's max_backups.
+_ODD_KEEPERS: Final = frozenset({"all-states", "trimmed"})
+
+
+def max_backups(inventory: Inventory) -> dict[tuple[str, int], int]:
+    """(policy id, rule index) -> the max_backups its record says, for rules that set none: the
+    fewest PROTECTED backups of that rule a live VM on the policy holds (the simulator keeps
+    fewer backups than retention would, as a controller does whose rules keep that many)."""
+    fewest: dict[tuple[str, int], int] = {}
+    for vm in inventory.vms:
+        if vm.state != "ALIVE" or vm.role in _ODD_KEEPERS:
+            continue
+        for r, count in enumerate(vm.kept):
+            key = (vm.policy.id, r)
+            if count and count < fewest.get(key, count + 1):
+                fewest[key] = count
+    return fewest
 
 
 def host_record(host: Host) -> dict[str, object]:

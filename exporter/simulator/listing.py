@@ -14,9 +14,11 @@ import random
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
-from exporter.restapi import Version, documented
+from exporter.restapi import FIELDS, Version, documented
+from exporter.simulator.catalog import Paged
 from exporter.simulator.faults import Faults, Oddity
 from exporter.simulator.server import Exchange
 from exporter.simulator.stats import Stats
@@ -24,7 +26,6 @@ from exporter.simulator.store import (
     INVALID_SORT,
     BadRequest,
     Layout,
-    QueryRules,
     Row,
     Store,
     parse_query,
@@ -41,14 +42,16 @@ _NOT_JSON = (
 
 @dataclass(frozen=True)
 class Collection:
-    """A paged collection: its path, its envelope key, its records and how its query reads."""
+    """A paged collection as served: its entry in the table, and its records."""
 
-    path: str
-    key: str
+    paged: Paged
     store: Store
-    rules: QueryRules
-    #: Whether Faults' churn applies (backups come and go; inventory does not).
-    churns: bool = False
+
+    @cached_property
+    def known(self) -> frozenset[str]:
+        """The names its query may sort and filter by: the fields HPE documents for it (any
+        version: strict mode narrows them to the controller's) and those its records hold."""
+        return frozenset(FIELDS.get(self.paged.path, ())) | frozenset(self.store.layout.fields)
 
 
 class Listings:
@@ -78,13 +81,13 @@ class Listings:
     def replace(self, collections: Iterable[Collection], rng: random.Random) -> None:
         """Serve these collections from now on (``rng`` draws the churn)."""
         with self._lock:
-            self._collections = {c.path: c for c in collections}
+            self._collections = {c.paged.path: c for c in collections}
             self._rng = rng
 
     def update(self, collections: Iterable[Collection]) -> None:
         """Serve these collections in place of those at the same paths."""
         with self._lock:
-            self._collections = {**self._collections, **{c.path: c for c in collections}}
+            self._collections = {**self._collections, **{c.paged.path: c for c in collections}}
 
     def rows(self, path: str) -> tuple[Layout, list[Row]]:
         """A copy of a collection's current rows (unsorted), with their layout."""
@@ -104,7 +107,7 @@ class Listings:
             collection = self._collections[ex.path]
             stored_fields = collection.store.layout.fields
         try:
-            query = parse_query(ex.query, collection.rules, stored_fields)
+            query = parse_query(ex.query, collection.paged.query, collection.known)
             if self.strict:
                 self._check_documented(ex.path, query.fields or (), query.sort)
             if query.sort in self.faults.refused_sorts:
@@ -140,7 +143,7 @@ class Listings:
         try:
             with self._lock:
                 store = collection.store
-                if collection.churns:
+                if collection.paged.churns:
                     store.churn(
                         faults.churn_create_per_request,
                         faults.churn_expire_per_request,
@@ -165,7 +168,7 @@ class Listings:
             self._leave_slot()
         malformed = faults.malformed if scoped else None
         if malformed == "endless":
-            self._endless(ex, collection.key)
+            self._endless(ex, collection.paged.key)
             return
         if malformed == "not_json":
             ex.send_bytes(200, _NOT_JSON, "text/html;charset=utf-8")
@@ -181,7 +184,7 @@ class Listings:
             count = ENDLESS_COUNT
         body = (
             f'{{"offset":{query.offset},"count":{count},"limit":{limit},'
-            f'"{collection.key}":{listing}}}'
+            f'"{collection.paged.key}":{listing}}}'
         ).encode()
         if malformed == "truncated":
             body = body[: len(body) // 2]

@@ -54,7 +54,7 @@ class Rule:
     destination: Destination = LOCAL
     retention: int = 7 * 24 * 60  # minutes
     #: The most backups the rule keeps; None: as many as its policy's VMs hold (the simulator
-    #: keeps what a controller with this rule would, see federation.max_backups).
+    #: keeps what a controller with this rule would, see inventory.max_backups).
     max_backups: int | None = None
     #: Whether it asks for application-consistent (VSS) backups.
     app_consistent: bool = False

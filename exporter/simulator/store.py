@@ -10,14 +10,13 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs
 
 from exporter.simulator.values import DAY, Times, seeded_uuid4
 from exporter.simulator.vocabulary import (
-    BACKUP_FIELDS,
     DEFAULT_LIMIT,
     MAX_LIMIT,
     OWN_FIELDS,
@@ -256,21 +255,16 @@ def _as_text(value: object) -> str:
 
 @dataclass(frozen=True)
 class QueryRules:
-    """How one collection reads its query.
+    """How one collection reads its query, beyond the rules all share.
 
-    ``documented``: the fields a query may name (sort, filters) even if no record holds them;
     ``defaults``: filters applied when the query does not name them (``state=ALIVE`` for VMs);
     ``lists``: filters whose comma-separated values are alternatives on every controller (other
     filters follow the controller's mode); ``dated``: ``created_after``/``created_before``.
     """
 
-    documented: tuple[str, ...]
     defaults: tuple[tuple[str, str], ...] = ()
     lists: frozenset[str] = frozenset()
     dated: bool = False
-
-
-BACKUP_QUERY: Final = QueryRules(BACKUP_FIELDS, dated=True)
 
 
 @dataclass(frozen=True)
@@ -303,8 +297,11 @@ class BadRequest(Exception):
 INVALID_SORT: Final = "com.simplivity.restapi.exceptions.InvalidSortCriteriaException"
 
 
-def parse_query(query: str, rules: QueryRules, stored_fields: Iterable[str]) -> Query:
-    """The query of a listing, checked as the controller does (BadRequest says what is wrong)."""
+def parse_query(query: str, rules: QueryRules, known: Collection[str]) -> Query:
+    """The query of a listing, checked as the controller does (BadRequest says what is wrong).
+
+    ``known``: the names it may sort and filter by.
+    """
     params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
     offset = _int_param(params, "offset", 0)
     limit = _int_param(params, "limit", DEFAULT_LIMIT)
@@ -312,7 +309,6 @@ def parse_query(query: str, rules: QueryRules, stored_fields: Iterable[str]) -> 
         raise BadRequest(f"Invalid offset {offset}: it must not be negative")
     if not 0 <= limit <= MAX_LIMIT:
         raise BadRequest(f"Invalid limit {limit}: it must be between 0 and {MAX_LIMIT}")
-    known = set(rules.documented) | set(stored_fields)
     fields: tuple[str, ...] | None = None
     if params.get("fields"):
         wanted = dict.fromkeys(f.strip() for f in params["fields"].split(","))

@@ -120,16 +120,6 @@ HOST_FIELDS: Final = (
     "compute_cluster_name",
     "policy_enabled",
 )
-#: The fields of an OmniStack cluster (``GET /api/omnistack_clusters``) the simulator serves.
-CLUSTER_FIELDS: Final = (
-    "id",
-    "name",
-    "type",
-    "hypervisor_type",
-    "hypervisor_object_parent_name",
-    "hypervisor_object_parent_id",
-    "members",
-)
 #: The flat object of ``GET /api/policies/policy_schedule_report`` (REST API 1.11 and later).
 SCHEDULE_REPORT_FIELDS: Final = (
     "daily_backup_rate",
@@ -139,5 +129,3 @@ SCHEDULE_REPORT_FIELDS: Final = (
     "retained_backups_limit",
     "projected_retained_backups_level",
 )
-#: The first REST API version with the schedule report (OmniStack 3.7.8).
-SCHEDULE_REPORT_SINCE: Final = (1, 11)
