@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench import variant
+
 
 def _cpu() -> float:
     """User + system CPU seconds of every thread of this process and of its reaped children."""
@@ -172,8 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--password", required=True)
     parser.add_argument("--page-size", type=int, default=3000)
     parser.add_argument("--max-concurrency", type=int, default=2)
+    variant.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.side == "exporter":
+        variant.from_arguments(args).apply()
     run = _exporter(args) if args.side == "exporter" else _baseline(args)
     cpu_before = _cpu()
     started = time.perf_counter()

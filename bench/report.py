@@ -63,19 +63,25 @@ def targets(results: Results) -> list[Target]:
         found.append(Target("CPU time per 100k backups < 2 s", shown, max(per) < 2))
     else:
         found.append(Target("CPU time per 100k backups < 2 s", "", None))
-    where = f"{results.settings.load_vms:,} VMs, {results.settings.scrapers} scrapers"
-    modes = list(dict.fromkeys(r.mode for r in results.load))
-    for mode in modes:
-        for phase, what in (
-            ("idle", f"/metrics p99 < 20 ms, {where}, {mode}"),
-            ("polling", f"… and no worse while a poll runs (< 20 ms), {mode}"),
-        ):
-            load = next((r for r in results.load if r.phase == phase and r.mode == mode), None)
-            if load:
-                met = load.p99_ms < 20 and load.errors == 0
-                found.append(Target(what, f"{load.p99_ms:.1f} ms", met))
-    if not modes:
-        found.append(Target("/metrics p99 < 20 ms, and no worse while a poll runs", "", None))
+    s = results.settings
+    where = f"{s.load_vms:,} VMs, polls back to back"
+    paced = f"{s.scrapers} scrapers each every {s.pace_seconds:g} s"
+    plain = next((r for r in results.load if r.phase == "polling" and not r.idle_connections), None)
+    what = f"/metrics p99 < 50 ms, {where}, {paced}"
+    found.append(
+        Target(what, f"{plain.p99_ms:.1f} ms", plain.p99_ms < 50 and plain.errors == 0)
+        if plain
+        else Target(what, "", None)
+    )
+    churned = next((r for r in results.load if r.phase == "polling" and r.idle_connections), None)
+    what = (
+        f"worst scrape < 500 ms, the same while {s.idle_connections:,} idle connections come and go"
+    )
+    found.append(
+        Target(what, f"{churned.max_ms:.1f} ms", churned.max_ms < 500 and churned.errors == 0)
+        if churned
+        else Target(what, "", None)
+    )
     check = results.logins
     if check:
         found.append(
@@ -163,16 +169,17 @@ def _requests_note(results: Results) -> list[str]:
 def _load_table(results: Results) -> tuple[list[str], list[list[str]]]:
     header = [
         "/metrics",
-        "scrapers",
+        "load",
         "scrapes",
         "errors",
-        "scrapes/s",
         "p50 ms",
         "p99 ms",
         "max ms",
+        "each window's p99 ms",
         "body KB (gzip)",
+        "idle rounds",
         "CPU s: exporter / scrapers / controller",
-        "backup requests in window",
+        "backup requests",
     ]
     rows = [
         [
@@ -180,11 +187,12 @@ def _load_table(results: Results) -> tuple[list[str], list[list[str]]]:
             row.mode,
             str(row.requests),
             str(row.errors),
-            f"{row.throughput:.0f}",
             f"{row.p50_ms:.2f}",
             f"{row.p99_ms:.2f}",
             f"{row.max_ms:.1f}",
+            ", ".join(f"{value:.1f}" for value in row.window_p99_ms),
             f"{row.body_bytes / 1000:.0f}",
+            str(row.idle_cycles) if row.idle_connections else "",
             f"{row.exporter_cpu_seconds:.1f} / {row.scrapers_cpu_seconds:.1f} / "
             f"{row.simulator_cpu_seconds:.1f}",
             str(row.backups_requests),
@@ -242,7 +250,7 @@ def _settings_line(results: Results) -> str:
         f"Simulated controller: {s.cost.describe()}. Exporter: poll.page_size {s.page_size}, "
         f"poll.max_concurrency {s.max_concurrency}. Baseline: every field, 500 per page, "
         f"one request at a time, a new login per run. Median of {s.repeat} polls per row, "
-        f"each in a fresh process."
+        f"each in a fresh process. The exporter as measured: {s.variant.describe()}."
     )
 
 
@@ -312,19 +320,20 @@ def markdown(results: Results) -> str:
             "## /metrics under load",
             "",
             f"The exporter (`python -m exporter`) holding {s.load_vms:,} VMs "
-            f"({s.load_backups:,} backups); {s.scrapers} concurrent scrapers, each with a "
-            "keep-alive connection and `Accept-Encoding: gzip` as Prometheus scrapes, either "
-            "in a *closed loop* (each asks again as soon as it has its answer: the exporter is "
-            f"saturated) or all together *every {s.pace_seconds * 1000:g} ms*. "
-            f"{s.load_repeat} windows of {s.load_seconds:g} s each way, the median window (by "
-            "p99) shown. *While polling*: `interval_seconds: 1`, so that polls run back to "
-            "back through the windows. The controller, the scrapers and the exporter share the "
-            "machine's cores: their CPU time is shown (the exporter's includes its decoding "
-            "worker's).",
+            f"({s.load_backups:,} backups); {s.scrapers} scrapers, each with a keep-alive "
+            "connection and `Accept-Encoding: gzip` as Prometheus scrapes, all together every "
+            f"{s.pace_seconds:g} s; in the last row, beside them, rounds of "
+            f"{s.idle_connections:,} connections that send nothing, opened, held "
+            f"{s.idle_hold_seconds:g} s and closed. {s.load_repeat} windows of "
+            f"{s.load_seconds:g} s per row, their scrapes taken together (each window's own "
+            "p99 shows the noise). *While polling*: `interval_seconds: 1`, so that polls run "
+            "back to back through the windows. The controller, the scrapers and the exporter "
+            "share the machine's cores: their CPU time is shown (the exporter's includes its "
+            "decoding worker's).",
             "",
             _markdown_table(*_load_table(results)),
         ]
-    parts += ["", "## Targets (issue 5)", "", _markdown_table(*_targets_table(results)), ""]
+    parts += ["", "## Targets (issues 5 and 19)", "", _markdown_table(*_targets_table(results)), ""]
     return "\n".join(parts)
 
 

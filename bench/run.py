@@ -29,8 +29,10 @@ from typing import Any
 
 import requests
 
-from bench import report
+from bench import report, variant
 from bench.probe import PASSWORD_VARIABLE, exporter_config
+from bench.scrape import percentile
+from bench.variant import Variant
 from exporter.config import PollConfig
 
 PYTHON = sys.executable
@@ -66,6 +68,12 @@ EXPORTER_FIELDS = (
 )
 
 
+#: What the load test may run, in this order: name -> (phase, idle connections or not).
+#: "idle": one poll at start-up, none during the windows (for comparison); "polling":
+#: interval_seconds 1, so that polls run back to back through every window.
+LOAD_CASES = {"idle": ("idle", False), "polling": ("polling", False), "churn": ("polling", True)}
+
+
 @dataclass(frozen=True)
 class CostModel:
     request_seconds: float = 0.020
@@ -94,10 +102,14 @@ class Settings:
     load_seconds: float
     pace_seconds: float
     load_repeat: int
+    idle_connections: int = 2000
+    idle_hold_seconds: float = 2.0
+    load_cases: tuple[str, ...] = tuple(LOAD_CASES)
     sweep_size: int = 100_000
     sweep: tuple[int, ...] = (1, 2, 3, 4, 8)
     baseline: bool = True
     load: bool = True
+    variant: Variant = field(default_factory=Variant)
 
 
 @dataclass(frozen=True)
@@ -130,16 +142,24 @@ class SweepRow:
 
 @dataclass(frozen=True)
 class LoadRow:
+    """The scrapes of ``load_repeat`` windows together (p50, p99 and max of all of them);
+    the other figures are sums over the windows."""
+
     phase: str  # "idle" or "polling"
-    mode: str  # "closed loop" or "every N ms"
+    mode: str  # "every N ms" (+ idle connections)
+    idle_connections: int  # in each round of idle connections; 0: none
     requests: int
     errors: int
     throughput: float
     p50_ms: float
     p99_ms: float
     max_ms: float
+    window_p99_ms: list[float]  # each window's own p99: the run-to-run noise
+    window_max_ms: list[float]
     body_bytes: int
-    backups_requests: int  # /api/backups requests the exporter made during the window
+    backups_requests: int  # /api/backups requests the exporter made during the windows
+    idle_cycles: int  # rounds of idle connections opened and closed during the windows
+    idle_failed: int  # idle connections that could not be opened
     exporter_cpu_seconds: float
     simulator_cpu_seconds: float
     scrapers_cpu_seconds: float
@@ -263,6 +283,7 @@ def measure_poll(
         f"--password={sim.password}",
         f"--page-size={settings.page_size}",
         f"--max-concurrency={max_concurrency or settings.max_concurrency}",
+        *(settings.variant.arguments() if side == "exporter" else []),
     ]
     sim.reset()
     done = subprocess.run(
@@ -370,7 +391,9 @@ def exporter_process(
         [
             PYTHON,
             "-m",
-            "exporter",
+            "bench.variant",
+            *settings.variant.arguments(),
+            "--",
             f"--config.file={config}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warning",
@@ -397,7 +420,7 @@ def exporter_process(
         log.close()
 
 
-def scrape(url: str, settings: Settings, interval: float) -> dict[str, Any]:
+def scrape(url: str, settings: Settings, idle_connections: int) -> dict[str, Any]:
     done = subprocess.run(
         [
             PYTHON,
@@ -406,7 +429,9 @@ def scrape(url: str, settings: Settings, interval: float) -> dict[str, Any]:
             url + "/metrics",
             f"--clients={settings.scrapers}",
             f"--seconds={settings.load_seconds}",
-            f"--interval={interval}",
+            f"--interval={settings.pace_seconds}",
+            f"--idle-connections={idle_connections}",
+            f"--idle-hold={settings.idle_hold_seconds}",
         ],
         capture_output=True,
         text=True,
@@ -480,8 +505,9 @@ def load_rows(settings: Settings, say: Any) -> tuple[list[LoadRow], LoginCheck]:
     rows: list[LoadRow] = []
     say(
         f"/metrics under load: {settings.load_vms:,} VMs ({settings.load_backups:,} backups), "
-        f"{settings.scrapers} scrapers, {settings.load_repeat} windows of "
-        f"{settings.load_seconds:g} s each way"
+        f"{settings.scrapers} scrapers every {settings.pace_seconds:g} s, "
+        f"{settings.load_repeat} windows of {settings.load_seconds:g} s per case; "
+        f"{settings.variant.describe()}"
     )
     check: LoginCheck | None = None
     with (
@@ -489,19 +515,28 @@ def load_rows(settings: Settings, say: Any) -> tuple[list[LoadRow], LoginCheck]:
         simulator(settings.load_backups, settings.load_vms, settings.cost) as sim,
     ):
         workdir = Path(temporary)
-        # "idle": one poll at start-up, none during the window; "polling": interval_seconds 1,
-        # so that polls run back to back through the whole window.
         for phase, poll_interval in (("idle", 1200.0), ("polling", 1.0)):
+            cases = [
+                idle
+                for name, (case_phase, idle) in LOAD_CASES.items()
+                if case_phase == phase and name in settings.load_cases
+            ]
+            if not cases:
+                continue
             sim.reset()
             with exporter_process(sim, settings, poll_interval, workdir) as (url, pid):
                 started = time.monotonic()
-                for pace in (0.0, settings.pace_seconds):
-                    row = load_row(sim, url, pid, settings, phase, pace)
+                # The first scrape of a process writes every snapshot's lines (later ones are
+                # written by each poll, in its thread): once per process, not measured.
+                requests.get(url + "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=60)
+                for idle in cases:
+                    row = load_row(sim, url, pid, settings, phase, idle)
                     rows.append(row)
                     say(
-                        f"  {phase:8} {row.mode:16} p50 {row.p50_ms:6.2f} ms  "
-                        f"p99 {row.p99_ms:6.2f} ms  {row.throughput:7.1f} scrapes/s  "
-                        f"{row.backups_requests} backup requests during the window"
+                        f"  {phase:8} {row.mode:40} p50 {row.p50_ms:6.2f} ms  "
+                        f"p99 {row.p99_ms:6.2f} ms  max {row.max_ms:7.2f} ms  "
+                        f"(windows' p99 {_spread(row.window_p99_ms)} ms)  "
+                        f"{row.backups_requests} backup requests"
                     )
                 if phase == "polling":
                     text = requests.get(url + "/metrics", timeout=10).text
@@ -516,46 +551,60 @@ def load_rows(settings: Settings, say: Any) -> tuple[list[LoadRow], LoginCheck]:
     return rows, check
 
 
-def load_row(
-    sim: Simulator, url: str, pid: int, settings: Settings, phase: str, pace: float
-) -> LoadRow:
-    """``settings.load_repeat`` windows; the one with the median p99 is reported.
+def _spread(values: Sequence[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}" if values else ""
 
-    Other work on the machine (it is shared) can spoil one window; the median of a few does
-    not move with one.
+
+def load_row(
+    sim: Simulator, url: str, pid: int, settings: Settings, phase: str, idle: bool
+) -> LoadRow:
+    """``settings.load_repeat`` windows, their scrapes taken together.
+
+    The machine may be shared: each window's own p99 is kept too, and their spread is the
+    run-to-run noise of the figure.
     """
+    connections = settings.idle_connections if idle else 0
     windows = [
-        _load_window(sim, url, pid, settings, phase, pace) for _ in range(settings.load_repeat)
+        _load_window(sim, url, pid, settings, connections) for _ in range(settings.load_repeat)
     ]
-    windows.sort(key=lambda row: row.p99_ms)
-    return windows[len(windows) // 2]
+    every = [value for window in windows for value in window["latencies_ms"]]
+    seconds = settings.load_seconds * len(windows)
+    mode = f"{settings.scrapers} scrapers every {settings.pace_seconds * 1000:g} ms"
+    if connections:
+        mode += f" + {connections:,} idle connections"
+    return LoadRow(
+        phase=phase,
+        mode=mode,
+        idle_connections=connections,
+        requests=len(every),
+        errors=sum(int(w["errors"]) for w in windows),
+        throughput=len(every) / seconds,
+        p50_ms=percentile(every, 0.50),
+        p99_ms=percentile(every, 0.99),
+        max_ms=max(every, default=0.0),
+        window_p99_ms=[float(w["p99_ms"]) for w in windows],
+        window_max_ms=[float(w["max_ms"]) for w in windows],
+        body_bytes=max(int(w["body_bytes"]) for w in windows),
+        backups_requests=sum(int(w["backups_requests"]) for w in windows),
+        idle_cycles=sum(int(w["idle_cycles"]) for w in windows),
+        idle_failed=sum(int(w["idle_failed"]) for w in windows),
+        exporter_cpu_seconds=sum(float(w["exporter_cpu_seconds"]) for w in windows),
+        simulator_cpu_seconds=sum(float(w["simulator_cpu_seconds"]) for w in windows),
+        scrapers_cpu_seconds=sum(float(w["cpu_seconds"]) for w in windows),
+    )
 
 
 def _load_window(
-    sim: Simulator, url: str, pid: int, settings: Settings, phase: str, pace: float
-) -> LoadRow:
+    sim: Simulator, url: str, pid: int, settings: Settings, idle_connections: int
+) -> dict[str, Any]:
     before = sim.stats()
     cpu_before = process_cpu(pid)
     simulator_before = process_cpu(sim.process.pid)
-    measured = scrape(url, settings, pace)
-    cpu = process_cpu(pid) - cpu_before
-    simulator_cpu = process_cpu(sim.process.pid) - simulator_before
-    after = sim.stats()
-    return LoadRow(
-        phase=phase,
-        mode=f"every {pace * 1000:g} ms" if pace else "closed loop",
-        requests=int(measured["requests"]),
-        errors=int(measured["errors"]),
-        throughput=float(measured["throughput"]),
-        p50_ms=float(measured["p50_ms"]),
-        p99_ms=float(measured["p99_ms"]),
-        max_ms=float(measured["max_ms"]),
-        body_bytes=int(measured["body_bytes"]),
-        backups_requests=after["backups_requests"] - before["backups_requests"],
-        exporter_cpu_seconds=cpu,
-        simulator_cpu_seconds=simulator_cpu,
-        scrapers_cpu_seconds=float(measured["cpu_seconds"]),
-    )
+    measured = scrape(url, settings, idle_connections)
+    measured["exporter_cpu_seconds"] = process_cpu(pid) - cpu_before
+    measured["simulator_cpu_seconds"] = process_cpu(sim.process.pid) - simulator_before
+    measured["backups_requests"] = sim.stats()["backups_requests"] - before["backups_requests"]
+    return measured
 
 
 # --- the machine ----------------------------------------------------------------------------
@@ -632,15 +681,23 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-parallel", type=int, default=8, help="requests the controller serves at once")
     add("--load-vms", type=int, default=5000)
     add("--load-backups", type=int, default=100_000)
-    add("--scrapers", type=int, default=20)
-    add("--pace", type=float, default=0.1, help="seconds between paced scrapes (default 0.1)")
-    add("--load-seconds", type=float, default=None, help="default 10 (3 with --quick)")
+    add("--scrapers", type=int, default=4)
+    add("--pace", type=float, default=1.0, help="seconds between scrapes (default 1)")
+    add("--idle-connections", type=int, default=2000, help="idle clients that come and go")
+    add("--idle-hold", type=float, default=2.0, help="seconds each round of them is held")
+    add("--load-seconds", type=float, default=None, help="default 20 (5 with --quick)")
     add(
         "--load-repeat",
         type=int,
         default=None,
-        help="windows per load test, the median reported (default 3, 1 with --quick)",
+        help="windows per load case, their scrapes taken together (default 3, 1 with --quick)",
     )
+    add(
+        "--load-cases",
+        default=",".join(LOAD_CASES),
+        help="which of the load test's cases to run (default: all: idle,polling,churn)",
+    )
+    variant.add_arguments(parser)
     add("--no-baseline", action="store_true")
     add("--no-load", action="store_true")
     add(
@@ -655,6 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     quick = bool(args.quick)
+    unknown = set(args.load_cases.split(",")) - set(LOAD_CASES)
+    if unknown:
+        raise SystemExit(f"--load-cases: no such case {', '.join(sorted(unknown))}")
     sizes = args.sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)
     return Settings(
         sizes=tuple(sizes),
@@ -666,13 +726,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
         load_vms=args.load_vms,
         load_backups=(min(args.load_backups, 20_000) if quick else args.load_backups),
         scrapers=args.scrapers,
-        load_seconds=args.load_seconds or (3.0 if quick else 10.0),
+        load_seconds=args.load_seconds or (5.0 if quick else 20.0),
         pace_seconds=args.pace,
         load_repeat=args.load_repeat or (1 if quick else 3),
+        idle_connections=args.idle_connections,
+        idle_hold_seconds=args.idle_hold,
+        load_cases=tuple(name for name in LOAD_CASES if name in args.load_cases.split(",")),
         sweep=tuple(int(v) for v in args.sweep.split(",") if v.strip()),
         sweep_size=args.sweep_at[0],
         baseline=not args.no_baseline,
         load=not args.no_load,
+        variant=variant.from_arguments(args),
     )
 
 

@@ -6,9 +6,16 @@ arrived (``--interval 0``, a closed loop: the server is kept saturated, which me
 throughput), or every ``--interval`` seconds, all scrapers at the same moments (which measures
 the latency of bursts of concurrent scrapes). The scrapers are threads
 spread over a few processes, and each reads an answer's body with one blocking system call,
-so that the scrapers' own interpreter locks do not show up as the server's latency. Prints
-one JSON line: ``{"requests", "errors", "seconds", "throughput", "p50_ms", "p99_ms",
-"max_ms", "body_bytes", "cpu_seconds"}`` (the scrapers' own CPU time).
+so that the scrapers' own interpreter locks do not show up as the server's latency.
+
+With ``--idle-connections N``, one more process opens N connections that never send a byte,
+holds them ``--idle-hold`` seconds, closes them all and opens N again, until the end: idle
+clients coming and going beside the scrapes.
+
+Prints one JSON line: ``{"requests", "errors", "seconds", "throughput", "p50_ms", "p99_ms",
+"max_ms", "latencies_ms", "body_bytes", "cpu_seconds", "idle_cycles", "idle_opened",
+"idle_failed"}`` (``cpu_seconds``: the scrapers' own CPU time; ``idle_*``: the rounds of idle
+connections, how many were opened and how many could not be).
 """
 
 from __future__ import annotations
@@ -154,19 +161,64 @@ def _worker(arguments: tuple[str, int, float, float, float]) -> dict[str, Any]:
     return _scrapers(*arguments)
 
 
+def _idle_clients(arguments: tuple[str, int, float, float, float]) -> dict[str, int]:
+    """Rounds of ``count`` connections that send nothing: opened, held ``hold`` seconds and
+    closed, from ``start_at`` to ``stop_at``."""
+    url, count, start_at, stop_at, hold = arguments
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    cycles = opened = failed = 0
+    time.sleep(max(0.0, start_at - time.time()))
+    while time.time() < stop_at:
+        held: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                try:
+                    held.append(socket.create_connection(address, timeout=5))
+                except OSError:
+                    failed += 1
+            opened += len(held)
+            time.sleep(max(0.0, min(stop_at, time.time() + hold) - time.time()))
+        finally:
+            for sock in held:
+                sock.close()
+        cycles += 1
+    return {"idle_cycles": cycles, "idle_opened": opened, "idle_failed": failed}
+
+
 def load(
-    url: str, clients: int, seconds: float, processes: int = 4, interval: float = 0.0
-) -> dict[str, float]:
+    url: str,
+    clients: int,
+    seconds: float,
+    processes: int = 4,
+    interval: float = 0.0,
+    idle_connections: int = 0,
+    idle_hold: float = 2.0,
+) -> dict[str, Any]:
     processes = max(1, min(processes, clients))
     share, extra = divmod(clients, processes)
     shares = [share + (1 if i < extra else 0) for i in range(processes)]
     start_at = time.time() + 2.0  # every process is up before the clock runs
     stop_at = start_at + seconds
     context = multiprocessing.get_context("spawn")
-    with context.Pool(processes) as pool:
+    idle = {"idle_cycles": 0, "idle_opened": 0, "idle_failed": 0}
+    with context.Pool(processes + (1 if idle_connections else 0)) as pool:
+        churn = (
+            pool.apply_async(
+                _idle_clients, ((url, idle_connections, start_at, stop_at, idle_hold),)
+            )
+            if idle_connections
+            else None
+        )
         parts = pool.map(_worker, [(url, share, start_at, stop_at, interval) for share in shares])
+        if churn is not None:
+            idle = churn.get()
     every = [value for part in parts for value in part["latencies"]]
     return {
+        **idle,
+        "latencies_ms": [round(value * 1000, 3) for value in every],
         "requests": len(every),
         "errors": sum(part["errors"] for part in parts),
         "seconds": seconds,
@@ -188,8 +240,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--interval", type=float, default=0.0, help="seconds between scrapes (0: closed loop)"
     )
+    parser.add_argument(
+        "--idle-connections", type=int, default=0, help="idle connections that come and go"
+    )
+    parser.add_argument(
+        "--idle-hold", type=float, default=2.0, help="seconds each round of them is held"
+    )
     args = parser.parse_args(argv)
-    measured = load(args.url, args.clients, args.seconds, args.processes, args.interval)
+    measured = load(
+        args.url,
+        args.clients,
+        args.seconds,
+        args.processes,
+        args.interval,
+        args.idle_connections,
+        args.idle_hold,
+    )
     print(json.dumps(measured), flush=True)
     return 0
 

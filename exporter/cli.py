@@ -31,10 +31,6 @@ DEMO_REFRESH_SECONDS = 900.0
 LISTEN_ADDRESS = ":10025"
 #: --demo's default: its landing page and made-up metrics for this machine only.
 DEMO_LISTEN_ADDRESS = "127.0.0.1:10025"
-#: How long a thread runs before another one waiting for the interpreter gets it (Python's
-#: default is 5 ms): a poll keeps the interpreter busy for seconds, and a scrape's thread
-#: should not wait long for its turn.
-SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.listen_address = listen_address(args.listen_address, demo=args.demo)
     logs.setup(LogSettings.of(args.log_level, args.log_format))
     keep_large_buffers_off_the_heap()
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
         shard = resolve_shard(args.shard_index, args.shard_count)
         if args.demo:

@@ -5,6 +5,7 @@ No timing is asserted here: the numbers are the benchmark's business (bench/READ
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bench import variant
 from bench.run import parse_sizes
 from bench.scrape import percentile
+from bench.variant import Variant
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +37,10 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
             "--load-backups=300",
             "--scrapers=3",
             "--load-seconds=0.5",
-            "--load-repeat=1",
+            "--load-repeat=2",
             "--pace=0.05",
+            "--idle-connections=50",
+            "--idle-hold=0.1",
             "--sweep=1,2",
             "--sweep-at=1k",
             f"--output={tmp_path}",
@@ -65,13 +70,16 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
             assert row["requests_per_path"]["/api/oauth/token"] == 1
     assert "by path" in table
     assert [point["max_concurrency"] for point in results["sweep"]] == [1, 2]
-    assert [(row["phase"], row["mode"]) for row in results["load"]] == [
-        ("idle", "closed loop"),
-        ("idle", "every 50 ms"),
-        ("polling", "closed loop"),
-        ("polling", "every 50 ms"),
+    assert [(row["phase"], row["idle_connections"]) for row in results["load"]] == [
+        ("idle", 0),
+        ("polling", 0),
+        ("polling", 50),
     ]
     assert all(row["errors"] == 0 and row["requests"] > 0 for row in results["load"])
+    assert all(len(row["window_p99_ms"]) == 2 for row in results["load"])
+    churned = results["load"][-1]
+    assert churned["idle_cycles"] >= 1
+    assert churned["idle_failed"] == 0
     assert results["logins"]["controller_logins"] == 1
     assert "| backups |" in (tmp_path / "latest.md").read_text()
     assert (tmp_path / "poll.png").read_bytes().startswith(b"\x89PNG")
@@ -86,3 +94,13 @@ def test_sizes_are_read_with_k_suffixes() -> None:
 )
 def test_percentiles_are_nearest_rank(fraction: float, expected: float) -> None:
     assert percentile([float(v) for v in range(100, 0, -1)], fraction) == expected
+
+
+@pytest.mark.parametrize(
+    "measured", [Variant(), Variant(worker=False, switch_interval=0.005, whole_gzip=True)]
+)
+def test_a_variant_reaches_the_exporters_process_as_it_was_chosen(measured: Variant) -> None:
+    """The bench hands a variant to its children as options: they read back the same one."""
+    parser = argparse.ArgumentParser()
+    variant.add_arguments(parser)
+    assert variant.from_arguments(parser.parse_args(measured.arguments())) == measured
