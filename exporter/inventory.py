@@ -1,8 +1,8 @@
 """VMs, policies and hosts: who should be protected, how often, and whether they are.
 
-Each poll reads the inventory's listings with the same scanner as the backups (paged, sorted
-by id, ``fields=`` only what is needed; alongside the backups, one request at a time) into an
-:class:`InventoryRead`, and the federation's backup limits with one GET
+Each poll reads the inventory's listings with a scanner of their own over the backups' client
+(paged, sorted by id, ``fields=`` only what is needed; alongside the backups, one request at a
+time) into an :class:`InventoryRead`, and the federation's backup limits with one GET
 (:data:`SCHEDULE_REPORT`, parsed by :func:`parse_schedule_report`).
 Once the backups have been counted, :meth:`InventoryRead.judge` joins the two and judges every
 live VM against its own policy (:mod:`exporter.protection`): the
@@ -84,7 +84,6 @@ VIRTUAL_MACHINES = Collection(
     ),
     filters=(("state", "ALIVE"),),
     max_page_size=MAX_VM_PAGE_SIZE,
-    alongside=True,
     orders=("id", "-created_at"),
 )
 #: Policies, hosts and clusters are few: a controller that will not sort them by id is asked
@@ -94,7 +93,6 @@ POLICIES = Collection(
     key="policies",
     item="policy",
     fields=("id", "name", "rules"),
-    alongside=True,
     orders=("id", ""),
 )
 HOSTS = Collection(
@@ -103,7 +101,6 @@ HOSTS = Collection(
     item="host",
     # A host has no omnistack_cluster_name (HPE's schema): CLUSTERS names its cluster's id.
     fields=("id", "name", "omnistack_cluster_id", "policy_enabled"),
-    alongside=True,
     orders=("id", ""),
 )
 #: The OmniStack clusters' names, by id: a few records, for the hosts'.
@@ -112,7 +109,6 @@ CLUSTERS = Collection(
     key="omnistack_clusters",
     item="OmniStack cluster",
     fields=("id", "name"),
-    alongside=True,
     orders=("id", ""),
 )
 #: REST API 1.11 and later; an older controller answers it with an error status.

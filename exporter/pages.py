@@ -48,11 +48,6 @@ class Collection:
     among themselves may change from one request to the next (:class:`PageCounter` copes).
     Newest first suits a listing that grows at its newest end and expires at its oldest: what
     comes and goes then lies ahead of the pages read, or behind, never shifting them back.
-
-    ``alongside``: the listing is read while another read of the same scanner runs, in another
-    thread. It asks for one page at a time (one request in flight beside the other read's), and
-    leaves the pace to the other read: its 502s change no one's concurrency, its 504s halve its
-    own pages only.
     """
 
     path: str
@@ -61,7 +56,6 @@ class Collection:
     fields: tuple[str, ...]
     filters: tuple[tuple[str, str], ...] = ()
     max_page_size: int | None = None
-    alongside: bool = False
     max_records: int | None = None
     max_records_setting: str = ""
     orders: tuple[str, ...] = (SORT_FIELD,)

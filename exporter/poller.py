@@ -6,9 +6,10 @@ policies, hosts, the schedule report), then judges every live VM's protection: a
 only when every read succeeded. A scrape never sees half a poll, and a failed poll leaves the
 last good result in place (the collector drops it once it is stale).
 
-The inventory is read in a second thread while the backups are scanned, one request at a time
-(so one more request in flight than the scan's): read after the backups, its dozen requests
-would lengthen every poll (by how much: the README's "How polling works, and why"). Both
+The inventory is read in a second thread while the backups are scanned, by a scanner of its
+own over the same client (:meth:`~exporter.scan.Scanner.sibling`), one request at a time (so
+one more request in flight than the scan's): read after the backups, its dozen requests would
+lengthen every poll (by how much: the README's "How polling works, and why"). Both
 reads span the same moments, so the picture is that of the poll's time: a VM created while the
 poll runs may be listed without the backup it got meanwhile, and is then judged ``new``, as it
 is. Only the schedule report is optional (REST API 1.11 and later): an error status there leaves the
@@ -81,6 +82,11 @@ class ControllerReader(Protocol):
     def pace(self) -> Pace: ...
 
     def begin_poll(self, deadline_seconds: float) -> None: ...
+
+    def sibling(self, *, page_size: int, max_concurrency: int) -> ControllerReader:
+        """A reader of the same controller through the same client (one login, one retry budget
+        and one deadline per poll), for reads beside this one's, with a pace of its own."""
+        ...
 
     def redact(self, text: str) -> str: ...
 
@@ -163,6 +169,10 @@ class ControllerPoller:
         )
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
+        # The inventory's reader, beside the backups' scan: one request at a time, so that the
+        # controller gets one more than the scan's pace; its own page size (a 504 on the VMs
+        # does not shrink the backups' pages).
+        self._inventory_reader = self._client.sibling(page_size=poll.page_size, max_concurrency=1)
         self._clock = clock
         self._on_publish = on_publish
         self._turn = turn or PollTurn()
@@ -345,7 +355,7 @@ class ControllerPoller:
             if collection.path == CLUSTERS.path and not named:
                 continue
             asked = for_version(collection, version)
-            self._client.read(asked, unreadable.around(PageCounter(asked, sink)))
+            self._inventory_reader.read(asked, unreadable.around(PageCounter(asked, sink)))
         return read, read.inventory(self._read_schedule_report(version))
 
     def _read_schedule_report(self, version: Version | None) -> ScheduleReport | None:
@@ -354,7 +364,7 @@ class ControllerPoller:
             self._no_report("REST API 1.11 and later only")
             return None
         try:
-            body = self._client.get(SCHEDULE_REPORT)
+            body = self._inventory_reader.get(SCHEDULE_REPORT)
         except HTTPStatusError as err:
             self._no_report(str(err))
             return None
@@ -408,6 +418,7 @@ class ControllerPoller:
     def close(self) -> None:
         self._stop.set()
         self._client.close()
+        self._inventory_reader.close()
 
 
 def _capped(collection: Collection, most: int, setting: str) -> Collection:

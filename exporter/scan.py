@@ -129,9 +129,9 @@ class Scanner:
     - A controller that serves fewer records than asked, and says so in the envelope's
       ``limit``, is paged by what it serves, for the rest of the read.
 
-    One scan at a time, and beside it reads of :attr:`Collection.alongside` listings in other
-    threads; :meth:`close` (from any thread) closes the client and ends a scan in progress with
-    :class:`~exporter.model.Cancelled`.
+    One read at a time; a read beside it, in another thread, has a scanner of its own over the
+    same client (:meth:`sibling`). :meth:`close` (from any thread) closes the client and ends a
+    read in progress with :class:`~exporter.model.Cancelled`.
     """
 
     def __init__(
@@ -177,6 +177,17 @@ class Scanner:
         """A poll starts: its reads share one deadline and one retry budget (the client's)."""
         self._source.begin_poll(deadline_seconds)
 
+    def sibling(self, *, page_size: int, max_concurrency: int) -> Scanner:
+        """Another scanner over the same client, for reads beside this one's.
+
+        The client's login, retry budget and poll deadline are shared; the pace, and the memory
+        of refused fields and sorts, are the sibling's own. The client's count of "too many
+        requests" answers is shared too: each scanner's pace reacts to the other's 502s.
+        """
+        return Scanner(
+            self._source, page_size=page_size, max_concurrency=max_concurrency, name=self._name
+        )
+
     def redact(self, text: str) -> str:
         return self._source.redact(text)
 
@@ -211,7 +222,7 @@ class Scanner:
                 asked, body = self._take_body(pending, offset, fetch)
                 requests_made += 1
                 self._watch_load(read, requests_made)
-                if budget is not None and not collection.alongside:
+                if budget is not None:
                     # Ask for the next pages before counting this one, so that the controller
                     # is never left with fewer requests than it may take while we count.
                     step = _step(self._limit(read))
@@ -270,8 +281,7 @@ class Scanner:
                         f"id (page at offset {offset}): the listing cannot be stitched"
                     )
                 offset += advance
-                if not collection.alongside:
-                    self._prefetch(pending, offset, step, count, fetch)
+                self._prefetch(pending, offset, step, count, fetch)
         finally:
             self._cancel(pending)
             self._watch_load(read, requests_made)
@@ -367,10 +377,7 @@ class Scanner:
                     continue
                 if err.status != 504 or floor:
                     raise
-                if collection.alongside:
-                    read.cap = max(self._min_page_size, limit // 2)
-                else:
-                    self._shrink_pages(limit)
+                self._shrink_pages(collection, limit)
 
     def _refused(
         self, read: _Read, fields: bool, err: SimplivityError, how: str = "refused"
@@ -417,24 +424,23 @@ class Scanner:
         )
         return True
 
-    def _shrink_pages(self, limit: int) -> None:
+    def _shrink_pages(self, collection: Collection, limit: int) -> None:
         with self._page_size_lock:
             smaller = max(self._min_page_size, limit // 2)
             if smaller >= self._page_size:
                 return  # another page's 504 shrank them already
             self._page_size = smaller
         log.info(
-            "controller %s: a page of %d took the controller too long (HTTP 504); "
+            "controller %s: a page of %d %s took the controller too long (HTTP 504); "
             "asking for %d per page from now on",
             self._name,
             limit,
+            collection.key,
             smaller,
         )
 
     def _watch_load(self, read: _Read, requests_made: int) -> None:
         """Halve the requests in flight when the controller said there were too many."""
-        if read.collection.alongside:
-            return  # the read it runs beside sees the same answers, and learns from them
         throttled = self._source.throttled
         if throttled == read.throttled:
             return
@@ -455,8 +461,6 @@ class Scanner:
 
     def _grow(self, read: _Read, requests_made: int) -> None:
         """After a read that went well: one more request in flight, larger pages, if tested."""
-        if read.collection.alongside:
-            return
         self._watch_load(read, requests_made)
         if not read.was_throttled and requests_made > self._concurrency:
             self._concurrency = min(self._max_concurrency, self._concurrency + 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from exporter.backups import BACKUPS, Aggregator
 from exporter.inventory import InventoryRead
@@ -28,6 +28,10 @@ class NoPollLimits:
 
     def redact(self, text: str) -> str:
         return text
+
+    def sibling(self, *, page_size: int, max_concurrency: int) -> Self:
+        """One fake serves every reader of a poll."""
+        return self
 
 
 def aggregate(backups: Iterable[Mapping[str, Any]]) -> BackupSnapshot:

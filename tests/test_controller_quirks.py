@@ -18,6 +18,7 @@ import pytest
 
 from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, parse_timestamp
 from exporter.config import PollConfig
+from exporter.inventory import VIRTUAL_MACHINES
 from exporter.model import BackupSnapshot, ControllerStatus
 from exporter.pages import PageCounter
 from exporter.poller import ControllerPoller
@@ -269,6 +270,30 @@ def test_a_504_makes_pages_smaller_and_quiet_polls_make_them_larger(
     # 1000 and 500 refused, 250 served; a poll of whole pages of 250: 350 next, refused, 175.
     assert sizes == [250, 350, 175]
     assert refused == [2, 0, 1]
+
+
+def test_the_inventory_learns_its_own_page_size_and_remembers_it(start_simulator: Start) -> None:
+    simulator = start_simulator(FederationSpec(total_backups=2000, vms=600, seed=4))
+    simulator.faults.timeout_above_limit = 300  # on every listing: the VMs' pages too
+    poller = poller_for(simulator, page_size=1000, max_concurrency=2)
+    live = sorted(str(vm["id"]) for vm in simulator.virtual_machines() if vm["state"] == "ALIVE")
+    vm_pages, sizes = [], []
+    try:
+        for _ in range(3):
+            before = len(simulator.stats.snapshot().pages_per_path.get(VIRTUAL_MACHINES.path, ()))
+            status = poll(poller)
+            assert status.snapshot is not None
+            assert sorted(vm.vm_id for vm in status.snapshot.inventory.vms) == live
+            sizes.append(status.page_size)
+            asked = simulator.stats.snapshot().pages_per_path[VIRTUAL_MACHINES.path][before:]
+            vm_pages.append(sorted({limit for _, limit in asked}, reverse=True))
+    finally:
+        poller.close()
+    # The inventory's scanner halves its own pages at a 504 (1000, 500 refused, 250 served) and
+    # starts the next poll where it ended: whole pages of 250 VMs make it 350, which the
+    # policies' page after them meets as a 504 (175, for the next poll's VMs).
+    assert vm_pages == [[1000, 500, 250], [250], [175]]
+    assert sizes == [250, 350, 175]  # the backups', learnt from their own 504s
 
 
 def test_at_the_floor_504s_fail_the_poll_and_keep_the_last_good_values(

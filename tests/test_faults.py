@@ -426,6 +426,9 @@ class ExpiringMidScan:
     def begin_poll(self, deadline_seconds: float) -> None:
         self.client.begin_poll(deadline_seconds)
 
+    def sibling(self, *, page_size: int, max_concurrency: int) -> ControllerReader:
+        return self.client.sibling(page_size=page_size, max_concurrency=max_concurrency)
+
     def redact(self, text: str) -> str:
         return self.client.redact(text)
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.model import DecodeError, HTTPStatusError, PageRequest, RecordError
-from exporter.pages import Collection, PageCounter, RecordTally
+from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, RecordTally
 from exporter.scan import Pace, Scanner
 from tests.snapshots import NoPollLimits
 
@@ -528,16 +528,15 @@ def test_a_cap_below_the_page_size_is_what_a_504_halves() -> None:
     assert scanner.pace.page_size == 200
 
 
-# --- a collection's own paging: filters, a page-size cap, reads alongside another --------------
+# --- a collection's own paging: filters, a page-size cap; a scanner beside another -----------
 
-ALONGSIDE = Collection(
+FILTERED = Collection(
     VMS.path,
     key=VMS.key,
     item=VMS.item,
     fields=VMS.fields,
     filters=(("state", "ALIVE"),),
     max_page_size=300,
-    alongside=True,
 )
 
 
@@ -553,38 +552,78 @@ class ThreadedListing(Listing):
         return super().get_page(page, retry_too_slow=retry_too_slow)
 
 
-def read_alongside(scanner: Scanner, listing: Listing) -> list[str]:
+def read_filtered(scanner: Scanner) -> list[str]:
     ids: list[str] = []
-    scanner.read(ALONGSIDE, PageCounter(ALONGSIDE, lambda item: ids.append(item["id"])))
+    scanner.read(FILTERED, PageCounter(FILTERED, lambda item: ids.append(item["id"])))
     return ids
 
 
 def test_a_collections_filters_and_page_cap_reach_every_request() -> None:
     listing = Listing(1000)
     scanner = Scanner(listing, page_size=1000, max_concurrency=3)
-    assert read_alongside(scanner, listing) == sorted(listing.items)
+    assert read_filtered(scanner) == sorted(listing.items)
     assert {page.limit for page in listing.requests} == {300}
     assert {page.filters for page in listing.requests} == {(("state", "ALIVE"),)}
     scanner.close()
 
 
-def test_an_alongside_read_asks_one_page_at_a_time_in_its_own_thread() -> None:
+class ReadBeside:
+    """The pages of a scan, counted; at the first, ``beside`` reads the listing whole in a
+    thread of its own (as the inventory is read during the backups' scan), and is waited for."""
+
+    def __init__(self, beside: Scanner, thread: str) -> None:
+        self.ids: list[str] = []
+        self.beside_ids: list[str] = []
+        self.counter = PageCounter(VMS, lambda item: self.ids.append(item["id"]))
+        self.beside, self.thread = beside, thread
+
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        if offset == 0:
+            reader = threading.Thread(
+                target=lambda: self.beside_ids.extend(read_filtered(self.beside)), name=self.thread
+            )
+            reader.start()
+            reader.join()
+        return self.counter.count(offset, body, order)
+
+
+def test_a_scanner_of_one_request_at_a_time_asks_in_its_callers_thread_only() -> None:
     listing = ThreadedListing(2500)
     scanner = Scanner(listing, page_size=1000, max_concurrency=3)
-    assert read_alongside(scanner, listing) == sorted(listing.items)
+    beside = scanner.sibling(page_size=1000, max_concurrency=1)
+    assert read_filtered(beside) == sorted(listing.items)
     assert set(listing.threads) == {threading.current_thread().name}  # nothing prefetched
     listing.threads.clear()
-    assert read_again(scanner, listing) == sorted(listing.items)  # a scan still prefetches
+    assert read_again(scanner, listing) == sorted(listing.items)  # the scan still prefetches
     assert set(listing.threads) - {threading.current_thread().name}
     scanner.close()
 
 
-def test_an_alongside_read_leaves_the_pace_to_the_read_beside_it() -> None:
+def test_a_scan_asks_less_at_once_when_the_read_beside_it_hears_too_many_requests() -> None:
+    listing = ThreadedListing(2000)
+    scanner = Scanner(listing, page_size=100, max_concurrency=4)
+    beside = scanner.sibling(page_size=1000, max_concurrency=1)
+    # Only the requests beside the scan are told "too many requests" (the client retried them).
+    listing.overloaded = lambda: threading.current_thread().name == "inventory"
+    pages = ReadBeside(beside, "inventory")
+    scanner.read(VMS, pages)
+    assert pages.ids == pages.beside_ids == sorted(listing.items)
+    assert listing.threads.count("inventory") == 7  # pages of 300, one at a time
+    assert listing.throttled == 7
+    # The controller asked for fewer requests at once: the scan halved its pace (once: the
+    # complaints came in one round); the scanner beside it asks one at a time anyway.
+    assert scanner.pace == Pace(concurrency=2, page_size=100)
+    assert beside.pace == Pace(concurrency=1, page_size=1000)
+    scanner.close()
+
+
+def test_a_504_beside_a_scan_shrinks_the_pages_beside_it_only() -> None:
     listing = Listing(1000)
     scanner = Scanner(listing, page_size=1000, max_concurrency=4)
-    listing.overloaded = lambda: True  # the scan beside it hears the same 502s
+    beside = scanner.sibling(page_size=1000, max_concurrency=1)
     listing.too_slow_above = 200
-    assert read_alongside(scanner, listing) == sorted(listing.items)
+    assert read_filtered(beside) == sorted(listing.items)
     assert [page.limit for page in listing.requests[:3]] == [300, 150, 150]
+    assert beside.pace == Pace(concurrency=1, page_size=150)
     assert scanner.pace == Pace(concurrency=4, page_size=1000)
     scanner.close()

@@ -95,6 +95,9 @@ class WatchedClient:
     def begin_poll(self, deadline_seconds: float) -> None:
         self.inner.begin_poll(deadline_seconds)
 
+    def sibling(self, *, page_size: int, max_concurrency: int) -> ControllerReader:
+        return self.inner.sibling(page_size=page_size, max_concurrency=max_concurrency)
+
     def redact(self, text: str) -> str:
         return self.inner.redact(text)
 
@@ -102,7 +105,7 @@ class WatchedClient:
         return self.inner.get(path)
 
     def read(self, collection: Collection, pages: PageSink) -> None:
-        if collection.path != BACKUPS.path:  # the inventory's listings come first
+        if collection.path != BACKUPS.path:  # not a scan (the inventory reads by sibling())
             self.inner.read(collection, pages)
             return
         ledger = self.ledger
