@@ -1,9 +1,10 @@
 """The metric definitions: the controllers' current statuses as Prometheus metric families.
 
-Nothing here talks to a controller: a scrape only reads the snapshots the poller published,
-so it is fast and never blocks on a slow controller. Series are built fresh from the snapshots
-every time, so a VM or cluster that vanished from the federation vanishes from ``/metrics``.
-:mod:`exporter.exposition` writes the same families as text, faster, and caches it.
+Each family is defined here once. Nothing here talks to a controller: a scrape only reads
+the snapshots the poller published, so it is fast and never blocks on a slow controller.
+Series are built fresh from each snapshot, so a VM or cluster that vanished from the
+federation vanishes from ``/metrics``. :mod:`exporter.exposition` writes them as text with
+prometheus_client's writer: a snapshot's families once per poll, the ages once a second.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.model import REASONS, STATES, ClusterSummary, ControllerSnapshot, ControllerStatus
@@ -55,10 +55,11 @@ class Reading:
     fresh: Sequence[tuple[str, ControllerSnapshot]]
 
 
-class BackupCollector(Collector):
-    """Yields every ``simplivity_*`` family from the statuses at the moment of the scrape.
+class BackupCollector:
+    """Reads what one scrape shows: the statuses, the exporter's state and the time.
 
-    A sample of what it yields::
+    :mod:`exporter.exposition` writes the families of this module from it; a sample of the
+    text::
 
         # HELP simplivity_backups Backups by cluster and state. Refreshed by the exporter's ...
         # TYPE simplivity_backups gauge
@@ -86,49 +87,87 @@ class BackupCollector(Collector):
         now = self._clock()
         return Reading(statuses, state, now, fresh_snapshots(statuses, state, now))
 
-    def collect(self) -> Iterator[Metric]:
-        reading = self.read()
-        state, now, fresh = reading.state, reading.now, reading.fresh
-        counts, sizes, newest, newest_age = cluster_families(state)
-        for controller, snapshot in fresh:
-            for cluster in snapshot.backups.clusters:
-                labels = [controller, cluster.name]
-                for state_name in state_names(cluster):
-                    counts.add_metric([*labels, state_name], cluster.counts[state_name])
-                    sizes.add_metric([*labels, state_name], cluster.sizes[state_name])
-                newest.add_metric(labels, cluster.newest_protected or 0.0)
-                newest_age.add_metric(labels, _age(now, cluster.newest_protected))
-        yield from shown((counts, sizes, newest, newest_age), state)
 
-        unowned = unowned_families(state)
-        for controller, snapshot in fresh:
-            for cluster_name, figures in snapshot.unowned():
-                for family, value in zip(unowned, figures, strict=True):
-                    family.add_metric([controller, cluster_name], value)
-        yield from shown(unowned, state)
-
-        if state.per_vm:
-            vm = vm_families(state)
-            for controller, snapshot in fresh:
-                _add_vms(vm, controller, snapshot, now)
-            yield from shown(vm, state)
-
-        inventory = inventory_families(state)
-        for controller, snapshot in fresh:
-            _add_inventory(inventory, controller, snapshot)
-        yield from shown(inventory, state)
-
-        yield from shown(health_families(reading.statuses), state)
-        yield from shown(exporter_families(state), state)
+def controller_families(state: ExporterState) -> list[GaugeMetricFamily]:
+    """Every family of the controllers' snapshots, empty, in the order ``/metrics`` writes
+    them; the ages (:func:`age_series`) among them."""
+    return shown(
+        [
+            *cluster_families(state),
+            *unowned_families(state),
+            *(vm_families(state) if state.per_vm else ()),
+            *inventory_families(state),
+        ],
+        state,
+    )
 
 
-def _add_vms(vm: VMFamilies, controller: str, snapshot: ControllerSnapshot, now: float) -> None:
+def snapshot_families(
+    controller: str, snapshot: ControllerSnapshot, state: ExporterState
+) -> list[GaugeMetricFamily]:
+    """One controller's snapshot as families: every series of it but the ages, which change
+    with the clock (:func:`age_series`). Written once per poll."""
+    counts, sizes, newest, _ = cluster_families(state)
+    for cluster in snapshot.backups.clusters:
+        labels = [controller, cluster.name]
+        for state_name in state_names(cluster):
+            counts.add_metric([*labels, state_name], cluster.counts[state_name])
+            sizes.add_metric([*labels, state_name], cluster.sizes[state_name])
+        newest.add_metric(labels, cluster.newest_protected or 0.0)
+    unowned = unowned_families(state)
+    for cluster_name, figures in snapshot.unowned():
+        for family, value in zip(unowned, figures, strict=True):
+            family.add_metric([controller, cluster_name], value)
+    families: list[GaugeMetricFamily] = [counts, sizes, newest, *unowned]
+    if state.per_vm:
+        vm = vm_families(state)
+        _add_vms(vm, controller, snapshot)
+        families += vm
+    inventory = inventory_families(state)
+    _add_inventory(inventory, controller, snapshot)
+    families += inventory
+    return [family for family in shown(families, state) if family.name not in AGE_FAMILIES]
+
+
+@dataclass(frozen=True)
+class AgeSeries:
+    """An age family of one snapshot: its series, valued 0, and the creation time each one's
+    age counts from (see :func:`age`), in the order of its samples."""
+
+    family: GaugeMetricFamily
+    created: tuple[float | None, ...]
+
+
+def age_series(
+    controller: str, snapshot: ControllerSnapshot, state: ExporterState
+) -> list[AgeSeries]:
+    """The ages of one snapshot's newest backups: the only series whose values change with
+    the clock, written again each second (none for ``--once``)."""
+    newest_age = cluster_families(state)[3]
+    for cluster in snapshot.backups.clusters:
+        newest_age.add_metric([controller, cluster.name], 0.0)
+    ages = [AgeSeries(newest_age, tuple(c.newest_protected for c in snapshot.backups.clusters))]
+    if state.per_vm:
+        vm_age = vm_families(state).age
+        for judged in snapshot.protection:
+            vm_age.add_metric([controller, judged.vm.name, judged.vm.vm_id], 0.0)
+        created = tuple(judged.newest_protected_anywhere for judged in snapshot.protection)
+        ages.append(AgeSeries(vm_age, created))
+    names = {family.name for family in shown([age.family for age in ages], state)}
+    return [age for age in ages if age.family.name in names]
+
+
+def age(now: float, created: float | None) -> float:
+    """Seconds since ``created`` at ``now``, in whole seconds (the text is written at most
+    once a second anyway); +Inf if there is no such backup."""
+    return INF if created is None else float(max(0, math.floor(now - created)))
+
+
+def _add_vms(vm: VMFamilies, controller: str, snapshot: ControllerSnapshot) -> None:
     for judged in snapshot.protection:
         machine = judged.vm
         labels = [controller, machine.name, machine.vm_id]
-        newest_anywhere = judged.newest_protected_anywhere
-        vm.newest.add_metric(labels, newest_anywhere or 0.0)
-        vm.age.add_metric(labels, _age(now, newest_anywhere))
+        vm.newest.add_metric(labels, judged.newest_protected_anywhere or 0.0)
         vm.info.add_metric(
             [
                 *labels,
@@ -357,11 +396,6 @@ def family_names() -> frozenset[str]:
     return frozenset(
         f"{family.name}_total" if family.type == "counter" else family.name for family in families
     )
-
-
-def _age(now: float, created: float | None) -> float:
-    # Whole seconds: the exposition is rendered at most once a second anyway.
-    return INF if created is None else float(max(0, math.floor(now - created)))
 
 
 def fresh_snapshots(

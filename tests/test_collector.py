@@ -152,9 +152,9 @@ def boston(**changes: object) -> ControllerStatus:
 
 
 def render(statuses: list[ControllerStatus], state: ExporterState = STATE) -> str:
+    backups = BackupCollector(lambda: statuses, lambda: state, clock=lambda: NOW)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BackupCollector(lambda: statuses, lambda: state, clock=lambda: NOW))
-    return Exposition(registry, lambda: 0, clock=lambda: NOW).render().decode()
+    return Exposition(registry, lambda: 0, backups=backups, clock=lambda: NOW).render().decode()
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -214,9 +214,9 @@ def test_single_values_through_the_parsed_exposition() -> None:
 def test_ages_are_computed_at_scrape_time_not_poll_time() -> None:
     statuses = [boston()]
     now = [NOW]
+    backups = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: now[0])
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: now[0]))
-    exposition = Exposition(registry, lambda: 0, clock=lambda: now[0])
+    exposition = Exposition(registry, lambda: 0, backups=backups, clock=lambda: now[0])
     cluster = {"controller": "boston", "omnistack_cluster": "Boston DC"}
     first = value(exposition.render().decode(), "simplivity_backup_newest_age_seconds", **cluster)
     now[0] += 120
@@ -352,10 +352,14 @@ def test_exposition_is_rendered_once_per_change_and_second(gzipped: bool) -> Non
         calls.append(1)
         return [boston()]
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(BackupCollector(statuses, lambda: STATE, clock=lambda: NOW))
+    backups = BackupCollector(statuses, lambda: STATE, clock=lambda: NOW)
     generation = [1]
-    exposition = Exposition(registry, lambda: generation[0], clock=lambda: NOW)
+    exposition = Exposition(
+        CollectorRegistry(auto_describe=False),
+        lambda: generation[0],
+        backups=backups,
+        clock=lambda: NOW,
+    )
     first = exposition.render(gzipped=gzipped)
     assert exposition.render(gzipped=gzipped) == first
     assert len(calls) == 1

@@ -30,7 +30,7 @@ import yaml
 from apscheduler.triggers.interval import IntervalTrigger
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, LocalBackupScan
@@ -46,6 +46,7 @@ from exporter.config import (
     TLSConfig,
     load_config,
 )
+from exporter.exposition import Exposition
 from exporter.model import (
     STATES,
     BackupSnapshot,
@@ -491,10 +492,10 @@ def render(snapshot: ControllerSnapshot) -> str:
     status = ControllerStatus(
         name="hostile", url="http://h", polls=1, up=True, last_success=now, snapshot=snapshot
     )
-    registry = CollectorRegistry(auto_describe=False)
     state = ExporterState(interval_seconds=300, stale_after_seconds=1800)
-    registry.register(BackupCollector(lambda: [status], lambda: state))
-    return generate_latest(registry).decode("utf-8")
+    backups = BackupCollector(lambda: [status], lambda: state)
+    registry = CollectorRegistry(auto_describe=False)
+    return Exposition(registry, lambda: 0, backups=backups).render().decode("utf-8")
 
 
 def label_sets(text: str, family: str) -> list[dict[str, str]]:

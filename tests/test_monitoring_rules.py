@@ -570,10 +570,11 @@ def _exported(version: str) -> str:
     status = ControllerStatus(
         name="c", url="https://ovc", up=True, last_success=NOW_EXPORTED, snapshot=snapshot
     )
-    registry = CollectorRegistry(auto_describe=False)
     state = ExporterState(interval_seconds=300, stale_after_seconds=1800)
-    registry.register(BackupCollector(lambda: [status], lambda: state, clock=lambda: NOW_EXPORTED))
-    return Exposition(registry, lambda: 0, clock=lambda: NOW_EXPORTED).render().decode()
+    backups = BackupCollector(lambda: [status], lambda: state, clock=lambda: NOW_EXPORTED)
+    registry = CollectorRegistry(auto_describe=False)
+    exposition = Exposition(registry, lambda: 0, backups=backups, clock=lambda: NOW_EXPORTED)
+    return exposition.render().decode()
 
 
 NOW_EXPORTED = 1_700_000_000.0

@@ -1,30 +1,28 @@
-"""``exposition.TextWriter`` writes exactly what prometheus_client would write.
-
-The fast writer exists for speed only (bench/): every case here compares its bytes with
-``generate_latest`` over the same collector, so the two can never drift apart silently.
+"""The ``/metrics`` text: each snapshot written once by prometheus_client's writer, several
+controllers merged under one HELP and TYPE per family, the ages at each second, and the
+caching that keeps scrapes from waiting for any of it.
 """
 
 from __future__ import annotations
 
+import gc
 import gzip
+import sys
 import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import exposition as exposition_module
-from exporter.collector import BackupCollector, ExporterState
+from exporter.collector import BackupCollector, ExporterState, snapshot_families
 from exporter.exposition import Exposition, TextWriter
 from exporter.model import (
     REASONS,
-    STATES,
     BackupSnapshot,
-    ClusterSummary,
     ControllerSnapshot,
     ControllerStatus,
     ScheduleReport,
@@ -87,31 +85,17 @@ def held(vm_id: str, newest: float | None) -> VMBackups:
                      newest or 0.0, "Boston DC")  # fmt: skip
 
 
-def assert_same_text(
-    statuses: Sequence[ControllerStatus], state: ExporterState = STATE, now: float = NOW
-) -> str:
-    collector = BackupCollector(lambda: statuses, lambda: state, clock=lambda: now)
-    expected = generate_latest(collector).decode()
-    writer = TextWriter(collector)
-    written = writer.text()
-    assert written == expected
-    assert writer.text() == expected  # and again, from the cache
-    return written
+def writer_of(statuses: Sequence[ControllerStatus], state: ExporterState = STATE) -> TextWriter:
+    return TextWriter(BackupCollector(lambda: statuses, lambda: state, clock=lambda: NOW))
 
 
-def test_a_generated_federation_is_written_as_prometheus_client_writes_it() -> None:
-    # Non-ASCII names, a quote and a backslash in a VM name, external stores, removed VMs,
-    # VMs without a PROTECTED backup, every state.
-    report = ScheduleReport(9120, 24000.5, None, 5e5)
-    snapshot = federation(report)
-    assert {p.status for p in snapshot.protection} >= {"ok", "overdue", "new", "not_scheduled"}
-    text = assert_same_text([status("boston", snapshot)])
-    assert 'vm="quote\\"back\\\\slash-vm"' in text
-    assert "simplivity_federation_daily_backups_limit{" in text
-    assert "simplivity_federation_retained_backups_projected{" not in text
+def headers(text: str) -> list[str]:
+    return [line.split(" ", 3)[2] for line in text.splitlines() if line.startswith("# HELP ")]
 
 
-def test_several_controllers_stale_ones_missing_ones_and_no_per_vm() -> None:
+def test_several_controllers_share_each_familys_help_and_type() -> None:
+    """Each family's HELP and TYPE once in the whole text, every fresh controller's series
+    under them: what Prometheus and promtool require of an exposition."""
     fresh = federation(vms=30, seed=2)
     statuses = [
         status("boston", federation(vms=20)),
@@ -119,16 +103,27 @@ def test_several_controllers_stale_ones_missing_ones_and_no_per_vm() -> None:
         status("denver", fresh, last_success=NOW - 4000),  # stale: health series only
         status("edmonton", None, up=False, last_success=None),  # never polled successfully
     ]
-    assert_same_text(statuses)
-    assert_same_text(statuses, replace(STATE, per_vm=False, shard_count=3, shard_index=2))
-    assert_same_text([])
-    once = assert_same_text(statuses, replace(STATE, once=True))
-    assert "_age_seconds" not in once  # --once: no ages (its output is read later)
+    for state in (STATE, replace(STATE, per_vm=False), replace(STATE, once=True)):
+        text = writer_of(statuses, state).text()
+        names = headers(text)
+        assert len(names) == len(set(names)), "a family's HELP written twice"
+        families = list(text_string_to_metric_families(text))
+        assert len(families) == len(names)
+        controllers = {
+            family.name: {sample.labels.get("controller") for sample in family.samples}
+            for family in families
+        }
+        assert controllers["simplivity_backups"] == {"boston", "chicago"}
+        assert controllers["simplivity_up"] == {"boston", "chicago", "denver", "edmonton"}
+        assert ("simplivity_vm_info" in controllers) == state.per_vm
+        if state.per_vm and not state.once:
+            assert controllers["simplivity_vm_backup_newest_age_seconds"] == {"boston", "chicago"}
+        assert not state.once or "_age_seconds" not in text  # --once: no ages
     excluded = frozenset(
         {"simplivity_vm_info", "simplivity_backups_orphaned", "simplivity_poll_errors_total"}
     )
     for state in (STATE, replace(STATE, once=True)):
-        text = assert_same_text(statuses, replace(state, exclude=excluded))
+        text = writer_of(statuses, replace(state, exclude=excluded)).text()
         assert "simplivity_vm_info" not in text
         assert "simplivity_backups_orphaned{" not in text
         assert "simplivity_poll_errors" not in text
@@ -146,79 +141,59 @@ def test_a_changed_metrics_exclude_rewrites_the_written_snapshot() -> None:
     writer = TextWriter(collector)
     assert "simplivity_vm_destination_restore_points{" in writer.text()
     states.reverse()
-    assert writer.text() == generate_latest(collector).decode()
     assert "simplivity_vm_destination_restore_points" not in writer.text()
+    assert writer.text() == writer_of(statuses, states[0]).text()
 
 
-def test_numbers_that_prometheus_writes_with_exponents() -> None:
-    counts = {**dict.fromkeys(STATES, 0), "PROTECTED": 12_345_678, "OTHER": 1}
-    sizes = {**dict.fromkeys(STATES, 0), "PROTECTED": 2**62, "OTHER": 5}
-    times = {"v1": NOW - 0.5, "v2": NOW + 30, "v3": NOW - 1_000_000, "v4": NOW - 999_999.75,
-             "v5": None, "v6": 1.5}  # fmt: skip
-    backups = BackupSnapshot(
-        clusters=(ClusterSummary('Zürich "Ost"\\2\nx', counts, sizes, NOW - 2_000_000.5),),
-        vms=tuple(held(vm_id, newest) for vm_id, newest in times.items()),
-        backups_seen=12_345_679,
-    )
-    names = {"v1": "just-now", "v2": "in-the-future", "v3": "a-million-seconds",
-             "v4": "almost-a-million", "v5": "never", "v6": "old"}  # fmt: skip
-    assert_same_text([status('quote"controller', snapshot_of(backups, names))])
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The controllers whose snapshot's series are written, in order, from now on."""
+    controllers: list[str] = []
+
+    def counting(controller: str, snapshot: ControllerSnapshot, state: ExporterState) -> object:
+        controllers.append(controller)
+        return snapshot_families(controller, snapshot, state)
+
+    monkeypatch.setattr(exposition_module, "snapshot_families", counting)
+    return controllers
+
+
+def test_a_snapshot_is_written_once_not_at_every_render(written: list[str]) -> None:
+    interval = sys.getswitchinterval()
+    now = [NOW]
+    statuses = [status("boston", federation(vms=10)), status("chicago", federation(vms=5))]
+    state = [STATE]
+    writer = TextWriter(BackupCollector(lambda: statuses, lambda: state[0], clock=lambda: now[0]))
+    first = writer.text()
+    now[0] += 60  # a minute later: only the ages differ
+    later = writer.text()
+    assert sorted(written) == ["boston", "chicago"]
+    assert later != first
+    assert without_ages(later) == without_ages(first)
+    statuses[1] = status("chicago", federation(vms=12, seed=7))  # chicago's next poll
+    assert writer.text() == later  # no render writes it: until its poll has, the last shows
+    writer.write_snapshots()  # what its poll's thread does
+    assert sorted(written) == ["boston", "chicago", "chicago"]
+    assert without_ages(writer.text()) != without_ages(later)
+    state[0] = replace(STATE, per_vm=False)  # a reload that changes what is shown
+    assert "simplivity_vm_info" not in writer.text()
+    assert len(written) == 5
+    assert gc.isenabled()  # off only while snapshots were written
+    assert sys.getswitchinterval() == interval  # shortened only meanwhile too
+
+
+def without_ages(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "_age_seconds{" not in line]
 
 
 def test_a_new_snapshot_replaces_the_written_one() -> None:
     statuses = [status("boston", federation(vms=10))]
-    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
-    writer = TextWriter(collector)
+    writer = writer_of(statuses)
     first = writer.text()
     statuses[0] = status("boston", federation(vms=12, seed=7))
-    assert writer.text() == generate_latest(collector).decode() != first
-
-
-text_values = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
-times = st.one_of(st.none(), st.floats(min_value=0, max_value=NOW + 10**7))
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    controller=text_values,
-    clusters=st.lists(st.tuples(text_values, st.integers(0, 2**63 - 1), times), max_size=3),
-    vms=st.lists(st.tuples(text_values, text_values, times), max_size=6),
-    now=st.floats(min_value=NOW - 10**6, max_value=NOW + 10**8),
-)
-def test_any_names_and_numbers(
-    controller: str,
-    clusters: list[tuple[str, int, float | None]],
-    vms: list[tuple[str, str, float | None]],
-    now: float,
-) -> None:
-    backups = BackupSnapshot(
-        clusters=tuple(
-            ClusterSummary(
-                name,
-                {**dict.fromkeys(STATES, 0), "PROTECTED": size % 1000},
-                {**dict.fromkeys(STATES, 0), "PROTECTED": size},
-                newest,
-            )
-            for name, size, newest in clusters
-        ),
-        vms=tuple(held(vm_id, newest) for vm_id, _, newest in vms),
-        backups_seen=len(clusters),
-    )
-    snapshot = snapshot_of(backups, {vm_id: name for vm_id, name, _ in vms})
-    assert_same_text([status(controller, snapshot, last_success=now)], now=now)
-
-
-def test_the_exposition_with_the_fast_writer_serves_the_same_bytes() -> None:
-    statuses = [status("boston", federation())]
-    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    slow = Exposition(registry, lambda: 0, clock=lambda: NOW)
-    fast = Exposition(
-        CollectorRegistry(auto_describe=False), lambda: 0, clock=lambda: NOW, backups=collector
-    )
-    assert fast.render() == slow.render()
-    assert one_gzip_member(fast.render(gzipped=True)) == slow.render()
+    writer.write_snapshots()
+    again = writer_of(statuses).text()
+    assert writer.text() == again != first
 
 
 def one_gzip_member(body: bytes) -> bytes:
@@ -285,20 +260,27 @@ class HeldExposition:
         return self.statuses
 
 
-def test_while_one_scrape_writes_new_snapshots_the_others_get_the_last_text() -> None:
+def test_a_new_snapshot_is_written_by_its_poll_no_scrape_waits_for_it() -> None:
+    """Writing a snapshot of thousands of VMs takes prometheus_client's writer a good part of
+    a second: the poll's thread writes it, and the scrapes meanwhile get the last text."""
     held = HeldExposition()
     held.statuses[0] = status("boston", federation(vms=11))
     held.generation = 1
-    results: list[bytes] = []
-    writer = threading.Thread(target=lambda: results.append(held.exposition.render()))
-    writer.start()
+    assert held.exposition.render() == held.first  # served at once, not after a writer
+    poll = threading.Thread(target=held.exposition.refresh)
+    poll.start()
     assert held.writing.wait(10)
-    assert held.exposition.render() == held.first  # served at once, not after the writer
+    assert held.exposition.render() == held.first
     held.go_on.set()
-    writer.join(10)
-    assert results
-    assert results[0] != held.first
-    assert held.exposition.render() == results[0]
+    poll.join(10)
+    newer = held.exposition.render()
+    snapshot = held.statuses[0].snapshot
+    assert snapshot is not None
+    assert vm_info_lines(newer) == len(snapshot.protection) != vm_info_lines(held.first)
+
+
+def vm_info_lines(text: bytes) -> int:
+    return sum(line.startswith("simplivity_vm_info{") for line in text.decode().splitlines())
 
 
 def test_the_next_second_is_written_in_the_background_no_scrape_waits_for_it() -> None:
@@ -329,3 +311,15 @@ def test_a_text_more_than_a_second_behind_is_never_served() -> None:
     ]
     assert ages[0]
     assert [b - a for a, b in zip(*ages, strict=True)] == [2.0] * len(ages[0])
+
+
+def test_the_first_poll_writes_the_text_before_any_scrape(written: list[str]) -> None:
+    statuses = [status("boston", federation(vms=10))]
+    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
+    exposition = Exposition(
+        CollectorRegistry(auto_describe=False), lambda: 1, clock=lambda: NOW, backups=collector
+    )
+    exposition.refresh()  # what the first poll does, in its thread
+    assert written == ["boston"]
+    assert b"simplivity_vm_info{" in exposition.render()
+    assert written == ["boston"]  # the scrape found it written
