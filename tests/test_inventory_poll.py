@@ -18,6 +18,7 @@ import pytest
 
 from exporter.config import Config, MetricsConfig
 from exporter.inventory import VIRTUAL_MACHINES
+from exporter.model import ControllerStatus
 from exporter.protection import PROTECTION_STATUSES
 from exporter.simulator import SVTFS_VERSION, FederationSpec, SimulatedController
 from exporter.simulator.controller import OLD_SVTFS
@@ -286,14 +287,21 @@ def test_a_failing_vm_listing_fails_the_poll_and_the_last_good_snapshot_stays() 
     with Lab() as lab:
         simulator = lab.controller("boston", FederationSpec(vms=25))
         exporter = lab.start_exporter(POLL)
+        # Every status a poll publishes: a poll that read the VMs before the fault may still
+        # succeed after it, so the last good snapshot is the last good poll's, found here.
+        published: list[ControllerStatus] = []
+        exporter.poller.subscribe(lambda: published.append(exporter.poller.statuses()[0]))
         good = first_good_scrape(exporter)
-        kept = exporter.poller.statuses()[0].snapshot
+        before = exporter.poller.statuses()[0]
         simulator.faults.paths = frozenset({VIRTUAL_MACHINES.path})
         simulator.faults.fail_next(1000, status=500)
         wait_until(lambda: exporter.scrape().up("boston") == 0, 20, "a failed poll")
         failed = exporter.scrape()
         assert failed.errors("boston")["http"] >= 1
-        assert exporter.poller.statuses()[0].snapshot is kept
+        now = exporter.poller.statuses()[0]
+        last_good = max((s for s in (before, *published) if s.up), key=lambda s: s.polls)
+        assert last_good.polls < now.polls
+        assert now.snapshot is last_good.snapshot
         # Not stale yet: every series of the last good poll is still served.
         for name in (*PER_VM, "simplivity_vms", "simplivity_backups"):
             assert len(failed.matching(name)) == len(good.matching(name)), name

@@ -216,13 +216,21 @@ def test_a_second_poll_of_the_same_controller_never_overlaps_the_first() -> None
     assert poller.status.polls == 1
 
 
-def config_for(*controllers: SimulatedController, interval: float = 1.0) -> Config:
+def config_for(
+    *controllers: SimulatedController, interval: float = 1.0, deadline: float | None = None
+) -> Config:
+    """A poll runs out of time after ``deadline`` seconds (default: the interval)."""
     return Config(
         controllers=tuple(
             ControllerConfig(f"c{n}", c.url, c.username, Secret(c.password))
             for n, c in enumerate(controllers)
         ),
-        poll=PollConfig(interval_seconds=interval, timeout_seconds=2, max_retries=0),
+        poll=PollConfig(
+            interval_seconds=interval,
+            timeout_seconds=max(2.0, deadline or 0),  # one request never outlasts the poll
+            deadline_seconds=deadline,
+            max_retries=0,
+        ),
     )
 
 
@@ -232,7 +240,9 @@ def test_the_scheduler_polls_every_controller_and_a_slow_one_delays_no_other(
     fast = start_simulator(FederationSpec())
     slow = start_simulator(FederationSpec())
     slow.faults.hang_seconds = 30
-    poller = Poller(config_for(fast, slow, interval=1))
+    # The slow controller's polls run out of time after 4 s: its second cannot end before 8 s,
+    # a wide margin over the 2 s that three polls of the fast one take at a 1 s interval.
+    poller = Poller(config_for(fast, slow, interval=1, deadline=4))
     poller.start()
     try:
         wait_until(lambda: poller.statuses()[0].polls >= 3, 15, "three polls of c0")

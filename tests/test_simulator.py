@@ -704,9 +704,10 @@ def test_stop_ends_a_hanging_answer_promptly(start: Callable[..., SimulatedContr
     wait_until(lambda: controller.stats.snapshot().in_flight == 1)
     started = time.monotonic()
     controller.stop()
-    thread.join(timeout=3)
+    # Far below the client's 30 s timeout, with room for a loaded machine.
+    thread.join(timeout=10)
     assert not thread.is_alive()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10
     assert isinstance(outcome[0], requests.ConnectionError)
     with pytest.raises(requests.ConnectionError):
         requests.get(controller.url + "/api/version", timeout=1)  # no longer listening
@@ -734,9 +735,10 @@ def test_stop_ends_an_endless_answer_promptly(start: Callable[..., SimulatedCont
     wait_until(lambda: sum(received) > 200_000)
     started = time.monotonic()
     controller.stop()
-    thread.join(timeout=3)
+    # Far below the client's 30 s timeout, with room for a loaded machine.
+    thread.join(timeout=10)
     assert not thread.is_alive()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10
     assert outcome  # ended, by a clean close or a connection error
     assert controller.stats.snapshot().bytes_sent >= sum(received) - 65536
 
@@ -831,7 +833,7 @@ def test_the_cost_model_delays_answers_and_bounds_parallelism(
     assert controller.stats.snapshot().max_parallel_served == 2
     controller.stop()
     for thread, outcome in threads:
-        thread.join(timeout=3)
+        thread.join(timeout=10)
         assert isinstance(outcome[0], requests.ConnectionError)
 
 

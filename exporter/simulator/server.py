@@ -104,8 +104,10 @@ class Handler(BaseHTTPRequestHandler):
 class Exchange:
     """One request (method, path, query, body, headers) and the ways to answer it.
 
-    Every answer counts in ``stats``; the request stops counting as in flight just before the
-    last write of its answer, or when :meth:`leave_flight` is called (by the router at the end).
+    Every answer counts in ``stats``, and its request stops counting as in flight, just before
+    the answer goes out (a dripped answer: counted after its last byte), so that a client that
+    has its answer reads stats that include it; the router calls :meth:`leave_flight` at the
+    end of requests that got no answer.
     Error bodies follow ``faults.error_body`` and ``faults.html_error_statuses``.
     """
 
@@ -179,13 +181,14 @@ class Exchange:
         h.send_header("Content-Length", str(len(body)))
         for name, value in headers:
             h.send_header(name, value)
-        h.end_headers()
-        # Out of flight before the last write: once the client has the body, it may send its
-        # next request before this thread runs again, and two would seem in flight at once.
+        # Out of flight and counted before the answer goes out: once the client has it (the
+        # headers alone for a HEAD), it may send its next request, or read the stats, before
+        # this thread runs again.
         self.leave_flight()
+        self.stats.answered(self.path, status, len(body), items)
+        h.end_headers()
         if self.method != "HEAD":
             h.wfile.write(body)
-        self.stats.answered(self.path, status, len(body), items)
 
     def _drip(self, status: int, body: bytes, content_type: str, drip: str) -> None:
         """A byte every ``faults.drip_seconds``: headers that never end, or the body."""
