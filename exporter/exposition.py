@@ -102,9 +102,9 @@ class TextWriter:
     """Writes the text of the collector's families, each snapshot's series once.
 
     Writing a snapshot with thousands of VMs costs prometheus_client's writer far more than
-    the ages that change every second (README, "Performance"), so the series of each snapshot
-    are written once, by :meth:`write_snapshots` after its poll, and only the ages and the few
-    health series at each render. A render never writes a newer snapshot itself: until the
+    the ages that change every second (docs/design.md, "Performance"), so the series of each
+    snapshot are written once, by :meth:`write_snapshots` after its poll, and only the ages and
+    the few health series at each render. A render never writes a newer snapshot itself: until the
     poll's thread has written it, the controller's last written snapshot is shown, ages and
     all, so that no scrape waits for it. Several controllers share each family's HELP and
     TYPE lines: their series follow one another under them.
@@ -183,7 +183,7 @@ def _no_cycle_collection() -> Iterator[None]:
     on, the collector would run full collections of the whole heap meanwhile, stopping every
     thread, scrapes included, for tens of milliseconds each time. Writing them is half a
     second of pure Python at 5,000 VMs: at Python's 5 ms switch interval, a scrape waits
-    that long for each of its turns (README, "Performance"). Snapshots are written one at a
+    that long for each of its turns (docs/design.md, "Performance"). Snapshots are written one at a
     time (under the writer's lock), so no other writer restores either setting early.
     """
     enabled = gc.isenabled()
@@ -233,9 +233,9 @@ class _Encoder:
     stay the same from one second to the next.
 
     Only the ages change every second, yet the whole text used to be encoded and compressed
-    again each time (the CPU this saves: README, "Performance"). A piece's deflate blocks are
-    compressed on their own, so the member is the cached blocks of the unchanged pieces and
-    the new blocks of the ages, between one header and one CRC-32 trailer.
+    again each time (the CPU this saves: docs/design.md, "Performance"). A piece's deflate
+    blocks are compressed on their own, so the member is the cached blocks of the unchanged
+    pieces and the new blocks of the ages, between one header and one CRC-32 trailer.
     """
 
     def __init__(self) -> None:

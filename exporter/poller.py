@@ -9,7 +9,7 @@ last good result in place (the collector drops it once it is stale).
 The inventory is read in a second thread while the backups are scanned, by a scanner of its
 own over the same client (:meth:`~exporter.scan.Scanner.sibling`), one request at a time (so
 one more request in flight than the scan's): read after the backups, its dozen requests would
-lengthen every poll (by how much: the README's "How polling works, and why"). Both
+lengthen every poll (by how much: docs/design.md, "How polling works, and why"). Both
 reads span the same moments, so the picture is that of the poll's time: a VM created while the
 poll runs may be listed without the backup it got meanwhile, and is then judged ``new``, as it
 is. Only the schedule report is optional (REST API 1.11 and later): an error status there leaves the

@@ -28,7 +28,7 @@ from tests.test_client import FakeClock, client_for, scan_ids, scanner_of, serve
 
 Start = Callable[..., SimulatedController]
 SMALL = FederationSpec(vms=6, backups_per_vm=20)
-README = Path(__file__).resolve().parent.parent / "README.md"
+SECURITY = Path(__file__).resolve().parent.parent / "docs" / "security.md"
 
 
 def controller_of(simulator: SimulatedController, password: str | None = None) -> ControllerConfig:
@@ -111,7 +111,7 @@ def test_a_silent_controller_fails_within_the_documented_bound_whatever_the_thre
     start_simulator: Start,
 ) -> None:
     """Both of the poll's threads wait for answers that never come: their retries come out of
-    one budget, so the poll ends within the bound the README states for one thread."""
+    one budget, so the poll ends within the bound docs/security.md states for one thread."""
     simulator = start_simulator(SMALL)
     poller = poller_for(simulator, timeout_seconds=1, max_retries=2)
     simulator.faults.paths = None  # the inventory's requests hang too
@@ -188,8 +188,8 @@ def test_plain_http_to_a_tls_port_says_to_use_https(start_simulator: Start, tmp_
         )
 
 
-def test_the_readme_states_the_bounds_the_code_keeps() -> None:
-    text = " ".join(README.read_text(encoding="utf-8").split())
+def test_the_docs_state_the_bounds_the_code_keeps() -> None:
+    text = " ".join(SECURITY.read_text(encoding="utf-8").split())
     defaults = PollConfig()
     unreachable = worst_case_poll_seconds(defaults, connects=False)
     silent = worst_case_poll_seconds(defaults, connects=True)

@@ -547,11 +547,11 @@ def test_panels_name_real_alerts_and_show_their_thresholds() -> None:
 
 
 def test_the_tool_links_each_panel_to_the_runbook_of_its_alerts() -> None:
-    base = "https://git.example.com/simplivity-exporter/blob/main/README.md"
+    base = "https://git.example.com/simplivity-exporter/blob/main/docs/runbook.md"
     dashboard = load_dashboard()
     linked = monitoring_tool.with_runbook_links(dashboard, base)
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    anchors = {h.lower() for h in re.findall(r"^### (Simplivity\w+)\s*$", readme, re.M)}
+    runbook = (REPO / "docs" / "runbook.md").read_text(encoding="utf-8")
+    anchors = {h.lower() for h in re.findall(r"^## (Simplivity\w+)\s*$", runbook, re.M)}
     count = 0
     for before, after in zip(all_panels(dashboard), all_panels(linked), strict=True):
         named = monitoring_tool.panel_alerts(before)

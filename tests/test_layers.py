@@ -1,98 +1,140 @@
-"""Imports flow one way (README, "Module map"): each rule here is an import that must not exist.
+"""The module map is the test: CONTRIBUTING.md's table says what each module of the exporter
+may import, and this fails on any import of the exporter it does not list.
 
 Imports are read from the source with ``ast``, the ones inside functions included, so a rule
-cannot be dodged by importing late.
+cannot be dodged by importing late; a package's row (``simulator/``) holds for every file in it,
+its relative imports resolved.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
-EVERY_MODULE = {path.stem for path in PACKAGE.glob("*.py")} | {"simulator"}
-
-#: module -> the exporter modules it must never import.
-FORBIDDEN = {
-    # The shared vocabulary sits below everything.
-    "model": {"*"},
-    # HPE's contract, the simulator's too: nothing of the exporter's reading of it.
-    "restapi": {"*"},
-    # Logging is set up by the exporter and its worker alike, from nothing of theirs.
-    "logs": {"*"},
-    # Deadlines for any HTTP exchange: plain requests and urllib3, nothing of the exporter.
-    "deadlines": {"*"},
-    # The client speaks HTTP only: nothing from the layers that page, count or poll.
-    "simplivity": {"scan", "backups", "worker", "poller", "collector", "exposition", "web"},
-    # The paging algorithm works for any collection and any client.
-    "scan": {"simplivity", "backups", "worker", "poller", "collector", "exposition", "web"},
-    # Counting a listing's pages runs in the worker too: only the vocabulary below it.
-    "pages": {"simplivity", "scan", "backups", "worker", "poller", "collector", "web", "app"},
-    # The scrape path reads published statuses: never the client or the poller.
-    "collector": {"simplivity", "scan", "poller", "worker", "web", "app"},
-    "exposition": {"simplivity", "scan", "poller", "worker", "web", "app"},
-    "web": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "app"},
-    # The landing page is drawn from published statuses alone: it neither serves nor polls.
-    "landing": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
-    "poller": {"collector", "exposition", "web", "app", "cli"},
-    # Who should be protected, and how: records in, judgements out; no HTTP, no scheduler.
-    "inventory": {"simplivity", "poller", "worker", "collector", "exposition", "web", "app"},
-    "protection": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
-    # A policy's rules and their expected intervals: the vocabulary below them, nothing else.
-    "schedule": EVERY_MODULE - {"model"},
-    "recovery": {"simplivity", "scan", "poller", "worker", "collector", "exposition", "web"},
-    "worker": {"simplivity", "poller", "web", "app", "cli"},
-    "app": {"cli"},
-    # The controller check asks as a poll asks (the poller's as_asked), through the client;
-    # it neither serves nor runs a poll.
-    "check": {"worker", "collector", "exposition", "web", "app", "cli"},
-    # The HTTP server serves any callable: of the exporter it knows only its request parser.
-    "httpserver": EVERY_MODULE - {"httprequest"},
-    "httprequest": {"*"},
-    # Password checks know HTTP's verdicts (httpserver), nothing else of the exporter.
-    "basicauth": EVERY_MODULE - {"httpserver"},
-}
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "exporter"
+CONTRIBUTING = ROOT / "CONTRIBUTING.md"
+#: Entry points with no code of their own: ``python -m exporter`` and the version.
+ENTRY_POINTS = {"__init__", "__main__"}
 
 
-def exporter_imports(module: str | Path) -> set[str]:
-    """The exporter modules ``module`` (a name, or a file) imports (``exporter.x.y`` counts as
-    ``x``)."""
-    path = module if isinstance(module, Path) else PACKAGE / f"{module}.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "exporter" and len(parts) > 1 and parts[1] != "__version__":
-                found.add(parts[1])
+def module_map() -> list[tuple[str, str, str]]:
+    """(module, "may import" cell, tests cell) of each row of the map, in order."""
+    text = CONTRIBUTING.read_text(encoding="utf-8")
+    start = text.index("\n## Module map\n")
+    rows: list[tuple[str, str, str]] = []
+    header: list[str] | None = None
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            if header is not None:
+                break
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if header is None:
+            header = cells
+        elif not set(line) <= set("|-: "):
+            row = dict(zip(header, cells, strict=True))
+            may = row["may import (of the exporter)"]
+            rows.append((row["module"].strip("`"), may, row["tests"]))
+    assert header is not None, "no module map in CONTRIBUTING.md"
+    return rows
+
+
+def names(cell: str) -> set[str]:
+    """The module names of a cell, leaving out what its parentheses say about them."""
+    return set(re.findall(r"`([\w/]+)`", re.sub(r"\([^)]*\)", "", cell)))
+
+
+def allowed() -> dict[str, set[str]]:
+    """module (``simulator`` for the package) -> the modules its row lets it import."""
+    rows = module_map()
+    found: dict[str, set[str]] = {}
+    for index, (module, cell, _) in enumerate(rows):
+        if cell in ("—", "-", "nothing of the exporter"):
+            may: set[str] = set()
+        elif cell == "any module below":
+            may = {below.rstrip("/") for below, _, _ in rows[index + 1 :]}
+        else:
+            may = {name.rstrip("/") for name in names(cell)}
+            assert may, f"{module}: cannot read its 'may import' cell {cell!r}"
+        found[module.rstrip("/")] = may
     return found
 
 
-@pytest.mark.parametrize("module", sorted(FORBIDDEN))
-def test_no_import_runs_against_the_layers(module: str) -> None:
-    imported = exporter_imports(module)
-    forbidden = FORBIDDEN[module]
-    wrong = imported if "*" in forbidden else imported & forbidden
-    assert wrong == set(), f"exporter/{module}.py imports {sorted(wrong)}"
+def sources(module: str) -> list[Path]:
+    package = PACKAGE / module
+    return sorted(package.glob("*.py")) if package.is_dir() else [PACKAGE / f"{module}.py"]
 
 
-def test_nothing_below_the_web_imports_it() -> None:
-    modules = [path.stem for path in PACKAGE.glob("*.py") if path.stem not in ("app", "cli")]
-    importers = [module for module in modules if "web" in exporter_imports(module)]
-    assert importers == []
+def exporter_imports(path: Path) -> set[str]:
+    """The exporter modules a file imports: ``exporter.x.y`` counts as ``x``, and so does a
+    relative import that resolves to it; a package's own modules are left out."""
+    inside = path.parent.relative_to(ROOT).parts  # ("exporter",) or ("exporter", "simulator")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        full: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            base = list(inside[: len(inside) - node.level + 1]) if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            full = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            full = [alias.name for alias in node.names]
+        for name in full:
+            parts = name.split(".")
+            if parts[0] == "exporter" and len(parts) > 1 and parts[1] != "__version__":
+                found.add(parts[1])
+    own = inside[1] if len(inside) > 1 else path.stem
+    return found - {own}
 
 
-@pytest.mark.parametrize(
-    "source", sorted((PACKAGE / "simulator").glob("*.py")), ids=lambda path: path.name
-)
-def test_the_simulator_imports_nothing_of_the_exporter_but_hpes_table(source: Path) -> None:
-    """An independent oracle: of the exporter it may read HPE's contract (``restapi``) only."""
-    wrong = exporter_imports(source) - {"simulator", "restapi"}
-    assert wrong == set(), f"exporter/simulator/{source.name} imports {sorted(wrong)}"
+def every_module() -> set[str]:
+    files = {path.stem for path in PACKAGE.glob("*.py")} - ENTRY_POINTS
+    return files | {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+
+
+def test_every_module_has_one_row_and_every_row_a_module() -> None:
+    rows = [module.rstrip("/") for module, _, _ in module_map()]
+    assert sorted(rows) == sorted(set(rows)), "a module with two rows"
+    assert set(rows) == every_module()
+
+
+@pytest.mark.parametrize("module", sorted(every_module()))
+def test_imports_are_the_ones_the_map_allows(module: str) -> None:
+    may = allowed()[module]
+    for path in sources(module):
+        wrong = exporter_imports(path) - may
+        assert wrong == set(), (
+            f"{path.relative_to(ROOT)} imports {sorted(wrong)}, which CONTRIBUTING.md's module "
+            f"map does not allow {module} (it allows {sorted(may) or 'nothing'})"
+        )
+
+
+def test_the_map_names_only_modules_that_exist() -> None:
+    modules = every_module()
+    for module, may in allowed().items():
+        assert may <= modules, f"{module} may import {sorted(may - modules)}: no such module"
+
+
+def test_the_tests_column_names_test_modules_that_exist() -> None:
+    for module, _, tests in module_map():
+        named = names(tests)
+        assert named or tests == "all of the above", f"{module}: no tests named"
+        missing = [t for t in sorted(named) if not (ROOT / "tests" / f"test_{t}.py").exists()]
+        assert missing == [], f"{module}: no tests/test_<name>.py for {missing}"
+
+
+def test_the_checker_reads_what_it_must() -> None:
+    """The reading itself: relative imports in a package, late imports, allowed cells."""
+    assert exporter_imports(PACKAGE / "simulator" / "controller.py") <= {"restapi"}
+    assert "restapi" in set().union(*(exporter_imports(p) for p in sources("simulator")))
+    assert exporter_imports(PACKAGE / "httpserver.py") == {"httprequest"}
+    assert "simulator" in exporter_imports(PACKAGE / "cli.py")  # --demo imports it late
+    assert allowed()["simulator"] == {"restapi"}
+    assert allowed()["model"] == set()
+    assert "cli" not in allowed()["app"]
+    assert "model" in allowed()["app"]
+    assert names("`poller` (`for_version`), `pages`") == {"poller", "pages"}

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
 RULES = MONITORING / "alerts.yml"
 RULE_TESTS = MONITORING / "tests" / "alerts_test.yml"
-README = MONITORING.parent / "README.md"
+RUNBOOK = MONITORING.parent / "docs" / "runbook.md"
 TOOL = REPO / "tools" / "monitoring.py"
 
 SEVERITIES = {"critical", "warning"}
@@ -151,22 +151,19 @@ def test_each_alert_has_severity_summary_and_a_description_that_says_what_to_che
 
 
 def runbook_text() -> str:
-    """The README's runbook: from its heading to the next section of the same level."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index("\n### Alert runbook\n")
-    end = text.find("\n## ", start)
-    return text[start : end if end >= 0 else len(text)]
+    """The runbook, docs/runbook.md: one section per alert."""
+    return RUNBOOK.read_text(encoding="utf-8")
 
 
 def runbook_sections() -> list[str]:
-    return re.findall(r"^### (Simplivity\S+)\s*$", runbook_text(), flags=re.MULTILINE)
+    return re.findall(r"^## (Simplivity\S+)\s*$", runbook_text(), flags=re.MULTILINE)
 
 
 def test_runbook_has_one_section_per_alert_that_says_what_to_check() -> None:
     sections = runbook_sections()
     assert sorted(sections) == sorted(alert_names())
     text = runbook_text()
-    for body in re.split(r"^### Simplivity\S+\s*$", text, flags=re.MULTILINE)[1:]:
+    for body in re.split(r"^## Simplivity\S+\s*$", text, flags=re.MULTILINE)[1:]:
         assert "**Means:**" in body
         assert "**Check:**" in body
 
@@ -220,12 +217,12 @@ def test_unit_tests_load_the_shipped_rule_file() -> None:
     assert [(RULE_TESTS.parent / f).resolve() for f in rule_files] == [RULES.resolve()]
 
 
-BASE_URL = "https://git.example.com/storage/simplivity-exporter/blob/v0.1.0/README.md"
+BASE_URL = "https://git.example.com/storage/simplivity-exporter/blob/v0.1.0/docs/runbook.md"
 
 
 def test_the_runbook_tool_adds_an_absolute_link_to_every_alert(tmp_path: Path) -> None:
     """``tools/monitoring.py rules`` as a user runs it: the file with a runbook_url per alert,
-    each the README's anchor of the alert's runbook section, and nothing else changed."""
+    each docs/runbook.md's anchor of the alert's section, and nothing else changed."""
     result = run_tool("rules", "--runbook-base-url", BASE_URL)
     assert result.returncode == 0, result.stderr
     linked = tmp_path / "alerts.yml"

@@ -1,6 +1,7 @@
-"""Every link in README.md leads somewhere: in-page anchors name a heading (by GitHub's
-rules for heading anchors), relative links name a file of the repository (and, with an
-anchor, a heading of that file). Links in code blocks and code spans are not links."""
+"""Every link in README.md, docs/*.md and CONTRIBUTING.md leads somewhere: in-page anchors
+name a heading (by GitHub's rules for heading anchors), relative links name a file of the
+repository (and, with an anchor, a heading of that file). Links in code blocks and code spans
+are not links."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+#: The documents a reader follows links between: the front door, docs/ and the contributor's.
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "CONTRIBUTING.md"]
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
@@ -96,9 +99,38 @@ def broken_links(path: Path) -> list[str]:
     return problems
 
 
-def test_every_readme_link_leads_somewhere() -> None:
-    assert links(README.read_text(encoding="utf-8")), "the README has no links to check?"
-    assert broken_links(README) == []
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_link_leads_somewhere(document: Path) -> None:
+    assert links(document.read_text(encoding="utf-8")), f"{document.name} has no links to check?"
+    assert broken_links(document) == []
+
+
+def test_the_readme_links_every_document() -> None:
+    """docs/ and CONTRIBUTING.md are reached from the front door."""
+    text = README.read_text(encoding="utf-8")
+    linked = {destination.partition("#")[0] for _, destination in links(text)}
+    wanted = {str(path.relative_to(ROOT)) for path in DOCUMENTS[1:]}
+    assert wanted - linked == set()
+
+
+def test_the_two_commands_come_first() -> None:
+    text = README.read_text(encoding="utf-8")
+    sections = [line for _, line in prose_lines(text) if line.startswith("## ")]
+    assert sections[0] == "## Two commands"
+    first = text[text.index("## Two commands") :]
+    block = first[first.index("```sh") : first.index("```", first.index("```sh") + 5)]
+    assert [line.split()[:2] for line in block.splitlines()[1:]] == [
+        ["./dev", "demo"],
+        ["./dev", "test"],
+    ]
+
+
+def test_contributing_opens_on_the_module_map() -> None:
+    """A newcomer finds which module owns what, and its tests, in the first screen."""
+    lines = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8").splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| module |"))
+    assert header < 25
+    assert lines[header].rstrip(" |").endswith("| tests")
 
 
 def deployment_section(text: str) -> str:

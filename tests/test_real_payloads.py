@@ -1,6 +1,6 @@
 """Real controllers' answers (tests/data/hpe/samples, sources in its README) through the
 exporter's own parsing: the backups counted where they belong, the real policy's rules giving
-the expected intervals the README derives, and the real error bodies read with their words.
+the expected intervals docs/design.md derives, and the real error bodies read with their words.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``monitoring/alerts.yml`` and ``monitoring/dashboard.json`` are the sources. They carry no
 runbook links, since a relative link is dead in Alertmanager, Slack or Grafana: these commands
-add absolute ones from the address where the README (whose "Alert runbook" has one section per
+add absolute ones from the address where docs/runbook.md (one section per
 alert) is published. Python 3.11+ and its standard library only.
 
     # the rules with runbook_url: <base>#<alert name in lower case> on every alert
@@ -55,13 +55,13 @@ def check_base_url(base_url: str) -> str:
     if not re.fullmatch(r"https?://[^\s#\"'\\<>]+", base_url):
         raise MonitoringFileError(
             f"runbook base URL {base_url!r}: expected an absolute http:// or https:// address "
-            "without '#', e.g. https://github.com/ORG/simplivity-exporter/blob/main/README.md"
+            "without '#', e.g. https://github.com/ORG/simplivity-exporter/blob/main/docs/runbook.md"
         )
     return base_url
 
 
 def runbook_url(base_url: str, alert: str) -> str:
-    """The address of an alert's runbook section: the README's heading anchor."""
+    """The address of an alert's runbook section: docs/runbook.md's heading anchor."""
     return f"{check_base_url(base_url)}#{alert.lower()}"
 
 

@@ -96,9 +96,9 @@ class Rule:
 
     def window(self, max_backups: int) -> int | None:
         """The recovery window (seconds) this rule promises keeping ``max_backups`` backups, as
-        the exporter's README defines it: the shorter of its retention and ``max_backups`` x the
-        shortest time it leaves between two backups (its frequency when it takes several a day,
-        else a day); none when it keeps a single backup."""
+        the exporter's docs/design.md defines it: the shorter of its retention and
+        ``max_backups`` x the shortest time it leaves between two backups (its frequency when it
+        takes several a day, else a day); none when it keeps a single backup."""
         if max_backups <= 1:
             return None
         minutes = self.minutes_of_day()
