@@ -38,12 +38,9 @@ import requests.utils
 from exporter.backups import BACKUPS
 from exporter.config import ControllerConfig, PollConfig
 from exporter.inventory import (
-    CLUSTERS,
-    HOSTS,
-    POLICIES,
+    INVENTORY_LISTINGS,
     SCHEDULE_REPORT,
     VERSION,
-    VIRTUAL_MACHINES,
     parse_schedule_report,
     parse_versions,
 )
@@ -52,15 +49,14 @@ from exporter.model import (
     ConnectError,
     DecodeError,
     HTTPStatusError,
-    PageRequest,
     RequestTimeout,
     ScheduleReport,
     SimplivityError,
     TLSError,
 )
-from exporter.pages import Collection, PageCounter, sorting
-from exporter.poller import for_version
-from exporter.restapi import RESOURCE_SINCE, Version, documented, has_resource, parse_version
+from exporter.pages import Collection, PageCounter
+from exporter.poller import as_asked
+from exporter.restapi import RESOURCE_SINCE, Version, has_resource, parse_version
 from exporter.simplivity import SimplivityClient
 
 LOGIN = "/api/oauth/token"
@@ -72,12 +68,12 @@ MAX_PARALLEL_CHECKS = 8
 #: A certificate that expires sooner than this is worth a warning.
 CERTIFICATE_WARN_DAYS = 30
 #: What each listing is called in the report, in the order a poll reads them.
-LISTINGS: tuple[tuple[str, Collection], ...] = (
-    ("backups", BACKUPS),
-    ("live VMs", VIRTUAL_MACHINES),
-    ("policies", POLICIES),
-    ("hosts", HOSTS),
-    ("clusters", CLUSTERS),
+LISTINGS: tuple[tuple[str, Collection], ...] = tuple(
+    zip(
+        ("backups", "live VMs", "policies", "hosts", "clusters"),
+        (BACKUPS, *INVENTORY_LISTINGS),
+        strict=True,
+    )
 )
 AUTH_FIX = (
     "check the user name (vCenter users need their domain: administrator@vsphere.local) and "
@@ -248,26 +244,15 @@ class _Check:
 
     def listings(self) -> bool:
         """One login, then one record of each listing; False once going on is pointless."""
-        # As a poll: the clusters only where hosts name theirs (REST API 1.9 and later), the
-        # fields this version documents, in the first order the poll tries.
-        named = documented(HOSTS.path, "omnistack_cluster_id", self.rest_api)
+        # As a poll: the listings it asks for, with the fields this version documents, in the
+        # first order the poll tries.
         for topic, listed in LISTINGS:
-            if listed is CLUSTERS and not named:
+            collection = as_asked(listed, self.rest_api)
+            if collection is None:
                 continue
-            collection = for_version(listed, self.rest_api)
             order = collection.orders[0]
-            field, descending = sorting(order)
-            request = PageRequest(
-                collection.path,
-                0,
-                1,
-                collection.fields,
-                field or None,
-                "descending" if descending else "ascending",
-                filters=collection.filters,
-            )
             try:
-                body = self.client.get_page(request)
+                body = self.client.get_page(collection.page(0, 1, order))
                 count = PageCounter(collection, _ignore).count(0, body, order).count
             except AuthError as err:
                 # Without what a poll's client adds (when it will try again): a check does not.

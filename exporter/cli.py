@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from exporter import __version__, logs
 from exporter.app import Shard, UsageError, load_sharded, read_web_config, run_once, run_server
@@ -154,19 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{args.web_config_file}: valid")
             return EXIT_OK
         log_warnings(config)
-        if args.controller_check is not None:
-            return check(config, args.controller_check)
-        if args.once:
-            return once(config, shard, args.output)
-        run_server(
-            config,
-            shard,
-            lambda: log_warnings(load_sharded(args.config_file, shard)),
-            listen_address=args.listen_address,
-            web_config_file=args.web_config_file,
-            enable_lifecycle=args.enable_lifecycle,
-        )
-        return EXIT_OK
+        return run(args, config, shard, lambda: log_warnings(load_sharded(args.config_file, shard)))
     except (ConfigError, UsageError) as err:
         # A person reads it: every problem on a line of its own.
         if args.config_check or args.controller_check is not None:
@@ -174,6 +162,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log.error("%s", err)
         return EXIT_USAGE
+
+
+def run(args: argparse.Namespace, config: Config, shard: Shard, load: Callable[[], Config]) -> int:
+    """What the flags ask of a loaded configuration: ``--controller.check``, ``--once``, or
+    serving (``load`` reads the configuration again, at SIGHUP or ``POST /-/reload``)."""
+    if args.controller_check is not None:
+        return check(config, args.controller_check)
+    if args.once:
+        return once(config, shard, args.output)
+    run_server(
+        config,
+        shard,
+        load,
+        listen_address=args.listen_address,
+        web_config_file=args.web_config_file,
+        enable_lifecycle=args.enable_lifecycle,
+    )
+    return EXIT_OK
 
 
 def listen_address(given: str | None, *, demo: bool) -> str:
@@ -250,19 +256,7 @@ def run_demo(args: argparse.Namespace, shard: Shard) -> int:
     poll = PollConfig(interval_seconds=15, timeout_seconds=10, stale_after_seconds=300)
     config = Config(controllers=(controller,), poll=poll)
     try:
-        if args.controller_check is not None:
-            return check(config, args.controller_check)
-        if args.once:
-            return once(config, shard, args.output)
-        run_server(
-            config,
-            shard,
-            lambda: config,
-            listen_address=args.listen_address,
-            web_config_file=args.web_config_file,
-            enable_lifecycle=args.enable_lifecycle,
-        )
-        return EXIT_OK
+        return run(args, config, shard, lambda: config)
     finally:
         refresh.set()
         simulator.stop()

@@ -44,23 +44,19 @@ from exporter.model import (
     timestamp_seconds,
 )
 from exporter.pages import Collection
-from exporter.protection import (
+from exporter.protection import PROTECTION_STATUSES, NewestBackup, VMFacts, judge, worst_first
+from exporter.recovery import orphaned, recovery_windows
+from exporter.schedule import (
     LOCAL,
     MAX_POLICIES_WORK,
     MAX_RULE_WORK,
-    PROTECTION_STATUSES,
-    NewestBackup,
     Rule,
     RuleCostError,
-    VMFacts,
     app_consistent_intervals,
     check_cost,
     expected_intervals,
-    judge,
     parse_rules,
-    worst_first,
 )
-from exporter.recovery import orphaned, recovery_windows
 
 #: VM listings of many thousand objects are known to exhaust a controller's memory
 #: (OMNI-69918): pages of this many VMs at most, whatever ``poll.page_size`` says.
@@ -115,6 +111,9 @@ CLUSTERS = Collection(
 SCHEDULE_REPORT = "/api/policies/policy_schedule_report"
 #: The REST API version, and a virtual controller's OmniStack version: what fields to ask for.
 VERSION = "/api/version"
+#: The inventory's listings in the order a poll reads them: the live VMs first, then the
+#: policies and hosts they name, then the clusters' names (for the hosts).
+INVENTORY_LISTINGS = (VIRTUAL_MACHINES, POLICIES, HOSTS, CLUSTERS)
 
 _NO_BACKUPS: Mapping[str, float] = MappingProxyType({})
 #: What a policy promises a VM of a cluster: expected intervals, those of its rules that ask for
@@ -214,8 +213,8 @@ class InventoryRead:
 
     def add_policy(self, record: Mapping[str, Any]) -> None:
         """:class:`RecordError` for a policy whose rules are too costly to evaluate
-        (:func:`~exporter.protection.check_cost`), or that comes after policies which took all
-        the work a poll spends on them (:data:`~exporter.protection.MAX_POLICIES_WORK`): its
+        (:func:`~exporter.schedule.check_cost`), or that comes after policies which took all
+        the work a poll spends on them (:data:`~exporter.schedule.MAX_POLICIES_WORK`): its
         VMs are then ``not_scheduled``."""
         policy_id = self._id(record)
         raw_rules = record.get("rules")

@@ -362,7 +362,7 @@ class VMProtection:
     newest_protected: float | None  # Unix seconds, at ``destination``
     expected_interval: int | None  # seconds, at ``destination``
     #: Expected interval of the rules that ask for application-consistent backups, per
-    #: destination (:func:`~exporter.protection.app_consistent_intervals`).
+    #: destination (:func:`~exporter.schedule.app_consistent_intervals`).
     app_intervals: Mapping[str, int] = field(default_factory=dict)
     #: The recovery window its policy promises, in seconds per destination
     #: (:func:`~exporter.recovery.recovery_windows`).

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from exporter.model import DecodeError, OrderError, RecordError, decode_json
+from exporter.model import DecodeError, OrderError, PageRequest, RecordError, decode_json
 
 #: The field every collection is sorted and stitched by first.
 SORT_FIELD = "id"
@@ -59,6 +59,21 @@ class Collection:
     max_records: int | None = None
     max_records_setting: str = ""
     orders: tuple[str, ...] = (SORT_FIELD,)
+
+    def page(self, offset: int, limit: int, order: str, *, fields: bool = True) -> PageRequest:
+        """The request for ``limit`` records from ``offset`` in ``order`` (one of
+        :attr:`orders`), with the listing's filters, and its fields unless ``fields`` is false
+        (for a controller that refused them)."""
+        field, descending = sorting(order)
+        return PageRequest(
+            self.path,
+            offset,
+            limit,
+            self.fields if fields else (),
+            field or None,
+            "descending" if descending else "ascending",
+            filters=self.filters,
+        )
 
 
 @dataclass(frozen=True)

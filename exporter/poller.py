@@ -37,10 +37,9 @@ from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConf
 from exporter.inventory import (
     CLUSTERS,
     HOSTS,
-    POLICIES,
+    INVENTORY_LISTINGS,
     SCHEDULE_REPORT,
     VERSION,
-    VIRTUAL_MACHINES,
     InventoryRead,
     parse_schedule_report,
     parse_versions,
@@ -132,6 +131,21 @@ def for_version(collection: Collection, version: Version | None) -> Collection:
     return collection if fields == collection.fields else replace(collection, fields=fields)
 
 
+def as_asked(collection: Collection, version: Version | None) -> Collection | None:
+    """``collection`` as a poll asks a controller of REST API ``version`` for it
+    (:func:`for_version`); None where it is not asked for: the clusters, whose names serve the
+    hosts, before REST API 1.9 (hosts name no cluster there).
+
+    >>> as_asked(CLUSTERS, (1, 8)), as_asked(CLUSTERS, (1, 9)) is CLUSTERS
+    (None, True)
+    """
+    if collection.path == CLUSTERS.path and not documented(
+        HOSTS.path, "omnistack_cluster_id", version
+    ):
+        return None
+    return for_version(collection, version)
+
+
 class PollTurn:
     """Whose turn it is to poll a controller: one poll at a time, across reloads."""
 
@@ -164,8 +178,7 @@ class ControllerPoller:
         # The listings as this config bounds them: a controller saying it holds more fails.
         self._backups = _capped(BACKUPS, poll.max_backups, "poll.max_backups")
         self._inventory = tuple(
-            _capped(collection, poll.max_vms, "poll.max_vms")
-            for collection in (VIRTUAL_MACHINES, POLICIES, HOSTS, CLUSTERS)
+            _capped(collection, poll.max_vms, "poll.max_vms") for collection in INVENTORY_LISTINGS
         )
         self._stop = threading.Event()
         self._client = client_factory(controller, poll, self._stop)
@@ -346,16 +359,14 @@ class ControllerPoller:
         """The live VMs first, then the policies and hosts they name, the clusters' names (for
         the hosts: before REST API 1.9 they name none), then the report."""
         read = InventoryRead()
-        named = documented(HOSTS.path, "omnistack_cluster_id", version)
         for collection, sink in zip(
             self._inventory,
             (read.add_vm, read.add_policy, read.add_host, read.add_cluster),
             strict=True,
         ):
-            if collection.path == CLUSTERS.path and not named:
-                continue
-            asked = for_version(collection, version)
-            self._inventory_reader.read(asked, unreadable.around(PageCounter(asked, sink)))
+            asked = as_asked(collection, version)
+            if asked is not None:
+                self._inventory_reader.read(asked, unreadable.around(PageCounter(asked, sink)))
         return read, read.inventory(self._read_schedule_report(version))
 
     def _read_schedule_report(self, version: Version | None) -> ScheduleReport | None:

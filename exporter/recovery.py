@@ -3,7 +3,7 @@
 Recovery window
 ---------------
 "Is there a backup from last night?" is the expected interval's question
-(:mod:`exporter.protection`); "how far back can I restore?" is this one. HPE publishes no
+(:mod:`exporter.schedule`); "how far back can I restore?" is this one. HPE publishes no
 formula, so the exporter derives the window a policy promises at each destination:
 
 - A rule keeps its backups for ``retention`` minutes, and at most ``max_backups`` of them (the
@@ -31,7 +31,7 @@ from functools import lru_cache
 from types import MappingProxyType
 
 from exporter.model import BackupSnapshot
-from exporter.protection import Rule, Schedule
+from exporter.schedule import Rule, Schedule
 
 _DAY = 1440  # minutes
 
@@ -39,7 +39,7 @@ _DAY = 1440  # minutes
 def shortest_gap_minutes(schedule: Schedule) -> int:
     """The shortest time the schedule can leave between two backups, in minutes.
 
-    >>> from exporter.protection import Days
+    >>> from exporter.schedule import Days
     >>> every = Days(every_day=True)
     >>> [shortest_gap_minutes(Schedule(minutes, every, 0, 0)) for minutes in (60, 1440)]
     [60, 1440]
@@ -67,7 +67,7 @@ def recovery_windows(rules: Sequence[Rule], own_cluster: str) -> Mapping[str, in
     """The recovery window in seconds per destination of these rules, for a VM of
     ``own_cluster``; a destination whose rules promise nothing has none.
 
-    >>> from exporter.protection import LOCAL, Days
+    >>> from exporter.schedule import LOCAL, Days
     >>> every = Days(every_day=True)
     >>> hourly = Rule(Schedule(60, every, 0, 0), LOCAL, retention_minutes=10080, max_backups=7)
     >>> daily = Rule(Schedule(1440, every, 0, 0), "DR", retention_minutes=10080, max_backups=30)

@@ -358,22 +358,13 @@ class Scanner:
         collection = read.collection
         while True:
             limit = self._limit(read)
-            fields = () if collection.path in self._refused_fields else collection.fields
-            field, descending = sorting(read.order)
-            request = PageRequest(
-                collection.path,
-                offset,
-                limit,
-                fields,
-                field or None,
-                "descending" if descending else "ascending",
-                filters=collection.filters,
-            )
+            fields = collection.path not in self._refused_fields
+            request = collection.page(offset, limit, read.order, fields=fields)
             floor = limit <= self._min_page_size
             try:
                 return limit, self._source.get_page(request, retry_too_slow=floor)
             except HTTPStatusError as err:
-                if err.status == 400 and self._refused(read, bool(fields), err):
+                if err.status == 400 and self._refused(read, bool(request.fields), err):
                     continue
                 if err.status != 504 or floor:
                     raise

@@ -632,36 +632,39 @@ def _is_timeout(err: BaseException) -> bool:
     return False
 
 
+#: What a connection's error says (a text in it), in words: the first that matches.
+_CONNECTION_REASONS = (
+    ("Name or service not known", "the host name does not resolve"),
+    ("nodename nor servname", "the host name does not resolve"),
+    ("Temporary failure in name resolution", "the host name does not resolve"),
+    ("No address associated", "the host name does not resolve"),
+    ("Connection refused", "connection refused: nothing listens on that port"),
+    ("Connection reset", "connection reset"),
+    ("RemoteDisconnected", "the controller closed the connection"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network unreachable"),
+)
+#: The same for a TLS handshake's error.
+_TLS_REASONS = (
+    ("certificate verify failed: self", "self-signed certificate (set tls.ca_file)"),
+    ("unable to get local issuer", "certificate from an unknown CA (set tls.ca_file)"),
+    ("Hostname mismatch", "the certificate does not match the host name (tls.server_name)"),
+    ("doesn't match", "the certificate does not match the host name (tls.server_name)"),
+    ("IP address mismatch", "the certificate does not carry this IP (set tls.server_name)"),
+    ("certificate has expired", "the certificate has expired"),
+    ("WRONG_VERSION_NUMBER", "the port does not speak TLS: use http://, or the HTTPS port"),
+    ("certificate verify failed", "certificate verification failed"),
+)
+
+
 def _connection_reason(err: BaseException) -> str:
-    text = str(err)
-    for needle, reason in (
-        ("Name or service not known", "the host name does not resolve"),
-        ("nodename nor servname", "the host name does not resolve"),
-        ("Temporary failure in name resolution", "the host name does not resolve"),
-        ("No address associated", "the host name does not resolve"),
-        ("Connection refused", "connection refused: nothing listens on that port"),
-        ("Connection reset", "connection reset"),
-        ("RemoteDisconnected", "the controller closed the connection"),
-        ("No route to host", "no route to host"),
-        ("Network is unreachable", "network unreachable"),
-    ):
-        if needle in text:
-            return reason
-    return "connection failed"
+    return _reason(err, _CONNECTION_REASONS, "connection failed")
 
 
 def _tls_reason(err: BaseException) -> str:
+    return _reason(err, _TLS_REASONS, "handshake failed")
+
+
+def _reason(err: BaseException, reasons: tuple[tuple[str, str], ...], otherwise: str) -> str:
     text = str(err)
-    for needle, reason in (
-        ("certificate verify failed: self", "self-signed certificate (set tls.ca_file)"),
-        ("unable to get local issuer", "certificate from an unknown CA (set tls.ca_file)"),
-        ("Hostname mismatch", "the certificate does not match the host name (tls.server_name)"),
-        ("doesn't match", "the certificate does not match the host name (tls.server_name)"),
-        ("IP address mismatch", "the certificate does not carry this IP (set tls.server_name)"),
-        ("certificate has expired", "the certificate has expired"),
-        ("WRONG_VERSION_NUMBER", "the port does not speak TLS: use http://, or the HTTPS port"),
-        ("certificate verify failed", "certificate verification failed"),
-    ):
-        if needle in text:
-            return reason
-    return "handshake failed"
+    return next((reason for needle, reason in reasons if needle in text), otherwise)

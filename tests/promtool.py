@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -20,13 +21,16 @@ def binary(name: str) -> str:
     return path
 
 
-def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def promtool(
+    *args: str, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """``promtool ARGS`` with ``stdin`` as its input; fails the test if promtool is missing."""
     return subprocess.run(
         [binary("promtool"), *args],
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
+        cwd=cwd,
     )

@@ -12,9 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
 from exporter.backups import BACKUPS, Aggregator
-from exporter.inventory import InventoryRead
-from exporter.model import BackupSnapshot, ControllerSnapshot, ScheduleReport
+from exporter.inventory import INVENTORY_LISTINGS, VERSION, InventoryRead
+from exporter.model import BackupSnapshot, ControllerSnapshot, PageRequest, ScheduleReport
 from exporter.pages import Collection, PageSink
+from exporter.poller import ControllerReader
+from exporter.scan import Pace
 
 
 class NoPollLimits:
@@ -32,6 +34,44 @@ class NoPollLimits:
     def sibling(self, *, page_size: int, max_concurrency: int) -> Self:
         """One fake serves every reader of a poll."""
         return self
+
+
+class ReaderWrapper:
+    """A :class:`~exporter.poller.ControllerReader` that hands everything to ``inner``: a test's
+    wrapper of the real client overrides what it watches or changes."""
+
+    def __init__(self, inner: ControllerReader) -> None:
+        self.inner = inner
+
+    @property
+    def logins(self) -> int:
+        return self.inner.logins
+
+    @property
+    def pace(self) -> Pace:
+        return self.inner.pace
+
+    @property
+    def login_backoff_seconds(self) -> float:
+        return self.inner.login_backoff_seconds
+
+    def begin_poll(self, deadline_seconds: float) -> None:
+        self.inner.begin_poll(deadline_seconds)
+
+    def sibling(self, *, page_size: int, max_concurrency: int) -> ControllerReader:
+        return self.inner.sibling(page_size=page_size, max_concurrency=max_concurrency)
+
+    def redact(self, text: str) -> str:
+        return self.inner.redact(text)
+
+    def get(self, path: str) -> bytes:
+        return self.inner.get(path)
+
+    def read(self, collection: Collection, pages: PageSink) -> None:
+        self.inner.read(collection, pages)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def aggregate(backups: Iterable[Mapping[str, Any]]) -> BackupSnapshot:
@@ -168,3 +208,43 @@ def answer_inventory(
     records = (inventory or {}).get(collection.path, ())
     pages.count(0, listing_body(collection, records))
     return True
+
+
+class RecordingSource(NoPollLimits):
+    """A controller for a :class:`~exporter.scan.Scanner`, recording every request a poll sends.
+
+    Each listing holds ``records[path]`` (none by default), paged as asked; ``GET /api/version``
+    answers ``version`` (with no version, ``{}``, as every other ``GET``).
+    """
+
+    def __init__(
+        self, records: Mapping[str, Sequence[Mapping[str, Any]]] | None = None, version: str = ""
+    ) -> None:
+        self.records = records or {}
+        self.version = version
+        self.pages: list[PageRequest] = []
+        self.gets: list[str] = []
+        self.logins = 1
+        self.throttled = 0
+
+    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
+        self.pages.append(page)
+        collection = {c.path: c for c in (BACKUPS, *INVENTORY_LISTINGS)}[page.path]
+        records = self.records.get(page.path, ())
+        window = records[page.offset : page.offset + page.limit]
+        document = {
+            "offset": page.offset,
+            "count": len(records),
+            "limit": page.limit,
+            collection.key: list(window),
+        }
+        return json.dumps(document).encode()
+
+    def get_body(self, path: str) -> bytes:
+        self.gets.append(path)
+        if path == VERSION and self.version:
+            return json.dumps({"REST_API_Version": self.version}).encode()
+        return b"{}"
+
+    def close(self) -> None:
+        pass

@@ -8,6 +8,7 @@ import pytest
 
 from exporter.backups import UNKNOWN_CLUSTER, Aggregator, BackupRecordError
 from exporter.model import OTHER_STATE, STATES, BackupSnapshot
+from tests.snapshots import aggregate
 
 T0 = "2024-03-01T06:00:00Z"  # 1709272800
 T1 = "2024-03-02T06:00:00Z"  # 1709359200
@@ -31,19 +32,14 @@ def backup(number: int, **fields: Any) -> dict[str, Any]:
     return record
 
 
-def aggregate(*records: dict[str, Any]) -> BackupSnapshot:
-    tally = Aggregator()
-    for record in records:
-        tally.add(record)
-    return tally.snapshot()
-
-
 def test_counts_and_sizes_by_cluster_and_state_with_every_state_present() -> None:
     snapshot = aggregate(
-        backup(1, size=10),
-        backup(2, size=20, state="FAILED"),
-        backup(3, size=30, omnistack_cluster_name="Chicago"),
-        backup(4, size=40, state="FAILED"),
+        [
+            backup(1, size=10),
+            backup(2, size=20, state="FAILED"),
+            backup(3, size=30, omnistack_cluster_name="Chicago"),
+            backup(4, size=40, state="FAILED"),
+        ]
     )
     boston, chicago = snapshot.clusters
     assert (boston.name, chicago.name) == ("Boston", "Chicago")
@@ -57,26 +53,28 @@ def test_counts_and_sizes_by_cluster_and_state_with_every_state_present() -> Non
 
 
 def test_an_undocumented_state_counts_as_other_only_when_present() -> None:
-    snapshot = aggregate(backup(1), backup(2, state="ARCHIVED", size=7))
+    snapshot = aggregate([backup(1), backup(2, state="ARCHIVED", size=7)])
     (cluster,) = snapshot.clusters
     assert cluster.counts[OTHER_STATE] == 1
     assert cluster.sizes[OTHER_STATE] == 7
-    assert OTHER_STATE not in aggregate(backup(1)).clusters[0].counts
+    assert OTHER_STATE not in aggregate([backup(1)]).clusters[0].counts
 
 
 def test_newest_protected_ignores_newer_backups_in_other_states() -> None:
     snapshot = aggregate(
-        backup(1, created_at=T0),
-        backup(2, created_at=T1),
-        backup(3, created_at=T2, state="FAILED"),
-        backup(4, created_at=T2, state="SAVING"),
+        [
+            backup(1, created_at=T0),
+            backup(2, created_at=T1),
+            backup(3, created_at=T2, state="FAILED"),
+            backup(4, created_at=T2, state="SAVING"),
+        ]
     )
     assert snapshot.clusters[0].newest_protected == 1709359200.0
     assert snapshot.vms[0].newest_protected == {"Boston": 1709359200.0}
 
 
 def test_a_cluster_or_vm_without_protected_backups_has_no_newest() -> None:
-    snapshot = aggregate(backup(1, state="FAILED"), backup(2, state="FAILED"))
+    snapshot = aggregate([backup(1, state="FAILED"), backup(2, state="FAILED")])
     assert snapshot.clusters[0].newest_protected is None
     assert snapshot.vms[0].newest_protected == {}
     assert snapshot.vms[0].newest_protected_anywhere is None
@@ -85,13 +83,15 @@ def test_a_cluster_or_vm_without_protected_backups_has_no_newest() -> None:
 def test_a_vms_newest_protected_backup_per_destination() -> None:
     # Local backups, copies to a DR cluster, copies to an external store: one newest each.
     snapshot = aggregate(
-        backup(1, created_at=T0),
-        backup(2, created_at=T2),
-        backup(3, created_at=T1, omnistack_cluster_name="London DR"),
-        backup(4, created_at=T0, omnistack_cluster_name="London DR"),
-        backup(5, created_at=T2, omnistack_cluster_name="London DR", state="FAILED"),
-        backup(6, created_at=T0, omnistack_cluster_name="", external_store_name="StoreOnce"),
-        backup(7, created_at=T1, virtual_machine_id="vm-2", state="SAVING"),
+        [
+            backup(1, created_at=T0),
+            backup(2, created_at=T2),
+            backup(3, created_at=T1, omnistack_cluster_name="London DR"),
+            backup(4, created_at=T0, omnistack_cluster_name="London DR"),
+            backup(5, created_at=T2, omnistack_cluster_name="London DR", state="FAILED"),
+            backup(6, created_at=T0, omnistack_cluster_name="", external_store_name="StoreOnce"),
+            backup(7, created_at=T1, virtual_machine_id="vm-2", state="SAVING"),
+        ]
     )
     vm, other = snapshot.vms
     assert vm.newest_protected == {"Boston": 1709445600.0, "London DR": 1709359200.0,
@@ -102,18 +102,20 @@ def test_a_vms_newest_protected_backup_per_destination() -> None:
 
 def test_a_vms_newest_failed_backup_and_its_newest_backup_in_any_state() -> None:
     snapshot = aggregate(
-        backup(1, created_at=T0, state="FAILED"),
-        backup(2, created_at=T1, state="FAILED", omnistack_cluster_name="London DR"),
-        backup(3, created_at=T2, state="PROTECTED"),
-        backup(4, created_at=T0, virtual_machine_id="vm-2"),
-        backup(
-            5,
-            created_at=T1,
-            virtual_machine_id="vm-2",
-            state="ARCHIVED",
-            omnistack_cluster_name="",
-            external_store_name="StoreOnce",
-        ),
+        [
+            backup(1, created_at=T0, state="FAILED"),
+            backup(2, created_at=T1, state="FAILED", omnistack_cluster_name="London DR"),
+            backup(3, created_at=T2, state="PROTECTED"),
+            backup(4, created_at=T0, virtual_machine_id="vm-2"),
+            backup(
+                5,
+                created_at=T1,
+                virtual_machine_id="vm-2",
+                state="ARCHIVED",
+                omnistack_cluster_name="",
+                external_store_name="StoreOnce",
+            ),
+        ]
     )
     failed_before, archived_last = snapshot.vms
     assert failed_before.newest_failed == 1709359200.0
@@ -140,7 +142,7 @@ def test_a_backup_is_held_at_its_cluster_else_its_store_else_unknown(
     cluster: str | None, store: str | None, held_at: str
 ) -> None:
     """What protection.py's destinations rely on: a rule's destination is compared with this."""
-    snapshot = aggregate(backup(1, omnistack_cluster_name=cluster, external_store_name=store))
+    snapshot = aggregate([backup(1, omnistack_cluster_name=cluster, external_store_name=store)])
     (summary,) = snapshot.clusters
     assert summary.name == held_at
     assert dict(snapshot.vms[0].newest_protected) == {held_at: 1709272800.0}
@@ -148,18 +150,22 @@ def test_a_backup_is_held_at_its_cluster_else_its_store_else_unknown(
 
 def test_external_store_backups_are_grouped_under_the_store() -> None:
     snapshot = aggregate(
-        backup(1, omnistack_cluster_name="", external_store_name="StoreOnce-1"),
-        backup(2, omnistack_cluster_name=None, external_store_name=None),
+        [
+            backup(1, omnistack_cluster_name="", external_store_name="StoreOnce-1"),
+            backup(2, omnistack_cluster_name=None, external_store_name=None),
+        ]
     )
     assert [cluster.name for cluster in snapshot.clusters] == ["StoreOnce-1", UNKNOWN_CLUSTER]
 
 
 def test_every_vm_is_kept_by_id_whatever_its_state_the_inventory_says_which_live() -> None:
     snapshot = aggregate(
-        backup(1, virtual_machine_id="vm-r", virtual_machine_state="REMOVED"),
-        backup(2, virtual_machine_id="vm-d", virtual_machine_state="DELETED"),
-        backup(3, virtual_machine_id="vm-a"),
-        backup(4, virtual_machine_id=""),  # a backup of no VM counts for its cluster only
+        [
+            backup(1, virtual_machine_id="vm-r", virtual_machine_state="REMOVED"),
+            backup(2, virtual_machine_id="vm-d", virtual_machine_state="DELETED"),
+            backup(3, virtual_machine_id="vm-a"),
+            backup(4, virtual_machine_id=""),
+        ],  # a backup of no VM counts for its cluster only
     )
     assert [vm.vm_id for vm in snapshot.vms] == ["vm-a", "vm-d", "vm-r"]
     assert snapshot.clusters[0].counts["PROTECTED"] == 4
@@ -168,7 +174,7 @@ def test_every_vm_is_kept_by_id_whatever_its_state_the_inventory_says_which_live
 def test_destinations_are_one_string_per_name_so_the_pickled_snapshot_stays_small() -> None:
     records = [backup(n, virtual_machine_id=f"vm-{n}", omnistack_cluster_name="Boston DC"[:])
                for n in range(50)]  # fmt: skip
-    snapshot = aggregate(*records)
+    snapshot = aggregate(records)
     names = {id(where) for vm in snapshot.vms for where in vm.newest_protected}
     names |= {id(vm.newest_destination) for vm in snapshot.vms}
     assert len(names) == 1
@@ -176,7 +182,7 @@ def test_destinations_are_one_string_per_name_so_the_pickled_snapshot_stays_smal
 
 def test_na_and_non_ascii_values_are_carried_as_they_are() -> None:
     snapshot = aggregate(
-        backup(1, omnistack_cluster_name='Zürich "db"\\1', expiration_time="NA", unique_size="NA")
+        [backup(1, omnistack_cluster_name='Zürich "db"\\1', expiration_time="NA", unique_size="NA")]
     )
     assert list(snapshot.vms[0].newest_protected) == ['Zürich "db"\\1']
 
@@ -210,9 +216,11 @@ def test_records_that_cannot_be_placed_are_refused_with_a_clear_reason(
 @pytest.mark.parametrize("missing", [None, "NA", ""])
 def test_a_backup_without_a_creation_time_counts_but_is_never_the_newest(missing: Any) -> None:
     snapshot = aggregate(
-        backup(1, created_at=T0),
-        backup(2, created_at=missing),
-        backup(3, created_at=missing, virtual_machine_id="vm-2", state="FAILED"),
+        [
+            backup(1, created_at=T0),
+            backup(2, created_at=missing),
+            backup(3, created_at=missing, virtual_machine_id="vm-2", state="FAILED"),
+        ]
     )
     (cluster,) = snapshot.clusters
     assert cluster.counts["PROTECTED"] == 2
@@ -230,14 +238,14 @@ def test_a_backup_without_a_creation_time_counts_but_is_never_the_newest(missing
 def test_a_backup_without_any_creation_time_field_counts_too() -> None:
     record = backup(1)
     del record["created_at"]
-    assert aggregate(record).clusters[0].counts["PROTECTED"] == 1
+    assert aggregate([record]).clusters[0].counts["PROTECTED"] == 1
 
 
 @pytest.mark.parametrize(("size", "counted"), [(None, 0), ("NA", 0), ("1234", 1234), (7, 7)])
 def test_a_missing_size_counts_zero_bytes_and_a_size_in_digits_its_value(
     size: Any, counted: int
 ) -> None:
-    snapshot = aggregate(backup(1, size=100), backup(2, size=size, state="SAVING"))
+    snapshot = aggregate([backup(1, size=100), backup(2, size=size, state="SAVING")])
     (cluster,) = snapshot.clusters
     assert cluster.counts["SAVING"] == 1
     assert cluster.sizes["SAVING"] == counted
@@ -246,10 +254,12 @@ def test_a_missing_size_counts_zero_bytes_and_a_size_in_digits_its_value(
 
 def test_odd_optional_values_count_as_missing() -> None:
     snapshot = aggregate(
-        backup(1, omnistack_cluster_name="NA", external_store_name="StoreOnce-1"),
-        backup(2, omnistack_cluster_name=["x"], external_store_name=None),
-        backup(3, virtual_machine_id="NA"),
-        backup(4, virtual_machine_id=["vm-9"]),
+        [
+            backup(1, omnistack_cluster_name="NA", external_store_name="StoreOnce-1"),
+            backup(2, omnistack_cluster_name=["x"], external_store_name=None),
+            backup(3, virtual_machine_id="NA"),
+            backup(4, virtual_machine_id=["vm-9"]),
+        ]
     )
     assert [cluster.name for cluster in snapshot.clusters] == [
         "Boston",
@@ -262,4 +272,4 @@ def test_odd_optional_values_count_as_missing() -> None:
 
 
 def test_an_empty_federation_gives_an_empty_snapshot() -> None:
-    assert aggregate() == BackupSnapshot(clusters=(), vms=(), backups_seen=0)
+    assert aggregate([]) == BackupSnapshot(clusters=(), vms=(), backups_seen=0)

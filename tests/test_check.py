@@ -38,6 +38,12 @@ def pki(tmp_path: Path) -> PKI:
     return make_pki(tmp_path)
 
 
+@pytest.fixture
+def simulator(start_simulator: Start) -> SimulatedController:
+    """A controller of the default federation, up for the test."""
+    return start_simulator(FederationSpec())
+
+
 def controller(
     simulator: SimulatedController,
     *,
@@ -74,11 +80,14 @@ def trusted(pki: PKI, **options: object) -> TLSConfig:
     return TLSConfig(ca_file=str(ca_file), **options)  # type: ignore[arg-type]
 
 
-def line(report: Report, topic: str) -> str:
-    """The report's line on ``topic``, with its fix if it has one."""
+def line(report: Report, topic: str, level: str | None = None) -> str:
+    """The report's line on ``topic``, with its fix if it has one; at ``level`` (``ok``,
+    ``warn`` or ``FAIL``) if one is given."""
     lines = report.render().splitlines()
     for number, found in enumerate(lines):
         if found[8:].startswith(f"{topic} "):  # after "  FAIL  " / "  ok    "
+            if level is not None:
+                assert found.split()[0] == level, found
             following = lines[number + 1] if number + 1 < len(lines) else ""
             return found + ("\n" + following if following.lstrip().startswith("fix:") else "")
     raise AssertionError(f"no line on {topic!r} in:\n{report.render()}")
@@ -140,14 +149,12 @@ def test_a_healthy_controller_shows_its_version_certificate_and_counts(
 
 
 def test_a_wrong_password_costs_one_refused_login_and_names_the_fix(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     report = check_controller(controller(simulator, password="not-the-password"), POLL)
 
     assert not report.ok
-    credentials = line(report, "credentials")
-    assert credentials.startswith("  FAIL  credentials")
+    credentials = line(report, "credentials", "FAIL")
     assert "refused the credentials of user 'administrator@vsphere.local'" in credentials
     assert "fix: check the user name" in credentials
     assert "next attempt" not in credentials  # a check does not try again
@@ -163,14 +170,12 @@ def test_a_wrong_password_costs_one_refused_login_and_names_the_fix(
 
 
 def test_a_login_that_fails_otherwise_is_not_called_accepted_nor_retried(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     simulator.faults.fail_next_logins(5, status=500)
     report = check_controller(controller(simulator), POLL)
 
-    login = line(report, "login")
-    assert login.startswith("  FAIL  login")
+    login = line(report, "login", "FAIL")
     assert "/api/oauth/token answered HTTP 500" in login
     assert "fix: the controller failed to answer" in login
     assert "credentials" not in report.render()
@@ -184,19 +189,16 @@ def test_http_against_the_tls_port_says_use_https(start_simulator: Start, pki: P
     report = check_controller(controller(simulator, url=url, tls=trusted(pki)), POLL)
 
     assert not report.ok
-    reachable = line(report, "reachable")
-    assert reachable.startswith("  FAIL  reachable")
+    reachable = line(report, "reachable", "FAIL")
     assert f"url: {simulator.url}" in reachable
     assert simulator.stats.snapshot().login_failures == 0
 
 
-def test_https_against_a_plain_port_says_check_the_port(start_simulator: Start) -> None:
-    simulator = start_simulator(FederationSpec())
+def test_https_against_a_plain_port_says_check_the_port(simulator: SimulatedController) -> None:
     url = simulator.url.replace("http://", "https://")
     report = check_controller(controller(simulator, url=url), POLL)
 
-    tls = line(report, "TLS")
-    assert tls.startswith("  FAIL  TLS")
+    tls = line(report, "TLS", "FAIL")
     assert "fix: check the port in url (a controller's HTTPS port is 443)" in tls
     assert simulator.stats.snapshot().login_failures == 0
     assert "/api/oauth/token" not in requests_seen(simulator)
@@ -209,8 +211,7 @@ def test_a_certificate_from_an_unknown_ca_says_set_ca_file_and_sends_no_credenti
     report = check_controller(controller(simulator), POLL)  # the default CAs: not ours
 
     assert not report.ok
-    tls = line(report, "TLS")
-    assert tls.startswith("  FAIL  TLS")
+    tls = line(report, "TLS", "FAIL")
     assert "unknown CA" in tls
     assert "fix: export the controller's CA certificate" in tls
     assert "set tls.ca_file" in tls
@@ -224,8 +225,7 @@ def test_a_certificate_for_another_name_says_which_server_name_to_set(
 ) -> None:
     simulator = serve_certificate(start_simulator, pki, "ovc01.example.test")
     report = check_controller(controller(simulator, tls=trusted(pki)), POLL)
-    tls = line(report, "TLS")
-    assert tls.startswith("  FAIL  TLS")
+    tls = line(report, "TLS", "FAIL")
     assert "set tls.server_name to a name the certificate carries (ovc01.example.test)" in tls
 
     # With that fix, it works.
@@ -241,22 +241,19 @@ def test_a_certificate_about_to_expire_is_a_warning(start_simulator: Start, pki:
     report = check_controller(controller(simulator, tls=trusted(pki)), POLL)
 
     assert report.ok, report.render()  # a warning, not a failure
-    certificate = line(report, "certificate")
-    assert certificate.startswith("  warn  certificate")
+    certificate = line(report, "certificate", "warn")
     assert f"valid until {soon:%Y-%m-%d}" in certificate
     assert "fix: renew the controller's certificate" in certificate
 
 
-def test_a_closed_port_says_nothing_listens(start_simulator: Start) -> None:
-    simulator = start_simulator(FederationSpec())
+def test_a_closed_port_says_nothing_listens(simulator: SimulatedController) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     report = check_controller(controller(simulator, url=url), POLL)
 
     assert time.monotonic() - started < POLL.timeout_seconds  # no wait, no retries
-    reachable = line(report, "reachable")
-    assert reachable.startswith("  FAIL  reachable")
+    reachable = line(report, "reachable", "FAIL")
     assert "connection refused" in reachable
     assert f"fix: check the port in url ({port};" in reachable
     assert report.render().count("\n") == 3  # the heading, one finding, its fix, the verdict
@@ -282,38 +279,33 @@ def blackholed_port() -> Iterator[int]:
 
 
 def test_a_controller_that_never_answers_fails_within_the_timeout(
-    start_simulator: Start, blackholed_port: int
+    simulator: SimulatedController, blackholed_port: int
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     poll = PollConfig(timeout_seconds=60, max_retries=3)  # what polls may wait: not a check
     url = f"https://127.0.0.1:{blackholed_port}"
     started = time.monotonic()
     report = check_controller(controller(simulator, url=url), poll, timeout_seconds=2)
 
     assert time.monotonic() - started < 2 + 1  # one try of its own timeout, not four of 60 s
-    reachable = line(report, "reachable")
-    assert reachable.startswith("  FAIL  reachable")
+    reachable = line(report, "reachable", "FAIL")
     assert "within 2 s" in reachable
     assert "fix: check the address and port in url" in reachable
     assert "that no firewall drops the traffic to 127.0.0.1" in reachable
 
 
 def test_plain_http_works_with_a_warning_that_the_password_goes_in_clear(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     report = check_controller(controller(simulator), POLL)
     assert report.ok, report.render()
-    tls = line(report, "TLS")
-    assert tls.startswith("  warn  TLS")
+    tls = line(report, "TLS", "warn")
     assert "the password crosses the network in clear" in tls
     assert "fix: use https://" in tls
 
 
 def test_a_slow_listing_fails_within_the_timeout_without_retries(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     simulator.faults.hang_seconds = 30  # /api/backups only
     poll = PollConfig(timeout_seconds=1, max_retries=3)
     started = time.monotonic()
@@ -321,8 +313,7 @@ def test_a_slow_listing_fails_within_the_timeout_without_retries(
     took = time.monotonic() - started
 
     assert took < poll.timeout_seconds + 1  # one try of one second, not four
-    backups = line(report, "backups")
-    assert backups.startswith("  FAIL  backups")
+    backups = line(report, "backups", "FAIL")
     assert "within 1 s" in backups
     assert "fix: the controller is slow to answer" in backups
     assert "accepted for user" in line(report, "credentials")
@@ -338,8 +329,7 @@ def test_an_old_controller_has_no_schedule_report_and_is_not_asked_for_it(
     report = check_controller(controller(simulator), POLL)
     assert report.ok, report.render()
     assert "REST API         1.10" in line(report, "REST API")
-    schedule = line(report, "schedule report")
-    assert schedule.startswith("  warn  schedule report")
+    schedule = line(report, "schedule report", "warn")
     assert "none before REST API 1.11" in schedule
     assert "/api/policies/policy_schedule_report" not in requests_seen(simulator)
 
@@ -358,47 +348,40 @@ def test_a_controller_before_rest_api_1_9_is_asked_only_what_it_documents(
 
 
 def test_no_credentials_go_to_an_address_that_is_not_a_controller(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     report = check_controller(controller(simulator, url=simulator.url + "/ui"), POLL)
-    rest = line(report, "REST API")
-    assert rest.startswith("  FAIL  REST API")
+    rest = line(report, "REST API", "FAIL")
     assert "answered HTTP 404" in rest
     assert "without a path" in rest
     assert "/api/oauth/token" not in requests_seen(simulator)
 
 
-def test_a_user_without_read_access_is_told_what_to_grant(start_simulator: Start) -> None:
-    simulator = start_simulator(FederationSpec())
+def test_a_user_without_read_access_is_told_what_to_grant(simulator: SimulatedController) -> None:
     simulator.faults.paths = frozenset({"/api/hosts"})
     simulator.faults.fail_next(1, status=403)
     report = check_controller(controller(simulator), POLL)
-    hosts = line(report, "hosts")
-    assert hosts.startswith("  FAIL  hosts")
+    hosts = line(report, "hosts", "FAIL")
     assert "fix: give user 'administrator@vsphere.local' read access to /api/hosts" in hosts
     # The other listings were still read: one failure does not hide the rest.
     assert "listed" in line(report, "policies")
-    assert line(report, "schedule report").startswith("  ok")
+    line(report, "schedule report", "ok")
 
 
 def test_a_listing_that_refuses_what_a_poll_asks_is_worth_a_report(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     simulator.faults.paths = frozenset({"/api/virtual_machines"})
     simulator.faults.fail_next(1, status=400)
     report = check_controller(controller(simulator), POLL)
-    vms = line(report, "live VMs")
-    assert vms.startswith("  FAIL  live VMs")
+    vms = line(report, "live VMs", "FAIL")
     assert "/api/virtual_machines answered HTTP 400" in vms
     assert "fix: polls ask the same: please report this message" in vms
 
 
 def test_a_listing_larger_than_its_setting_says_which_setting_to_raise(
-    start_simulator: Start,
+    simulator: SimulatedController,
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     live = sum(1 for vm in simulator.virtual_machines() if vm["state"] == "ALIVE")
     poll = replace(POLL, max_vms=live - 1)
     report = check_controller(controller(simulator), poll)
@@ -406,7 +389,7 @@ def test_a_listing_larger_than_its_setting_says_which_setting_to_raise(
     vms = line(report, "live VMs")
     assert vms.startswith(f"  FAIL  live VMs         {live} listed, more than poll.max_vms")
     assert f"fix: raise poll.max_vms above {live}" in vms
-    assert line(report, "backups").startswith("  ok")  # poll.max_backups is another setting
+    line(report, "backups", "ok")  # poll.max_backups is another setting
 
 
 def test_several_controllers_are_checked_together_and_reported_in_order(
@@ -457,9 +440,8 @@ def test_the_command_exits_0_when_all_work_and_1_when_one_does_not(
 
 
 def test_the_command_exits_2_for_a_name_not_in_the_config(
-    start_simulator: Start, tmp_path: Path
+    simulator: SimulatedController, tmp_path: Path
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     config = write_config(tmp_path / "c.yaml", simulator)
     result = check_command(config, "c00", password=simulator.password)
     assert result.returncode == 2
@@ -475,9 +457,8 @@ def test_the_command_exits_2_for_a_name_not_in_the_config(
 
 
 def test_the_command_never_prints_a_password_or_a_token(
-    start_simulator: Start, tmp_path: Path
+    simulator: SimulatedController, tmp_path: Path
 ) -> None:
-    simulator = start_simulator(FederationSpec())
     config = write_config(tmp_path / "c.yaml", simulator)
     works = check_command(config, "--log.level", "debug", password=simulator.password)
     refused = check_command(config, "--log.level", "debug", password="Wr0ng-Secret")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from exporter import cli
 from exporter.config import load_config
 from exporter.simplivity import worst_case_poll_seconds
 from exporter.simulator import FAILING_VM, STALE_VM, FederationSpec, SimulatedController
+from tests import live_exporter
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, parse, scrape
 from tests.promtool import promtool
@@ -47,20 +47,10 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def write_config(path: Path, *controllers: SimulatedController, extra: str = "") -> Path:
-    lines = [
-        "poll: {interval_seconds: 1, deadline_seconds: 60, timeout_seconds: 2, max_retries: 0}",
-        extra,
-        "controllers:",
-    ]
-    for number, controller in enumerate(controllers):
-        lines += [
-            f"  - name: c{number}",
-            f"    url: {controller.url}",
-            f"    username: {controller.username}",
-            "    password: ${SIM_PASSWORD}",
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    """The controllers named ``c0``, ``c1``..., their password read from ``${SIM_PASSWORD}``."""
+    named = {f"c{number}": controller for number, controller in enumerate(controllers)}
+    passwords = dict.fromkeys(named, "${SIM_PASSWORD}")
+    return live_exporter.write_config(path, named, passwords=passwords, extra=extra)
 
 
 def free_port() -> int:
@@ -238,25 +228,13 @@ def test_demo_once_shows_realistic_metrics_and_no_ages() -> None:
 
 
 @contextmanager
-def running_exporter(config: Path, password: str) -> Iterator[str]:
-    """The real command as a process on a free port; yields its base URL once it listens."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", str(config),
-         "--web.listen-address", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env={**os.environ, "SIM_PASSWORD": password},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: status(base, "/-/healthy", process) == 200, 20, "the exporter")
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+def running_exporter(config: Path, password: str, log_path: Path) -> Iterator[str]:
+    """The real command as a process on a free port; yields its base URL once it listens, then
+    ends it with SIGTERM, which it obeys with exit code 0."""
+    env = {"SIM_PASSWORD": password}
+    with ExporterProcess("--config.file", str(config), log_path=log_path, env=env) as exporter:
+        yield exporter.url
+        assert exporter.stop(timeout=15) == 0, exporter.log()
 
 
 def status(base: str, path: str, process: subprocess.Popen[Any] | None = None) -> int:
@@ -271,7 +249,7 @@ def status(base: str, path: str, process: subprocess.Popen[Any] | None = None) -
 def test_a_running_exporter_serves_every_endpoint(tmp_path: Path, start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec())
     config = write_config(tmp_path / "c.yaml", simulator)
-    with running_exporter(config, simulator.password) as base:
+    with running_exporter(config, simulator.password, tmp_path / "exporter.log") as base:
         wait_until(lambda: status(base, "/-/ready") == 200, 20, "readiness")
         metrics = requests.get(base + "/metrics", timeout=5)
         assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -293,7 +271,7 @@ def test_not_ready_until_every_controller_finished_its_first_poll(
     simulator = start_simulator(FederationSpec())
     simulator.faults.hang_seconds = 30
     config = write_config(tmp_path / "c.yaml", simulator)
-    with running_exporter(config, simulator.password) as base:
+    with running_exporter(config, simulator.password, tmp_path / "exporter.log") as base:
         assert status(base, "/-/ready") == 503
         wait_until(lambda: status(base, "/-/ready") == 200, 20, "the first poll to time out")
         assert status(base, "/-/healthy") == 200

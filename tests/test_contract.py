@@ -25,19 +25,17 @@ from exporter.backups import BACKUPS
 from exporter.config import ControllerConfig, PollConfig, Secret
 from exporter.inventory import (
     CLUSTERS,
-    HOSTS,
-    POLICIES,
+    INVENTORY_LISTINGS,
     SCHEDULE_REPORT,
     VERSION,
     VIRTUAL_MACHINES,
 )
-from exporter.model import PageRequest
 from exporter.pages import Collection, sorting
 from exporter.poller import ControllerPoller
 from exporter.scan import Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.simulator.catalog import COLLECTIONS as SIMULATED
-from tests.snapshots import NoPollLimits, listing_body
+from tests.snapshots import RecordingSource
 
 CONTRACT = json.loads(
     (Path(__file__).parent / "data" / "hpe" / "contract.json").read_text(encoding="utf-8")
@@ -47,7 +45,7 @@ VERSIONS = [(1, minor) for minor in range(restapi.OLDEST[1], restapi.NEWEST[1] +
 #: The paging and selection parameters every listing documents.
 PAGING = {"fields", "limit", "offset", "sort", "order"}
 Starter = Callable[..., SimulatedController]
-LISTINGS = (BACKUPS, VIRTUAL_MACHINES, POLICIES, HOSTS, CLUSTERS)
+LISTINGS = (BACKUPS, *INVENTORY_LISTINGS)
 
 
 def resource(path: str) -> dict[str, Any]:
@@ -106,36 +104,11 @@ def test_hosts_have_no_cluster_name_and_their_cluster_id_came_with_1_9() -> None
 # -- what the exporter asks --------------------------------------------------------------------
 
 
-class RecordingSource(NoPollLimits):
-    """A controller of one REST API version that records every request a poll sends."""
-
-    def __init__(self, version: str) -> None:
-        self.version = version
-        self.pages: list[PageRequest] = []
-        self.gets: list[str] = []
-        self.logins = 1
-        self.throttled = 0
-
-    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
-        self.pages.append(page)
-        collection = {c.path: c for c in LISTINGS}[page.path]
-        return listing_body(collection, [])
-
-    def get_body(self, path: str) -> bytes:
-        self.gets.append(path)
-        if path == VERSION:
-            return json.dumps({"REST_API_Version": self.version}).encode()
-        return b"{}"
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("version", VERSIONS, ids=label)
 def test_every_request_of_a_poll_names_only_what_its_version_documents(
     version: tuple[int, int],
 ) -> None:
-    source = RecordingSource(label(version))
+    source = RecordingSource(version=label(version))
     controller = ControllerConfig(name="c", url="https://h", username="u", password=Secret("p"))
     poller = ControllerPoller(
         controller,

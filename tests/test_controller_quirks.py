@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -74,11 +75,8 @@ def poll(poller: ControllerPoller) -> ControllerStatus:
 def test_a_capped_limit_is_paged_by_what_was_served(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec(total_backups=2345, vms=60))
     simulator.faults.limit_cap = 100
-    poller = poller_for(simulator, page_size=1000, max_concurrency=3)
-    try:
+    with closing(poller_for(simulator, page_size=1000, max_concurrency=3)) as poller:
         status = poll(poller)
-    finally:
-        poller.close()
     assert backups_of(status) == expected(simulator)
     assert backups_of(status).backups_seen == 2345
     limits = [limit for _, limit in simulator.stats.snapshot().pages]
@@ -101,12 +99,9 @@ def test_a_capped_limit_under_churn_never_double_counts_or_misses_a_survivor(
     before = simulator.backup_ids()
     simulator.faults.churn_create_per_request = 30
     simulator.faults.churn_expire_per_request = 30
-    poller = poller_for(simulator, page_size=1000, max_concurrency=concurrency)
     ids: list[str] = []
-    try:
+    with closing(poller_for(simulator, page_size=1000, max_concurrency=concurrency)) as poller:
         poller._client.read(BACKUPS, PageCounter(BACKUPS, lambda b: ids.append(b["id"])))
-    finally:
-        poller.close()
     simulator.faults.churn_create_per_request = simulator.faults.churn_expire_per_request = 0
     assert [key for key, n in Counter(ids).items() if n > 1] == []
     assert (before & simulator.backup_ids()) - set(ids) == set()
@@ -114,13 +109,10 @@ def test_a_capped_limit_under_churn_never_double_counts_or_misses_a_survivor(
 
 def test_a_page_short_of_its_own_limit_still_fails_the_poll(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec(total_backups=500))
-    poller = poller_for(simulator, page_size=100)
-    try:
+    with closing(poller_for(simulator, page_size=100)) as poller:
         good = poll(poller)
         simulator.faults.malformed = "short_page"
         failed = poller.poll_once()
-    finally:
-        poller.close()
     assert not failed.up
     assert failed.errors["decode"] == 1
     assert failed.snapshot is good.snapshot
@@ -140,12 +132,11 @@ def test_odd_records_leave_the_rest_of_the_poll_exact(
     # Every 97th backup, pages of 100 overlapping by 2: odd ones land near page boundaries.
     chosen = sorted(simulator.backup_ids())[5::97]
     simulator.faults.make_odd(kind, chosen)  # type: ignore[arg-type]
-    poller = poller_for(simulator, page_size=100, max_concurrency=3)
-    try:
-        with caplog.at_level(logging.WARNING, logger="exporter.poller"):
-            status = poll(poller)
-    finally:
-        poller.close()
+    with (
+        closing(poller_for(simulator, page_size=100, max_concurrency=3)) as poller,
+        caplog.at_level(logging.WARNING, logger="exporter.poller"),
+    ):
+        status = poll(poller)
     odd = dict.fromkeys(chosen, kind)
     assert backups_of(status) == expected(simulator, odd)
     unplaceable = len(chosen) if kind in UNPLACEABLE else 0
@@ -174,11 +165,8 @@ def test_a_backup_without_a_creation_time_is_never_the_newest(start_simulator: S
         key=lambda b: str(b["created_at"]),
     )
     simulator.faults.make_odd("created_at_na", [str(newest["id"])])
-    poller = poller_for(simulator)
-    try:
+    with closing(poller_for(simulator)) as poller:
         status = poll(poller)
-    finally:
-        poller.close()
     assert backups_of(status) == expected(simulator, {str(newest["id"]): "created_at_na"})
     cluster = next(
         c for c in backups_of(status).clusters if c.name == newest["omnistack_cluster_name"]
@@ -253,10 +241,9 @@ def test_a_504_makes_pages_smaller_and_quiet_polls_make_them_larger(
 ) -> None:
     simulator = start_simulator(FederationSpec(total_backups=2000, vms=50, seed=4))
     simulator.faults.timeout_above_limit = 300  # a page above 300 takes the controller > 60 s
-    poller = poller_for(simulator, page_size=1000, max_concurrency=2)
     truth = expected(simulator)
     sizes, refused = [], []
-    try:
+    with closing(poller_for(simulator, page_size=1000, max_concurrency=2)) as poller:
         for _ in range(3):
             before = len(simulator.stats.snapshot().pages)
             status = poll(poller)
@@ -265,8 +252,6 @@ def test_a_504_makes_pages_smaller_and_quiet_polls_make_them_larger(
             # The backups' pages refused (the inventory, read alongside, meets 504s of its own).
             asked = simulator.stats.snapshot().pages[before:]
             refused.append(sum(1 for _, limit in asked if limit > 300))
-    finally:
-        poller.close()
     # 1000 and 500 refused, 250 served; a poll of whole pages of 250: 350 next, refused, 175.
     assert sizes == [250, 350, 175]
     assert refused == [2, 0, 1]
@@ -300,13 +285,10 @@ def test_at_the_floor_504s_fail_the_poll_and_keep_the_last_good_values(
     start_simulator: Start,
 ) -> None:
     simulator = start_simulator(FederationSpec(total_backups=500))
-    poller = poller_for(simulator, page_size=400, max_retries=1)
-    try:
+    with closing(poller_for(simulator, page_size=400, max_retries=1)) as poller:
         good = poll(poller)
         simulator.faults.timeout_above_limit = 50  # below the floor of 100
         failed = poller.poll_once()
-    finally:
-        poller.close()
     assert not failed.up
     assert failed.errors["http"] == 1
     assert failed.snapshot is good.snapshot
@@ -352,11 +334,8 @@ def test_a_proxys_html_error_page_gives_a_clean_message(
 def test_an_html_page_instead_of_json_is_named_not_quoted(start_simulator: Start) -> None:
     simulator = start_simulator(FederationSpec(total_backups=100))
     simulator.faults.malformed = "not_json"
-    poller = poller_for(simulator)
-    try:
+    with closing(poller_for(simulator)) as poller:
         failed = poller.poll_once()
-    finally:
-        poller.close()
     assert failed.errors["decode"] == 1
     assert failed.last_error is not None
     assert failed.last_error.startswith("/api/backups answered with an HTML page, not JSON (")
@@ -375,12 +354,11 @@ def test_a_controller_that_refuses_or_ignores_sort_by_id_is_paged_newest_first(
         simulator.faults.refused_sorts = frozenset({"id"})
     else:  # served by name, descending (the default order)
         simulator.faults.ignored_sorts = frozenset({"id"})
-    poller = poller_for(simulator, page_size=100, max_concurrency=3)
-    try:
-        with caplog.at_level(logging.WARNING, logger="exporter.scan"):
-            first, second = poll(poller), poll(poller)
-    finally:
-        poller.close()
+    with (
+        closing(poller_for(simulator, page_size=100, max_concurrency=3)) as poller,
+        caplog.at_level(logging.WARNING, logger="exporter.scan"),
+    ):
+        first, second = poll(poller), poll(poller)
     assert backups_of(first) == backups_of(second) == expected(simulator)
     said = [r.getMessage() for r in caplog.records if "sort=id" in r.getMessage()]
     # Once per listing (not per poll): backups and VMs newest first, the small listings
@@ -416,14 +394,13 @@ def test_a_field_the_controller_refuses_is_dropped_and_the_poll_succeeds(
     simulator.routes["/api/version"] = Endpoint(
         ("GET",), lambda ex: ex.error(404, "NotFound", "No handler found for /api/version")
     )
-    poller = poller_for(simulator)
-    try:
-        with caplog.at_level(logging.INFO, logger="exporter"):
-            first = poll(poller)
-            refused = simulator.stats.snapshot().status_counts.get(400, 0)
-            second = poll(poller)
-    finally:
-        poller.close()
+    with (
+        closing(poller_for(simulator)) as poller,
+        caplog.at_level(logging.INFO, logger="exporter"),
+    ):
+        first = poll(poller)
+        refused = simulator.stats.snapshot().status_counts.get(400, 0)
+        second = poll(poller)
     assert refused >= 1  # the first poll met the 400, and asked again without fields=
     assert simulator.stats.snapshot().status_counts.get(400, 0) == refused  # remembered
     assert backups_of(first) == backups_of(second) == expected(simulator)

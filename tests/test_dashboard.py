@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.live_exporter import BACKUP_FAMILIES
+from tests.promtool import promtool
 from tools import monitoring as monitoring_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,12 +77,7 @@ EXPORTED_METRICS = frozenset(
         "simplivity_protection_overdue_factor",
         "simplivity_protection_grace_seconds",
         # issue 2
-        "simplivity_backups",
-        "simplivity_backup_size_bytes",
-        "simplivity_backup_newest_timestamp_seconds",
-        "simplivity_backup_newest_age_seconds",
-        "simplivity_vm_backup_newest_timestamp_seconds",
-        "simplivity_vm_backup_newest_age_seconds",
+        *BACKUP_FAMILIES,
         "simplivity_up",
         "simplivity_poll_duration_seconds",
         "simplivity_poll_last_success_timestamp_seconds",
@@ -350,12 +345,6 @@ def test_every_query_uses_only_metrics_the_exporter_exports() -> None:
 
 def test_every_query_parses(tmp_path: Path) -> None:
     """promtool parses each expression as it would reach Prometheus (variables substituted)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail(
-            "promtool not found on PATH: it comes with Debian's prometheus package, "
-            "which `./dev setup` installs (or: apt-get install prometheus)"
-        )
     dashboard = load_dashboard()
     found = queries(dashboard)
     rules = [
@@ -364,13 +353,7 @@ def test_every_query_parses(tmp_path: Path) -> None:
     ]
     rule_file = tmp_path / "dashboard_queries.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run(
-        [promtool, "check", "rules", str(rule_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = promtool("check", "rules", str(rule_file))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(found)} rules found" in result.stdout
 
@@ -700,13 +683,5 @@ def test_the_at_risk_table_lists_the_overdue_destinations(tmp_path: Path) -> Non
     }
     path = tmp_path / "at_risk_test.yml"
     path.write_text(yaml.safe_dump(tests), encoding="utf-8")
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool comes with Debian's prometheus package (./dev setup)"
-    result = subprocess.run(
-        [promtool, "test", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -36,7 +36,6 @@ from exporter.config import ControllerConfig, PollConfig, TLSConfig
 from exporter.model import REASONS
 from exporter.pages import SORT_FIELD, Collection, PageOutcome, PageSink
 from exporter.poller import ControllerReader
-from exporter.scan import Pace
 from exporter.simulator import FederationSpec, Malformed, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import (
@@ -49,6 +48,7 @@ from tests.live_exporter import (
     fast_retries,
     patched_resolver,
 )
+from tests.snapshots import ReaderWrapper
 
 HEALTHY = "healthy"
 #: Long enough for a fault that needs two timeouts to be counted before the data goes stale.
@@ -309,23 +309,20 @@ def fault_run() -> Iterator[Scenario]:
             return scrape if good and scrape.up(HEALTHY) == 1 else None
 
         run.before = wait_until(all_good, timeout=30, what="every controller's first poll")
+
+        def not_yet(shows: Callable[[Scrape, Site], bool]) -> Callable[[Scrape], list[str]]:
+            """The sites a scrape does not yet show as ``shows`` says."""
+            return lambda scrape: [site.name for site in everyone if not shows(scrape, site)]
+
         run.injected_at = time.time()
         for site in everyone:
             FAULTS[site.name].inject(site)
-
-        def all_stale(scrape: Scrape) -> list[str]:
-            return [site.name for site in everyone if not _stale(scrape, site)]
-
-        scrapes(exporter, run, run.during, all_stale)
+        scrapes(exporter, run, run.during, not_yet(_stale))
         run.landing = exporter.get("/")[1].decode()
         run.cleared_at = time.time()
         for site in everyone:
             FAULTS[site.name].clear(site)
-
-        def all_recovered(scrape: Scrape) -> list[str]:
-            return [site.name for site in everyone if not _recovered(scrape, site)]
-
-        scrapes(exporter, run, run.after, all_recovered)
+        scrapes(exporter, run, run.after, not_yet(_recovered))
         yield run
 
 
@@ -402,38 +399,14 @@ def check_healthy(run: Scenario) -> None:
 # --- faults the user should not even see ------------------------------------------------------
 
 
-class ExpiringMidScan:
+class ExpiringMidScan(ReaderWrapper):
     """The real client, whose controller drops every token when a scan is half way."""
 
     def __init__(self, client: ControllerReader, controller: SimulatedController, how: str) -> None:
-        self.client = client
+        super().__init__(client)
         self.controller = controller
         self.how = how
         self.expired = 0
-
-    @property
-    def logins(self) -> int:
-        return self.client.logins
-
-    @property
-    def pace(self) -> Pace:
-        return self.client.pace
-
-    @property
-    def login_backoff_seconds(self) -> float:
-        return self.client.login_backoff_seconds
-
-    def begin_poll(self, deadline_seconds: float) -> None:
-        self.client.begin_poll(deadline_seconds)
-
-    def sibling(self, *, page_size: int, max_concurrency: int) -> ControllerReader:
-        return self.client.sibling(page_size=page_size, max_concurrency=max_concurrency)
-
-    def redact(self, text: str) -> str:
-        return self.client.redact(text)
-
-    def get(self, path: str) -> bytes:
-        return self.client.get(path)
 
     def read(self, collection: Collection, pages: PageSink) -> None:
         seen = 0
@@ -448,7 +421,7 @@ class ExpiringMidScan:
                     wrapper.kill_tokens()  # carries a dead token
                 return outcome
 
-        self.client.read(collection, Counting())
+        self.inner.read(collection, Counting())
 
     def kill_tokens(self) -> None:
         if self.how == "expire":
@@ -456,9 +429,6 @@ class ExpiringMidScan:
         else:
             self.controller.revoke_tokens()
         self.expired += 1
-
-    def close(self) -> None:
-        self.client.close()
 
 
 @pytest.mark.parametrize("how", ["expire", "revoke"])

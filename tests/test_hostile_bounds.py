@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import backups, protection
+from exporter import backups, schedule
 from exporter.backups import Aggregator
 from exporter.config import PollConfig
 from exporter.inventory import InventoryRead
@@ -38,8 +38,8 @@ from exporter.model import (
 )
 from exporter.pages import PageCounter
 from exporter.poller import ControllerPoller, connect
-from exporter.protection import Days, Rule, RuleCostError, Schedule, check_cost
 from exporter.scan import Scanner
+from exporter.schedule import Days, Rule, RuleCostError, Schedule, check_cost
 from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.live_exporter import Lab, controller_config
@@ -246,14 +246,14 @@ def test_a_costly_rule_set_is_refused_once_and_the_refusal_cached() -> None:
     rules = [
         Rule(Schedule(1, Days.parse(f"{day},Mon"), day, day), "<Local>") for day in range(1, 30)
     ]
-    hits = protection._bounded_longest_gap.cache_info().hits
+    hits = schedule._bounded_longest_gap.cache_info().hits
     started = time.process_time()
     with pytest.raises(RuleCostError, match="too much work to evaluate"):
         check_cost(rules)
     first = time.process_time() - started
     with pytest.raises(RuleCostError):
         check_cost(list(reversed(rules)))  # the same rules: the same refusal, from the cache
-    assert protection._bounded_longest_gap.cache_info().hits == hits + 1
+    assert schedule._bounded_longest_gap.cache_info().hits == hits + 1
     assert first < 2.0  # the budget is a few tenths of a second of work
     check_cost(rules[:3])  # a few such rules are evaluated
 

@@ -10,7 +10,6 @@ real exporter (``python -m exporter --demo``) instead, to read its memory from `
 from __future__ import annotations
 
 import base64
-import http.client
 import logging
 import select
 import socket
@@ -33,6 +32,7 @@ from exporter.basicauth import AUTH_FAILURE_BUDGET, PasswordChecker
 from exporter.web import ExporterServer, WebApp
 from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import wait_until
+from tests.httpclient import fetch, read_answer
 from tests.live_exporter import ExporterProcess, serving_app
 from tests.pki import PKI, client_context, make_pki
 from tests.test_web_serving import MB, Sampler, raise_open_file_limit, sample_process
@@ -131,23 +131,6 @@ def connect(
     return context.wrap_socket(sock, server_hostname="127.0.0.1")
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def read_answer(sock: socket.socket) -> Answer:
-    stream = sock.makefile("rb")
-    status = int(stream.readline().split()[1])
-    headers = {}
-    while (line := stream.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return Answer(status, headers, stream.read(int(headers.get("content-length", "0"))))
-
-
 def scrape(
     server: ExporterServer | int,
     context: ssl.SSLContext | None,
@@ -157,18 +140,8 @@ def scrape(
 ) -> tuple[int, bytes]:
     """One GET of ``path`` on a new connection to a server or a port; (status, body)."""
     port = server if isinstance(server, int) else server.server_address[1]
-    connection = (
-        http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        if context is None
-        else http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
-    )
-    headers = {} if authorization is None else {"Authorization": authorization}
-    try:
-        connection.request("GET", path, headers=headers)
-        answer = connection.getresponse()
-        return answer.status, answer.read()
-    finally:
-        connection.close()
+    answer = fetch(port, path, context, authorization, timeout=timeout)
+    return answer.status, answer.body
 
 
 # --- headers no parser expects ---------------------------------------------------------------
@@ -184,7 +157,7 @@ def test_an_odd_content_length_gets_400_and_never_stops_the_server(pki: PKI) -> 
             sock = connect(server, context)
             request = f"GET /metrics HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: \xb2"
             sock.sendall(request.encode("latin-1") + b"\r\n\r\n")
-            answer = read_answer(sock)
+            answer = read_answer(sock.makefile("rb"))
             assert answer.status == 400
             assert answer.headers["connection"] == "close"
             for name, value in SECURITY_HEADERS.items():
@@ -210,7 +183,7 @@ def test_an_answer_that_raises_costs_its_connection_never_a_worker(
         for _ in range(4 * server.workers):
             sock = connect(server)
             sock.sendall(f"GET /metrics HTTP/1.1\r\nAuthorization: {GOOD}\r\n\r\n".encode())
-            answer = read_answer(sock)
+            answer = read_answer(sock.makefile("rb"))
             sock.close()
             assert (answer.status, answer.headers["connection"]) == (500, "close")
         wait_until(lambda: server.pending == 0, 5, "every slot given back")
@@ -323,7 +296,7 @@ def test_error_pages_carry_the_security_headers_and_no_python_version(pki: PKI) 
         for status, request in requests.items():
             sock = connect(server)
             sock.sendall(request)
-            answer = read_answer(sock)
+            answer = read_answer(sock.makefile("rb"))
             sock.close()
             assert answer.status == status
             for name, value in SECURITY_HEADERS.items():
@@ -466,7 +439,7 @@ class Guesser:
                     request = f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}"
                     try:
                         sock.sendall(request.encode() + b"\r\n\r\n")
-                        status = read_answer(sock).status
+                        status = read_answer(sock.makefile("rb")).status
                     except (OSError, ValueError, IndexError):
                         break
                     self.answers[status] = self.answers.get(status, 0) + 1

@@ -9,7 +9,6 @@ exception is a poll that is neither counted nor published.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import shutil
@@ -35,17 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, LocalBackupScan
 from exporter.collector import BackupCollector, ExporterState
-from exporter.config import (
-    Config,
-    ConfigError,
-    ControllerConfig,
-    MetricsConfig,
-    PollConfig,
-    ProtectionConfig,
-    Secret,
-    TLSConfig,
-    load_config,
-)
+from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
 from exporter.exposition import Exposition
 from exporter.model import (
     STATES,
@@ -58,6 +47,7 @@ from exporter.model import (
 from exporter.poller import ControllerPoller, connect
 from exporter.scan import Scanner
 from tests.snapshots import judged
+from tests.test_config import CONFIG_KEYS
 
 SETTINGS = settings(
     max_examples=120,
@@ -71,15 +61,6 @@ ENVIRON = {"SVT_PASSWORD": "from-the-environment"}
 # --- config files ---------------------------------------------------------------------------
 
 
-def field_names(*configs: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for config in configs for f in dataclasses.fields(config))
-
-
-#: The keys a config file knows, from the config's own dataclasses: a new key is fuzzed at once.
-CONFIG_KEYS = (
-    *field_names(Config, PollConfig, MetricsConfig, ProtectionConfig, ControllerConfig, TLSConfig),
-    "password_file",  # read into ControllerConfig.password
-)
 TRICKY_STRINGS = (
     "",
     " ",

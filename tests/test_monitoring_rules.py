@@ -28,7 +28,7 @@ from exporter.collector import BackupCollector, ExporterState
 from exporter.exposition import Exposition
 from exporter.model import ControllerStatus
 from tests import snapshots
-from tests.promtool import binary
+from tests.promtool import promtool
 from tools import monitoring as monitoring_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,13 +58,13 @@ def alert_names() -> list[str]:
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return promtool(*args, cwd=REPO)
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    """``tools/monitoring.py ARGS`` as a user runs it."""
     return subprocess.run(
-        [binary("promtool"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
+        [sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=60, check=False
     )
 
 
@@ -223,13 +223,7 @@ BASE_URL = "https://git.example.com/storage/simplivity-exporter/blob/v0.1.0/docs
 def test_the_runbook_tool_adds_an_absolute_link_to_every_alert(tmp_path: Path) -> None:
     """``tools/monitoring.py rules`` as a user runs it: the file with a runbook_url per alert,
     each docs/runbook.md's anchor of the alert's section, and nothing else changed."""
-    result = subprocess.run(
-        [sys.executable, str(TOOL), "rules", "--runbook-base-url", BASE_URL],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_tool("rules", "--runbook-base-url", BASE_URL)
     assert result.returncode == 0, result.stderr
     linked = tmp_path / "alerts.yml"
     linked.write_text(result.stdout, encoding="utf-8")
@@ -256,13 +250,7 @@ def test_the_runbook_tool_adds_an_absolute_link_to_every_alert(tmp_path: Path) -
     ["README.md", "git.example.com/README.md", "ftp://example.com/README.md", "https://a/b#c"],
 )
 def test_the_runbook_tool_refuses_an_address_that_is_not_absolute(base_url: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(TOOL), "rules", "--runbook-base-url", base_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_tool("rules", "--runbook-base-url", base_url)
     assert result.returncode == 2
     assert result.stdout == ""
     assert "expected an absolute http:// or https:// address" in result.stderr

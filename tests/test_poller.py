@@ -19,6 +19,7 @@ from exporter.exposition import Exposition
 from exporter.inventory import (
     CLUSTERS,
     HOSTS,
+    INVENTORY_LISTINGS,
     POLICIES,
     SCHEDULE_REPORT,
     VERSION,
@@ -30,7 +31,6 @@ from exporter.model import (
     ConnectError,
     ControllerStatus,
     HTTPStatusError,
-    PageRequest,
     RequestTimeout,
     ScheduleReport,
 )
@@ -41,10 +41,10 @@ from exporter.simulator import FederationSpec, SimulatedController
 from tests.conftest import wait_until
 from tests.snapshots import (
     NoPollLimits,
+    RecordingSource,
     answer_inventory,
     cluster_record,
     host_record,
-    listing_body,
     policy_record,
     rule,
     vm_record,
@@ -468,37 +468,10 @@ def test_a_schedule_report_that_is_not_json_fails_the_poll_as_decode() -> None:
     assert status.errors["decode"] == 1
 
 
-class RecordingSource(NoPollLimits):
-    """A client recording every page request; each listing holds ``size`` items."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.pages: list[PageRequest] = []
-        self.logins = 1
-        self.throttled = 0
-
-    def get_page(self, page: PageRequest, *, retry_too_slow: bool = True) -> bytes:
-        self.pages.append(page)
-        collection = {c.path: c for c in (VIRTUAL_MACHINES, POLICIES, HOSTS, CLUSTERS, BACKUPS)}[
-            page.path
-        ]
-        if page.path == BACKUPS.path:
-            items = [record(n, id=f"b{n:05d}") for n in range(self.size)]
-        else:
-            items = [{"id": f"{n:05d}", "name": f"x{n}"} for n in range(self.size)]
-        body = json.loads(listing_body(collection, items[page.offset : page.offset + page.limit]))
-        body["count"] = self.size
-        return json.dumps(body).encode()
-
-    def get_body(self, path: str) -> bytes:
-        return b"{}"
-
-    def close(self) -> None:
-        pass
-
-
 def test_live_vms_are_asked_for_in_pages_of_1000_at_most_with_only_the_fields_needed() -> None:
-    source = RecordingSource(2500)
+    backups = [record(n, id=f"b{n:05d}") for n in range(2500)]
+    others = [{"id": f"{n:05d}", "name": f"x{n}"} for n in range(2500)]
+    source = RecordingSource({c.path: others for c in INVENTORY_LISTINGS} | {BACKUPS.path: backups})
     poller = ControllerPoller(
         CONTROLLER,
         PollConfig(page_size=3000, max_concurrency=1),

@@ -17,7 +17,7 @@ from exporter.config import PollConfig
 from exporter.inventory import CLUSTERS, VIRTUAL_MACHINES, InventoryRead, parse_schedule_report
 from exporter.model import HTTPStatusError
 from exporter.pages import Collection, PageCounter
-from exporter.protection import expected_intervals, parse_rules
+from exporter.schedule import expected_intervals, parse_rules
 from exporter.simplivity import SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.simulator.controller import Endpoint

@@ -20,14 +20,15 @@ from hypothesis import strategies as st
 from exporter import recovery
 from exporter.backups import Aggregator
 from exporter.inventory import InventoryRead
-from exporter.model import BackupSnapshot, ControllerSnapshot
-from exporter.protection import LOCAL, Days, Rule, Schedule, interval_seconds, parse_rule
+from exporter.model import ControllerSnapshot
 from exporter.recovery import (
     orphaned,
     recovery_windows,
     rule_window_minutes,
     shortest_gap_minutes,
 )
+from exporter.schedule import LOCAL, Days, Rule, Schedule, interval_seconds, parse_rule
+from tests.snapshots import aggregate
 
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
 HOUR, DAY = 3600, 86400
@@ -382,22 +383,17 @@ def test_max_backups_backups_really_reach_back_that_far(
 # --- backups nobody owns -----------------------------------------------------------------
 
 
-def aggregate(*records: dict[str, Any]) -> BackupSnapshot:
-    tally = Aggregator()
-    for record in records:
-        tally.add(record)
-    return tally.snapshot()
-
-
 def test_orphaned_backups_are_those_of_no_live_vm_in_any_state() -> None:
     snapshot = aggregate(
-        backup(HOUR, "VSS", vm="live"),
-        backup(HOUR, "VSS", vm="removed"),
-        backup(2 * HOUR, "VSS", vm="removed", state="FAILED"),
-        backup(HOUR, "VSS", "DR", vm="removed"),
-        backup(HOUR, "VSS", "DR", vm="deleted", state="DELETED"),
-        {**backup(HOUR, None, "StoreOnce"), "virtual_machine_id": "NA"},  # names no VM
-        backup(HOUR, "VSS", "Chicago", vm="live"),
+        [
+            backup(HOUR, "VSS", vm="live"),
+            backup(HOUR, "VSS", vm="removed"),
+            backup(2 * HOUR, "VSS", vm="removed", state="FAILED"),
+            backup(HOUR, "VSS", "DR", vm="removed"),
+            backup(HOUR, "VSS", "DR", vm="deleted", state="DELETED"),
+            {**backup(HOUR, None, "StoreOnce"), "virtual_machine_id": "NA"},  # names no VM
+            backup(HOUR, "VSS", "Chicago", vm="live"),
+        ]
     )
     assert orphaned(snapshot, {"live"}) == {
         "Boston": (2, 200),
@@ -419,11 +415,13 @@ def test_orphans_are_counted_against_the_same_polls_inventory() -> None:
 
 def test_never_expiring_backups_are_counted_by_cluster_in_any_state() -> None:
     snapshot = aggregate(
-        backup(HOUR, "VSS", expiration="NA"),
-        {**backup(2 * HOUR, "VSS", state="FAILED", expiration="NA"), "size": 5},
-        backup(3 * HOUR, "VSS"),
-        {**backup(HOUR, "VSS", "DR"), "expiration_time": None},  # not said: not counted
-        backup(HOUR, None, "DR"),
+        [
+            backup(HOUR, "VSS", expiration="NA"),
+            {**backup(2 * HOUR, "VSS", state="FAILED", expiration="NA"), "size": 5},
+            backup(3 * HOUR, "VSS"),
+            {**backup(HOUR, "VSS", "DR"), "expiration_time": None},  # not said: not counted
+            backup(HOUR, None, "DR"),
+        ]
     )
     boston, dr = snapshot.clusters
     assert (boston.never_expiring, boston.never_expiring_size) == (2, 105)

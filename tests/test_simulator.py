@@ -143,6 +143,12 @@ def small_federation() -> list[dict[str, object]]:
     return generate_backups(FederationSpec(vms=20, backups_per_vm=5, roles=False), NOW)
 
 
+@pytest.fixture
+def controller(start: Callable[..., SimulatedController]) -> SimulatedController:
+    """A running controller of :func:`small_federation`."""
+    return start(small_federation())
+
+
 # --- generation ---------------------------------------------------------------------------
 
 
@@ -277,9 +283,8 @@ def test_version_needs_no_login_and_an_mva_omits_svtfs(
 
 
 def test_login_issues_a_bearer_token_and_counts_it(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
     response = request_token(controller.url, password_grant(controller.username, "x"))
     assert response.status_code == 401
     token = login(controller)
@@ -302,9 +307,8 @@ def test_login_issues_a_bearer_token_and_counts_it(
     ids=["missing", "wrong-password", "wrong-client"],
 )
 def test_login_without_the_client_credentials_is_bad_credentials(
-    start: Callable[..., SimulatedController], auth: tuple[str, str] | None
+    controller: SimulatedController, auth: tuple[str, str] | None
 ) -> None:
-    controller = start(small_federation())
     response = request_token(
         controller.url, password_grant(controller.username, controller.password), auth=auth
     )
@@ -318,9 +322,8 @@ def test_login_without_the_client_credentials_is_bad_credentials(
 
 @pytest.mark.parametrize(("status", "error"), [(401, "unauthorized"), (400, "invalid_grant")])
 def test_wrong_user_credentials_answer_the_configured_status(
-    start: Callable[..., SimulatedController], status: int, error: str
+    controller: SimulatedController, status: int, error: str
 ) -> None:
-    controller = start(small_federation())
     controller.faults.bad_credentials_status = status
     response = request_token(controller.url, password_grant(controller.username, "wrong"))
     assert response.status_code == status
@@ -367,9 +370,8 @@ def test_a_token_dies_after_its_absolute_lifetime_even_if_used(
 
 
 def test_missing_unknown_and_revoked_tokens_are_invalid(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
     missing = requests.get(controller.url + "/api/backups", timeout=5)
     assert missing.status_code == 401
     assert missing.json()["error"] == "invalid_token"
@@ -522,9 +524,8 @@ def test_comma_separated_filters_match_nothing_on_an_ovc_and_or_on_an_mva(
     ],
 )
 def test_bad_parameters_answer_400_with_the_documented_body(
-    start: Callable[..., SimulatedController], params: dict[str, object], message: str
+    controller: SimulatedController, params: dict[str, object], message: str
 ) -> None:
-    controller = start(small_federation())
     response = get_backups(controller, login(controller), **params)
     assert response.status_code == 400
     body = response.json()
@@ -540,8 +541,7 @@ def test_a_limit_of_5000_is_allowed(start: Callable[..., SimulatedController]) -
     assert (page["count"], len(page["backups"])) == (6000, 5000)
 
 
-def test_unknown_paths_and_wrong_methods(start: Callable[..., SimulatedController]) -> None:
-    controller = start(small_federation())
+def test_unknown_paths_and_wrong_methods(controller: SimulatedController) -> None:
     missing = requests.get(controller.url + "/api/nothing_here", timeout=5)
     assert missing.status_code == 404
     assert missing.json()["status"] == "404"
@@ -554,9 +554,8 @@ def test_unknown_paths_and_wrong_methods(start: Callable[..., SimulatedControlle
 
 
 def test_a_new_endpoint_is_one_entry_in_the_route_table(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
 
     def clusters(ex: Exchange) -> None:
         ex.send(200, {"omnistack_clusters": [], "count": 0})
@@ -572,9 +571,8 @@ def test_a_new_endpoint_is_one_entry_in_the_route_table(
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
     token = login(controller)
     port = int(controller.url.rsplit(":", 1)[1])
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -621,8 +619,7 @@ def test_set_backups_serves_plain_dicts_as_given(start: Callable[..., SimulatedC
 # --- faults ---------------------------------------------------------------------------------
 
 
-def test_fail_next_answers_errors_then_recovers(start: Callable[..., SimulatedController]) -> None:
-    controller = start(small_federation())
+def test_fail_next_answers_errors_then_recovers(controller: SimulatedController) -> None:
     token = login(controller)
     controller.faults.fail_next(2)
     for _ in range(2):
@@ -648,9 +645,8 @@ def test_fail_next_answers_errors_then_recovers(start: Callable[..., SimulatedCo
 
 
 def test_disconnect_next_closes_without_an_answer(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
     token = login(controller)
     controller.faults.disconnect_next(1)
     with pytest.raises(requests.ConnectionError):
@@ -659,9 +655,8 @@ def test_disconnect_next_closes_without_an_answer(
 
 
 def test_a_hang_delays_the_answer_and_trips_client_timeouts(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
     token = login(controller)
     controller.faults.hang_seconds = 0.3
     started = time.monotonic()
@@ -690,8 +685,7 @@ def run_in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[
     return thread, outcome
 
 
-def test_stop_ends_a_hanging_answer_promptly(start: Callable[..., SimulatedController]) -> None:
-    controller = start(small_federation())
+def test_stop_ends_a_hanging_answer_promptly(controller: SimulatedController) -> None:
     token = login(controller)
     controller.faults.hang_seconds = 60
     thread, outcome = run_in_thread(
@@ -713,8 +707,7 @@ def test_stop_ends_a_hanging_answer_promptly(start: Callable[..., SimulatedContr
         requests.get(controller.url + "/api/version", timeout=1)  # no longer listening
 
 
-def test_stop_ends_an_endless_answer_promptly(start: Callable[..., SimulatedController]) -> None:
-    controller = start(small_federation())
+def test_stop_ends_an_endless_answer_promptly(controller: SimulatedController) -> None:
     token = login(controller)
     controller.faults.malformed = "endless"
     received: list[int] = []
@@ -964,9 +957,8 @@ def test_unknown_odd_kinds_are_refused() -> None:
 
 
 def test_too_many_requests_in_flight_answer_502(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
     token = login(controller)
     controller.faults.max_in_flight = 2
     controller.faults.hang_seconds = 60  # until stop(): two requests stay in flight
@@ -1008,9 +1000,8 @@ def test_a_limit_above_the_threshold_answers_504_and_smaller_pages_pass(
 
 
 def test_a_reverse_proxy_answers_its_own_html_error_pages(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
     token = login(controller)
     controller.faults.html_error_statuses = frozenset({502, 503, 504})
     controller.faults.fail_next(1, status=503)
@@ -1037,9 +1028,8 @@ def test_a_reverse_proxy_answers_its_own_html_error_pages(
     ids=["iso-string", "epoch-ms", "numeric-code", "extended"],
 )
 def test_error_bodies_in_each_version_of_the_api(
-    start: Callable[..., SimulatedController], style: simulator.ErrorBody
+    controller: SimulatedController, style: simulator.ErrorBody
 ) -> None:
-    controller = start(small_federation())
     token = login(controller)
     controller.faults.error_body = style
     for response, status in (
@@ -1061,9 +1051,8 @@ def test_error_bodies_in_each_version_of_the_api(
 
 
 def test_faults_aim_at_the_paths_they_are_given(
-    start: Callable[..., SimulatedController],
+    controller: SimulatedController,
 ) -> None:
-    controller = start(small_federation())
     token = login(controller)
     controller.faults.paths = frozenset({"/api/virtual_machines"})
     controller.faults.fail_next(1)
@@ -1552,8 +1541,7 @@ def test_tls_with_a_certificate_the_client_trusts(
     assert session.get(controller.url + "/api/version", timeout=5).status_code == 200
 
 
-def test_stats_count_what_clients_did(start: Callable[..., SimulatedController]) -> None:
-    controller = start(small_federation())
+def test_stats_count_what_clients_did(controller: SimulatedController) -> None:
     token = login(controller)
     sizes = 0
     for offset in (0, 30, 60, 90):

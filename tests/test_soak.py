@@ -38,10 +38,10 @@ from exporter.config import Config, ControllerConfig, PollConfig, Secret
 from exporter.model import BackupSnapshot
 from exporter.pages import Collection, PageSink
 from exporter.poller import ControllerReader
-from exporter.scan import Pace
 from exporter.simulator import FederationSpec
 from tests.conftest import wait_until
 from tests.live_exporter import InProcessExporter, Lab, controller_config, fast_retries
+from tests.snapshots import ReaderWrapper
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "25"))
 WARM_UP_SECONDS = min(10.0, SOAK_SECONDS / 3)
@@ -72,37 +72,13 @@ class Ledger:
     closed: int = 0
 
 
-class WatchedClient:
+class WatchedClient(ReaderWrapper):
     """The real client, counting its scans in the ledger (by controller name)."""
 
     def __init__(self, inner: ControllerReader, name: str, ledger: Ledger) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.name = name
         self.ledger = ledger
-
-    @property
-    def logins(self) -> int:
-        return self.inner.logins
-
-    @property
-    def pace(self) -> Pace:
-        return self.inner.pace
-
-    @property
-    def login_backoff_seconds(self) -> float:
-        return self.inner.login_backoff_seconds
-
-    def begin_poll(self, deadline_seconds: float) -> None:
-        self.inner.begin_poll(deadline_seconds)
-
-    def sibling(self, *, page_size: int, max_concurrency: int) -> ControllerReader:
-        return self.inner.sibling(page_size=page_size, max_concurrency=max_concurrency)
-
-    def redact(self, text: str) -> str:
-        return self.inner.redact(text)
-
-    def get(self, path: str) -> bytes:
-        return self.inner.get(path)
 
     def read(self, collection: Collection, pages: PageSink) -> None:
         if collection.path != BACKUPS.path:  # not a scan (the inventory reads by sibling())

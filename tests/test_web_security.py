@@ -26,6 +26,7 @@ import pytest
 from exporter.basicauth import PasswordChecker
 from exporter.web import ExporterServer, WebApp
 from exporter.webconfig import load_web_config
+from tests.httpclient import fetch
 from tests.logfmt import parse_line
 from tests.pki import PKI, client_context, make_pki
 
@@ -140,35 +141,6 @@ def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         assert secret not in caplog.text
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-
-def request(
-    port: int,
-    path: str,
-    context: ssl.SSLContext | None,
-    authorization: str | None = None,
-    method: str = "GET",
-) -> Answer:
-    """One request on a fresh connection: HTTPS with ``context``, plain HTTP without."""
-    connection: http.client.HTTPConnection
-    if context is None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    else:
-        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
-    headers = {} if authorization is None else {"Authorization": authorization}
-    try:
-        connection.request(method, path, headers=headers)
-        answer = connection.getresponse()
-        return Answer(answer.status, answer.headers, answer.read())
-    finally:
-        connection.close()
-
-
 # --- HTTPS -------------------------------------------------------------------------------
 
 
@@ -177,23 +149,23 @@ def test_https_serves_metrics_with_a_certificate_the_client_verifies(
 ) -> None:
     running = serve(users=False)
     assert running.server.url == f"https://127.0.0.1:{running.port}"
-    answer = request(running.port, "/metrics", client_context(pki))
+    answer = fetch(running.port, "/metrics", client_context(pki))
     assert answer.status == 200
     assert answer.body == METRICS
-    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.headers["x-content-type-options"] == "nosniff"
 
 
 def test_a_client_that_does_not_trust_the_ca_refuses_the_server(pki: PKI, serve: Serve) -> None:
     running = serve(users=False)
     with pytest.raises(ssl.SSLCertVerificationError):
-        request(running.port, "/metrics", ssl.create_default_context())
+        fetch(running.port, "/metrics", ssl.create_default_context())
 
 
 def test_plain_http_to_the_tls_port_gets_no_answer(pki: PKI, serve: Serve) -> None:
     running = serve(users=False)
     with pytest.raises((http.client.HTTPException, ConnectionError)):
-        request(running.port, "/metrics", None)
-    assert request(running.port, "/metrics", client_context(pki)).status == 200
+        fetch(running.port, "/metrics", None)
+    assert fetch(running.port, "/metrics", client_context(pki)).status == 200
 
 
 # --- basic auth --------------------------------------------------------------------------
@@ -214,10 +186,10 @@ def test_a_wrong_or_missing_password_gets_401_on_every_path(
     pki: PKI, serve: Serve, path: str, authorization: str | None
 ) -> None:
     running = serve()
-    answer = request(running.port, path, client_context(pki), authorization)
+    answer = fetch(running.port, path, client_context(pki), authorization)
     assert answer.status == 401
-    assert answer.headers["WWW-Authenticate"].startswith("Basic realm=")
-    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.headers["www-authenticate"].startswith("Basic realm=")
+    assert answer.headers["x-content-type-options"] == "nosniff"
     assert answer.body == b"Unauthorized.\n"
 
 
@@ -228,8 +200,8 @@ def test_a_wrong_password_cannot_reload_or_peek_with_head(
     running = serve()
     context = client_context(pki)
     reloads = len(running.app.reloads)
-    assert request(running.port, "/-/reload", context, authorization, "POST").status == 401
-    assert request(running.port, "/metrics", context, authorization, "HEAD").status == 401
+    assert fetch(running.port, "/-/reload", context, authorization, "POST").status == 401
+    assert fetch(running.port, "/metrics", context, authorization, "HEAD").status == 401
     assert len(running.app.reloads) == reloads
 
 
@@ -239,12 +211,12 @@ def test_the_right_password_gets_200_on_every_path(
     running = serve()
     context = client_context(pki)
     for path in PATHS:
-        answer = request(running.port, path, context, GOOD)
+        answer = fetch(running.port, path, context, GOOD)
         assert (path, answer.status) == (path, 200)
-        assert "WWW-Authenticate" not in answer.headers
-    assert request(running.port, "/metrics", context, GOOD).body == METRICS
+        assert "www-authenticate" not in answer.headers
+    assert fetch(running.port, "/metrics", context, GOOD).body == METRICS
     reloads = len(running.app.reloads)
-    assert request(running.port, "/-/reload", context, GOOD, "POST").status == 200
+    assert fetch(running.port, "/-/reload", context, GOOD, "POST").status == 200
     assert len(running.app.reloads) == reloads + 1
     assert '"GET /metrics HTTP/1.1" 200' in caplog.text  # the secrets grep covers request logs
 
@@ -260,16 +232,16 @@ def test_reload_needs_post_and_the_lifecycle_flag(pki: PKI) -> None:
         try:
             port = int(server.server_address[1])
             for method in ("GET", "HEAD", "PUT", "DELETE"):
-                answer = request(port, "/-/reload", context, GOOD, method)
-                assert (method, answer.status, answer.headers["Allow"]) == (method, 405, "POST")
-            answer = request(port, "/-/reload", context, GOOD, "POST")
+                answer = fetch(port, "/-/reload", context, GOOD, method)
+                assert (method, answer.status, answer.headers["allow"]) == (method, 405, "POST")
+            answer = fetch(port, "/-/reload", context, GOOD, "POST")
             if lifecycle:
                 assert (answer.status, answer.body) == (200, b"reloaded\n")
             else:
                 assert (answer.status, answer.body) == (403, b"Lifecycle API is not enabled.\n")
             assert len(app.reloads) == int(lifecycle)
-            answer = request(port, "/metrics", context, GOOD, "POST")
-            assert (answer.status, answer.headers["Allow"]) == (405, "GET, HEAD")
+            answer = fetch(port, "/metrics", context, GOOD, "POST")
+            assert (answer.status, answer.headers["allow"]) == (405, "GET, HEAD")
         finally:
             server.shutdown()
             server.server_close()
@@ -284,7 +256,7 @@ def test_repeated_scrapes_check_the_password_once(pki: PKI, serve: Serve) -> Non
 
     running = serve(checkpw=checkpw)
     for _ in range(5):
-        assert request(running.port, "/metrics", client_context(pki), GOOD).status == 200
+        assert fetch(running.port, "/metrics", client_context(pki), GOOD).status == 200
     assert len(calls) == 1
 
 
@@ -294,28 +266,28 @@ def test_repeated_scrapes_check_the_password_once(pki: PKI, serve: Serve) -> Non
 def test_mutual_tls_rejects_a_client_without_a_certificate(pki: PKI, serve: Serve) -> None:
     running = serve(users=False, mutual=True)
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        request(running.port, "/metrics", client_context(pki))
+        fetch(running.port, "/metrics", client_context(pki))
 
 
 def test_mutual_tls_rejects_a_certificate_from_another_ca(pki: PKI, serve: Serve) -> None:
     running = serve(users=False, mutual=True)
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        request(running.port, "/metrics", client_context(pki, pki.stranger))
+        fetch(running.port, "/metrics", client_context(pki, pki.stranger))
 
 
 def test_mutual_tls_accepts_a_certificate_from_the_client_ca(pki: PKI, serve: Serve) -> None:
     running = serve(users=False, mutual=True)
     for path in PATHS:
-        assert request(running.port, path, client_context(pki, pki.client)).status == 200
+        assert fetch(running.port, path, client_context(pki, pki.client)).status == 200
 
 
 def test_mutual_tls_and_basic_auth_both_apply(pki: PKI, serve: Serve) -> None:
     running = serve(mutual=True)
     context = client_context(pki, pki.client)
-    assert request(running.port, "/metrics", context).status == 401
-    assert request(running.port, "/metrics", context, GOOD).status == 200
+    assert fetch(running.port, "/metrics", context).status == 401
+    assert fetch(running.port, "/metrics", context, GOOD).status == 200
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        request(running.port, "/metrics", client_context(pki), GOOD)
+        fetch(running.port, "/metrics", client_context(pki), GOOD)
 
 
 # --- the whole exporter ------------------------------------------------------------------
@@ -385,12 +357,12 @@ def test_the_exporter_serves_https_with_basic_auth(pki: PKI) -> None:
         port = int(line.split("https://127.0.0.1:")[1].split()[0])
         context = client_context(pki)
         for path in PATHS:
-            assert request(port, path, context).status == 401
-        answer = request(port, "/metrics", context, GOOD)
+            assert fetch(port, path, context).status == 401
+        answer = fetch(port, "/metrics", context, GOOD)
         assert answer.status == 200
         assert b"simplivity_" in answer.body
         with pytest.raises((http.client.HTTPException, ConnectionError)):
-            request(port, "/metrics", None, GOOD)
+            fetch(port, "/metrics", None, GOOD)
     finally:
         code = exporter.stop()
     assert code == 0, exporter.stderr

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import bcrypt
 import pytest
@@ -30,6 +30,7 @@ import pytest
 from exporter.web import ExporterServer, WebApp, accepts_gzip
 from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import wait_until
+from tests.httpclient import fetch, read_answer
 from tests.live_exporter import ExporterProcess, serving_app
 from tests.pki import PKI, client_context, make_pki
 
@@ -279,24 +280,6 @@ def connect(server: ExporterServer) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def read_answer(stream: BinaryIO, *, head: bool = False) -> Answer:
-    """One HTTP/1.1 answer from ``stream``, leaving the next one in it."""
-    status = int(stream.readline().split()[1])
-    headers = {}
-    while (line := stream.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = 0 if head else int(headers.get("content-length", "0"))
-    return Answer(status, headers, stream.read(length))
-
-
 def time_until_closed(connection: socket.socket) -> float:
     """Seconds until the server closes ``connection`` (its socket timeout bounds the wait)."""
     started = time.monotonic()
@@ -363,18 +346,8 @@ def get(
     server: ExporterServer, path: str, context: ssl.SSLContext | None = None, **headers: str
 ) -> tuple[int, bytes]:
     """One GET on a new connection, over TLS if ``context`` is given; (status, body)."""
-    port = server.server_address[1]
-    connection = (
-        http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        if context is None
-        else http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
-    )
-    try:
-        connection.request("GET", path, headers=headers)
-        answer = connection.getresponse()
-        return answer.status, answer.read()
-    finally:
-        connection.close()
+    answer = fetch(server.server_address[1], path, context, headers=headers)
+    return answer.status, answer.body
 
 
 def test_a_kept_alive_connection_waits_longer_than_the_header_deadline() -> None:

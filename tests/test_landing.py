@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 
+from exporter.landing import AT_RISK_ROWS, _duration, landing_page
 from exporter.model import (
     BackupSnapshot,
     ClusterSummary,
@@ -24,7 +25,6 @@ from exporter.model import (
     VMProtection,
 )
 from exporter.protection import PROTECTION_STATUSES
-from exporter.web import AT_RISK_ROWS, _duration, landing_page
 from tests.browser import Page, Table
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from exporter.landing import AT_RISK_ROWS
 from exporter.protection import AT_RISK_STATUSES, PROTECTION_STATUSES
 from exporter.simulator import DR_STOPPED_VM, NEVER_BACKED_UP_VM, NO_RULES_VM, FederationSpec
-from exporter.web import AT_RISK_ROWS
 from tests.browser import Page, Table, load
 from tests.conftest import wait_until
 from tests.live_exporter import Lab, controller_config
