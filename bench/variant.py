@@ -50,7 +50,8 @@ class Variant:
     def apply(self) -> None:
         """Change the exporter in this process; before ``exporter.cli.main`` runs."""
         if not self.worker:
-            from exporter.backups import BackupScan, LocalBackupScan
+            from exporter.backups import LocalBackupScan
+            from exporter.store import BackupScan
             from exporter.worker import DecodingWorker
 
             def open_scan(_: DecodingWorker) -> BackupScan:

@@ -12,7 +12,7 @@ decoding and counting:
 
 The exporter's :class:`~exporter.scan.Scanner` still pages through the listing; the child only
 runs the other half, :class:`~exporter.pages.PageCounter`. It gets page bodies, never
-credentials or tokens. It keeps one :class:`~exporter.backups.LocalBackupScan` per scan in
+credentials or tokens. It keeps one :class:`~exporter.store.StoreScan` per scan in
 progress and sends back a small :class:`~exporter.pages.PageOutcome` per page, then the scan's
 snapshot (one entry per VM).
 Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from exporter import logs
-from exporter.backups import BackupScan, LocalBackupScan
 from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.model import BackupSnapshot, DecodeError, OrderError
 from exporter.pages import SORT_FIELD, PageOutcome
+from exporter.store import BackupScan, BackupStore, StoreScan
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class DecodingWorker:
                     extra={"error": str(err)},
                 )
                 self._warned = True
-            return LocalBackupScan()
+            return StoreScan()
         self._warned = False
         return _WorkerScan(self, scan_id, generation)
 
@@ -210,6 +210,12 @@ class _WorkerScan:
         snapshot: BackupSnapshot = self._worker.call(("snapshot", self._id), self._generation)
         return snapshot
 
+    def take_store(self) -> BackupStore | None:
+        """The scan's columns, sent whole (arrays pickle as their bytes): the next poll's
+        changes are few, and counted here."""
+        store: BackupStore = self._worker.call(("store", self._id), self._generation)
+        return store
+
     def close(self) -> None:
         with contextlib.suppress(DecodeError):  # the child is gone, and the scan with it
             self._worker.call(("close", self._id), self._generation)
@@ -249,23 +255,25 @@ def _read_exactly(stream: IO[bytes], length: int) -> bytes:
     return data
 
 
-def _answer(scans: dict[int, LocalBackupScan], request: tuple[Any, ...], body: bytes) -> Any:
+def _answer(scans: dict[int, StoreScan], request: tuple[Any, ...], body: bytes) -> Any:
     operation, scan_id, *arguments = request
     if operation == "page":
         offset, order = arguments
         return _scan(scans, scan_id).count(offset, body, order)
     if operation == "open":
-        scans[scan_id] = LocalBackupScan()
+        scans[scan_id] = StoreScan()
         return None
     if operation == "close":
         scans.pop(scan_id, None)
         return None
     if operation == "snapshot":
         return _scan(scans, scan_id).snapshot()
+    if operation == "store":
+        return _scan(scans, scan_id).store
     raise ValueError(f"unknown request {operation!r}")
 
 
-def _scan(scans: dict[int, LocalBackupScan], scan_id: int) -> LocalBackupScan:
+def _scan(scans: dict[int, StoreScan], scan_id: int) -> StoreScan:
     scan = scans.get(scan_id)
     if scan is None:
         raise DecodeError("the decoding worker restarted during the scan")
@@ -282,7 +290,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """
     gc.disable()
     gc.freeze()  # what the imports left stays out of every collection
-    scans: dict[int, LocalBackupScan] = {}
+    scans: dict[int, StoreScan] = {}
     while True:
         try:
             request, body = _receive(requests)

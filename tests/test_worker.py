@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from exporter.backups import BACKUPS, BackupScan, LocalBackupScan
+from exporter.backups import BACKUPS, LocalBackupScan
 from exporter.config import ControllerConfig, PollConfig, Secret
 from exporter.model import DecodeError
 from exporter.pages import Collection, PageOutcome, PageSink
 from exporter.poller import ControllerPoller, connect
 from exporter.scan import Pace, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
+from exporter.store import BackupScan
 from exporter.worker import WORKER_NICENESS, DecodingWorker
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, write_config
@@ -180,7 +181,7 @@ def test_a_worker_killed_mid_scan_fails_that_poll_only(worker: DecodingWorker) -
     source = PagesThenKill(worker)
     poller = ControllerPoller(
         ControllerConfig("boston", "https://h", "u", Secret("p")),
-        PollConfig(),
+        PollConfig(full_scan_interval_seconds=0),
         client_factory=lambda *_: source,
         scans=worker.open_scan,
     )
