@@ -77,7 +77,10 @@ Run one from the shell (it prints its URL and credentials, and serves until SIGI
 """
 
 from exporter.simulator.catalog import COLLECTIONS, Paged
+from exporter.simulator.churn import KINDS as CHURN_KINDS
+from exporter.simulator.churn import Churn
 from exporter.simulator.cli import main
+from exporter.simulator.clock import ManualClock
 from exporter.simulator.controller import Endpoint, SimulatedController
 from exporter.simulator.faults import (
     MALFORMED_KINDS,
@@ -137,6 +140,7 @@ __all__ = [
     "BACKUP_FIELDS",
     "BACKUP_STATES",
     "BUSINESS_HOURS_VM",
+    "CHURN_KINDS",
     "CLIENT_ID",
     "CLOUD_STORE_NAME",
     "COLLECTIONS",
@@ -172,6 +176,7 @@ __all__ = [
     "TEMPLATE_VM",
     "VM_FIELDS",
     "WEEKDAYS_VM",
+    "Churn",
     "Endpoint",
     "ErrorBody",
     "Exchange",
@@ -179,6 +184,7 @@ __all__ = [
     "Federation",
     "FederationSpec",
     "Malformed",
+    "ManualClock",
     "Oddity",
     "Paged",
     "SimulatedController",
