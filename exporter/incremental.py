@@ -45,7 +45,7 @@ MARGIN_SECONDS = 300.0
 TRANSIENT_STATES = ("NEW", "QUEUED", "SAVING", "REBUILDING", "CANCELING")
 #: ... but never further back than this: a backup stuck in one of those states for longer is
 #: left to the counts (its change of state changes them).
-MAX_LOOKBACK_SECONDS = 6 * 3600.0
+MAX_LOOKBACK_SECONDS = 3600.0
 #: Every backup with an expiration time expires after this (``expires_after``).
 EPOCH = "1970-01-01T00:00:00Z"
 
