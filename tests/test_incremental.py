@@ -31,8 +31,14 @@ FIVE_MINUTES = 300
 #: The generated federation's first backups expire a day after it was generated: a test that
 #: needs expiries starts its polls shortly before.
 EXPIRING = 24 * 3600 - 1800
+
+
 #: Every rate of the simulator's churn at 0: one kind at a time is turned on.
-STILL = Churn(scheduled=False, **dict.fromkeys(Churn.RATES, 0.0))
+def with_rates(churn: Churn, rates: dict[str, Any]) -> Churn:
+    return replace(churn, **rates)
+
+
+STILL = with_rates(Churn(scheduled=False), dict.fromkeys(Churn.RATES, 0.0))
 Series = set[tuple[str, tuple[tuple[str, str], ...], float]]
 
 
@@ -152,7 +158,7 @@ def test_a_day_of_default_churn_stays_exact_at_every_poll_and_reads_a_fraction(
 def test_each_kind_of_change_alone_stays_exact(
     start: Callable[..., SimulatedController], clock: ManualClock, rate: str
 ) -> None:
-    simulator = start(replace(STILL, **{rate: 40.0}))
+    simulator = start(with_rates(STILL, {rate: 40.0}))
     pair = Pair(simulator, clock)
     try:
         pair.run(14)
@@ -412,7 +418,7 @@ def test_random_sequences_of_changes_stay_exact(
     steps: list[int],
     seed: int,
 ) -> None:
-    simulator = start(replace(Churn(), **rates), vms=60, seed=seed)
+    simulator = start(with_rates(Churn(), rates), vms=60, seed=seed)
     pair = Pair(simulator, clock)
     try:
         pair.poll()
