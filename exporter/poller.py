@@ -421,7 +421,7 @@ class ControllerPoller:
             reason,
             extra={"controller": self.controller.name, "reason": reason},
         )
-        scan = self._scans()
+        scan = self._scans(keep=self.poll_config.full_scan_interval_seconds > 0)
         try:
             self._client.read(listing, unreadable.around(_Objects(objects, scan)))
             snapshot = scan.snapshot()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from exporter.backups import (
     BACKUPS,
@@ -148,6 +148,39 @@ class BackupStore:
 
     def __len__(self) -> int:
         return len(self._created)
+
+    #: Its state, attribute by attribute (:meth:`column`, :meth:`from_columns`).
+    _COLUMNS = (
+        "_keys",
+        "_created",
+        "_expires",
+        "_expiry",
+        "_sizes",
+        "_states",
+        "_places",
+        "_vms",
+        "_consistency",
+        "_place_list",
+        "_vm_list",
+    )
+
+    def column_names(self) -> tuple[str, ...]:
+        return self._COLUMNS
+
+    def column(self, name: str) -> object:
+        """One of :meth:`column_names`: what the decoding worker sends, one at a time."""
+        if name not in self._COLUMNS:
+            raise ValueError(f"no column {name!r}")
+        return getattr(self, name)
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> BackupStore:
+        store = cls()
+        for name in cls._COLUMNS:
+            setattr(store, name, columns[name])
+        store._place_index = {place: i for i, place in enumerate(store._place_list)}
+        store._vm_index = {vm: i for i, vm in enumerate(store._vm_list)}
+        return store
 
     def add(self, backup: Mapping[str, object]) -> None:
         """One backup record (a page counter's sink)."""
@@ -333,23 +366,35 @@ class BackupScan(PageSink, Protocol):
     def close(self) -> None: ...
 
 
-#: Opens the :class:`BackupScan` of one poll.
-BackupScanFactory = Callable[[], BackupScan]
+class BackupScanFactory(Protocol):
+    """Opens the :class:`BackupScan` of one poll; ``keep``: its backups are kept for the next
+    (:meth:`BackupScan.take_store`), else counted without keeping any."""
+
+    def __call__(self, keep: bool = True) -> BackupScan: ...
 
 
 class StoreScan:
-    """A scan of the backups into a fresh :class:`BackupStore`: a
-    :class:`~exporter.backups.BackupScan` whose store outlives it."""
+    """A scan of the backups into a fresh :class:`BackupStore`: a :class:`BackupScan` whose
+    store outlives it; without ``keep``, counted as they come (nothing kept per backup)."""
 
-    def __init__(self) -> None:
-        self.store = BackupStore()
-        self._counter = PageCounter(BACKUPS, self.store.add)
+    def __init__(self, keep: bool = True) -> None:
+        self.store: BackupStore | None = None
+        self._aggregator: Aggregator | None = None
+        if keep:
+            self.store = BackupStore()
+            self._counter = PageCounter(BACKUPS, self.store.add)
+        else:
+            self._aggregator = Aggregator()
+            self._counter = PageCounter(BACKUPS, self._aggregator.add)
 
     def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
         return self._counter.count(offset, body, order)
 
     def snapshot(self) -> BackupSnapshot:
-        return self.store.aggregate()
+        if self.store is not None:
+            return self.store.aggregate()
+        assert self._aggregator is not None
+        return self._aggregator.snapshot()
 
     def take_store(self) -> BackupStore | None:
         return self.store

@@ -84,11 +84,13 @@ class DecodingWorker:
         self._warned = False
         self.starts = 0
 
-    def open_scan(self) -> BackupScan:
-        """A new scan in the child; in this process instead if the child cannot be started."""
+    def open_scan(self, keep: bool = True) -> BackupScan:
+        """A new scan in the child (keeping its backups for the next poll, or not:
+        :class:`~exporter.store.StoreScan`); in this process instead if the child cannot be
+        started."""
         scan_id = next(self._scan_ids)
         try:
-            _, generation = self._exchange(("open", scan_id), None)
+            _, generation = self._exchange(("open", scan_id, keep), None)
         except WorkerLost as err:
             if not self._warned:
                 log.warning(
@@ -97,7 +99,7 @@ class DecodingWorker:
                     extra={"error": str(err)},
                 )
                 self._warned = True
-            return StoreScan()
+            return StoreScan(keep)
         self._warned = False
         return _WorkerScan(self, scan_id, generation)
 
@@ -211,10 +213,15 @@ class _WorkerScan:
         return snapshot
 
     def take_store(self) -> BackupStore | None:
-        """The scan's columns, sent whole (arrays pickle as their bytes): the next poll's
-        changes are few, and counted here."""
-        store: BackupStore = self._worker.call(("store", self._id), self._generation)
-        return store
+        """The scan's backups, for the next poll (whose changes are few, and counted here):
+        a column per message (an array pickles as its bytes), so that no more than one column
+        is ever held twice."""
+        call = self._worker.call
+        names: tuple[str, ...] | None = call(("store", self._id, None), self._generation)
+        if names is None:
+            return None
+        columns = {name: call(("store", self._id, name), self._generation) for name in names}
+        return BackupStore.from_columns(columns)
 
     def close(self) -> None:
         with contextlib.suppress(DecodeError):  # the child is gone, and the scan with it
@@ -261,7 +268,8 @@ def _answer(scans: dict[int, StoreScan], request: tuple[Any, ...], body: bytes) 
         offset, order = arguments
         return _scan(scans, scan_id).count(offset, body, order)
     if operation == "open":
-        scans[scan_id] = StoreScan()
+        (keep,) = arguments
+        scans[scan_id] = StoreScan(keep)
         return None
     if operation == "close":
         scans.pop(scan_id, None)
@@ -269,7 +277,11 @@ def _answer(scans: dict[int, StoreScan], request: tuple[Any, ...], body: bytes) 
     if operation == "snapshot":
         return _scan(scans, scan_id).snapshot()
     if operation == "store":
-        return _scan(scans, scan_id).store
+        (name,) = arguments
+        store = _scan(scans, scan_id).store
+        if store is None or name is None:
+            return None if store is None else store.column_names()
+        return store.column(name)
     raise ValueError(f"unknown request {operation!r}")
 
 

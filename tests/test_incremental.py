@@ -22,7 +22,8 @@ from exporter.model import ControllerStatus
 from exporter.pages import Collection
 from exporter.poller import ControllerPoller, ControllerReader
 from exporter.simulator import Churn, FederationSpec, ManualClock, SimulatedController
-from exporter.store import BackupStore, read_record
+from exporter.store import BackupScanFactory, BackupStore, StoreScan, read_record
+from exporter.worker import DecodingWorker
 from tests.live_exporter import controller_config, fast_retries
 from tests.snapshots import ReaderWrapper
 
@@ -64,6 +65,7 @@ class Pair:
         clock: ManualClock,
         wrap: Wrap = lambda reader: reader,
         full_scan_interval: float = 3600,
+        scans: BackupScanFactory = StoreScan,
     ) -> None:
         config = controller_config("c", simulator)
         poll = PollConfig(
@@ -76,6 +78,7 @@ class Pair:
             poll,
             client_factory=lambda *a: wrap(fast_retries(*a)),
             clock=clock,
+            scans=scans,
         )
         self.full = ControllerPoller(
             config,
@@ -152,6 +155,21 @@ def test_a_day_of_default_churn_stays_exact_at_every_poll_and_reads_a_fraction(
     full = pair.full.status.poll_objects["backups"]
     assert last.poll_kind == "incremental"
     assert last.poll_objects["backups"] < full / 4
+
+
+def test_full_scans_in_the_decoding_worker_hand_their_store_to_the_next_polls(
+    start: Callable[..., SimulatedController], clock: ManualClock
+) -> None:
+    worker = DecodingWorker()
+    pair = Pair(start(Churn.for_vms(1000)), clock, full_scan_interval=1200, scans=worker.open_scan)
+    try:
+        pair.run(10)
+        assert worker.starts == 1  # the full scans were decoded there
+    finally:
+        pair.close()
+        worker.close()
+    assert pair.kinds.count("full") == 3
+    assert pair.kinds.count("incremental") == 7
 
 
 @pytest.mark.parametrize("rate", sorted(Churn.RATES))
