@@ -25,6 +25,7 @@ it lives until the next full scan (``poll.full_scan_interval_seconds``).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -34,7 +35,9 @@ from typing import Any
 
 from exporter.backups import NO_TIME
 from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, RecordTally
-from exporter.store import BackupStore, Figures, Record, read_record
+from exporter.store import BackupStore, Figures, Filters, Record, read_record
+
+log = logging.getLogger(__name__)
 
 #: The window reaches at least this far back from now (seconds): backups of the last quarter
 #: of an hour are read again at every poll, whatever the store holds.
@@ -46,6 +49,13 @@ TRANSIENT_STATES = ("NEW", "QUEUED", "SAVING", "REBUILDING", "CANCELING")
 #: ... but never further back than this: a backup stuck in one of those states for longer is
 #: left to the counts (its change of state changes them).
 MAX_LOOKBACK_SECONDS = 3600.0
+#: A count that differs is looked for at most this many times a poll, then a full scan runs.
+MAX_REPAIRS = 4
+#: ... by halving the span of creation times down to this many backups held, then reading
+#: them again,
+REPAIR_SPAN = 200
+#: ... in at most this many halvings (a ``created_before`` count each).
+MAX_HALVINGS = 40
 #: Every backup with an expiration time expires after this (``expires_after``).
 EPOCH = "1970-01-01T00:00:00Z"
 
@@ -126,11 +136,9 @@ def update(
     store.merge(start, second, window.records, lingering.records)
 
 
-def cross_check(listing: Collection, figures: Figures, count: Count, objects: Counter[str]) -> None:
-    """Step 4: :class:`Mismatch` at the first count of the controller that differs from the
-    store's (``figures``). The states and destinations the store does not hold are not asked
-    for: when the total and those it holds agree, the others hold none."""
-    checks: list[tuple[str, tuple[tuple[str, str], ...], int]] = [
+def checks(figures: Figures) -> list[tuple[str, Filters, int]]:
+    """What step 4 compares: what it is, the filters that count it, the store's figure."""
+    return [
         ("backups", (), figures.total),
         *((f"backups in state {s}", (("state", s),), n) for s, n in figures.states.items()),
         *(
@@ -139,8 +147,121 @@ def cross_check(listing: Collection, figures: Figures, count: Count, objects: Co
         ),
         ("backups with an expiration time", (("expires_after", EPOCH),), figures.expiring),
     ]
-    for what, filters, expected in checks:
-        listed = count(filtered(listing, *filters))
-        objects[listing.key] += min(listed, 1)
-        if listed != expected:
-            raise Mismatch(f"{what}: the controller lists {listed}, the poll holds {expected}")
+
+
+def cross_check(
+    store: BackupStore,
+    listing: Collection,
+    now: float,
+    count: Count,
+    read: Read,
+    objects: Counter[str],
+) -> int:
+    """Step 4: every count of the controller equals the store's, or :class:`Mismatch`. The
+    states and destinations the store does not hold are not asked for: when the total and
+    those it holds agree, the others hold none.
+
+    A count that differs is first looked for (:func:`repair`): at most :data:`MAX_REPAIRS`
+    times, each reading again the few backups of the span of creation times where it lies;
+    then every figure of the store is compared again with the counts (each asked once per
+    poll). Returns how many repairs it took.
+    """
+    listed: dict[Filters, int] = {}
+
+    def counted(filters: Filters) -> int:
+        if filters not in listed:
+            listed[filters] = count(filtered(listing, *filters))
+            objects[listing.key] += min(listed[filters], 1)
+        return listed[filters]
+
+    for repairs in range(MAX_REPAIRS + 1):
+        wrong = next(
+            (
+                (what, filters, counted(filters), held)
+                for what, filters, held in checks(store.figures())
+                if counted(filters) != held
+            ),
+            None,
+        )
+        if wrong is None:
+            return repairs
+        what, filters, truth, held = wrong
+        if repairs == MAX_REPAIRS:
+            raise Mismatch(
+                f"{what}: the controller lists {truth}, the poll holds {held} "
+                f"(after {repairs} repairs)"
+            )
+        repair(store, listing, filters, now, count, read, objects, f"{what}: {truth} != {held}")
+    raise AssertionError("unreachable")
+
+
+def repair(
+    store: BackupStore,
+    listing: Collection,
+    filters: Filters,
+    now: float,
+    count: Count,
+    read: Read,
+    objects: Counter[str],
+    what: str,
+) -> None:
+    """Find where the controller's count of ``filters`` and the store's part, by halving the
+    span of creation times (a ``created_before`` count each time, both ends at seconds when
+    the store holds no backup, so that inclusive or exclusive bounds cannot matter for the
+    backups held), down to a span of at most :data:`REPAIR_SPAN` backups held; then read the
+    backups of that span again. :class:`Mismatch` where it cannot be found so: a difference
+    among backups without a creation time, or older than every backup held."""
+
+    def differs(before: int, held_before: int) -> bool:
+        asked = count(filtered(listing, *filters, ("created_before", timestamp(before))))
+        objects[listing.key] += min(asked, 1)
+        return asked != held_before
+
+    oldest = store.oldest_created()
+    if oldest is None:
+        raise Mismatch(f"{what}; no backup with a creation time held")
+    low = _free(store, filters, math.floor(oldest) - 1, -1)
+    high = _free(store, filters, math.floor(max(now, store.newest_created())) + 1, 1)
+    inside, _, _ = store.census(filters, low, high, high)
+    held_low = 0  # backups held that match, created before low
+    if differs(low, 0):
+        raise Mismatch(f"{what}; the difference lies before every backup held")
+    if not differs(high, inside):
+        raise Mismatch(f"{what}; the difference lies among backups without a creation time")
+    for _ in range(MAX_HALVINGS):
+        if inside <= REPAIR_SPAN or high - low <= 2:
+            break
+        middle = _free(store, filters, (low + high) // 2, 1)
+        if middle >= high:
+            middle = _free(store, filters, (low + high) // 2, -1)
+        if middle <= low:
+            break  # no free second between: read the span as it is
+        total, below, _ = store.census(filters, low, high, middle)
+        if differs(middle, held_low + below):
+            high, inside = middle, below
+        else:
+            low, inside, held_low = middle, total - below, held_low + below
+    else:
+        raise Mismatch(f"{what}; not found within {MAX_HALVINGS} halvings")
+    span = filtered(listing, ("created_after", timestamp(low)), ("created_before", timestamp(high)))
+    again = RecordList(span)
+    read(span, again)
+    log.debug(
+        "incremental poll: %s; read the backups created between %s and %s again (%d)",
+        what,
+        timestamp(low),
+        timestamp(high),
+        len(again.records),
+    )
+    store.replace_span(low, high, again.records)
+
+
+def _free(store: BackupStore, filters: Filters, second: int, step: int) -> int:
+    """The first second from ``second`` on (by ``step``) at which the store holds no backup."""
+    for _ in range(10):
+        _, _, taken = store.census(filters, second, second, second)
+        for candidate in range(second, second + 6 * step, step):
+            if candidate not in taken:
+                return candidate
+        second += 6 * step
+    raise Mismatch("no second without a backup held near the span looked for")

@@ -400,7 +400,9 @@ class ControllerPoller:
 
             try:
                 incremental.update(store, listing, now, read, tally)
-                incremental.cross_check(listing, store.figures(), self._client.count, objects)
+                incremental.cross_check(store, listing, now, self._client.count, read, objects)
+                if tally.records:
+                    raise incremental.Mismatch(f"{tally.records} backups could not be read")
             except incremental.Mismatch as err:
                 name = self.controller.name
                 log.warning(

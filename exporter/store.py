@@ -12,6 +12,7 @@ poll changes it (:meth:`BackupStore.merge`) and the snapshot is counted from it 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -65,6 +66,10 @@ class Record(NamedTuple):
     place: Place
     vm_id: str
     consistency: int
+
+
+#: Filters of a count: none, or one (name, value) pair.
+Filters = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,10 @@ class BackupStore:
         """The newest creation time held (NO_TIME: none)."""
         return max(self._created, default=NO_TIME)
 
+    def oldest_created(self) -> float | None:
+        """The oldest creation time held (None: no backup has one)."""
+        return min((c for c in self._created if c != NO_TIME), default=None)
+
     def oldest_created_in(self, states: Iterable[str]) -> float | None:
         """The oldest creation time of a backup in one of ``states`` (None: no such backup)."""
         codes = {_STATE_CODE[state] for state in states}
@@ -270,6 +279,43 @@ class BackupStore:
             view.release()
         self._remove(sorted(set(drop)))
         for record in (*lingering_by_key.values(), *window):
+            self.append(record)
+
+    def census(
+        self, filters: Filters, low: float, high: float, near: int
+    ) -> tuple[int, int, set[int]]:
+        """For the backups matching ``filters`` (as :meth:`figures` counts them): how many
+        were created in (low, high) and how many before ``near``; and the seconds around
+        ``near`` (5 either side) at which any backup held was created."""
+        matching = self._matching(filters)
+        inside = below = 0
+        taken: set[int] = set()
+        for created, match in zip(self._created, matching, strict=True):
+            if near - 5 <= created < near + 6:
+                taken.add(int(created))
+            if match and low < created < high:
+                inside += 1
+                if created < near:
+                    below += 1
+        return inside, below, taken
+
+    def _matching(self, filters: Filters) -> Iterable[bool]:
+        """Whether each row matches the filters, as the controller's filters would."""
+        if not filters:
+            return itertools.repeat(True, len(self))
+        ((name, value),) = filters
+        if name == "state":
+            code = _STATE_CODE[value]
+            return (state == code for state in self._states)
+        if name == "expires_after":
+            return (expiry == EXPIRES for expiry in self._expiry)
+        places = {i for i, p in enumerate(self._place_list) if (p.field, p.name) == (name, value)}
+        return (place in places for place in self._places)
+
+    def replace_span(self, low: float, high: float, records: Iterable[Record]) -> None:
+        """The backups created in (low, high) become ``records``."""
+        self._remove([row for row, c in enumerate(self._created) if low < c < high])
+        for record in records:
             self.append(record)
 
     def _remove(self, rows: list[int]) -> None:

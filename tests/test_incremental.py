@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from exporter.backups import seconds_of
 from exporter.collector import ExporterState, snapshot_families
 from exporter.config import PollConfig
-from exporter.incremental import timestamp, window_start
+from exporter.incremental import MAX_REPAIRS, timestamp, window_start
 from exporter.model import ControllerStatus
 from exporter.pages import Collection
 from exporter.poller import ControllerPoller, ControllerReader
@@ -262,7 +262,7 @@ PLANTED: dict[str, Callable[[list[dict[str, object]]], None]] = {
 
 
 @pytest.mark.parametrize("what", sorted(PLANTED))
-def test_a_change_the_counts_see_falls_back_to_a_full_scan_logged_once(
+def test_a_change_the_counts_see_is_found_and_read_again(
     start: Callable[..., SimulatedController],
     clock: ManualClock,
     what: str,
@@ -275,6 +275,30 @@ def test_a_change_the_counts_see_falls_back_to_a_full_scan_logged_once(
         pair.run(2)
         plant(simulator, backups, PLANTED[what])
         clock.advance(FIVE_MINUTES)
+        with caplog.at_level(logging.DEBUG, logger="exporter.incremental"):
+            status = pair.poll()
+    finally:
+        pair.close()
+    assert status.poll_kind == "incremental"
+    assert status.full_scans["mismatch"] == 0
+    assert any("read the backups created between" in r.getMessage() for r in caplog.records)
+
+
+def test_changes_that_cannot_be_found_fall_back_to_a_full_scan_logged_once(
+    start: Callable[..., SimulatedController],
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    simulator = start()
+    backups = frozen(simulator)
+    undated = {**oldest(backups, state="PROTECTED"), "id": "0e4f2d5c-0000-4000-8000-0000000000aa"}
+    plant(simulator, backups, lambda b: b.append({**undated, "created_at": "NA"}))
+    pair = Pair(simulator, clock)
+    try:
+        pair.run(2)
+        # Gone: among the backups without a creation time, where no time bound looks.
+        plant(simulator, backups, lambda b: b.remove(b[-1]))
+        clock.advance(FIVE_MINUTES)
         with caplog.at_level(logging.WARNING, logger="exporter.poller"):
             status = pair.poll()
         clock.advance(FIVE_MINUTES)
@@ -283,9 +307,33 @@ def test_a_change_the_counts_see_falls_back_to_a_full_scan_logged_once(
         pair.close()
     assert status.poll_kind == "full"
     assert status.full_scans["mismatch"] == 1
-    said = [r for r in caplog.records if "does not add up" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "does not add up" in r.getMessage()]
     assert len(said) == 1
+    assert "without a creation time" in said[0]
     assert after.poll_kind == "incremental"
+
+
+def test_more_changes_than_repairs_fall_back_to_a_full_scan(
+    start: Callable[..., SimulatedController], clock: ManualClock
+) -> None:
+    simulator = start()
+    backups = frozen(simulator)
+    pair = Pair(simulator, clock)
+    try:
+        pair.run(2)
+        protected = sorted(
+            (b for b in backups if b["state"] == "PROTECTED"), key=lambda b: str(b["created_at"])
+        )
+        step = len(protected) // (MAX_REPAIRS + 2)
+        for gone in protected[: step * (MAX_REPAIRS + 1) : step]:
+            backups.remove(gone)  # one in each part of the span: a repair each
+        plant(simulator, backups, lambda b: None)
+        clock.advance(FIVE_MINUTES)
+        status = pair.poll()
+    finally:
+        pair.close()
+    assert status.poll_kind == "full"
+    assert status.full_scans["mismatch"] == 1
 
 
 def test_the_residual_two_changes_that_cancel_out_live_until_the_next_full_scan(
