@@ -217,6 +217,32 @@ def _line(row: dict[str, Any]) -> str:
     )
 
 
+def parse_size(size: str) -> tuple[int, int]:
+    """``100k/5000``: backups and VMs."""
+    backups, _, vms = size.partition("/")
+    return parse_sizes(backups)[0], int(vms or max(1, parse_sizes(backups)[0] // 20))
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The steady-state table: each poll beside the full poll of the same moment."""
+    mib = 1024 * 1024
+    lines = [
+        "| backups / VMs | poll | kind | objects | % of full | requests (full) | CPU s (full) "
+        "| peak RSS MiB, exporter + worker (full) | equal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        inc, full = row["incremental"], row["full"]
+        lines.append(
+            f"| {row['backups']:,} / {row['vms']:,} | {row['poll']} | {inc['kind']} "
+            f"| {inc['objects']:,} | {100 * inc['objects'] / full['objects']:.1f} "
+            f"| {inc['requests']} ({full['requests']}) | {inc['cpu']:.2f} ({full['cpu']:.2f}) "
+            f"| {inc['rss'] / mib:.0f} + {inc['worker_rss'] / mib:.0f} "
+            f"({full['rss'] / mib:.0f} + {full['worker_rss'] / mib:.0f}) | {row['equal']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["--child"]:
@@ -232,8 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     rows = []
     for size in args.sizes.split(","):
-        backups, vms = size.split("/")
-        rows += run(parse_sizes(backups)[0], int(vms), args.polls, say)
+        rows += run(*parse_size(size), args.polls, say)
     if args.output:
         args.output.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     steady = [row for row in rows if row["poll"] > 0]

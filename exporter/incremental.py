@@ -54,6 +54,8 @@ MAX_REPAIRS = 4
 #: ... by halving the span of creation times down to this many backups held, then reading
 #: them again,
 REPAIR_SPAN = 200
+#: ... each at the middle of a sample of this many of the backups held in the span,
+SAMPLES = 64
 #: ... in at most this many halvings (a ``created_before`` count each).
 MAX_HALVINGS = 40
 #: Every backup with an expiration time expires after this (``expires_after``).
@@ -84,7 +86,7 @@ def window_start(store: BackupStore, now: float) -> int:
     if transient is not None:
         start = min(start, transient)
     second = math.floor(max(start, now - MAX_LOOKBACK_SECONDS))
-    held = store.seconds_held(second - 3600, second + 1)
+    held = store.taken(second - 3600, second + 1)
     lowest = second - 3600
     while second in held and second > lowest:
         second -= 1
@@ -220,9 +222,9 @@ def repair(
     oldest = store.oldest_created()
     if oldest is None:
         raise Mismatch(f"{what}; no backup with a creation time held")
-    low = _free(store, filters, math.floor(oldest) - 1, -1)
-    high = _free(store, filters, math.floor(max(now, store.newest_created())) + 1, 1)
-    inside, _, _ = store.census(filters, low, high, high)
+    low = _free(store, math.floor(oldest) - 1, -1)
+    high = _free(store, math.floor(max(now, store.newest_created())) + 1, 1)
+    inside, _, sample = store.census(filters, low, high, high, SAMPLES)
     held_low = 0  # backups held that match, created before low
     if differs(low, 0):
         raise Mismatch(f"{what}; the difference lies before every backup held")
@@ -231,16 +233,21 @@ def repair(
     for _ in range(MAX_HALVINGS):
         if inside <= REPAIR_SPAN or high - low <= 2:
             break
-        middle = _free(store, filters, (low + high) // 2, 1)
+        # The middle of the backups held in the span (of a sample of them), not of its time:
+        # most backups are recent.
+        guess = math.floor(sorted(sample)[len(sample) // 2]) if sample else (low + high) // 2
+        middle = _free(store, min(max(guess, low + 1), high - 1), 1)
         if middle >= high:
-            middle = _free(store, filters, (low + high) // 2, -1)
+            middle = _free(store, min(max(guess, low + 1), high - 1), -1)
         if middle <= low:
             break  # no free second between: read the span as it is
-        total, below, _ = store.census(filters, low, high, middle)
+        total, below, sample = store.census(filters, low, high, middle, max(1, inside // SAMPLES))
         if differs(middle, held_low + below):
             high, inside = middle, below
+            sample = [c for c in sample if c < middle]
         else:
             low, inside, held_low = middle, total - below, held_low + below
+            sample = [c for c in sample if c > middle]
     else:
         raise Mismatch(f"{what}; not found within {MAX_HALVINGS} halvings")
     span = filtered(listing, ("created_after", timestamp(low)), ("created_before", timestamp(high)))
@@ -256,12 +263,12 @@ def repair(
     store.replace_span(low, high, again.records)
 
 
-def _free(store: BackupStore, filters: Filters, second: int, step: int) -> int:
+def _free(store: BackupStore, second: int, step: int) -> int:
     """The first second from ``second`` on (by ``step``) at which the store holds no backup."""
     for _ in range(10):
-        _, _, taken = store.census(filters, second, second, second)
-        for candidate in range(second, second + 6 * step, step):
+        taken = store.taken(second - 60, second + 61)
+        for candidate in range(second, second + 60 * step, step):
             if candidate not in taken:
                 return candidate
-        second += 6 * step
+        second += 60 * step
     raise Mismatch("no second without a backup held near the span looked for")

@@ -241,10 +241,6 @@ class BackupStore:
         times = [c for c, s in zip(self._created, self._states, strict=True) if s in codes]
         return min((c for c in times if c != NO_TIME), default=None)
 
-    def seconds_held(self, low: float, high: float) -> set[int]:
-        """The whole seconds (Unix) at which a backup held was created, between these times."""
-        return {int(c) for c in self._created if low <= c < high}
-
     def merge(
         self, start: float, now: float, window: Iterable[Record], lingering: Iterable[Record]
     ) -> None:
@@ -282,22 +278,25 @@ class BackupStore:
             self.append(record)
 
     def census(
-        self, filters: Filters, low: float, high: float, near: int
-    ) -> tuple[int, int, set[int]]:
+        self, filters: Filters, low: float, high: float, near: float, stride: int = 0
+    ) -> tuple[int, int, list[float]]:
         """For the backups matching ``filters`` (as :meth:`figures` counts them): how many
-        were created in (low, high) and how many before ``near``; and the seconds around
-        ``near`` (5 either side) at which any backup held was created."""
-        matching = self._matching(filters)
+        were created in (low, high), how many of those before ``near``, and (with a
+        ``stride``) the creation time of every stride-th of them."""
         inside = below = 0
-        taken: set[int] = set()
-        for created, match in zip(self._created, matching, strict=True):
-            if near - 5 <= created < near + 6:
-                taken.add(int(created))
+        sample: list[float] = []
+        for created, match in zip(self._created, self._matching(filters), strict=True):
             if match and low < created < high:
+                if stride and inside % stride == 0:
+                    sample.append(created)
                 inside += 1
                 if created < near:
                     below += 1
-        return inside, below, taken
+        return inside, below, sample
+
+    def taken(self, low: float, high: float) -> set[int]:
+        """The whole seconds in [low, high) at which a backup held was created."""
+        return {int(c) for c in self._created if low <= c < high}
 
     def _matching(self, filters: Filters) -> Iterable[bool]:
         """Whether each row matches the filters, as the controller's filters would."""
