@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -101,7 +100,9 @@ def child(argv: Sequence[str]) -> int:
                 "by_collection": dict(status.poll_objects),
                 "cpu": cpu,
                 "wall": wall,
-                "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                # VmHWM, not ru_maxrss: Linux carries the latter across exec from the forking
+                # process (here the bench, which holds the simulated federation).
+                "rss": _high_water(os.getpid()),
                 "worker_rss": _high_water(worker.pid),
                 "series": series,
                 "digest": digest.hexdigest(),

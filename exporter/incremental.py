@@ -54,6 +54,8 @@ MAX_REPAIRS = 4
 #: ... by halving the span of creation times down to this many backups held, then reading
 #: them again,
 REPAIR_SPAN = 200
+#: ... and read no span of more backups held than this (backups that share their seconds).
+MAX_SPAN = 5000
 #: ... each at the middle of a sample of this many of the backups held in the span,
 SAMPLES = 64
 #: ... in at most this many halvings (a ``created_before`` count each).
@@ -86,13 +88,10 @@ def window_start(store: BackupStore, now: float) -> int:
     if transient is not None:
         start = min(start, transient)
     second = math.floor(max(start, now - MAX_LOOKBACK_SECONDS))
-    held = store.taken(second - 3600, second + 1)
-    lowest = second - 3600
-    while second in held and second > lowest:
-        second -= 1
-    if second in held:
+    free = _free(store, second, -1, second - 3600)
+    if free is None:
         raise Mismatch("no second without a backup in the hour before the window")
-    return second
+    return free
 
 
 class RecordList:
@@ -224,6 +223,8 @@ def repair(
         raise Mismatch(f"{what}; no backup with a creation time held")
     low = _free(store, math.floor(oldest) - 1, -1)
     high = _free(store, math.floor(max(now, store.newest_created())) + 1, 1)
+    assert low is not None  # no backup is older than the oldest
+    assert high is not None  # nor newer than the newest
     inside, _, sample = store.census(filters, low, high, high, SAMPLES)
     held_low = 0  # backups held that match, created before low
     if differs(low, 0):
@@ -236,10 +237,9 @@ def repair(
         # The middle of the backups held in the span (of a sample of them), not of its time:
         # most backups are recent.
         guess = math.floor(sorted(sample)[len(sample) // 2]) if sample else (low + high) // 2
-        middle = _free(store, min(max(guess, low + 1), high - 1), 1)
-        if middle >= high:
-            middle = _free(store, min(max(guess, low + 1), high - 1), -1)
-        if middle <= low:
+        guess = min(max(guess, low + 1), high - 1)
+        middle = _free(store, guess, 1, high) or _free(store, guess, -1, low)
+        if middle is None:
             break  # no free second between: read the span as it is
         total, below, sample = store.census(filters, low, high, middle, max(1, inside // SAMPLES))
         if differs(middle, held_low + below):
@@ -250,6 +250,8 @@ def repair(
             sample = [c for c in sample if c > middle]
     else:
         raise Mismatch(f"{what}; not found within {MAX_HALVINGS} halvings")
+    if inside > MAX_SPAN:
+        raise Mismatch(f"{what}; the span where it lies holds {inside} backups")
     span = filtered(listing, ("created_after", timestamp(low)), ("created_before", timestamp(high)))
     again = RecordList(span)
     read(span, again)
@@ -263,12 +265,22 @@ def repair(
     store.replace_span(low, high, again.records)
 
 
-def _free(store: BackupStore, second: int, step: int) -> int:
-    """The first second from ``second`` on (by ``step``) at which the store holds no backup."""
-    for _ in range(10):
-        taken = store.taken(second - 60, second + 61)
-        for candidate in range(second, second + 60 * step, step):
+def _free(store: BackupStore, second: int, step: int, limit: float | None = None) -> int | None:
+    """The first second from ``second`` on (by ``step``), short of ``limit``, at which the
+    store holds no backup; None if there is none. Looked for in ever wider windows: a large
+    federation's backups may fill every second of many minutes."""
+    width = 64
+    while limit is None or (second - limit) * step < 0:
+        end = second + width * step
+        if limit is not None and (end - limit) * step > 0:
+            end = int(limit)
+        taken = store.taken(min(second, end), max(second, end) + 1)
+        for candidate in range(second, end, step):
             if candidate not in taken:
                 return candidate
-        second += 60 * step
-    raise Mismatch("no second without a backup held near the span looked for")
+        if end == limit:
+            return None
+        second, width = end, width * 16
+        if width > 2**32:
+            return None
+    return None
