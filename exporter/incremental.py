@@ -207,11 +207,17 @@ def repair(
     what: str,
 ) -> None:
     """Find where the controller's count of ``filters`` and the store's part, by halving the
-    span of creation times (a ``created_before`` count each time, both ends at seconds when
-    the store holds no backup, so that inclusive or exclusive bounds cannot matter for the
-    backups held), down to a span of at most :data:`REPAIR_SPAN` backups held; then read the
-    backups of that span again. :class:`Mismatch` where it cannot be found so: a difference
-    among backups without a creation time, or older than every backup held."""
+    span of creation times (a ``created_before`` count each time), down to a span of at most
+    :data:`REPAIR_SPAN` backups held; then read the backups of that span again.
+    :class:`Mismatch` where it cannot be found so: a difference among backups without a
+    creation time, or older than every backup held.
+
+    Each split is at a second at which the store holds no backup where there is one near the
+    middle, so that inclusive or exclusive bounds cannot matter for the backups held; where
+    a large federation fills every second around, at a second it holds backups of, taking
+    the bound as inclusive (as HPE's PowerShell module does): if it is not, the span read
+    again misses that second's backups, the counts say so, and the poll falls back.
+    Spans are [low + 1, high + 1) in creation times: after ``low``, up to ``high``."""
 
     def differs(before: int, held_before: int) -> bool:
         asked = count(filtered(listing, *filters, ("created_before", timestamp(before))))
@@ -225,8 +231,8 @@ def repair(
     high = _free(store, math.floor(max(now, store.newest_created())) + 1, 1)
     assert low is not None  # no backup is older than the oldest
     assert high is not None  # nor newer than the newest
-    inside, _, sample = store.census(filters, low, high, high, SAMPLES)
-    held_low = 0  # backups held that match, created before low
+    inside, _, sample = store.census(filters, low + 1, high + 1, high + 1, SAMPLES)
+    held_low = 0  # backups held that match, created up to low
     if differs(low, 0):
         raise Mismatch(f"{what}; the difference lies before every backup held")
     if not differs(high, inside):
@@ -238,16 +244,16 @@ def repair(
         # most backups are recent.
         guess = math.floor(sorted(sample)[len(sample) // 2]) if sample else (low + high) // 2
         guess = min(max(guess, low + 1), high - 1)
-        middle = _free(store, guess, 1, high) or _free(store, guess, -1, low)
-        if middle is None:
-            break  # no free second between: read the span as it is
-        total, below, sample = store.census(filters, low, high, middle, max(1, inside // SAMPLES))
+        middle = _free(store, guess, 1, high) or _free(store, guess, -1, low) or guess
+        total, below, sample = store.census(
+            filters, low + 1, high + 1, middle + 1, max(1, inside // SAMPLES)
+        )
         if differs(middle, held_low + below):
             high, inside = middle, below
-            sample = [c for c in sample if c < middle]
+            sample = [c for c in sample if c < middle + 1]
         else:
             low, inside, held_low = middle, total - below, held_low + below
-            sample = [c for c in sample if c > middle]
+            sample = [c for c in sample if c >= middle + 1]
     else:
         raise Mismatch(f"{what}; not found within {MAX_HALVINGS} halvings")
     if inside > MAX_SPAN:
@@ -262,7 +268,7 @@ def repair(
         timestamp(high),
         len(again.records),
     )
-    store.replace_span(low, high, again.records)
+    store.replace_span(low, high + 1, again.records)
 
 
 def _free(store: BackupStore, second: int, step: int, limit: float | None = None) -> int | None:

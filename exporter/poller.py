@@ -261,8 +261,6 @@ class ControllerPoller:
         name = self.controller.name
         started = time.monotonic()
         self._client.begin_poll(self.poll_config.deadline)
-        # Kept for the next poll only if this one succeeds (a failed poll's next is full).
-        store, self._store = self._store, None
         unreadable, unreadable_inventory = RecordTally(), RecordTally()
         objects: Counter[str] = Counter()
         inventory_objects: Counter[str] = Counter()
@@ -275,7 +273,7 @@ class ControllerPoller:
                     self._read_inventory, unreadable_inventory, version, inventory_objects
                 )
                 backups, store, kind = self._read_backups(
-                    for_version(self._backups, version), store, unreadable, objects
+                    for_version(self._backups, version), unreadable, objects
                 )
             read, inventory = inventory_read.result()
             unreadable.merge(unreadable_inventory)
@@ -381,15 +379,14 @@ class ControllerPoller:
         return versions
 
     def _read_backups(
-        self,
-        listing: Collection,
-        store: BackupStore | None,
-        unreadable: RecordTally,
-        objects: Counter[str],
+        self, listing: Collection, unreadable: RecordTally, objects: Counter[str]
     ) -> tuple[BackupSnapshot, BackupStore | None, str]:
         """The backups' snapshot, the store to keep for the next poll, and the kind of read:
-        incremental from ``store`` when it may be (:mod:`exporter.incremental`), else (or when
-        something does not add up) a full scan."""
+        incremental from the last poll's store when it may be (:mod:`exporter.incremental`),
+        else (or when something does not add up) a full scan."""
+        # Kept for the next poll only if this one succeeds (a failed poll's next is full),
+        # and held nowhere else meanwhile: a full scan frees it before building the next.
+        store, self._store = self._store, None
         now = self._clock()
         reason = self._full_scan_reason(store, now)
         if reason is None and store is not None:

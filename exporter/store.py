@@ -278,19 +278,19 @@ class BackupStore:
             self.append(record)
 
     def census(
-        self, filters: Filters, low: float, high: float, near: float, stride: int = 0
+        self, filters: Filters, start: float, end: float, split: float, stride: int = 0
     ) -> tuple[int, int, list[float]]:
         """For the backups matching ``filters`` (as :meth:`figures` counts them): how many
-        were created in (low, high), how many of those before ``near``, and (with a
+        were created in [start, end), how many of those before ``split``, and (with a
         ``stride``) the creation time of every stride-th of them."""
         inside = below = 0
         sample: list[float] = []
         for created, match in zip(self._created, self._matching(filters), strict=True):
-            if match and low < created < high:
+            if match and start <= created < end:
                 if stride and inside % stride == 0:
                     sample.append(created)
                 inside += 1
-                if created < near:
+                if created < split:
                     below += 1
         return inside, below, sample
 
@@ -311,9 +311,9 @@ class BackupStore:
         places = {i for i, p in enumerate(self._place_list) if (p.field, p.name) == (name, value)}
         return (place in places for place in self._places)
 
-    def replace_span(self, low: float, high: float, records: Iterable[Record]) -> None:
-        """The backups created in (low, high) become ``records``."""
-        self._remove([row for row, c in enumerate(self._created) if low < c < high])
+    def replace_span(self, start: float, end: float, records: Iterable[Record]) -> None:
+        """The backups created in [start, end) become ``records``."""
+        self._remove([row for row, c in enumerate(self._created) if start <= c < end])
         for record in records:
             self.append(record)
 
