@@ -284,6 +284,33 @@ def test_a_change_the_counts_see_is_found_and_read_again(
     assert any("read the backups created between" in r.getMessage() for r in caplog.records)
 
 
+def test_a_change_among_seconds_that_are_all_held_is_found_too(
+    start: Callable[..., SimulatedController],
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A large federation fills every second for minutes: the halving splits at seconds the
+    store holds backups of (the simulator's bounds are inclusive, as the split assumes)."""
+    simulator = start(vms=200)
+    backups = frozen(simulator)
+    old = sorted(backups, key=lambda b: str(b["created_at"]))[: len(backups) // 2]
+    base = _seconds(str(old[0]["created_at"]))
+    for position, backup in enumerate(old):  # three a second, for as long as they last
+        backup["created_at"] = timestamp(base + position // 3)
+    plant(simulator, backups, lambda b: None)
+    pair = Pair(simulator, clock)
+    try:
+        pair.run(2)
+        plant(simulator, backups, lambda b: b.remove(old[len(old) // 3]))
+        clock.advance(FIVE_MINUTES)
+        with caplog.at_level(logging.DEBUG, logger="exporter.incremental"):
+            status = pair.poll()
+    finally:
+        pair.close()
+    assert status.poll_kind == "incremental"
+    assert any("read the backups created between" in r.getMessage() for r in caplog.records)
+
+
 def test_changes_that_cannot_be_found_fall_back_to_a_full_scan_logged_once(
     start: Callable[..., SimulatedController],
     clock: ManualClock,
