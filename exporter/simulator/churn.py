@@ -99,12 +99,16 @@ class Churn:
 
     The defaults suit a federation of 5,000 VMs (:meth:`for_vms` scales the rates to another
     size). Its policies (hourly, 4-hourly, daily, daily DR copies, weekly store copies) take
-    about 250 backups in 5 minutes at 100,000 backups on 5,000 VMs, each going through two or
-    three states within minutes, so that a poll every 5 minutes sees a few hundred new
-    backups and a few dozen still changing; the random events are a handful an hour, as an
-    administrator's hand on a federation of that size: a few retention changes and manual
-    deletions, a manual backup now and then, a new VM about every hour, rarer removals,
-    renames and moves, a policy edit or a suspended host a few times a week.
+    their backups at their scheduled seconds: at 100,000 backups on 5,000 VMs about 3,000 in
+    the first minutes of each hour, about 250 per 5 minutes on average, each QUEUED, SAVING
+    and done within minutes (DR copies within half an hour), so that a poll every 5 minutes
+    sees a few hundred new backups and a few dozen still changing. The random events are an
+    administrator's hand on a federation of that size, a handful a day each: manual backups
+    and new VMs about every two hours, manual deletions and retention changes every five,
+    rarer locks, copies, removals, moves and renames, a policy edit or a suspended host a few
+    times a month, a backup lost to DELETED about once a month. Expiry follows the backups'
+    expiration times: a generated federation holds fewer backups than its retention (its
+    oldest expire days later), so expiries start when the clock gets there.
     """
 
     #: Policy backups at their scheduled times (off: only the random events happen).
@@ -117,18 +121,18 @@ class Churn:
     expiry_lag_seconds: int = 120
     #: A manual copy keeps its original's created_at (else: the copy's time).
     copy_keeps_created_at: bool = False
-    retention_changes: float = 2.0
-    locks: float = 0.5
-    deletions: float = 2.0
-    manual_backups: float = 2.0
-    manual_copies: float = 0.5
-    losses: float = 0.1
-    vm_creations: float = 1.0
-    vm_removals: float = 0.3
-    vm_renames: float = 0.2
-    vm_moves: float = 0.3
-    policy_edits: float = 0.05
-    host_suspensions: float = 0.02
+    retention_changes: float = 0.2
+    locks: float = 0.05
+    deletions: float = 0.2
+    manual_backups: float = 0.5
+    manual_copies: float = 0.1
+    losses: float = 0.002
+    vm_creations: float = 0.5
+    vm_removals: float = 0.1
+    vm_renames: float = 0.05
+    vm_moves: float = 0.1
+    policy_edits: float = 0.005
+    host_suspensions: float = 0.005
 
     #: The rates (per hour), by the name of the event each makes.
     RATES: ClassVar[Mapping[str, str]] = {
@@ -216,6 +220,11 @@ class _Batch:
         if backup_id not in self._before:
             self._before[backup_id] = self.store.find(backup_id)
         self._now[backup_id] = row
+
+    def put_new(self, row: Row) -> None:
+        """A backup that did not exist (a fresh random id)."""
+        self._before[row[_ID]] = None
+        self._now[row[_ID]] = row
 
     def finish(self) -> None:
         removed, added = [], []
@@ -511,7 +520,7 @@ class FederationLife:
     # -- the rows
 
     def _add(self, row: Row) -> None:
-        self._batch.put(row[_ID], row)
+        self._batch.put_new(row)
         self._of_vm.setdefault(row[_GROUP][_G_VM_ID], []).append(row[_ID])
         self._watch_expiry(row)
 
@@ -599,12 +608,10 @@ class FederationLife:
 
     # -- random events on the inventory
 
-    def _pick_vm(self, test: Callable[[VmPlan], bool], tries: int = 8) -> VmPlan | None:
-        for _ in range(tries):
-            vm = self.rng.choice(self._vms)
-            if vm.state == "ALIVE" and test(vm):
-                return vm
-        return None
+    def _pick_vm(self, test: Callable[[VmPlan], bool]) -> VmPlan | None:
+        """A random ALIVE VM passing ``test``, or None."""
+        alive = [vm for vm in self._vms if vm.state == "ALIVE" and test(vm)]
+        return self.rng.choice(alive) if alive else None
 
     def _create_vm(self, _: None) -> None:
         policies = [p for p in self._policies if p.rules]

@@ -570,8 +570,9 @@ class Store:
 
 _View = tuple[Callable[[Row], bool], Callable[[Row], Any], list[Row]]
 #: Up to this many changed rows, a sorted list is changed in place (each change moves half the
-#: list on average); past it, the list is copied once with all of them.
-_IN_PLACE: Final = 8
+#: list on average: one memmove, no reference counted); past it, the list is copied once with
+#: all of them (every reference counted). Both costs grow with the list: the crossover does not.
+_IN_PLACE: Final = 128
 
 
 def _changed(
