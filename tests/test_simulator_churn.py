@@ -3,41 +3,36 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import pytest
 import requests
 
-from exporter.simulator import Churn, FederationSpec, ManualClock, SimulatedController
+from exporter.simulator import Churn, FederationSpec, ManualClock, SimulatedController, cli
 
 Json = dict[str, Any]
 HOUR = 3600
-
-
-@pytest.fixture
-def controllers() -> Iterator[list[SimulatedController]]:
-    started: list[SimulatedController] = []
-    yield started
-    for controller in started:
-        controller.stop()
 
 
 Start = Callable[..., SimulatedController]
 
 
 @pytest.fixture
-def start(controllers: list[SimulatedController]) -> Start:
+def start(start_simulator: Start) -> Start:
     def start(*args: Any, **kwargs: Any) -> SimulatedController:
         # Tokens live as long as the test: the clock moves hours at a time.
         kwargs.setdefault("idle_timeout_seconds", 10**9)
         kwargs.setdefault("absolute_timeout_seconds", 10**9)
-        controller = SimulatedController(*args, **kwargs).start()
-        controllers.append(controller)
-        return controller
+        return start_simulator(*args, **kwargs)
 
     return start
+
+
+def utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 class Client:
@@ -115,7 +110,8 @@ def everything(client: Client) -> Json:
     }
 
 
-BUSY = Churn().scaled(2000)  # every kind of change, many times an hour on a small federation
+#: Every kind of change, many times an hour on a small federation.
+BUSY = Churn().with_rates(dict.fromkeys(Churn.RATES, 12.0))
 
 
 def test_while_the_clock_stands_still_every_answer_stays_the_same(start: Start) -> None:
@@ -236,8 +232,7 @@ def check_effect(kind: str, n: int, before: Json, after: Json, changes: dict[str
 
 @pytest.mark.parametrize(("rate", "kind"), list(Churn.RATES.items()))
 def test_each_kind_of_random_change_happens_at_its_rate(rate: str, kind: str, start: Start) -> None:
-    settings: dict[str, Any] = {rate: RATE, "scheduled": False}
-    churn = replace(Churn.quiet(), **settings)
+    churn = replace(Churn.quiet().with_rates({rate: RATE}), scheduled=False)
     clock = ManualClock()
     controller = start(FederationSpec(vms=300), clock=clock, churn=churn)
     client = Client(controller)
@@ -253,3 +248,252 @@ def test_each_kind_of_random_change_happens_at_its_rate(rate: str, kind: str, st
     others = set(changes) - {kind, "host_resumed", "expired"} - set(LIFE_OF_A_BACKUP)
     assert not others, changes  # nothing else happened: no scheduled backup, no other kind
     check_effect(kind, n, before, after, changes)
+
+
+# -- scheduled backups and their states --------------------------------------------------------
+
+
+def every_day_minutes(policy: Json) -> int | None:
+    """Backups a day of a policy whose rules all run the whole day, every day; else None."""
+    total = 0
+    for rule in policy["rules"]:
+        whole_day = rule["start_time"] == rule["end_time"] == "00:00"
+        if rule["days"].lower() != "all" or not whole_day or 1440 % rule["frequency"]:
+            return None
+        total += 1440 // rule["frequency"]
+    return total or None
+
+
+def test_scheduled_backups_follow_each_vms_policy(start: Start) -> None:
+    clock = ManualClock()
+    controller = start(FederationSpec(vms=60, roles=False), clock=clock, churn=Churn.quiet())
+    client = Client(controller)
+    before = {b["id"] for b in client.backups(fields="id")}
+    for _ in range(24):
+        clock.advance(HOUR)
+        client.count()
+    new = [b for b in client.backups() if b["id"] not in before]
+    vms = client.get("/api/virtual_machines", limit=5000)["virtual_machines"]
+    policies = by_id(client.get("/api/policies", limit=5000)["policies"])
+    checked = 0
+    for vm in vms:
+        per_day = every_day_minutes(policies[vm["policy_id"]])
+        if per_day is None:
+            continue
+        theirs = [b for b in new if b["virtual_machine_id"] == vm["id"]]
+        assert len(theirs) == per_day, vm["name"]
+        assert {b["type"] for b in theirs} == {"POLICY"}
+        checked += 1
+    assert checked > 20
+    assert len(new) == controller.changes()["scheduled"]
+    # created_at is the scheduled second: whole hours (the clusters' offsets are whole hours)
+    assert {b["created_at"][13:] for b in new} == {":00:00Z"}
+
+
+def test_a_new_backup_goes_queued_saving_then_protected_and_a_dr_copy_replicates(
+    start: Start,
+) -> None:
+    clock = ManualClock(1_700_002_800 - 10)  # ten seconds before a whole hour
+    churn = replace(Churn.quiet(), failed_share=0.0)
+    spec = FederationSpec(vms=120, roles=False, replicated_share=1.0)
+    controller = start(spec, clock=clock, churn=churn)
+    client = Client(controller)
+    old = {b["id"] for b in client.backups(fields="id")}
+    seen: dict[str, list[str]] = {}
+    sent: dict[str, list[int]] = {}
+    for seconds in (10, 5, 30, 60, 120, 300, 600, 900, 1800):
+        clock.advance(seconds)
+        for b in client.backups(created_after="2023-11-14T22:50:00Z"):
+            if b["id"] not in old:
+                states = seen.setdefault(b["id"], [])
+                if not states or states[-1] != b["state"]:
+                    states.append(b["state"])
+                sent.setdefault(b["id"], []).append(b["sent"])
+    assert seen
+    for backup_id, states in seen.items():
+        assert states[-1] == "PROTECTED", states
+        assert set(states) <= {"QUEUED", "SAVING", "PROTECTED"}
+        assert states == sorted(states, key=["QUEUED", "SAVING", "PROTECTED"].index)
+        assert sent[backup_id] == sorted(sent[backup_id])  # sent only grows
+    assert any(states[0] == "QUEUED" for states in seen.values())
+    final = by_id(client.backups(created_after="2023-11-14T22:50:00Z"))
+    copies = [final[i] for i in seen if final[i]["sent"] > 0]
+    assert copies
+    for copy in copies:
+        assert copy["sent_completion_time"] > copy["created_at"]
+        assert copy["sent_duration"] > 0
+    assert any(len(set(sent[c["id"]])) > 2 for c in copies)  # 0, part of it, all of it
+    changes = controller.changes()
+    assert changes["replicated"] == len(copies)
+    assert changes["protected"] == len(seen)
+
+
+# -- expiry ---------------------------------------------------------------------------------------
+
+
+def test_a_backup_disappears_at_its_expiration_time_within_the_lag(start: Start) -> None:
+    clock = ManualClock()
+    lag = 600
+    churn = replace(Churn.quiet(), scheduled=False, expiry_lag_seconds=lag)
+    # More hourly backups than a week's retention holds: the oldest expire a day from now.
+    spec = FederationSpec(vms=30, backups_per_vm=200)
+    controller = start(spec, clock=clock, churn=churn)
+    client = Client(controller)
+    total = client.count()
+    lagging = 0
+    for _ in range(40):
+        clock.advance(HOUR)
+        now, past_lag = utc(clock()), utc(clock() - lag - 1)
+        assert client.count(expires_before=past_lag) == 0
+        lagging += client.count(expires_before=now)
+        listed = client.backups(fields="id,expiration_time")
+        assert not [
+            b for b in listed if b["expiration_time"] != "NA" and b["expiration_time"] <= past_lag
+        ]
+    expired = controller.changes()["expired"]
+    assert expired > 100
+    assert client.count() == total - expired
+    assert lagging > 0  # some were still listed past their expiration_time
+
+
+# -- filters, counts and orders while the federation changes -----------------------------------
+
+#: filter -> (the field it bounds, whether the bound is a lower one)
+TIME_BOUNDS = {
+    "created_after": ("created_at", True),
+    "created_before": ("created_at", False),
+    "expires_after": ("expiration_time", True),
+    "expires_before": ("expiration_time", False),
+}
+
+
+def matches(backup: Json, filters: dict[str, str]) -> bool:
+    """The simulator's documented reading of a filter (inclusive bounds; "NA" matches none)."""
+    for name, value in filters.items():
+        if name in TIME_BOUNDS:
+            field, lower = TIME_BOUNDS[name]
+            text = backup[field]
+            if text == "NA" or (text < value if lower else text > value):
+                return False
+        elif str(backup[name]) != value:
+            return False
+    return True
+
+
+def filter_sets(backups: list[Json], now: float) -> list[dict[str, str]]:
+    """Filters an incremental poll may send: by state, destination, VM, time bounds, mixed."""
+    sets: list[dict[str, str]] = [{}]
+    sets += [{"state": s} for s in sorted({b["state"] for b in backups})]
+    sets += [{"state": "QUEUED"}, {"state": "SAVING"}]
+    clusters = sorted({b["omnistack_cluster_name"] for b in backups} - {""})
+    stores = sorted({b["external_store_name"] for b in backups} - {""})
+    sets += [{"omnistack_cluster_name": c} for c in clusters]
+    sets += [{"external_store_name": s} for s in stores]
+    sets += [{"virtual_machine_id": b["virtual_machine_id"]} for b in backups[:: len(backups) // 3]]
+    for t in (now - 2 * HOUR, now - 1800, now, 1_700_000_000):
+        sets += [{name: utc(t)} for name in TIME_BOUNDS]
+    sets += [
+        {"expires_after": "1970-01-01T00:00:00Z"},
+        {"created_after": utc(now - HOUR), "created_before": utc(now - 1800)},
+        {"created_after": utc(now - 3 * HOUR), "state": "PROTECTED"},
+        {"expires_before": utc(now + DAY_SECONDS), "omnistack_cluster_name": clusters[0]},
+    ]
+    return sets
+
+
+DAY_SECONDS = 86400
+
+
+def test_every_filter_and_its_limit_1_count_follow_the_changes(start: Start) -> None:
+    clock = ManualClock()
+    controller = start(FederationSpec(vms=80), clock=clock, churn=BUSY)
+    client = Client(controller)
+    asked: list[dict[str, str]] = []
+    for step in (300, 60, 3600, 1800, 7200, 300):
+        backups = client.backups()
+        # the filters of earlier steps again (their views are kept up to date, not rebuilt)
+        asked += filter_sets(backups, clock())
+        for filters in asked:
+            expected = [b for b in backups if matches(b, filters)]
+            assert client.count(**filters) == len(expected), filters
+            if len(expected) < 400:
+                listed = client.backups(sort="created_at", order="ascending", **filters)
+                assert [b["id"] for b in listed] == [
+                    b["id"] for b in sorted(expected, key=lambda b: (b["created_at"], b["id"]))
+                ], filters
+        clock.advance(step)
+    assert sum(controller.changes().values()) > 500
+
+
+SORTS = ("name", "id", "created_at", "expiration_time", "state", "size", "virtual_machine_name")
+
+
+def test_every_order_follows_the_changes(start: Start) -> None:
+    clock = ManualClock()
+    controller = start(FederationSpec(vms=80), clock=clock, churn=BUSY)
+    client = Client(controller)
+    for step in (0, 300, 3600, 7200):
+        clock.advance(step)
+        backups = client.backups()
+        for sort in SORTS:
+            ordered = sorted(backups, key=lambda b: (b[sort], b["id"]))
+            expected = [b["id"] for b in ordered]
+            ascending = client.backups(sort=sort, order="ascending", fields="id")
+            descending = client.backups(sort=sort, order="descending", fields="id")
+            assert [b["id"] for b in ascending] == expected, sort
+            assert [b["id"] for b in descending] == expected[::-1], sort
+
+
+def test_the_inventory_listings_follow_the_changes(start: Start) -> None:
+    clock = ManualClock()
+    controller = start(FederationSpec(vms=80), clock=clock, churn=BUSY)
+    client = Client(controller)
+    for _ in range(4):
+        clock.advance(2 * HOUR)
+        alive = client.get("/api/virtual_machines", limit=5000)["virtual_machines"]
+        every = client.get("/api/virtual_machines", limit=5000, state="ALIVE,REMOVED,DELETED")
+        assert {v["id"] for v in alive} == {
+            v["id"] for v in every["virtual_machines"] if v["state"] == "ALIVE"
+        }
+        assert client.get("/api/virtual_machines", limit=1)["count"] == len(alive)
+        assert sorted(every["virtual_machines"], key=lambda v: v["id"]) == sorted(
+            controller.virtual_machines(), key=lambda v: str(v["id"])
+        )
+        assert client.get("/api/hosts", limit=5000)["hosts"] == sorted(
+            controller.hosts(), key=lambda h: (str(h["name"]), str(h["id"])), reverse=True
+        )
+        assert client.get("/api/policies/policy_schedule_report") == controller.schedule_report()
+    changes = controller.changes()
+    for kind in ("vm_created", "vm_removed", "vm_renamed", "vm_moved", "host_suspended"):
+        assert changes.get(kind, 0) > 0, kind
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_the_command_line_sets_churn_and_refuses_an_unknown_rate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = cli._parser()
+    assert cli._churn(parser.parse_args([]), 5000) is None
+    assert cli._churn(parser.parse_args(["--churn"]), 10_000) == Churn.for_vms(10_000)
+    args = parser.parse_args(
+        [
+            "--churn-rate",
+            "vm-creations=30",
+            "--churn-rate",
+            "deletions=0",
+            "--churn-failed-share",
+            "0.5",
+            "--churn-expiry-lag",
+            "0",
+            "--no-scheduled-backups",
+        ]
+    )
+    churn = cli._churn(args, 5000)
+    assert churn is not None
+    assert (churn.vm_creations, churn.deletions, churn.locks) == (30.0, 0.0, Churn().locks)
+    assert (churn.failed_share, churn.expiry_lag_seconds, churn.scheduled) == (0.5, 0, False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--churn-rate", "meteor-strikes=1"])
+    assert "meteor-strikes" in capsys.readouterr().err

@@ -202,15 +202,14 @@ def _churn(args: argparse.Namespace, vms: int) -> Churn | None:
     )
     if not wanted:
         return None
-    churn = Churn.for_vms(vms)
-    settings: dict[str, object] = dict(args.churn_rate)
+    churn = Churn.for_vms(vms).with_rates(dict(args.churn_rate))
     if args.churn_failed_share is not None:
-        settings["failed_share"] = args.churn_failed_share
+        churn = replace(churn, failed_share=args.churn_failed_share)
     if args.churn_expiry_lag is not None:
-        settings["expiry_lag_seconds"] = args.churn_expiry_lag
+        churn = replace(churn, expiry_lag_seconds=args.churn_expiry_lag)
     if args.no_scheduled_backups:
-        settings["scheduled"] = False
-    return replace(churn, **settings)  # type: ignore[arg-type]
+        churn = replace(churn, scheduled=False)
+    return churn
 
 
 def _set_faults(controller: SimulatedController, args: argparse.Namespace) -> None:

@@ -28,9 +28,10 @@ from exporter.restapi import (
     has_resource,
 )
 from exporter.simulator.catalog import BACKUP_LISTING, COLLECTIONS, INVENTORY, Paged
-from exporter.simulator.churn import Changes, Churn, FederationLife
+from exporter.simulator.churn import Churn
 from exporter.simulator.faults import Faults
 from exporter.simulator.federation import Federation, generate_federation
+from exporter.simulator.life import Changes, FederationLife
 from exporter.simulator.listing import Collection, Listings, answer_failure
 from exporter.simulator.server import Exchange, Handler, Server
 from exporter.simulator.spec import FederationSpec
