@@ -10,8 +10,14 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.simulator import Churn, FederationSpec, ManualClock, SimulatedController, cli
+from exporter.simulator.catalog import BACKUP_LISTING
+from exporter.simulator.federation import generate_federation
+from exporter.simulator.listing import Collection
+from exporter.simulator.store import GENERATED, Store, parse_query
 
 Json = dict[str, Any]
 HOUR = 3600
@@ -497,3 +503,76 @@ def test_the_command_line_sets_churn_and_refuses_an_unknown_rate(
     with pytest.raises(SystemExit):
         parser.parse_args(["--churn-rate", "meteor-strikes=1"])
     assert "meteor-strikes" in capsys.readouterr().err
+
+
+def test_a_backup_listed_late_comes_with_its_scheduled_created_at(start: Start) -> None:
+    clock = ManualClock(1_700_002_800 - 10)  # ten seconds before a whole hour
+    churn = replace(Churn.quiet(), late_listing_seconds=240)
+    controller = start(FederationSpec(vms=60, roles=False), clock=clock, churn=churn)
+    client = Client(controller)
+    listed = []
+    for _ in range(6):
+        clock.advance(60)
+        listed.append(client.count(created_after="2023-11-14T23:00:00Z"))
+    assert listed == sorted(listed)
+    assert listed[0] < listed[-1] == controller.changes()["scheduled"]
+    assert {b["created_at"] for b in client.backups(created_after="2023-11-14T23:00:00Z")} == {
+        "2023-11-14T23:00:00Z"
+    }
+
+
+# -- the store's incremental orders and views ----------------------------------------------------
+
+
+GENERATED_ROWS = generate_federation(FederationSpec(vms=12), 1_700_000_000).rows
+STORE_QUERIES = (
+    "sort=name",
+    "sort=created_at&order=ascending",
+    "sort=expiration_time",
+    "sort=state",
+    "sort=size",
+    "state=PROTECTED",
+    "state=SAVING&sort=created_at",
+    "omnistack_cluster_name=Boston DC",
+    "expires_after=2023-11-20T00:00:00Z",
+    "expires_before=2023-12-01T00:00:00Z&sort=id",
+    "created_after=2023-11-14T12:00:00Z&sort=created_at",
+    "created_before=2023-11-14T12:00:00Z&state=PROTECTED",
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_orders_and_views_changed_in_place_or_rebuilt_equal_a_fresh_sort(
+    data: st.DataObject,
+) -> None:
+    """Whatever the changes (few: in place; many: one copy; a changed record in its place or
+    moved), every order and filtered view equals what sorting and filtering anew gives."""
+    store = Store(GENERATED, list(GENERATED_ROWS))
+    collection = Collection(BACKUP_LISTING, store)
+    queries = [parse_query(q, BACKUP_LISTING.query, collection.known) for q in STORE_QUERIES]
+    for query in queries:
+        store.matching(query, "ovc")
+    rows = list(store.rows)
+    touched = data.draw(st.lists(st.sampled_from(rows), unique_by=id, max_size=len(rows)))
+    split = data.draw(st.integers(0, len(touched)))
+    removed, changed = touched[:split], touched[split:]
+    states = st.sampled_from(("QUEUED", "SAVING", "PROTECTED", "FAILED", "DELETED"))
+    expirations = st.sampled_from(("NA", "2023-11-20T00:00:00Z", "2023-11-25T10:00:00Z"))
+    replacements = [
+        (row, (*row[:2], data.draw(states), *row[3:5], data.draw(expirations), *row[6:]))
+        for row in changed
+    ]
+    fresh = [
+        (f"ffffffff-{n:04d}-4000-8000-000000000000", *row[1:])
+        for n, row in enumerate(data.draw(st.lists(st.sampled_from(rows), max_size=200)))
+    ]
+    store.apply(
+        removed + [old for old, _ in replacements], [new for _, new in replacements] + fresh
+    )
+    gone = {id(row) for row in touched}
+    final = [row for row in rows if id(row) not in gone] + [n for _, n in replacements] + fresh
+    anew = Store(GENERATED, final)
+    for query in queries:
+        assert store.matching(query, "ovc") == anew.matching(query, "ovc"), query
+    assert store.rows == anew.rows

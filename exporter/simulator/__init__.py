@@ -73,7 +73,8 @@ while a client pages); :attr:`SimulatedController.stats` counts what clients did
 The package's rooms: ``vocabulary`` (the API's names and limits), ``values`` (fast texts of
 times and ids), ``spec`` (:class:`FederationSpec`, the role VMs and their statuses),
 ``schedule`` (when a policy rule takes its backups), ``clock`` (:class:`ManualClock`),
-``churn`` (:class:`Churn`: how the federation lives) and ``life`` (its catching up), ``inventory`` (clusters, hosts, policies,
+``churn`` (:class:`Churn`: how the federation lives) and ``life`` (its catching up),
+``inventory`` (clusters, hosts, policies,
 VM placement, and the records as the API lists them), ``federation`` (the backups, the oracle
 of protection statuses, the schedule report), ``catalog`` (the table of paged collections),
 ``store`` (sorting, filtering, churn and JSON rendering of records), ``listing`` (serving a

@@ -95,6 +95,9 @@ class Churn:
     expiry_lag_seconds: int = 120
     #: A manual copy keeps its original's created_at (else: the copy's time).
     copy_keeps_created_at: bool = False
+    #: A new backup is listed up to this long after its created_at (0: at once). Whether a
+    #: controller lists a backup before it completes is not documented.
+    late_listing_seconds: int = 0
     retention_changes: float = 0.2
     locks: float = 0.05
     deletions: float = 0.2
@@ -129,8 +132,9 @@ class Churn:
         for name in ("failed_share", "vss_failed_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
-        if self.expiry_lag_seconds < 0:
-            problems.append("expiry_lag_seconds must not be negative")
+        for name in ("expiry_lag_seconds", "late_listing_seconds"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
         if problems:
             raise ValueError("invalid Churn: " + "; ".join(problems))
 

@@ -270,7 +270,10 @@ class SimulatedController:
         collections += [self._collection(p, records.get(p.path, ())) for p in INVENTORY.values()]
         life = None
         if self.churn is not None and isinstance(backups, FederationSpec) and federation:
-            store.ascending("expiration_time")  # what expiry reads at every step
+            # what expiry reads at every step, and what the time bounds of the queries of an
+            # incremental poll are answered from: sorted once, then kept up to date
+            store.ascending("expiration_time")
+            store.ascending("created_at")
             life = FederationLife(backups, federation, self.churn, store, now)
         with self._lock:
             self._listings.replace(collections, rng)

@@ -132,6 +132,7 @@ class FederationLife:
             "progress": self._progress,
             "done": self._done,
             "expire": self._expire,
+            "appear": self._appear,
             "retention_changed": self._change_retention,
             "locked": self._lock,
             "deleted": self._delete,
@@ -240,11 +241,32 @@ class FederationLife:
         expires = self._times.utc(t + rule.retention * 60)
         row = _queued(self.rng, name, "POLICY", self._times.utc(t), expires, self._size(vm))
         row = (*row[:_CONSISTENT], consistent, consistency, group)
+        self._new(row, rule.destination, "scheduled", (vm, rule.max_backups))
+
+    def _new(
+        self,
+        row: Row,
+        target: Destination,
+        kind: str,
+        trim: tuple[VmPlan | None, int | None] = (None, None),
+    ) -> None:
+        """A new backup: listed now, or up to ``late_listing_seconds`` later (then its VM's
+        policy backups beyond ``trim``'s max_backups go)."""
+        late = self.churn.late_listing_seconds
+        if late > 0:
+            self._push(self._now + self.rng.randint(1, late), "appear", (row, target, kind, trim))
+        else:
+            self._appear((row, target, kind, trim))
+
+    def _appear(
+        self, payload: tuple[Row, Destination, str, tuple[VmPlan | None, int | None]]
+    ) -> None:
+        row, target, kind, (vm, keep) = payload
         self._add(row)
-        self._count("scheduled")
-        self._start_saving(row, rule.destination)
-        if rule.max_backups:
-            self._trim(vm, group, rule.max_backups)
+        self._count(kind)
+        self._start_saving(row, target)
+        if vm is not None and keep:
+            self._trim(vm, row[_GROUP], keep)
 
     def _start_saving(self, row: Row, target: Destination) -> None:
         remote = target.kind != "local"
@@ -374,7 +396,7 @@ class FederationLife:
     def _remove(self, row: Row) -> None:
         self._batch.put(row[_ID], None)
         ids = self._of_vm.get(row[_GROUP][_G_VM_ID])
-        if ids is not None:
+        if ids is not None and row[_ID] in ids:  # not one Faults' per-request churn added
             ids.remove(row[_ID])
 
     def _replace(self, old: Row, new: Row) -> None:
@@ -432,9 +454,7 @@ class FederationLife:
         name = f"{vm.name}-backup-{self._times.local(t, vm.cluster.offset)}"
         row = _queued(self.rng, name, "MANUAL", self._times.utc(t), "NA", self._size(vm))
         row = (*row[:_CONSISTENT], consistent, consistency, self._group(vm, -1))
-        self._add(row)
-        self._start_saving(row, LOCAL)
-        self._count("manual_backup")
+        self._new(row, LOCAL, "manual_backup")
 
     def _manual_copy(self, _: None) -> None:
         row = self._pick(lambda r: r[_STATE] == "PROTECTED")
@@ -449,9 +469,7 @@ class FederationLife:
         created = row[_CREATED] if self.churn.copy_keeps_created_at else self._times.utc(self._now)
         copy = _queued(self.rng, row[_NAME], "MANUAL", created, row[_EXPIRES], row[_SIZE])
         copy = (*copy[:_CONSISTENT], row[_CONSISTENT], row[_CONSISTENCY], copy_group)
-        self._add(copy)
-        self._start_saving(copy, Destination("cluster", target.name, target.id))
-        self._count("manual_copy")
+        self._new(copy, Destination("cluster", target.name, target.id), "manual_copy")
 
     # -- random events on the inventory
 
