@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from typing import Any
 
@@ -13,11 +14,16 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.backups import FIELDS, Aggregator
+from exporter.config import PollConfig
+from exporter.model import BackupSnapshot
+from exporter.poller import ControllerPoller
 from exporter.simulator import Churn, FederationSpec, ManualClock, SimulatedController, cli
 from exporter.simulator.catalog import BACKUP_LISTING
 from exporter.simulator.federation import generate_federation
 from exporter.simulator.listing import Collection
 from exporter.simulator.store import GENERATED, Store, parse_query
+from tests.live_exporter import controller_config, fast_retries
 
 Json = dict[str, Any]
 HOUR = 3600
@@ -576,3 +582,36 @@ def test_orders_and_views_changed_in_place_or_rebuilt_equal_a_fresh_sort(
     for query in queries:
         assert store.matching(query, "ovc") == anew.matching(query, "ovc"), query
     assert store.rows == anew.rows
+
+
+# -- the exporter's real poll against a living federation ---------------------------------------
+
+
+def test_the_exporters_full_poll_reads_the_simulators_truth_at_each_moment(
+    start_simulator: Start,
+) -> None:
+    """The clock is shared: every page of one poll sees the same federation (the clock stands
+    still while the poll runs), and that federation is the simulator's own truth; the tokens
+    die while the clock moves an hour, as a real controller's do, and the client logs in again."""
+    clock = ManualClock()
+    simulator = start_simulator(FederationSpec(vms=120), clock=clock, churn=BUSY)
+    settings = PollConfig(timeout_seconds=10, page_size=100, max_concurrency=3)
+    config = controller_config("living", simulator)
+    with closing(
+        ControllerPoller(config, settings, client_factory=fast_retries, clock=clock)
+    ) as poller:
+        for seconds in (0, 300, 3600, 60, 7200):
+            clock.advance(seconds)
+            status = poller.poll_once()
+            assert status.up, status.last_error
+            assert status.snapshot is not None
+            assert status.snapshot.backups == truth(simulator)
+    assert simulator.changes()["scheduled"] > 100
+    assert simulator.stats.snapshot().logins > 1
+
+
+def truth(simulator: SimulatedController) -> BackupSnapshot:
+    aggregator = Aggregator()
+    for backup in simulator.backups():
+        aggregator.add({key: backup[key] for key in FIELDS if key in backup})
+    return aggregator.snapshot()
