@@ -20,6 +20,7 @@ from exporter.model import BackupSnapshot
 from exporter.poller import ControllerPoller
 from exporter.simulator import Churn, FederationSpec, ManualClock, SimulatedController, cli
 from exporter.simulator.catalog import BACKUP_LISTING
+from exporter.simulator.churn import KINDS, LIFE_OF_A_BACKUP
 from exporter.simulator.federation import generate_federation
 from exporter.simulator.listing import Collection
 from exporter.simulator.store import GENERATED, Store, parse_query
@@ -161,15 +162,6 @@ def test_the_same_seed_and_the_same_moves_of_the_clock_give_the_same_federation(
 # -- each kind of change, at its rate ------------------------------------------------------------
 
 RATE = 60.0  # per hour
-#: What a new backup goes through (a manual backup or copy too).
-LIFE_OF_A_BACKUP = (
-    "saving",
-    "replication_progress",
-    "protected",
-    "replicated",
-    "failed",
-    "failed_vss",
-)
 HOURS = 2
 
 
@@ -615,3 +607,13 @@ def truth(simulator: SimulatedController) -> BackupSnapshot:
     for backup in simulator.backups():
         aggregator.add({key: backup[key] for key in FIELDS if key in backup})
     return aggregator.snapshot()
+
+
+def test_every_kind_of_change_happens_in_a_busy_day() -> None:
+    clock = ManualClock()
+    controller = SimulatedController(FederationSpec(vms=80), clock=clock, churn=BUSY)
+    for _ in range(24):
+        clock.advance(HOUR)
+        controller.advance_to()
+    changes = controller.changes()
+    assert set(changes) == set(KINDS), set(KINDS) ^ set(changes)

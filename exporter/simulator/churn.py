@@ -164,15 +164,19 @@ class Churn:
         return cls().scaled(0)
 
 
-#: Every kind of change, in the order the docstring tells them.
-KINDS: Final = (
-    "scheduled",
+#: What a new backup goes through after it is listed (a manual backup or copy too).
+LIFE_OF_A_BACKUP: Final = (
     "saving",
     "replication_progress",
     "protected",
     "replicated",
     "failed",
     "failed_vss",
+)
+#: Every kind of change, in the order the docstring tells them.
+KINDS: Final = (
+    "scheduled",
+    *LIFE_OF_A_BACKUP,
     "trimmed",
     "expired",
     *Churn.RATES.values(),
