@@ -16,7 +16,7 @@ While the clock stands still the federation does not change: two clients (an inc
 poll and a full one) get the same answers. The same seed and the same moves of the clock give
 the same federation (one RNG, drawn in the order of events).
 
-What happens (each kind counted under its name in :meth:`FederationLife.applied`):
+What happens (each kind counted under its name by ``SimulatedController.changes()``):
 
 - ``scheduled``: each live VM's policy rules take a backup at each of their scheduled seconds
   (:meth:`~exporter.simulator.schedule.Rule.next_after`), one object per rule at its
@@ -30,11 +30,14 @@ What happens (each kind counted under its name in :meth:`FederationLife.applied`
   (``replicated``); one on an external store takes 2 to 15 minutes. Application-consistent
   backups come out ``FAILEDVSS`` at a share (``failed_vss``). A rule whose policy sets
   ``max_backups`` deletes the oldest of the VM's policy backups there beyond it (``trimmed``).
+  With ``late_listing_seconds``, a new backup is listed up to that long after its
+  ``created_at`` (older than backups listed before it).
 - ``expired``: a backup disappears at its ``expiration_time`` plus a lag of up to
   ``expiry_lag_seconds`` (the same for a given backup: a function of its id). ``"NA"`` never
   expires.
 - At random times, at their rates (events per hour across the federation, Poisson):
-  ``retention_changed`` (set_retention: a backup's ``expiration_time`` moves),
+  ``retention_changed`` (set_retention: a backup's ``expiration_time`` moves, to an hour
+  from now at the soonest),
   ``locked`` (its expiration becomes ``"NA"``), ``deleted`` (a backup older than a day deleted
   by hand), ``manual_backup`` (type MANUAL, expiration ``"NA"``, on the VM's cluster),
   ``manual_copy`` (a new object on another cluster copying a PROTECTED backup: its name,
