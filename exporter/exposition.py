@@ -1,7 +1,8 @@
-"""The ``/metrics`` text: the collector's families, written by prometheus_client, and cached.
+"""The ``/metrics`` text: the collector's families, written by :mod:`exporter.textformat`, cached.
 
-prometheus_client's ``generate_latest`` is the only writer here: each family is defined once,
-in :mod:`exporter.collector`. The exposition owns everything it caches: the text of each
+:func:`exporter.textformat.write` is the only writer here (prometheus_client's
+``generate_latest`` is its reference, byte for byte): each family is defined once, in
+:mod:`exporter.collector`. The exposition owns everything it caches: the text of each
 controller's snapshot (written once, by its poll) and the whole text with its gzip (written at
 most once per second and per change of the statuses). The poller knows nothing of it: the app
 subscribes :meth:`Exposition.refresh` to the poller, so that each poll writes the text of its
@@ -24,9 +25,9 @@ from typing import cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from exporter import textformat
 from exporter.collector import (
     AGE_FAMILIES,
     BackupCollector,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 def _write(families: Sequence[Metric]) -> str:
     """``families`` as prometheus_client writes them: the one writer of ``/metrics``."""
-    return generate_latest(_Families(families)).decode("utf-8")
+    return textformat.write(families)
 
 
 def _series(family: Metric) -> str:
@@ -275,16 +276,6 @@ class _Encoder:
         text = b"".join(plain)
         trailer = struct.pack("<II", zlib.crc32(text), len(text) & 0xFFFFFFFF)
         return text, b"".join([_GZIP_HEADER, *deflated, _DEFLATE_END, trailer])
-
-
-class _Families(Collector):
-    """Some already built families, for ``generate_latest``."""
-
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Sequence[Metric]:
-        return self._families
 
 
 class Exposition:

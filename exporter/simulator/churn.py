@@ -16,7 +16,7 @@ While the clock stands still the federation does not change: two clients (an inc
 poll and a full one) get the same answers. The same seed and the same moves of the clock give
 the same federation (one RNG, drawn in the order of events).
 
-What happens (each kind counted under its name in :meth:`FederationLife.applied`):
+What happens (each kind counted under its name by ``SimulatedController.changes()``):
 
 - ``scheduled``: each live VM's policy rules take a backup at each of their scheduled seconds
   (:meth:`~exporter.simulator.schedule.Rule.next_after`), one object per rule at its
@@ -30,11 +30,14 @@ What happens (each kind counted under its name in :meth:`FederationLife.applied`
   (``replicated``); one on an external store takes 2 to 15 minutes. Application-consistent
   backups come out ``FAILEDVSS`` at a share (``failed_vss``). A rule whose policy sets
   ``max_backups`` deletes the oldest of the VM's policy backups there beyond it (``trimmed``).
+  With ``late_listing_seconds``, a new backup is listed up to that long after its
+  ``created_at`` (older than backups listed before it).
 - ``expired``: a backup disappears at its ``expiration_time`` plus a lag of up to
   ``expiry_lag_seconds`` (the same for a given backup: a function of its id). ``"NA"`` never
   expires.
 - At random times, at their rates (events per hour across the federation, Poisson):
-  ``retention_changed`` (set_retention: a backup's ``expiration_time`` moves),
+  ``retention_changed`` (set_retention: a backup's ``expiration_time`` moves, to an hour
+  from now at the soonest),
   ``locked`` (its expiration becomes ``"NA"``), ``deleted`` (a backup older than a day deleted
   by hand), ``manual_backup`` (type MANUAL, expiration ``"NA"``, on the VM's cluster),
   ``manual_copy`` (a new object on another cluster copying a PROTECTED backup: its name,
@@ -57,37 +60,11 @@ once the federation has lived).
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import math
-import random
-from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Final
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Final
 
-from exporter.simulator.federation import Federation, backup_group, schedule_report
-from exporter.simulator.inventory import (
-    Host,
-    Inventory,
-    Policy,
-    VmPlan,
-    host_record,
-    max_backups,
-    policy_record,
-    regular_vm_name,
-    vm_record,
-)
-from exporter.simulator.schedule import LOCAL, Destination, Rule
-from exporter.simulator.spec import FederationSpec
-from exporter.simulator.store import Row, Store
-from exporter.simulator.values import DAY, Times, epoch, seeded_uuid4
-
-# The columns of a generated backup's row (vocabulary.OWN_FIELDS), and of its shared group.
-_ID, _NAME, _STATE, _TYPE, _CREATED, _EXPIRES, _SIZE = range(7)
-_SENT, _SENT_DURATION, _SENT_AT, _CONSISTENT, _CONSISTENCY, _GROUP = range(9, 15)
-_G_CLUSTER_ID, _G_CLUSTER, _G_STORE, _G_VM_ID, _G_VM_NAME, _G_VM_STATE = 0, 1, 2, 6, 7, 8
-_GIB: Final = 1024**3
 #: The rates' reference: the bench's federation of 100,000 backups on 5,000 VMs.
 REFERENCE_VMS: Final = 5000
 
@@ -99,12 +76,16 @@ class Churn:
 
     The defaults suit a federation of 5,000 VMs (:meth:`for_vms` scales the rates to another
     size). Its policies (hourly, 4-hourly, daily, daily DR copies, weekly store copies) take
-    about 250 backups in 5 minutes at 100,000 backups on 5,000 VMs, each going through two or
-    three states within minutes, so that a poll every 5 minutes sees a few hundred new
-    backups and a few dozen still changing; the random events are a handful an hour, as an
-    administrator's hand on a federation of that size: a few retention changes and manual
-    deletions, a manual backup now and then, a new VM about every hour, rarer removals,
-    renames and moves, a policy edit or a suspended host a few times a week.
+    their backups at their scheduled seconds: at 100,000 backups on 5,000 VMs about 3,000 in
+    the first minutes of each hour, about 250 per 5 minutes on average, each QUEUED, SAVING
+    and done within minutes (DR copies within half an hour), so that a poll every 5 minutes
+    sees a few hundred new backups and a few dozen still changing. The random events are an
+    administrator's hand on a federation of that size, a handful a day each: manual backups
+    and new VMs about every two hours, manual deletions and retention changes every five,
+    rarer locks, copies, removals, moves and renames, a policy edit or a suspended host a few
+    times a month, a backup lost to DELETED about once a month. Expiry follows the backups'
+    expiration times: a generated federation holds fewer backups than its retention (its
+    oldest expire days later), so expiries start when the clock gets there.
     """
 
     #: Policy backups at their scheduled times (off: only the random events happen).
@@ -117,18 +98,21 @@ class Churn:
     expiry_lag_seconds: int = 120
     #: A manual copy keeps its original's created_at (else: the copy's time).
     copy_keeps_created_at: bool = False
-    retention_changes: float = 2.0
-    locks: float = 0.5
-    deletions: float = 2.0
-    manual_backups: float = 2.0
-    manual_copies: float = 0.5
-    losses: float = 0.1
-    vm_creations: float = 1.0
-    vm_removals: float = 0.3
-    vm_renames: float = 0.2
-    vm_moves: float = 0.3
-    policy_edits: float = 0.05
-    host_suspensions: float = 0.02
+    #: A new backup is listed up to this long after its created_at (0: at once). Whether a
+    #: controller lists a backup before it completes is not documented.
+    late_listing_seconds: int = 0
+    retention_changes: float = 0.2
+    locks: float = 0.05
+    deletions: float = 0.2
+    manual_backups: float = 0.5
+    manual_copies: float = 0.1
+    losses: float = 0.002
+    vm_creations: float = 0.5
+    vm_removals: float = 0.1
+    vm_renames: float = 0.05
+    vm_moves: float = 0.1
+    policy_edits: float = 0.005
+    host_suspensions: float = 0.005
 
     #: The rates (per hour), by the name of the event each makes.
     RATES: ClassVar[Mapping[str, str]] = {
@@ -151,14 +135,26 @@ class Churn:
         for name in ("failed_share", "vss_failed_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
-        if self.expiry_lag_seconds < 0:
-            problems.append("expiry_lag_seconds must not be negative")
+        for name in ("expiry_lag_seconds", "late_listing_seconds"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
         if problems:
             raise ValueError("invalid Churn: " + "; ".join(problems))
 
     def scaled(self, factor: float) -> Churn:
         """The same churn with every rate multiplied by ``factor``."""
-        return replace(self, **{name: getattr(self, name) * factor for name in self.RATES})
+        return self.with_rates({name: getattr(self, name) * factor for name in self.RATES})
+
+    def with_rates(self, rates: Mapping[str, float]) -> Churn:
+        """The same churn with these rates (by their names in :attr:`RATES`)."""
+        unknown = sorted(set(rates) - set(self.RATES))
+        if unknown:
+            raise ValueError(f"no churn rate {unknown}; there are {sorted(self.RATES)}")
+        changed = dataclasses.replace(self)
+        for name, rate in rates.items():
+            object.__setattr__(changed, name, float(rate))
+        changed.__post_init__()
+        return changed
 
     @classmethod
     def for_vms(cls, vms: int) -> Churn:
@@ -171,573 +167,21 @@ class Churn:
         return cls().scaled(0)
 
 
-#: Every kind of change, in the order the docstring tells them.
-KINDS: Final = (
-    "scheduled",
+#: What a new backup goes through after it is listed (a manual backup or copy too).
+LIFE_OF_A_BACKUP: Final = (
     "saving",
     "replication_progress",
     "protected",
     "replicated",
     "failed",
     "failed_vss",
+)
+#: Every kind of change, in the order the docstring tells them.
+KINDS: Final = (
+    "scheduled",
+    *LIFE_OF_A_BACKUP,
     "trimmed",
     "expired",
     *Churn.RATES.values(),
     "host_resumed",
 )
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What the inventory listings must show after a step (None/empty: unchanged)."""
-
-    #: the records of the VMs that changed or appeared
-    vms: list[dict[str, object]]
-    policies: list[dict[str, object]] | None
-    hosts: list[dict[str, object]] | None
-    schedule_report: dict[str, object] | None
-
-
-class _Batch:
-    """The backups changed by one step: the store is changed once, at the end (a backup
-    created and protected within the step is one added row)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._before: dict[str, Row | None] = {}
-        self._now: dict[str, Row | None] = {}
-
-    def get(self, backup_id: str) -> Row | None:
-        if backup_id in self._now:
-            return self._now[backup_id]
-        return self.store.find(backup_id)
-
-    def put(self, backup_id: str, row: Row | None) -> None:
-        if backup_id not in self._before:
-            self._before[backup_id] = self.store.find(backup_id)
-        self._now[backup_id] = row
-
-    def finish(self) -> None:
-        removed, added = [], []
-        for backup_id, before in self._before.items():
-            after = self._now[backup_id]
-            if after is not before:
-                if before is not None:
-                    removed.append(before)
-                if after is not None:
-                    added.append(after)
-        self.store.apply(removed, added)
-
-
-Event = tuple[int, int, str, Any]
-
-
-class FederationLife:
-    """The life of one generated federation from ``start``: :meth:`advance` catches up."""
-
-    def __init__(
-        self,
-        spec: FederationSpec,
-        federation: Federation,
-        churn: Churn,
-        store: Store,
-        start: float,
-    ) -> None:
-        inventory = federation.inventory
-        self.spec = spec
-        self.churn = churn
-        self.store = store
-        self.start = self.time = int(start)
-        #: kind -> how many times it happened since start
-        self.applied: Counter[str] = Counter()
-        self.rng = random.Random(f"life-{spec.seed}")
-        self._clusters = inventory.clusters
-        self._cluster_by_name = {c.name: c for c in inventory.clusters}
-        self._hosts = list(inventory.hosts)
-        self._policies = list(inventory.policies)
-        self._vms = list(inventory.vms)
-        self._kept = max_backups(inventory)
-        self._times = Times()
-        self._events: list[Event] = []
-        self._seq = itertools.count()
-        self._generation: dict[str, int] = {}
-        self._groups: dict[tuple[str, int], Row] = {}
-        # VM id -> ids of its backups (renames and removals rewrite them)
-        self._of_vm: dict[str, list[str]] = {vm.id: [] for vm in self._vms}
-        for row in store.rows:
-            self._of_vm.setdefault(row[_GROUP][_G_VM_ID], []).append(row[_ID])
-        for vm in self._vms:
-            if vm.state == "ALIVE":
-                running = [t >= self.start - 600 for t in vm.stops] or [True] * len(vm.policy.rules)
-                self._schedule(vm, self.start, running)
-        self._handlers: dict[str, Callable[[Any], None]] = {
-            "schedule": self._scheduled,
-            "saving": self._saving,
-            "progress": self._progress,
-            "done": self._done,
-            "expire": self._expire,
-            "retention_changed": self._change_retention,
-            "locked": self._lock,
-            "deleted": self._delete,
-            "manual_backup": self._manual_backup,
-            "manual_copy": self._manual_copy,
-            "lost": self._lose,
-            "vm_created": self._create_vm,
-            "vm_removed": self._remove_vm,
-            "vm_renamed": self._rename_vm,
-            "vm_moved": self._move_vm,
-            "policy_edited": self._edit_policy,
-            "host_suspended": self._toggle_host,
-        }
-        self._batch = _Batch(store)
-        self._now = self.start
-        self._until = self.start
-        self._vms_changed: dict[str, VmPlan] = {}
-        self._policies_changed = self._hosts_changed = False
-
-    # -- catching up
-
-    def advance(self, now: float) -> Changes | None:
-        """Live from the last moment to ``now``; None when nothing could have changed (the
-        clock did not move), else what the inventory listings must show."""
-        t1 = int(now)
-        if t1 <= self.time:
-            return None
-        t0 = self.time
-        self._batch = _Batch(self.store)
-        self._until = t1
-        self._vms_changed = {}
-        self._policies_changed = self._hosts_changed = False
-        span = t1 - t0
-        for rate, kind in Churn.RATES.items():
-            for _ in range(_poisson(self.rng, getattr(self.churn, rate) * span / 3600)):
-                self._push(t0 + 1 + self.rng.randrange(span), kind, None)
-        self._push_expiries(t0)
-        events = self._events
-        while events and events[0][0] <= t1:
-            t, _, kind, payload = heapq.heappop(events)
-            self._now = t
-            self._handlers[kind](payload)
-        self.time = t1
-        self._batch.finish()
-        inventory_changed = self._vms_changed or self._policies_changed or self._hosts_changed
-        report = None
-        if inventory_changed:
-            inventory = Inventory(
-                self._clusters, tuple(self._hosts), tuple(self._policies), self._vms
-            )
-            report = schedule_report(self.spec, inventory)
-        return Changes(
-            vms=[vm_record(vm, self._times) for vm in self._vms_changed.values()],
-            policies=[policy_record(p, self._kept) for p in self._policies]
-            if self._policies_changed
-            else None,
-            hosts=[host_record(h) for h in self._hosts] if self._hosts_changed else None,
-            schedule_report=report,
-        )
-
-    def _push(self, t: int, kind: str, payload: object) -> None:
-        heapq.heappush(self._events, (t, next(self._seq), kind, payload))
-
-    def _count(self, kind: str) -> None:
-        self.applied[kind] += 1
-
-    # -- scheduled backups and their states
-
-    def _schedule(self, vm: VmPlan, after: int, running: list[bool] | None = None) -> None:
-        """Start the VM's rules over from ``after`` (the rules it ran before are forgotten)."""
-        if not self.churn.scheduled:
-            return
-        generation = self._generation.get(vm.id, 0) + 1
-        self._generation[vm.id] = generation
-        for r, rule in enumerate(vm.policy.rules):
-            if running is None or running[r]:
-                t = rule.next_after(after, vm.cluster.offset)
-                self._push(t, "schedule", (vm, r, generation))
-
-    def _scheduled(self, payload: tuple[VmPlan, int, int]) -> None:
-        vm, r, generation = payload
-        if generation != self._generation.get(vm.id) or vm.state != "ALIVE":
-            return
-        rule = vm.policy.rules[r]
-        if vm.host.policy_enabled:
-            self._take_backup(vm, rule, self._group(vm, r))
-        self._push(rule.next_after(self._now, vm.cluster.offset), "schedule", payload)
-
-    def _group(self, vm: VmPlan, r: int) -> Row:
-        """The shared values of the VM's backups by rule ``r`` (-1: its manual ones)."""
-        group = self._groups.get((vm.id, r))
-        if group is None:
-            # the generated ones hold until the VM is renamed, removed or moved
-            if r >= 0 and len(vm.groups) == len(vm.policy.rules):
-                group = vm.groups[r]
-            else:
-                target = LOCAL if r < 0 else vm.policy.rules[r].destination
-                group = backup_group(vm, target, self._cluster_by_name)
-            self._groups[(vm.id, r)] = group
-        return group
-
-    def _take_backup(self, vm: VmPlan, rule: Rule, group: Row) -> None:
-        t = self._now
-        consistent, consistency = self._consistency(vm, rule)
-        name = self._times.local(t, vm.cluster.offset)
-        expires = self._times.utc(t + rule.retention * 60)
-        row = _queued(self.rng, name, "POLICY", self._times.utc(t), expires, self._size(vm))
-        row = (*row[:_CONSISTENT], consistent, consistency, group)
-        self._add(row)
-        self._count("scheduled")
-        self._start_saving(row, rule.destination)
-        if rule.max_backups:
-            self._trim(vm, group, rule.max_backups)
-
-    def _start_saving(self, row: Row, target: Destination) -> None:
-        remote = target.kind != "local"
-        delay = self.rng.randint(30, 180) if remote else self.rng.randint(1, 10)
-        self._push(self._now + delay, "saving", (row[_ID], target.kind))
-
-    def _consistency(self, vm: VmPlan, rule: Rule) -> tuple[bool, str]:
-        failed = self.rng.random() < self.churn.vss_failed_share or vm.role == "vss-failing"
-        if rule.app_consistent:
-            consistent, consistency = True, "VSS"
-        elif vm.vm_type == "TEMPLATE":
-            return False, "NOT_APPLICABLE"
-        elif vm.app_consistent:
-            consistent = True
-            consistency = "VSS" if vm.cluster.hypervisor == "HYPERV" else "DEFAULT"
-        else:
-            return False, "NONE"
-        if failed:
-            self._count("failed_vss")
-            return consistent, "FAILEDVSS"
-        return consistent, consistency
-
-    def _size(self, vm: VmPlan) -> int:
-        base = (int(vm.id[:8], 16) % 397 + 4) * _GIB
-        spread = base >> 6
-        return base + self.rng.randint(-spread, spread)
-
-    def _saving(self, payload: tuple[str, str]) -> None:
-        backup_id, kind = payload
-        row = self._batch.get(backup_id)
-        if row is None or row[_STATE] != "QUEUED":
-            return
-        self._replace(row, _with(row, {_STATE: "SAVING"}))
-        self._count("saving")
-        if kind == "cluster":
-            done = self._now + self.rng.randint(300, 1800)
-            self._push((self._now + done) // 2, "progress", backup_id)
-        elif kind == "store":
-            done = self._now + self.rng.randint(120, 900)
-        else:
-            done = self._now + self.rng.randint(20, 90)
-        self._push(done, "done", (backup_id, kind))
-
-    def _progress(self, backup_id: str) -> None:
-        row = self._batch.get(backup_id)
-        if row is None or row[_STATE] != "SAVING":
-            return
-        sent = row[_SIZE] // self.rng.randint(100, 400)
-        duration = self._now - epoch(row[_CREATED])
-        self._replace(row, _with(row, {_SENT: sent, _SENT_DURATION: duration}))
-        self._count("replication_progress")
-
-    def _done(self, payload: tuple[str, str]) -> None:
-        backup_id, kind = payload
-        row = self._batch.get(backup_id)
-        if row is None or row[_STATE] != "SAVING":
-            return
-        if self.rng.random() < self.churn.failed_share:
-            self._replace(row, _with(row, {_STATE: "FAILED"}))
-            self._count("failed")
-            return
-        values: dict[int, object] = {_STATE: "PROTECTED"}
-        if kind == "cluster":
-            values[_SENT] = max(row[_SENT], row[_SIZE] // self.rng.randint(20, 100))
-            values[_SENT_DURATION] = self._now - epoch(row[_CREATED])
-            values[_SENT_AT] = self._times.utc(self._now)
-            self._count("replicated")
-        self._replace(row, _with(row, values))
-        self._count("protected")
-
-    def _trim(self, vm: VmPlan, group: Row, keep: int) -> None:
-        where = group[:3]
-        rows = [self._batch.get(i) for i in self._of_vm.get(vm.id, ())]
-        same = [
-            r for r in rows if r is not None and r[_TYPE] == "POLICY" and r[_GROUP][:3] == where
-        ]
-        if len(same) <= keep:
-            return
-        same.sort(key=lambda r: (r[_CREATED], r[_ID]))
-        for row in same[: len(same) - keep]:
-            self._remove(row)
-            self._count("trimmed")
-
-    # -- expiry
-
-    def _lag(self, backup_id: str) -> int:
-        return int(backup_id[-4:], 16) % (self.churn.expiry_lag_seconds + 1)
-
-    def _due(self, row: Row) -> int | None:
-        """When the backup disappears (expiration + its lag), or None ("NA")."""
-        text = row[_EXPIRES]
-        if text == "NA":
-            return None
-        return epoch(text) + self._lag(row[_ID])
-
-    def _push_expiries(self, t0: int) -> None:
-        by_expiry = self.store.ascending("expiration_time")
-        last = self._times.utc(self._until)
-        for row in by_expiry:
-            if row[_EXPIRES] > last:  # "NA" sorts after every time
-                break
-            due = self._due(row)
-            if due is not None and due <= self._until:
-                self._push(max(due, t0 + 1), "expire", row[_ID])
-
-    def _expire(self, backup_id: str) -> None:
-        row = self._batch.get(backup_id)
-        if row is None:
-            return
-        due = self._due(row)
-        if due is not None and due <= self._now:
-            self._remove(row)
-            self._count("expired")
-
-    def _watch_expiry(self, row: Row) -> None:
-        due = self._due(row)
-        if due is not None and due <= self._until:
-            self._push(max(due, self._now), "expire", row[_ID])
-
-    # -- the rows
-
-    def _add(self, row: Row) -> None:
-        self._batch.put(row[_ID], row)
-        self._of_vm.setdefault(row[_GROUP][_G_VM_ID], []).append(row[_ID])
-        self._watch_expiry(row)
-
-    def _remove(self, row: Row) -> None:
-        self._batch.put(row[_ID], None)
-        ids = self._of_vm.get(row[_GROUP][_G_VM_ID])
-        if ids is not None:
-            ids.remove(row[_ID])
-
-    def _replace(self, old: Row, new: Row) -> None:
-        self._batch.put(new[_ID], new)
-        if new[_EXPIRES] != old[_EXPIRES]:
-            self._watch_expiry(new)
-
-    def _pick(self, test: Callable[[Row], bool], tries: int = 8) -> Row | None:
-        """A random backup passing ``test`` (of those at the start of the step), or None."""
-        rows = self.store.rows
-        for _ in range(tries if rows else 0):
-            row = self._batch.get(rows[self.rng.randrange(len(rows))][_ID])
-            if row is not None and test(row):
-                return row
-        return None
-
-    def _old(self, row: Row) -> bool:
-        return bool(row[_CREATED] < self._times.utc(self._now - DAY))
-
-    # -- random events on backups
-
-    def _change_retention(self, _: None) -> None:
-        row = self._pick(lambda r: r[_EXPIRES] != "NA")
-        if row is None:
-            return
-        days = self.rng.choice((1, 3, 7, 14, 30, 90, 365))
-        expires = max(epoch(row[_CREATED]) + days * DAY, self._now + 3600)
-        self._replace(row, _with(row, {_EXPIRES: self._times.utc(expires)}))
-        self._count("retention_changed")
-
-    def _lock(self, _: None) -> None:
-        row = self._pick(lambda r: r[_EXPIRES] != "NA")
-        if row is not None:
-            self._replace(row, _with(row, {_EXPIRES: "NA"}))
-            self._count("locked")
-
-    def _delete(self, _: None) -> None:
-        row = self._pick(self._old)
-        if row is not None:
-            self._remove(row)
-            self._count("deleted")
-
-    def _lose(self, _: None) -> None:
-        row = self._pick(lambda r: r[_STATE] == "PROTECTED" and self._old(r))
-        if row is not None:
-            self._replace(row, _with(row, {_STATE: "DELETED"}))
-            self._count("lost")
-
-    def _manual_backup(self, _: None) -> None:
-        vm = self._pick_vm(lambda vm: True)
-        if vm is None:
-            return
-        t = self._now
-        consistent, consistency = self._consistency(vm, Rule(60))
-        name = f"{vm.name}-backup-{self._times.local(t, vm.cluster.offset)}"
-        row = _queued(self.rng, name, "MANUAL", self._times.utc(t), "NA", self._size(vm))
-        row = (*row[:_CONSISTENT], consistent, consistency, self._group(vm, -1))
-        self._add(row)
-        self._start_saving(row, LOCAL)
-        self._count("manual_backup")
-
-    def _manual_copy(self, _: None) -> None:
-        row = self._pick(lambda r: r[_STATE] == "PROTECTED")
-        if row is None:
-            return
-        group = row[_GROUP]
-        targets = [c for c in self._clusters if c.id != group[_G_CLUSTER_ID]]
-        if not targets:
-            return
-        target = self.rng.choice(targets)
-        copy_group = (target.id, target.name, "", "SimplivityStore", *group[4:])
-        created = row[_CREATED] if self.churn.copy_keeps_created_at else self._times.utc(self._now)
-        copy = _queued(self.rng, row[_NAME], "MANUAL", created, row[_EXPIRES], row[_SIZE])
-        copy = (*copy[:_CONSISTENT], row[_CONSISTENT], row[_CONSISTENCY], copy_group)
-        self._add(copy)
-        self._start_saving(copy, Destination("cluster", target.name, target.id))
-        self._count("manual_copy")
-
-    # -- random events on the inventory
-
-    def _pick_vm(self, test: Callable[[VmPlan], bool], tries: int = 8) -> VmPlan | None:
-        for _ in range(tries):
-            vm = self.rng.choice(self._vms)
-            if vm.state == "ALIVE" and test(vm):
-                return vm
-        return None
-
-    def _create_vm(self, _: None) -> None:
-        policies = [p for p in self._policies if p.rules]
-        if not policies:
-            return
-        cluster = self.rng.choice(self._clusters)
-        hosts = [h for h in self._hosts if h.cluster.id == cluster.id]
-        n = len(self._vms)
-        vm = VmPlan(
-            seeded_uuid4(self.rng),
-            regular_vm_name(n),
-            "regular",
-            cluster,
-            self.rng.choice(hosts),
-            self.rng.choice(cluster.datastores),
-            self.rng.choice(policies),
-            0,
-            app_consistent=self.rng.random() < 0.3,
-            created=self._now,
-        )
-        self._vms.append(vm)
-        self._of_vm[vm.id] = []
-        self._vms_changed[vm.id] = vm
-        self._schedule(vm, self._now)
-        self._count("vm_created")
-
-    def _remove_vm(self, _: None) -> None:
-        vm = self._pick_vm(lambda vm: True)
-        if vm is not None:
-            vm.state = "REMOVED"
-            self._rewrite(vm)
-            self._count("vm_removed")
-
-    def _rename_vm(self, _: None) -> None:
-        vm = self._pick_vm(lambda vm: True)
-        if vm is not None:
-            vm.name = f"{vm.name}-renamed"
-            self._rewrite(vm)
-            self._count("vm_renamed")
-
-    def _rewrite(self, vm: VmPlan) -> None:
-        """The VM's name or state changed: its backups' shared values follow."""
-        self._vms_changed[vm.id] = vm
-        self._forget_groups(vm)
-        new_groups: dict[int, Row] = {}
-        for backup_id in self._of_vm.get(vm.id, ()):
-            row = self._batch.get(backup_id)
-            if row is None:
-                continue
-            group = row[_GROUP]
-            new = new_groups.get(id(group))
-            if new is None:
-                new = (*group[:_G_VM_NAME], vm.name, vm.state, *group[_G_VM_STATE + 1 :])
-                new_groups[id(group)] = new
-            self._replace(row, (*row[:_GROUP], new))
-
-    def _forget_groups(self, vm: VmPlan) -> None:
-        vm.groups = ()
-        for r in range(-1, len(vm.policy.rules)):
-            self._groups.pop((vm.id, r), None)
-
-    def _move_vm(self, _: None) -> None:
-        vm = self._pick_vm(lambda vm: vm.role == "regular")
-        if vm is None:
-            return
-        others = [p for p in self._policies if p.rules and p is not vm.policy]
-        if not others:
-            return
-        self._forget_groups(vm)
-        vm.policy = self.rng.choice(others)
-        self._vms_changed[vm.id] = vm
-        self._schedule(vm, self._now)
-        self._count("vm_moved")
-
-    def _edit_policy(self, _: None) -> None:
-        policies = [p for p in self._policies if p.rules]
-        if not policies:
-            return
-        policy = self.rng.choice(policies)
-        r = self.rng.randrange(len(policy.rules))
-        rule = policy.rules[r]
-        draw = self.rng.random()
-        if draw < 0.2 and rule.every_day():
-            choices = [f for f in (30, 60, 120, 240, 720, 1440) if f != rule.frequency]
-            frequency = self.rng.choice(choices)
-            edited = replace(rule, frequency=frequency)
-        elif draw < 0.4:
-            edited = replace(rule, max_backups=max(2, rule.retained() // 2))
-        else:
-            days = self.rng.choice([d for d in (1, 3, 7, 14, 30, 90) if d * 1440 != rule.retention])
-            edited = replace(rule, retention=days * 1440)
-        rules = (*policy.rules[:r], edited, *policy.rules[r + 1 :])
-        new = Policy(policy.id, policy.name, rules, policy.rule_ids, policy.owner)
-        self._policies[self._policies.index(policy)] = new
-        for vm in self._vms:
-            if vm.policy is policy:
-                vm.policy = new  # same destinations: its groups hold
-                if vm.state == "ALIVE":
-                    self._schedule(vm, self._now)
-        self._policies_changed = True
-        self._count("policy_edited")
-
-    def _toggle_host(self, _: None) -> None:
-        if not self._hosts:
-            return
-        i = self.rng.randrange(len(self._hosts))
-        host = self._hosts[i]
-        new = Host(host.id, host.name, host.cluster, not host.policy_enabled)
-        self._hosts[i] = new
-        for vm in self._vms:
-            if vm.host is host:
-                vm.host = new
-        self._hosts_changed = True
-        self._count("host_suspended" if host.policy_enabled else "host_resumed")
-
-
-def _queued(rng: random.Random, name: str, kind: str, created: str, expires: str, size: int) -> Row:
-    """A new backup's row up to its consistency (the caller adds it and its group)."""
-    return (seeded_uuid4(rng), name, "QUEUED", kind, created, expires, size, 0, "NA", 0, 0, "NA")
-
-
-def _with(row: Row, values: Mapping[int, object]) -> Row:
-    return tuple(values.get(i, v) for i, v in enumerate(row))
-
-
-def _poisson(rng: random.Random, mean: float) -> int:
-    """A Poisson draw (Knuth's method; a normal approximation for large means)."""
-    if mean <= 0:
-        return 0
-    if mean > 50:
-        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
-    limit, k, p = math.exp(-mean), 0, rng.random()
-    while p > limit:
-        k += 1
-        p *= rng.random()
-    return k

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import logging
 import random
 import ssl
@@ -27,9 +28,10 @@ from exporter.restapi import (
     has_resource,
 )
 from exporter.simulator.catalog import BACKUP_LISTING, COLLECTIONS, INVENTORY, Paged
-from exporter.simulator.churn import Changes, Churn, FederationLife
+from exporter.simulator.churn import Churn
 from exporter.simulator.faults import Faults
 from exporter.simulator.federation import Federation, generate_federation
+from exporter.simulator.life import Changes, FederationLife
 from exporter.simulator.listing import Collection, Listings, answer_failure
 from exporter.simulator.server import Exchange, Handler, Server
 from exporter.simulator.spec import FederationSpec
@@ -250,8 +252,7 @@ class SimulatedController:
         if isinstance(backups, FederationSpec):
             if self.version < EXTERNAL_STORES_SINCE:
                 backups = replace(backups, external_stores=False)
-            federation = generate_federation(backups, now)
-            store = Store(GENERATED, federation.rows)
+            federation, store = _generated(backups, now)
             seed = backups.seed
             records = federation.records
             report = federation.schedule_report
@@ -269,7 +270,10 @@ class SimulatedController:
         collections += [self._collection(p, records.get(p.path, ())) for p in INVENTORY.values()]
         life = None
         if self.churn is not None and isinstance(backups, FederationSpec) and federation:
-            store.ascending("expiration_time")  # what expiry reads at every step
+            # what expiry reads at every step, and what the time bounds of the queries of an
+            # incremental poll are answered from: sorted once, then kept up to date
+            store.ascending("expiration_time")
+            store.ascending("created_at")
             life = FederationLife(backups, federation, self.churn, store, now)
         with self._lock:
             self._listings.replace(collections, rng)
@@ -571,6 +575,28 @@ class SimulatedController:
                 return True
         ex.token_error(message)
         return False
+
+
+#: From this many backups on, a generated federation is frozen out of the garbage collector
+#: (gc.freeze): its million tuples are never garbage, and each full collection would traverse
+#: them all again (about a second at 1M backups, at random moments of a churn step or a request).
+FREEZE_FROM: Final = 100_000
+
+
+def _generated(spec: FederationSpec, now: float) -> tuple[Federation, Store]:
+    """The federation of ``spec`` and the store of its backups, made without the garbage
+    collector (they hold no cycle to collect; a large one's collections cost half its time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        federation = generate_federation(spec, now)
+        store = Store(GENERATED, federation.rows)
+    finally:
+        if enabled:
+            gc.enable()
+    if len(store.rows) >= FREEZE_FROM:
+        gc.freeze()
+    return federation, store
 
 
 def _version_tuple(version: str) -> Version:

@@ -395,7 +395,7 @@ class Store:
     """
 
     _MAX_ORDERS = 6
-    _MAX_VIEWS = 16
+    _MAX_VIEWS = 48
     _BASE = "id"
 
     def __init__(self, layout: Layout, rows: list[Row]) -> None:
@@ -448,20 +448,38 @@ class Store:
     def apply(self, removed: Sequence[Row], added: Sequence[Row]) -> None:
         """Take ``removed`` (stored rows, each once) out and put ``added`` in; a changed record
         is its old row removed and its new row added. Every sorted order and filtered view
-        follows at the cost of the change (bisection, then one copy of each list when many
-        rows change), not of a new sort or filter of every record."""
+        follows at the cost of the change, not of a new sort or filter of every record: a
+        changed record that keeps its place (its sort key) is swapped in place; the others are
+        found by bisection, and a list is copied once when many of them change."""
         if not removed and not added:
             return
         if not self.layout.typed:
             dropped = {id(row) for row in removed}
             self._rows = [row for row in self._rows if id(row) not in dropped] + list(added)
+        pairs: list[tuple[Row, Row]] = []
+        if self.layout.typed and removed and added:
+            new_by_id = {row[0]: row for row in added}
+            pairs = [(old, new_by_id[old[0]]) for old in removed if old[0] in new_by_id]
+            if pairs:
+                paired = {id(row) for pair in pairs for row in pair}
+                removed = [row for row in removed if id(row) not in paired]
+                added = [row for row in added if id(row) not in paired]
         for sort, (key, ordered) in list(self._orders.items()):
-            self._orders[sort] = (key, _changed(ordered, key, removed, added))
+            self._orders[sort] = (key, _changed(ordered, key, removed, added, pairs))
         for view_key, (test, key, view) in list(self._views.items()):
             gone = [row for row in removed if test(row)]
             new = [row for row in added if test(row)]
-            if gone or new:
-                self._views[view_key] = (test, key, _changed(view, key, gone, new))
+            kept = []
+            for old, row in pairs:
+                was, now = test(old), test(row)
+                if was and now:
+                    kept.append((old, row))
+                elif was:
+                    gone.append(old)
+                elif now:
+                    new.append(row)
+            if gone or new or kept:
+                self._views[view_key] = (test, key, _changed(view, key, gone, new, kept))
 
     def matching(self, query: Query, mode: str) -> list[Row]:
         """The rows matching the query's filters, ascending by its sort field."""
@@ -484,13 +502,32 @@ class Store:
             return cached[2]
         test = self._test(query, mode)
         key = self._orders[query.sort][0]
-        view = [row for row in self._candidates(query, ordered) if test(row)]
+        view = self._equal(query, ordered)
+        if view is None:
+            view = [row for row in self._candidates(query, ordered) if test(row)]
         if query.ranged and self.layout.typed:
             view.sort(key=key)  # the candidates came in the order of their time field
         self._views[view_key] = (test, key, view)
         while len(self._views) > self._MAX_VIEWS:
             self._views.popitem(last=False)
         return view
+
+    def _equal(self, query: Query, ordered: list[Row]) -> list[Row] | None:
+        """The rows of a generated federation whose text field equals the query's one filter
+        value, found without a call per row (a count by state or cluster of a million backups
+        is a pass over them); None for any other query."""
+        if not self.layout.typed or query.ranged or len(query.filters) != 1:
+            return None
+        name, value = query.filters[0]
+        if "," in value:
+            return None
+        if _OWN_KINDS.get(name) in ("safe", "str"):
+            i = self.layout.own.index(name)
+            return [row for row in ordered if row[i] == value]
+        if name in _SORTABLE_SHARED:
+            j = self.layout.shared.index(name)
+            return [row for row in ordered if row[-1][j] == value]
+        return None
 
     def _candidates(self, query: Query, ordered: list[Row]) -> list[Row]:
         """The rows a ranged query can match: of a generated federation, only those inside its
@@ -570,14 +607,28 @@ class Store:
 
 _View = tuple[Callable[[Row], bool], Callable[[Row], Any], list[Row]]
 #: Up to this many changed rows, a sorted list is changed in place (each change moves half the
-#: list on average); past it, the list is copied once with all of them.
-_IN_PLACE: Final = 8
+#: list on average: one memmove, no reference counted); past it, the list is copied once with
+#: all of them (every reference counted). Both costs grow with the list: the crossover does not.
+_IN_PLACE: Final = 128
 
 
 def _changed(
-    ordered: list[Row], key: Callable[[Row], Any], removed: Sequence[Row], added: Sequence[Row]
+    ordered: list[Row],
+    key: Callable[[Row], Any],
+    removed: Sequence[Row],
+    added: Sequence[Row],
+    replaced: Sequence[tuple[Row, Row]] = (),
 ) -> list[Row]:
-    """``ordered`` (ascending by ``key``) without ``removed`` and with ``added``."""
+    """``ordered`` (ascending by ``key``) without ``removed``, with ``added``, and each
+    ``(old, new)`` of ``replaced`` swapped (in place when both sort the same)."""
+    if replaced:
+        removed, added = list(removed), list(added)
+        for old, new in replaced:
+            if key(old) == key(new):
+                ordered[_position(ordered, key, old)] = new
+            else:
+                removed.append(old)
+                added.append(new)
     if len(removed) + len(added) <= _IN_PLACE:
         for row in removed:
             del ordered[_position(ordered, key, row)]
@@ -585,14 +636,14 @@ def _changed(
             bisect.insort_right(ordered, row, key=key)
         return ordered
     cuts = sorted(_position(ordered, key, row) for row in removed)
-    new = sorted(added, key=key)
-    places = [bisect.bisect_right(ordered, key(row), key=key) for row in new]
+    new_rows = sorted(added, key=key)
+    places = [bisect.bisect_right(ordered, key(row), key=key) for row in new_rows]
     out: list[Row] = []
     start = c = n = 0
-    while c < len(cuts) or n < len(new):
-        if n < len(new) and (c == len(cuts) or places[n] <= cuts[c]):
+    while c < len(cuts) or n < len(new_rows):
+        if n < len(new_rows) and (c == len(cuts) or places[n] <= cuts[c]):
             out += ordered[start : places[n]]
-            out.append(new[n])
+            out.append(new_rows[n])
             start = places[n]
             n += 1
         else:
