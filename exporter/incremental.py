@@ -35,7 +35,7 @@ from typing import Any
 
 from exporter.backups import NO_TIME
 from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, RecordTally
-from exporter.store import BackupStore, Figures, Filters, Record, read_record
+from exporter.store import BackupStore, Figures, Filters, Record, Timeline, read_record
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +227,12 @@ def repair(
     oldest = store.oldest_created()
     if oldest is None:
         raise Mismatch(f"{what}; no backup with a creation time held")
-    low = _free(store, math.floor(oldest) - 1, -1)
-    high = _free(store, math.floor(max(now, store.newest_created())) + 1, 1)
+    timeline = store.timeline(filters)
+    low = _free(timeline, math.floor(oldest) - 1, -1)
+    high = _free(timeline, math.floor(max(now, store.newest_created())) + 1, 1)
     assert low is not None  # no backup is older than the oldest
     assert high is not None  # nor newer than the newest
-    inside, _, sample = store.census(filters, low + 1, high + 1, high + 1, SAMPLES)
+    inside, _, sample = timeline.census(low + 1, high + 1, high + 1, SAMPLES)
     held_low = 0  # backups held that match, created up to low
     if differs(low, 0):
         raise Mismatch(f"{what}; the difference lies before every backup held")
@@ -244,10 +245,8 @@ def repair(
         # most backups are recent.
         guess = math.floor(sorted(sample)[len(sample) // 2]) if sample else (low + high) // 2
         guess = min(max(guess, low + 1), high - 1)
-        middle = _free(store, guess, 1, high) or _free(store, guess, -1, low) or guess
-        total, below, sample = store.census(
-            filters, low + 1, high + 1, middle + 1, max(1, inside // SAMPLES)
-        )
+        middle = _free(timeline, guess, 1, high) or _free(timeline, guess, -1, low) or guess
+        total, below, sample = timeline.census(low + 1, high + 1, middle + 1, SAMPLES)
         if differs(middle, held_low + below):
             high, inside = middle, below
             sample = [c for c in sample if c < middle + 1]
@@ -271,7 +270,9 @@ def repair(
     store.replace_span(low, high + 1, again.records)
 
 
-def _free(store: BackupStore, second: int, step: int, limit: float | None = None) -> int | None:
+def _free(
+    store: BackupStore | Timeline, second: int, step: int, limit: float | None = None
+) -> int | None:
     """The first second from ``second`` on (by ``step``), short of ``limit``, at which the
     store holds no backup; None if there is none. Looked for in ever wider windows: a large
     federation's backups may fill every second of many minutes."""

@@ -11,6 +11,7 @@ poll changes it (:meth:`BackupStore.merge`) and the snapshot is counted from it 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 from array import array
@@ -128,6 +129,33 @@ def _place(backup: Mapping[str, object], label: str) -> Place:
             exact = backup.get(field) == label  # else cut or cleaned: no filter names it
             return Place(label, field if exact else "", label if exact else "", cut)
     return Place(label, "", "", cut)
+
+
+class Timeline:
+    """Sorted creation times (:meth:`BackupStore.timeline`)."""
+
+    def __init__(self, every: array[float], matching: array[float]) -> None:
+        self._every = every
+        self._matching = matching
+
+    def census(
+        self, start: float, end: float, split: float, samples: int = 0
+    ) -> tuple[int, int, list[float]]:
+        """Of the matching backups created in [start, end): how many, how many of those
+        before ``split``, and the creation times of about ``samples`` of them, evenly spread."""
+        first = bisect.bisect_left(self._matching, start)
+        last = bisect.bisect_left(self._matching, end)
+        below = bisect.bisect_left(self._matching, split, first, last) - first
+        inside = last - first
+        stride = max(1, inside // samples) if samples else 0
+        sample = list(self._matching[first:last:stride]) if stride else []
+        return inside, below, sample
+
+    def taken(self, low: float, high: float) -> set[int]:
+        """The whole seconds in [low, high) at which any backup held was created."""
+        first = bisect.bisect_left(self._every, low)
+        last = bisect.bisect_left(self._every, high)
+        return {int(c) for c in self._every[first:last]}
 
 
 class BackupStore:
@@ -277,22 +305,17 @@ class BackupStore:
         for record in (*lingering_by_key.values(), *window):
             self.append(record)
 
-    def census(
-        self, filters: Filters, start: float, end: float, split: float, stride: int = 0
-    ) -> tuple[int, int, list[float]]:
-        """For the backups matching ``filters`` (as :meth:`figures` counts them): how many
-        were created in [start, end), how many of those before ``split``, and (with a
-        ``stride``) the creation time of every stride-th of them."""
-        inside = below = 0
-        sample: list[float] = []
-        for created, match in zip(self._created, self._matching(filters), strict=True):
-            if match and start <= created < end:
-                if stride and inside % stride == 0:
-                    sample.append(created)
-                inside += 1
-                if created < split:
-                    below += 1
-        return inside, below, sample
+    def timeline(self, filters: Filters) -> Timeline:
+        """The creation times held, sorted: of every backup, and of those matching
+        ``filters`` (as :meth:`figures` counts them). Built once per repair (a sort), then
+        every question is a bisection."""
+        every = array("d", sorted(self._created))
+        if not filters:
+            return Timeline(every, every)
+        times = (
+            c for c, match in zip(self._created, self._matching(filters), strict=True) if match
+        )
+        return Timeline(every, array("d", sorted(times)))
 
     def taken(self, low: float, high: float) -> set[int]:
         """The whole seconds in [low, high) at which a backup held was created."""
