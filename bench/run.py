@@ -706,7 +706,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the steady-state run (bench/steady.py): backups/VMs of each federation, polled 5 "
         "simulated minutes apart ('' for none; 10k/500 with --quick)",
     )
-    add("--steady-polls", type=int, default=4, help="polls per steady-state federation")
+    add(
+        "--steady-polls",
+        type=int,
+        default=14,
+        help="polls per steady-state federation: 14, 65 simulated minutes (the hourly full scan)",
+    )
     add(
         "--output",
         type=Path,

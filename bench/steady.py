@@ -53,6 +53,7 @@ def child(argv: Sequence[str]) -> int:
     line of figures per poll on stdout."""
     from exporter.collector import ExporterState, snapshot_families
     from exporter.config import ControllerConfig, PollConfig, Secret
+    from exporter.memory import keep_large_buffers_off_the_heap
     from exporter.poller import ControllerPoller
     from exporter.worker import DecodingWorker
 
@@ -61,6 +62,7 @@ def child(argv: Sequence[str]) -> int:
     parser.add_argument("--username", required=True)
     parser.add_argument("--full-scan-interval", type=float, required=True)
     args = parser.parse_args(argv)
+    keep_large_buffers_off_the_heap()  # as python -m exporter does at start-up
     now = [0.0]
     worker = DecodingWorker()
     poller = ControllerPoller(
@@ -96,6 +98,7 @@ def child(argv: Sequence[str]) -> int:
                 "up": status.up,
                 "error": status.last_error,
                 "kind": status.poll_kind,
+                "full_scans": dict(status.full_scans),
                 "objects": sum(status.poll_objects.values()),
                 "by_collection": dict(status.poll_objects),
                 "cpu": cpu,
@@ -254,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="100k/5000,1000k/20000",
         help="backups/VMs of each federation, comma-separated",
     )
-    parser.add_argument("--polls", type=int, default=4, help="polls per federation (first full)")
+    parser.add_argument(
+        "--polls", type=int, default=14, help="polls per federation, 5 minutes apart (first full)"
+    )
     parser.add_argument("--output", type=Path, help="write the rows here as JSON")
     args = parser.parse_args(arguments)
     rows = []
@@ -262,12 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += run(*parse_size(size), args.polls, say)
     if args.output:
         args.output.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    steady = [row for row in rows if row["poll"] > 0]
-    worst = max(row["incremental"]["objects"] / row["full"]["objects"] for row in steady)
+    # The full scans the schedule runs (every full_scan_interval_seconds) are full polls by
+    # design: the target is for the polls between.
+    steady = [row for row in rows if row["poll"] > 0 and row["incremental"]["kind"] != "full"]
+    worst = max((r["incremental"]["objects"] / r["full"]["objects"] for r in steady), default=0)
     more = [row for row in steady if row["incremental"]["requests"] > row["full"]["requests"]]
+    full = [row for row in rows if row["poll"] > 0 and row["incremental"]["kind"] == "full"]
     say(
-        f"steady state: at most {100 * worst:.1f}% of a full poll's objects; "
-        f"{len(more)} polls with more requests than a full poll; every poll exact"
+        f"steady state: {len(steady)} incremental polls, at most {100 * worst:.1f}% of a full "
+        f"poll's objects; {len(more)} with more requests than a full poll; {len(full)} full "
+        f"polls after the first; every poll exact"
     )
     return 0 if worst <= 0.10 and not more else 1
 
