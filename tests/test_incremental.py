@@ -212,6 +212,43 @@ def test_a_full_scan_runs_every_interval_and_says_why(
     assert last.full_scans["schedule"] == 2
 
 
+def test_a_failed_poll_and_a_reload_are_followed_by_a_full_scan_that_says_why(
+    start: Callable[..., SimulatedController], clock: ManualClock
+) -> None:
+    simulator = start(Churn.quiet())
+    pair = Pair(simulator, clock)
+    try:
+        pair.run(2)
+        simulator.faults.fail_next(20, status=400)  # no retry: the poll fails
+        clock.advance(FIVE_MINUTES)
+        failed = pair.incremental.poll_once()
+        assert not failed.up
+        simulator.faults.clear()
+        after_failure = pair.poll()
+        clock.advance(FIVE_MINUTES)
+        replaced = pair.incremental
+        pair.incremental = ControllerPoller(  # a reload that changed the settings
+            replaced.controller,
+            replace(replaced.poll_config, page_size=400),
+            client_factory=fast_retries,
+            clock=clock,
+            previous=replaced.status,
+        )
+        replaced.close()
+        after_reload = pair.poll()
+        clock.advance(FIVE_MINUTES)
+        last = pair.poll()
+    finally:
+        pair.close()
+    assert after_failure.poll_kind == after_reload.poll_kind == "full"
+    assert last.poll_kind == "incremental"
+    assert {reason: n for reason, n in last.full_scans.items() if n} == {
+        "start": 1,
+        "failure": 1,
+        "reload": 1,
+    }
+
+
 # -- what the counts must catch: changes planted behind the exporter's back ----------------------
 
 
