@@ -161,10 +161,7 @@ class FederationLife:
         if t1 <= self.time:
             return None
         t0 = self.time
-        self._batch = _Batch(self.store)
-        self._until = t1
-        self._vms_changed = {}
-        self._policies_changed = self._hosts_changed = False
+        self._begin(t1)
         span = t1 - t0
         for rate, kind in Churn.RATES.items():
             for _ in range(_poisson(self.rng, getattr(self.churn, rate) * span / 3600)):
@@ -176,6 +173,31 @@ class FederationLife:
             self._now = t
             self._handlers[kind](payload)
         self.time = t1
+        return self._end()
+
+    def change(self, kind: str, count: int) -> tuple[int, Changes]:
+        """``count`` random changes of ``kind`` (a name of :data:`Churn.RATES`) at once, the
+        clock standing still (what follows from them, such as a manual backup's states, comes
+        as the clock moves); how many happened (a change finds nothing to change on, such as a
+        deletion in a federation without old backups, does not happen)."""
+        if kind not in Churn.RATES.values():
+            raise ValueError(f"no random change {kind!r}; there are {sorted(Churn.RATES.values())}")
+        kinds = (kind, "host_resumed") if kind == "host_suspended" else (kind,)
+        before = sum(self.applied[k] for k in kinds)
+        self._begin(self.time)
+        self._now = self.time
+        for _ in range(count):
+            self._handlers[kind](None)
+        return sum(self.applied[k] for k in kinds) - before, self._end()
+
+    def _begin(self, until: int) -> None:
+        self._batch = _Batch(self.store)
+        self._until = until
+        self._vms_changed = {}
+        self._policies_changed = self._hosts_changed = False
+
+    def _end(self) -> Changes:
+        """Change the store; what the inventory listings must show."""
         self._batch.finish()
         inventory_changed = self._vms_changed or self._policies_changed or self._hosts_changed
         report = None
