@@ -645,3 +645,23 @@ def test_change_refuses_a_kind_it_does_not_know_and_a_federation_without_churn(
         controller.change("meteor")
     with pytest.raises(RuntimeError):
         start(FederationSpec(vms=5), clock=ManualClock()).change("deleted")
+
+
+@pytest.mark.parametrize("steady", [True, False])
+def test_a_steady_federation_loses_about_as_many_backups_as_it_takes(steady: bool) -> None:
+    clock = ManualClock()
+    spec = FederationSpec(vms=300, roles=False, steady=steady)
+    controller = SimulatedController(spec, clock=clock, churn=Churn.quiet())
+    total = controller.backup_count()
+    for _ in range(12):
+        clock.advance(1800)
+        controller.advance_to()
+    changes = controller.changes()
+    taken, expired = changes["scheduled"], changes.get("expired", 0)
+    assert taken > 1000
+    if steady:
+        assert abs(taken - expired) < 0.1 * taken, changes
+        assert abs(controller.backup_count() - total) < 0.02 * total
+    else:
+        assert expired == 0  # the generated backups expire days later
+        assert controller.backup_count() == total + taken

@@ -14,7 +14,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from exporter.simulator.churn import Churn
-from exporter.simulator.federation import Federation, backup_group, schedule_report
+from exporter.simulator.federation import (
+    Federation,
+    backup_group,
+    schedule_report,
+    steady_interval,
+)
 from exporter.simulator.inventory import (
     Host,
     Inventory,
@@ -240,7 +245,7 @@ class FederationLife:
             return
         rule = vm.policy.rules[r]
         if vm.host.policy_enabled:
-            self._take_backup(vm, rule, self._group(vm, r))
+            self._take_backup(vm, r)
         self._push(rule.next_after(self._now, vm.cluster.offset), "schedule", payload)
 
     def _group(self, vm: VmPlan, r: int) -> Row:
@@ -256,11 +261,15 @@ class FederationLife:
             self._groups[(vm.id, r)] = group
         return group
 
-    def _take_backup(self, vm: VmPlan, rule: Rule, group: Row) -> None:
+    def _take_backup(self, vm: VmPlan, r: int) -> None:
         t = self._now
+        rule, group = vm.policy.rules[r], self._group(vm, r)
         consistent, consistency = self._consistency(vm, rule)
         name = self._times.local(t, vm.cluster.offset)
-        expires = self._times.utc(t + rule.retention * 60)
+        keep = rule.retention * 60
+        if len(vm.held) == len(vm.policy.rules) and vm.held[r]:  # FederationSpec.steady
+            keep = vm.held[r] * steady_interval(rule)
+        expires = self._times.utc(t + keep)
         row = _queued(self.rng, name, "POLICY", self._times.utc(t), expires, self._size(vm))
         row = (*row[:_CONSISTENT], consistent, consistency, group)
         self._new(row, rule.destination, "scheduled", (vm, rule.max_backups))
@@ -568,6 +577,7 @@ class FederationLife:
         if not others:
             return
         self._forget_groups(vm)
+        vm.held = ()  # the new policy's backups expire after its retention
         vm.policy = self.rng.choice(others)
         self._vms_changed[vm.id] = vm
         self._schedule(vm, self._now)
@@ -596,6 +606,7 @@ class FederationLife:
         for vm in self._vms:
             if vm.policy is policy:
                 vm.policy = new  # same destinations: its groups hold
+                vm.held = ()  # its next backups expire after the edited retention
                 if vm.state == "ALIVE":
                     self._schedule(vm, self._now)
         self._policies_changed = True
