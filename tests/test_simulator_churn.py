@@ -617,3 +617,51 @@ def test_every_kind_of_change_happens_in_a_busy_day() -> None:
         controller.advance_to()
     changes = controller.changes()
     assert set(changes) == set(KINDS), set(KINDS) ^ set(changes)
+
+
+@pytest.mark.parametrize("kind", list(Churn.RATES.values()))
+def test_a_test_can_make_exactly_the_change_it_wants_between_two_polls(
+    kind: str, start: Start
+) -> None:
+    clock = ManualClock()
+    controller = start(FederationSpec(vms=100), clock=clock, churn=Churn.quiet())
+    client = Client(controller)
+    clock.advance(HOUR)
+    before = everything(client)
+    happened = controller.change(kind, 5)
+    after = everything(client)
+    assert happened == 5
+    changes = controller.changes()
+    assert changes.get(kind, 0) + changes.get("host_resumed", 0) * (kind == "host_suspended") == 5
+    check_effect(kind, happened, before, after, changes)
+    assert everything(client) == after  # the clock stands still again: nothing else happens
+
+
+def test_change_refuses_a_kind_it_does_not_know_and_a_federation_without_churn(
+    start: Start,
+) -> None:
+    controller = start(FederationSpec(vms=5), clock=ManualClock(), churn=Churn.quiet())
+    with pytest.raises(ValueError, match="meteor"):
+        controller.change("meteor")
+    with pytest.raises(RuntimeError):
+        start(FederationSpec(vms=5), clock=ManualClock()).change("deleted")
+
+
+@pytest.mark.parametrize("steady", [True, False])
+def test_a_steady_federation_loses_about_as_many_backups_as_it_takes(steady: bool) -> None:
+    clock = ManualClock()
+    spec = FederationSpec(vms=300, roles=False, steady=steady)
+    controller = SimulatedController(spec, clock=clock, churn=Churn.quiet())
+    total = controller.backup_count()
+    for _ in range(12):
+        clock.advance(1800)
+        controller.advance_to()
+    changes = controller.changes()
+    taken, expired = changes["scheduled"], changes.get("expired", 0)
+    assert taken > 1000
+    if steady:
+        assert abs(taken - expired) < 0.1 * taken, changes
+        assert abs(controller.backup_count() - total) < 0.02 * total
+    else:
+        assert expired == 0  # the generated backups expire days later
+        assert controller.backup_count() == total + taken

@@ -58,7 +58,8 @@ The federation can live in time (churn): with ``churn=Churn()`` and a clock the 
 (:class:`ManualClock`, shared with the exporter), every request first catches up from the last
 moment to ``clock()``: backups scheduled by the policies, their states, replication, expiry,
 and random events at rates you set (:mod:`exporter.simulator.churn`). While the clock stands
-still nothing changes; :meth:`SimulatedController.changes` counts what happened::
+still nothing changes; :meth:`SimulatedController.changes` counts what happened, and
+:meth:`SimulatedController.change` makes one kind of change at once (``change("deleted")``)::
 
     clock = ManualClock()
     with SimulatedController(FederationSpec(vms=200), clock=clock, churn=Churn()) as c:

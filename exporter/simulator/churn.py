@@ -85,7 +85,9 @@ class Churn:
     rarer locks, copies, removals, moves and renames, a policy edit or a suspended host a few
     times a month, a backup lost to DELETED about once a month. Expiry follows the backups'
     expiration times: a generated federation holds fewer backups than its retention (its
-    oldest expire days later), so expiries start when the clock gets there.
+    oldest expire days later), so expiries start when the clock gets there, unless it is
+    generated ``FederationSpec(steady=True)``: then about as many expire as are taken, from
+    the first hour (the bench's steady state).
     """
 
     #: Policy backups at their scheduled times (off: only the random events happen).

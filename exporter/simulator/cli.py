@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds an expired backup may stay listed past its expiration_time",
     )
     life.add_argument(
+        "--steady",
+        action="store_true",
+        help="live VMs' backups expire as they are replaced (as many expire as are taken, "
+        "from the first hour), rather than after their rules' retention",
+    )
+    life.add_argument(
         "--no-scheduled-backups",
         action="store_true",
         help="with churn: no policy backups, only the random events and expiry",
@@ -247,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             total_backups=args.backups,
             daily_backup_rate_limit=args.daily_backup_limit,
             retained_backups_limit=args.retained_backups_limit,
+            steady=args.steady,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -324,6 +324,20 @@ class SimulatedController:
             if changes is not None:
                 self._show(changes, collections)
 
+    def change(self, kind: str, count: int = 1) -> int:
+        """Make ``count`` random changes of ``kind`` now, the clock standing still (the names of
+        :data:`Churn.RATES`: ``"deleted"``, ``"locked"``, ``"vm_renamed"``...): a test's way to
+        put exactly the change it wants between two polls. Returns how many happened (one that
+        finds nothing to change does not). Needs churn (any rates, :meth:`Churn.quiet` too)."""
+        self.advance_to()
+        with self._lock, self._listings.locked() as collections:
+            life = self._life
+            if life is None:
+                raise RuntimeError("change() needs a generated federation with churn")
+            happened, changes = life.change(kind, count)
+            self._show(changes, collections)
+        return happened
+
     def _show(self, changes: Changes, collections: dict[str, Collection]) -> None:
         """Make the inventory listings show what a step changed (under both locks)."""
         if changes.vms:

@@ -167,6 +167,21 @@ def _vm_backups(
     app_newest: dict[str, int] = {}  # destination -> its newest application-consistent one
     jitter = min(240, min(rule.frequency for rule in vm.policy.rules) * 30)
     slots, oldest = _slots(vm)
+    # past its expiration at generation: a day more, or (steady) the next minute
+    late = DAY
+    if spec.steady and role == "regular" and vm.state == "ALIVE":
+        late = 60
+        slots = list(slots)
+        held = [0] * len(per_rule)
+        for _, r, _ in slots:
+            held[r] += 1
+        vm.held = tuple(held)
+        per_rule = [
+            (held[r] * steady_interval(rule), copied, group)
+            for r, (rule, (_, copied, group)) in enumerate(
+                zip(vm.policy.rules, per_rule, strict=True)
+            )
+        ]
     rows: list[Row] = []
     append = rows.append
     for slot, r, j in slots:
@@ -199,7 +214,7 @@ def _vm_backups(
         else:
             name = times.local(slot + 1, offset)
             expires = slot + keep
-            expiration = times.utc(expires if expires > now else now + DAY)
+            expiration = times.utc(expires if expires > now else now + late)
         if state == "FAILED":
             size = 0
             rng.randint(-spread, spread)  # the same draws whatever the state
@@ -275,6 +290,11 @@ def _first_protected(rows: list[Row], group: Row) -> int:
         if row[-1] is group and row[2] == "PROTECTED":
             return epoch(row[4])
     return 0
+
+
+def steady_interval(rule: Rule) -> int:
+    """The seconds between two of a rule's backups, on average (FederationSpec.steady)."""
+    return round(DAY / rule.per_day())
 
 
 def backup_group(vm: VmPlan, target: Destination, clusters: Mapping[str, Cluster]) -> Row:

@@ -124,6 +124,9 @@ class VmPlan:
     #: per rule of its policy: the values its backups there share (see federation); set with
     #: the backups
     groups: tuple[tuple[object, ...], ...] = ()
+    #: per rule of its policy: its backups, when they expire as they are replaced
+    #: (FederationSpec.steady); set with the backups
+    held: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

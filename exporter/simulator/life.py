@@ -14,7 +14,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from exporter.simulator.churn import Churn
-from exporter.simulator.federation import Federation, backup_group, schedule_report
+from exporter.simulator.federation import (
+    Federation,
+    backup_group,
+    schedule_report,
+    steady_interval,
+)
 from exporter.simulator.inventory import (
     Host,
     Inventory,
@@ -161,10 +166,7 @@ class FederationLife:
         if t1 <= self.time:
             return None
         t0 = self.time
-        self._batch = _Batch(self.store)
-        self._until = t1
-        self._vms_changed = {}
-        self._policies_changed = self._hosts_changed = False
+        self._begin(t1)
         span = t1 - t0
         for rate, kind in Churn.RATES.items():
             for _ in range(_poisson(self.rng, getattr(self.churn, rate) * span / 3600)):
@@ -176,6 +178,31 @@ class FederationLife:
             self._now = t
             self._handlers[kind](payload)
         self.time = t1
+        return self._end()
+
+    def change(self, kind: str, count: int) -> tuple[int, Changes]:
+        """``count`` random changes of ``kind`` (a name of :data:`Churn.RATES`) at once, the
+        clock standing still (what follows from them, such as a manual backup's states, comes
+        as the clock moves); how many happened (a change finds nothing to change on, such as a
+        deletion in a federation without old backups, does not happen)."""
+        if kind not in Churn.RATES.values():
+            raise ValueError(f"no random change {kind!r}; there are {sorted(Churn.RATES.values())}")
+        kinds = (kind, "host_resumed") if kind == "host_suspended" else (kind,)
+        before = sum(self.applied[k] for k in kinds)
+        self._begin(self.time)
+        self._now = self.time
+        for _ in range(count):
+            self._handlers[kind](None)
+        return sum(self.applied[k] for k in kinds) - before, self._end()
+
+    def _begin(self, until: int) -> None:
+        self._batch = _Batch(self.store)
+        self._until = until
+        self._vms_changed = {}
+        self._policies_changed = self._hosts_changed = False
+
+    def _end(self) -> Changes:
+        """Change the store; what the inventory listings must show."""
         self._batch.finish()
         inventory_changed = self._vms_changed or self._policies_changed or self._hosts_changed
         report = None
@@ -218,7 +245,7 @@ class FederationLife:
             return
         rule = vm.policy.rules[r]
         if vm.host.policy_enabled:
-            self._take_backup(vm, rule, self._group(vm, r))
+            self._take_backup(vm, r)
         self._push(rule.next_after(self._now, vm.cluster.offset), "schedule", payload)
 
     def _group(self, vm: VmPlan, r: int) -> Row:
@@ -234,11 +261,15 @@ class FederationLife:
             self._groups[(vm.id, r)] = group
         return group
 
-    def _take_backup(self, vm: VmPlan, rule: Rule, group: Row) -> None:
+    def _take_backup(self, vm: VmPlan, r: int) -> None:
         t = self._now
+        rule, group = vm.policy.rules[r], self._group(vm, r)
         consistent, consistency = self._consistency(vm, rule)
         name = self._times.local(t, vm.cluster.offset)
-        expires = self._times.utc(t + rule.retention * 60)
+        keep = rule.retention * 60
+        if len(vm.held) == len(vm.policy.rules) and vm.held[r]:  # FederationSpec.steady
+            keep = vm.held[r] * steady_interval(rule)
+        expires = self._times.utc(t + keep)
         row = _queued(self.rng, name, "POLICY", self._times.utc(t), expires, self._size(vm))
         row = (*row[:_CONSISTENT], consistent, consistency, group)
         self._new(row, rule.destination, "scheduled", (vm, rule.max_backups))
@@ -546,6 +577,7 @@ class FederationLife:
         if not others:
             return
         self._forget_groups(vm)
+        vm.held = ()  # the new policy's backups expire after its retention
         vm.policy = self.rng.choice(others)
         self._vms_changed[vm.id] = vm
         self._schedule(vm, self._now)
@@ -574,6 +606,7 @@ class FederationLife:
         for vm in self._vms:
             if vm.policy is policy:
                 vm.policy = new  # same destinations: its groups hold
+                vm.held = ()  # its next backups expire after the edited retention
                 if vm.state == "ALIVE":
                     self._schedule(vm, self._now)
         self._policies_changed = True
