@@ -162,7 +162,9 @@ def run(backups: int, vms: int, polls: int, say: Any) -> list[dict[str, Any]]:
     from exporter.simulator import Churn, FederationSpec, ManualClock, SimulatedController
 
     clock = ManualClock()
-    spec = FederationSpec(clusters=3, vms=vms, total_backups=backups, roles=False)
+    # steady: backups expire as they are replaced, so the federation keeps its size and every
+    # 5 minutes sees expiries as well as new backups.
+    spec = FederationSpec(clusters=3, vms=vms, total_backups=backups, roles=False, steady=True)
     say(f"steady state: generating {backups} backups on {vms} VMs")
     simulator = SimulatedController(
         spec,
