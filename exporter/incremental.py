@@ -12,12 +12,16 @@ backups of the last one (:class:`~exporter.store.BackupStore`):
 3. takes the rest from the store, less the backups whose expiration time has passed;
 4. counts, with ``limit=1`` listings, the backups in all, in each state it holds, at each
    destination it holds, and those with an expiration time, and compares each count with
-   its own: the first that differs is a :class:`Mismatch`, and the poller runs a full scan.
+   its own;
+5. looks for a count that differs (:func:`repair`: halving the span of creation times with
+   ``created_before`` counts) and reads that span again; where it cannot, or after
+   :data:`MAX_REPAIRS`, that is a :class:`Mismatch`, and the poller runs a full scan.
 
 Nothing rests on an undocumented behaviour: whether time bounds are inclusive does not matter
 for the backups held (W is a second at which the store holds none), and a backup that appears
 late with an older creation time, an expiration changed after creation, a deletion, a state
-change outside the window or a lock to "NA" all change one of the counts. What the counts
+change outside the window or a lock to "NA" all change one of the counts, which are compared
+again after every repair. What the counts
 cannot see is two changes that cancel out within every count between two polls (one old
 backup deleted and another added with an old creation time, same state and destination):
 it lives until the next full scan (``poll.full_scan_interval_seconds``).
