@@ -701,6 +701,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-baseline", action="store_true")
     add("--no-load", action="store_true")
     add(
+        "--steady",
+        default="100k/5000,1000k/20000",
+        help="the steady-state run (bench/steady.py): backups/VMs of each federation, polled 5 "
+        "simulated minutes apart ('' for none; 10k/500 with --quick)",
+    )
+    add(
+        "--steady-polls",
+        type=int,
+        default=14,
+        help="polls per steady-state federation: 14, 65 simulated minutes (the hourly full scan)",
+    )
+    add(
         "--output",
         type=Path,
         default=None,
@@ -754,8 +766,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.polls, results.sweep = measure_polls(settings, say)
     if settings.load:
         results.load, results.logins = load_rows(settings, say)
+    from bench import steady
+
+    sizes = (
+        "10k/500"
+        if args.quick and args.steady == build_parser().get_default("steady")
+        else args.steady
+    )
+    steady_rows = [
+        row
+        for size in filter(None, sizes.split(","))
+        for row in steady.run(*steady.parse_size(size), args.steady_polls, say)
+    ]
     results.duration_seconds = time.monotonic() - began
     print(report.text(results))
+    if steady_rows:
+        print(steady.markdown(steady_rows))
     output = args.output or (None if args.quick else RESULTS)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -763,4 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (output / "latest.json").write_text(results.to_json() + "\n", encoding="utf-8")
         report.plot(results, output / "poll.png")
         say(f"wrote {output}/latest.md, latest.json and poll.png")
+        if steady_rows:
+            (output / "steady.md").write_text(steady.markdown(steady_rows), encoding="utf-8")
+            (output / "steady.json").write_text(json.dumps(steady_rows, indent=1), encoding="utf-8")
+            say(f"wrote {output}/steady.md and steady.json")
     return 0

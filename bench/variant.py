@@ -50,11 +50,11 @@ class Variant:
     def apply(self) -> None:
         """Change the exporter in this process; before ``exporter.cli.main`` runs."""
         if not self.worker:
-            from exporter.backups import BackupScan, LocalBackupScan
+            from exporter.store import BackupScan, StoreScan
             from exporter.worker import DecodingWorker
 
-            def open_scan(_: DecodingWorker) -> BackupScan:
-                return LocalBackupScan()
+            def open_scan(_: DecodingWorker, keep: bool = True) -> BackupScan:
+                return StoreScan(keep)
 
             setattr(DecodingWorker, "open_scan", open_scan)  # noqa: B010 (mypy refuses a plain =)
         if self.switch_interval is not None:

@@ -60,7 +60,9 @@ def run_once(config: Config, shard: Shard, output: str | None) -> bool:
     together (``ExporterState.once``). True if every controller's poll succeeded.
     """
     worker = DecodingWorker()
-    poller = Poller(config, scans=worker.open_scan)
+    # One poll: a full scan that keeps nothing for a next one.
+    once = replace(config, poll=replace(config.poll, full_scan_interval_seconds=0))
+    poller = Poller(once, scans=worker.open_scan)
     try:
         statuses = poller.poll_all_once()
     finally:

@@ -9,8 +9,8 @@ in this process (:class:`LocalBackupScan`) or in the decoding worker (:mod:`expo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from exporter.model import (
     APP_CONSISTENT_TYPES,
@@ -28,7 +28,7 @@ from exporter.model import (
     text_field,
     timestamp_seconds,
 )
-from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, PageSink
+from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome
 
 #: What a scan asks the API for (``fields=``): everything the metrics need and nothing more
 #: (a VM's name and state come from the inventory).
@@ -87,15 +87,20 @@ class _ClusterTally:
         self.name = name  # one string object per destination, shared by the VMs' tallies
         self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self.sizes: dict[str, int] = dict.fromkeys(STATES, 0)
-        self.newest_protected = ""
+        self.newest_protected = NO_TIME
         self.never_expiring = self.never_expiring_size = 0
         self.without_vm = self.without_vm_size = 0
 
 
 #: What a backup's consistency_type is when it does not say.
 _UNSAID = frozenset({"", MISSING})
-#: The oldest PROTECTED backup of a tally that has none: after every timestamp.
-_NO_OLDEST = "~"
+#: A backup's creation time when it has none (yet): before every time, so never the newest.
+NO_TIME = float("-inf")
+#: The oldest PROTECTED backup of a tally that has none: after every time.
+_NO_OLDEST = float("inf")
+#: Bits of a backup's consistency code (:func:`consistency_code`): it says its consistency
+#: type, and that type is application-consistent.
+TYPED, APP_CONSISTENT = 1, 2
 
 
 class _HeldTally:
@@ -105,7 +110,7 @@ class _HeldTally:
 
     def __init__(self) -> None:
         self.size = self.protected = self.others = 0  # others: not PROTECTED
-        self.newest = self.newest_app = ""  # PROTECTED ones' created_at
+        self.newest = self.newest_app = NO_TIME  # PROTECTED ones' created_at
         self.oldest = _NO_OLDEST
         self.typed = False
 
@@ -120,11 +125,24 @@ class _VMTally:
     )
 
     def __init__(self) -> None:
-        self.newest_created = ""  # of its newest backup in any state, with its state and place
+        # Of its newest backup in any state, with its state and place.
+        self.newest_created = NO_TIME
         self.newest_state = ""
         self.newest_destination = ""
         self.held: dict[str, _HeldTally] = {}  # by destination
-        self.newest_failed = ""
+        self.newest_failed = NO_TIME
+
+
+class BackupValues(NamedTuple):
+    """What the metrics need of one backup (:func:`read_backup`)."""
+
+    state: str  # one of STATES, or OTHER_STATE
+    created: float  # Unix seconds; NO_TIME if it has none
+    size: int
+    destination: str  # its cluster, external store or UNKNOWN_CLUSTER (as a label value)
+    vm_id: str  # "" if it names none
+    consistency: int  # TYPED | APP_CONSISTENT bits
+    never_expires: bool  # its expiration_time is the API's "NA" (a manual backup)
 
 
 class Aggregator:
@@ -132,7 +150,9 @@ class Aggregator:
 
     Per VM: the newest PROTECTED backup at each destination, the newest FAILED one, and the
     newest in any state (state, time, destination), whatever the VM's own state: the
-    inventory says which VMs are alive.
+    inventory says which VMs are alive. Nothing depends on the order the backups come in
+    (backups of the same second tie by state, then destination), so a scan of the listing and
+    a count of the same backups kept in a :class:`~exporter.store.BackupStore` agree.
 
     >>> tally = Aggregator()
     >>> tally.add({"id": "b1", "state": "PROTECTED", "created_at": "2024-01-01T00:00:00Z",
@@ -147,71 +167,65 @@ class Aggregator:
         self._vms: dict[str, _VMTally] = {}
         self._seen = 0
         self._cut: set[str] = set()  # cluster names cut to MAX_LABEL_LENGTH
-        # Creation times already found valid: a policy's backups share theirs, so most backups
-        # skip the check (a pattern and a calendar parse).
-        self._times: set[str] = set()
 
     def add(self, backup: Mapping[str, object]) -> None:
-        """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
-
-        Missing values (absent, null, or the API's ``"NA"``) are odd, not wrong: a backup
-        without a creation time is counted by its state but is never anyone's newest, one
-        without a size counts 0 bytes, one without a cluster goes under its external store or
-        ``unknown``. A backup without a state, or with a value that is present but wrong (a
-        size of -1, a creation time that is no UTC timestamp), cannot be placed.
-        :class:`~exporter.model.DecodeError` past :data:`MAX_DESTINATIONS` or
-        :data:`MAX_VMS_WITH_BACKUPS`: the whole listing is in doubt.
+        """Count one backup; raise :class:`BackupRecordError` if it cannot be placed
+        (:func:`read_backup`), :class:`~exporter.model.DecodeError` past
+        :data:`MAX_DESTINATIONS` or :data:`MAX_VMS_WITH_BACKUPS`: the whole listing is in doubt.
         """
-        state = backup.get("state")
-        if not isinstance(state, str) or state in ("", MISSING):
-            what = (
-                "is missing"
-                if state is None or isinstance(state, str)
-                else f"must be a string, not {type(state).__name__}"
-            )
-            raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
-        created = backup.get("created_at")
-        if type(created) is not str or created not in self._times:
-            created = _created(backup)
-            self._times.add(created)
-        size = backup.get("size")
-        if type(size) is not int or not 0 <= size <= _MAX_SIZE:
-            size = _size(backup)
-        # A name as the API wrote it finds its tally at once: a text that is a key is its own
-        # label value (text_field leaves a label value as it is). Others take the long way.
-        where = backup.get("omnistack_cluster_name") or backup.get("external_store_name")
-        tally = self._clusters.get(where) if type(where) is str else None
+        values = read_backup(backup)
+        cut = values.destination not in self._clusters and destination_cut(backup)
+        self.count(*values, cut)
+
+    def count(
+        self,
+        state: str,
+        created: float,
+        size: int,
+        cluster_name: str,
+        vm_id: str,
+        consistency: int,
+        never_expires: bool,
+        cut: bool = False,
+    ) -> None:
+        """Count one backup's :class:`BackupValues`; ``cut``: its destination's name was cut
+        to :data:`~exporter.model.MAX_LABEL_LENGTH`."""
+        tally = self._clusters.get(cluster_name)
         if tally is None:
-            tally = self._cluster(backup)
-        if state not in _KNOWN_STATES:
-            state = OTHER_STATE
+            if len(self._clusters) >= MAX_DESTINATIONS:
+                raise DecodeError(
+                    f"the backups name more than {MAX_DESTINATIONS} clusters and external stores"
+                )
+            tally = self._clusters[cluster_name] = _ClusterTally(cluster_name)
+        if cut:
+            self._cut.add(cluster_name)
         tally.counts[state] = tally.counts.get(state, 0) + 1
         tally.sizes[state] = tally.sizes.get(state, 0) + size
         protected = state == "PROTECTED"
-        # The timestamps share one format, so comparing the strings compares the times; a
-        # backup without one ("") is never the newest.
         if protected and created > tally.newest_protected:
             tally.newest_protected = created
-        if backup.get("expiration_time") == MISSING:  # a manual backup: it never expires
+        if never_expires:  # a manual backup: it never expires
             tally.never_expiring += 1
             tally.never_expiring_size += size
         self._seen += 1
 
-        vm_id = backup.get("virtual_machine_id")
-        vm = self._vms.get(vm_id) if type(vm_id) is str else None
-        if vm is None:
-            vm_id = text_field(backup, "virtual_machine_id")
-            if not vm_id:
-                tally.without_vm += 1
-                tally.without_vm_size += size
-                return
-            vm = self._vms.get(vm_id)
-            if vm is None:
-                if len(self._vms) >= MAX_VMS_WITH_BACKUPS:
-                    raise DecodeError(f"the backups belong to more than {MAX_VMS_WITH_BACKUPS} VMs")
-                vm = self._vms[vm_id] = _VMTally()
+        if not vm_id:
+            tally.without_vm += 1
+            tally.without_vm_size += size
+            return
         destination = tally.name
-        if created > vm.newest_created:  # one without a creation time ("") is never the newest
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            if len(self._vms) >= MAX_VMS_WITH_BACKUPS:
+                raise DecodeError(f"the backups belong to more than {MAX_VMS_WITH_BACKUPS} VMs")
+            vm = self._vms[vm_id] = _VMTally()
+        # One without a creation time (NO_TIME) is never the newest; backups of the same
+        # second (a rule's copies on their destinations) tie by state, then destination.
+        if created > vm.newest_created or (
+            created == vm.newest_created
+            and created != NO_TIME
+            and (state, destination) < (vm.newest_state, vm.newest_destination)
+        ):
             vm.newest_created = created
             vm.newest_state = state
             vm.newest_destination = destination
@@ -219,43 +233,21 @@ class Aggregator:
         if held is None:
             held = vm.held[destination] = _HeldTally()
         held.size += size
-        consistency = backup.get("consistency_type")
-        # Not a text (absent, or odd): as if not said.
-        said = type(consistency) is str and consistency not in _UNSAID
-        if said:
+        if consistency & TYPED:
             held.typed = True
         if protected:
             held.protected += 1
             if created > held.newest:
                 held.newest = created
-            # _NO_OLDEST sorts after every time; a backup without one ("") is no one's oldest.
-            if "" < created < held.oldest:
+            # _NO_OLDEST comes after every time; a backup without one is no one's oldest.
+            if NO_TIME < created < held.oldest:
                 held.oldest = created
-            if said and created > held.newest_app and consistency in APP_CONSISTENT_TYPES:
+            if consistency & APP_CONSISTENT and created > held.newest_app:
                 held.newest_app = created
         else:
             held.others += 1
             if state == "FAILED" and created > vm.newest_failed:
                 vm.newest_failed = created
-
-    def _cluster(self, backup: Mapping[str, object]) -> _ClusterTally:
-        """The tally of the backup's cluster, or external store, or ``unknown``: made at its
-        first backup."""
-        name = (  # the order of _CLUSTER_FIELDS
-            text_field(backup, "omnistack_cluster_name")
-            or text_field(backup, "external_store_name")
-            or UNKNOWN_CLUSTER
-        )
-        tally = self._clusters.get(name)
-        if tally is None:
-            if len(self._clusters) >= MAX_DESTINATIONS:
-                raise DecodeError(
-                    f"the backups name more than {MAX_DESTINATIONS} clusters and external stores"
-                )
-            tally = self._clusters[name] = _ClusterTally(name)
-            if any(_cut_to(backup, key, name) for key in _CLUSTER_FIELDS):
-                self._cut.add(name)
-        return tally
 
     def snapshot(self) -> BackupSnapshot:
         clusters = tuple(
@@ -263,7 +255,7 @@ class Aggregator:
                 name=name,
                 counts=dict(tally.counts),
                 sizes=dict(tally.sizes),
-                newest_protected=parse_timestamp(tally.newest_protected),
+                newest_protected=_optional(tally.newest_protected),
                 never_expiring=tally.never_expiring,
                 never_expiring_size=tally.never_expiring_size,
                 without_vm=tally.without_vm,
@@ -271,33 +263,21 @@ class Aggregator:
             )
             for name, tally in sorted(self._clusters.items())
         )
-        # Many backups share their creation time (a policy's schedule): each is parsed once.
-        seconds: dict[str, float] = {}
-
-        def parsed(created: str) -> float:
-            value = seconds.get(created)
-            if value is None:
-                value = seconds[created] = timestamp_seconds(created)
-            return value
-
-        def optional(created: str) -> float | None:
-            return parsed(created) if created else None
-
         vms = tuple(
             VMBackups(
                 vm_id,
-                {where: parsed(h.newest) for where, h in vm.held.items() if h.newest},
-                optional(vm.newest_failed),
+                {where: h.newest for where, h in vm.held.items() if h.newest != NO_TIME},
+                _optional(vm.newest_failed),
                 vm.newest_state,
-                optional(vm.newest_created),
+                _optional(vm.newest_created),
                 vm.newest_destination,
                 {
                     where: HeldBackups(
                         h.protected + h.others,
                         h.size,
                         h.protected,
-                        None if h.oldest is _NO_OLDEST else parsed(h.oldest),
-                        optional(h.newest_app),
+                        None if h.oldest == _NO_OLDEST else h.oldest,
+                        _optional(h.newest_app),
                         h.typed,
                     )
                     for where, h in vm.held.items()
@@ -310,21 +290,64 @@ class Aggregator:
         )
 
 
-class BackupScan(PageSink, Protocol):
-    """The pages of one scan of :data:`BACKUPS` in, a snapshot out; closed once the scan is over,
-    whatever happened."""
+def read_backup(backup: Mapping[str, object]) -> BackupValues:
+    """What the metrics need of one backup record; :class:`BackupRecordError` if it cannot be
+    placed.
 
-    def snapshot(self) -> BackupSnapshot: ...
+    Missing values (absent, null, or the API's ``"NA"``) are odd, not wrong: a backup
+    without a creation time is counted by its state but is never anyone's newest, one
+    without a size counts 0 bytes, one without a cluster goes under its external store or
+    ``unknown``. A backup without a state, or with a value that is present but wrong (a
+    size of -1, a creation time that is no UTC timestamp), cannot be placed.
+    """
+    state = backup.get("state")
+    if not isinstance(state, str) or state in ("", MISSING):
+        what = (
+            "is missing"
+            if state is None or isinstance(state, str)
+            else f"must be a string, not {type(state).__name__}"
+        )
+        raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
+    consistency = backup.get("consistency_type")
+    code = 0
+    if type(consistency) is str:  # not a text (absent, or odd): as if not said
+        if consistency not in _UNSAID:
+            code = TYPED
+        if consistency in APP_CONSISTENT_TYPES:
+            code |= APP_CONSISTENT
+    return BackupValues(
+        state if state in _KNOWN_STATES else OTHER_STATE,
+        _created(backup),
+        _size(backup),
+        destination_of(backup),
+        text_field(backup, "virtual_machine_id"),
+        code,
+        backup.get("expiration_time") == MISSING,
+    )
 
-    def close(self) -> None: ...
+
+def destination_of(backup: Mapping[str, object]) -> str:
+    """The ``omnistack_cluster`` label of a backup: its cluster, else its external store."""
+    return (  # the order of _CLUSTER_FIELDS
+        text_field(backup, "omnistack_cluster_name")
+        or text_field(backup, "external_store_name")
+        or UNKNOWN_CLUSTER
+    )
 
 
-#: Opens the :class:`BackupScan` of one poll.
-BackupScanFactory = Callable[[], BackupScan]
+def destination_cut(backup: Mapping[str, object]) -> bool:
+    """Whether the backup's destination (:func:`destination_of`) is a name that was cut."""
+    name = destination_of(backup)
+    return any(_cut_to(backup, key, name) for key in _CLUSTER_FIELDS)
+
+
+def _optional(seconds: float) -> float | None:
+    return None if seconds == NO_TIME else seconds
 
 
 class LocalBackupScan:
-    """A :class:`BackupScan` counted in this process, into an :class:`Aggregator`."""
+    """A scan counted in this process, into an :class:`Aggregator`, keeping nothing per backup
+    (:class:`~exporter.store.StoreScan` keeps them)."""
 
     def __init__(self) -> None:
         self._aggregator = Aggregator()
@@ -336,6 +359,9 @@ class LocalBackupScan:
     def snapshot(self) -> BackupSnapshot:
         return self._aggregator.snapshot()
 
+    def take_store(self) -> None:
+        return None  # nothing kept: the next poll is a full scan
+
     def close(self) -> None:
         pass
 
@@ -345,16 +371,34 @@ def parse_timestamp(value: str) -> float | None:
     return timestamp_seconds(value) if value else None
 
 
-def _created(backup: Mapping[str, object]) -> str:
-    """The creation time, or "" if the backup has none (yet)."""
+def _created(backup: Mapping[str, object]) -> float:
+    """The creation time in Unix seconds, or NO_TIME if the backup has none (yet)."""
     value = backup.get("created_at")
     if value is None or value == MISSING or value == "":
-        return ""
-    if not is_timestamp(value):
+        return NO_TIME
+    seconds = seconds_of(value)
+    if seconds is None:
         raise BackupRecordError(
             f"backup {_describe(backup)}: created_at {str(value)[:40]!r} is not a UTC timestamp"
         )
-    return value
+    return seconds
+
+
+def seconds_of(value: object) -> float | None:
+    """A time as the API writes it (:func:`~exporter.model.is_timestamp`) in Unix seconds;
+    None if it is none."""
+    seconds = _SECONDS.get(value) if isinstance(value, str) else None
+    if seconds is None and is_timestamp(value):
+        seconds = timestamp_seconds(value)
+        if len(_SECONDS) >= _MAX_SECONDS:
+            _SECONDS.clear()
+        _SECONDS[value] = seconds
+    return seconds
+
+
+#: Times already parsed: many backups share their second (a policy's schedule). Bounded.
+_SECONDS: dict[str, float] = {}
+_MAX_SECONDS = 100_000
 
 
 def _size(backup: Mapping[str, object]) -> int:

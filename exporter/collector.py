@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from exporter import __version__
 from exporter.model import REASONS, STATES, ClusterSummary, ControllerSnapshot, ControllerStatus
+from exporter.pollfamilies import poll_families
 
 INF = math.inf
 _F = TypeVar("_F", bound=Metric)
@@ -315,6 +316,7 @@ def health_families(statuses: Sequence[ControllerStatus]) -> Iterator[Metric]:
         unreadable,
         truncated,
         info,
+        *poll_families(statuses),
     )
 
 

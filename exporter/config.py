@@ -96,6 +96,11 @@ class PollConfig:
     connect_timeout_seconds: float = 10.0
     deadline_seconds: float | None = None
     max_login_backoff_seconds: float = 3600.0
+    #: A full scan of the backups at least this often; the polls between read only what can
+    #: have changed (:mod:`exporter.incremental`). 0: every poll is a full scan. An hour: what
+    #: no count can see lives at most that long, and a full scan, the controller's heaviest
+    #: work, comes once in twelve polls at the default interval.
+    full_scan_interval_seconds: float = 3600.0
 
     @property
     def deadline(self) -> float:
@@ -190,6 +195,7 @@ class _Reader(Reader):
             "connect_timeout_seconds",
             "deadline_seconds",
             "max_login_backoff_seconds",
+            "full_scan_interval_seconds",
             "max_backups",
             "max_vms",
         )
@@ -215,6 +221,15 @@ class _Reader(Reader):
             ),
             max_login_backoff_seconds=self.seconds(
                 raw, "max_login_backoff_seconds", defaults.max_login_backoff_seconds
+            ),
+            full_scan_interval_seconds=self.number(
+                raw,
+                "poll",
+                "full_scan_interval_seconds",
+                defaults.full_scan_interval_seconds,
+                0,
+                MAX_SECONDS,
+                unit="seconds",
             ),
             max_backups=self.integer(
                 raw, "poll", "max_backups", defaults.max_backups, 1, MAX_RECORDS

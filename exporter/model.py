@@ -20,6 +20,11 @@ from typing import Any, ClassVar, NamedTuple, TypeGuard
 #: Every value the ``reason`` label of ``simplivity_poll_errors_total`` can take, all exported
 #: from the start: one per :class:`SimplivityError` subclass.
 REASONS = ("auth", "timeout", "connection", "tls", "http", "decode")
+#: Why a poll scanned every backup (``simplivity_poll_full_scans_total``): the poller's first
+#: poll, its first after a reload changed the controller's settings, the full-scan interval
+#: (or every poll, at 0), after a failed poll, after counts that did not add up, or after a
+#: scan with records it could not read (the counts could never match).
+FULL_SCAN_REASONS = ("start", "reload", "schedule", "failure", "mismatch", "unreadable")
 
 #: The documented backup states, in the order the API reference lists them.
 STATES = (
@@ -476,3 +481,11 @@ class ControllerStatus:
     labels_truncated: int = 0
     #: What ``GET /api/version`` answered at the last successful poll ("" if it did not say).
     versions: ControllerVersions = field(default_factory=lambda: ControllerVersions("", ""))
+    #: How the last successful poll read the backups: ``full`` or ``incremental`` ("": none).
+    poll_kind: str = ""
+    #: Records the last successful poll read, by listing (its envelope key: ``backups``...).
+    poll_objects: Mapping[str, int] = field(default_factory=dict)
+    #: Full scans of the backups so far, by why (:data:`FULL_SCAN_REASONS`).
+    full_scans: Mapping[str, int] = field(
+        default_factory=lambda: dict.fromkeys(FULL_SCAN_REASONS, 0)
+    )

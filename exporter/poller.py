@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -32,7 +34,8 @@ from typing import Protocol
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from exporter.backups import BACKUPS, BackupScanFactory, LocalBackupScan
+from exporter import incremental
+from exporter.backups import BACKUPS
 from exporter.config import Config, ControllerConfig, PollConfig, ProtectionConfig
 from exporter.inventory import (
     CLUSTERS,
@@ -45,8 +48,10 @@ from exporter.inventory import (
     parse_versions,
 )
 from exporter.model import (
+    FULL_SCAN_REASONS,
     MAX_LABEL_LENGTH,
     REASONS,
+    BackupSnapshot,
     Cancelled,
     ControllerStatus,
     ControllerVersions,
@@ -56,10 +61,11 @@ from exporter.model import (
     ScheduleReport,
     SimplivityError,
 )
-from exporter.pages import Collection, PageCounter, PageSink, RecordTally
+from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, PageSink, RecordTally
 from exporter.restapi import Version, documented, has_resource, parse_version
 from exporter.scan import Pace, Scanner
 from exporter.simplivity import SimplivityClient
+from exporter.store import BackupScanFactory, BackupStore, StoreScan
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,10 @@ class ControllerReader(Protocol):
     def redact(self, text: str) -> str: ...
 
     def read(self, collection: Collection, pages: PageSink) -> None: ...
+
+    def count(self, collection: Collection) -> int:
+        """The ``count`` of a (filtered) listing."""
+        ...
 
     def get(self, path: str) -> bytes: ...
 
@@ -163,7 +173,7 @@ class ControllerPoller:
         poll: PollConfig,
         *,
         client_factory: ClientFactory = connect,
-        scans: BackupScanFactory = LocalBackupScan,
+        scans: BackupScanFactory = StoreScan,
         protection: ProtectionConfig | None = None,
         clock: Callable[[], float] = time.time,
         on_publish: Callable[[], None] = lambda: None,
@@ -211,6 +221,14 @@ class ControllerPoller:
         snapshot = self.status.snapshot
         self._said_no_report = snapshot is not None and snapshot.inventory.schedule is None
         self._said_no_version = False
+        # The backups of the last successful poll, for the next one to start from
+        # (:mod:`exporter.incremental`); None: the next poll scans them all, for this reason.
+        self._store: BackupStore | None = None
+        self._no_store = "start" if previous is None else "reload"
+        self._last_full_scan = -math.inf
+        self._full_scans = dict(previous.full_scans if previous else {})
+        for reason in FULL_SCAN_REASONS:
+            self._full_scans.setdefault(reason, 0)
 
     def poll_once(self) -> ControllerStatus:
         """Read the controller's backups and inventory and publish the outcome. Never raises.
@@ -243,18 +261,23 @@ class ControllerPoller:
         name = self.controller.name
         started = time.monotonic()
         self._client.begin_poll(self.poll_config.deadline)
-        scan = self._scans()
         unreadable, unreadable_inventory = RecordTally(), RecordTally()
+        objects: Counter[str] = Counter()
+        inventory_objects: Counter[str] = Counter()
         try:
             versions = self._read_versions()
             version = parse_version(versions.rest_api)
             # Leaving the block waits for the inventory's read, whatever the scan's outcome.
             with ThreadPoolExecutor(1, thread_name_prefix=f"inventory-{name}") as side:
-                inventory_read = side.submit(self._read_inventory, unreadable_inventory, version)
-                self._client.read(for_version(self._backups, version), unreadable.around(scan))
+                inventory_read = side.submit(
+                    self._read_inventory, unreadable_inventory, version, inventory_objects
+                )
+                backups, store, kind = self._read_backups(
+                    for_version(self._backups, version), unreadable, objects
+                )
             read, inventory = inventory_read.result()
             unreadable.merge(unreadable_inventory)
-            backups = scan.snapshot()
+            objects.update(inventory_objects)
             now = self._clock()
             snapshot = read.judge(
                 inventory,
@@ -277,11 +300,13 @@ class ControllerPoller:
             )
             failure = DecodeError(f"internal error: {type(err).__name__}")
             return self._publish_failure(failure, time.monotonic() - started)
-        finally:
-            scan.close()
         pace = self._client.pace
+        self._store = store
         self.status = replace(
             self.status,
+            poll_kind=kind,
+            poll_objects=dict(objects),
+            full_scans=dict(self._full_scans),
             polls=self.status.polls + 1,
             up=True,
             last_poll_finished=now,
@@ -353,8 +378,74 @@ class ControllerPoller:
                 self._said_no_version = True
         return versions
 
+    def _read_backups(
+        self, listing: Collection, unreadable: RecordTally, objects: Counter[str]
+    ) -> tuple[BackupSnapshot, BackupStore | None, str]:
+        """The backups' snapshot, the store to keep for the next poll, and the kind of read:
+        incremental from the last poll's store when it may be (:mod:`exporter.incremental`),
+        else (or when something does not add up) a full scan."""
+        # Kept for the next poll only if this one succeeds (a failed poll's next is full),
+        # and held nowhere else meanwhile: a full scan frees it before building the next.
+        store, self._store = self._store, None
+        now = self._clock()
+        reason = self._full_scan_reason(store, now)
+        if reason is None and store is not None:
+            tally = RecordTally()
+
+            def read(collection: Collection, pages: PageSink) -> None:
+                self._client.read(collection, tally.around(_Objects(objects, pages)))
+
+            try:
+                incremental.update(store, listing, now, read, tally)
+                incremental.cross_check(store, listing, now, self._client.count, read, objects)
+                if tally.records:
+                    raise incremental.Mismatch(f"{tally.records} backups could not be read")
+            except incremental.Mismatch as err:
+                name = self.controller.name
+                log.warning(
+                    "controller %s: incremental poll does not add up (%s); scanning every backup",
+                    name,
+                    err,
+                    extra={"controller": name, "reason": "mismatch", "error": str(err)},
+                )
+                reason = "mismatch"
+            else:
+                return store.aggregate(), store, "incremental"
+        store = None  # freed before the scan that replaces it
+        reason = reason or "schedule"
+        self._full_scans[reason] = self._full_scans.get(reason, 0) + 1
+        log.debug(
+            "controller %s: full scan (%s)",
+            self.controller.name,
+            reason,
+            extra={"controller": self.controller.name, "reason": reason},
+        )
+        scan = self._scans(keep=self.poll_config.full_scan_interval_seconds > 0)
+        try:
+            self._client.read(listing, unreadable.around(_Objects(objects, scan)))
+            snapshot = scan.snapshot()
+            if unreadable.records:
+                self._no_store = "unreadable"  # a store without them would never add up
+            elif self.poll_config.full_scan_interval_seconds > 0:
+                store = scan.take_store()
+        finally:
+            scan.close()
+        self._last_full_scan = now
+        return snapshot, store, "full"
+
+    def _full_scan_reason(self, store: BackupStore | None, now: float) -> str | None:
+        """Why this poll must scan every backup; None if it need not."""
+        interval = self.poll_config.full_scan_interval_seconds
+        if interval <= 0:
+            return "schedule"
+        if store is None:
+            return self._no_store
+        if now - self._last_full_scan >= interval:
+            return "schedule"
+        return None
+
     def _read_inventory(
-        self, unreadable: RecordTally, version: Version | None
+        self, unreadable: RecordTally, version: Version | None, objects: Counter[str]
     ) -> tuple[InventoryRead, Inventory]:
         """The live VMs first, then the policies and hosts they name, the clusters' names (for
         the hosts: before REST API 1.9 they name none), then the report."""
@@ -366,7 +457,8 @@ class ControllerPoller:
         ):
             asked = as_asked(collection, version)
             if asked is not None:
-                self._inventory_reader.read(asked, unreadable.around(PageCounter(asked, sink)))
+                pages = _Objects(objects, PageCounter(asked, sink), asked.key)
+                self._inventory_reader.read(asked, unreadable.around(pages))
         return read, read.inventory(self._read_schedule_report(version))
 
     def _read_schedule_report(self, version: Version | None) -> ScheduleReport | None:
@@ -395,6 +487,7 @@ class ControllerPoller:
 
     def _publish_failure(self, err: SimplivityError, duration: float) -> ControllerStatus:
         message = str(err)  # what the controller wrote in it is redacted already
+        self._no_store = "failure"
         errors = dict(self.status.errors)
         errors[err.reason] = errors.get(err.reason, 0) + 1
         pace = self._client.pace
@@ -406,6 +499,7 @@ class ControllerPoller:
             last_duration=duration,
             last_error=message,
             errors=errors,
+            full_scans=dict(self._full_scans),
             logins=self._logins_before + self._client.logins,
             login_backoff_seconds=self._client.login_backoff_seconds,
             concurrency=pace.concurrency,
@@ -432,6 +526,20 @@ class ControllerPoller:
         self._inventory_reader.close()
 
 
+class _Objects:
+    """A :class:`~exporter.pages.PageSink` that counts the records its pages held, by listing."""
+
+    def __init__(self, objects: Counter[str], pages: PageSink, key: str = BACKUPS.key) -> None:
+        self._objects = objects
+        self._pages = pages
+        self._key = key
+
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        outcome = self._pages.count(offset, body, order)
+        self._objects[self._key] += outcome.received
+        return outcome
+
+
 def _capped(collection: Collection, most: int, setting: str) -> Collection:
     return replace(collection, max_records=most, max_records_setting=setting)
 
@@ -444,7 +552,7 @@ class Poller:
         config: Config,
         *,
         client_factory: ClientFactory = connect,
-        scans: BackupScanFactory = LocalBackupScan,
+        scans: BackupScanFactory = StoreScan,
         clock: Callable[[], float] = time.time,
         scheduler: BackgroundScheduler | None = None,
     ) -> None:

@@ -28,7 +28,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
@@ -39,6 +39,7 @@ from exporter.model import (
     OrderError,
     PageRequest,
     SimplivityError,
+    decode_json,
 )
 from exporter.pages import SORT_FIELD, Collection, PageOutcome, PageSink, sorting
 
@@ -201,6 +202,18 @@ class Scanner:
         """The body of one GET of a path that is not paged; raises
         :class:`~exporter.model.SimplivityError`."""
         return self._source.get_body(path)
+
+    def count(self, collection: Collection) -> int:
+        """The ``count`` of a listing, as filtered: a page of one record (HPE's PowerShell
+        module counts so); raises :class:`~exporter.model.SimplivityError`."""
+        order = self._orders.get(collection.path, collection.orders[0])
+        fields = collection.path not in self._refused_fields
+        request = replace(collection, fields=(SORT_FIELD,)).page(0, 1, order, fields=fields)
+        document = decode_json(collection.path, self._source.get_page(request))
+        total = document.get("count") if isinstance(document, dict) else None
+        if type(total) is not int or total < 0:
+            raise DecodeError(f"{collection.path} answered without a numeric 'count'")
+        return total
 
     def read(self, collection: Collection, pages: PageSink) -> None:
         """Hand every page of ``collection`` to ``pages``, in the listing's order.

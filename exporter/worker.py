@@ -12,7 +12,7 @@ decoding and counting:
 
 The exporter's :class:`~exporter.scan.Scanner` still pages through the listing; the child only
 runs the other half, :class:`~exporter.pages.PageCounter`. It gets page bodies, never
-credentials or tokens. It keeps one :class:`~exporter.backups.LocalBackupScan` per scan in
+credentials or tokens. It keeps one :class:`~exporter.store.StoreScan` per scan in
 progress and sends back a small :class:`~exporter.pages.PageOutcome` per page, then the scan's
 snapshot (one entry per VM).
 Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from exporter import logs
-from exporter.backups import BackupScan, LocalBackupScan
 from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.model import BackupSnapshot, DecodeError, OrderError
 from exporter.pages import SORT_FIELD, PageOutcome
+from exporter.store import BackupScan, BackupStore, StoreScan
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,13 @@ class DecodingWorker:
         self._warned = False
         self.starts = 0
 
-    def open_scan(self) -> BackupScan:
-        """A new scan in the child; in this process instead if the child cannot be started."""
+    def open_scan(self, keep: bool = True) -> BackupScan:
+        """A new scan in the child (keeping its backups for the next poll, or not:
+        :class:`~exporter.store.StoreScan`); in this process instead if the child cannot be
+        started."""
         scan_id = next(self._scan_ids)
         try:
-            _, generation = self._exchange(("open", scan_id), None)
+            _, generation = self._exchange(("open", scan_id, keep), None)
         except WorkerLost as err:
             if not self._warned:
                 log.warning(
@@ -97,7 +99,7 @@ class DecodingWorker:
                     extra={"error": str(err)},
                 )
                 self._warned = True
-            return LocalBackupScan()
+            return StoreScan(keep)
         self._warned = False
         return _WorkerScan(self, scan_id, generation)
 
@@ -210,6 +212,17 @@ class _WorkerScan:
         snapshot: BackupSnapshot = self._worker.call(("snapshot", self._id), self._generation)
         return snapshot
 
+    def take_store(self) -> BackupStore | None:
+        """The scan's backups, for the next poll (whose changes are few, and counted here):
+        a column per message (an array pickles as its bytes), so that no more than one column
+        is ever held twice."""
+        call = self._worker.call
+        names: tuple[str, ...] | None = call(("store", self._id, None), self._generation)
+        if names is None:
+            return None
+        columns = {name: call(("store", self._id, name), self._generation) for name in names}
+        return BackupStore.from_columns(columns)
+
     def close(self) -> None:
         with contextlib.suppress(DecodeError):  # the child is gone, and the scan with it
             self._worker.call(("close", self._id), self._generation)
@@ -249,23 +262,30 @@ def _read_exactly(stream: IO[bytes], length: int) -> bytes:
     return data
 
 
-def _answer(scans: dict[int, LocalBackupScan], request: tuple[Any, ...], body: bytes) -> Any:
+def _answer(scans: dict[int, StoreScan], request: tuple[Any, ...], body: bytes) -> Any:
     operation, scan_id, *arguments = request
     if operation == "page":
         offset, order = arguments
         return _scan(scans, scan_id).count(offset, body, order)
     if operation == "open":
-        scans[scan_id] = LocalBackupScan()
+        (keep,) = arguments
+        scans[scan_id] = StoreScan(keep)
         return None
     if operation == "close":
         scans.pop(scan_id, None)
         return None
     if operation == "snapshot":
         return _scan(scans, scan_id).snapshot()
+    if operation == "store":
+        (name,) = arguments
+        store = _scan(scans, scan_id).store
+        if store is None or name is None:
+            return None if store is None else store.column_names()
+        return store.column(name)
     raise ValueError(f"unknown request {operation!r}")
 
 
-def _scan(scans: dict[int, LocalBackupScan], scan_id: int) -> LocalBackupScan:
+def _scan(scans: dict[int, StoreScan], scan_id: int) -> StoreScan:
     scan = scans.get(scan_id)
     if scan is None:
         raise DecodeError("the decoding worker restarted during the scan")
@@ -282,7 +302,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """
     gc.disable()
     gc.freeze()  # what the imports left stays out of every collection
-    scans: dict[int, LocalBackupScan] = {}
+    scans: dict[int, StoreScan] = {}
     while True:
         try:
             request, body = _receive(requests)

@@ -39,6 +39,11 @@ class NoPollLimits:
         """One fake serves every reader of a poll."""
         return self
 
+    def count(self, collection: Collection) -> int:
+        """A fake serves whole listings: its pollers scan every backup at every poll
+        (``full_scan_interval_seconds=0``), and never count."""
+        raise AssertionError(f"a fake asked for the count of {collection.path}")
+
 
 class ReaderWrapper:
     """A :class:`~exporter.poller.ControllerReader` that hands everything to ``inner``: a test's
@@ -70,6 +75,9 @@ class ReaderWrapper:
 
     def get(self, path: str) -> bytes:
         return self.inner.get(path)
+
+    def count(self, collection: Collection) -> int:
+        return self.inner.count(collection)
 
     def read(self, collection: Collection, pages: PageSink) -> None:
         self.inner.read(collection, pages)

@@ -43,6 +43,8 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
             "--idle-hold=0.1",
             "--sweep=1,2",
             "--sweep-at=1k",
+            "--steady=2k/100",
+            "--steady-polls=3",
             f"--output={tmp_path}",
         ],
         cwd=ROOT,
@@ -83,6 +85,12 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
     assert results["logins"]["controller_logins"] == 1
     assert "| backups |" in (tmp_path / "latest.md").read_text()
     assert (tmp_path / "poll.png").read_bytes().startswith(b"\x89PNG")
+    steady = json.loads((tmp_path / "steady.json").read_text())
+    assert [row["poll"] for row in steady] == [0, 1, 2]
+    assert all(row["equal"] for row in steady)
+    assert [row["incremental"]["kind"] for row in steady] == ["full", "incremental", "incremental"]
+    assert all(row["incremental"]["objects"] < row["full"]["objects"] for row in steady[1:])
+    assert "| 2,000 / 100 |" in (tmp_path / "steady.md").read_text()
 
 
 def test_sizes_are_read_with_k_suffixes() -> None:

@@ -34,7 +34,13 @@ UNPLACEABLE = frozenset({"no_state", "no_id", "string_record", "number_record"})
 
 
 def poller_for(simulator: SimulatedController, **poll: Any) -> ControllerPoller:
-    settings = PollConfig(**{"timeout_seconds": 10, "page_size": 100, **poll})
+    # Every poll a full scan: these tests page through the whole listing at each.
+    every: dict[str, Any] = {
+        "timeout_seconds": 10,
+        "page_size": 100,
+        "full_scan_interval_seconds": 0,
+    }
+    settings = PollConfig(**{**every, **poll})
     return ControllerPoller(
         controller_config("quirky", simulator), settings, client_factory=fast_retries
     )

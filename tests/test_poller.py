@@ -128,6 +128,8 @@ class ScriptedSource(NoPollLimits):
 
 
 CONTROLLER = ControllerConfig("boston", "https://h", "u", Secret("p"))
+#: A scripted source serves one read of the backups per poll: each poll a full scan.
+EVERY_POLL_FULL = PollConfig(full_scan_interval_seconds=0)
 
 
 def poller_with(
@@ -137,7 +139,7 @@ def poller_with(
 ) -> ControllerPoller:
     return ControllerPoller(
         CONTROLLER,
-        PollConfig(),
+        EVERY_POLL_FULL,
         client_factory=lambda *_: source,
         clock=clock,
         protection=protection,
@@ -455,7 +457,7 @@ def test_without_a_schedule_report_the_poll_succeeds_and_says_so_once(
     assert said[0].levelno == logging.INFO
     # A reload keeps the snapshot, and with it what was said.
     replaced = ControllerPoller(
-        CONTROLLER, PollConfig(), client_factory=lambda *_: source, previous=poller.status
+        CONTROLLER, EVERY_POLL_FULL, client_factory=lambda *_: source, previous=poller.status
     )
     with caplog.at_level(logging.INFO, logger="exporter.poller"):
         assert replaced.poll_once().up

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from exporter.backups import BACKUPS, BackupScan, LocalBackupScan
+from exporter.backups import BACKUPS, LocalBackupScan
 from exporter.config import ControllerConfig, PollConfig, Secret
 from exporter.model import DecodeError
 from exporter.pages import Collection, PageOutcome, PageSink
 from exporter.poller import ControllerPoller, connect
 from exporter.scan import Pace, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
+from exporter.store import BackupScan, StoreScan
 from exporter.worker import WORKER_NICENESS, DecodingWorker
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, write_config
@@ -150,6 +151,21 @@ def test_a_scan_is_stitched_to_its_own_last_page_only(worker: DecodingWorker) ->
     assert second.snapshot().backups_seen == 1
 
 
+def test_a_scan_in_the_worker_hands_back_the_store_a_scan_here_keeps(
+    worker: DecodingWorker,
+) -> None:
+    body = page([backup(n) for n in range(1, 30)])
+    here, there = StoreScan(), worker.open_scan()
+    assert here.count(0, body) == there.count(0, body)
+    kept = there.take_store()
+    there.close()
+    assert kept is not None
+    assert here.store is not None
+    assert kept.figures() == here.store.figures()
+    assert kept.aggregate() == here.snapshot()
+    assert worker.open_scan(keep=False).take_store() is None
+
+
 class PagesThenKill(NoPollLimits):
     """A client whose scan counts one page, kills the worker, then counts another."""
 
@@ -180,7 +196,7 @@ def test_a_worker_killed_mid_scan_fails_that_poll_only(worker: DecodingWorker) -
     source = PagesThenKill(worker)
     poller = ControllerPoller(
         ControllerConfig("boston", "https://h", "u", Secret("p")),
-        PollConfig(),
+        PollConfig(full_scan_interval_seconds=0),
         client_factory=lambda *_: source,
         scans=worker.open_scan,
     )
@@ -212,7 +228,7 @@ def test_without_a_worker_pages_are_counted_in_this_process(
         with caplog.at_level(logging.WARNING, logger="exporter.worker"):
             scan: BackupScan = worker.open_scan()
             worker.open_scan()  # said once, not at every poll
-        assert isinstance(scan, LocalBackupScan)
+        assert isinstance(scan, StoreScan)
         assert scan.count(0, page([backup(1)])).counted == 1
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1

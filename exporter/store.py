@@ -1,0 +1,471 @@
+"""The backups of a controller's last successful poll, kept compact for the next poll.
+
+An incremental poll (:mod:`exporter.incremental`) reads only what can have changed since the
+last one; the rest of the federation's backups it takes from a :class:`BackupStore`. The store
+keeps per backup only what the metrics need, in columns (arrays and byte arrays, names
+interned), never a dict or an object per backup: 49 bytes a backup, about 50 MB for a
+million. A full scan fills one (:meth:`BackupStore.add` is its pages' sink), an incremental
+poll changes it (:meth:`BackupStore.merge`) and the snapshot is counted from it by the same
+:class:`~exporter.backups.Aggregator` a scan counts with.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from exporter.backups import (
+    BACKUPS,
+    NO_TIME,
+    UNKNOWN_CLUSTER,
+    Aggregator,
+    BackupRecordError,
+    destination_cut,
+    read_backup,
+    seconds_of,
+)
+from exporter.model import MISSING, OTHER_STATE, STATES, BackupSnapshot, text_field
+from exporter.pages import SORT_FIELD, PageCounter, PageOutcome, PageSink
+
+#: A backup's ``state`` as a byte: its index here.
+STATE_CODES = (*STATES, OTHER_STATE)
+_STATE_CODE = {state: code for code, state in enumerate(STATE_CODES)}
+#: What a backup's expiration_time is: a time, the API's "NA" (never), or neither (absent,
+#: null, or not a time). Only a time is counted by ``expires_after``.
+EXPIRES, NEVER, UNSAID = 0, 1, 2
+#: The filter that counts a destination's backups, by the field its name came from.
+CLUSTER_FILTER, STORE_FILTER = "omnistack_cluster_name", "external_store_name"
+_NO_EXPIRY = float("inf")
+
+
+class Place(NamedTuple):
+    """A destination: its ``omnistack_cluster`` label, and the filter that counts its backups
+    with the exact name it was listed under ("" for either when none can: ``unknown``, or a
+    name cut or cleaned for a label)."""
+
+    label: str
+    field: str
+    name: str
+    cut: bool
+
+
+class Record(NamedTuple):
+    """One backup, as a store keeps it: what :meth:`BackupStore.merge` takes."""
+
+    key: bytes  # 16 bytes: its id (:func:`id_key`)
+    created: float  # NO_TIME: none
+    expires: float  # +inf unless expiry is EXPIRES
+    expiry: int
+    size: int
+    state: int  # index in STATE_CODES
+    place: Place
+    vm_id: str
+    consistency: int
+
+
+#: Filters of a count: none, or one (name, value) pair.
+Filters = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a store holds, as the controller can count it with ``limit=1`` listings."""
+
+    total: int
+    states: Mapping[str, int]  # only the states held
+    places: Mapping[tuple[str, str], int]  # (filter, name) -> backups, for places that can
+    expiring: int  # backups whose expiration_time is a time
+
+
+def id_key(identifier: str) -> bytes:
+    """A backup's id in 16 bytes: the UUID's own bytes, or a digest of any other id."""
+    if len(identifier) == 36 and identifier.count("-") == 4:
+        try:
+            key = bytes.fromhex(identifier.replace("-", ""))
+        except ValueError:
+            pass
+        else:
+            if key.hex() == identifier.replace("-", ""):  # lowercase: one id, one key
+                return key
+    return hashlib.blake2b(identifier.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def read_record(backup: Mapping[str, object]) -> Record:
+    """A backup record as a store keeps it; :class:`~exporter.backups.BackupRecordError` if it
+    cannot be placed."""
+    values = read_backup(backup)
+    identifier = backup.get("id")
+    if not isinstance(identifier, str) or not identifier:  # the page counter placed it by id
+        raise BackupRecordError("a backup without an id")
+    raw = backup.get("expiration_time")
+    seconds = seconds_of(raw)
+    if seconds is not None:
+        expires, expiry = seconds, EXPIRES
+    else:
+        expires, expiry = _NO_EXPIRY, NEVER if raw == MISSING else UNSAID
+    return Record(
+        id_key(identifier),
+        values.created,
+        expires,
+        expiry,
+        values.size,
+        _STATE_CODE[values.state],
+        _place(backup, values.destination),
+        values.vm_id,
+        values.consistency,
+    )
+
+
+def _place(backup: Mapping[str, object], label: str) -> Place:
+    cut = label != UNKNOWN_CLUSTER and destination_cut(backup)
+    for field in (CLUSTER_FILTER, STORE_FILTER):
+        if text_field(backup, field) == label:
+            exact = backup.get(field) == label  # else cut or cleaned: no filter names it
+            return Place(label, field if exact else "", label if exact else "", cut)
+    return Place(label, "", "", cut)
+
+
+class Timeline:
+    """Sorted creation times (:meth:`BackupStore.timeline`)."""
+
+    def __init__(self, every: array[float], matching: array[float]) -> None:
+        self._every = every
+        self._matching = matching
+
+    def census(
+        self, start: float, end: float, split: float, samples: int = 0
+    ) -> tuple[int, int, list[float]]:
+        """Of the matching backups created in [start, end): how many, how many of those
+        before ``split``, and the creation times of about ``samples`` of them, evenly spread."""
+        first = bisect.bisect_left(self._matching, start)
+        last = bisect.bisect_left(self._matching, end)
+        below = bisect.bisect_left(self._matching, split, first, last) - first
+        inside = last - first
+        stride = max(1, inside // samples) if samples else 0
+        sample = list(self._matching[first:last:stride]) if stride else []
+        return inside, below, sample
+
+    def taken(self, low: float, high: float) -> set[int]:
+        """The whole seconds in [low, high) at which any backup held was created."""
+        first = bisect.bisect_left(self._every, low)
+        last = bisect.bisect_left(self._every, high)
+        return {int(c) for c in self._every[first:last]}
+
+
+class BackupStore:
+    """Backups in columns, one row per backup, in no particular order.
+
+    Not thread-safe: one poll at a time uses it (:class:`~exporter.poller.PollTurn`).
+    """
+
+    def __init__(self) -> None:
+        self._keys = bytearray()  # 16 bytes a row
+        self._created = array("d")
+        self._expires = array("d")
+        self._expiry = bytearray()
+        self._sizes = array("q")
+        self._states = bytearray()
+        self._places = array("H")  # index in _place_list (at most MAX_DESTINATIONS)
+        self._vms = array("I")  # index in _vm_list; 0: no VM
+        self._consistency = bytearray()
+        self._place_list: list[Place] = []
+        self._place_index: dict[Place, int] = {}
+        self._vm_list: list[str] = [""]
+        self._vm_index: dict[str, int] = {"": 0}
+
+    def __len__(self) -> int:
+        return len(self._created)
+
+    #: Its state, attribute by attribute (:meth:`column`, :meth:`from_columns`).
+    _COLUMNS = (
+        "_keys",
+        "_created",
+        "_expires",
+        "_expiry",
+        "_sizes",
+        "_states",
+        "_places",
+        "_vms",
+        "_consistency",
+        "_place_list",
+        "_vm_list",
+    )
+
+    def column_names(self) -> tuple[str, ...]:
+        return self._COLUMNS
+
+    def column(self, name: str) -> object:
+        """One of :meth:`column_names`: what the decoding worker sends, one at a time."""
+        if name not in self._COLUMNS:
+            raise ValueError(f"no column {name!r}")
+        return getattr(self, name)
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> BackupStore:
+        store = cls()
+        for name in cls._COLUMNS:
+            setattr(store, name, columns[name])
+        store._place_index = {place: i for i, place in enumerate(store._place_list)}
+        store._vm_index = {vm: i for i, vm in enumerate(store._vm_list)}
+        return store
+
+    def add(self, backup: Mapping[str, object]) -> None:
+        """One backup record (a page counter's sink)."""
+        self.append(read_record(backup))
+
+    def append(self, record: Record) -> None:
+        self._keys += record.key
+        self._created.append(record.created)
+        self._expires.append(record.expires)
+        self._expiry.append(record.expiry)
+        self._sizes.append(record.size)
+        self._states.append(record.state)
+        self._places.append(self._intern_place(record.place))
+        self._vms.append(self._intern_vm(record.vm_id))
+        self._consistency.append(record.consistency)
+
+    def _intern_place(self, place: Place) -> int:
+        index = self._place_index.get(place)
+        if index is None:
+            index = self._place_index[place] = len(self._place_list)
+            self._place_list.append(place)
+        return index
+
+    def _intern_vm(self, vm_id: str) -> int:
+        index = self._vm_index.get(vm_id)
+        if index is None:
+            index = self._vm_index[vm_id] = len(self._vm_list)
+            self._vm_list.append(vm_id)
+        return index
+
+    def _set(self, row: int, record: Record) -> None:
+        self._keys[16 * row : 16 * row + 16] = record.key
+        self._created[row] = record.created
+        self._expires[row] = record.expires
+        self._expiry[row] = record.expiry
+        self._sizes[row] = record.size
+        self._states[row] = record.state
+        self._places[row] = self._intern_place(record.place)
+        self._vms[row] = self._intern_vm(record.vm_id)
+        self._consistency[row] = record.consistency
+
+    def newest_created(self) -> float:
+        """The newest creation time held (NO_TIME: none)."""
+        return max(self._created, default=NO_TIME)
+
+    def oldest_created(self) -> float | None:
+        """The oldest creation time held (None: no backup has one)."""
+        return min((c for c in self._created if c != NO_TIME), default=None)
+
+    def oldest_created_in(self, states: Iterable[str]) -> float | None:
+        """The oldest creation time of a backup in one of ``states`` (None: no such backup)."""
+        codes = {_STATE_CODE[state] for state in states}
+        times = [c for c, s in zip(self._created, self._states, strict=True) if s in codes]
+        return min((c for c in times if c != NO_TIME), default=None)
+
+    def merge(
+        self, start: float, now: float, window: Iterable[Record], lingering: Iterable[Record]
+    ) -> None:
+        """The backups of a new poll: those created before ``start`` that the store holds,
+        less those whose expiration_time is past at ``now`` and that are not ``lingering``
+        (still listed although past it: taken as now listed), plus every ``window`` backup
+        (those created at ``start`` or after, as now listed)."""
+        window = list(window)
+        in_window = {record.key for record in window}
+        lingering_by_key = {r.key: r for r in lingering if r.key not in in_window}
+        created, expires, keys = self._created, self._expires, self._keys
+        drop = [row for row, c in enumerate(created) if c >= start]
+        for row in (row for row, e in enumerate(expires) if e <= now):
+            if created[row] >= start:
+                continue
+            record = lingering_by_key.pop(bytes(keys[16 * row : 16 * row + 16]), None)
+            if record is None:
+                drop.append(row)
+            else:
+                self._set(row, record)
+        if lingering_by_key:
+            # Listed past its expiration, but held with another (a retention changed): find it.
+            view = memoryview(keys)
+            for row in range(len(created)):
+                record = lingering_by_key.pop(bytes(view[16 * row : 16 * row + 16]), None)
+                if record is not None and created[row] < start:
+                    self._set(row, record)
+                elif record is not None:
+                    lingering_by_key[record.key] = record
+                if not lingering_by_key:
+                    break
+            view.release()
+        self._remove(sorted(set(drop)))
+        for record in (*lingering_by_key.values(), *window):
+            self.append(record)
+
+    def timeline(self, filters: Filters) -> Timeline:
+        """The creation times held, sorted: of every backup, and of those matching
+        ``filters`` (as :meth:`figures` counts them). Built once per repair (a sort), then
+        every question is a bisection."""
+        every = array("d", sorted(self._created))
+        if not filters:
+            return Timeline(every, every)
+        times = (
+            c for c, match in zip(self._created, self._matching(filters), strict=True) if match
+        )
+        return Timeline(every, array("d", sorted(times)))
+
+    def taken(self, low: float, high: float) -> set[int]:
+        """The whole seconds in [low, high) at which a backup held was created."""
+        return {int(c) for c in self._created if low <= c < high}
+
+    def _matching(self, filters: Filters) -> Iterable[bool]:
+        """Whether each row matches the filters, as the controller's filters would."""
+        if not filters:
+            return itertools.repeat(True, len(self))
+        ((name, value),) = filters
+        if name == "state":
+            code = _STATE_CODE[value]
+            return (state == code for state in self._states)
+        if name == "expires_after":
+            return (expiry == EXPIRES for expiry in self._expiry)
+        places = {i for i, p in enumerate(self._place_list) if (p.field, p.name) == (name, value)}
+        return (place in places for place in self._places)
+
+    def replace_span(self, start: float, end: float, records: Iterable[Record]) -> None:
+        """The backups created in [start, end) become ``records``."""
+        self._remove([row for row, c in enumerate(self._created) if start <= c < end])
+        for record in records:
+            self.append(record)
+
+    def _remove(self, rows: list[int]) -> None:
+        """Drop these rows (sorted), copying each column once."""
+        if not rows:
+            return
+        runs: list[tuple[int, int]] = []  # the rows kept, as [start, end) runs
+        begin = 0
+        for row in rows:
+            if row > begin:
+                runs.append((begin, row))
+            begin = row + 1
+        if begin < len(self._created):
+            runs.append((begin, len(self._created)))
+        for name in (
+            "_created",
+            "_expires",
+            "_expiry",
+            "_sizes",
+            "_states",
+            "_places",
+            "_vms",
+            "_consistency",
+        ):
+            column = getattr(self, name)
+            kept = type(column)(column.typecode) if isinstance(column, array) else bytearray()
+            for a, b in runs:
+                kept += column[a:b]
+            setattr(self, name, kept)
+        keys = bytearray()
+        for a, b in runs:
+            keys += self._keys[16 * a : 16 * b]
+        self._keys = keys
+
+    def figures(self) -> Figures:
+        """Counted by the byte or array (in C), not row by row."""
+        states = {
+            state: held
+            for state, code in _STATE_CODE.items()
+            if state != OTHER_STATE and (held := self._states.count(code))
+        }
+        by_place: Counter[tuple[str, str]] = Counter()
+        for index, place in enumerate(self._place_list):
+            if place.field:
+                by_place[place.field, place.name] += self._places.count(index)
+        return Figures(
+            len(self._created),
+            states,
+            {where: n for where, n in by_place.items() if n},
+            self._expiry.count(EXPIRES),
+        )
+
+    def aggregate(self) -> BackupSnapshot:
+        """The snapshot of the backups held, as a scan of them would count it."""
+        aggregator = Aggregator()
+        count = aggregator.count
+        names = STATE_CODES
+        places = self._place_list
+        vm_ids = self._vm_list
+        for state, created, size, place, vm, consistency, expiry in zip(
+            self._states,
+            self._created,
+            self._sizes,
+            self._places,
+            self._vms,
+            self._consistency,
+            self._expiry,
+            strict=True,
+        ):
+            where = places[place]
+            count(
+                names[state],
+                created,
+                size,
+                where.label,
+                vm_ids[vm],
+                consistency,
+                expiry == NEVER,
+                where.cut,
+            )
+        return aggregator.snapshot()
+
+
+class BackupScan(PageSink, Protocol):
+    """The pages of one scan of :data:`BACKUPS` in, a snapshot out; closed once the scan is over,
+    whatever happened."""
+
+    def snapshot(self) -> BackupSnapshot: ...
+
+    def take_store(self) -> BackupStore | None:
+        """The backups scanned, kept for the next poll; None if this scan keeps none."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BackupScanFactory(Protocol):
+    """Opens the :class:`BackupScan` of one poll; ``keep``: its backups are kept for the next
+    (:meth:`BackupScan.take_store`), else counted without keeping any."""
+
+    def __call__(self, keep: bool = True) -> BackupScan: ...
+
+
+class StoreScan:
+    """A scan of the backups into a fresh :class:`BackupStore`: a :class:`BackupScan` whose
+    store outlives it; without ``keep``, counted as they come (nothing kept per backup)."""
+
+    def __init__(self, keep: bool = True) -> None:
+        self.store: BackupStore | None = None
+        self._aggregator: Aggregator | None = None
+        if keep:
+            self.store = BackupStore()
+            self._counter = PageCounter(BACKUPS, self.store.add)
+        else:
+            self._aggregator = Aggregator()
+            self._counter = PageCounter(BACKUPS, self._aggregator.add)
+
+    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        return self._counter.count(offset, body, order)
+
+    def snapshot(self) -> BackupSnapshot:
+        if self.store is not None:
+            return self.store.aggregate()
+        assert self._aggregator is not None
+        return self._aggregator.snapshot()
+
+    def take_store(self) -> BackupStore | None:
+        return self.store
+
+    def close(self) -> None:
+        pass
