@@ -131,6 +131,20 @@ def _place(backup: Mapping[str, object], label: str) -> Place:
     return Place(label, "", "", cut)
 
 
+class Rows(NamedTuple):
+    """Rows drained from a store (:meth:`BackupStore.drain`): its columns' values, and the
+    names that are new since the last drain."""
+
+    columns: tuple[Any, ...]
+    places: tuple[Place, ...]
+    vms: tuple[str, ...]
+
+
+def _empty(column: Any) -> Any:
+    """A new empty column of the same kind."""
+    return array(column.typecode) if isinstance(column, array) else bytearray()
+
+
 class Timeline:
     """Sorted creation times (:meth:`BackupStore.timeline`)."""
 
@@ -178,12 +192,14 @@ class BackupStore:
         self._place_index: dict[Place, int] = {}
         self._vm_list: list[str] = [""]
         self._vm_index: dict[str, int] = {"": 0}
+        self._drained_places = 0  # names sent on already (:meth:`drain`)
+        self._drained_vms = 1  # "" is in every store
 
     def __len__(self) -> int:
         return len(self._created)
 
-    #: Its state, attribute by attribute (:meth:`column`, :meth:`from_columns`).
-    _COLUMNS = (
+    #: The columns, one value per row.
+    _ROWS = (
         "_keys",
         "_created",
         "_expires",
@@ -193,27 +209,31 @@ class BackupStore:
         "_places",
         "_vms",
         "_consistency",
-        "_place_list",
-        "_vm_list",
     )
 
-    def column_names(self) -> tuple[str, ...]:
-        return self._COLUMNS
+    def drain(self) -> Rows:
+        """The rows added since the last drain, and the names they brought, taken out of this
+        store (which keeps its names, so that the next rows' indexes go on): the decoding
+        worker sends each page's backups on as they come, and holds no store of its own."""
+        rows = Rows(
+            tuple(getattr(self, name) for name in self._ROWS),
+            tuple(self._place_list[self._drained_places :]),
+            tuple(self._vm_list[self._drained_vms :]),
+        )
+        for name in self._ROWS:
+            column = getattr(self, name)
+            setattr(self, name, _empty(column))
+        self._drained_places, self._drained_vms = len(self._place_list), len(self._vm_list)
+        return rows
 
-    def column(self, name: str) -> object:
-        """One of :meth:`column_names`: what the decoding worker sends, one at a time."""
-        if name not in self._COLUMNS:
-            raise ValueError(f"no column {name!r}")
-        return getattr(self, name)
-
-    @classmethod
-    def from_columns(cls, columns: Mapping[str, Any]) -> BackupStore:
-        store = cls()
-        for name in cls._COLUMNS:
-            setattr(store, name, columns[name])
-        store._place_index = {place: i for i, place in enumerate(store._place_list)}
-        store._vm_index = {vm: i for i, vm in enumerate(store._vm_list)}
-        return store
+    def extend(self, rows: Rows) -> None:
+        """Rows that another store drained (:meth:`drain`), each drain once and in order."""
+        for name, column in zip(self._ROWS, rows.columns, strict=True):
+            getattr(self, name).extend(column)
+        for place in rows.places:
+            self._intern_place(place)
+        for vm_id in rows.vms:
+            self._intern_vm(vm_id)
 
     def add(self, backup: Mapping[str, object]) -> None:
         """One backup record (a page counter's sink)."""
@@ -363,7 +383,7 @@ class BackupStore:
             "_consistency",
         ):
             column = getattr(self, name)
-            kept = type(column)(column.typecode) if isinstance(column, array) else bytearray()
+            kept = _empty(column)
             for a, b in runs:
                 kept += column[a:b]
             setattr(self, name, kept)
@@ -442,26 +462,40 @@ class BackupScanFactory(Protocol):
 
 
 class StoreScan:
-    """A scan of the backups into a fresh :class:`BackupStore`: a :class:`BackupScan` whose
-    store outlives it; without ``keep``, counted as they come (nothing kept per backup)."""
+    """A scan of the backups, counted as they come; with ``keep``, kept in a fresh
+    :class:`BackupStore` too (:meth:`take_store`), which the decoding worker drains page by
+    page (:meth:`drain`)."""
 
     def __init__(self, keep: bool = True) -> None:
-        self.store: BackupStore | None = None
-        self._aggregator: Aggregator | None = None
-        if keep:
-            self.store = BackupStore()
-            self._counter = PageCounter(BACKUPS, self.store.add)
-        else:
-            self._aggregator = Aggregator()
-            self._counter = PageCounter(BACKUPS, self._aggregator.add)
+        self.store = BackupStore() if keep else None
+        self._aggregator = Aggregator()
+        sink = self._add if keep else self._aggregator.add
+        self._counter = PageCounter(BACKUPS, sink)
+
+    def _add(self, backup: Mapping[str, object]) -> None:
+        record = read_record(backup)
+        assert self.store is not None
+        self.store.append(record)
+        place = record.place
+        self._aggregator.count(
+            STATE_CODES[record.state],
+            record.created,
+            record.size,
+            place.label,
+            record.vm_id,
+            record.consistency,
+            record.expiry == NEVER,
+            place.cut,
+        )
 
     def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
         return self._counter.count(offset, body, order)
 
+    def drain(self) -> Rows | None:
+        """The backups kept since the last drain (:meth:`BackupStore.drain`); None: none kept."""
+        return self.store.drain() if self.store is not None else None
+
     def snapshot(self) -> BackupSnapshot:
-        if self.store is not None:
-            return self.store.aggregate()
-        assert self._aggregator is not None
         return self._aggregator.snapshot()
 
     def take_store(self) -> BackupStore | None:

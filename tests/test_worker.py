@@ -154,15 +154,20 @@ def test_a_scan_is_stitched_to_its_own_last_page_only(worker: DecodingWorker) ->
 def test_a_scan_in_the_worker_hands_back_the_store_a_scan_here_keeps(
     worker: DecodingWorker,
 ) -> None:
-    body = page([backup(n) for n in range(1, 30)])
+    # The second page names VMs and a cluster the first did not: the names go on where the
+    # first page's left them.
+    first = page([backup(n) for n in range(1, 30)], count=60)
+    second = [{**backup(n), "omnistack_cluster_name": "Paris"} for n in range(29, 60)]
     here, there = StoreScan(), worker.open_scan()
-    assert here.count(0, body) == there.count(0, body)
-    kept = there.take_store()
+    for offset, body in ((0, first), (28, page(second, count=60))):
+        assert here.count(offset, body) == there.count(offset, body)
+    kept, snapshot = there.take_store(), there.snapshot()
     there.close()
     assert kept is not None
     assert here.store is not None
     assert kept.figures() == here.store.figures()
-    assert kept.aggregate() == here.snapshot()
+    assert kept.aggregate() == here.snapshot() == snapshot
+    assert len(kept) == 59
     assert worker.open_scan(keep=False).take_store() is None
 
 
