@@ -321,9 +321,7 @@ class BackupStore:
                 if not lingering_by_key:
                     break
             view.release()
-        self._remove(sorted(set(drop)))
-        for record in (*lingering_by_key.values(), *window):
-            self.append(record)
+        self._replace(drop, (*lingering_by_key.values(), *window))
 
     def timeline(self, filters: Filters) -> Timeline:
         """The creation times held, sorted: of every backup, and of those matching
@@ -356,41 +354,34 @@ class BackupStore:
 
     def replace_span(self, start: float, end: float, records: Iterable[Record]) -> None:
         """The backups created in [start, end) become ``records``."""
-        self._remove([row for row, c in enumerate(self._created) if start <= c < end])
-        for record in records:
-            self.append(record)
+        self._replace((row for row, c in enumerate(self._created) if start <= c < end), records)
 
-    def _remove(self, rows: list[int]) -> None:
-        """Drop these rows (sorted), copying each column once."""
-        if not rows:
-            return
-        runs: list[tuple[int, int]] = []  # the rows kept, as [start, end) runs
-        begin = 0
-        for row in rows:
-            if row > begin:
-                runs.append((begin, row))
-            begin = row + 1
-        if begin < len(self._created):
-            runs.append((begin, len(self._created)))
-        for name in (
-            "_created",
-            "_expires",
-            "_expiry",
-            "_sizes",
-            "_states",
-            "_places",
-            "_vms",
-            "_consistency",
-        ):
+    def _replace(self, rows: Iterable[int], records: Iterable[Record]) -> None:
+        """Drop these rows and add ``records``, in place: each record takes a dropped row's
+        place, the rows left over take the last rows' (rows are in no order), and the columns
+        are cut short. Nothing is copied but the rows that move: an incremental poll changes
+        a few thousand rows of a million, and the store never lives twice."""
+        holes = sorted(set(rows), reverse=True)
+        for record in records:
+            if holes:
+                self._set(holes.pop(), record)
+            else:
+                self.append(record)
+        end = len(self)
+        for row in holes:  # from the last: the last row is never one to drop
+            end -= 1
+            if row != end:
+                self._move(end, row)
+        if end < len(self):
+            for name in self._ROWS:
+                column = getattr(self, name)
+                del column[(16 if name == "_keys" else 1) * end :]
+
+    def _move(self, source: int, row: int) -> None:
+        self._keys[16 * row : 16 * row + 16] = self._keys[16 * source : 16 * source + 16]
+        for name in self._ROWS[1:]:
             column = getattr(self, name)
-            kept = _empty(column)
-            for a, b in runs:
-                kept += column[a:b]
-            setattr(self, name, kept)
-        keys = bytearray()
-        for a, b in runs:
-            keys += self._keys[16 * a : 16 * b]
-        self._keys = keys
+            column[row] = column[source]
 
     def figures(self) -> Figures:
         """Counted by the byte or array (in C), not row by row."""

@@ -125,3 +125,33 @@ def test_ids_are_16_bytes_and_distinct() -> None:
     assert id_key(uuid) == bytes.fromhex(uuid.replace("-", ""))
     assert len(id_key("not-a-uuid")) == 16
     assert id_key(uuid.upper()) != id_key(uuid)
+
+
+@settings(max_examples=100)
+@given(
+    held=st.lists(backups, max_size=20),
+    new=st.lists(backups, max_size=20),
+    dropped=st.sets(st.integers(0, 19)),
+)
+def test_rows_are_replaced_in_place_as_if_rebuilt(
+    held: list[dict[str, Any]], new: list[dict[str, Any]], dropped: set[int]
+) -> None:
+    store = BackupStore()
+    for record in held:
+        store.add(record)
+    drop = {row for row in dropped if row < len(held)}
+    store._replace(drop, records(*new))
+    kept = [record for row, record in enumerate(held) if row not in drop] + new
+    rebuilt = BackupStore()
+    for record in kept:
+        rebuilt.add(record)
+    assert len(store) == len(kept)
+    assert store.aggregate() == rebuilt.aggregate()
+    assert store.figures() == rebuilt.figures()
+    rows = [
+        (store._keys[16 * r : 16 * r + 16], store._created[r], store._sizes[r])
+        for r in range(len(store))
+    ]
+    assert sorted(rows) == sorted(
+        (bytearray(id_key(b["id"])), read_record(b).created, read_record(b).size) for b in kept
+    )
