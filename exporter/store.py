@@ -419,18 +419,23 @@ class BackupStore:
     def aggregate(self) -> BackupSnapshot:
         """The snapshot of the backups held, as a scan of them would count it."""
         aggregator = Aggregator()
+        self.count_into(aggregator)
+        return aggregator.snapshot()
+
+    def count_into(self, aggregator: Aggregator, first: int = 0) -> None:
+        """Count the rows from ``first`` on."""
         count = aggregator.count
         names = STATE_CODES
         places = self._place_list
         vm_ids = self._vm_list
         for state, created, size, place, vm, consistency, expiry in zip(
-            self._states,
-            self._created,
-            self._sizes,
-            self._places,
-            self._vms,
-            self._consistency,
-            self._expiry,
+            self._states[first:] if first else self._states,
+            self._created[first:] if first else self._created,
+            self._sizes[first:] if first else self._sizes,
+            self._places[first:] if first else self._places,
+            self._vms[first:] if first else self._vms,
+            self._consistency[first:] if first else self._consistency,
+            self._expiry[first:] if first else self._expiry,
             strict=True,
         ):
             where = places[place]
@@ -444,7 +449,6 @@ class BackupStore:
                 expiry == NEVER,
                 where.cut,
             )
-        return aggregator.snapshot()
 
 
 class BackupScan(PageSink, Protocol):
@@ -475,33 +479,29 @@ class StoreScan:
     def __init__(self, keep: bool = True) -> None:
         self.store = BackupStore() if keep else None
         self._aggregator = Aggregator()
-        sink = self._add if keep else self._aggregator.add
+        self._counted = 0  # the store's rows counted already
+        sink = self.store.add if self.store is not None else self._aggregator.add
         self._counter = PageCounter(BACKUPS, sink)
-
-    def _add(self, backup: Mapping[str, object]) -> None:
-        record = read_record(backup)
-        assert self.store is not None
-        self.store.append(record)
-        place = record.place
-        self._aggregator.count(
-            STATE_CODES[record.state],
-            record.created,
-            record.size,
-            place.label,
-            record.vm_id,
-            record.consistency,
-            record.expiry == NEVER,
-            place.cut,
-        )
 
     def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
         return self._counter.count(offset, body, order)
 
+    def _count_kept(self) -> None:
+        if self.store is not None:
+            self.store.count_into(self._aggregator, self._counted)
+            self._counted = len(self.store)
+
     def drain(self) -> Rows | None:
-        """The backups kept since the last drain (:meth:`BackupStore.drain`); None: none kept."""
-        return self.store.drain() if self.store is not None else None
+        """The backups kept since the last drain (:meth:`BackupStore.drain`), counted first;
+        None: none kept."""
+        if self.store is None:
+            return None
+        self._count_kept()
+        self._counted = 0
+        return self.store.drain()
 
     def snapshot(self) -> BackupSnapshot:
+        self._count_kept()
         return self._aggregator.snapshot()
 
     def take_store(self) -> BackupStore | None:
