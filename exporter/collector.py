@@ -380,24 +380,6 @@ def _exposed_name(family: Metric) -> str:
     return f"{family.name}_total" if family.type == "counter" else family.name
 
 
-def family_names() -> frozenset[str]:
-    """The name of every ``simplivity_*`` family the exporter can write (a counter's as
-    /metrics shows it, with ``_total``): what ``metrics.exclude`` may name."""
-    state = ExporterState(interval_seconds=1, stale_after_seconds=1)
-    status = ControllerStatus(name="", url="")
-    families: list[Metric] = [
-        *cluster_families(state),
-        *unowned_families(state),
-        *vm_families(state),
-        *inventory_families(state),
-        *health_families([status]),
-        *exporter_families(state),
-    ]
-    return frozenset(
-        f"{family.name}_total" if family.type == "counter" else family.name for family in families
-    )
-
-
 def fresh_snapshots(
     statuses: Sequence[ControllerStatus], state: ExporterState, now: float
 ) -> list[tuple[str, ControllerSnapshot]]:
