@@ -3,8 +3,8 @@
 Each family is defined here once. Nothing here talks to a controller: a scrape only reads
 the snapshots the poller published, so it is fast and never blocks on a slow controller.
 Series are built fresh from each snapshot, so a VM or cluster that vanished from the
-federation vanishes from ``/metrics``. :mod:`exporter.exposition` writes them as text with
-prometheus_client's writer: a snapshot's families once per poll, the ages once a second.
+federation vanishes from ``/metrics``. :mod:`exporter.exposition` writes them as text, as
+prometheus_client does: a snapshot's families once per poll, the ages once a second.
 """
 
 from __future__ import annotations
