@@ -147,6 +147,9 @@ class Aggregator:
         self._vms: dict[str, _VMTally] = {}
         self._seen = 0
         self._cut: set[str] = set()  # cluster names cut to MAX_LABEL_LENGTH
+        # Creation times already found valid: a policy's backups share theirs, so most backups
+        # skip the check (a pattern and a calendar parse).
+        self._times: set[str] = set()
 
     def add(self, backup: Mapping[str, object]) -> None:
         """Count one backup; raise :class:`BackupRecordError` if it cannot be placed.
@@ -167,22 +170,19 @@ class Aggregator:
                 else f"must be a string, not {type(state).__name__}"
             )
             raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
-        created = _created(backup)
-        size = _size(backup)
-        cluster_name = (  # the order of _CLUSTER_FIELDS
-            text_field(backup, "omnistack_cluster_name")
-            or text_field(backup, "external_store_name")
-            or UNKNOWN_CLUSTER
-        )
-        tally = self._clusters.get(cluster_name)
+        created = backup.get("created_at")
+        if type(created) is not str or created not in self._times:
+            created = _created(backup)
+            self._times.add(created)
+        size = backup.get("size")
+        if type(size) is not int or not 0 <= size <= _MAX_SIZE:
+            size = _size(backup)
+        # A name as the API wrote it finds its tally at once: a text that is a key is its own
+        # label value (text_field leaves a label value as it is). Others take the long way.
+        where = backup.get("omnistack_cluster_name") or backup.get("external_store_name")
+        tally = self._clusters.get(where) if type(where) is str else None
         if tally is None:
-            if len(self._clusters) >= MAX_DESTINATIONS:
-                raise DecodeError(
-                    f"the backups name more than {MAX_DESTINATIONS} clusters and external stores"
-                )
-            tally = self._clusters[cluster_name] = _ClusterTally(cluster_name)
-            if any(_cut_to(backup, key, cluster_name) for key in _CLUSTER_FIELDS):
-                self._cut.add(cluster_name)
+            tally = self._cluster(backup)
         if state not in _KNOWN_STATES:
             state = OTHER_STATE
         tally.counts[state] = tally.counts.get(state, 0) + 1
@@ -197,17 +197,20 @@ class Aggregator:
             tally.never_expiring_size += size
         self._seen += 1
 
-        vm_id = text_field(backup, "virtual_machine_id")
-        if not vm_id:
-            tally.without_vm += 1
-            tally.without_vm_size += size
-            return
-        destination = tally.name
-        vm = self._vms.get(vm_id)
+        vm_id = backup.get("virtual_machine_id")
+        vm = self._vms.get(vm_id) if type(vm_id) is str else None
         if vm is None:
-            if len(self._vms) >= MAX_VMS_WITH_BACKUPS:
-                raise DecodeError(f"the backups belong to more than {MAX_VMS_WITH_BACKUPS} VMs")
-            vm = self._vms[vm_id] = _VMTally()
+            vm_id = text_field(backup, "virtual_machine_id")
+            if not vm_id:
+                tally.without_vm += 1
+                tally.without_vm_size += size
+                return
+            vm = self._vms.get(vm_id)
+            if vm is None:
+                if len(self._vms) >= MAX_VMS_WITH_BACKUPS:
+                    raise DecodeError(f"the backups belong to more than {MAX_VMS_WITH_BACKUPS} VMs")
+                vm = self._vms[vm_id] = _VMTally()
+        destination = tally.name
         if created > vm.newest_created:  # one without a creation time ("") is never the newest
             vm.newest_created = created
             vm.newest_state = state
@@ -216,9 +219,10 @@ class Aggregator:
         if held is None:
             held = vm.held[destination] = _HeldTally()
         held.size += size
-        # Not a text (absent, or odd): as if not said.
         consistency = backup.get("consistency_type")
-        if not held.typed and type(consistency) is str and consistency not in _UNSAID:
+        # Not a text (absent, or odd): as if not said.
+        said = type(consistency) is str and consistency not in _UNSAID
+        if said:
             held.typed = True
         if protected:
             held.protected += 1
@@ -227,16 +231,31 @@ class Aggregator:
             # _NO_OLDEST sorts after every time; a backup without one ("") is no one's oldest.
             if "" < created < held.oldest:
                 held.oldest = created
-            if (
-                created > held.newest_app
-                and type(consistency) is str
-                and consistency in APP_CONSISTENT_TYPES
-            ):
+            if said and created > held.newest_app and consistency in APP_CONSISTENT_TYPES:
                 held.newest_app = created
         else:
             held.others += 1
             if state == "FAILED" and created > vm.newest_failed:
                 vm.newest_failed = created
+
+    def _cluster(self, backup: Mapping[str, object]) -> _ClusterTally:
+        """The tally of the backup's cluster, or external store, or ``unknown``: made at its
+        first backup."""
+        name = (  # the order of _CLUSTER_FIELDS
+            text_field(backup, "omnistack_cluster_name")
+            or text_field(backup, "external_store_name")
+            or UNKNOWN_CLUSTER
+        )
+        tally = self._clusters.get(name)
+        if tally is None:
+            if len(self._clusters) >= MAX_DESTINATIONS:
+                raise DecodeError(
+                    f"the backups name more than {MAX_DESTINATIONS} clusters and external stores"
+                )
+            tally = self._clusters[name] = _ClusterTally(name)
+            if any(_cut_to(backup, key, name) for key in _CLUSTER_FIELDS):
+                self._cut.add(name)
+        return tally
 
     def snapshot(self) -> BackupSnapshot:
         clusters = tuple(

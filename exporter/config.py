@@ -36,7 +36,8 @@ __all__ = [
 MAX_PAGE_SIZE = 3000  # HPE's recommended maximum of backups per request
 #: Ten years: past far larger values the scheduler's timers and socket timeouts overflow.
 MAX_SECONDS = 10 * 365 * 86400
-#: The largest ``poll.max_backups`` or ``poll.max_vms``: far past any federation (see README).
+#: The largest ``poll.max_backups`` or ``poll.max_vms``: far past any federation
+#: (docs/configuration.md, "Bounds on a controller's answers").
 MAX_RECORDS = 100_000_000
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: ``$NAME`` without braces: not expanded, and probably meant to be.

@@ -1,9 +1,8 @@
-"""The ``/metrics`` text: the collector's families, written as prometheus_client writes them,
-and cached.
+"""The ``/metrics`` text: the collector's families, written by :mod:`exporter.textformat`, cached.
 
-One writer (:func:`_write`) writes every family, each defined once, in
-:mod:`exporter.collector`, as prometheus_client's ``generate_latest`` does, byte for byte (the
-tests hold it to that). The exposition owns everything it caches: the text of each
+:func:`exporter.textformat.write` is the only writer here (prometheus_client's
+``generate_latest`` is its reference, byte for byte): each family is defined once, in
+:mod:`exporter.collector`. The exposition owns everything it caches: the text of each
 controller's snapshot (written once, by its poll) and the whole text with its gzip (written at
 most once per second and per change of the statuses). The poller knows nothing of it: the app
 subscribes :meth:`Exposition.refresh` to the poller, so that each poll writes the text of its
@@ -15,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import re
 import struct
 import sys
 import threading
@@ -26,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from exporter import textformat
 from exporter.collector import (
     AGE_FAMILIES,
     BackupCollector,
@@ -49,65 +47,8 @@ log = logging.getLogger(__name__)
 
 
 def _write(families: Sequence[Metric]) -> str:
-    """``families`` as prometheus_client's ``generate_latest`` writes them, byte for byte: the
-    one writer of ``/metrics``.
-
-    Gauges and counters (the collector's only types) are written here, from the families as
-    they are, in a quarter of ``generate_latest``'s time: a snapshot of 5,000 VMs is 60,000
-    series, written by each poll while scrapes wait for the interpreter (docs/design.md,
-    "Performance"). Anything else, ``generate_latest`` writes itself. Its output is the
-    reference the tests hold this to (tests/test_exposition.py).
-    """
-    return "".join([_write_family(family) for family in families])
-
-
-def _write_family(family: Metric) -> str:
-    kind = family.type
-    exposed = f"{family.name}_total" if kind == "counter" else family.name
-    lines = _sample_lines(family, exposed) if kind in ("gauge", "counter") else None
-    if lines is None:
-        return generate_latest(_Families([family])).decode("utf-8")
-    text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-    return "".join([f"# HELP {exposed} {text}\n# TYPE {exposed} {kind}\n", *lines])
-
-
-def _sample_lines(family: Metric, exposed: str) -> list[str] | None:
-    """Each sample's line, as ``generate_latest`` writes it; None if it would write one of
-    them otherwise (a name it escapes, a timestamp, a ``_created`` sample...)."""
-    if not _LEGACY_NAME.fullmatch(exposed):
-        return None
-    samples = family.samples
-    if any(sample.name != exposed or sample.timestamp is not None for sample in samples):
-        return None
-    orders: dict[tuple[str, ...], tuple[str, ...] | None] = {}
-    escaped: dict[str, str] = {}
-    lines = []
-    for sample in samples:
-        labels = sample.labels
-        names = tuple(labels)
-        if names not in orders:
-            valid = all(_LEGACY_LABEL.fullmatch(name) for name in names)
-            orders[names] = tuple(sorted(names)) if valid else None
-        order = orders[names]
-        if order is None:
-            return None
-        pairs = []
-        for name in order:
-            value = labels[name]
-            text = escaped.get(value)
-            if text is None:
-                text = escaped[value] = (
-                    value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-                )
-            pairs.append(f'{name}="{text}"')
-        label_text = "{" + ",".join(pairs) + "}" if pairs else ""
-        lines.append(f"{exposed}{label_text} {_go_float(sample.value)}\n")
-    return lines
-
-
-#: The names prometheus_client writes as they are (it escapes any other).
-_LEGACY_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LEGACY_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+    """``families`` as prometheus_client writes them: the one writer of ``/metrics``."""
+    return textformat.write(families)
 
 
 def _series(family: Metric) -> str:
@@ -162,7 +103,7 @@ class _WrittenSnapshot:
 class TextWriter:
     """Writes the text of the collector's families, each snapshot's series once.
 
-    Writing a snapshot with thousands of VMs costs far more than
+    Writing a snapshot with thousands of VMs costs prometheus_client's writer far more than
     the ages that change every second (docs/design.md, "Performance"), so the series of each
     snapshot are written once, by :meth:`write_snapshots` after its poll, and only the ages and
     the few health series at each render. A render never writes a newer snapshot itself: until the
@@ -337,16 +278,6 @@ class _Encoder:
         text = b"".join(plain)
         trailer = struct.pack("<II", zlib.crc32(text), len(text) & 0xFFFFFFFF)
         return text, b"".join([_GZIP_HEADER, *deflated, _DEFLATE_END, trailer])
-
-
-class _Families(Collector):
-    """Some already built families, for ``generate_latest``."""
-
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Sequence[Metric]:
-        return self._families
 
 
 class Exposition:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -267,12 +266,7 @@ class Lab:
         self.exporter = InProcessExporter(config, client_factory).start()
         return self.exporter
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self.exporter is not None:
             self.exporter.stop()
         for simulator in self.controllers.values():
@@ -286,7 +280,7 @@ class Lab:
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.05)  # a poll interval of the wait for threads to end
-        if left and exc_type is None:
+        if left and exc_info[0] is None:  # never mask the test's own failure
             names = ", ".join(sorted(t.name for t in left))
             raise AssertionError(f"threads still running after the lab stopped: {names}")
 
@@ -420,10 +414,5 @@ class ExporterProcess:
     def __enter__(self) -> ExporterProcess:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

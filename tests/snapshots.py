@@ -18,6 +18,10 @@ from exporter.pages import Collection, PageSink
 from exporter.poller import ControllerReader
 from exporter.scan import Pace
 
+#: The clock of the tests that judge snapshots, and the units their ages are written in.
+NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
+HOUR, DAY = 3600, 86400
+
 
 class NoPollLimits:
     """What a fake client needs of a poll's limits and secrets, as no-ops: logins never back

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from exporter.backups import UNKNOWN_CLUSTER, Aggregator, BackupRecordError
-from exporter.model import OTHER_STATE, STATES, BackupSnapshot
+from exporter.model import OTHER_STATE, STATES, BackupSnapshot, label_value
 from tests.snapshots import aggregate
 
 T0 = "2024-03-01T06:00:00Z"  # 1709272800
@@ -273,3 +273,23 @@ def test_odd_optional_values_count_as_missing() -> None:
 
 def test_an_empty_federation_gives_an_empty_snapshot() -> None:
     assert aggregate([]) == BackupSnapshot(clusters=(), vms=(), backups_seen=0)
+
+
+def test_a_name_as_written_and_the_same_name_reached_by_cutting_share_one_tally() -> None:
+    # The aggregator looks a name up as the API wrote it before cleaning it: a text that is
+    # already a key must land where the long way would put it, in either order.
+    long_cluster, long_vm = "C" * 300, "v" * 300
+    cut_cluster, cut_vm = label_value(long_cluster), label_value(long_vm)
+    records = [
+        backup(1, omnistack_cluster_name=long_cluster, virtual_machine_id=long_vm),
+        backup(2, omnistack_cluster_name=cut_cluster, virtual_machine_id=cut_vm, created_at=T1),
+        backup(3, omnistack_cluster_name="", external_store_name=cut_cluster, created_at=T2),
+        backup(4, omnistack_cluster_name="NA", external_store_name="", created_at=T1),
+    ]
+    for ordered in (records, records[::-1]):
+        snapshot = aggregate(ordered)
+        counts = {c.name: c.counts["PROTECTED"] for c in snapshot.clusters}
+        assert counts == {cut_cluster: 3, UNKNOWN_CLUSTER: 1}
+        held = {vm.vm_id: dict(vm.newest_protected) for vm in snapshot.vms}
+        assert held[cut_vm] == {cut_cluster: 1709359200.0}
+        assert held["vm-1"] == {cut_cluster: 1709445600.0, UNKNOWN_CLUSTER: 1709359200.0}

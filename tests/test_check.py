@@ -322,13 +322,19 @@ def test_a_slow_listing_fails_within_the_timeout_without_retries(
     assert "/api/virtual_machines" not in requests_seen(simulator)
 
 
+def check_older(start_simulator: Start, api_version: str) -> tuple[SimulatedController, Report]:
+    """A controller of an older REST API, checked: it works, and says its version."""
+    simulator = start_simulator(FederationSpec(), api_version=api_version)
+    report = check_controller(controller(simulator), POLL)
+    assert report.ok, report.render()
+    assert f"REST API         {api_version}" in line(report, "REST API")
+    return simulator, report
+
+
 def test_an_old_controller_has_no_schedule_report_and_is_not_asked_for_it(
     start_simulator: Start,
 ) -> None:
-    simulator = start_simulator(FederationSpec(), api_version="1.10")
-    report = check_controller(controller(simulator), POLL)
-    assert report.ok, report.render()
-    assert "REST API         1.10" in line(report, "REST API")
+    simulator, report = check_older(start_simulator, "1.10")
     schedule = line(report, "schedule report", "warn")
     assert "none before REST API 1.11" in schedule
     assert "/api/policies/policy_schedule_report" not in requests_seen(simulator)
@@ -339,9 +345,7 @@ def test_a_controller_before_rest_api_1_9_is_asked_only_what_it_documents(
 ) -> None:
     # Its hosts name no cluster: a poll reads no cluster listing, and asks the hosts without
     # omnistack_cluster_id (the simulator, like a real controller, refuses an unknown field).
-    simulator = start_simulator(FederationSpec(), api_version="1.8")
-    report = check_controller(controller(simulator), POLL)
-    assert report.ok, report.render()
+    simulator, report = check_older(start_simulator, "1.8")
     assert line(report, "hosts").split()[-2:] == [str(len(simulator.hosts())), "listed"]
     assert " clusters " not in report.render()
     assert "/api/omnistack_clusters" not in requests_seen(simulator)

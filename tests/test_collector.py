@@ -13,7 +13,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import BackupCollector, ExporterState
+from exporter import textformat
+from exporter.collector import (
+    BackupCollector,
+    ExporterState,
+    controller_families,
+    exporter_families,
+    health_families,
+    snapshot_families,
+)
 from exporter.exposition import Exposition
 from exporter.model import (
     FAMILY_NAMES,
@@ -176,6 +184,21 @@ def test_exposition_matches_the_golden_file() -> None:
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_the_writer_takes_on_every_family_the_exporter_builds() -> None:
+    # Its fast path, not prometheus_client's: a family handed over would cost the poll again.
+    status = boston()
+    assert status.snapshot is not None
+    families = [
+        *snapshot_families("boston", status.snapshot, STATE),
+        *controller_families(STATE),
+        *health_families([status]),
+        *exporter_families(STATE),
+    ]
+    assert len(families) > 40
+    for family in families:
+        assert textformat._write_family(family, [], {}, {}), family.name
 
 
 def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ GRAFANA_UNITS = frozenset({"none", "short", "s", "bytes", "percentunit", "dateTi
 #: The panel types dashboard-linter's panel rules look at.
 LINTED_PANEL_TYPES = {"stat", "singlestat", "graph", "table", "timeseries", "gauge", "bargauge"}
 
-#: What the exporter exports (its public contract, the README's metrics table) that the
+#: What the exporter exports (its public contract, docs/metrics.md's table) that the
 #: dashboard and the alert rules may read, plus Prometheus' own ``up``.
 EXPORTED_METRICS = frozenset(
     {

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import gzip
-import math
 import sys
 import threading
 import zlib
@@ -15,29 +14,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
-from prometheus_client import (
-    CollectorRegistry,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-    SummaryMetricFamily,
-)
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import exposition as exposition_module
-from exporter.collector import (
-    BackupCollector,
-    ExporterState,
-    exporter_families,
-    health_families,
-    snapshot_families,
-)
+from exporter.collector import BackupCollector, ExporterState, snapshot_families
 from exporter.exposition import Exposition, TextWriter
 from exporter.model import (
     REASONS,
@@ -110,77 +91,6 @@ def writer_of(statuses: Sequence[ControllerStatus], state: ExporterState = STATE
 
 def headers(text: str) -> list[str]:
     return [line.split(" ", 3)[2] for line in text.splitlines() if line.startswith("# HELP ")]
-
-
-def edge_families() -> list[Metric]:
-    """Families of every kind the writer may meet: escapes in help texts and label values,
-    labels given out of order, special values; and some it leaves to prometheus_client."""
-    odd = GaugeMetricFamily(
-        "simplivity_odd",
-        'Help with a back\\slash,\na newline and "quotes".',
-        labels=["vm", "controller", "a_b"],
-    )
-    for value in ['Zürich "Ost"\\2', "line\nbreak", "", "plain", "x" * 300]:
-        for number in [0, 1.5, -2, 1_709_500_000.0, 123456789012.0, 1e-7, math.inf, -math.inf]:
-            odd.add_metric([value, "boston", "é"], number)
-    odd.add_metric(["nan", "boston", ""], math.nan)
-    errors = CounterMetricFamily("simplivity_errors", "Counted.", labels=["reason"])
-    errors.add_metric(["http"], 4)
-    errors.add_metric(["tls"], 0)
-    created = CounterMetricFamily("simplivity_created", "With _created.", labels=["x"])
-    created.add_metric(["y"], 1, created=1_700_000_000.0)
-    timestamped = GaugeMetricFamily("simplivity_timestamped", "At a time.", labels=["x"])
-    timestamped.add_metric(["y"], 1, timestamp=1_700_000_000.5)
-    dotted = GaugeMetricFamily("simplivity.dotted", "An escaped name.", labels=["a.b"])
-    dotted.add_metric(["c"], 2)
-    summary = SummaryMetricFamily("simplivity_summary", "Another type.", count_value=2, sum_value=3)
-    return [
-        odd,
-        GaugeMetricFamily("simplivity_single", "No labels.", value=7),
-        GaugeMetricFamily("simplivity_empty", "No series.", labels=["controller"]),
-        errors,
-        CounterMetricFamily("simplivity_total_only", "A counter without labels.", value=3),
-        created,
-        timestamped,
-        dotted,
-        summary,
-        InfoMetricFamily("simplivity_build", "Info.", value={"version": "1"}),
-    ]
-
-
-def test_the_writer_writes_what_prometheus_client_writes_byte_for_byte(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """prometheus_client's ``generate_latest`` is the reference: the writer's output is
-    the same for each family and for all together, whether it writes them or leaves them to
-    prometheus_client (other types, escaped names, timestamps, ``_created``)."""
-    own = CollectorRegistry()
-    ProcessCollector(registry=own)
-    PlatformCollector(registry=own)
-    families = [*edge_families(), *own.collect()]  # and the process's own series
-    reference = generate_latest(exposition_module._Families(families)).decode()
-    assert exposition_module._write(families) == reference
-    for family in families:
-        one = generate_latest(exposition_module._Families([family])).decode()
-        assert exposition_module._write([family]) == one
-    statuses = [status("boston", federation(vms=40, seed=3)), status("down", None, up=False)]
-    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
-    reading = collector.read()
-    snapshot = statuses[0].snapshot
-    assert snapshot is not None
-    collected = [
-        *snapshot_families("boston", snapshot, STATE),
-        *health_families(reading.statuses),
-        *exporter_families(STATE),
-    ]
-    reference = generate_latest(exposition_module._Families(collected)).decode()
-
-    def unused(registry: object) -> bytes:
-        raise AssertionError("the collector's families are left to generate_latest")
-
-    # Not one of the collector's families is left to prometheus_client's (slower) writer.
-    monkeypatch.setattr(exposition_module, "generate_latest", unused)
-    assert exposition_module._write(collected) == reference
 
 
 def test_several_controllers_share_each_familys_help_and_type() -> None:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import bcrypt
 import pytest
@@ -305,10 +305,22 @@ def test_error_pages_carry_the_security_headers_and_no_python_version(pki: PKI) 
             assert "Python" not in answer.headers["server"]
 
 
-class Client(Protocol):
-    def stop(self) -> None: ...
+class Client:
+    """A client that runs in a thread of its own from its creation until :meth:`stop`."""
 
-    def join(self) -> None: ...
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self) -> None:
+        self._thread.join(10)
 
 
 def stop_all(clients: Sequence[Client]) -> None:
@@ -322,7 +334,7 @@ def stop_all(clients: Sequence[Client]) -> None:
 # --- clients that never read -----------------------------------------------------------------
 
 
-class NeverReader:
+class NeverReader(Client):
     """Pipelines requests on connection after connection, reading none of the answers.
 
     Its receive buffer is as small as the kernel allows. Each time the server closes the
@@ -337,9 +349,7 @@ class NeverReader:
         self.request = request
         self.held: list[float] = []  # seconds each connection stayed open
         self.sent_requests = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="never-reader", daemon=True)
-        self._thread.start()
+        super().__init__("never-reader")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -358,12 +368,6 @@ class NeverReader:
                     except (OSError, ssl.SSLError):
                         self.held.append(time.monotonic() - opened)
                         break
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self) -> None:
-        self._thread.join(10)
 
 
 @pytest.mark.parametrize(
@@ -410,7 +414,7 @@ def test_eight_clients_that_never_read_cannot_delay_a_scrape(pki: PKI, secure: b
 # --- password guessers ------------------------------------------------------------------------
 
 
-class Guesser:
+class Guesser(Client):
     """Tries a new wrong password after each 401, on one kept-alive connection."""
 
     def __init__(
@@ -421,9 +425,7 @@ class Guesser:
         self.source = source
         self.index = index
         self.answers: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="guesser", daemon=True)
-        self._thread.start()
+        super().__init__("guesser")
 
     def _run(self) -> None:
         guess = 0
@@ -443,12 +445,6 @@ class Guesser:
                     except (OSError, ValueError, IndexError):
                         break
                     self.answers[status] = self.answers.get(status, 0) + 1
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self) -> None:
-        self._thread.join(10)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,9 @@ from exporter.inventory import parse_schedule_report
 from exporter.model import BackupSnapshot, DecodeError, ScheduleReport, VMBackups, label_value
 from exporter.protection import PROTECTION_STATUSES
 from tests.snapshots import (
+    DAY,
+    HOUR,
+    NOW,
     aggregate,
     host_record,
     judged,
@@ -22,8 +25,6 @@ from tests.snapshots import (
     vm_record,
 )
 
-NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
-HOUR, DAY = 3600, 86400
 NO_BACKUPS = BackupSnapshot((), (), 0)
 
 

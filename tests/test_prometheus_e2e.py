@@ -367,10 +367,11 @@ def subject(labels: Mapping[str, str]) -> str:
     raise AssertionError(f"an alert without a subject: {labels}")
 
 
-def readme_queries() -> list[str]:
-    """The README's example queries ("Example queries"), one per paragraph, comments left out."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    block = text.split("### Example queries", 1)[1].split("```promql\n", 1)[1].split("```", 1)[0]
+def documented_queries() -> list[str]:
+    """The example queries of docs/metrics.md ("Example queries"), one per paragraph,
+    comments left out."""
+    text = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
+    block = text.split("\n## Example queries\n", 1)[1].split("```promql\n", 1)[1].split("```", 1)[0]
     found: list[str] = []
     for paragraph in block.split("\n\n"):
         lines = [line for line in paragraph.splitlines() if not line.startswith("#")]
@@ -387,12 +388,12 @@ def readme_queries() -> list[str]:
 AGE_LIMIT = 10 * 365 * 86400
 
 
-def check_readme_queries(prometheus: Prometheus, statuses: Mapping[str, str]) -> None:
-    """Every example query of the README parses and runs; none names a VM the exporter calls
+def check_documented_queries(prometheus: Prometheus, statuses: Mapping[str, str]) -> None:
+    """Every example query of docs/metrics.md parses and runs; none names a VM the exporter calls
     ``new`` or ``ok``; none reads a "0 when none" timestamp as an age; and each returns data
     but those for what this healthy federation lacks: a controller down or stale, and an hour
     of history (this Prometheus is minutes old)."""
-    queries = readme_queries()
+    queries = documented_queries()
     assert len(queries) >= 10, queries
     quiet = ("offset 1h", "simplivity_up == 0", "simplivity_poll_last_success")
     for expr in queries:
@@ -590,7 +591,7 @@ def test_exporter_scraped_by_prometheus_raises_the_expected_alerts(
     assert named["SimplivityFederationDailyBackupsNearLimit"] == {CONTROLLER}
     assert "SimplivityFederationRetainedBackupsNearLimit" not in named
     prometheus.wait_for_alerts(expected)
-    check_readme_queries(prometheus, simulator.expected_statuses)
+    check_documented_queries(prometheus, simulator.expected_statuses)
 
     # Their annotations rendered: the templates name the subject, with no template errors.
     for firing in prometheus.get("/api/v1/alerts")["alerts"]:

@@ -28,10 +28,8 @@ from exporter.recovery import (
     shortest_gap_minutes,
 )
 from exporter.schedule import LOCAL, Days, Rule, Schedule, interval_seconds, parse_rule
-from tests.snapshots import aggregate
+from tests.snapshots import DAY, HOUR, NOW, aggregate
 
-NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
-HOUR, DAY = 3600, 86400
 FACTOR, GRACE = 1.5, 3600.0
 #: The real sample's rule shape (tbeha-2018-policy-simple.json): daily, VSS, kept 7 days.
 DAILY_VSS = {
