@@ -310,9 +310,9 @@ class Exposition:
         self._lock = threading.Lock()  # held while a text is written
         self._encoder = _Encoder()
         self._rendered: _Rendered | None = None  # replaced as a whole
-        # One thread, kept: starting a thread each second would keep the scrape that asks
-        # for the new text waiting until the new thread runs, a switch interval or more
-        # while a poll keeps the interpreter busy. It ends when the exposition is freed.
+        # One thread, kept (until close()): starting a thread each second would keep the
+        # scrape that asks for the new text waiting until the new thread runs, a switch
+        # interval or more while a poll keeps the interpreter busy.
         self._background = ThreadPoolExecutor(1, thread_name_prefix="exposition")
 
     def render(self, *, gzipped: bool = False) -> bytes:
@@ -354,12 +354,17 @@ class Exposition:
             self._rendered = rendered
         return rendered
 
+    def close(self) -> None:
+        """End the background thread once it has written what it was asked for; the texts
+        already written are served from then on."""
+        self._background.shutdown(wait=False)
+
     def _write_in_background(self) -> None:
         if not self._lock.acquire(blocking=False):
             return  # being written already
         try:
             self._background.submit(self._write_released)
-        except RuntimeError:  # the interpreter is shutting down: the last text will do
+        except RuntimeError:  # closed, or the interpreter is shutting down: the last will do
             self._lock.release()
         except BaseException:
             self._lock.release()
