@@ -335,7 +335,8 @@ def test_a_closed_exposition_serves_its_last_text_and_keeps_no_thread() -> None:
     held.exposition.render()
     second = wait_until(lambda: (text := held.exposition.render()) != held.first and text)
     started = set(threading.enumerate()) - before
-    assert started and all(thread.name.startswith("exposition") for thread in started)
+    assert started
+    assert all(thread.name.startswith("exposition") for thread in started)
     held.exposition.close()
     wait_until(lambda: not any(thread.is_alive() for thread in started))
     held.now = NOW + 2
