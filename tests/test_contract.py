@@ -33,7 +33,7 @@ from exporter.inventory import (
 from exporter.pages import Collection, sorting
 from exporter.poller import ControllerPoller
 from exporter.scan import Scanner
-from exporter.simulator import FederationSpec, SimulatedController
+from exporter.simulator import Churn, FederationSpec, ManualClock, SimulatedController
 from exporter.simulator.catalog import COLLECTIONS as SIMULATED
 from tests.snapshots import RecordingSource
 
@@ -169,6 +169,38 @@ def test_every_object_the_simulator_serves_is_hpes_for_its_version(
     version: tuple[int, int], start_simulator: Starter
 ) -> None:
     controller: SimulatedController = start_simulator(FederationSpec(), api_version=label(version))
+    assert every_object_served_is_hpes(controller, version) > 100
+    # Hosts never name their cluster; external stores only from 1.14.
+    assert all("omnistack_cluster_name" not in h for h in controller.hosts())
+    stores = {b.get("external_store_name") for b in controller.backups()} - {None, ""}
+    assert bool(stores) is (version >= (1, 14))
+
+
+@pytest.mark.parametrize("version", [restapi.NEWEST, (1, 13), restapi.OLDEST], ids=label)
+def test_what_churn_makes_is_hpes_too(version: tuple[int, int], start_simulator: Starter) -> None:
+    """Every kind of change (new backups in every state, copies, locks, renamed, removed and
+    new VMs, edited policies, suspended hosts) serves only what HPE's definitions allow."""
+    clock = ManualClock()
+    churn = Churn().with_rates(dict.fromkeys(Churn.RATES, 30.0))
+    controller: SimulatedController = start_simulator(
+        FederationSpec(vms=60),
+        api_version=label(version),
+        clock=clock,
+        churn=churn,
+        idle_timeout_seconds=10**9,
+    )
+    before = {b["id"] for b in controller.backups()}
+    clock.advance(3 * 3600 - 1000)  # past a whole hour, and 200 s later: new backups mid-way
+    changes = controller.changes()
+    assert set(changes) >= set(Churn.RATES.values()) | {"scheduled", "saving", "protected"}
+    new = [b for b in controller.backups() if b["id"] not in before]
+    assert {b["state"] for b in new} >= {"QUEUED", "SAVING", "PROTECTED"}
+    assert every_object_served_is_hpes(controller, version) > 100
+
+
+def every_object_served_is_hpes(controller: SimulatedController, version: tuple[int, int]) -> int:
+    """Reads every endpoint of the controller; asserts each object validates against HPE's
+    definition and carries no field younger than ``version``; returns how many it read."""
     session = requests.Session()
     token = session.post(
         controller.url + "/api/oauth/token",
@@ -205,11 +237,7 @@ def test_every_object_the_simulator_serves_is_hpes_for_its_version(
             for rule in item.get("rules", ()) if definition == "policy" else ():
                 assert not [f for f in rule if since("rule", f) > version], rule
             served += 1
-    assert served > 100
-    # Hosts never name their cluster; external stores only from 1.14.
-    assert all("omnistack_cluster_name" not in h for h in controller.hosts())
-    stores = {b.get("external_store_name") for b in controller.backups()} - {None, ""}
-    assert bool(stores) is (version >= (1, 14))
+    return served
 
 
 # -- the strict mode ----------------------------------------------------------------------------

@@ -54,6 +54,18 @@ VMs, each VM's backups follow its policy's rules (local, DR copies to another cl
 StoreOnce), and the VMs named in :mod:`exporter.simulator.spec` are planted with every
 protection status (:attr:`SimulatedController.planted`: name -> status).
 
+The federation can live in time (churn): with ``churn=Churn()`` and a clock the test moves
+(:class:`ManualClock`, shared with the exporter), every request first catches up from the last
+moment to ``clock()``: backups scheduled by the policies, their states, replication, expiry,
+and random events at rates you set (:mod:`exporter.simulator.churn`). While the clock stands
+still nothing changes; :meth:`SimulatedController.changes` counts what happened, and
+:meth:`SimulatedController.change` makes one kind of change at once (``change("deleted")``)::
+
+    clock = ManualClock()
+    with SimulatedController(FederationSpec(vms=200), clock=clock, churn=Churn()) as c:
+        ...  # poll
+        clock.advance(300)  # the next request sees five minutes of changes
+
 Faults are injected through :attr:`SimulatedController.faults` while the server runs (500s,
 hangs, malformed bodies, an answer that never ends, a cost model, backups created and expiring
 while a client pages); :attr:`SimulatedController.stats` counts what clients did
@@ -61,7 +73,9 @@ while a client pages); :attr:`SimulatedController.stats` counts what clients did
 
 The package's rooms: ``vocabulary`` (the API's names and limits), ``values`` (fast texts of
 times and ids), ``spec`` (:class:`FederationSpec`, the role VMs and their statuses),
-``schedule`` (when a policy rule takes its backups), ``inventory`` (clusters, hosts, policies,
+``schedule`` (when a policy rule takes its backups), ``clock`` (:class:`ManualClock`),
+``churn`` (:class:`Churn`: how the federation lives) and ``life`` (its catching up),
+``inventory`` (clusters, hosts, policies,
 VM placement, and the records as the API lists them), ``federation`` (the backups, the oracle
 of protection statuses, the schedule report), ``catalog`` (the table of paged collections),
 ``store`` (sorting, filtering, churn and JSON rendering of records), ``listing`` (serving a
@@ -77,7 +91,10 @@ Run one from the shell (it prints its URL and credentials, and serves until SIGI
 """
 
 from exporter.simulator.catalog import COLLECTIONS, Paged
+from exporter.simulator.churn import KINDS as CHURN_KINDS
+from exporter.simulator.churn import Churn
 from exporter.simulator.cli import main
+from exporter.simulator.clock import ManualClock
 from exporter.simulator.controller import Endpoint, SimulatedController
 from exporter.simulator.faults import (
     MALFORMED_KINDS,
@@ -137,6 +154,7 @@ __all__ = [
     "BACKUP_FIELDS",
     "BACKUP_STATES",
     "BUSINESS_HOURS_VM",
+    "CHURN_KINDS",
     "CLIENT_ID",
     "CLOUD_STORE_NAME",
     "COLLECTIONS",
@@ -172,6 +190,7 @@ __all__ = [
     "TEMPLATE_VM",
     "VM_FIELDS",
     "WEEKDAYS_VM",
+    "Churn",
     "Endpoint",
     "ErrorBody",
     "Exchange",
@@ -179,6 +198,7 @@ __all__ = [
     "Federation",
     "FederationSpec",
     "Malformed",
+    "ManualClock",
     "Oddity",
     "Paged",
     "SimulatedController",

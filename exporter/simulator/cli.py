@@ -11,8 +11,10 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from types import FrameType
 
+from exporter.simulator.churn import Churn
 from exporter.simulator.controller import SimulatedController
 from exporter.simulator.faults import ODD_KINDS, ErrorBody
 from exporter.simulator.spec import FederationSpec
@@ -92,6 +94,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--churn-create", type=int, default=0, help="new backups per request")
     parser.add_argument("--churn-expire", type=int, default=0, help="expired backups per request")
+    life = parser.add_argument_group(
+        "churn: the federation lives in (wall-clock) time: scheduled backups and their states, "
+        "expiry, and random events at rates per hour"
+    )
+    life.add_argument(
+        "--churn",
+        action="store_true",
+        help="turn churn on, with the default rates in proportion to the VMs",
+    )
+    life.add_argument(
+        "--churn-rate",
+        action="append",
+        default=[],
+        type=_rate,
+        metavar="KIND=PER_HOUR",
+        help="a rate (events per hour across the federation; implies --churn), one of: "
+        + ", ".join(name.replace("_", "-") for name in Churn.RATES),
+    )
+    life.add_argument(
+        "--churn-failed-share", type=float, default=None, help="share of new backups that fail"
+    )
+    life.add_argument(
+        "--churn-expiry-lag",
+        type=int,
+        default=None,
+        help="seconds an expired backup may stay listed past its expiration_time",
+    )
+    life.add_argument(
+        "--steady",
+        action="store_true",
+        help="live VMs' backups expire as they are replaced (as many expire as are taken, "
+        "from the first hour), rather than after their rules' retention",
+    )
+    life.add_argument(
+        "--no-scheduled-backups",
+        action="store_true",
+        help="with churn: no policy backups, only the random events and expiry",
+    )
     parser.add_argument(
         "--log-level", default="warning", help="debug, info, warning or error (to stderr)"
     )
@@ -144,6 +184,40 @@ def _statuses(text: str) -> frozenset[int]:
         raise argparse.ArgumentTypeError(f"not a list of statuses: {text!r}") from None
 
 
+def _rate(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in Churn.RATES:
+        raise argparse.ArgumentTypeError(
+            f"not KIND=PER_HOUR with a kind of {', '.join(Churn.RATES)}: {text!r}"
+        )
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of events per hour: {text!r}") from None
+
+
+def _churn(args: argparse.Namespace, vms: int) -> Churn | None:
+    """The churn the flags ask for, or None."""
+    wanted = (
+        args.churn
+        or args.churn_rate
+        or args.churn_failed_share is not None
+        or args.churn_expiry_lag is not None
+        or args.no_scheduled_backups
+    )
+    if not wanted:
+        return None
+    churn = Churn.for_vms(vms).with_rates(dict(args.churn_rate))
+    if args.churn_failed_share is not None:
+        churn = replace(churn, failed_share=args.churn_failed_share)
+    if args.churn_expiry_lag is not None:
+        churn = replace(churn, expiry_lag_seconds=args.churn_expiry_lag)
+    if args.no_scheduled_backups:
+        churn = replace(churn, scheduled=False)
+    return churn
+
+
 def _set_faults(controller: SimulatedController, args: argparse.Namespace) -> None:
     faults = controller.faults
     faults.request_cost_seconds = args.request_cost
@@ -179,11 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             total_backups=args.backups,
             daily_backup_rate_limit=args.daily_backup_limit,
             retained_backups_limit=args.retained_backups_limit,
+            steady=args.steady,
         )
     except ValueError as e:
         parser.error(str(e))
     api_version = "1.10" if args.no_schedule_report else args.api_version
     try:
+        churn = _churn(args, vms)
         controller = SimulatedController(
             spec,
             username=args.username,
@@ -194,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode=args.mode,
             api_version=api_version,
             strict=not args.lenient,
+            churn=churn,
         )
     except ValueError as e:
         parser.error(str(e))

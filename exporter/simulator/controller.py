@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import logging
 import random
 import ssl
@@ -27,13 +28,15 @@ from exporter.restapi import (
     has_resource,
 )
 from exporter.simulator.catalog import BACKUP_LISTING, COLLECTIONS, INVENTORY, Paged
+from exporter.simulator.churn import Churn
 from exporter.simulator.faults import Faults
 from exporter.simulator.federation import Federation, generate_federation
+from exporter.simulator.life import Changes, FederationLife
 from exporter.simulator.listing import Collection, Listings, answer_failure
 from exporter.simulator.server import Exchange, Handler, Server
 from exporter.simulator.spec import FederationSpec
 from exporter.simulator.stats import Stats
-from exporter.simulator.store import GENERATED, Store, layout_from_dicts
+from exporter.simulator.store import GENERATED, MISSING, Store, layout_from_dicts
 from exporter.simulator.vocabulary import CLIENT_ID, REST_API_VERSION, SVTFS_VERSION
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,21 @@ class SimulatedController:
     ``now = clock()``: backups, VMs, policies, hosts, schedule report) or a list of backup
     dicts (served as given: any fields; no inventory, see :meth:`set_inventory`). ``clock``
     drives token expiry, the token answer's ``updated_at`` and the ``created_at`` of backups
-    added by churn. ``mode="mva"`` omits ``SVTFS_Version`` and lets comma-separated filters
+    added by churn. ``churn`` (a :class:`~exporter.simulator.churn.Churn`) makes a generated
+    federation live in time: before each request (and in :meth:`advance_to`), it catches up
+    from the last moment to ``clock()`` (scheduled backups, state changes, expiry, the random
+    events: see :mod:`exporter.simulator.churn`); while the clock stands still nothing
+    changes. A test shares a :class:`~exporter.simulator.clock.ManualClock` with the exporter
+    and moves it::
+
+        clock = ManualClock()
+        with SimulatedController(FederationSpec(vms=200), clock=clock, churn=Churn()) as c:
+            ...  # poll
+            clock.advance(300)
+            ...  # the next poll's first request sees five minutes of changes
+            c.changes()  # what happened, by kind
+
+    ``mode="mva"`` omits ``SVTFS_Version`` and lets comma-separated filters
     work as OR. ``api_version`` is the REST API version it answers: it serves only the fields
     that version documents (:mod:`exporter.restapi`; before 1.11, for instance, no schedule
     report, 404 with the error body, and no ``host_name``), and a generated federation has no
@@ -117,6 +134,7 @@ class SimulatedController:
         mode: Literal["ovc", "mva"] = "ovc",
         api_version: str = REST_API_VERSION,
         strict: bool = True,
+        churn: Churn | None = None,
     ) -> None:
         if mode not in ("ovc", "mva"):
             raise ValueError(f"mode must be 'ovc' or 'mva', not {mode!r}")
@@ -137,6 +155,8 @@ class SimulatedController:
         self._content_type = f"application/vnd.simplivity.v{api_version}+json;charset=UTF-8"
         self._report: dict[str, object] = {}
         self._federation: Federation | None = None
+        self.churn = churn
+        self._life: FederationLife | None = None
         self.faults = Faults()
         self.stats = Stats()
         self.generated_at = 0.0
@@ -222,16 +242,17 @@ class SimulatedController:
     # -- the federation
 
     def set_backups(self, backups: Sequence[Mapping[str, object]] | FederationSpec) -> None:
-        """Replace the federation (a spec is generated with ``now = clock()``).
+        """Replace the federation (a spec is generated with ``now = clock()``; it lives from then
+        on if :attr:`churn` is set).
 
-        Plain backup dicts come with an empty inventory and a schedule report of zeros.
+        Plain backup dicts come with an empty inventory and a schedule report of zeros, and do
+        not live (churn needs the policies and VMs of a generated federation).
         """
         now = self.clock()
         if isinstance(backups, FederationSpec):
             if self.version < EXTERNAL_STORES_SINCE:
                 backups = replace(backups, external_stores=False)
-            federation = generate_federation(backups, now)
-            store = Store(GENERATED, federation.rows)
+            federation, store = _generated(backups, now)
             seed = backups.seed
             records = federation.records
             report = federation.schedule_report
@@ -247,10 +268,18 @@ class SimulatedController:
         rng = random.Random(f"churn-{seed}")
         collections = [Collection(BACKUP_LISTING, store)]
         collections += [self._collection(p, records.get(p.path, ())) for p in INVENTORY.values()]
+        life = None
+        if self.churn is not None and isinstance(backups, FederationSpec) and federation:
+            # what expiry reads at every step, and what the time bounds of the queries of an
+            # incremental poll are answered from: sorted once, then kept up to date
+            store.ascending("expiration_time")
+            store.ascending("created_at")
+            life = FederationLife(backups, federation, self.churn, store, now)
         with self._lock:
             self._listings.replace(collections, rng)
             self._report = dict(report)
             self._federation = federation
+            self._life = life
             self.generated_at = now
 
     def set_inventory(
@@ -270,11 +299,75 @@ class SimulatedController:
             if schedule_report is not None:
                 self._report = dict(schedule_report)
             self._federation = None
+            self._life = None  # the generated inventory it lived on is gone
 
     def _collection(self, paged: Paged, records: Iterable[Mapping[str, object]]) -> Collection:
         store = Store(*layout_from_dicts(paged.as_served(records, self.version)))
         store.ascending("name")
         return Collection(paged, store)
+
+    # -- time
+
+    def advance_to(self, now: float | None = None) -> None:
+        """Let the federation live up to ``now`` (default ``clock()``); what every request
+        does first. Nothing happens without churn, or when time has not moved."""
+        life = self._life
+        if life is None:
+            return
+        when = self.clock() if now is None else now
+        if int(when) <= life.time:
+            return
+        with self._lock, self._listings.locked() as collections:
+            if self._life is not life:
+                return
+            changes = life.advance(when)
+            if changes is not None:
+                self._show(changes, collections)
+
+    def change(self, kind: str, count: int = 1) -> int:
+        """Make ``count`` random changes of ``kind`` now, the clock standing still (the names of
+        :data:`Churn.RATES`: ``"deleted"``, ``"locked"``, ``"vm_renamed"``...): a test's way to
+        put exactly the change it wants between two polls. Returns how many happened (one that
+        finds nothing to change does not). Needs churn (any rates, :meth:`Churn.quiet` too)."""
+        self.advance_to()
+        with self._lock, self._listings.locked() as collections:
+            life = self._life
+            if life is None:
+                raise RuntimeError("change() needs a generated federation with churn")
+            happened, changes = life.change(kind, count)
+            self._show(changes, collections)
+        return happened
+
+    def _show(self, changes: Changes, collections: dict[str, Collection]) -> None:
+        """Make the inventory listings show what a step changed (under both locks)."""
+        if changes.vms:
+            store = collections[VIRTUAL_MACHINES].store
+            get_id = store.layout.getter("id")
+            assert get_id is not None
+            served = INVENTORY["virtual_machines"].as_served(changes.vms, self.version)
+            fresh = {str(record["id"]): record for record in served}
+            old = [row for row in store.rows if get_id(row) in fresh]
+            layout = store.layout
+            new = [(*(r.get(n, MISSING) for n in layout.own), ()) for r in fresh.values()]
+            store.apply(old, new)
+        for key, records in (("policies", changes.policies), ("hosts", changes.hosts)):
+            if records is not None:
+                paged = INVENTORY[key]
+                collections[paged.path] = self._collection(paged, records)
+        if changes.schedule_report is not None:
+            self._report = dict(changes.schedule_report)
+
+    def changes(self) -> dict[str, int]:
+        """How many times each kind of change happened since the federation was generated
+        (the kinds of :data:`exporter.simulator.churn.KINDS`; empty without churn)."""
+        self.advance_to()
+        with self._lock:
+            life = self._life
+            return dict(life.applied) if life is not None else {}
+
+    def _lived(self) -> bool:
+        life = self._life
+        return life is not None and life.time > life.start
 
     @property
     def planted(self) -> Mapping[str, str]:
@@ -284,24 +377,25 @@ class SimulatedController:
         See :mod:`exporter.simulator.spec` for the roles and the statuses.
         """
         federation = self._federation
-        return federation.planted if federation is not None else {}
+        return federation.planted if federation is not None and not self._lived() else {}
 
     @property
     def expected_statuses(self) -> Mapping[str, str]:
         """VM id -> the protection status a correct exporter finds, for every ALIVE VM."""
         federation = self._federation
-        return federation.expected if federation is not None else {}
+        return federation.expected if federation is not None and not self._lived() else {}
 
     @property
     def short_recovery_windows(self) -> Mapping[str, frozenset[str]]:
         """VM id -> the destinations where a live VM older than its policy's recovery window
         has an oldest restore point younger than half of it (as the simulator judged them)."""
         federation = self._federation
-        return federation.short_windows if federation is not None else {}
+        return federation.short_windows if federation is not None and not self._lived() else {}
 
     def records(self, path: str) -> list[dict[str, object]]:
-        """A copy of the records a paged collection serves (unsorted; every VM state), as full
-        dicts."""
+        """A copy of the records a paged collection serves now (unsorted; every VM state), as
+        full dicts."""
+        self.advance_to()
         layout, rows = self._listings.rows(path)
         return [layout.as_dict(row) for row in rows]
 
@@ -318,10 +412,12 @@ class SimulatedController:
         return self.records(CLUSTERS)
 
     def schedule_report(self) -> dict[str, object]:
+        self.advance_to()
         with self._lock:
             return dict(self._report)
 
     def backup_count(self) -> int:
+        self.advance_to()
         return len(self._listings.rows(BACKUPS)[1])
 
     def backups(self) -> list[dict[str, object]]:
@@ -329,6 +425,7 @@ class SimulatedController:
         return self.records(BACKUPS)
 
     def backup_ids(self) -> set[str]:
+        self.advance_to()
         layout, rows = self._listings.rows(BACKUPS)
         get = layout.getter("id")
         if get is None:
@@ -381,9 +478,12 @@ class SimulatedController:
             ex.leave_flight()
 
     def _listing(self, ex: Exchange) -> None:
-        self._listings.serve(ex, self.clock())
+        now = self.clock()
+        self.advance_to(now)
+        self._listings.serve(ex, now)
 
     def _schedule_report(self, ex: Exchange) -> None:
+        self.advance_to()
         with self._lock:
             report = dict(self._report)
         self._listings.serve_object(ex, report)
@@ -489,6 +589,28 @@ class SimulatedController:
                 return True
         ex.token_error(message)
         return False
+
+
+#: From this many backups on, a generated federation is frozen out of the garbage collector
+#: (gc.freeze): its million tuples are never garbage, and each full collection would traverse
+#: them all again (about a second at 1M backups, at random moments of a churn step or a request).
+FREEZE_FROM: Final = 100_000
+
+
+def _generated(spec: FederationSpec, now: float) -> tuple[Federation, Store]:
+    """The federation of ``spec`` and the store of its backups, made without the garbage
+    collector (they hold no cycle to collect; a large one's collections cost half its time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        federation = generate_federation(spec, now)
+        store = Store(GENERATED, federation.rows)
+    finally:
+        if enabled:
+            gc.enable()
+    if len(store.rows) >= FREEZE_FROM:
+        gc.freeze()
+    return federation, store
 
 
 def _version_tuple(version: str) -> Version:

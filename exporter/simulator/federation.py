@@ -14,7 +14,6 @@ it is the oracle the exporter's own judgement is tested against.
 
 from __future__ import annotations
 
-import calendar
 import itertools
 import random
 from collections.abc import Iterable, Mapping
@@ -37,7 +36,7 @@ from exporter.simulator.inventory import (
 from exporter.simulator.schedule import Destination, Rule
 from exporter.simulator.spec import FederationSpec
 from exporter.simulator.store import GENERATED, Row
-from exporter.simulator.values import DAY, Times, seeded_uuid4
+from exporter.simulator.values import DAY, Times, epoch, seeded_uuid4
 from exporter.simulator.vocabulary import BACKUP_STATES
 
 #: The exporter's defaults: overdue past interval x 1.5 + 1 h; "new" for interval + 1 h.
@@ -63,6 +62,8 @@ class Federation:
     planted: Mapping[str, str]
     #: VM id -> the destinations where its recovery window is short (:func:`_short_windows`)
     short_windows: Mapping[str, frozenset[str]]
+    #: what the records were made from (churn lives on it)
+    inventory: Inventory
 
     # The inventory by name, for the readers that judge it themselves (the tests).
 
@@ -88,7 +89,7 @@ def generate_federation(spec: FederationSpec, now: float) -> Federation:
     return Federation(
         rows=rows,
         records={p.path: p.generate(inventory) for p in COLLECTIONS if p.generate is not None},
-        schedule_report=_schedule_report(spec, inventory),
+        schedule_report=schedule_report(spec, inventory),
         expected={vm.id: vm.expected for vm in inventory.vms if vm.expected is not None},
         planted={
             vm.name: vm.expected
@@ -96,6 +97,7 @@ def generate_federation(spec: FederationSpec, now: float) -> Federation:
             if vm.role != "regular" and vm.expected is not None
         },
         short_windows=_short_windows(inventory, max_backups(inventory), now_s),
+        inventory=inventory,
     )
 
 
@@ -146,8 +148,9 @@ def _vm_backups(
     # the values its backups share, and its destination's name
     per_rule = []
     for rule in vm.policy.rules:
-        group = _group(vm, rule.destination, clusters)
+        group = backup_group(vm, rule.destination, clusters)
         per_rule.append((rule.retention * 60, rule.destination.kind == "cluster", group))
+    vm.groups = tuple(group for _, _, group in per_rule)
     base_size = rng.randint(4, 400) * 1024**3
     spread = base_size >> 6
     asks = [rule.app_consistent for rule in vm.policy.rules]
@@ -164,6 +167,21 @@ def _vm_backups(
     app_newest: dict[str, int] = {}  # destination -> its newest application-consistent one
     jitter = min(240, min(rule.frequency for rule in vm.policy.rules) * 30)
     slots, oldest = _slots(vm)
+    # past its expiration at generation: a day more, or (steady) the next minute
+    late = DAY
+    if spec.steady and role == "regular" and vm.state == "ALIVE":
+        late = 60
+        slots = list(slots)
+        held = [0] * len(per_rule)
+        for _, r, _ in slots:
+            held[r] += 1
+        vm.held = tuple(held)
+        per_rule = [
+            (held[r] * steady_interval(rule), copied, group)
+            for r, (rule, (_, copied, group)) in enumerate(
+                zip(vm.policy.rules, per_rule, strict=True)
+            )
+        ]
     rows: list[Row] = []
     append = rows.append
     for slot, r, j in slots:
@@ -196,7 +214,7 @@ def _vm_backups(
         else:
             name = times.local(slot + 1, offset)
             expires = slot + keep
-            expiration = times.utc(expires if expires > now else now + DAY)
+            expiration = times.utc(expires if expires > now else now + late)
         if state == "FAILED":
             size = 0
             rng.randint(-spread, spread)  # the same draws whatever the state
@@ -270,14 +288,16 @@ def _first_protected(rows: list[Row], group: Row) -> int:
     """When the first PROTECTED backup of a rule (by its shared group) was created; 0: none."""
     for row in rows:
         if row[-1] is group and row[2] == "PROTECTED":
-            text: str = row[4]  # 2023-11-14T22:13:20Z
-            fields = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
-            year, month, day, hour, minute, second = (int(f) for f in fields)
-            return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+            return epoch(row[4])
     return 0
 
 
-def _group(vm: VmPlan, target: Destination, clusters: Mapping[str, Cluster]) -> Row:
+def steady_interval(rule: Rule) -> int:
+    """The seconds between two of a rule's backups, on average (FederationSpec.steady)."""
+    return round(DAY / rule.per_day())
+
+
+def backup_group(vm: VmPlan, target: Destination, clusters: Mapping[str, Cluster]) -> Row:
     """The values a VM's backups at one destination share (omnistack_cluster_id onwards)."""
     cluster = vm.cluster
     shared = (
@@ -449,7 +469,7 @@ def _short_windows(
 # --- the schedule report ------------------------------------------------------------------------
 
 
-def _schedule_report(spec: FederationSpec, inventory: Inventory) -> dict[str, object]:
+def schedule_report(spec: FederationSpec, inventory: Inventory) -> dict[str, object]:
     """What the live VMs' policies will create per day and keep, against the limits."""
     scheduled: dict[Policy, int] = {}  # policy -> its live VMs on hosts with policy backups
     for vm in inventory.vms:

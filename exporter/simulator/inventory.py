@@ -121,6 +121,12 @@ class VmPlan:
     kept: tuple[int, ...] = ()
     #: destination -> its oldest PROTECTED backup (Unix seconds); set with the backups
     oldest: dict[str, int] = field(default_factory=dict)
+    #: per rule of its policy: the values its backups there share (see federation); set with
+    #: the backups
+    groups: tuple[tuple[object, ...], ...] = ()
+    #: per rule of its policy: its backups, when they expire as they are replaced
+    #: (FederationSpec.steady); set with the backups
+    held: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,7 @@ def plan_inventory(spec: FederationSpec, now: int) -> Inventory:
         if i < len(roles):
             name, role, index, _ = roles[i]
         else:
-            name, role, index = f"{_VM_PREFIXES[i % len(_VM_PREFIXES)]}-{i:04d}", "regular", i
+            name, role, index = regular_vm_name(i), "regular", i
         cluster = clusters[index % len(clusters)]
         host = hosts[cluster.id][i % _HOSTS_PER_CLUSTER]
         datastore = rng.choice(cluster.datastores)
@@ -165,6 +171,11 @@ def plan_inventory(spec: FederationSpec, now: int) -> Inventory:
         vms.append(vm)
     all_hosts = tuple(h for c in clusters for h in hosts[c.id]) + tuple(suspended)
     return Inventory(tuple(clusters), all_hosts, policies.all(), vms)
+
+
+def regular_vm_name(i: int) -> str:
+    """The name of the ``i``-th VM of a federation when it plays no role ("web-0012")."""
+    return f"{_VM_PREFIXES[i % len(_VM_PREFIXES)]}-{i:04d}"
 
 
 def _counts(spec: FederationSpec, roles: list[str]) -> list[int]:

@@ -9,10 +9,11 @@ model's slots -> churn (backups) -> the page -> malformed or odd records -> the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -88,6 +89,12 @@ class Listings:
         """Serve these collections in place of those at the same paths."""
         with self._lock:
             self._collections = {**self._collections, **{c.paged.path: c for c in collections}}
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[dict[str, Collection]]:
+        """The collections by path, to change under the lock (no request reads meanwhile)."""
+        with self._lock:
+            yield self._collections
 
     def rows(self, path: str) -> tuple[Layout, list[Row]]:
         """A copy of a collection's current rows (unsorted), with their layout."""

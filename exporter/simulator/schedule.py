@@ -117,6 +117,23 @@ class Rule:
             return itertools.count((before + offset) // step * step - offset, -step)
         return self._window_times(before, offset)
 
+    def next_after(self, after: int, offset: int) -> int:
+        """The first scheduled time (Unix seconds) after ``after``."""
+        step = self.frequency * 60
+        if self.every_day() and DAY % step == 0:
+            return ((after + offset) // step + 1) * step - offset
+        minutes = self.minutes_of_day()
+        matches = _day_test(self.days)
+        first = (after + offset) // DAY
+        for day in range(first, first + 800):  # every rule runs within a few months
+            if matches(day):
+                midnight = day * DAY - offset
+                for minute in minutes:
+                    t = midnight + minute * 60
+                    if t > after:
+                        return t
+        raise ValueError(f"rule {self} never runs")
+
     def _window_times(self, before: int, offset: int) -> Iterator[int]:
         minutes = self.minutes_of_day()[::-1]
         matches = _day_test(self.days)

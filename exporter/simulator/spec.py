@@ -156,6 +156,13 @@ class FederationSpec:
     #: Share of regular VMs whose policy also copies backups daily to another cluster (DR;
     #: ``sent`` > 0 on those copies).
     replicated_share: float = 0.3
+    #: Live regular VMs' backups expire as they are replaced: each of a VM's backups by a rule
+    #: expires as many of the rule's intervals after its time as the VM holds backups by that
+    #: rule (as under a retention that keeps what it holds; the policy's retention says
+    #: otherwise, as after set_retention), so that a living federation (churn) loses about as
+    #: many backups as it takes, from its first hour. Off: they expire after the rule's
+    #: retention, days to months away.
+    steady: bool = False
     #: The schedule report's limits (the federation's, not published by HPE).
     daily_backup_rate_limit: int = 50_000
     retained_backups_limit: int = 1_000_000

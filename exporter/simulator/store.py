@@ -259,7 +259,8 @@ class QueryRules:
 
     ``defaults``: filters applied when the query does not name them (``state=ALIVE`` for VMs);
     ``lists``: filters whose comma-separated values are alternatives on every controller (other
-    filters follow the controller's mode); ``dated``: ``created_after``/``created_before``.
+    filters follow the controller's mode); ``dated``: ``created_after``/``created_before`` and
+    ``expires_after``/``expires_before`` (HPE documents both pairs for backups).
     """
 
     defaults: tuple[tuple[str, str], ...] = ()
@@ -279,6 +280,18 @@ class Query:
     created_before: str | None
     #: filters whose comma-separated values are alternatives whatever the mode
     lists: frozenset[str] = frozenset()
+    expires_after: str | None = None
+    expires_before: str | None = None
+
+    @property
+    def ranged(self) -> bool:
+        """Whether a time bound (created_* or expires_*) narrows the listing."""
+        return not (
+            self.created_after is None
+            and self.created_before is None
+            and self.expires_after is None
+            and self.expires_before is None
+        )
 
 
 class BadRequest(Exception):
@@ -320,7 +333,7 @@ def parse_query(query: str, rules: QueryRules, known: Collection[str]) -> Query:
     if order not in ("ascending", "descending"):
         raise BadRequest(f"Invalid order '{order}': ascending or descending")
     dates: dict[str, str | None] = {}
-    for name in ("created_after", "created_before"):
+    for name in _TIME_BOUNDS:
         value = params.get(name) if rules.dated else None
         if value is not None and not _valid_time(value):
             raise BadRequest(f"Invalid {name} '{value}': expected YYYY-MM-DDTHH:MM:SSZ")
@@ -342,7 +355,14 @@ def parse_query(query: str, rules: QueryRules, known: Collection[str]) -> Query:
         dates["created_after"],
         dates["created_before"],
         rules.lists,
+        dates["expires_after"],
+        dates["expires_before"],
     )
+
+
+#: The time bounds of a dated listing (inclusive, whole seconds in UTC): ``created_*`` on
+#: ``created_at``, ``expires_*`` on ``expiration_time``.
+_TIME_BOUNDS: Final = ("created_after", "created_before", "expires_after", "expires_before")
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int) -> int:
@@ -366,23 +386,40 @@ def _valid_time(value: str) -> bool:
 
 
 class Store:
-    """The current records of a collection, with sorted orders kept up to date as backups come
-    and go."""
+    """The current records of a collection, with sorted orders and filtered views kept up to
+    date as records come, go and change (:meth:`apply`).
 
-    _MAX_ORDERS = 4
-    _MAX_VIEWS = 16
+    :attr:`rows` is the records of a generated federation ascending by ``id`` (the order every
+    change keeps, so that a record is found by bisection, and random picks do not depend on the
+    history of changes); other records in the order given, new ones last.
+    """
+
+    _MAX_ORDERS = 6
+    _MAX_VIEWS = 48
+    _BASE = "id"
 
     def __init__(self, layout: Layout, rows: list[Row]) -> None:
         self.layout = layout
-        self.rows = rows
-        # sort field -> (key, rows ascending by key); updated in place on churn
+        # sort field -> (key, rows ascending by key); updated on every change
         self._orders: OrderedDict[str, tuple[Callable[[Row], Any], list[Row]]] = OrderedDict()
-        # filtered views -> rows ascending; dropped on any change
-        self._views: OrderedDict[tuple[object, ...], list[Row]] = OrderedDict()
+        # filtered views -> (test, key, rows ascending by key); updated on every change
+        self._views: OrderedDict[tuple[object, ...], _View] = OrderedDict()
         # fields selection -> JSON text of each group's shared part
         self.fragments: dict[tuple[str, ...] | None, dict[int, tuple[Row, str]]] = {}
         index = {n: i for i, n in enumerate(layout.own)}
         self._churn_fields = {n: index[n] for n in _CHURNED if n in index}
+        self._rows = rows
+        if layout.typed:
+            key = _sort_key(layout, self._BASE)
+            self._orders[self._BASE] = (key, sorted(rows, key=key))
+            self._rows = []  # the base order holds them
+
+    @property
+    def rows(self) -> list[Row]:
+        """Every record (do not modify: :meth:`apply` changes records)."""
+        if self.layout.typed:
+            return self._orders[self._BASE][1]
+        return self._rows
 
     def ascending(self, sort: str) -> list[Row]:
         entry = self._orders.get(sort)
@@ -391,62 +428,160 @@ class Store:
             entry = (key, sorted(self.rows, key=key))
             self._orders[sort] = entry
             while len(self._orders) > self._MAX_ORDERS:
-                self._orders.popitem(last=False)
+                keep = self._BASE if self.layout.typed else None
+                oldest = next(s for s in self._orders if s != keep)
+                del self._orders[oldest]
         else:
             self._orders.move_to_end(sort)
         return entry[1]
 
+    def find(self, record_id: str) -> Row | None:
+        """The record with this id (of a generated federation: ids are unique), or None."""
+        if not self.layout.typed:
+            raise TypeError("find() needs the typed layout of a generated federation")
+        key, ordered = self._orders[self._BASE]
+        i = bisect.bisect_left(ordered, (record_id, ""), key=key)
+        if i < len(ordered) and ordered[i][0] == record_id:
+            return ordered[i]
+        return None
+
+    def apply(self, removed: Sequence[Row], added: Sequence[Row]) -> None:
+        """Take ``removed`` (stored rows, each once) out and put ``added`` in; a changed record
+        is its old row removed and its new row added. Every sorted order and filtered view
+        follows at the cost of the change, not of a new sort or filter of every record: a
+        changed record that keeps its place (its sort key) is swapped in place; the others are
+        found by bisection, and a list is copied once when many of them change."""
+        if not removed and not added:
+            return
+        if not self.layout.typed:
+            dropped = {id(row) for row in removed}
+            self._rows = [row for row in self._rows if id(row) not in dropped] + list(added)
+        pairs: list[tuple[Row, Row]] = []
+        if self.layout.typed and removed and added:
+            new_by_id = {row[0]: row for row in added}
+            pairs = [(old, new_by_id[old[0]]) for old in removed if old[0] in new_by_id]
+            if pairs:
+                paired = {id(row) for pair in pairs for row in pair}
+                removed = [row for row in removed if id(row) not in paired]
+                added = [row for row in added if id(row) not in paired]
+        for sort, (key, ordered) in list(self._orders.items()):
+            self._orders[sort] = (key, _changed(ordered, key, removed, added, pairs))
+        for view_key, (test, key, view) in list(self._views.items()):
+            gone = [row for row in removed if test(row)]
+            new = [row for row in added if test(row)]
+            kept = []
+            for old, row in pairs:
+                was, now = test(old), test(row)
+                if was and now:
+                    kept.append((old, row))
+                elif was:
+                    gone.append(old)
+                elif now:
+                    new.append(row)
+            if gone or new or kept:
+                self._views[view_key] = (test, key, _changed(view, key, gone, new, kept))
+
     def matching(self, query: Query, mode: str) -> list[Row]:
         """The rows matching the query's filters, ascending by its sort field."""
         ordered = self.ascending(query.sort)
-        if not query.filters and query.created_after is None and query.created_before is None:
+        if not query.filters and not query.ranged:
             return ordered
         view_key = (
             query.sort,
             query.filters,
             query.created_after,
             query.created_before,
+            query.expires_after,
+            query.expires_before,
             mode,
             query.lists,
         )
-        view = self._views.get(view_key)
-        if view is not None:
+        cached = self._views.get(view_key)
+        if cached is not None:
             self._views.move_to_end(view_key)
-            return view
-        tests: list[tuple[Callable[[Row], Any], frozenset[str]]] = []
-        for name, value in query.filters:
-            alternatives = mode == "mva" or name in query.lists
-            if "," in value and not alternatives:
-                view = []  # the OVC defect: comma-separated values match nothing
-                break
-            get = self.layout.getter(name)
-            if get is None:
-                view = []
-                break
-            tests.append((get, frozenset(value.split(",") if alternatives else [value])))
+            return cached[2]
+        test = self._test(query, mode)
+        key = self._orders[query.sort][0]
+        view = self._equal(query, ordered)
         if view is None:
-            get_created = self.layout.getter("created_at") or (lambda row: None)
-            after, before = query.created_after, query.created_before
-
-            def keep(row: Row) -> bool:
-                for get, allowed in tests:
-                    if _as_text(get(row)) not in allowed:
-                        return False
-                if after is not None or before is not None:
-                    created = get_created(row)
-                    if not isinstance(created, str):
-                        return False
-                    if after is not None and created < after:
-                        return False
-                    if before is not None and created > before:
-                        return False
-                return True
-
-            view = [row for row in ordered if keep(row)]
-        self._views[view_key] = view
+            view = [row for row in self._candidates(query, ordered) if test(row)]
+        if query.ranged and self.layout.typed:
+            view.sort(key=key)  # the candidates came in the order of their time field
+        self._views[view_key] = (test, key, view)
         while len(self._views) > self._MAX_VIEWS:
             self._views.popitem(last=False)
         return view
+
+    def _equal(self, query: Query, ordered: list[Row]) -> list[Row] | None:
+        """The rows of a generated federation whose text field equals the query's one filter
+        value, found without a call per row (a count by state or cluster of a million backups
+        is a pass over them); None for any other query."""
+        if not self.layout.typed or query.ranged or len(query.filters) != 1:
+            return None
+        name, value = query.filters[0]
+        if "," in value:
+            return None
+        if _OWN_KINDS.get(name) in ("safe", "str"):
+            i = self.layout.own.index(name)
+            return [row for row in ordered if row[i] == value]
+        if name in _SORTABLE_SHARED:
+            j = self.layout.shared.index(name)
+            return [row for row in ordered if row[-1][j] == value]
+        return None
+
+    def _candidates(self, query: Query, ordered: list[Row]) -> list[Row]:
+        """The rows a ranged query can match: of a generated federation, only those inside its
+        time bounds, found by bisection in the order of that time field (cheap for the recent
+        or expiring few of a large federation); else every row."""
+        if not self.layout.typed or not query.ranged:
+            return ordered
+        if query.created_after is not None or query.created_before is not None:
+            field, low, high = "created_at", query.created_after, query.created_before
+        else:
+            field, low, high = "expiration_time", query.expires_after, query.expires_before
+        by_time = self.ascending(field)
+        self._orders.move_to_end(query.sort)
+        key = self._orders[field][0]
+        start = 0 if low is None else bisect.bisect_left(by_time, (low, ""), key=key)
+        end = len(by_time)
+        if high is not None:
+            end = bisect.bisect_right(by_time, (high, "\U0010ffff"), key=key)
+        return by_time[start:end]
+
+    def _test(self, query: Query, mode: str) -> Callable[[Row], bool]:
+        tests: list[tuple[Callable[[Row], Any], frozenset[str]]] = []
+        for name, value in query.filters:
+            alternatives = mode == "mva" or name in query.lists
+            get = self.layout.getter(name)
+            if get is None or ("," in value and not alternatives):
+                # the OVC defect: comma-separated values match nothing
+                return lambda row: False
+            tests.append((get, frozenset(value.split(",") if alternatives else [value])))
+        bounds = []
+        for field, low, high in (
+            ("created_at", query.created_after, query.created_before),
+            ("expiration_time", query.expires_after, query.expires_before),
+        ):
+            if low is not None or high is not None:
+                get = self.layout.getter(field) or (lambda row: None)
+                bounds.append((get, low, high))
+
+        def test(row: Row) -> bool:
+            for get, allowed in tests:
+                if _as_text(get(row)) not in allowed:
+                    return False
+            for get, low, high in bounds:
+                value = get(row)
+                # "NA" (no expiration, or no time at all) matches no bound: an assumption
+                if not isinstance(value, str) or value == "NA":
+                    return False
+                if low is not None and value < low:
+                    return False
+                if high is not None and value > high:
+                    return False
+            return True
+
+        return test
 
     def churn(self, create: int, expire: int, rng: random.Random, now: float) -> None:
         """Delete ``expire`` random backups, then add ``create`` fresh PROTECTED ones.
@@ -456,28 +591,74 @@ class Store:
         """
         if create <= 0 and expire <= 0:
             return
-        self._views.clear()
-        templates = [self.rows[rng.randrange(len(self.rows))] for _ in range(create) if self.rows]
-        for _ in range(min(expire, len(self.rows))):
-            i = rng.randrange(len(self.rows))
-            row = self.rows[i]
-            self.rows[i] = self.rows[-1]
-            self.rows.pop()
-            for key, ordered in self._orders.values():
-                pos = bisect.bisect_left(ordered, key(row), key=key)
-                while ordered[pos] is not row:
-                    pos += 1
-                del ordered[pos]
+        rows = self.rows
+        templates = [rows[rng.randrange(len(rows))] for _ in range(create) if rows]
+        victims = rng.sample(rows, min(max(expire, 0), len(rows)))
         times = Times()
         t = int(now)
+        created = []
         for model in templates:
             template = list(model)
             for name, i in self._churn_fields.items():
                 template[i] = _churned_value(name, t, rng, times, template[i])
-            row = tuple(template)
-            self.rows.append(row)
-            for key, ordered in self._orders.values():
-                bisect.insort(ordered, row, key=key)
+            created.append(tuple(template))
+        self.apply(victims, created)
+
+
+_View = tuple[Callable[[Row], bool], Callable[[Row], Any], list[Row]]
+#: Up to this many changed rows, a sorted list is changed in place (each change moves half the
+#: list on average: one memmove, no reference counted); past it, the list is copied once with
+#: all of them (every reference counted). Both costs grow with the list: the crossover does not.
+_IN_PLACE: Final = 128
+
+
+def _changed(
+    ordered: list[Row],
+    key: Callable[[Row], Any],
+    removed: Sequence[Row],
+    added: Sequence[Row],
+    replaced: Sequence[tuple[Row, Row]] = (),
+) -> list[Row]:
+    """``ordered`` (ascending by ``key``) without ``removed``, with ``added``, and each
+    ``(old, new)`` of ``replaced`` swapped (in place when both sort the same)."""
+    if replaced:
+        removed, added = list(removed), list(added)
+        for old, new in replaced:
+            if key(old) == key(new):
+                ordered[_position(ordered, key, old)] = new
+            else:
+                removed.append(old)
+                added.append(new)
+    if len(removed) + len(added) <= _IN_PLACE:
+        for row in removed:
+            del ordered[_position(ordered, key, row)]
+        for row in added:
+            bisect.insort_right(ordered, row, key=key)
+        return ordered
+    cuts = sorted(_position(ordered, key, row) for row in removed)
+    new_rows = sorted(added, key=key)
+    places = [bisect.bisect_right(ordered, key(row), key=key) for row in new_rows]
+    out: list[Row] = []
+    start = c = n = 0
+    while c < len(cuts) or n < len(new_rows):
+        if n < len(new_rows) and (c == len(cuts) or places[n] <= cuts[c]):
+            out += ordered[start : places[n]]
+            out.append(new_rows[n])
+            start = places[n]
+            n += 1
+        else:
+            out += ordered[start : cuts[c]]
+            start = cuts[c] + 1
+            c += 1
+    out += ordered[start:]
+    return out
+
+
+def _position(ordered: list[Row], key: Callable[[Row], Any], row: Row) -> int:
+    i = bisect.bisect_left(ordered, key(row), key=key)
+    while ordered[i] is not row:  # past the rows of an equal key (hostile data only)
+        i += 1
+    return i
 
 
 # A churned backup copies another with fresh per-backup fields, but keeps its size and

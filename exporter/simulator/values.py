@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import random
 import time
 from typing import Final
@@ -63,3 +64,20 @@ def seeded_uuid4(rng: random.Random) -> str:
     n = (n & ~(0x3 << 62)) | (0x2 << 62)
     h = f"{n:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def epoch(text: str) -> int:
+    """The Unix seconds of ``2023-11-14T22:13:20Z`` (as :meth:`Times.utc` writes it)."""
+    return calendar.timegm(
+        (
+            int(text[0:4]),
+            int(text[5:7]),
+            int(text[8:10]),
+            int(text[11:13]),
+            int(text[14:16]),
+            int(text[17:19]),
+            0,
+            0,
+            0,
+        )
+    )
