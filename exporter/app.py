@@ -225,10 +225,12 @@ class Parts:
     poller: Poller
     reloader: Reloader
     app: WebApp
+    exposition: Exposition
 
     def close(self) -> None:
         self.poller.shutdown()
         self.worker.close()
+        self.exposition.close()
 
 
 def assemble(
@@ -268,7 +270,7 @@ def assemble(
         reload=reloader.reload,
         lifecycle=lifecycle,
     )
-    return Parts(worker, poller, reloader, app)
+    return Parts(worker, poller, reloader, app, exposition)
 
 
 class _SignalEvents:
