@@ -96,7 +96,8 @@ def _measure_workers() -> None:
 PASSWORD_VARIABLE = "BENCH_SVT_PASSWORD"
 
 
-def exporter_config(
+def write_exporter_config(
+    path: Path,
     url: str,
     username: str,
     *,
@@ -104,20 +105,23 @@ def exporter_config(
     max_concurrency: int,
     timeout_seconds: float,
     interval_seconds: float | None = None,
-) -> str:
-    """The exporter's config for the benchmark's one controller (password from the environment)."""
+) -> Path:
+    """Write the exporter's config for the benchmark's one controller (its password from the
+    environment, :data:`PASSWORD_VARIABLE`) to ``path``."""
     # Polls back to back (interval 1 s) are not cut short by the default deadline (the interval).
     interval = (
         f"  interval_seconds: {interval_seconds:g}\n  deadline_seconds: 3600\n"
         if interval_seconds
         else ""
     )
-    return (
+    path.write_text(
         f"poll:\n{interval}  timeout_seconds: {timeout_seconds:g}\n"
         f"  page_size: {page_size}\n  max_concurrency: {max_concurrency}\n"
         f"controllers:\n  - name: bench\n    url: {url}\n    username: {username}\n"
-        f"    password: ${{{PASSWORD_VARIABLE}}}\n"
+        f"    password: ${{{PASSWORD_VARIABLE}}}\n",
+        encoding="utf-8",
     )
+    return path
 
 
 def _exporter(args: argparse.Namespace) -> Callable[[], int]:
@@ -127,18 +131,15 @@ def _exporter(args: argparse.Namespace) -> Callable[[], int]:
     _measure_workers()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-probe-"))
-    config = workdir / "config.yaml"
-    output = workdir / "metrics.prom"
-    config.write_text(
-        exporter_config(
-            args.url,
-            args.username,
-            page_size=args.page_size,
-            max_concurrency=args.max_concurrency,
-            timeout_seconds=120,
-        ),
-        encoding="utf-8",
+    config = write_exporter_config(
+        workdir / "config.yaml",
+        args.url,
+        args.username,
+        page_size=args.page_size,
+        max_concurrency=args.max_concurrency,
+        timeout_seconds=120,
     )
+    output = workdir / "metrics.prom"
     os.environ[PASSWORD_VARIABLE] = args.password
 
     def run() -> int:

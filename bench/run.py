@@ -30,7 +30,7 @@ from typing import Any
 import requests
 
 from bench import report, variant
-from bench.probe import PASSWORD_VARIABLE, exporter_config
+from bench.probe import PASSWORD_VARIABLE, write_exporter_config
 from bench.scrape import percentile
 from bench.variant import Variant
 from exporter.config import PollConfig
@@ -372,17 +372,14 @@ def exporter_process(
     sim: Simulator, settings: Settings, interval_seconds: float, workdir: Path
 ) -> Iterator[tuple[str, int]]:
     """Run ``python -m exporter`` on the simulator until ready; yields its URL and pid."""
-    config = workdir / f"exporter-{interval_seconds:g}.yaml"
-    config.write_text(
-        exporter_config(
-            sim.url,
-            sim.username,
-            page_size=settings.page_size,
-            max_concurrency=settings.max_concurrency,
-            timeout_seconds=60,
-            interval_seconds=interval_seconds,
-        ),
-        encoding="utf-8",
+    config = write_exporter_config(
+        workdir / f"exporter-{interval_seconds:g}.yaml",
+        sim.url,
+        sim.username,
+        page_size=settings.page_size,
+        max_concurrency=settings.max_concurrency,
+        timeout_seconds=60,
+        interval_seconds=interval_seconds,
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -225,10 +225,12 @@ class Parts:
     poller: Poller
     reloader: Reloader
     app: WebApp
+    exposition: Exposition
 
     def close(self) -> None:
         self.poller.shutdown()
         self.worker.close()
+        self.exposition.close()
 
 
 def assemble(
@@ -239,14 +241,17 @@ def assemble(
     *,
     client_factory: ClientFactory = connect,
     lifecycle: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> Parts:
     """Poller, decoding worker, reloader, exposition and web app, not yet started.
 
     Pages are counted in the worker; after each poll, its thread writes the ``/metrics`` text
-    of the new snapshot (``Exposition.refresh``), so that no scrape has to.
+    of the new snapshot (``Exposition.refresh``), so that no scrape has to. ``clock`` is the
+    exporter's "now" (the polls' times, the ages and staleness a scrape shows): tests share
+    a simulated controller's manual clock with it.
     """
     worker = DecodingWorker()
-    poller = Poller(config, client_factory=client_factory, scans=worker.open_scan)
+    poller = Poller(config, client_factory=client_factory, scans=worker.open_scan, clock=clock)
     reloader = Reloader(poller, shard, load, config, web_config_file)
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
@@ -254,7 +259,8 @@ def assemble(
     exposition = Exposition(
         registry,
         lambda: (poller.generation, reloader.reloads),
-        backups=BackupCollector(poller.statuses, lambda: reloader.state),
+        backups=BackupCollector(poller.statuses, lambda: reloader.state, clock=clock),
+        clock=clock,
     )
     poller.subscribe(exposition.refresh)
     app = WebApp(
@@ -264,7 +270,7 @@ def assemble(
         reload=reloader.reload,
         lifecycle=lifecycle,
     )
-    return Parts(worker, poller, reloader, app)
+    return Parts(worker, poller, reloader, app, exposition)
 
 
 class _SignalEvents:

@@ -10,10 +10,11 @@ in this process (:class:`LocalBackupScan`) or in the decoding worker (:mod:`expo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 from exporter.model import (
     APP_CONSISTENT_TYPES,
+    MAX_LABEL_LENGTH,
     MISSING,
     OTHER_STATE,
     STATES,
@@ -315,23 +316,63 @@ def read_backup(backup: Mapping[str, object]) -> BackupValues:
             code = TYPED
         if consistency in APP_CONSISTENT_TYPES:
             code |= APP_CONSISTENT
+    # The usual values take the short way; anything else, the checks of the long one.
+    created = backup.get("created_at")
+    seconds = _SECONDS.get(created) if type(created) is str else None
+    if seconds is None:
+        seconds = _created(backup)
+    size = backup.get("size")
+    if type(size) is not int or not 0 <= size <= _MAX_SIZE:
+        size = _size(backup)
+    destination = _place_label(backup.get("omnistack_cluster_name"))
+    if destination is None:  # not a cluster seen before: an external store, say
+        destination = destination_of(backup)
+    vm_id = backup.get("virtual_machine_id")
+    if not _is_label(vm_id):
+        vm_id = text_field(backup, "virtual_machine_id")
     return BackupValues(
         state if state in _KNOWN_STATES else OTHER_STATE,
-        _created(backup),
-        _size(backup),
-        destination_of(backup),
-        text_field(backup, "virtual_machine_id"),
+        seconds,
+        size,
+        destination,
+        vm_id,
         code,
         backup.get("expiration_time") == MISSING,
     )
 
 
+def _place_label(value: object) -> str | None:
+    """A cluster's or store's name as its label value, from the names seen before (a
+    federation has a few dozen, often not ASCII: "Zürich"); None if it is not a name or not
+    seen yet."""
+    return _PLACES.get(value) if type(value) is str else None
+
+
+#: Names of clusters and stores -> their label values (text_field's), as found. Bounded.
+_PLACES: dict[str, str] = {}
+
+
 def destination_of(backup: Mapping[str, object]) -> str:
     """The ``omnistack_cluster`` label of a backup: its cluster, else its external store."""
-    return (  # the order of _CLUSTER_FIELDS
-        text_field(backup, "omnistack_cluster_name")
-        or text_field(backup, "external_store_name")
-        or UNKNOWN_CLUSTER
+    for key in _CLUSTER_FIELDS:
+        value = backup.get(key)
+        label = text_field(backup, key)
+        if label:
+            if type(value) is str and len(_PLACES) < MAX_DESTINATIONS:
+                _PLACES[value] = label
+            return label
+    return UNKNOWN_CLUSTER
+
+
+def _is_label(value: object) -> TypeGuard[str]:
+    """Whether a value is a text that is its own label value (:func:`text_field` would give it
+    back as it is): not empty, not the API's "NA", ASCII and not too long."""
+    return (
+        type(value) is str
+        and value != ""
+        and value != MISSING
+        and value.isascii()
+        and len(value) <= MAX_LABEL_LENGTH
     )
 
 

@@ -3,8 +3,8 @@
 Each family is defined here once. Nothing here talks to a controller: a scrape only reads
 the snapshots the poller published, so it is fast and never blocks on a slow controller.
 Series are built fresh from each snapshot, so a VM or cluster that vanished from the
-federation vanishes from ``/metrics``. :mod:`exporter.exposition` writes them as text with
-prometheus_client's writer: a snapshot's families once per poll, the ages once a second.
+federation vanishes from ``/metrics``. :mod:`exporter.exposition` writes them as text, as
+prometheus_client does: a snapshot's families once per poll, the ages once a second.
 """
 
 from __future__ import annotations
@@ -380,24 +380,6 @@ def _excluded(family: Metric, exclude: frozenset[str]) -> bool:
 def _exposed_name(family: Metric) -> str:
     """A family's name as /metrics shows it (and users write it): a counter's with ``_total``."""
     return f"{family.name}_total" if family.type == "counter" else family.name
-
-
-def family_names() -> frozenset[str]:
-    """The name of every ``simplivity_*`` family the exporter can write (a counter's as
-    /metrics shows it, with ``_total``): what ``metrics.exclude`` may name."""
-    state = ExporterState(interval_seconds=1, stale_after_seconds=1)
-    status = ControllerStatus(name="", url="")
-    families: list[Metric] = [
-        *cluster_families(state),
-        *unowned_families(state),
-        *vm_families(state),
-        *inventory_families(state),
-        *health_families([status]),
-        *exporter_families(state),
-    ]
-    return frozenset(
-        f"{family.name}_total" if family.type == "counter" else family.name for family in families
-    )
 
 
 def fresh_snapshots(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from exporter.collector import family_names
+from exporter.model import FAMILY_NAMES
 from exporter.yamlfile import TOP_LEVEL, ConfigError, Reader, join, kind, read_yaml
 
 __all__ = [
@@ -242,7 +242,7 @@ class _Reader(Reader):
 
     def metrics(self, value: object) -> MetricsConfig:
         raw = self.mapping(value, "metrics", ("per_vm", "exclude"))
-        known = family_names()
+        known = FAMILY_NAMES
         exclude = self.string_list(raw, "metrics", "exclude")
         for position, name in enumerate(exclude):
             if name not in known:

@@ -5,12 +5,12 @@ to :class:`Response`) and :class:`ServerSettings` (TLS context, extra headers, w
 
 How connections are served. One thread (``web``) holds every open connection and waits on all
 of them at once with a selector: it accepts, runs the TLS handshake without blocking, reads
-until a request's line and headers have all arrived, and writes each answer without blocking
-as fast as the client takes it. Between the reading and the writing, a worker
-(``web-worker-N``, a fixed few) parses the request and builds its answer, in memory; it never
-touches the network. So a connection that sends nothing, sends its headers a byte at a time,
-or never reads its answers costs a socket and its one answer, never a thread: no client can
-keep a worker from a real scrape.
+until a request's line and headers have all arrived, and writes the rest of each answer
+without blocking as fast as the client takes it. In between, a worker (``web-worker-N``, a
+fixed few) parses the request, builds its answer in memory and sends what the socket takes at
+once, never waiting for the client. So a connection that sends nothing, sends its headers a
+byte at a time, or never reads its answers costs a socket and its one answer, never a thread:
+no client can keep a worker from a real scrape.
 
 Bounds, all per connection unless said otherwise:
 
@@ -80,8 +80,8 @@ MAX_HANDSHAKES = 64
 AUTH_QUEUE_SIZE = 16
 _TICK_SECONDS = 0.25  # how often deadlines are checked
 _READ_SIZE = 16 * 1024
-# At most this much per send(): a TLS send that could not finish must be retried with the
-# same bytes, and a slice of the same size from the same offset is that.
+# At most this much per TLS send(): one that could not finish must be retried with the same
+# bytes, and a slice of the same size from the same offset is that.
 _WRITE_SIZE = 256 * 1024
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -433,15 +433,8 @@ class HTTPServer:
             self._safely(self._write, selector, connection)
 
     def _write(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        sock = connection.sock
-        output = connection.output
         try:
-            while output:
-                sent = sock.send(output[0][:_WRITE_SIZE])
-                if sent >= len(output[0]):
-                    output.pop(0)
-                else:
-                    output[0] = output[0][sent:]
+            _send(connection)
         except (ssl.SSLWantWriteError, BlockingIOError):
             self._watch(selector, connection, selectors.EVENT_WRITE)
             return
@@ -460,8 +453,7 @@ class HTTPServer:
         timeout = self.idle_timeout if connection.idle else self.header_timeout
         connection.deadline = time.monotonic() + timeout
         self._watch(selector, connection, selectors.EVENT_READ)
-        sock = connection.sock
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if isinstance(connection.sock, ssl.SSLSocket) and connection.sock.pending():
             self._read(selector, connection)
         elif connection.buffer:  # the client sent its next request with the last one
             self._received(selector, connection)
@@ -513,16 +505,14 @@ class HTTPServer:
     def _log_error(self, doing: str, connection: _Connection) -> None:
         """Log the exception being handled: as an error once per kind, then at debug level
         (a client that can provoke it must not be able to flood the log)."""
-        kind = f"{doing}:{_exception_kind()}"
+        error = sys.exc_info()[1]
+        kind = f"{doing}:{type(error).__qualname__ if error is not None else 'unknown'}"
         if kind in self._errors_seen:
             log.debug("error while %s %s", doing, connection.host, exc_info=True)
             return
         self._errors_seen.add(kind)
-        log.exception(
-            "error while %s %s (logged once per kind of error, then at debug level)",
-            doing,
-            connection.host,
-        )
+        message = "error while %s %s (logged once per kind of error, then at debug level)"
+        log.exception(message, doing, connection.host)
 
     # --- the workers and the password checker -------------------------------------------------
 
@@ -539,6 +529,12 @@ class HTTPServer:
             if outcome is None:  # a password check has it now
                 continue
             if outcome and not self._stop.is_set():
+                # What the socket takes now (most often all): a hand-over to the serving
+                # thread first would wait a switch interval while a poll keeps the interpreter
+                # busy. It writes the rest; an error closes the connection there.
+                if connection.not_before <= time.monotonic():  # else: a late refusal
+                    with contextlib.suppress(OSError):
+                        _send(connection)
                 self._returned.put(connection)
                 self._wake()
             else:
@@ -676,14 +672,25 @@ _CHECKING = Response(HTTPStatus.PROCESSING)
 _Check = tuple[_Connection, Authorizer, str | None]
 
 
+def _send(connection: _Connection) -> None:
+    """Send ``connection.output`` until all is sent or the socket would block (raised): on a
+    plain socket head and body in one system call (each lets another thread take the
+    interpreter, and getting it back waits up to the switch interval while a poll keeps it
+    busy); on a TLS socket a piece at a time, one it could not finish offered again as it was.
+    """
+    sock, output = connection.sock, connection.output
+    while output:
+        tls = isinstance(sock, ssl.SSLSocket)
+        sent = sock.send(output[0][:_WRITE_SIZE]) if tls else sock.sendmsg(output)
+        while output and sent >= len(output[0]):
+            sent -= len(output.pop(0))
+        if sent:
+            output[0] = output[0][sent:]
+
+
 def _close(connection: _Connection) -> None:
     with contextlib.suppress(OSError):
         connection.sock.close()
-
-
-def _exception_kind() -> str:
-    error = sys.exc_info()[1]
-    return type(error).__qualname__ if error is not None else "unknown"
 
 
 def _page(status: HTTPStatus, message: str) -> Response:

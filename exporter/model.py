@@ -489,3 +489,64 @@ class ControllerStatus:
     full_scans: Mapping[str, int] = field(
         default_factory=lambda: dict.fromkeys(FULL_SCAN_REASONS, 0)
     )
+
+
+# -- what /metrics shows ------------------------------------------------------------------------
+
+#: The name of every ``simplivity_*`` family the exporter can write, as ``/metrics`` shows it
+#: (a counter's with ``_total``): what ``metrics.exclude`` may name. :mod:`exporter.collector`
+#: defines each family; its tests hold this list to exactly the families it writes.
+FAMILY_NAMES = frozenset(
+    {
+        "simplivity_backup_newest_age_seconds",
+        "simplivity_backup_newest_timestamp_seconds",
+        "simplivity_backup_size_bytes",
+        "simplivity_backups",
+        "simplivity_backups_never_expiring",
+        "simplivity_backups_never_expiring_size_bytes",
+        "simplivity_backups_orphaned",
+        "simplivity_backups_orphaned_size_bytes",
+        "simplivity_controller_info",
+        "simplivity_exporter_build_info",
+        "simplivity_exporter_config_last_reload_success_timestamp_seconds",
+        "simplivity_exporter_config_last_reload_successful",
+        "simplivity_exporter_shard_index",
+        "simplivity_exporter_shards",
+        "simplivity_federation_daily_backups",
+        "simplivity_federation_daily_backups_limit",
+        "simplivity_federation_retained_backups_limit",
+        "simplivity_federation_retained_backups_projected",
+        "simplivity_host_policy_enabled",
+        "simplivity_label_values_truncated",
+        "simplivity_login_backoff_seconds",
+        "simplivity_logins_total",
+        "simplivity_policy_rules",
+        "simplivity_policy_vms",
+        "simplivity_poll_concurrency",
+        "simplivity_poll_duration_seconds",
+        "simplivity_poll_errors_total",
+        "simplivity_poll_full_scans_total",
+        "simplivity_poll_kind",
+        "simplivity_poll_last_success_timestamp_seconds",
+        "simplivity_poll_objects",
+        "simplivity_poll_page_size",
+        "simplivity_protection_grace_seconds",
+        "simplivity_protection_overdue_factor",
+        "simplivity_unreadable_records",
+        "simplivity_up",
+        "simplivity_vm_backup_expected_interval_seconds",
+        "simplivity_vm_backup_newest_age_seconds",
+        "simplivity_vm_backup_newest_failed_timestamp_seconds",
+        "simplivity_vm_backup_newest_timestamp_seconds",
+        "simplivity_vm_created_timestamp_seconds",
+        "simplivity_vm_destination_app_consistent_backup_newest_timestamp_seconds",
+        "simplivity_vm_destination_backup_newest_timestamp_seconds",
+        "simplivity_vm_destination_oldest_restore_point_timestamp_seconds",
+        "simplivity_vm_destination_recovery_window_seconds",
+        "simplivity_vm_destination_restore_points",
+        "simplivity_vm_info",
+        "simplivity_vm_policy_scheduled",
+        "simplivity_vm_protection_status",
+        "simplivity_vms",
+    }
+)

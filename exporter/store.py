@@ -124,6 +124,26 @@ def read_record(backup: Mapping[str, object]) -> Record:
 
 
 def _place(backup: Mapping[str, object], label: str) -> Place:
+    """Where the backup is (a pure function of its cluster and store names): each pair of
+    names worked out once, for the backups that share it."""
+    cluster, store = backup.get(CLUSTER_FILTER), backup.get(STORE_FILTER)
+    if not isinstance(cluster, str) or not (store is None or isinstance(store, str)):
+        return _new_place(backup, label)
+    place = _PLACES.get((cluster, store))
+    if place is None:
+        place = _new_place(backup, label)
+        if len(_PLACES) >= _MAX_PLACES:
+            _PLACES.clear()
+        _PLACES[cluster, store] = place
+    return place
+
+
+#: (cluster name, store name) as a backup writes them -> its place. Bounded.
+_PLACES: dict[tuple[str, str | None], Place] = {}
+_MAX_PLACES = 10_000
+
+
+def _new_place(backup: Mapping[str, object], label: str) -> Place:
     cut = label != UNKNOWN_CLUSTER and destination_cut(backup)
     for field in (CLUSTER_FILTER, STORE_FILTER):
         if text_field(backup, field) == label:

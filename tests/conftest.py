@@ -29,6 +29,7 @@ SLOW_MODULES = frozenset(
         "test_faults",
         "test_helm",
         "test_hostile_clients",
+        "test_incremental_daemon",
         "test_landing_browser",
         "test_monitoring_rules",
         "test_prometheus_e2e",

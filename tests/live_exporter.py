@@ -186,9 +186,16 @@ def controller_config(
 class InProcessExporter:
     """The exporter as ``app.run_server`` runs it (``app.assemble``), without signals."""
 
-    def __init__(self, config: Config, client_factory: ClientFactory = fast_retries) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client_factory: ClientFactory = fast_retries,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
-        self._parts = assemble(config, Shard(), lambda: self.config, client_factory=client_factory)
+        self._parts = assemble(
+            config, Shard(), lambda: self.config, client_factory=client_factory, clock=clock
+        )
         self.poller = self._parts.poller
         self.reloader = self._parts.reloader
         self.server = ExporterServer(("127.0.0.1", 0), self._parts.app)

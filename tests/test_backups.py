@@ -276,20 +276,24 @@ def test_an_empty_federation_gives_an_empty_snapshot() -> None:
 
 
 def test_a_name_as_written_and_the_same_name_reached_by_cutting_share_one_tally() -> None:
-    # The aggregator looks a name up as the API wrote it before cleaning it: a text that is
-    # already a key must land where the long way would put it, in either order.
+    # Names are looked up as the API wrote them, among those seen before, before they are
+    # cleaned: each must land where the long way would put it, in either order.
     long_cluster, long_vm = "C" * 300, "v" * 300
     cut_cluster, cut_vm = label_value(long_cluster), label_value(long_vm)
+    odd = "Zürich\ud800"  # cleaned: its lone surrogate replaced, a hash appended
     records = [
         backup(1, omnistack_cluster_name=long_cluster, virtual_machine_id=long_vm),
         backup(2, omnistack_cluster_name=cut_cluster, virtual_machine_id=cut_vm, created_at=T1),
         backup(3, omnistack_cluster_name="", external_store_name=cut_cluster, created_at=T2),
         backup(4, omnistack_cluster_name="NA", external_store_name="", created_at=T1),
+        backup(5, omnistack_cluster_name="", external_store_name=odd, virtual_machine_id="vm-3"),
+        backup(6, omnistack_cluster_name=odd, virtual_machine_id="vm-3"),
+        backup(7, omnistack_cluster_name="Y", external_store_name=odd, virtual_machine_id="vm-3"),
     ]
     for ordered in (records, records[::-1]):
         snapshot = aggregate(ordered)
         counts = {c.name: c.counts["PROTECTED"] for c in snapshot.clusters}
-        assert counts == {cut_cluster: 3, UNKNOWN_CLUSTER: 1}
+        assert counts == {cut_cluster: 3, UNKNOWN_CLUSTER: 1, label_value(odd): 2, "Y": 1}
         held = {vm.vm_id: dict(vm.newest_protected) for vm in snapshot.vms}
         assert held[cut_vm] == {cut_cluster: 1709359200.0}
         assert held["vm-1"] == {cut_cluster: 1709445600.0, UNKNOWN_CLUSTER: 1709359200.0}

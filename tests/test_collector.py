@@ -24,6 +24,7 @@ from exporter.collector import (
 )
 from exporter.exposition import Exposition
 from exporter.model import (
+    FAMILY_NAMES,
     REASONS,
     STATES,
     BackupSnapshot,
@@ -311,6 +312,15 @@ def test_metrics_exclude_drops_exactly_the_named_families() -> None:
                                                             if state.once else set())  # fmt: skip
         # Everything else, the verdicts included, is exactly as without the setting.
         assert kept == {key: v for key, v in whole.items() if key not in dropped}
+
+
+def test_family_names_are_exactly_the_families_written() -> None:
+    """``metrics.exclude`` is checked against :data:`FAMILY_NAMES`: it must name every family
+    /metrics can show (each with its HELP and TYPE even without series), and no other."""
+    text = render([boston()])
+    written = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    simplivity = {name for name in written if name.startswith("simplivity_")}
+    assert simplivity == FAMILY_NAMES
 
 
 def matching(text: str, name: str) -> list[tuple[dict[str, str], float]]:

@@ -323,3 +323,21 @@ def test_the_first_poll_writes_the_text_before_any_scrape(written: list[str]) ->
     assert written == ["boston"]
     assert b"simplivity_vm_info{" in exposition.render()
     assert written == ["boston"]  # the scrape found it written
+
+
+def test_a_closed_exposition_serves_its_last_text_and_keeps_no_thread() -> None:
+    """The background writer is one kept thread: ``close()`` (the exporter's shutdown) ends
+    it, and a scrape after that is still served the last text, never an error."""
+    held = HeldExposition()
+    held.go_on.set()
+    before = set(threading.enumerate())
+    held.now = NOW + 1  # a new second: its text is written in the background
+    held.exposition.render()
+    second = wait_until(lambda: (text := held.exposition.render()) != held.first and text)
+    started = set(threading.enumerate()) - before
+    assert started
+    assert all(thread.name.startswith("exposition") for thread in started)
+    held.exposition.close()
+    wait_until(lambda: not any(thread.is_alive() for thread in started))
+    held.now = NOW + 2
+    assert held.exposition.render() == second  # nothing to write it now: the last text
