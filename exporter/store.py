@@ -17,7 +17,7 @@ import itertools
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -43,6 +43,8 @@ EXPIRES, NEVER, UNSAID = 0, 1, 2
 #: The filter that counts a destination's backups, by the field its name came from.
 CLUSTER_FILTER, STORE_FILTER = "omnistack_cluster_name", "external_store_name"
 _NO_EXPIRY = float("inf")
+#: Rows per message when a store is counted in the decoding worker (about 3 MB).
+CHUNK_ROWS = 65_536
 
 
 class Place(NamedTuple):
@@ -175,6 +177,11 @@ def _expiry_second(expires: float) -> int:
     return max(0, math.ceil(expires))
 
 
+def _width(name: str) -> int:
+    """Values per row of a column: a key is 16 bytes."""
+    return 16 if name == "_keys" else 1
+
+
 def _empty(column: Any) -> Any:
     """A new empty column of the same kind."""
     return array(column.typecode) if isinstance(column, array) else bytearray()
@@ -260,6 +267,19 @@ class BackupStore:
             setattr(self, name, _empty(column))
         self._drained_places, self._drained_vms = len(self._place_list), len(self._vm_list)
         return rows
+
+    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[Rows]:
+        """Every row held, ``size`` at a time, as :meth:`drain` would give them (the first
+        with every name): to be counted elsewhere (:meth:`StoreScan.count_rows`)."""
+        for first in range(0, max(len(self), 1), size):
+            yield Rows(
+                tuple(
+                    getattr(self, name)[_width(name) * first : _width(name) * (first + size)]
+                    for name in self._ROWS
+                ),
+                tuple(self._place_list) if first == 0 else (),
+                tuple(self._vm_list[1:]) if first == 0 else (),
+            )
 
     def extend(self, rows: Rows) -> None:
         """Rows that another store drained (:meth:`drain`), each drain once and in order."""
@@ -410,7 +430,7 @@ class BackupStore:
         if end < len(self):
             for name in self._ROWS:
                 column = getattr(self, name)
-                del column[(16 if name == "_keys" else 1) * end :]
+                del column[_width(name) * end :]
 
     def _move(self, source: int, row: int) -> None:
         self._keys[16 * row : 16 * row + 16] = self._keys[16 * source : 16 * source + 16]
@@ -477,6 +497,10 @@ class BackupScan(PageSink, Protocol):
 
     def snapshot(self) -> BackupSnapshot: ...
 
+    def count_rows(self, rows: Rows) -> None:
+        """Count rows of a store too (:meth:`BackupStore.chunks`)."""
+        ...
+
     def take_store(self) -> BackupStore | None:
         """The backups scanned, kept for the next poll; None if this scan keeps none."""
         ...
@@ -500,6 +524,7 @@ class StoreScan:
         self.store = BackupStore() if keep else None
         self._aggregator = Aggregator()
         self._counted = 0  # the store's rows counted already
+        self._rows = BackupStore()  # rows counted from elsewhere pass through it (count_rows)
         sink = self.store.add if self.store is not None else self._aggregator.add
         self._counter = PageCounter(BACKUPS, sink)
 
@@ -519,6 +544,13 @@ class StoreScan:
         self._count_kept()
         self._counted = 0
         return self.store.drain()
+
+    def count_rows(self, rows: Rows) -> None:
+        """Count another store's rows (:meth:`BackupStore.chunks`, in order), keeping none:
+        how an incremental poll's store is counted in the decoding worker."""
+        self._rows.extend(rows)
+        self._rows.count_into(self._aggregator)
+        self._rows.drain()
 
     def snapshot(self) -> BackupSnapshot:
         self._count_kept()

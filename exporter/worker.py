@@ -219,6 +219,9 @@ class _WorkerScan:
             self._store.extend(rows)
         return outcome
 
+    def count_rows(self, rows: Rows) -> None:
+        self._worker.call(("rows", self._id, rows), self._generation)
+
     def snapshot(self) -> BackupSnapshot:
         snapshot: BackupSnapshot = self._worker.call(("snapshot", self._id), self._generation)
         return snapshot
@@ -278,6 +281,10 @@ def _answer(scans: dict[int, StoreScan], request: tuple[Any, ...], body: bytes) 
         return None
     if operation == "close":
         scans.pop(scan_id, None)
+        return None
+    if operation == "rows":
+        (rows,) = arguments
+        _scan(scans, scan_id).count_rows(rows)
         return None
     if operation == "snapshot":
         return _scan(scans, scan_id).snapshot()
