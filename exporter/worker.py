@@ -16,7 +16,8 @@ credentials or tokens. It keeps one :class:`~exporter.store.StoreScan` per scan 
 progress and sends back a small :class:`~exporter.pages.PageOutcome` per page, with the
 page's backups in columns when the scan keeps them (:class:`~exporter.store.Rows`: the store
 is built in the exporter as the pages come, never whole in the child), then the scan's
-snapshot (one entry per VM).
+snapshot (one entry per VM). An incremental poll's store is counted here too, sent a chunk of
+rows at a time (:meth:`~exporter.store.StoreScan.count_rows`) and counted as it comes.
 Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
 stdin and stdout; it exits when its stdin closes, so it never outlives the exporter. Its stderr
 is the exporter's, and it logs there in the exporter's format (:mod:`exporter.logs`).
