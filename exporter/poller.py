@@ -65,7 +65,7 @@ from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, Pag
 from exporter.restapi import Version, documented, has_resource, parse_version
 from exporter.scan import Pace, Scanner
 from exporter.simplivity import SimplivityClient
-from exporter.store import BackupScanFactory, BackupStore, StoreScan
+from exporter.store import BackupScanFactory, BackupStore, StoreScan, count_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ class ControllerPoller:
                 )
                 reason = "mismatch"
             else:
-                return self._count(store), store, "incremental"
+                return count_elsewhere(store, self._scans), store, "incremental"
         store = None  # freed before the scan that replaces it
         reason = reason or "schedule"
         self._full_scans[reason] = self._full_scans.get(reason, 0) + 1
@@ -432,18 +432,6 @@ class ControllerPoller:
             scan.close()
         self._last_full_scan = now
         return snapshot, store, "full"
-
-    def _count(self, store: BackupStore) -> BackupSnapshot:
-        """The snapshot of the store's backups, counted where scans are: in the decoding
-        worker, the store sent a few MB at a time, this process's interpreter lock free for
-        the scrapes meanwhile."""
-        scan = self._scans(keep=False)
-        try:
-            for rows in store.chunks():
-                scan.count_rows(rows)
-            return scan.snapshot()
-        finally:
-            scan.close()
 
     def _full_scan_reason(self, store: BackupStore | None, now: float) -> str | None:
         """Why this poll must scan every backup; None if it need not."""

@@ -561,3 +561,16 @@ class StoreScan:
 
     def close(self) -> None:
         pass
+
+
+def count_elsewhere(store: BackupStore, scans: BackupScanFactory) -> BackupSnapshot:
+    """The snapshot of the store's backups, counted where scans are: in the decoding worker,
+    the store sent :data:`CHUNK_ROWS` rows at a time, this process's interpreter lock free for
+    the scrapes meanwhile (:meth:`StoreScan.count_rows`)."""
+    scan = scans(keep=False)
+    try:
+        for rows in store.chunks():
+            scan.count_rows(rows)
+        return scan.snapshot()
+    finally:
+        scan.close()
