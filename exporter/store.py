@@ -345,10 +345,11 @@ class BackupStore:
         return min((c for c in times if c != NO_TIME), default=None)
 
     def merge(
-        self, start: float, now: float, window: Iterable[Record], lingering: Iterable[Record]
+        self, start: float, now: int, window: Iterable[Record], lingering: Iterable[Record]
     ) -> None:
         """The backups of a new poll: those created before ``start`` that the store holds,
-        less those whose expiration_time is past at ``now`` and that are not ``lingering``
+        less those whose expiration_time is past at ``now`` (a whole second: expiration
+        times are kept as such, :func:`_expiry_second`) and that are not ``lingering``
         (still listed although past it: taken as now listed), plus every ``window`` backup
         (those created at ``start`` or after, as now listed)."""
         window = list(window)

@@ -23,7 +23,7 @@ from exporter.store import (
     read_record,
 )
 
-NOW = 1_700_000_000.0
+NOW = 1_700_000_000
 
 times = st.one_of(
     st.integers(min_value=-5, max_value=5).map(lambda k: timestamp(NOW + 60 * k)),
