@@ -65,7 +65,7 @@ from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome, Pag
 from exporter.restapi import Version, documented, has_resource, parse_version
 from exporter.scan import Pace, Scanner
 from exporter.simplivity import SimplivityClient
-from exporter.store import BackupScanFactory, BackupStore, StoreScan
+from exporter.store import BackupScanFactory, BackupStore, StoreScan, count_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ class ControllerPoller:
                 )
                 reason = "mismatch"
             else:
-                return store.aggregate(), store, "incremental"
+                return count_elsewhere(store, self._scans), store, "incremental"
         store = None  # freed before the scan that replaces it
         reason = reason or "schedule"
         self._full_scans[reason] = self._full_scans.get(reason, 0) + 1

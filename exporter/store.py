@@ -3,7 +3,7 @@
 An incremental poll (:mod:`exporter.incremental`) reads only what can have changed since the
 last one; the rest of the federation's backups it takes from a :class:`BackupStore`. The store
 keeps per backup only what the metrics need, in columns (arrays and byte arrays, names
-interned), never a dict or an object per backup: 49 bytes a backup, about 50 MB for a
+interned), never a dict or an object per backup: 45 bytes a backup, about 45 MB for a
 million. A full scan fills one (:meth:`BackupStore.add` is its pages' sink), an incremental
 poll changes it (:meth:`BackupStore.merge`) and the snapshot is counted from it by the same
 :class:`~exporter.backups.Aggregator` a scan counts with.
@@ -14,9 +14,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -42,6 +43,8 @@ EXPIRES, NEVER, UNSAID = 0, 1, 2
 #: The filter that counts a destination's backups, by the field its name came from.
 CLUSTER_FILTER, STORE_FILTER = "omnistack_cluster_name", "external_store_name"
 _NO_EXPIRY = float("inf")
+#: Rows per message when a store is counted in the decoding worker (about 3 MB).
+CHUNK_ROWS = 65_536
 
 
 class Place(NamedTuple):
@@ -151,6 +154,39 @@ def _new_place(backup: Mapping[str, object], label: str) -> Place:
     return Place(label, "", "", cut)
 
 
+class Rows(NamedTuple):
+    """Rows drained from a store (:meth:`BackupStore.drain`): its columns' values, and the
+    names that are new since the last drain."""
+
+    columns: tuple[Any, ...]
+    places: tuple[Place, ...]
+    vms: tuple[str, ...]
+
+
+#: The last second a 4-byte expiration column holds (2106): "not before this", or never.
+_LAST_SECOND = 2**32 - 1
+
+
+def _expiry_second(expires: float) -> int:
+    """An expiration time as the store keeps it, in 4 bytes: the whole second at or after it
+    (0 before 1970, :data:`_LAST_SECOND` after 2106 or never). For a whole second ``now``
+    from 1970 to 2106, as :meth:`BackupStore.merge` asks, ``expires <= now`` holds exactly
+    when ``_expiry_second(expires) <= now``."""
+    if expires >= _LAST_SECOND:
+        return _LAST_SECOND
+    return max(0, math.ceil(expires))
+
+
+def _width(name: str) -> int:
+    """Values per row of a column: a key is 16 bytes."""
+    return 16 if name == "_keys" else 1
+
+
+def _empty(column: Any) -> Any:
+    """A new empty column of the same kind."""
+    return array(column.typecode) if isinstance(column, array) else bytearray()
+
+
 class Timeline:
     """Sorted creation times (:meth:`BackupStore.timeline`)."""
 
@@ -187,7 +223,7 @@ class BackupStore:
     def __init__(self) -> None:
         self._keys = bytearray()  # 16 bytes a row
         self._created = array("d")
-        self._expires = array("d")
+        self._expires = array("I")  # whole seconds, rounded up (:func:`_expiry_second`)
         self._expiry = bytearray()
         self._sizes = array("q")
         self._states = bytearray()
@@ -198,12 +234,14 @@ class BackupStore:
         self._place_index: dict[Place, int] = {}
         self._vm_list: list[str] = [""]
         self._vm_index: dict[str, int] = {"": 0}
+        self._drained_places = 0  # names sent on already (:meth:`drain`)
+        self._drained_vms = 1  # "" is in every store
 
     def __len__(self) -> int:
         return len(self._created)
 
-    #: Its state, attribute by attribute (:meth:`column`, :meth:`from_columns`).
-    _COLUMNS = (
+    #: The columns, one value per row.
+    _ROWS = (
         "_keys",
         "_created",
         "_expires",
@@ -213,27 +251,44 @@ class BackupStore:
         "_places",
         "_vms",
         "_consistency",
-        "_place_list",
-        "_vm_list",
     )
 
-    def column_names(self) -> tuple[str, ...]:
-        return self._COLUMNS
+    def drain(self) -> Rows:
+        """The rows added since the last drain, and the names they brought, taken out of this
+        store (which keeps its names, so that the next rows' indexes go on): the decoding
+        worker sends each page's backups on as they come, and holds no store of its own."""
+        rows = Rows(
+            tuple(getattr(self, name) for name in self._ROWS),
+            tuple(self._place_list[self._drained_places :]),
+            tuple(self._vm_list[self._drained_vms :]),
+        )
+        for name in self._ROWS:
+            column = getattr(self, name)
+            setattr(self, name, _empty(column))
+        self._drained_places, self._drained_vms = len(self._place_list), len(self._vm_list)
+        return rows
 
-    def column(self, name: str) -> object:
-        """One of :meth:`column_names`: what the decoding worker sends, one at a time."""
-        if name not in self._COLUMNS:
-            raise ValueError(f"no column {name!r}")
-        return getattr(self, name)
+    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[Rows]:
+        """Every row held, ``size`` at a time, as :meth:`drain` would give them (the first
+        with every name): to be counted elsewhere (:meth:`StoreScan.count_rows`)."""
+        for first in range(0, max(len(self), 1), size):
+            yield Rows(
+                tuple(
+                    getattr(self, name)[_width(name) * first : _width(name) * (first + size)]
+                    for name in self._ROWS
+                ),
+                tuple(self._place_list) if first == 0 else (),
+                tuple(self._vm_list[1:]) if first == 0 else (),
+            )
 
-    @classmethod
-    def from_columns(cls, columns: Mapping[str, Any]) -> BackupStore:
-        store = cls()
-        for name in cls._COLUMNS:
-            setattr(store, name, columns[name])
-        store._place_index = {place: i for i, place in enumerate(store._place_list)}
-        store._vm_index = {vm: i for i, vm in enumerate(store._vm_list)}
-        return store
+    def extend(self, rows: Rows) -> None:
+        """Rows that another store drained (:meth:`drain`), each drain once and in order."""
+        for name, column in zip(self._ROWS, rows.columns, strict=True):
+            getattr(self, name).extend(column)
+        for place in rows.places:
+            self._intern_place(place)
+        for vm_id in rows.vms:
+            self._intern_vm(vm_id)
 
     def add(self, backup: Mapping[str, object]) -> None:
         """One backup record (a page counter's sink)."""
@@ -242,7 +297,7 @@ class BackupStore:
     def append(self, record: Record) -> None:
         self._keys += record.key
         self._created.append(record.created)
-        self._expires.append(record.expires)
+        self._expires.append(_expiry_second(record.expires))
         self._expiry.append(record.expiry)
         self._sizes.append(record.size)
         self._states.append(record.state)
@@ -267,7 +322,7 @@ class BackupStore:
     def _set(self, row: int, record: Record) -> None:
         self._keys[16 * row : 16 * row + 16] = record.key
         self._created[row] = record.created
-        self._expires[row] = record.expires
+        self._expires[row] = _expiry_second(record.expires)
         self._expiry[row] = record.expiry
         self._sizes[row] = record.size
         self._states[row] = record.state
@@ -290,10 +345,11 @@ class BackupStore:
         return min((c for c in times if c != NO_TIME), default=None)
 
     def merge(
-        self, start: float, now: float, window: Iterable[Record], lingering: Iterable[Record]
+        self, start: float, now: int, window: Iterable[Record], lingering: Iterable[Record]
     ) -> None:
         """The backups of a new poll: those created before ``start`` that the store holds,
-        less those whose expiration_time is past at ``now`` and that are not ``lingering``
+        less those whose expiration_time is past at ``now`` (a whole second: expiration
+        times are kept as such, :func:`_expiry_second`) and that are not ``lingering``
         (still listed although past it: taken as now listed), plus every ``window`` backup
         (those created at ``start`` or after, as now listed)."""
         window = list(window)
@@ -321,9 +377,7 @@ class BackupStore:
                 if not lingering_by_key:
                     break
             view.release()
-        self._remove(sorted(set(drop)))
-        for record in (*lingering_by_key.values(), *window):
-            self.append(record)
+        self._replace(drop, (*lingering_by_key.values(), *window))
 
     def timeline(self, filters: Filters) -> Timeline:
         """The creation times held, sorted: of every backup, and of those matching
@@ -356,41 +410,34 @@ class BackupStore:
 
     def replace_span(self, start: float, end: float, records: Iterable[Record]) -> None:
         """The backups created in [start, end) become ``records``."""
-        self._remove([row for row, c in enumerate(self._created) if start <= c < end])
-        for record in records:
-            self.append(record)
+        self._replace((row for row, c in enumerate(self._created) if start <= c < end), records)
 
-    def _remove(self, rows: list[int]) -> None:
-        """Drop these rows (sorted), copying each column once."""
-        if not rows:
-            return
-        runs: list[tuple[int, int]] = []  # the rows kept, as [start, end) runs
-        begin = 0
-        for row in rows:
-            if row > begin:
-                runs.append((begin, row))
-            begin = row + 1
-        if begin < len(self._created):
-            runs.append((begin, len(self._created)))
-        for name in (
-            "_created",
-            "_expires",
-            "_expiry",
-            "_sizes",
-            "_states",
-            "_places",
-            "_vms",
-            "_consistency",
-        ):
+    def _replace(self, rows: Iterable[int], records: Iterable[Record]) -> None:
+        """Drop these rows and add ``records``, in place: each record takes a dropped row's
+        place, the rows left over take the last rows' (rows are in no order), and the columns
+        are cut short. Nothing is copied but the rows that move: an incremental poll changes
+        a few thousand rows of a million, and the store never lives twice."""
+        holes = sorted(set(rows), reverse=True)
+        for record in records:
+            if holes:
+                self._set(holes.pop(), record)
+            else:
+                self.append(record)
+        end = len(self)
+        for row in holes:  # from the last: the last row is never one to drop
+            end -= 1
+            if row != end:
+                self._move(end, row)
+        if end < len(self):
+            for name in self._ROWS:
+                column = getattr(self, name)
+                del column[_width(name) * end :]
+
+    def _move(self, source: int, row: int) -> None:
+        self._keys[16 * row : 16 * row + 16] = self._keys[16 * source : 16 * source + 16]
+        for name in self._ROWS[1:]:
             column = getattr(self, name)
-            kept = type(column)(column.typecode) if isinstance(column, array) else bytearray()
-            for a, b in runs:
-                kept += column[a:b]
-            setattr(self, name, kept)
-        keys = bytearray()
-        for a, b in runs:
-            keys += self._keys[16 * a : 16 * b]
-        self._keys = keys
+            column[row] = column[source]
 
     def figures(self) -> Figures:
         """Counted by the byte or array (in C), not row by row."""
@@ -413,18 +460,23 @@ class BackupStore:
     def aggregate(self) -> BackupSnapshot:
         """The snapshot of the backups held, as a scan of them would count it."""
         aggregator = Aggregator()
+        self.count_into(aggregator)
+        return aggregator.snapshot()
+
+    def count_into(self, aggregator: Aggregator, first: int = 0) -> None:
+        """Count the rows from ``first`` on."""
         count = aggregator.count
         names = STATE_CODES
         places = self._place_list
         vm_ids = self._vm_list
         for state, created, size, place, vm, consistency, expiry in zip(
-            self._states,
-            self._created,
-            self._sizes,
-            self._places,
-            self._vms,
-            self._consistency,
-            self._expiry,
+            self._states[first:] if first else self._states,
+            self._created[first:] if first else self._created,
+            self._sizes[first:] if first else self._sizes,
+            self._places[first:] if first else self._places,
+            self._vms[first:] if first else self._vms,
+            self._consistency[first:] if first else self._consistency,
+            self._expiry[first:] if first else self._expiry,
             strict=True,
         ):
             where = places[place]
@@ -438,7 +490,6 @@ class BackupStore:
                 expiry == NEVER,
                 where.cut,
             )
-        return aggregator.snapshot()
 
 
 class BackupScan(PageSink, Protocol):
@@ -446,6 +497,10 @@ class BackupScan(PageSink, Protocol):
     whatever happened."""
 
     def snapshot(self) -> BackupSnapshot: ...
+
+    def count_rows(self, rows: Rows) -> None:
+        """Count rows of a store too (:meth:`BackupStore.chunks`)."""
+        ...
 
     def take_store(self) -> BackupStore | None:
         """The backups scanned, kept for the next poll; None if this scan keeps none."""
@@ -462,26 +517,44 @@ class BackupScanFactory(Protocol):
 
 
 class StoreScan:
-    """A scan of the backups into a fresh :class:`BackupStore`: a :class:`BackupScan` whose
-    store outlives it; without ``keep``, counted as they come (nothing kept per backup)."""
+    """A scan of the backups, counted as they come; with ``keep``, kept in a fresh
+    :class:`BackupStore` too (:meth:`take_store`), which the decoding worker drains page by
+    page (:meth:`drain`)."""
 
     def __init__(self, keep: bool = True) -> None:
-        self.store: BackupStore | None = None
-        self._aggregator: Aggregator | None = None
-        if keep:
-            self.store = BackupStore()
-            self._counter = PageCounter(BACKUPS, self.store.add)
-        else:
-            self._aggregator = Aggregator()
-            self._counter = PageCounter(BACKUPS, self._aggregator.add)
+        self.store = BackupStore() if keep else None
+        self._aggregator = Aggregator()
+        self._counted = 0  # the store's rows counted already
+        self._rows = BackupStore()  # rows counted from elsewhere pass through it (count_rows)
+        sink = self.store.add if self.store is not None else self._aggregator.add
+        self._counter = PageCounter(BACKUPS, sink)
 
     def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
         return self._counter.count(offset, body, order)
 
-    def snapshot(self) -> BackupSnapshot:
+    def _count_kept(self) -> None:
         if self.store is not None:
-            return self.store.aggregate()
-        assert self._aggregator is not None
+            self.store.count_into(self._aggregator, self._counted)
+            self._counted = len(self.store)
+
+    def drain(self) -> Rows | None:
+        """The backups kept since the last drain (:meth:`BackupStore.drain`), counted first;
+        None: none kept."""
+        if self.store is None:
+            return None
+        self._count_kept()
+        self._counted = 0
+        return self.store.drain()
+
+    def count_rows(self, rows: Rows) -> None:
+        """Count another store's rows (:meth:`BackupStore.chunks`, in order), keeping none:
+        how an incremental poll's store is counted in the decoding worker."""
+        self._rows.extend(rows)
+        self._rows.count_into(self._aggregator)
+        self._rows.drain()
+
+    def snapshot(self) -> BackupSnapshot:
+        self._count_kept()
         return self._aggregator.snapshot()
 
     def take_store(self) -> BackupStore | None:
@@ -489,3 +562,16 @@ class StoreScan:
 
     def close(self) -> None:
         pass
+
+
+def count_elsewhere(store: BackupStore, scans: BackupScanFactory) -> BackupSnapshot:
+    """The snapshot of the store's backups, counted where scans are: in the decoding worker,
+    the store sent :data:`CHUNK_ROWS` rows at a time, this process's interpreter lock free for
+    the scrapes meanwhile (:meth:`StoreScan.count_rows`)."""
+    scan = scans(keep=False)
+    try:
+        for rows in store.chunks():
+            scan.count_rows(rows)
+        return scan.snapshot()
+    finally:
+        scan.close()

@@ -13,8 +13,11 @@ decoding and counting:
 The exporter's :class:`~exporter.scan.Scanner` still pages through the listing; the child only
 runs the other half, :class:`~exporter.pages.PageCounter`. It gets page bodies, never
 credentials or tokens. It keeps one :class:`~exporter.store.StoreScan` per scan in
-progress and sends back a small :class:`~exporter.pages.PageOutcome` per page, then the scan's
-snapshot (one entry per VM).
+progress and sends back a small :class:`~exporter.pages.PageOutcome` per page, with the
+page's backups in columns when the scan keeps them (:class:`~exporter.store.Rows`: the store
+is built in the exporter as the pages come, never whole in the child), then the scan's
+snapshot (one entry per VM). An incremental poll's store is counted here too, sent a chunk of
+rows at a time (:meth:`~exporter.store.StoreScan.count_rows`) and counted as it comes.
 Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
 stdin and stdout; it exits when its stdin closes, so it never outlives the exporter. Its stderr
 is the exporter's, and it logs there in the exporter's format (:mod:`exporter.logs`).
@@ -45,7 +48,7 @@ from exporter import logs
 from exporter.memory import keep_large_buffers_off_the_heap
 from exporter.model import BackupSnapshot, DecodeError, OrderError
 from exporter.pages import SORT_FIELD, PageOutcome
-from exporter.store import BackupScan, BackupStore, StoreScan
+from exporter.store import BackupScan, BackupStore, Rows, StoreScan
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class DecodingWorker:
                 self._warned = True
             return StoreScan(keep)
         self._warned = False
-        return _WorkerScan(self, scan_id, generation)
+        return _WorkerScan(self, scan_id, generation, keep)
 
     def call(
         self, request: tuple[Any, ...], generation: int | None = None, body: bytes = b""
@@ -196,32 +199,37 @@ class DecodingWorker:
 
 
 class _WorkerScan:
-    """One scan counted in the child; what :class:`~exporter.backups.BackupScan` asks for."""
+    """One scan counted in the child; what :class:`~exporter.backups.BackupScan` asks for.
 
-    def __init__(self, worker: DecodingWorker, scan_id: int, generation: int) -> None:
+    With ``keep``, each page's answer carries the backups it added (a few columns' bytes,
+    :class:`~exporter.store.Rows`), which go into this process's store as they come: the
+    child never holds more than a page of them, and neither process a second copy."""
+
+    def __init__(self, worker: DecodingWorker, scan_id: int, generation: int, keep: bool) -> None:
         self._worker = worker
         self._id = scan_id
         self._generation = generation
+        self._store = BackupStore() if keep else None
 
     def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
         request = ("page", self._id, offset, order)
-        outcome: PageOutcome = self._worker.call(request, self._generation, body)
+        outcome: PageOutcome
+        rows: Rows | None
+        outcome, rows = self._worker.call(request, self._generation, body)
+        if rows is not None and self._store is not None:
+            self._store.extend(rows)
         return outcome
+
+    def count_rows(self, rows: Rows) -> None:
+        self._worker.call(("rows", self._id, rows), self._generation)
 
     def snapshot(self) -> BackupSnapshot:
         snapshot: BackupSnapshot = self._worker.call(("snapshot", self._id), self._generation)
         return snapshot
 
     def take_store(self) -> BackupStore | None:
-        """The scan's backups, for the next poll (whose changes are few, and counted here):
-        a column per message (an array pickles as its bytes), so that no more than one column
-        is ever held twice."""
-        call = self._worker.call
-        names: tuple[str, ...] | None = call(("store", self._id, None), self._generation)
-        if names is None:
-            return None
-        columns = {name: call(("store", self._id, name), self._generation) for name in names}
-        return BackupStore.from_columns(columns)
+        """The scan's backups, for the next poll (whose changes are few, and counted here)."""
+        return self._store
 
     def close(self) -> None:
         with contextlib.suppress(DecodeError):  # the child is gone, and the scan with it
@@ -266,7 +274,8 @@ def _answer(scans: dict[int, StoreScan], request: tuple[Any, ...], body: bytes) 
     operation, scan_id, *arguments = request
     if operation == "page":
         offset, order = arguments
-        return _scan(scans, scan_id).count(offset, body, order)
+        scan = _scan(scans, scan_id)
+        return scan.count(offset, body, order), scan.drain()
     if operation == "open":
         (keep,) = arguments
         scans[scan_id] = StoreScan(keep)
@@ -274,14 +283,12 @@ def _answer(scans: dict[int, StoreScan], request: tuple[Any, ...], body: bytes) 
     if operation == "close":
         scans.pop(scan_id, None)
         return None
+    if operation == "rows":
+        (rows,) = arguments
+        _scan(scans, scan_id).count_rows(rows)
+        return None
     if operation == "snapshot":
         return _scan(scans, scan_id).snapshot()
-    if operation == "store":
-        (name,) = arguments
-        store = _scan(scans, scan_id).store
-        if store is None or name is None:
-            return None if store is None else store.column_names()
-        return store.column(name)
     raise ValueError(f"unknown request {operation!r}")
 
 

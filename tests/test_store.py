@@ -18,11 +18,12 @@ from exporter.store import (
     STORE_FILTER,
     BackupStore,
     Record,
+    _expiry_second,
     id_key,
     read_record,
 )
 
-NOW = 1_700_000_000.0
+NOW = 1_700_000_000
 
 times = st.one_of(
     st.integers(min_value=-5, max_value=5).map(lambda k: timestamp(NOW + 60 * k)),
@@ -43,7 +44,7 @@ backups = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(records=st.lists(backups, max_size=30), seed=st.integers(0, 100))
 def test_a_store_counts_what_an_aggregator_counts_in_any_order(
     records: list[dict[str, Any]], seed: int
@@ -125,3 +126,48 @@ def test_ids_are_16_bytes_and_distinct() -> None:
     assert id_key(uuid) == bytes.fromhex(uuid.replace("-", ""))
     assert len(id_key("not-a-uuid")) == 16
     assert id_key(uuid.upper()) != id_key(uuid)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    held=st.lists(backups, max_size=20),
+    new=st.lists(backups, max_size=20),
+    dropped=st.sets(st.integers(0, 19)),
+)
+def test_rows_are_replaced_in_place_as_if_rebuilt(
+    held: list[dict[str, Any]], new: list[dict[str, Any]], dropped: set[int]
+) -> None:
+    store = BackupStore()
+    for record in held:
+        store.add(record)
+    drop = {row for row in dropped if row < len(held)}
+    store._replace(drop, records(*new))
+    kept = [record for row, record in enumerate(held) if row not in drop] + new
+    rebuilt = BackupStore()
+    for record in kept:
+        rebuilt.add(record)
+    assert len(store) == len(kept)
+    assert store.aggregate() == rebuilt.aggregate()
+    assert store.figures() == rebuilt.figures()
+    rows = [
+        (store._keys[16 * r : 16 * r + 16], store._created[r], store._sizes[r])
+        for r in range(len(store))
+    ]
+    assert sorted(rows) == sorted(
+        (bytearray(id_key(b["id"])), read_record(b).created, read_record(b).size) for b in kept
+    )
+
+
+@settings(deadline=None)
+@given(
+    expires=st.one_of(
+        st.floats(min_value=-1e12, max_value=1e12), st.just(float("inf")), st.just(2.0**32 - 1.5)
+    ),
+    now=st.integers(min_value=0, max_value=2**32 - 2),
+)
+def test_an_expiration_in_4_bytes_is_past_exactly_when_the_time_is(
+    expires: float, now: int
+) -> None:
+    kept = _expiry_second(expires)
+    assert 0 <= kept < 2**32
+    assert (kept <= now) == (expires <= now)

@@ -21,7 +21,7 @@ from exporter.pages import Collection, PageOutcome, PageSink
 from exporter.poller import ControllerPoller, connect
 from exporter.scan import Pace, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
-from exporter.store import BackupScan, StoreScan
+from exporter.store import BackupScan, BackupStore, StoreScan
 from exporter.worker import WORKER_NICENESS, DecodingWorker
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, write_config
@@ -82,7 +82,7 @@ def test_counts_a_federation_exactly_as_this_process_does(
     simulator = start_simulator(FederationSpec(vms=300, backups_per_vm=7))
     client = client_for(simulator, page_size=97)
     here, there = LocalBackupScan(), worker.open_scan()
-    assert type(there) is not LocalBackupScan
+    assert not isinstance(there, StoreScan)  # counted in the child, not here
     client.read(BACKUPS, here)
     client.read(BACKUPS, there)
     assert there.snapshot().backups_seen == simulator.backup_count()
@@ -154,15 +154,20 @@ def test_a_scan_is_stitched_to_its_own_last_page_only(worker: DecodingWorker) ->
 def test_a_scan_in_the_worker_hands_back_the_store_a_scan_here_keeps(
     worker: DecodingWorker,
 ) -> None:
-    body = page([backup(n) for n in range(1, 30)])
+    # The second page names VMs and a cluster the first did not: the names go on where the
+    # first page's left them.
+    first = page([backup(n) for n in range(1, 30)], count=60)
+    second = [{**backup(n), "omnistack_cluster_name": "Paris"} for n in range(29, 60)]
     here, there = StoreScan(), worker.open_scan()
-    assert here.count(0, body) == there.count(0, body)
-    kept = there.take_store()
+    for offset, body in ((0, first), (28, page(second, count=60))):
+        assert here.count(offset, body) == there.count(offset, body)
+    kept, snapshot = there.take_store(), there.snapshot()
     there.close()
     assert kept is not None
     assert here.store is not None
     assert kept.figures() == here.store.figures()
-    assert kept.aggregate() == here.snapshot()
+    assert kept.aggregate() == here.snapshot() == snapshot
+    assert len(kept) == 59
     assert worker.open_scan(keep=False).take_store() is None
 
 
@@ -292,3 +297,27 @@ def test_the_worker_yields_the_cpu_to_the_exporter(worker: DecodingWorker) -> No
     fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
     niceness = int(fields[16])  # field 19 of stat; the first two are before the ")"
     assert niceness == min(19, os.nice(0) + WORKER_NICENESS)
+
+
+def test_a_store_sent_to_the_worker_in_chunks_counts_as_it_does_here(
+    worker: DecodingWorker,
+) -> None:
+    here = StoreScan()
+    bodies = [page([backup(n) for n in range(1, 30)], count=60)]
+    bodies.append(page([{**backup(n), "omnistack_cluster_name": "Paris"} for n in range(29, 60)]))
+    for offset, body in zip((0, 28), bodies, strict=True):
+        here.count(offset, body)
+    store = here.take_store()
+    assert store is not None
+    there = worker.open_scan(keep=False)
+    chunks = list(store.chunks(size=7))  # the names come with the first chunk only
+    assert len(chunks) == 9
+    for rows in chunks:
+        there.count_rows(rows)
+    assert there.snapshot() == store.aggregate() == here.snapshot()
+    assert there.snapshot().backups_seen == 59
+    there.close()
+    empty = worker.open_scan(keep=False)
+    for rows in BackupStore().chunks():
+        empty.count_rows(rows)
+    assert empty.snapshot() == BackupStore().aggregate()
