@@ -62,8 +62,10 @@ def _peak_rss_bytes(who: int) -> int:
     return resource.getrusage(who).ru_maxrss * 1024  # KiB on Linux
 
 
-def _high_water_bytes(pid: int) -> int:
-    """The peak RSS of a running process (``VmHWM``), 0 if it is gone."""
+def high_water_bytes(pid: int | None) -> int:
+    """The peak RSS of a running process (``VmHWM``), 0 if it is gone (or None)."""
+    if pid is None:
+        return 0
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -86,7 +88,7 @@ def _measure_workers() -> None:
 
     def close_measured(worker: DecodingWorker) -> None:
         if worker.pid is not None:
-            WORKER_PEAKS.append(_high_water_bytes(worker.pid))
+            WORKER_PEAKS.append(high_water_bytes(worker.pid))
         close(worker)
 
     setattr(DecodingWorker, "close", close_measured)  # noqa: B010 (mypy refuses a plain =)

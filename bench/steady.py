@@ -30,23 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from bench.probe import high_water_bytes
 from bench.run import PYTHON, child_cwd, child_env, parse_sizes, process_cpu
 
 FIVE_MINUTES = 300.0
-
-
-def _high_water(pid: int | None) -> int:
-    """Peak RSS (bytes) of a running process, 0 if none."""
-    if pid is None:
-        return 0
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def child(argv: Sequence[str]) -> int:
@@ -109,8 +96,8 @@ def child(argv: Sequence[str]) -> int:
                 "wall": wall,
                 # VmHWM, not ru_maxrss: Linux carries the latter across exec from the forking
                 # process (here the bench, which holds the simulated federation).
-                "rss": _high_water(os.getpid()),
-                "worker_rss": _high_water(worker.pid),
+                "rss": high_water_bytes(os.getpid()),
+                "worker_rss": high_water_bytes(worker.pid),
                 "series": series,
                 "digest": digest.hexdigest(),
             }

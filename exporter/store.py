@@ -19,7 +19,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from exporter.backups import (
     BACKUPS,
@@ -187,6 +187,18 @@ def _empty(column: Any) -> Any:
     return array(column.typecode) if isinstance(column, array) else bytearray()
 
 
+_T = TypeVar("_T")
+
+
+def _intern(value: _T, index: dict[_T, int], values: list[_T]) -> int:
+    """The number of ``value`` in ``values``, appended if it is new."""
+    number = index.get(value)
+    if number is None:
+        number = index[value] = len(values)
+        values.append(value)
+    return number
+
+
 class Timeline:
     """Sorted creation times (:meth:`BackupStore.timeline`)."""
 
@@ -306,18 +318,10 @@ class BackupStore:
         self._consistency.append(record.consistency)
 
     def _intern_place(self, place: Place) -> int:
-        index = self._place_index.get(place)
-        if index is None:
-            index = self._place_index[place] = len(self._place_list)
-            self._place_list.append(place)
-        return index
+        return _intern(place, self._place_index, self._place_list)
 
     def _intern_vm(self, vm_id: str) -> int:
-        index = self._vm_index.get(vm_id)
-        if index is None:
-            index = self._vm_index[vm_id] = len(self._vm_list)
-            self._vm_list.append(vm_id)
-        return index
+        return _intern(vm_id, self._vm_index, self._vm_list)
 
     def _set(self, row: int, record: Record) -> None:
         self._keys[16 * row : 16 * row + 16] = record.key

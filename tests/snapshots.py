@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Self
 
 from exporter.backups import BACKUPS, Aggregator
 from exporter.inventory import INVENTORY_LISTINGS, VERSION, InventoryRead
-from exporter.model import BackupSnapshot, ControllerSnapshot, PageRequest, ScheduleReport
+from exporter.model import (
+    REASONS,
+    BackupSnapshot,
+    ControllerSnapshot,
+    ControllerStatus,
+    PageRequest,
+    ScheduleReport,
+)
 from exporter.pages import Collection, PageSink
 from exporter.poller import ControllerReader
 from exporter.scan import Pace
@@ -260,3 +268,25 @@ class RecordingSource(NoPollLimits):
 
     def close(self) -> None:
         pass
+
+
+def polled(
+    name: str, snapshot: ControllerSnapshot | None, finished: float, **fields: Any
+) -> ControllerStatus:
+    """A controller whose last poll (its first) succeeded at ``finished`` with ``snapshot``;
+    ``fields`` replace the others."""
+    status = ControllerStatus(
+        name=name,
+        url="https://10.0.0.10",
+        polls=1,
+        up=True,
+        last_poll_finished=finished,
+        last_duration=1.0,
+        last_success=finished,
+        errors=dict.fromkeys(REASONS, 0),
+        logins=1,
+        snapshot=snapshot,
+        concurrency=3,
+        page_size=3000,
+    )
+    return replace(status, **fields)

@@ -36,7 +36,7 @@ from exporter.model import (
     VMBackups,
 )
 from exporter.protection import PROTECTION_STATUSES
-from tests.snapshots import host_record, judged, policy_record, rule, vm_record
+from tests.snapshots import host_record, judged, policy_record, polled, rule, vm_record
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
@@ -141,17 +141,13 @@ STATE = ExporterState(interval_seconds=300, stale_after_seconds=1800)
 
 
 def boston(**changes: object) -> ControllerStatus:
-    status = ControllerStatus(
-        name="boston",
-        url="https://10.0.0.10",
+    status = polled(
+        "boston",
+        SNAPSHOT,
+        NOW - 60,
         polls=3,
-        up=True,
-        last_poll_finished=NOW - 60,
         last_duration=2.5,
-        last_success=NOW - 60,
         errors={**dict.fromkeys(REASONS, 0), "timeout": 2},
-        logins=1,
-        snapshot=SNAPSHOT,
         concurrency=2,
         page_size=1500,
         unreadable_records=3,

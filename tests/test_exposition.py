@@ -21,7 +21,6 @@ from exporter import exposition as exposition_module
 from exporter.collector import BackupCollector, ExporterState, snapshot_families
 from exporter.exposition import Exposition, TextWriter
 from exporter.model import (
-    REASONS,
     BackupSnapshot,
     ControllerSnapshot,
     ControllerStatus,
@@ -30,29 +29,22 @@ from exporter.model import (
 )
 from exporter.simulator import FederationSpec, generate_backups, generate_federation
 from tests.conftest import wait_until
-from tests.snapshots import aggregate, host_record, judged, policy_record, rule, vm_record
+from tests.snapshots import (
+    aggregate,
+    host_record,
+    judged,
+    policy_record,
+    polled,
+    rule,
+    vm_record,
+)
 
 NOW = 1_709_500_000.25
 STATE = ExporterState(interval_seconds=300, stale_after_seconds=1800)
 
 
 def status(name: str, snapshot: ControllerSnapshot | None, **changes: object) -> ControllerStatus:
-    base = ControllerStatus(
-        name=name,
-        url="https://10.0.0.10",
-        polls=2,
-        up=True,
-        last_poll_finished=NOW - 30,
-        last_duration=1.25,
-        last_success=NOW - 30,
-        errors={**dict.fromkeys(REASONS, 0), "http": 4},
-        logins=1,
-        snapshot=snapshot,
-        concurrency=3,
-        page_size=3000,
-        unreadable_records=1,
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return polled(name, snapshot, NOW - 30, **changes)
 
 
 POLICIES = [policy_record("p1", "Hourly local", rule(60))]

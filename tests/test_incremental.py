@@ -106,7 +106,10 @@ class Pair:
             status = self.poll()
         return status
 
-    def close(self) -> None:
+    def __enter__(self) -> Pair:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         self.incremental.close()
         self.full.close()
 
@@ -142,11 +145,8 @@ def test_a_day_of_default_churn_stays_exact_at_every_poll_and_reads_a_fraction(
 ) -> None:
     simulator = start(Churn.for_vms(2000), vms=300)
     clock.advance(EXPIRING)
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         last = pair.run(48)
-    finally:
-        pair.close()
     assert pair.kinds[0] == "full"
     assert pair.kinds.count("incremental") >= 40  # a full scan an hour (and fallbacks)
     changes = simulator.changes()
@@ -161,12 +161,11 @@ def test_full_scans_in_the_decoding_worker_hand_their_store_to_the_next_polls(
     start: Callable[..., SimulatedController], clock: ManualClock
 ) -> None:
     worker = DecodingWorker()
-    pair = Pair(start(Churn.for_vms(1000)), clock, full_scan_interval=1200, scans=worker.open_scan)
-    try:
+    with Pair(
+        start(Churn.for_vms(1000)), clock, full_scan_interval=1200, scans=worker.open_scan
+    ) as pair:
         pair.run(10)
         assert worker.starts == 1  # the full scans were decoded there
-    finally:
-        pair.close()
         worker.close()
     assert pair.kinds.count("full") == 3
     assert pair.kinds.count("incremental") == 7
@@ -177,11 +176,8 @@ def test_each_kind_of_change_alone_stays_exact(
     start: Callable[..., SimulatedController], clock: ManualClock, rate: str
 ) -> None:
     simulator = start(with_rates(STILL, {rate: 40.0}))
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         pair.run(14)
-    finally:
-        pair.close()
     assert simulator.changes().get(Churn.RATES[rate], 0) > 0
 
 
@@ -189,11 +185,8 @@ def test_scheduled_backups_and_their_states_alone_are_read_incrementally(
     start: Callable[..., SimulatedController], clock: ManualClock
 ) -> None:
     simulator = start(Churn.quiet(), vms=200)
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         last = pair.run(11)
-    finally:
-        pair.close()
     # No event the counts would notice: no full scan after the first.
     assert pair.kinds == ["full"] + ["incremental"] * 10
     assert last.full_scans["start"] == 1
@@ -203,11 +196,8 @@ def test_scheduled_backups_and_their_states_alone_are_read_incrementally(
 def test_a_full_scan_runs_every_interval_and_says_why(
     start: Callable[..., SimulatedController], clock: ManualClock
 ) -> None:
-    pair = Pair(start(Churn.quiet()), clock, full_scan_interval=1200)
-    try:
+    with Pair(start(Churn.quiet()), clock, full_scan_interval=1200) as pair:
         last = pair.run(9)
-    finally:
-        pair.close()
     assert pair.kinds == ["full", "incremental", "incremental", "incremental"] * 2 + ["full"]
     assert last.full_scans["schedule"] == 2
 
@@ -216,8 +206,7 @@ def test_a_failed_poll_and_a_reload_are_followed_by_a_full_scan_that_says_why(
     start: Callable[..., SimulatedController], clock: ManualClock
 ) -> None:
     simulator = start(Churn.quiet())
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         pair.run(2)
         simulator.faults.fail_next(20, status=400)  # no retry: the poll fails
         clock.advance(FIVE_MINUTES)
@@ -238,8 +227,6 @@ def test_a_failed_poll_and_a_reload_are_followed_by_a_full_scan_that_says_why(
         after_reload = pair.poll()
         clock.advance(FIVE_MINUTES)
         last = pair.poll()
-    finally:
-        pair.close()
     assert after_failure.poll_kind == after_reload.poll_kind == "full"
     assert last.poll_kind == "incremental"
     assert {reason: n for reason, n in last.full_scans.items() if n} == {
@@ -283,6 +270,25 @@ def plant(
     simulator.set_backups(backups)  # the inventory stays (set_inventory's)
 
 
+def repaired(
+    pair: Pair,
+    backups: list[dict[str, object]],
+    change: Callable[[list[dict[str, object]]], None],
+    caplog: pytest.LogCaptureFixture,
+) -> ControllerStatus:
+    """Two polls, then ``change`` behind the exporter's back: the next poll stays incremental,
+    finds the change by its counts and reads its span again (the pair compares it)."""
+    with pair:
+        pair.run(2)
+        plant(pair.simulator, backups, change)
+        pair.clock.advance(FIVE_MINUTES)
+        with caplog.at_level(logging.DEBUG, logger="exporter.incremental"):
+            status = pair.poll()
+    assert status.poll_kind == "incremental"
+    assert any("read the backups created between" in r.getMessage() for r in caplog.records)
+    return status
+
+
 PLANTED: dict[str, Callable[[list[dict[str, object]]], None]] = {
     "an old backup's state": lambda b: oldest(b, state="PROTECTED").update(state="DELETED"),
     "an old backup deleted": lambda b: b.remove(oldest(b, state="PROTECTED")),
@@ -307,18 +313,8 @@ def test_a_change_the_counts_see_is_found_and_read_again(
 ) -> None:
     simulator = start()
     backups = frozen(simulator)
-    pair = Pair(simulator, clock)
-    try:
-        pair.run(2)
-        plant(simulator, backups, PLANTED[what])
-        clock.advance(FIVE_MINUTES)
-        with caplog.at_level(logging.DEBUG, logger="exporter.incremental"):
-            status = pair.poll()
-    finally:
-        pair.close()
-    assert status.poll_kind == "incremental"
+    status = repaired(Pair(simulator, clock), backups, PLANTED[what], caplog)
     assert status.full_scans["mismatch"] == 0
-    assert any("read the backups created between" in r.getMessage() for r in caplog.records)
 
 
 def test_a_change_among_seconds_that_are_all_held_is_found_too(
@@ -335,17 +331,7 @@ def test_a_change_among_seconds_that_are_all_held_is_found_too(
     for position, backup in enumerate(old):  # three a second, for as long as they last
         backup["created_at"] = timestamp(base + position // 3)
     plant(simulator, backups, lambda b: None)
-    pair = Pair(simulator, clock)
-    try:
-        pair.run(2)
-        plant(simulator, backups, lambda b: b.remove(old[len(old) // 3]))
-        clock.advance(FIVE_MINUTES)
-        with caplog.at_level(logging.DEBUG, logger="exporter.incremental"):
-            status = pair.poll()
-    finally:
-        pair.close()
-    assert status.poll_kind == "incremental"
-    assert any("read the backups created between" in r.getMessage() for r in caplog.records)
+    repaired(Pair(simulator, clock), backups, lambda b: b.remove(old[len(old) // 3]), caplog)
 
 
 def test_changes_that_cannot_be_found_fall_back_to_a_full_scan_logged_once(
@@ -357,8 +343,7 @@ def test_changes_that_cannot_be_found_fall_back_to_a_full_scan_logged_once(
     backups = frozen(simulator)
     undated = {**oldest(backups, state="PROTECTED"), "id": "0e4f2d5c-0000-4000-8000-0000000000aa"}
     plant(simulator, backups, lambda b: b.append({**undated, "created_at": "NA"}))
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         pair.run(2)
         # Gone: among the backups without a creation time, where no time bound looks.
         plant(simulator, backups, lambda b: b.remove(b[-1]))
@@ -367,8 +352,6 @@ def test_changes_that_cannot_be_found_fall_back_to_a_full_scan_logged_once(
             status = pair.poll()
         clock.advance(FIVE_MINUTES)
         after = pair.poll()
-    finally:
-        pair.close()
     assert status.poll_kind == "full"
     assert status.full_scans["mismatch"] == 1
     said = [r.getMessage() for r in caplog.records if "does not add up" in r.getMessage()]
@@ -382,8 +365,7 @@ def test_more_changes_than_repairs_fall_back_to_a_full_scan(
 ) -> None:
     simulator = start()
     backups = frozen(simulator)
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         pair.run(2)
         protected = sorted(
             (b for b in backups if b["state"] == "PROTECTED"), key=lambda b: str(b["created_at"])
@@ -394,8 +376,6 @@ def test_more_changes_than_repairs_fall_back_to_a_full_scan(
         plant(simulator, backups, lambda b: None)
         clock.advance(FIVE_MINUTES)
         status = pair.poll()
-    finally:
-        pair.close()
     assert status.poll_kind == "full"
     assert status.full_scans["mismatch"] == 1
 
@@ -408,8 +388,7 @@ def test_the_residual_two_changes_that_cancel_out_live_until_the_next_full_scan(
     it; the scheduled full scan puts it right."""
     simulator = start()
     backups = frozen(simulator)
-    pair = Pair(simulator, clock, full_scan_interval=900)
-    try:
+    with Pair(simulator, clock, full_scan_interval=900) as pair:
         pair.run(2)
         gone = oldest(backups, state="PROTECTED")
         twin = {**gone, "id": "0e4f2d5c-0000-4000-8000-00000000beef", "size": 1}
@@ -421,8 +400,6 @@ def test_the_residual_two_changes_that_cancel_out_live_until_the_next_full_scan(
         assert series(missed) != series(truth)  # the size differs; no count does
         clock.advance(FIVE_MINUTES)
         assert pair.poll().poll_kind == "full"  # 900 s after the last one
-    finally:
-        pair.close()
 
 
 def test_a_backup_listed_past_its_expiration_stays_until_it_is_gone(
@@ -430,8 +407,7 @@ def test_a_backup_listed_past_its_expiration_stays_until_it_is_gone(
 ) -> None:
     simulator = start()
     backups = frozen(simulator)
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         pair.run(1)
         late = oldest(backups, state="PROTECTED")
         # Expired an hour ago, still listed: read again at every poll, never dropped.
@@ -444,8 +420,6 @@ def test_a_backup_listed_past_its_expiration_stays_until_it_is_gone(
         clock.advance(FIVE_MINUTES)
         plant(simulator, backups, lambda b: b.remove(late))
         status = pair.poll()
-    finally:
-        pair.close()
     assert status.poll_kind == "incremental"
     assert pair.kinds[-3:] == ["incremental"] * 3
 
@@ -492,22 +466,18 @@ class CountsNeverExpiring(ReaderWrapper):
 def test_exclusive_time_bounds_stay_exact(
     start: Callable[..., SimulatedController], clock: ManualClock
 ) -> None:
-    pair = Pair(start(Churn.for_vms(2000), vms=120), clock, wrap=Exclusive)
-    try:
+    with Pair(start(Churn.for_vms(2000), vms=120), clock, wrap=Exclusive) as pair:
         pair.run(14)
-    finally:
-        pair.close()
     assert pair.kinds.count("incremental") >= 8
 
 
 def test_never_expiring_backups_in_the_expiry_count_fall_back_every_poll(
     start: Callable[..., SimulatedController], clock: ManualClock
 ) -> None:
-    pair = Pair(start(Churn.quiet(), vms=120, manual_share=0.2), clock, wrap=CountsNeverExpiring)
-    try:
+    with Pair(
+        start(Churn.quiet(), vms=120, manual_share=0.2), clock, wrap=CountsNeverExpiring
+    ) as pair:
         last = pair.run(4)
-    finally:
-        pair.close()
     assert pair.kinds == ["full"] * 4
     assert last.full_scans["mismatch"] == 3
 
@@ -517,11 +487,8 @@ def test_a_late_expiry_is_read_again_until_the_backup_is_gone(
 ) -> None:
     simulator = start(replace(Churn.quiet(), expiry_lag_seconds=3 * 3600), vms=200)
     clock.advance(EXPIRING)
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         pair.run(24)
-    finally:
-        pair.close()
     assert simulator.changes().get("expired", 0) > 0
     assert pair.kinds.count("incremental") >= 20
 
@@ -549,14 +516,11 @@ def test_random_sequences_of_changes_stay_exact(
     seed: int,
 ) -> None:
     simulator = start(with_rates(Churn(), rates), vms=60, seed=seed)
-    pair = Pair(simulator, clock)
-    try:
+    with Pair(simulator, clock) as pair:
         pair.poll()
         for step in steps:
             clock.advance(step)
             pair.poll()
-    finally:
-        pair.close()
         simulator.stop()
 
 
