@@ -54,13 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if snapshot is None:
         raise SystemExit(f"the poll failed: {status.last_error}")
     state = ExporterState(interval_seconds=60, stale_after_seconds=300)
-    families = snapshot_families("bench", snapshot, state)
+    families = list(snapshot_families("bench", snapshot, state))
     text = textformat.write(families)
     if text != generate_latest(_Families(families)).decode("utf-8"):
         raise SystemExit("textformat and generate_latest disagree")
     samples = sum(len(family.samples) for family in families)
     print(f"snapshot of {len(snapshot.protection)} VMs: {samples} samples, {len(text)} bytes")
-    build = _best(args.repeat, lambda: snapshot_families("bench", snapshot, state))
+    build = _best(args.repeat, lambda: list(snapshot_families("bench", snapshot, state)))
     print(f"build the families: {build:.3f} s CPU")
     ours = _best(args.repeat, lambda: textformat.write(families))
     print(f"write them, exporter.textformat: {ours:.3f} s CPU")

@@ -63,6 +63,9 @@ def _lines(family: Metric) -> list[str]:
     return _series(family).split("\n")[:-1]
 
 
+#: VMs whose families are made and written at once (:func:`snapshot_families`).
+VMS_AT_ONCE = 1000
+
 #: prometheus_client's own number format (untyped there).
 _go_float = cast(Callable[[float], str], floatToGoString)
 
@@ -82,7 +85,11 @@ class _WrittenSnapshot:
     def of(
         cls, controller: str, snapshot: ControllerSnapshot, state: ExporterState
     ) -> _WrittenSnapshot:
-        families = snapshot_families(controller, snapshot, state)
+        # Family by family as they come, a batch of VMs at a time: the samples of one batch
+        # live at once, not those of every VM (docs/design.md, "Memory").
+        written: dict[str, list[str]] = {}
+        for family in snapshot_families(controller, snapshot, state, vms_at_once=VMS_AT_ONCE):
+            written.setdefault(family.name, []).append(_series(family))
         ages = {
             series.family.name: tuple(
                 # The line as prometheus_client writes it, but for its value (no timestamp).
@@ -91,7 +98,8 @@ class _WrittenSnapshot:
             )
             for series in age_series(controller, snapshot, state)
         }
-        return cls(snapshot, state, {f.name: _series(f) for f in families}, ages)
+        series = {name: "".join(written.pop(name)) for name in list(written)}  # one at a time
+        return cls(snapshot, state, series, ages)
 
     def ages_at(self, name: str, now: float) -> str:
         """The lines of the age family ``name`` at ``now``: the only ones written each second."""

@@ -142,9 +142,11 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The controllers whose snapshot's series are written, in order, from now on."""
     controllers: list[str] = []
 
-    def counting(controller: str, snapshot: ControllerSnapshot, state: ExporterState) -> object:
+    def counting(
+        controller: str, snapshot: ControllerSnapshot, state: ExporterState, **batches: int
+    ) -> object:
         controllers.append(controller)
-        return snapshot_families(controller, snapshot, state)
+        return snapshot_families(controller, snapshot, state, **batches)
 
     monkeypatch.setattr(exposition_module, "snapshot_families", counting)
     return controllers
@@ -333,3 +335,15 @@ def test_a_closed_exposition_serves_its_last_text_and_keeps_no_thread() -> None:
     wait_until(lambda: not any(thread.is_alive() for thread in started))
     held.now = NOW + 2
     assert held.exposition.render() == second  # nothing to write it now: the last text
+
+
+def test_vms_written_a_batch_at_a_time_give_the_same_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The samples of one batch of VMs live at once, not those of every VM: same text.
+    statuses = [status("boston", federation(vms=10))]
+    whole = TextWriter(BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)).text()
+    monkeypatch.setattr(exposition_module, "VMS_AT_ONCE", 3)
+    batched = TextWriter(BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW))
+    assert batched.text() == whole
+    assert whole.count("simplivity_vm_info{") > 3  # more than one batch
