@@ -445,7 +445,13 @@ def test_a_token_dying_mid_scan_costs_one_login_and_nothing_else(how: str) -> No
             return wrapper
 
         exporter = lab.start_exporter(
-            replace_poll(timeout_seconds=5, stale_after_seconds=30, max_concurrency=1),
+            # Every poll a full scan, the kind whose pages outlive a token.
+            replace_poll(
+                timeout_seconds=5,
+                stale_after_seconds=30,
+                max_concurrency=1,
+                full_scan_interval_seconds=0,
+            ),
             client_factory=factory,
         )
         expected = float(simulator.backup_count())
