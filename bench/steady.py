@@ -39,8 +39,9 @@ FIVE_MINUTES = 300.0
 def child(argv: Sequence[str]) -> int:
     """One exporter: a poll at each moment read from stdin (a JSON number per line), a JSON
     line of figures per poll on stdout."""
-    from exporter.collector import ExporterState, snapshot_families
+    from exporter.collector import ExporterState
     from exporter.config import ControllerConfig, PollConfig, Secret
+    from exporter.exposition import _WrittenSnapshot as WrittenSnapshot
     from exporter.memory import keep_large_buffers_off_the_heap
     from exporter.poller import ControllerPoller
     from exporter.worker import DecodingWorker
@@ -72,16 +73,17 @@ def child(argv: Sequence[str]) -> int:
             status = poller.poll_once()
             wall = time.monotonic() - started
             cpu, own = process_cpu(os.getpid()) - cpu, time.process_time() - own
-            # In the order written (the same for the same snapshot), hashed as they come: no
-            # list of every series held beside the exporter's own.
+            # The snapshot's series as the running exporter writes and keeps them after each
+            # poll (its /metrics text but for the ages and the poll's own figures), family
+            # by family: their digest must be the full-scan exporter's, byte for byte.
             digest = hashlib.sha256()
             series = 0
-            for family in (
-                snapshot_families("bench", status.snapshot, state) if status.snapshot else ()
-            ):
-                for sample in family.samples:
-                    digest.update(repr((family.name, sample.labels, sample.value)).encode())
-                    series += 1
+            if status.snapshot is not None:
+                written = WrittenSnapshot.of("bench", status.snapshot, state).series
+                for name in sorted(written):
+                    digest.update(f"{name}\n{written[name]}".encode())
+                    series += written[name].count("\n")
+                del written
             figures = {
                 "up": status.up,
                 "error": status.last_error,
