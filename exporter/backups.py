@@ -407,11 +407,6 @@ class LocalBackupScan:
         pass
 
 
-def parse_timestamp(value: str) -> float | None:
-    """``2018-05-08T10:00:01Z`` as Unix seconds; ``None`` for an empty string."""
-    return timestamp_seconds(value) if value else None
-
-
 def _created(backup: Mapping[str, object]) -> float:
     """The creation time in Unix seconds, or NO_TIME if the backup has none (yet)."""
     value = backup.get("created_at")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, parse_timestamp
+from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, seconds_of
 from exporter.config import PollConfig
 from exporter.inventory import VIRTUAL_MACHINES
 from exporter.model import BackupSnapshot, ControllerStatus
@@ -177,7 +177,7 @@ def test_a_backup_without_a_creation_time_is_never_the_newest(start_simulator: S
     cluster = next(
         c for c in backups_of(status).clusters if c.name == newest["omnistack_cluster_name"]
     )
-    assert cluster.newest_protected != parse_timestamp(str(newest["created_at"]))
+    assert cluster.newest_protected != seconds_of(str(newest["created_at"]))
     assert cluster.counts["PROTECTED"] == sum(
         1 for b in protected if b["omnistack_cluster_name"] == cluster.name
     )
