@@ -63,7 +63,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 #: The rates' reference: the bench's federation of 100,000 backups on 5,000 VMs.
 REFERENCE_VMS: Final = 5000
@@ -152,11 +152,8 @@ class Churn:
         unknown = sorted(set(rates) - set(self.RATES))
         if unknown:
             raise ValueError(f"no churn rate {unknown}; there are {sorted(self.RATES)}")
-        changed = dataclasses.replace(self)
-        for name, rate in rates.items():
-            object.__setattr__(changed, name, float(rate))
-        changed.__post_init__()
-        return changed
+        floats: dict[str, Any] = {name: float(rate) for name, rate in rates.items()}
+        return dataclasses.replace(self, **floats)  # validated again (__post_init__)
 
     @classmethod
     def for_vms(cls, vms: int) -> Churn:
