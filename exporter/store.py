@@ -17,7 +17,7 @@ import itertools
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -473,16 +473,18 @@ class BackupStore:
         names = STATE_CODES
         places = self._place_list
         vm_ids = self._vm_list
-        for state, created, size, place, vm, consistency, expiry in zip(
-            self._states[first:] if first else self._states,
-            self._created[first:] if first else self._created,
-            self._sizes[first:] if first else self._sizes,
-            self._places[first:] if first else self._places,
-            self._vms[first:] if first else self._vms,
-            self._consistency[first:] if first else self._consistency,
-            self._expiry[first:] if first else self._expiry,
-            strict=True,
-        ):
+        columns: tuple[Sequence[Any], ...] = (
+            self._states,
+            self._created,
+            self._sizes,
+            self._places,
+            self._vms,
+            self._consistency,
+            self._expiry,
+        )
+        if first:
+            columns = tuple(column[first:] for column in columns)
+        for state, created, size, place, vm, consistency, expiry in zip(*columns, strict=True):
             where = places[place]
             count(
                 names[state],
