@@ -56,6 +56,9 @@ BACKUPS = Collection(
 )
 #: The ``omnistack_cluster`` label of a backup that names neither a cluster nor an external store.
 UNKNOWN_CLUSTER = "unknown"
+#: The filters that name a backup's destination, in the order that picks its label.
+CLUSTER_FILTER, STORE_FILTER = "omnistack_cluster_name", "external_store_name"
+_CLUSTER_FIELDS = (CLUSTER_FILTER, STORE_FILTER)
 
 _KNOWN_STATES = frozenset(STATES)
 #: The most clusters and external stores the backups may name, and VMs they may belong to:
@@ -175,7 +178,7 @@ class Aggregator:
         :data:`MAX_DESTINATIONS` or :data:`MAX_VMS_WITH_BACKUPS`: the whole listing is in doubt.
         """
         values = read_backup(backup)
-        cut = values.destination not in self._clusters and destination_cut(backup)
+        cut = values.destination not in self._clusters and place_of(backup).cut
         self.count(*values, cut)
 
     def count(
@@ -324,9 +327,7 @@ def read_backup(backup: Mapping[str, object]) -> BackupValues:
     size = backup.get("size")
     if type(size) is not int or not 0 <= size <= _MAX_SIZE:
         size = _size(backup)
-    destination = _place_label(backup.get("omnistack_cluster_name"))
-    if destination is None:  # not a cluster seen before: an external store, say
-        destination = destination_of(backup)
+    destination = place_of(backup).label
     vm_id = backup.get("virtual_machine_id")
     if not _is_label(vm_id):
         vm_id = text_field(backup, "virtual_machine_id")
@@ -341,27 +342,54 @@ def read_backup(backup: Mapping[str, object]) -> BackupValues:
     )
 
 
-def _place_label(value: object) -> str | None:
-    """A cluster's or store's name as its label value, from the names seen before (a
-    federation has a few dozen, often not ASCII: "Zürich"); None if it is not a name or not
-    seen yet."""
-    return _PLACES.get(value) if type(value) is str else None
+class Place(NamedTuple):
+    """A destination: its ``omnistack_cluster`` label, whether that is a name cut to
+    :data:`~exporter.model.MAX_LABEL_LENGTH`, and the filter that counts its backups with the
+    exact name it was listed under ("" for either when none can: ``unknown``, or a name cut
+    or cleaned for a label)."""
+
+    label: str
+    field: str
+    name: str
+    cut: bool
 
 
-#: Names of clusters and stores -> their label values (text_field's), as found. Bounded.
-_PLACES: dict[str, str] = {}
+def place_of(backup: Mapping[str, object]) -> Place:
+    """Where the backup is: a function of its cluster and store names only, so each pair of
+    names is worked out once, for every backup that shares it (a federation has a few dozen,
+    often not ASCII: "Zürich", which a label takes cleaning)."""
+    names = (backup.get(CLUSTER_FILTER), backup.get(STORE_FILTER))
+    try:
+        place = _PLACES.get(names)
+    except TypeError:  # a list, say: not a name, and not a key
+        return _new_place(backup)
+    if place is None:
+        place = _new_place(backup)
+        if len(_PLACES) >= MAX_DESTINATIONS:
+            _PLACES.clear()
+        _PLACES[names] = place
+    return place
+
+
+#: (cluster name, store name) as a backup writes them -> its place. Bounded.
+_PLACES: dict[tuple[object, object], Place] = {}
+
+
+def _new_place(backup: Mapping[str, object]) -> Place:
+    label = destination_of(backup)
+    cut = any(_cut_to(backup, key, label) for key in _CLUSTER_FIELDS)
+    for field in _CLUSTER_FIELDS:
+        if text_field(backup, field) == label:
+            exact = backup.get(field) == label  # else cut or cleaned: no filter names it
+            return Place(label, field if exact else "", label if exact else "", cut)
+    return Place(label, "", "", cut)
 
 
 def destination_of(backup: Mapping[str, object]) -> str:
     """The ``omnistack_cluster`` label of a backup: its cluster, else its external store."""
-    for key in _CLUSTER_FIELDS:
-        value = backup.get(key)
-        label = text_field(backup, key)
-        if label:
-            if type(value) is str and len(_PLACES) < MAX_DESTINATIONS:
-                _PLACES[value] = label
-            return label
-    return UNKNOWN_CLUSTER
+    return (  # the order of _CLUSTER_FIELDS
+        text_field(backup, CLUSTER_FILTER) or text_field(backup, STORE_FILTER) or UNKNOWN_CLUSTER
+    )
 
 
 def _is_label(value: object) -> TypeGuard[str]:
@@ -374,12 +402,6 @@ def _is_label(value: object) -> TypeGuard[str]:
         and value.isascii()
         and len(value) <= MAX_LABEL_LENGTH
     )
-
-
-def destination_cut(backup: Mapping[str, object]) -> bool:
-    """Whether the backup's destination (:func:`destination_of`) is a name that was cut."""
-    name = destination_of(backup)
-    return any(_cut_to(backup, key, name) for key in _CLUSTER_FIELDS)
 
 
 def _optional(seconds: float) -> float | None:
@@ -450,9 +472,6 @@ def _size(backup: Mapping[str, object]) -> int:
             f"not {str(value)[:40]!r}"
         )
     return value
-
-
-_CLUSTER_FIELDS = ("omnistack_cluster_name", "external_store_name")
 
 
 def _cut_to(backup: Mapping[str, object], key: str, name: str) -> bool:

@@ -24,14 +24,14 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from exporter.backups import (
     BACKUPS,
     NO_TIME,
-    UNKNOWN_CLUSTER,
     Aggregator,
     BackupRecordError,
-    destination_cut,
+    Place,
+    place_of,
     read_backup,
     seconds_of,
 )
-from exporter.model import MISSING, OTHER_STATE, STATES, BackupSnapshot, text_field
+from exporter.model import MISSING, OTHER_STATE, STATES, BackupSnapshot
 from exporter.pages import SORT_FIELD, PageCounter, PageOutcome, PageSink
 
 #: A backup's ``state`` as a byte: its index here.
@@ -40,22 +40,9 @@ _STATE_CODE = {state: code for code, state in enumerate(STATE_CODES)}
 #: What a backup's expiration_time is: a time, the API's "NA" (never), or neither (absent,
 #: null, or not a time). Only a time is counted by ``expires_after``.
 EXPIRES, NEVER, UNSAID = 0, 1, 2
-#: The filter that counts a destination's backups, by the field its name came from.
-CLUSTER_FILTER, STORE_FILTER = "omnistack_cluster_name", "external_store_name"
 _NO_EXPIRY = float("inf")
 #: Rows per message when a store is counted in the decoding worker (about 3 MB).
 CHUNK_ROWS = 65_536
-
-
-class Place(NamedTuple):
-    """A destination: its ``omnistack_cluster`` label, and the filter that counts its backups
-    with the exact name it was listed under ("" for either when none can: ``unknown``, or a
-    name cut or cleaned for a label)."""
-
-    label: str
-    field: str
-    name: str
-    cut: bool
 
 
 class Record(NamedTuple):
@@ -119,39 +106,10 @@ def read_record(backup: Mapping[str, object]) -> Record:
         expiry,
         values.size,
         _STATE_CODE[values.state],
-        _place(backup, values.destination),
+        place_of(backup),
         values.vm_id,
         values.consistency,
     )
-
-
-def _place(backup: Mapping[str, object], label: str) -> Place:
-    """Where the backup is (a pure function of its cluster and store names): each pair of
-    names worked out once, for the backups that share it."""
-    cluster, store = backup.get(CLUSTER_FILTER), backup.get(STORE_FILTER)
-    if not isinstance(cluster, str) or not (store is None or isinstance(store, str)):
-        return _new_place(backup, label)
-    place = _PLACES.get((cluster, store))
-    if place is None:
-        place = _new_place(backup, label)
-        if len(_PLACES) >= _MAX_PLACES:
-            _PLACES.clear()
-        _PLACES[cluster, store] = place
-    return place
-
-
-#: (cluster name, store name) as a backup writes them -> its place. Bounded.
-_PLACES: dict[tuple[str, str | None], Place] = {}
-_MAX_PLACES = 10_000
-
-
-def _new_place(backup: Mapping[str, object], label: str) -> Place:
-    cut = label != UNKNOWN_CLUSTER and destination_cut(backup)
-    for field in (CLUSTER_FILTER, STORE_FILTER):
-        if text_field(backup, field) == label:
-            exact = backup.get(field) == label  # else cut or cleaned: no filter names it
-            return Place(label, field if exact else "", label if exact else "", cut)
-    return Place(label, "", "", cut)
 
 
 class Rows(NamedTuple):

@@ -10,12 +10,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.backups import Aggregator
+from exporter.backups import CLUSTER_FILTER, STORE_FILTER, Aggregator
 from exporter.incremental import timestamp
 from exporter.model import MAX_LABEL_LENGTH
 from exporter.store import (
-    CLUSTER_FILTER,
-    STORE_FILTER,
     BackupStore,
     Record,
     _expiry_second,
