@@ -60,6 +60,10 @@ POLL = PollConfig(
     max_concurrency=2,
     max_retries=1,
     deadline_seconds=30,  # polls under faults last longer than the interval
+    # Every poll reads every page, so a broken page shows at each poll whatever the time of
+    # day: an incremental poll reads only the backups of the last quarter of an hour, which
+    # may be fewer than a short page needs to be short.
+    full_scan_interval_seconds=0,
 )
 UNRESOLVABLE = "ovc-unresolvable.invalid"
 
