@@ -81,8 +81,8 @@ def child(argv: Sequence[str]) -> int:
             if status.snapshot is not None:
                 written = WrittenSnapshot.of("bench", status.snapshot, state).series
                 for name in sorted(written):
-                    digest.update(f"{name}\n{written[name]}".encode())
-                    series += written[name].count("\n")
+                    digest.update(f"{name}\n".encode() + written[name])
+                    series += written[name].count(b"\n")
                 del written
             figures = {
                 "up": status.up,
