@@ -21,6 +21,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +83,10 @@ class _WrittenSnapshot:
     """One controller's snapshot, its series written out by family name; of the ages, each
     line up to its value, with the creation time the value counts from."""
 
-    snapshot: ControllerSnapshot
+    #: Whose text this is; not held: the last snapshot's text is shown until the new one's is
+    #: written, but the last snapshot itself (a third of a poll's memory: its judgements and
+    #: inventory) is freed as soon as the poller has a new one.
+    snapshot: weakref.ref[ControllerSnapshot]
     #: The state it was written under: whether its per-VM series are shown, say.
     state: ExporterState
     series: Mapping[str, bytes]  # as UTF-8: the form it is sent in, held once
@@ -107,7 +111,7 @@ class _WrittenSnapshot:
         }
         # One family at a time, its pieces freed as it is encoded.
         series = {name: "".join(written.pop(name)).encode() for name in list(written)}
-        return cls(snapshot, state, series, ages)
+        return cls(weakref.ref(snapshot), state, series, ages)
 
     def ages_at(self, name: str, now: float) -> bytes:
         """The lines of the age family ``name`` at ``now``: the only ones written each second."""
@@ -171,7 +175,7 @@ class TextWriter:
             entry = self._written.get(controller)
             if entry is None or entry.state != state:
                 return None
-            return entry if entry.snapshot is snapshot or not newest else None
+            return entry if entry.snapshot() is snapshot or not newest else None
 
         shown = [
             (controller, entry)
