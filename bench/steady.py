@@ -39,10 +39,13 @@ FIVE_MINUTES = 300.0
 def child(argv: Sequence[str]) -> int:
     """One exporter: a poll at each moment read from stdin (a JSON number per line), a JSON
     line of figures per poll on stdout."""
-    from exporter.collector import ExporterState
+    from prometheus_client import CollectorRegistry
+
+    from exporter.collector import BackupCollector, ExporterState
     from exporter.config import ControllerConfig, PollConfig, Secret
-    from exporter.exposition import _WrittenSnapshot as WrittenSnapshot
+    from exporter.exposition import Exposition
     from exporter.memory import keep_large_buffers_off_the_heap
+    from exporter.model import ControllerStatus
     from exporter.poller import ControllerPoller
     from exporter.worker import DecodingWorker
 
@@ -65,6 +68,15 @@ def child(argv: Sequence[str]) -> int:
         clock=lambda: now[0],
     )
     state = ExporterState(interval_seconds=300, stale_after_seconds=10**9)
+    # The web side as the exporter runs it: the text written after each poll and kept (the
+    # last beside the new while it is written), and served to a scrape plain and gzipped.
+    shown: list[ControllerStatus] = []
+    exposition = Exposition(
+        CollectorRegistry(auto_describe=False),
+        lambda: len(shown),
+        backups=BackupCollector(lambda: shown, lambda: state, clock=lambda: now[0]),
+        clock=lambda: now[0],
+    )
     try:
         for line in sys.stdin:
             now[0] = float(json.loads(line))
@@ -73,17 +85,20 @@ def child(argv: Sequence[str]) -> int:
             status = poller.poll_once()
             wall = time.monotonic() - started
             cpu, own = process_cpu(os.getpid()) - cpu, time.process_time() - own
-            # The snapshot's series as the running exporter writes and keeps them after each
-            # poll (its /metrics text but for the ages and the poll's own figures), family
-            # by family: their digest must be the full-scan exporter's, byte for byte.
+            shown[:] = [status]
+            exposition.refresh()
+            exposition.render()
+            exposition.render(gzipped=True)
+            # The snapshot's series as the exposition wrote and keeps them (its /metrics text
+            # but for the ages and the poll's own figures), family by family: their digest
+            # must be the full-scan exporter's, byte for byte.
             digest = hashlib.sha256()
             series = 0
             if status.snapshot is not None:
-                written = WrittenSnapshot.of("bench", status.snapshot, state).series
+                written = exposition._text._written["bench"].series
                 for name in sorted(written):
-                    digest.update(f"{name}\n{written[name]}".encode())
-                    series += written[name].count("\n")
-                del written
+                    digest.update(f"{name}\n".encode() + written[name])
+                    series += written[name].count(b"\n")
             figures = {
                 "up": status.up,
                 "error": status.last_error,

@@ -66,11 +66,11 @@ class Variant:
 
             def encode_whole(
                 encoder: exposition._Encoder,
-                pieces: Sequence[str],
+                pieces: Sequence[bytes],
                 tail: bytes = b"",
-            ) -> tuple[bytes, bytes]:
+            ) -> tuple[exposition.Body, exposition.Body]:
                 text, _ = encode(encoder, pieces, tail)
-                return text, gzip.compress(text, compresslevel=1, mtime=0)
+                return text, (gzip.compress(b"".join(text), compresslevel=1, mtime=0),)
 
             setattr(exposition._Encoder, "encode", encode_whole)  # noqa: B010
 

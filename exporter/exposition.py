@@ -3,10 +3,13 @@
 :func:`exporter.textformat.write` is the only writer here (prometheus_client's
 ``generate_latest`` is its reference, byte for byte): each family is defined once, in
 :mod:`exporter.collector`. The exposition owns everything it caches: the text of each
-controller's snapshot (written once, by its poll) and the whole text with its gzip (written at
-most once per second and per change of the statuses). The poller knows nothing of it: the app
-subscribes :meth:`Exposition.refresh` to the poller, so that each poll writes the text of its
-new snapshot in its own thread, before a scrape asks for it.
+controller's snapshot (written once, by its poll, as UTF-8) and the whole text with its gzip
+(written at most once per second and per change of the statuses). The whole text is a
+:data:`Body`, a sequence of chunks, never joined: its big chunks are the very bytes of the
+snapshots, held once however many texts and scrapes show them (with 20,000 VMs, 38 MB each;
+docs/design.md, "Memory"). The poller knows nothing of it: the app subscribes
+:meth:`Exposition.refresh` to the poller, so that each poll writes the text of its new
+snapshot in its own thread, before a scrape asks for it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +61,10 @@ def _series(family: Metric) -> str:
     return _write([family]).split("\n", 2)[2]
 
 
+#: A text as chunks of UTF-8 (or of gzip), to be sent one after the other.
+Body = tuple[bytes, ...]
+
+
 def _lines(family: Metric) -> list[str]:
     """A gauge family's series, one line each, without their newline (``str.splitlines``
     would also split at the other line breaks a label value may hold)."""
@@ -75,10 +83,13 @@ class _WrittenSnapshot:
     """One controller's snapshot, its series written out by family name; of the ages, each
     line up to its value, with the creation time the value counts from."""
 
-    snapshot: ControllerSnapshot
+    #: Whose text this is; not held: the last snapshot's text is shown until the new one's is
+    #: written, but the last snapshot itself (a third of a poll's memory: its judgements and
+    #: inventory) is freed as soon as the poller has a new one.
+    snapshot: weakref.ref[ControllerSnapshot]
     #: The state it was written under: whether its per-VM series are shown, say.
     state: ExporterState
-    series: Mapping[str, str]
+    series: Mapping[str, bytes]  # as UTF-8: the form it is sent in, held once
     ages: Mapping[str, tuple[tuple[str, float | None], ...]]
 
     @classmethod
@@ -98,14 +109,15 @@ class _WrittenSnapshot:
             )
             for series in age_series(controller, snapshot, state)
         }
-        series = {name: "".join(written.pop(name)) for name in list(written)}  # one at a time
-        return cls(snapshot, state, series, ages)
+        # One family at a time, its pieces freed as it is encoded.
+        series = {name: "".join(written.pop(name)).encode() for name in list(written)}
+        return cls(weakref.ref(snapshot), state, series, ages)
 
-    def ages_at(self, name: str, now: float) -> str:
+    def ages_at(self, name: str, now: float) -> bytes:
         """The lines of the age family ``name`` at ``now``: the only ones written each second."""
         return "".join(
             [f"{line}{_go_float(age(now, created))}\n" for line, created in self.ages.get(name, ())]
-        )
+        ).encode()
 
 
 class TextWriter:
@@ -132,24 +144,24 @@ class TextWriter:
         self._shown(reading.fresh, reading.state, newest=True)
 
     def text(self) -> str:
-        return "".join(self.parts())
+        return b"".join(self.parts()).decode()
 
-    def parts(self) -> list[str]:
-        """The text in pieces: each snapshot's series are the very string objects written
+    def parts(self) -> list[bytes]:
+        """The text in pieces of UTF-8: each snapshot's series are the very objects written
         once, so that what is made of them can be kept too."""
         reading = self._collector.read()
         state = reading.state
         written = [w for _, w in self._shown(reading.fresh, state, newest=False)]
-        out: list[str] = []
+        out: list[bytes] = []
         for family in controller_families(state):
             name = family.name
-            out.append(_write([family]))  # no series: its HELP and TYPE lines
+            out.append(_write([family]).encode())  # no series: its HELP and TYPE lines
             if name in AGE_FAMILIES:
                 out += [w.ages_at(name, reading.now) for w in written]
             else:
-                out += [w.series.get(name, "") for w in written]
+                out += [w.series.get(name, b"") for w in written]
         rest = shown([*health_families(reading.statuses), *exporter_families(state)], state)
-        out.append(_write(rest))
+        out.append(_write(rest).encode())
         return out
 
     def _shown(
@@ -163,7 +175,7 @@ class TextWriter:
             entry = self._written.get(controller)
             if entry is None or entry.state != state:
                 return None
-            return entry if entry.snapshot is snapshot or not newest else None
+            return entry if entry.snapshot() is snapshot or not newest else None
 
         shown = [
             (controller, entry)
@@ -216,8 +228,8 @@ _WRITING_SWITCH_INTERVAL_SECONDS = 0.001
 @dataclass(frozen=True)
 class _Rendered:
     key: tuple[object, int]  # (generation, second)
-    plain: bytes
-    gzipped: bytes
+    plain: Body
+    gzipped: Body
 
 
 #: A gzip member's header as ``gzip.compress(data, compresslevel=1, mtime=0)`` writes it.
@@ -225,7 +237,7 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
 #: The last, empty deflate block that ends a member.
 _DEFLATE_END = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
 #: Pieces of the text shorter than this are joined and compressed with their neighbours.
-_SEGMENT_MIN_CHARS = 16 * 1024
+_SEGMENT_MIN_BYTES = 16 * 1024
 
 
 def _deflate(data: bytes) -> bytes:
@@ -240,52 +252,53 @@ def _deflate(data: bytes) -> bytes:
 
 
 class _Encoder:
-    """Writes the text as bytes and as one gzip member, keeping both for the pieces that
-    stay the same from one second to the next.
+    """Writes the text as chunks of bytes and as one gzip member, keeping the deflate blocks
+    of the pieces that stay the same from one second to the next.
 
-    Only the ages change every second, yet the whole text used to be encoded and compressed
-    again each time (the CPU this saves: docs/design.md, "Performance"). A piece's deflate
-    blocks are compressed on their own, so the member is the cached blocks of the unchanged
-    pieces and the new blocks of the ages, between one header and one CRC-32 trailer.
+    Only the ages change every second, yet the whole text used to be compressed again each
+    time (the CPU this saves: docs/design.md, "Performance"). A piece's deflate blocks are
+    compressed on their own, so the member is the cached blocks of the unchanged pieces and
+    the new blocks of the ages, between one header and one CRC-32 trailer. Nothing is joined:
+    the big pieces are sent as they are, so the text is held once, in its snapshots.
     """
 
     def __init__(self) -> None:
-        # id of a piece -> (the piece, its bytes, its deflate blocks); the piece is held, so
-        # its id is not reused while the entry lives. Only the last text's pieces are kept.
-        self._kept: dict[int, tuple[str, bytes, bytes]] = {}
+        # id of a piece -> (the piece, its deflate blocks); the piece is held, so its id is
+        # not reused while the entry lives. Only the last text's pieces are kept.
+        self._kept: dict[int, tuple[bytes, bytes]] = {}
 
-    def encode(self, pieces: Sequence[str], tail: bytes = b"") -> tuple[bytes, bytes]:
-        """(the text as UTF-8 followed by ``tail``, the same as gzip)."""
+    def encode(self, pieces: Sequence[bytes], tail: bytes = b"") -> tuple[Body, Body]:
+        """(the text followed by ``tail``, the same as gzip)."""
         kept, self._kept = self._kept, {}
         plain: list[bytes] = []
         deflated: list[bytes] = []
-        pending: list[str] = []
+        pending: list[bytes] = []
 
         def flush_pending() -> None:
             if pending:
-                data = "".join(pending).encode()
+                data = b"".join(pending)
                 plain.append(data)
                 deflated.append(_deflate(data))
                 pending.clear()
 
-        for piece in pieces:
-            if len(piece) < _SEGMENT_MIN_CHARS:
+        for piece in [*pieces, tail]:
+            if len(piece) < _SEGMENT_MIN_BYTES:
                 pending.append(piece)
                 continue
             flush_pending()
             entry = kept.get(id(piece))
             if entry is None or entry[0] is not piece:
-                data = piece.encode()
-                entry = (piece, data, _deflate(data))
+                entry = (piece, _deflate(piece))
             self._kept[id(piece)] = entry
-            plain.append(entry[1])
-            deflated.append(entry[2])
+            plain.append(piece)
+            deflated.append(entry[1])
         flush_pending()
-        plain.append(tail)
-        deflated.append(_deflate(tail))
-        text = b"".join(plain)
-        trailer = struct.pack("<II", zlib.crc32(text), len(text) & 0xFFFFFFFF)
-        return text, b"".join([_GZIP_HEADER, *deflated, _DEFLATE_END, trailer])
+        crc = length = 0
+        for chunk in plain:
+            crc = zlib.crc32(chunk, crc)
+            length += len(chunk)
+        trailer = struct.pack("<II", crc, length & 0xFFFFFFFF)
+        return tuple(plain), (_GZIP_HEADER, *deflated, _DEFLATE_END + trailer)
 
 
 class Exposition:
@@ -323,7 +336,7 @@ class Exposition:
         # interval or more while a poll keeps the interpreter busy.
         self._background = ThreadPoolExecutor(1, thread_name_prefix="exposition")
 
-    def render(self, *, gzipped: bool = False) -> bytes:
+    def render(self, *, gzipped: bool = False) -> Body:
         generation, second = self._generation(), int(self._clock())
         rendered = self._rendered
         if rendered is None:

@@ -83,6 +83,7 @@ _READ_SIZE = 16 * 1024
 # At most this much per TLS send(): one that could not finish must be retried with the same
 # bytes, and a slice of the same size from the same offset is that.
 _WRITE_SIZE = 256 * 1024
+_WRITE_CHUNKS = 256  # chunks of an answer per sendmsg() (Linux takes at most 1,024)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -128,7 +129,8 @@ class Request:
 @dataclass(frozen=True)
 class Response:
     status: HTTPStatus
-    body: bytes = b""
+    #: The body, or its chunks in order (sent as they are: a big answer is not copied whole).
+    body: bytes | tuple[bytes, ...] = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -599,20 +601,21 @@ class HTTPServer:
     def _output(self, response: Response, *, head: bool, close: bool) -> list[memoryview]:
         """The answer's head and body as the serving thread writes them (no copy of the body)."""
         status = response.status
+        body = (response.body,) if isinstance(response.body, bytes) else response.body
         lines = [
             f"HTTP/1.1 {status.value} {status.phrase}",
             f"Server: {self.server_name}",
             f"Date: {email.utils.formatdate(usegmt=True)}",
             f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
+            f"Content-Length: {sum(map(len, body))}",
             *(["Connection: close"] if close else []),
             *(f"{name}: {value}" for name, value in self.settings.extra_headers.items()),
             *(f"{name}: {value}" for name, value in response.headers.items()),
         ]
         head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if head or not response.body:
+        if head:
             return [memoryview(head_bytes)]
-        return [memoryview(head_bytes), memoryview(response.body)]
+        return [memoryview(head_bytes), *(memoryview(chunk) for chunk in body if chunk)]
 
     def _hand_to_checker(
         self, connection: _Connection, authorizer: Authorizer, authorization: str | None
@@ -681,7 +684,7 @@ def _send(connection: _Connection) -> None:
     sock, output = connection.sock, connection.output
     while output:
         tls = isinstance(sock, ssl.SSLSocket)
-        sent = sock.send(output[0][:_WRITE_SIZE]) if tls else sock.sendmsg(output)
+        sent = sock.send(output[0][:_WRITE_SIZE]) if tls else sock.sendmsg(output[:_WRITE_CHUNKS])
         while output and sent >= len(output[0]):
             sent -= len(output.pop(0))
         if sent:

@@ -154,6 +154,10 @@ class InventoryRead:
         self._vm_ids: set[str] = set()
         self._rules_work = 0  # what judging by the policies read so far may take
         self._cut: set[str] = set()  # the label values cut to MAX_LABEL_LENGTH
+        # Each text held once: a cluster's, policy's, datastore's or host's name and id
+        # repeat in thousands of VMs, and JSON gives each its own copy (with 20,000 VMs, 9 of
+        # a snapshot's 30 MiB, held twice while a poll ends).
+        self._texts: dict[str, str] = {}
 
     @property
     def cut_labels(self) -> frozenset[str]:
@@ -163,6 +167,7 @@ class InventoryRead:
     def _text(self, record: Mapping[str, Any], key: str) -> str:
         """:func:`~exporter.model.text_field`, noting a value it cut."""
         value = text_field(record, key)
+        value = self._texts.setdefault(value, value)
         if is_cut(record.get(key)):
             self._cut.add(value)
         return value

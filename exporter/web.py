@@ -36,7 +36,8 @@ _PAGES = ("/", "/metrics", "/-/healthy", "/-/ready")
 class WebApp:
     """What the web layer needs from the rest of the exporter, as plain callables."""
 
-    render_metrics: Callable[[bool], bytes]  # argument: gzipped
+    #: The text, whole or in chunks; argument: gzipped.
+    render_metrics: Callable[[bool], bytes | tuple[bytes, ...]]
     statuses: Callable[[], Sequence[ControllerStatus]]
     ready: Callable[[], bool]
     reload: Callable[[], tuple[bool, str]]

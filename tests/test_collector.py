@@ -159,7 +159,9 @@ def boston(**changes: object) -> ControllerStatus:
 def render(statuses: list[ControllerStatus], state: ExporterState = STATE) -> str:
     backups = BackupCollector(lambda: statuses, lambda: state, clock=lambda: NOW)
     registry = CollectorRegistry(auto_describe=False)
-    return Exposition(registry, lambda: 0, backups=backups, clock=lambda: NOW).render().decode()
+    return b"".join(
+        Exposition(registry, lambda: 0, backups=backups, clock=lambda: NOW).render()
+    ).decode()
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -238,9 +240,13 @@ def test_ages_are_computed_at_scrape_time_not_poll_time() -> None:
     registry = CollectorRegistry(auto_describe=False)
     exposition = Exposition(registry, lambda: 0, backups=backups, clock=lambda: now[0])
     cluster = {"controller": "boston", "omnistack_cluster": "Boston DC"}
-    first = value(exposition.render().decode(), "simplivity_backup_newest_age_seconds", **cluster)
+    first = value(
+        b"".join(exposition.render()).decode(), "simplivity_backup_newest_age_seconds", **cluster
+    )
     now[0] += 120
-    later = value(exposition.render().decode(), "simplivity_backup_newest_age_seconds", **cluster)
+    later = value(
+        b"".join(exposition.render()).decode(), "simplivity_backup_newest_age_seconds", **cluster
+    )
     assert later - first == 120
 
 

@@ -476,7 +476,7 @@ def render(snapshot: ControllerSnapshot) -> str:
     state = ExporterState(interval_seconds=300, stale_after_seconds=1800)
     backups = BackupCollector(lambda: [status], lambda: state)
     registry = CollectorRegistry(auto_describe=False)
-    return Exposition(registry, lambda: 0, backups=backups).render().decode("utf-8")
+    return b"".join(Exposition(registry, lambda: 0, backups=backups).render()).decode()
 
 
 def label_sets(text: str, family: str) -> list[dict[str, str]]:

@@ -562,7 +562,7 @@ def _exported(version: str) -> str:
     backups = BackupCollector(lambda: [status], lambda: state, clock=lambda: NOW_EXPORTED)
     registry = CollectorRegistry(auto_describe=False)
     exposition = Exposition(registry, lambda: 0, backups=backups, clock=lambda: NOW_EXPORTED)
-    return exposition.render().decode()
+    return b"".join(exposition.render()).decode()
 
 
 NOW_EXPORTED = 1_700_000_000.0

@@ -509,6 +509,32 @@ def test_metrics_are_gzipped_only_when_the_client_accepts_it() -> None:
             assert answer.getheader("Vary") == "Accept-Encoding"
 
 
+def test_a_body_in_chunks_is_sent_whole_plain_and_over_tls(pki: PKI) -> None:
+    """The exposition answers with its text's chunks, never joined: more chunks than one
+    ``sendmsg`` writes, empty ones among them, and some larger than a TLS write."""
+    lines = [f'simplivity_chunk{{n="{n}"}} {n}\n'.encode() for n in range(1500)]
+    chunks = (
+        *(b"" if n % 7 == 0 else line * (n % 20 + 1) for n, line in enumerate(lines)),
+        b"x" * 600_000,
+    )
+    whole = b"".join(chunks)
+    app = WebApp(
+        render_metrics=lambda gzipped: chunks,
+        statuses=lambda: [],
+        ready=lambda: True,
+        reload=lambda: (True, ""),
+    )
+    web_config = load_web_config(web_config_file(pki))
+    for config, context in ((None, None), (web_config, client_context(pki))):
+        with serving_app(app, config) as server:
+            port = server.server_address[1]
+            answer = fetch(port, "/metrics", context)
+            assert (answer.status, answer.body) == (200, whole)
+            assert answer.headers["content-length"] == str(len(whole))
+            head = fetch(port, "/metrics", context, method="HEAD")
+            assert (head.body, head.headers["content-length"]) == (b"", str(len(whole)))
+
+
 # --- certificates ---------------------------------------------------------------------------
 
 
