@@ -12,7 +12,7 @@ more request in flight than the scan's): read after the backups, its dozen reque
 lengthen every poll (by how much: docs/design.md, "How polling works, and why"). Both reads
 span the same moments, so the picture is that of the poll's time: a VM created while the poll
 runs may be listed without the backup it got meanwhile, and is then judged ``new``, as it is.
-The schedule report alone is optional (REST API 1.11 and later): an error leaves it out, once logged.
+The schedule report alone is optional (REST API 1.11 and later): an error leaves it out, logged.
 """
 
 from __future__ import annotations
