@@ -6,14 +6,13 @@ policies, hosts, the schedule report), then judges every live VM's protection: a
 only when every read succeeded. A scrape never sees half a poll, and a failed poll leaves the
 last good result in place (the collector drops it once it is stale).
 
-The inventory is read in a second thread while the backups are scanned, by a scanner of its
-own over the same client (:meth:`~exporter.scan.Scanner.sibling`), one request at a time (so
-one more request in flight than the scan's): read after the backups, its dozen requests would
-lengthen every poll (by how much: docs/design.md, "How polling works, and why"). Both
-reads span the same moments, so the picture is that of the poll's time: a VM created while the
-poll runs may be listed without the backup it got meanwhile, and is then judged ``new``, as it
-is. Only the schedule report is optional (REST API 1.11 and later): an error status there leaves the
-federation's limits out of the snapshot, and is logged once.
+The inventory is read in a second thread while the backups are scanned, by a scanner of its own
+over the same client (:meth:`~exporter.scan.Scanner.sibling`), one request at a time (so one
+more request in flight than the scan's): read after the backups, its dozen requests would
+lengthen every poll (by how much: docs/design.md, "How polling works, and why"). Both reads
+span the same moments, so the picture is that of the poll's time: a VM created while the poll
+runs may be listed without the backup it got meanwhile, and is then judged ``new``, as it is.
+The schedule report alone is optional (REST API 1.11 and later): an error leaves it out, logged.
 """
 
 from __future__ import annotations
@@ -341,16 +340,21 @@ class ControllerPoller:
                 extra={"controller": name, "labels": truncated},
             )
         log.info(
-            "controller %s: %d backups, %d clusters, %d live VMs (%d at risk) in %.2f s",
+            "controller %s: %d backups, %d clusters, %d live VMs (%d at risk) in %.2f s, "
+            "%s poll: %d records read",
             name,
             backups.backups_seen,
             len(backups.clusters),
             len(inventory.vms),
             len(snapshot.at_risk),
             duration,
+            kind,
+            sum(objects.values()),
             extra={
                 "controller": name,
                 "duration_seconds": round(duration, 3),
+                "kind": kind,
+                "records": sum(objects.values()),
                 "backups": backups.backups_seen,
                 "clusters": len(backups.clusters),
                 "vms": len(inventory.vms),
