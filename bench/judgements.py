@@ -222,7 +222,10 @@ def without_20_series() -> Iterator[None]:
 
 
 def write(snapshot: ControllerSnapshot, state: ExporterState) -> str:
-    """The snapshot's families written as the exporter writes them: a family at a time."""
+    """The snapshot's families written as the exporter writes them: a family at a time, as
+    at its first poll (the label values it keeps escaped from one poll to the next, forgotten:
+    a ``--once`` poll starts without them)."""
+    textformat._ESCAPED.clear()
     families = snapshot_families("bench", snapshot, state, vms_at_once=VMS_AT_ONCE)
     return "".join([textformat.write([family]) for family in families])
 
