@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.model import REASONS, STATES, ClusterSummary, ControllerSnapshot, ControllerStatus
@@ -182,17 +183,8 @@ def _add_vms(vm: VMFamilies, controller: str, protection: Sequence[Judged]) -> N
         machine = judged.vm
         labels = [controller, machine.name, machine.vm_id]
         vm.newest.add_metric(labels, judged.newest_protected_anywhere or 0.0)
-        vm.info.add_metric(
-            [
-                *labels,
-                machine.cluster,
-                machine.policy,
-                machine.datastore,
-                machine.host,
-                machine.app_aware_status,
-            ],
-            1.0,
-        )
+        placed = (machine.cluster, machine.policy, machine.datastore, machine.host)
+        vm.info.add_metric([*labels, *placed, machine.app_aware_status], 1.0)
         if machine.created_at is not None:
             vm.created.add_metric(labels, machine.created_at)
         vm.scheduled.add_metric(labels, 1.0 if judged.scheduled else 0.0)
@@ -203,15 +195,24 @@ def _add_vms(vm: VMFamilies, controller: str, protection: Sequence[Judged]) -> N
             )
         vm.failed.add_metric(labels, judged.newest_failed or 0.0)
         vm.status.add_metric([*labels, judged.status], 1.0)
-        for destination in judged.app_intervals:
-            newest_app = judged.newest_app_consistent_at(destination)
-            vm.app_consistent_newest.add_metric([*labels, destination], newest_app or 0.0)
-        for destination in judged.restore_destinations:
-            points, oldest = judged.restore_points_at(destination)
-            vm.restore_points.add_metric([*labels, destination], points)
-            vm.oldest_restore_point.add_metric([*labels, destination], oldest or 0.0)
-        for destination, window in judged.recovery_windows.items():
-            vm.recovery_window.add_metric([*labels, destination], window)
+        _add_depth(vm, labels, judged)
+
+
+def _add_depth(vm: VMFamilies, labels: list[str], judged: Judged) -> None:
+    """A VM's series of issue 20 per destination: each sample made whole, as ``add_metric``
+    makes it but without its list and zip (18,800 samples at 5,000 VMs: a few ms less)."""
+    base, held = dict(zip(VM_LABELS, labels, strict=True)), judged.held
+    app, points, oldest, window = vm[9:]  # the last four families: issue 20's
+    for where in judged.app_intervals:
+        newest = at.newest_app_consistent if (at := held.get(where)) else None
+        app.samples.append(Sample(app.name, {**base, "destination": where}, newest or 0.0))
+    for where in judged.restore_destinations:
+        at, labelled = held.get(where), {**base, "destination": where}
+        points.samples.append(Sample(points.name, labelled, at.restore_points if at else 0))
+        first = at.oldest_protected if at else None
+        oldest.samples.append(Sample(oldest.name, labelled.copy(), first or 0.0))
+    for where, seconds in judged.recovery_windows.items():
+        window.samples.append(Sample(window.name, {**base, "destination": where}, seconds))
 
 
 def _add_inventory(

@@ -373,17 +373,13 @@ class VMProtection:
     #: (:func:`~exporter.recovery.recovery_windows`).
     recovery_windows: Mapping[str, int] = field(default_factory=dict)
 
+    @property
+    def held(self) -> Mapping[str, HeldBackups]:
+        """Its backups by destination: restore points, the oldest, consistency."""
+        return {} if self.backups is None else self.backups.held
+
     def held_at(self, destination: str) -> HeldBackups | None:
-        return None if self.backups is None else self.backups.held.get(destination)
-
-    def restore_points_at(self, destination: str) -> tuple[int, float | None]:
-        """Its PROTECTED backups at ``destination``, and the oldest one's creation."""
-        held = self.held_at(destination)
-        return (0, None) if held is None else (held.restore_points, held.oldest_protected)
-
-    def newest_app_consistent_at(self, destination: str) -> float | None:
-        held = self.held_at(destination)
-        return None if held is None else held.newest_app_consistent
+        return self.held.get(destination)
 
     @property
     def restore_destinations(self) -> tuple[str, ...]:

@@ -40,7 +40,6 @@ _STATE_CODE = {state: code for code, state in enumerate(STATE_CODES)}
 #: What a backup's expiration_time is: a time, the API's "NA" (never), or neither (absent,
 #: null, or not a time). Only a time is counted by ``expires_after``.
 EXPIRES, NEVER, UNSAID = 0, 1, 2
-_NO_EXPIRY = float("inf")
 #: Rows per message when a store is counted in the decoding worker (about 3 MB).
 CHUNK_ROWS = 65_536
 
@@ -50,7 +49,7 @@ class Record(NamedTuple):
 
     key: bytes  # 16 bytes: its id (:func:`id_key`)
     created: float  # NO_TIME: none
-    expires: float  # +inf unless expiry is EXPIRES
+    expires: int  # the whole second it expires at (:func:`_expiry_second`); the last if never
     expiry: int
     size: int
     state: int  # index in STATE_CODES
@@ -94,11 +93,17 @@ def read_record(backup: Mapping[str, object]) -> Record:
     if not isinstance(identifier, str) or not identifier:  # the page counter placed it by id
         raise BackupRecordError("a backup without an id")
     raw = backup.get("expiration_time")
-    seconds = seconds_of(raw)
-    if seconds is not None:
-        expires, expiry = seconds, EXPIRES
-    else:
-        expires, expiry = _NO_EXPIRY, NEVER if raw == MISSING else UNSAID
+    expires = _EXPIRY_SECONDS.get(raw) if type(raw) is str else None
+    expiry = EXPIRES
+    if expires is None:
+        seconds = seconds_of(raw)
+        if seconds is None:
+            expires, expiry = _LAST_SECOND, NEVER if raw == MISSING else UNSAID
+        else:
+            expires = _expiry_second(seconds)
+            if len(_EXPIRY_SECONDS) >= _MAX_EXPIRY_SECONDS:
+                _EXPIRY_SECONDS.clear()
+            _EXPIRY_SECONDS[str(raw)] = expires  # a text: seconds_of read it
     return Record(
         id_key(identifier),
         values.created,
@@ -123,6 +128,10 @@ class Rows(NamedTuple):
 
 #: The last second a 4-byte expiration column holds (2106): "not before this", or never.
 _LAST_SECOND = 2**32 - 1
+#: expiration_time as the API writes it -> its whole second: many backups share one (a rule's
+#: retention after its schedule), and a poll reads each in the decoding worker. Bounded.
+_EXPIRY_SECONDS: dict[str, int] = {}
+_MAX_EXPIRY_SECONDS = 100_000
 
 
 def _expiry_second(expires: float) -> int:
@@ -267,7 +276,7 @@ class BackupStore:
     def append(self, record: Record) -> None:
         self._keys += record.key
         self._created.append(record.created)
-        self._expires.append(_expiry_second(record.expires))
+        self._expires.append(record.expires)
         self._expiry.append(record.expiry)
         self._sizes.append(record.size)
         self._states.append(record.state)
@@ -284,7 +293,7 @@ class BackupStore:
     def _set(self, row: int, record: Record) -> None:
         self._keys[16 * row : 16 * row + 16] = record.key
         self._created[row] = record.created
-        self._expires[row] = _expiry_second(record.expires)
+        self._expires[row] = record.expires
         self._expiry[row] = record.expiry
         self._sizes[row] = record.size
         self._states[row] = record.state

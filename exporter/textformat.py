@@ -32,15 +32,22 @@ _KINDS = frozenset({"gauge", "counter"})
 _MOVED_SUFFIXES = ("_created", "_gsum", "_gcount")
 
 _go_float = cast(Callable[[float], str], floatToGoString)
+#: Label value -> as written, kept from one call to the next: the exporter writes a family at
+#: a time, and its values (VM names, ids, clusters) repeat in a dozen families and at every
+#: poll; each first sight of one in a call cost an exception and its escaping (0.06 s of a
+#: poll of 5,000 VMs). Bounded; threads may share it (at worst a value is escaped twice).
+_ESCAPED: dict[str, str] = {}
+_MAX_ESCAPED = 200_000
 
 
 def write(families: Iterable[Metric]) -> str:
     """``families`` in the text format, byte for byte as ``generate_latest`` writes them."""
     out: list[str] = []
-    escaped: dict[str, str] = {}  # label value -> as written; values repeat across families
-    numbers: dict[float, str] = {}  # sample value -> as written; so do values (1, a time)
+    if len(_ESCAPED) > _MAX_ESCAPED:
+        _ESCAPED.clear()
+    numbers: dict[float, str] = {}  # sample value -> as written; values repeat (1, a time)
     for family in families:
-        if not _write_family(family, out, escaped, numbers):
+        if not _write_family(family, out, _ESCAPED, numbers):
             out.append(generate_latest(_Families([family])).decode("utf-8"))
     return "".join(out)
 
@@ -77,12 +84,15 @@ def _write_family(
             try:
                 written = [f'{prefix}{escaped[labels[key]]}"' for key, prefix in order]
             except KeyError:  # a value not seen yet: escaped once, for every family after
-                for key, _ in order:
+                written = []
+                for key, prefix in order:
                     text = labels[key]
-                    escaped[text] = (
-                        text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-                    )
-                written = [f'{prefix}{escaped[labels[key]]}"' for key, prefix in order]
+                    done = escaped.get(text)  # another thread may empty it meanwhile
+                    if done is None:
+                        done = escaped[text] = (
+                            text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+                        )
+                    written.append(f'{prefix}{done}"')
             head = f"{sample_name}{{{','.join(written)}}} "
         else:
             head = f"{sample_name} "
