@@ -40,6 +40,18 @@ _ESCAPED: dict[str, str] = {}
 _MAX_ESCAPED = 200_000
 
 
+class LabelSet(dict[str, str]):
+    """The labels of samples in several families (a VM's, say): written out by the first
+    sample written, then by every other as that text (a third of the cost of a sample).
+    Not to be changed once written."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        super().__init__(labels)
+        self.text: str | None = None  # the labels as written between the braces
+
+
 def write(families: Iterable[Metric]) -> str:
     """``families`` in the text format, byte for byte as ``generate_latest`` writes them."""
     out: list[str] = []
@@ -74,7 +86,9 @@ def _write_family(
                 return False
             checked_names.add(sample_name)
         labels = sample.labels
-        if labels:
+        if type(labels) is LabelSet and labels.text is not None:
+            head = f"{sample_name}{{{labels.text}}} "
+        elif labels:
             keys = tuple(labels)
             order = orders.get(keys)
             if order is None:
@@ -93,7 +107,10 @@ def _write_family(
                             text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
                         )
                     written.append(f'{prefix}{done}"')
-            head = f"{sample_name}{{{','.join(written)}}} "
+            joined = ",".join(written)
+            if type(labels) is LabelSet:
+                labels.text = joined
+            head = f"{sample_name}{{{joined}}} "
         else:
             head = f"{sample_name} "
         value: float = sample.value

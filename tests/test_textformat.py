@@ -16,9 +16,10 @@ from prometheus_client.core import (
     StateSetMetricFamily,
     SummaryMetricFamily,
 )
+from prometheus_client.samples import Sample
 
 from exporter import textformat
-from exporter.textformat import _Families
+from exporter.textformat import LabelSet, _Families
 
 #: Names the text format takes as they are, and some it escapes (handed to prometheus_client).
 names = st.one_of(
@@ -95,6 +96,35 @@ def test_any_families_are_written_as_prometheus_client_writes_them(
     written: list[Metric],
 ) -> None:
     assert textformat.write(written) == reference(written)
+
+
+@st.composite
+def sharing_labels(draw: st.DrawFn) -> list[Metric]:
+    """Gauges whose samples share a few label sets, across families and within one, as a
+    VM's series do."""
+    keys = draw(st.lists(label_names, max_size=3, unique=True))
+    values = st.lists(label_values, min_size=len(keys), max_size=len(keys))
+    shared = [
+        LabelSet(dict(zip(keys, draw(values), strict=True))) for _ in range(draw(st.integers(1, 3)))
+    ]
+    written: list[Metric] = []
+    for _ in range(draw(st.integers(1, 4))):
+        family = GaugeMetricFamily(draw(names), draw(helps), labels=keys)
+        for _ in range(draw(st.integers(0, 4))):
+            family.samples.append(Sample(family.name, draw(st.sampled_from(shared)), draw(numbers)))
+        written.append(family)
+    return written
+
+
+@settings(max_examples=200, deadline=None)
+@given(sharing_labels())
+def test_labels_shared_by_families_are_written_as_prometheus_client_writes_them(
+    written: list[Metric],
+) -> None:
+    expected = reference(written)
+    # A family at a time, as the exposition writes them, the labels' text kept between calls.
+    assert "".join(textformat.write([family]) for family in written) == expected
+    assert textformat.write(written) == expected  # again, every label set's text kept
 
 
 def test_a_histogram_and_a_counter_with_its_created_time_go_to_prometheus_client() -> None:
