@@ -76,10 +76,17 @@ class _Before20(Aggregator):
     backup (no restore points, oldest, consistency, size), no never-expiring or VM-less tally.
     For this benchmark only: the reference that issue 20's tallies are measured against."""
 
-    def count(self, *values: Any, **named: Any) -> None:
-        """:meth:`Aggregator.count`'s arguments: its values, then whether the name was cut."""
-        state, created, size, cluster_name, vm_id, _, _, *rest = values
-        cut = rest[0] if rest else named.get("cut", False)
+    def count(
+        self,
+        state: str,
+        created: float,
+        size: int,
+        cluster_name: str,
+        vm_id: str,
+        consistency: int,
+        never_expires: bool,
+        cut: bool = False,
+    ) -> None:
         tally = self._clusters.get(cluster_name)
         if tally is None:
             tally = self._clusters[cluster_name] = _ClusterTally(cluster_name)
