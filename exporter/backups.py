@@ -176,8 +176,9 @@ class Aggregator:
         (:func:`read_backup`), :class:`~exporter.model.DecodeError` past
         :data:`MAX_DESTINATIONS` or :data:`MAX_VMS_WITH_BACKUPS`: the whole listing is in doubt.
         """
-        values = read_backup(backup)
-        cut = values.destination not in self._clusters and place_of(backup).cut
+        place = place_of(backup)
+        values = read_backup(backup, place)
+        cut = values.destination not in self._clusters and place.cut
         self.count(*values, cut)
 
     def count(
@@ -293,9 +294,9 @@ class Aggregator:
         )
 
 
-def read_backup(backup: Mapping[str, object]) -> BackupValues:
-    """What the metrics need of one backup record; :class:`BackupRecordError` if it cannot be
-    placed.
+def read_backup(backup: Mapping[str, object], place: Place) -> BackupValues:
+    """What the metrics need of one backup record at ``place`` (:func:`place_of`, which its
+    callers keep too); :class:`BackupRecordError` if it cannot be placed.
 
     Missing values (absent, null, or the API's ``"NA"``) are odd, not wrong: a backup
     without a creation time is counted by its state but is never anyone's newest, one
@@ -330,7 +331,7 @@ def read_backup(backup: Mapping[str, object]) -> BackupValues:
         state if state in _KNOWN_STATES else OTHER_STATE,
         seconds,
         size,
-        place_of(backup).label,
+        place.label,
         text_field(backup, "virtual_machine_id"),
         code,
         backup.get("expiration_time") == MISSING,

@@ -88,7 +88,8 @@ def id_key(identifier: str) -> bytes:
 def read_record(backup: Mapping[str, object]) -> Record:
     """A backup record as a store keeps it; :class:`~exporter.backups.BackupRecordError` if it
     cannot be placed."""
-    values = read_backup(backup)
+    place = place_of(backup)
+    values = read_backup(backup, place)
     identifier = backup.get("id")
     if not isinstance(identifier, str) or not identifier:  # the page counter placed it by id
         raise BackupRecordError("a backup without an id")
@@ -111,7 +112,7 @@ def read_record(backup: Mapping[str, object]) -> Record:
         expiry,
         values.size,
         _STATE_CODE[values.state],
-        place_of(backup),
+        place,
         values.vm_id,
         values.consistency,
     )
