@@ -232,10 +232,9 @@ def repair(
     if oldest is None:
         raise Mismatch(f"{what}; no backup with a creation time held")
     timeline = store.timeline(filters)
-    low = _free(timeline, math.floor(oldest) - 1, -1)
-    high = _free(timeline, math.floor(max(now, store.newest_created())) + 1, 1)
-    assert low is not None  # no backup is older than the oldest
-    assert high is not None  # nor newer than the newest
+    # Free seconds: no backup held is older than the oldest, nor newer than the newest.
+    low = math.floor(oldest) - 1
+    high = math.floor(max(now, store.newest_created())) + 1
     inside, _, sample = timeline.census(low + 1, high + 1, high + 1, SAMPLES)
     held_low = 0  # backups held that match, created up to low
     if differs(low, 0):
@@ -274,17 +273,15 @@ def repair(
     store.replace_span(low, high + 1, again.records)
 
 
-def _free(
-    store: BackupStore | Timeline, second: int, step: int, limit: float | None = None
-) -> int | None:
+def _free(store: BackupStore | Timeline, second: int, step: int, limit: int) -> int | None:
     """The first second from ``second`` on (by ``step``), short of ``limit``, at which the
     store holds no backup; None if there is none. Looked for in ever wider windows: a large
     federation's backups may fill every second of many minutes."""
     width = 64
-    while limit is None or (second - limit) * step < 0:
+    while (second - limit) * step < 0:
         end = second + width * step
-        if limit is not None and (end - limit) * step > 0:
-            end = int(limit)
+        if (end - limit) * step > 0:
+            end = limit
         taken = store.taken(min(second, end), max(second, end) + 1)
         for candidate in range(second, end, step):
             if candidate not in taken:
