@@ -244,9 +244,9 @@ def repair(
     for _ in range(MAX_HALVINGS):
         if inside <= REPAIR_SPAN or high - low <= 2:
             break
-        # The middle of the backups held in the span (of a sample of them), not of its time:
-        # most backups are recent.
-        guess = math.floor(sorted(sample)[len(sample) // 2]) if sample else (low + high) // 2
+        # The middle of the backups held in the span (of a sample of them, in order), not of
+        # its time: most backups are recent.
+        guess = math.floor(sample[len(sample) // 2]) if sample else (low + high) // 2
         guess = min(max(guess, low + 1), high - 1)
         middle = _free(timeline, guess, 1, high) or _free(timeline, guess, -1, low) or guess
         total, below, sample = timeline.census(low + 1, high + 1, middle + 1, SAMPLES)
