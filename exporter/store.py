@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import itertools
 import math
 from array import array
 from collections import Counter
@@ -368,9 +367,7 @@ class BackupStore:
         return {int(c) for c in self._created if low <= c < high}
 
     def _matching(self, filters: Filters) -> Iterable[bool]:
-        """Whether each row matches the filters, as the controller's filters would."""
-        if not filters:
-            return itertools.repeat(True, len(self))
+        """Whether each row matches the filter (one), as the controller's would."""
         ((name, value),) = filters
         if name == "state":
             code = _STATE_CODE[value]
