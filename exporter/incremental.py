@@ -161,7 +161,7 @@ def cross_check(
     count: Count,
     read: Read,
     objects: Counter[str],
-) -> int:
+) -> None:
     """Step 4: every count of the controller equals the store's, or :class:`Mismatch`. The
     states and destinations the store does not hold are not asked for: when the total and
     those it holds agree, the others hold none.
@@ -169,7 +169,7 @@ def cross_check(
     A count that differs is first looked for (:func:`repair`): at most :data:`MAX_REPAIRS`
     times, each reading again the few backups of the span of creation times where it lies;
     then every figure of the store is compared again with the counts (each asked once per
-    poll). Returns how many repairs it took.
+    poll).
     """
     listed: dict[Filters, int] = {}
 
@@ -189,7 +189,7 @@ def cross_check(
             None,
         )
         if wrong is None:
-            return repairs
+            return
         what, filters, truth, held = wrong
         if repairs == MAX_REPAIRS:
             raise Mismatch(
@@ -197,7 +197,6 @@ def cross_check(
                 f"(after {repairs} repairs)"
             )
         repair(store, listing, filters, now, count, read, objects, f"{what}: {truth} != {held}")
-    raise AssertionError("unreachable")
 
 
 def repair(
