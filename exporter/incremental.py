@@ -227,13 +227,12 @@ def repair(
         objects[listing.key] += min(asked, 1)
         return asked != held_before
 
-    oldest = store.oldest_created()
-    if oldest is None:
-        raise Mismatch(f"{what}; no backup with a creation time held")
     timeline = store.timeline(filters)
+    bounds = timeline.bounds()
+    if bounds is None:
+        raise Mismatch(f"{what}; no backup with a creation time held")
     # Free seconds: no backup held is older than the oldest, nor newer than the newest.
-    low = math.floor(oldest) - 1
-    high = math.floor(max(now, store.newest_created())) + 1
+    low, high = math.floor(bounds[0]) - 1, math.floor(max(now, bounds[1])) + 1
     inside, _, sample = timeline.census(low + 1, high + 1, high + 1, SAMPLES)
     held_low = 0  # backups held that match, created up to low
     if differs(low, 0):

@@ -186,6 +186,11 @@ class Timeline:
         sample = list(self._matching[first:last:stride]) if stride else []
         return inside, below, sample
 
+    def bounds(self) -> tuple[float, float] | None:
+        """The oldest and newest creation times held; None if no backup has one."""
+        first = bisect.bisect_right(self._every, NO_TIME)
+        return (self._every[first], self._every[-1]) if first < len(self._every) else None
+
     def taken(self, low: float, high: float) -> set[int]:
         """The whole seconds in [low, high) at which any backup held was created."""
         first = bisect.bisect_left(self._every, low)
@@ -304,10 +309,6 @@ class BackupStore:
     def newest_created(self) -> float:
         """The newest creation time held (NO_TIME: none)."""
         return max(self._created, default=NO_TIME)
-
-    def oldest_created(self) -> float | None:
-        """The oldest creation time held (None: no backup has one)."""
-        return min((c for c in self._created if c != NO_TIME), default=None)
 
     def oldest_created_in(self, states: Iterable[str]) -> float | None:
         """The oldest creation time of a backup in one of ``states`` (None: no such backup)."""
