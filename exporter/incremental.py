@@ -234,7 +234,7 @@ def repair(
     # Free seconds: no backup held is older than the oldest, nor newer than the newest.
     low, high = math.floor(bounds[0]) - 1, math.floor(max(now, bounds[1])) + 1
     inside, _, sample = timeline.census(low + 1, high + 1, high + 1, SAMPLES)
-    held_low = 0  # backups held that match, created up to low
+    held_low = 0  # backups held that match, created up to low; inside: after it, up to high
     if differs(low, 0):
         raise Mismatch(f"{what}; the difference lies before every backup held")
     if not differs(high, inside):
@@ -247,12 +247,12 @@ def repair(
         guess = math.floor(sample[len(sample) // 2]) if sample else (low + high) // 2
         guess = min(max(guess, low + 1), high - 1)
         middle = _free(timeline, guess, 1, high) or _free(timeline, guess, -1, low) or guess
-        total, below, sample = timeline.census(low + 1, high + 1, middle + 1, SAMPLES)
+        _, below, sample = timeline.census(low + 1, high + 1, middle + 1, SAMPLES)
         if differs(middle, held_low + below):
             high, inside = middle, below
             sample = [c for c in sample if c < middle + 1]
         else:
-            low, inside, held_low = middle, total - below, held_low + below
+            low, inside, held_low = middle, inside - below, held_low + below
             sample = [c for c in sample if c >= middle + 1]
     else:
         raise Mismatch(f"{what}; not found within {MAX_HALVINGS} halvings")
