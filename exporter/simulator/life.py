@@ -17,8 +17,8 @@ from exporter.simulator.churn import Churn
 from exporter.simulator.federation import (
     Federation,
     backup_group,
+    kept_seconds,
     schedule_report,
-    steady_interval,
 )
 from exporter.simulator.inventory import (
     Host,
@@ -266,10 +266,7 @@ class FederationLife:
         rule, group = vm.policy.rules[r], self._group(vm, r)
         consistent, consistency = self._consistency(vm, rule)
         name = self._times.local(t, vm.cluster.offset)
-        keep = rule.retention * 60
-        if len(vm.held) == len(vm.policy.rules) and vm.held[r]:  # FederationSpec.steady
-            keep = vm.held[r] * steady_interval(rule)
-        expires = self._times.utc(t + keep)
+        expires = self._times.utc(t + kept_seconds(vm, r))
         row = _queued(self.rng, name, "POLICY", self._times.utc(t), expires, self._size(vm))
         row = (*row[:_CONSISTENT], consistent, consistency, group)
         self._new(row, rule.destination, "scheduled", (vm, rule.max_backups))
