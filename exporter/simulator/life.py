@@ -124,7 +124,7 @@ class FederationLife:
         self._generation: dict[str, int] = {}
         self._groups: dict[tuple[str, int], Row] = {}
         # VM id -> ids of its backups (renames and removals rewrite them)
-        self._of_vm: dict[str, list[str]] = {vm.id: [] for vm in self._vms}
+        self._of_vm: dict[str, list[str]] = {}
         for row in store.rows:
             self._of_vm.setdefault(row[_GROUP][_G_VM_ID], []).append(row[_ID])
         for vm in self._vms:
@@ -526,7 +526,6 @@ class FederationLife:
             created=self._now,
         )
         self._vms.append(vm)
-        self._of_vm[vm.id] = []
         self._vms_changed[vm.id] = vm
         self._schedule(vm, self._now)
         self._count("vm_created")
