@@ -234,8 +234,9 @@ def _line(row: dict[str, Any]) -> str:
 
 def parse_size(size: str) -> tuple[int, int]:
     """``100k/5000``: backups and VMs."""
-    backups, _, vms = size.partition("/")
-    return parse_sizes(backups)[0], int(vms or max(1, parse_sizes(backups)[0] // 20))
+    text, _, vms = size.partition("/")
+    (backups,) = parse_sizes(text)
+    return backups, int(vms or max(1, backups // 20))
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:

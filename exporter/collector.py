@@ -184,7 +184,8 @@ def _add_vms(vm: VMFamilies, controller: str, protection: Sequence[Judged]) -> N
     :class:`~exporter.textformat.LabelSet`, written out once for all of them."""
     for judged in protection:
         machine = judged.vm
-        labels = LabelSet({"controller": controller, "vm": machine.name, "vm_id": machine.vm_id})
+        names = (controller, machine.name, machine.vm_id)
+        labels = LabelSet(dict(zip(VM_LABELS, names, strict=True)))
         _add(vm.newest, labels, judged.newest_protected_anywhere or 0.0)
         about = (machine.cluster, machine.policy, machine.datastore, machine.host)
         vm.info.add_metric([*labels.values(), *about, machine.app_aware_status], 1.0)
@@ -197,7 +198,7 @@ def _add_vms(vm: VMFamilies, controller: str, protection: Sequence[Judged]) -> N
             _add(vm.interval, at[where], interval)
             _add(vm.destination_newest, at[where], judged.newest_protected_at(where) or 0.0)
         _add(vm.failed, labels, judged.newest_failed or 0.0)
-        vm.status.add_metric([controller, machine.name, machine.vm_id, judged.status], 1.0)
+        vm.status.add_metric([*labels.values(), judged.status], 1.0)
         _add_depth(vm, at, judged)
 
 
@@ -207,16 +208,15 @@ def _add(family: GaugeMetricFamily, labels: LabelSet, value: float) -> None:
 
 def _add_depth(vm: VMFamilies, at: dict[str, LabelSet], judged: Judged) -> None:
     held = judged.held  # a VM's series of issue 20, per destination
-    app, points, oldest, window = vm[9:]  # the last four families: issue 20's
     for where in judged.app_intervals:
         newest = found.newest_app_consistent if (found := held.get(where)) else None
-        _add(app, at[where], newest or 0.0)
+        _add(vm.app_consistent_newest, at[where], newest or 0.0)
     for where in judged.restore_destinations:
         found = held.get(where)
-        _add(points, at[where], found.restore_points if found else 0)
-        _add(oldest, at[where], (found.oldest_protected if found else None) or 0.0)
+        _add(vm.restore_points, at[where], found.restore_points if found else 0)
+        _add(vm.oldest_restore_point, at[where], (found.oldest_protected if found else None) or 0.0)
     for where, seconds in judged.recovery_windows.items():
-        _add(window, at[where], seconds)
+        _add(vm.recovery_window, at[where], seconds)
 
 
 def _add_inventory(

@@ -682,8 +682,8 @@ def _send(connection: _Connection) -> None:
     busy); on a TLS socket a piece at a time, one it could not finish offered again as it was.
     """
     sock, output = connection.sock, connection.output
+    tls = isinstance(sock, ssl.SSLSocket)
     while output:
-        tls = isinstance(sock, ssl.SSLSocket)
         sent = sock.send(output[0][:_WRITE_SIZE]) if tls else sock.sendmsg(output[:_WRITE_CHUNKS])
         while output and sent >= len(output[0]):
             sent -= len(output.pop(0))

@@ -378,9 +378,6 @@ class VMProtection:
         """Its backups by destination: restore points, the oldest, consistency."""
         return {} if self.backups is None else self.backups.held
 
-    def held_at(self, destination: str) -> HeldBackups | None:
-        return self.held.get(destination)
-
     @property
     def restore_destinations(self) -> tuple[str, ...]:
         """Every destination of its policy and every destination where it has PROTECTED backups,

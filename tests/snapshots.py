@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any, Self
 
 from exporter.backups import BACKUPS, Aggregator
+from exporter.exposition import Exposition
 from exporter.inventory import INVENTORY_LISTINGS, VERSION, InventoryRead
 from exporter.model import (
     REASONS,
@@ -29,6 +30,11 @@ from exporter.scan import Pace
 #: The clock of the tests that judge snapshots, and the units their ages are written in.
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
 HOUR, DAY = 3600, 86400
+
+
+def rendered(exposition: Exposition, *, gzipped: bool = False) -> bytes:
+    """The text (or its gzip) a scrape gets: the exposition's chunks, joined."""
+    return b"".join(exposition.render(gzipped=gzipped))
 
 
 class NoPollLimits:

@@ -36,7 +36,7 @@ from exporter.model import (
     VMBackups,
 )
 from exporter.protection import PROTECTION_STATUSES
-from tests.snapshots import host_record, judged, policy_record, polled, rule, vm_record
+from tests.snapshots import host_record, judged, policy_record, polled, rendered, rule, vm_record
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 NOW = 1_709_500_000.0  # 2024-03-03T21:06:40Z
@@ -159,9 +159,7 @@ def boston(**changes: object) -> ControllerStatus:
 def render(statuses: list[ControllerStatus], state: ExporterState = STATE) -> str:
     backups = BackupCollector(lambda: statuses, lambda: state, clock=lambda: NOW)
     registry = CollectorRegistry(auto_describe=False)
-    return b"".join(
-        Exposition(registry, lambda: 0, backups=backups, clock=lambda: NOW).render()
-    ).decode()
+    return rendered(Exposition(registry, lambda: 0, backups=backups, clock=lambda: NOW)).decode()
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -240,13 +238,9 @@ def test_ages_are_computed_at_scrape_time_not_poll_time() -> None:
     registry = CollectorRegistry(auto_describe=False)
     exposition = Exposition(registry, lambda: 0, backups=backups, clock=lambda: now[0])
     cluster = {"controller": "boston", "omnistack_cluster": "Boston DC"}
-    first = value(
-        b"".join(exposition.render()).decode(), "simplivity_backup_newest_age_seconds", **cluster
-    )
+    first = value(rendered(exposition).decode(), "simplivity_backup_newest_age_seconds", **cluster)
     now[0] += 120
-    later = value(
-        b"".join(exposition.render()).decode(), "simplivity_backup_newest_age_seconds", **cluster
-    )
+    later = value(rendered(exposition).decode(), "simplivity_backup_newest_age_seconds", **cluster)
     assert later - first == 120
 
 

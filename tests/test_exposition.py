@@ -35,6 +35,7 @@ from tests.snapshots import (
     judged,
     policy_record,
     polled,
+    rendered,
     rule,
     vm_record,
 )
@@ -217,16 +218,16 @@ def test_the_gzip_is_one_member_whose_unchanged_parts_are_compressed_once(
     exposition = Exposition(
         CollectorRegistry(auto_describe=False), lambda: 0, clock=lambda: now[0], backups=collector
     )
-    first = b"".join(exposition.render(gzipped=True))
-    assert one_gzip_member(first) == b"".join(exposition.render())
+    first = rendered(exposition, gzipped=True)
+    assert one_gzip_member(first) == rendered(exposition)
     first_bytes = sum(compressed)
     compressed.clear()
     now[0] += 90  # a later second: the ages change, the other lines are those of the snapshot
-    later = b"".join(exposition.render(gzipped=True))
+    later = rendered(exposition, gzipped=True)
     # Only the ages and the few series written at every render were compressed again.
     assert 0 < sum(compressed) < first_bytes / 3
-    assert one_gzip_member(later) == b"".join(exposition.render()) != one_gzip_member(first)
-    assert gzip.decompress(later) == b"".join(exposition.render())
+    assert one_gzip_member(later) == rendered(exposition) != one_gzip_member(first)
+    assert gzip.decompress(later) == rendered(exposition)
 
 
 class HeldExposition:
@@ -245,7 +246,7 @@ class HeldExposition:
             clock=lambda: self.now,
             backups=collector,
         )
-        self.first = b"".join(self.exposition.render())
+        self.first = rendered(self.exposition)
 
     def _read_statuses(self) -> list[ControllerStatus]:
         if self.now > NOW or self.generation:
@@ -260,14 +261,14 @@ def test_a_new_snapshot_is_written_by_its_poll_no_scrape_waits_for_it() -> None:
     held = HeldExposition()
     held.statuses[0] = status("boston", federation(vms=11))
     held.generation = 1
-    assert b"".join(held.exposition.render()) == held.first  # served at once, not after a writer
+    assert rendered(held.exposition) == held.first  # served at once, not after a writer
     poll = threading.Thread(target=held.exposition.refresh)
     poll.start()
     assert held.writing.wait(10)
-    assert b"".join(held.exposition.render()) == held.first
+    assert rendered(held.exposition) == held.first
     held.go_on.set()
     poll.join(10)
-    newer = b"".join(held.exposition.render())
+    newer = rendered(held.exposition)
     snapshot = held.statuses[0].snapshot
     assert snapshot is not None
     assert vm_info_lines(newer) == len(snapshot.protection) != vm_info_lines(held.first)
@@ -281,11 +282,11 @@ def test_the_next_second_is_written_in_the_background_no_scrape_waits_for_it() -
     held = HeldExposition()
     held.now = NOW + 1
     # The text of the second before is served at once, while the new one is being written.
-    assert b"".join(held.exposition.render()) == held.first
+    assert rendered(held.exposition) == held.first
     assert held.writing.wait(10)
-    assert b"".join(held.exposition.render()) == held.first
+    assert rendered(held.exposition) == held.first
     held.go_on.set()
-    newer = wait_until(lambda: (text := b"".join(held.exposition.render())) != held.first and text)
+    newer = wait_until(lambda: (text := rendered(held.exposition)) != held.first and text)
     assert b"simplivity_backup_newest_age_seconds" in newer
 
 
@@ -293,7 +294,7 @@ def test_a_text_more_than_a_second_behind_is_never_served() -> None:
     held = HeldExposition()
     held.go_on.set()
     held.now = NOW + 2
-    later = b"".join(held.exposition.render())  # written before answering
+    later = rendered(held.exposition)  # written before answering
     assert later != held.first
     ages = [
         [
@@ -315,7 +316,7 @@ def test_the_first_poll_writes_the_text_before_any_scrape(written: list[str]) ->
     )
     exposition.refresh()  # what the first poll does, in its thread
     assert written == ["boston"]
-    assert b"simplivity_vm_info{" in b"".join(exposition.render())
+    assert b"simplivity_vm_info{" in rendered(exposition)
     assert written == ["boston"]  # the scrape found it written
 
 
@@ -326,15 +327,15 @@ def test_a_closed_exposition_serves_its_last_text_and_keeps_no_thread() -> None:
     held.go_on.set()
     before = set(threading.enumerate())
     held.now = NOW + 1  # a new second: its text is written in the background
-    b"".join(held.exposition.render())
-    second = wait_until(lambda: (text := b"".join(held.exposition.render())) != held.first and text)
+    rendered(held.exposition)
+    second = wait_until(lambda: (text := rendered(held.exposition)) != held.first and text)
     started = set(threading.enumerate()) - before
     assert started
     assert all(thread.name.startswith("exposition") for thread in started)
     held.exposition.close()
     wait_until(lambda: not any(thread.is_alive() for thread in started))
     held.now = NOW + 2
-    assert b"".join(held.exposition.render()) == second  # nothing to write it now: the last text
+    assert rendered(held.exposition) == second  # nothing to write it now: the last text
 
 
 def test_vms_written_a_batch_at_a_time_give_the_same_text(

@@ -46,7 +46,7 @@ from exporter.model import (
 )
 from exporter.poller import ControllerPoller, connect
 from exporter.scan import Scanner
-from tests.snapshots import judged
+from tests.snapshots import judged, rendered
 from tests.test_config import CONFIG_KEYS
 
 SETTINGS = settings(
@@ -476,7 +476,7 @@ def render(snapshot: ControllerSnapshot) -> str:
     state = ExporterState(interval_seconds=300, stale_after_seconds=1800)
     backups = BackupCollector(lambda: [status], lambda: state)
     registry = CollectorRegistry(auto_describe=False)
-    return b"".join(Exposition(registry, lambda: 0, backups=backups).render()).decode()
+    return rendered(Exposition(registry, lambda: 0, backups=backups)).decode()
 
 
 def label_sets(text: str, family: str) -> list[dict[str, str]]:

@@ -35,11 +35,7 @@ EXPIRING = 24 * 3600 - 1800
 
 
 #: Every rate of the simulator's churn at 0: one kind at a time is turned on.
-def with_rates(churn: Churn, rates: dict[str, Any]) -> Churn:
-    return replace(churn, **rates)
-
-
-STILL = with_rates(Churn(scheduled=False), dict.fromkeys(Churn.RATES, 0.0))
+STILL = Churn(scheduled=False).with_rates(dict.fromkeys(Churn.RATES, 0.0))
 Series = set[tuple[str, tuple[tuple[str, str], ...], float]]
 
 
@@ -175,7 +171,7 @@ def test_full_scans_in_the_decoding_worker_hand_their_store_to_the_next_polls(
 def test_each_kind_of_change_alone_stays_exact(
     start: Callable[..., SimulatedController], clock: ManualClock, rate: str
 ) -> None:
-    simulator = start(with_rates(STILL, {rate: 40.0}))
+    simulator = start(STILL.with_rates({rate: 40.0}))
     with Pair(simulator, clock) as pair:
         pair.run(14)
     assert simulator.changes().get(Churn.RATES[rate], 0) > 0
@@ -515,7 +511,7 @@ def test_random_sequences_of_changes_stay_exact(
     steps: list[int],
     seed: int,
 ) -> None:
-    simulator = start(with_rates(Churn(), rates), vms=60, seed=seed)
+    simulator = start(Churn().with_rates(rates), vms=60, seed=seed)
     with Pair(simulator, clock) as pair:
         pair.poll()
         for step in steps:

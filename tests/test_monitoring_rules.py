@@ -29,6 +29,7 @@ from exporter.exposition import Exposition
 from exporter.model import ControllerStatus
 from tests import snapshots
 from tests.promtool import promtool
+from tests.snapshots import rendered
 from tools import monitoring as monitoring_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -562,7 +563,7 @@ def _exported(version: str) -> str:
     backups = BackupCollector(lambda: [status], lambda: state, clock=lambda: NOW_EXPORTED)
     registry = CollectorRegistry(auto_describe=False)
     exposition = Exposition(registry, lambda: 0, backups=backups, clock=lambda: NOW_EXPORTED)
-    return b"".join(exposition.render()).decode()
+    return rendered(exposition).decode()
 
 
 NOW_EXPORTED = 1_700_000_000.0

@@ -46,6 +46,7 @@ from tests.snapshots import (
     cluster_record,
     host_record,
     policy_record,
+    rendered,
     rule,
     vm_record,
 )
@@ -344,11 +345,11 @@ def test_the_text_of_a_new_snapshot_is_written_by_the_poll_not_by_the_next_scrap
         backups=BackupCollector(statuses, lambda: state, clock=lambda: 1000.0),
     )
     poller.subscribe(exposition.refresh)
-    assert b"simplivity_backups{" not in b"".join(exposition.render())  # scraped before any poll
+    assert b"simplivity_backups{" not in rendered(exposition)  # scraped before any poll
     poller.poll_all_once()
     written = len(reads)
     assert written == 3  # once for the first scrape, twice by the poll (snapshot, text)
-    text = b"".join(exposition.render())
+    text = rendered(exposition)
     assert len(reads) == written  # the scrape found the text written
     assert b'simplivity_backups{controller="boston"' in text
 

@@ -277,7 +277,7 @@ def test_restore_points_and_the_oldest_per_destination() -> None:
     )
     (vm,) = snapshot.protection
     assert vm.restore_destinations == ("Boston", "DR", "StoreOnce")
-    boston, dr = vm.held_at("Boston"), vm.held_at("DR")
+    boston, dr = vm.held.get("Boston"), vm.held.get("DR")
     assert boston is not None
     assert dr is not None
     assert (boston.restore_points, boston.oldest_protected) == (5, NOW - 2 * HOUR - 4 * DAY)

@@ -25,6 +25,7 @@ from exporter.simulator.federation import generate_federation
 from exporter.simulator.listing import Collection
 from exporter.simulator.store import GENERATED, Store, parse_query
 from tests.live_exporter import controller_config, fast_retries
+from tests.test_simulator import login
 
 Json = dict[str, Any]
 HOUR = 3600
@@ -54,18 +55,7 @@ class Client:
     def __init__(self, controller: SimulatedController) -> None:
         self.controller = controller
         self.session = requests.Session()
-        answer = self.session.post(
-            controller.url + "/api/oauth/token",
-            auth=("simplivity", ""),
-            data={
-                "grant_type": "password",
-                "username": controller.username,
-                "password": controller.password,
-            },
-            timeout=10,
-        )
-        answer.raise_for_status()
-        self.session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+        self.session.headers["Authorization"] = f"Bearer {login(controller, self.session)}"
 
     def get(self, path: str, **params: object) -> Json:
         answer = self.session.get(self.controller.url + path, params=params, timeout=30)  # type: ignore[arg-type]

@@ -144,12 +144,23 @@ def _vm_backups(
     failed_share, manual_share = spec.failed_share, spec.manual_share
     cluster = vm.cluster
     offset = cluster.offset
+    role = vm.role
+    slots, oldest = _slots(vm)
+    # past its expiration at generation: a day more, or (steady) the next minute
+    late = DAY
+    if spec.steady and role == "regular" and vm.state == "ALIVE":
+        late = 60
+        slots = list(slots)
+        held = [0] * len(vm.policy.rules)
+        for _, r, _ in slots:
+            held[r] += 1
+        vm.held = tuple(held)
     # per rule: seconds its backups are kept, whether they are copies sent to another cluster,
     # the values its backups share, and its destination's name
     per_rule = []
-    for rule in vm.policy.rules:
+    for r, rule in enumerate(vm.policy.rules):
         group = backup_group(vm, rule.destination, clusters)
-        per_rule.append((rule.retention * 60, rule.destination.kind == "cluster", group))
+        per_rule.append((kept_seconds(vm, r), rule.destination.kind == "cluster", group))
     vm.groups = tuple(group for _, _, group in per_rule)
     base_size = rng.randint(4, 400) * 1024**3
     spread = base_size >> 6
@@ -160,28 +171,11 @@ def _vm_backups(
         consistency_of = "VSS" if cluster.hypervisor == "HYPERV" else "DEFAULT"
     else:
         consistency_of = ""
-    role = vm.role
     special = role in ("failing", "all-states", "last-failed")
     heads = [(0, "")] * len(per_rule)  # per rule: (created, state) of its newest backup
     kept = [0] * len(per_rule)  # per rule: its PROTECTED backups
     app_newest: dict[str, int] = {}  # destination -> its newest application-consistent one
     jitter = min(240, min(rule.frequency for rule in vm.policy.rules) * 30)
-    slots, oldest = _slots(vm)
-    # past its expiration at generation: a day more, or (steady) the next minute
-    late = DAY
-    if spec.steady and role == "regular" and vm.state == "ALIVE":
-        late = 60
-        slots = list(slots)
-        held = [0] * len(per_rule)
-        for _, r, _ in slots:
-            held[r] += 1
-        vm.held = tuple(held)
-        per_rule = [
-            (held[r] * steady_interval(rule), copied, group)
-            for r, (rule, (_, copied, group)) in enumerate(
-                zip(vm.policy.rules, per_rule, strict=True)
-            )
-        ]
     rows: list[Row] = []
     append = rows.append
     for slot, r, j in slots:
@@ -292,9 +286,13 @@ def _first_protected(rows: list[Row], group: Row) -> int:
     return 0
 
 
-def steady_interval(rule: Rule) -> int:
-    """The seconds between two of a rule's backups, on average (FederationSpec.steady)."""
-    return round(DAY / rule.per_day())
+def kept_seconds(vm: VmPlan, r: int) -> int:
+    """How long the VM's backups by rule ``r`` are kept: under FederationSpec.steady as many
+    of the rule's intervals (on average) as the VM holds of them, else the rule's retention."""
+    rule = vm.policy.rules[r]
+    if len(vm.held) == len(vm.policy.rules) and vm.held[r]:
+        return vm.held[r] * round(DAY / rule.per_day())
+    return rule.retention * 60
 
 
 def backup_group(vm: VmPlan, target: Destination, clusters: Mapping[str, Cluster]) -> Row:

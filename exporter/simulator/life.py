@@ -17,8 +17,8 @@ from exporter.simulator.churn import Churn
 from exporter.simulator.federation import (
     Federation,
     backup_group,
+    kept_seconds,
     schedule_report,
-    steady_interval,
 )
 from exporter.simulator.inventory import (
     Host,
@@ -124,7 +124,7 @@ class FederationLife:
         self._generation: dict[str, int] = {}
         self._groups: dict[tuple[str, int], Row] = {}
         # VM id -> ids of its backups (renames and removals rewrite them)
-        self._of_vm: dict[str, list[str]] = {vm.id: [] for vm in self._vms}
+        self._of_vm: dict[str, list[str]] = {}
         for row in store.rows:
             self._of_vm.setdefault(row[_GROUP][_G_VM_ID], []).append(row[_ID])
         for vm in self._vms:
@@ -266,10 +266,7 @@ class FederationLife:
         rule, group = vm.policy.rules[r], self._group(vm, r)
         consistent, consistency = self._consistency(vm, rule)
         name = self._times.local(t, vm.cluster.offset)
-        keep = rule.retention * 60
-        if len(vm.held) == len(vm.policy.rules) and vm.held[r]:  # FederationSpec.steady
-            keep = vm.held[r] * steady_interval(rule)
-        expires = self._times.utc(t + keep)
+        expires = self._times.utc(t + kept_seconds(vm, r))
         row = _queued(self.rng, name, "POLICY", self._times.utc(t), expires, self._size(vm))
         row = (*row[:_CONSISTENT], consistent, consistency, group)
         self._new(row, rule.destination, "scheduled", (vm, rule.max_backups))
@@ -529,7 +526,6 @@ class FederationLife:
             created=self._now,
         )
         self._vms.append(vm)
-        self._of_vm[vm.id] = []
         self._vms_changed[vm.id] = vm
         self._schedule(vm, self._now)
         self._count("vm_created")
