@@ -10,11 +10,10 @@ in this process (:class:`LocalBackupScan`) or in the decoding worker (:mod:`expo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, TypeGuard
+from typing import NamedTuple
 
 from exporter.model import (
     APP_CONSISTENT_TYPES,
-    MAX_LABEL_LENGTH,
     MISSING,
     OTHER_STATE,
     STATES,
@@ -177,8 +176,9 @@ class Aggregator:
         (:func:`read_backup`), :class:`~exporter.model.DecodeError` past
         :data:`MAX_DESTINATIONS` or :data:`MAX_VMS_WITH_BACKUPS`: the whole listing is in doubt.
         """
-        values = read_backup(backup)
-        cut = values.destination not in self._clusters and place_of(backup).cut
+        place = place_of(backup)
+        values = read_backup(backup, place)
+        cut = values.destination not in self._clusters and place.cut
         self.count(*values, cut)
 
     def count(
@@ -294,9 +294,9 @@ class Aggregator:
         )
 
 
-def read_backup(backup: Mapping[str, object]) -> BackupValues:
-    """What the metrics need of one backup record; :class:`BackupRecordError` if it cannot be
-    placed.
+def read_backup(backup: Mapping[str, object], place: Place) -> BackupValues:
+    """What the metrics need of one backup record at ``place`` (:func:`place_of`, which its
+    callers keep too); :class:`BackupRecordError` if it cannot be placed.
 
     Missing values (absent, null, or the API's ``"NA"``) are odd, not wrong: a backup
     without a creation time is counted by its state but is never anyone's newest, one
@@ -327,16 +327,12 @@ def read_backup(backup: Mapping[str, object]) -> BackupValues:
     size = backup.get("size")
     if type(size) is not int or not 0 <= size <= _MAX_SIZE:
         size = _size(backup)
-    destination = place_of(backup).label
-    vm_id = backup.get("virtual_machine_id")
-    if not _is_label(vm_id):
-        vm_id = text_field(backup, "virtual_machine_id")
     return BackupValues(
         state if state in _KNOWN_STATES else OTHER_STATE,
         seconds,
         size,
-        destination,
-        vm_id,
+        place.label,
+        text_field(backup, "virtual_machine_id"),
         code,
         backup.get("expiration_time") == MISSING,
     )
@@ -389,18 +385,6 @@ def destination_of(backup: Mapping[str, object]) -> str:
     """The ``omnistack_cluster`` label of a backup: its cluster, else its external store."""
     return (  # the order of _CLUSTER_FIELDS
         text_field(backup, CLUSTER_FILTER) or text_field(backup, STORE_FILTER) or UNKNOWN_CLUSTER
-    )
-
-
-def _is_label(value: object) -> TypeGuard[str]:
-    """Whether a value is a text that is its own label value (:func:`text_field` would give it
-    back as it is): not empty, not the API's "NA", ASCII and not too long."""
-    return (
-        type(value) is str
-        and value != ""
-        and value != MISSING
-        and value.isascii()
-        and len(value) <= MAX_LABEL_LENGTH
     )
 
 

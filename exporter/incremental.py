@@ -161,7 +161,7 @@ def cross_check(
     count: Count,
     read: Read,
     objects: Counter[str],
-) -> int:
+) -> None:
     """Step 4: every count of the controller equals the store's, or :class:`Mismatch`. The
     states and destinations the store does not hold are not asked for: when the total and
     those it holds agree, the others hold none.
@@ -169,7 +169,7 @@ def cross_check(
     A count that differs is first looked for (:func:`repair`): at most :data:`MAX_REPAIRS`
     times, each reading again the few backups of the span of creation times where it lies;
     then every figure of the store is compared again with the counts (each asked once per
-    poll). Returns how many repairs it took.
+    poll).
     """
     listed: dict[Filters, int] = {}
 
@@ -189,7 +189,7 @@ def cross_check(
             None,
         )
         if wrong is None:
-            return repairs
+            return
         what, filters, truth, held = wrong
         if repairs == MAX_REPAIRS:
             raise Mismatch(
@@ -197,7 +197,6 @@ def cross_check(
                 f"(after {repairs} repairs)"
             )
         repair(store, listing, filters, now, count, read, objects, f"{what}: {truth} != {held}")
-    raise AssertionError("unreachable")
 
 
 def repair(
@@ -228,16 +227,14 @@ def repair(
         objects[listing.key] += min(asked, 1)
         return asked != held_before
 
-    oldest = store.oldest_created()
-    if oldest is None:
-        raise Mismatch(f"{what}; no backup with a creation time held")
     timeline = store.timeline(filters)
-    low = _free(timeline, math.floor(oldest) - 1, -1)
-    high = _free(timeline, math.floor(max(now, store.newest_created())) + 1, 1)
-    assert low is not None  # no backup is older than the oldest
-    assert high is not None  # nor newer than the newest
+    bounds = timeline.bounds()
+    if bounds is None:
+        raise Mismatch(f"{what}; no backup with a creation time held")
+    # Free seconds: no backup held is older than the oldest, nor newer than the newest.
+    low, high = math.floor(bounds[0]) - 1, math.floor(max(now, bounds[1])) + 1
     inside, _, sample = timeline.census(low + 1, high + 1, high + 1, SAMPLES)
-    held_low = 0  # backups held that match, created up to low
+    held_low = 0  # backups held that match, created up to low; inside: after it, up to high
     if differs(low, 0):
         raise Mismatch(f"{what}; the difference lies before every backup held")
     if not differs(high, inside):
@@ -245,17 +242,17 @@ def repair(
     for _ in range(MAX_HALVINGS):
         if inside <= REPAIR_SPAN or high - low <= 2:
             break
-        # The middle of the backups held in the span (of a sample of them), not of its time:
-        # most backups are recent.
-        guess = math.floor(sorted(sample)[len(sample) // 2]) if sample else (low + high) // 2
+        # The middle of the backups held in the span (of a sample of them, in order), not of
+        # its time: most backups are recent.
+        guess = math.floor(sample[len(sample) // 2]) if sample else (low + high) // 2
         guess = min(max(guess, low + 1), high - 1)
         middle = _free(timeline, guess, 1, high) or _free(timeline, guess, -1, low) or guess
-        total, below, sample = timeline.census(low + 1, high + 1, middle + 1, SAMPLES)
+        _, below, sample = timeline.census(low + 1, high + 1, middle + 1, SAMPLES)
         if differs(middle, held_low + below):
             high, inside = middle, below
             sample = [c for c in sample if c < middle + 1]
         else:
-            low, inside, held_low = middle, total - below, held_low + below
+            low, inside, held_low = middle, inside - below, held_low + below
             sample = [c for c in sample if c >= middle + 1]
     else:
         raise Mismatch(f"{what}; not found within {MAX_HALVINGS} halvings")
@@ -274,17 +271,15 @@ def repair(
     store.replace_span(low, high + 1, again.records)
 
 
-def _free(
-    store: BackupStore | Timeline, second: int, step: int, limit: float | None = None
-) -> int | None:
+def _free(store: BackupStore | Timeline, second: int, step: int, limit: int) -> int | None:
     """The first second from ``second`` on (by ``step``), short of ``limit``, at which the
     store holds no backup; None if there is none. Looked for in ever wider windows: a large
     federation's backups may fill every second of many minutes."""
     width = 64
-    while limit is None or (second - limit) * step < 0:
+    while (second - limit) * step < 0:
         end = second + width * step
-        if limit is not None and (end - limit) * step > 0:
-            end = int(limit)
+        if (end - limit) * step > 0:
+            end = limit
         taken = store.taken(min(second, end), max(second, end) + 1)
         for candidate in range(second, end, step):
             if candidate not in taken:

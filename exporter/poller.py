@@ -430,8 +430,8 @@ class ControllerPoller:
             snapshot = scan.snapshot()
             if unreadable.records:
                 self._no_store = "unreadable"  # a store without them would never add up
-            elif self.poll_config.full_scan_interval_seconds > 0:
-                store = scan.take_store()
+            else:
+                store = scan.take_store()  # None if the scan was opened not to keep one
         finally:
             scan.close()
         self._last_full_scan = now

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import itertools
 import math
 from array import array
 from collections import Counter
@@ -88,7 +87,8 @@ def id_key(identifier: str) -> bytes:
 def read_record(backup: Mapping[str, object]) -> Record:
     """A backup record as a store keeps it; :class:`~exporter.backups.BackupRecordError` if it
     cannot be placed."""
-    values = read_backup(backup)
+    place = place_of(backup)
+    values = read_backup(backup, place)
     identifier = backup.get("id")
     if not isinstance(identifier, str) or not identifier:  # the page counter placed it by id
         raise BackupRecordError("a backup without an id")
@@ -111,7 +111,7 @@ def read_record(backup: Mapping[str, object]) -> Record:
         expiry,
         values.size,
         _STATE_CODE[values.state],
-        place_of(backup),
+        place,
         values.vm_id,
         values.consistency,
     )
@@ -185,6 +185,11 @@ class Timeline:
         stride = max(1, inside // samples) if samples else 0
         sample = list(self._matching[first:last:stride]) if stride else []
         return inside, below, sample
+
+    def bounds(self) -> tuple[float, float] | None:
+        """The oldest and newest creation times held; None if no backup has one."""
+        first = bisect.bisect_right(self._every, NO_TIME)
+        return (self._every[first], self._every[-1]) if first < len(self._every) else None
 
     def taken(self, low: float, high: float) -> set[int]:
         """The whole seconds in [low, high) at which any backup held was created."""
@@ -305,10 +310,6 @@ class BackupStore:
         """The newest creation time held (NO_TIME: none)."""
         return max(self._created, default=NO_TIME)
 
-    def oldest_created(self) -> float | None:
-        """The oldest creation time held (None: no backup has one)."""
-        return min((c for c in self._created if c != NO_TIME), default=None)
-
     def oldest_created_in(self, states: Iterable[str]) -> float | None:
         """The oldest creation time of a backup in one of ``states`` (None: no such backup)."""
         codes = {_STATE_CODE[state] for state in states}
@@ -367,9 +368,7 @@ class BackupStore:
         return {int(c) for c in self._created if low <= c < high}
 
     def _matching(self, filters: Filters) -> Iterable[bool]:
-        """Whether each row matches the filters, as the controller's filters would."""
-        if not filters:
-            return itertools.repeat(True, len(self))
+        """Whether each row matches the filter (one), as the controller's would."""
         ((name, value),) = filters
         if name == "state":
             code = _STATE_CODE[value]
