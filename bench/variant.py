@@ -6,7 +6,7 @@ Each measure is replaced in the running process, as the exporter itself would ru
 so that the exporter needs no setting that exists only to be measured:
 
 - ``--no-worker``: pages are decoded and counted in the exporter's own process, its fallback
-  when the decoding worker cannot start (``LocalBackupScan``), without the warning.
+  when the decoding worker cannot start (``StoreScan``), without the warning.
 - ``--switch-interval S``: ``sys.setswitchinterval(S)`` instead of Python's default (0.005 s).
   The exporter used 0.001 until issue 19 measured it (docs/design.md, "Performance").
 - ``--whole-gzip``: the gzip of ``/metrics`` compressed whole (level 1) each time the text is

@@ -1,10 +1,11 @@
 """Backups in, summaries out: the backup listing and the pure aggregation behind every metric.
 
 A scan of :data:`BACKUPS` feeds backups to an :class:`Aggregator` one at a time, as the pages
-arrive, and keeps nothing per backup: memory follows the number of clusters and VMs, never the
-number of backups. :meth:`Aggregator.snapshot` then freezes the result into a
-:class:`~exporter.model.BackupSnapshot`. A :class:`BackupScan` is one such count, page by page:
-in this process (:class:`LocalBackupScan`) or in the decoding worker (:mod:`exporter.worker`).
+arrive: memory follows the number of clusters and VMs, never the number of backups.
+:meth:`Aggregator.snapshot` then freezes the result into a
+:class:`~exporter.model.BackupSnapshot`. A scan is one such count, page by page
+(:class:`~exporter.store.StoreScan`, which may also keep the backups for the next poll), in
+the decoding worker (:mod:`exporter.worker`) or, if it cannot start, in this process.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from exporter.model import (
     text_field,
     timestamp_seconds,
 )
-from exporter.pages import SORT_FIELD, Collection, PageCounter, PageOutcome
+from exporter.pages import Collection
 
 #: What a scan asks the API for (``fields=``): everything the metrics need and nothing more
 #: (a VM's name and state come from the inventory).
@@ -390,27 +391,6 @@ def destination_of(backup: Mapping[str, object]) -> str:
 
 def _optional(seconds: float) -> float | None:
     return None if seconds == NO_TIME else seconds
-
-
-class LocalBackupScan:
-    """A scan counted in this process, into an :class:`Aggregator`, keeping nothing per backup
-    (:class:`~exporter.store.StoreScan` keeps them)."""
-
-    def __init__(self) -> None:
-        self._aggregator = Aggregator()
-        self._counter = PageCounter(BACKUPS, self._aggregator.add)
-
-    def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
-        return self._counter.count(offset, body, order)
-
-    def snapshot(self) -> BackupSnapshot:
-        return self._aggregator.snapshot()
-
-    def take_store(self) -> None:
-        return None  # nothing kept: the next poll is a full scan
-
-    def close(self) -> None:
-        pass
 
 
 def _created(backup: Mapping[str, object]) -> float:

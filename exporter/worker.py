@@ -199,7 +199,7 @@ class DecodingWorker:
 
 
 class _WorkerScan:
-    """One scan counted in the child; what :class:`~exporter.backups.BackupScan` asks for.
+    """One scan counted in the child; what :class:`~exporter.store.BackupScan` asks for.
 
     With ``keep``, each page's answer carries the backups it added (a few columns' bytes,
     :class:`~exporter.store.Rows`), which go into this process's store as they come: the

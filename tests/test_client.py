@@ -13,7 +13,7 @@ import pytest
 import requests
 import trustme
 
-from exporter.backups import BACKUPS, FIELDS, Aggregator, LocalBackupScan
+from exporter.backups import BACKUPS, FIELDS, Aggregator
 from exporter.config import ControllerConfig, PollConfig, Secret, TLSConfig
 from exporter.model import (
     AuthError,
@@ -28,6 +28,7 @@ from exporter.pages import PageCounter
 from exporter.scan import Scanner
 from exporter.simplivity import SimplivityClient
 from exporter.simulator import FederationSpec, SimulatedController, generate_backups
+from exporter.store import StoreScan
 from tests.conftest import wait_until
 
 Start = Callable[..., SimulatedController]
@@ -110,7 +111,7 @@ def test_asks_only_for_the_fields_the_metrics_need(start_simulator: Start) -> No
 def test_aggregates_like_a_direct_count_of_the_federation(start_simulator: Start) -> None:
     backups = generate_backups(FederationSpec(), NOW)
     simulator = start_simulator(backups)
-    through_api = LocalBackupScan()
+    through_api = StoreScan(keep=False)
     reader_for(simulator, page_size=37).read(BACKUPS, through_api)
     direct = Aggregator()
     for backup in backups:
@@ -231,7 +232,7 @@ def test_malformed_answers_are_decode_errors(start_simulator: Start, kind: str) 
     simulator.faults.malformed = kind  # type: ignore[assignment]
     reader = reader_for(simulator, page_size=50)
     with pytest.raises(DecodeError) as caught:
-        reader.read(BACKUPS, LocalBackupScan())
+        reader.read(BACKUPS, StoreScan(keep=False))
     assert caught.value.reason == "decode"
 
 

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError, LocalBackupScan
+from exporter.backups import BACKUPS, FIELDS, Aggregator, BackupRecordError
 from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ConfigError, ControllerConfig, PollConfig, Secret, load_config
 from exporter.exposition import Exposition
@@ -46,6 +46,7 @@ from exporter.model import (
 )
 from exporter.poller import ControllerPoller, connect
 from exporter.scan import Scanner
+from exporter.store import StoreScan
 from tests.snapshots import judged, rendered
 from tests.test_config import CONFIG_KEYS
 
@@ -527,7 +528,7 @@ def test_a_listing_of_hostile_backups_is_counted_or_rejected_as_decode(
 
     page_server.serve(answer)
     client = client_for(page_server, page_size)
-    scan = LocalBackupScan()
+    scan = StoreScan(keep=False)
     try:
         client.read(BACKUPS, scan)
         snapshot: BackupSnapshot | None = scan.snapshot()

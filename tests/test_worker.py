@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from exporter.backups import BACKUPS, LocalBackupScan
+from exporter.backups import BACKUPS
 from exporter.config import ControllerConfig, PollConfig, Secret
 from exporter.model import DecodeError
 from exporter.pages import Collection, PageOutcome, PageSink
@@ -81,7 +81,7 @@ def test_counts_a_federation_exactly_as_this_process_does(
 ) -> None:
     simulator = start_simulator(FederationSpec(vms=300, backups_per_vm=7))
     client = client_for(simulator, page_size=97)
-    here, there = LocalBackupScan(), worker.open_scan()
+    here, there = StoreScan(keep=False), worker.open_scan()
     assert not isinstance(there, StoreScan)  # counted in the child, not here
     client.read(BACKUPS, here)
     client.read(BACKUPS, there)
@@ -112,7 +112,7 @@ def test_scans_of_several_controllers_share_the_worker_without_mixing(
     for thread in threads:
         thread.join(30)
     for index, simulator in enumerate(simulators):
-        expected = LocalBackupScan()
+        expected = StoreScan(keep=False)
         client_for(simulator, page_size=50).read(BACKUPS, expected)
         assert results[index] == expected.snapshot()
     assert worker.starts == 1
@@ -121,14 +121,14 @@ def test_scans_of_several_controllers_share_the_worker_without_mixing(
 def test_refuses_an_unreadable_page_with_the_words_of_this_process(worker: DecodingWorker) -> None:
     for body in (b'{"count": 1, "backups": [', page([backup(2), backup(1)])):
         with pytest.raises(DecodeError) as here:
-            LocalBackupScan().count(0, body)
+            StoreScan(keep=False).count(0, body)
         with pytest.raises(DecodeError) as there:
             worker.open_scan().count(0, body)
         assert str(there.value) == str(here.value)
         assert "/api/backups" in str(there.value)
     # An unreadable record is told back with the page's outcome, in the same words.
     odd = page([{**backup(1), "size": "12 bytes"}, "x", backup(2)])
-    assert worker.open_scan().count(0, odd) == LocalBackupScan().count(0, odd)
+    assert worker.open_scan().count(0, odd) == StoreScan(keep=False).count(0, odd)
     assert worker.open_scan().count(0, odd).problems == (
         "backup 'b00001': size must be a whole number of bytes, not '12 bytes'",
         "a string where a backup belongs, at position 1",
