@@ -105,18 +105,24 @@ _NO_OLDEST = float("inf")
 #: Bits of a backup's consistency code (:func:`consistency_code`): it says its consistency
 #: type, and that type is application-consistent.
 TYPED, APP_CONSISTENT = 1, 2
+_held_backups = tuple.__new__
+#: The code of each consistency_type that is not just TYPED.
+_CONSISTENCY_CODES = {
+    **dict.fromkeys(_UNSAID, 0),
+    **dict.fromkeys(APP_CONSISTENT_TYPES, TYPED | APP_CONSISTENT),
+}
 
 
 class _HeldTally:
     """A VM's backups at one destination (:class:`~exporter.model.HeldBackups`)."""
 
-    __slots__ = ("newest", "newest_app", "oldest", "others", "protected", "size", "typed")
+    __slots__ = ("codes", "newest", "newest_app", "oldest", "others", "protected", "size")
 
     def __init__(self) -> None:
         self.size = self.protected = self.others = 0  # others: not PROTECTED
         self.newest = self.newest_app = NO_TIME  # PROTECTED ones' created_at
         self.oldest = _NO_OLDEST
-        self.typed = False
+        self.codes = 0  # its backups' consistency codes, or-ed
 
 
 class _VMTally:
@@ -238,8 +244,7 @@ class Aggregator:
         if held is None:
             held = vm.held[destination] = _HeldTally()
         held.size += size
-        if consistency & TYPED:
-            held.typed = True
+        held.codes |= consistency
         if protected:
             held.protected += 1
             if created > held.newest:
@@ -268,30 +273,42 @@ class Aggregator:
             )
             for name, tally in sorted(self._clusters.items())
         )
-        vms = tuple(
-            VMBackups(
-                vm_id,
-                {where: h.newest for where, h in vm.held.items() if h.newest != NO_TIME},
-                _optional(vm.newest_failed),
-                vm.newest_state,
-                _optional(vm.newest_created),
-                vm.newest_destination,
-                {
-                    where: HeldBackups(
+        vms = []
+        for vm_id, vm in sorted(self._vms.items()):
+            newest: dict[str, float] = {}
+            held: dict[str, HeldBackups] = {}
+            for where, h in vm.held.items():
+                if h.newest != NO_TIME:
+                    newest[where] = h.newest
+                # The tuple made directly: HeldBackups(...) is a Python call, one per VM
+                # and destination at every poll.
+                held[where] = _held_backups(
+                    HeldBackups,
+                    (
                         h.protected + h.others,
                         h.size,
                         h.protected,
                         None if h.oldest == _NO_OLDEST else h.oldest,
                         _optional(h.newest_app),
-                        h.typed,
-                    )
-                    for where, h in vm.held.items()
-                },
+                        bool(h.codes & TYPED),
+                    ),
+                )
+            vms.append(
+                VMBackups(
+                    vm_id,
+                    newest,
+                    _optional(vm.newest_failed),
+                    vm.newest_state,
+                    _optional(vm.newest_created),
+                    vm.newest_destination,
+                    held,
+                )
             )
-            for vm_id, vm in sorted(self._vms.items())
-        )
         return BackupSnapshot(
-            clusters=clusters, vms=vms, backups_seen=self._seen, cut_labels=frozenset(self._cut)
+            clusters=clusters,
+            vms=tuple(vms),
+            backups_seen=self._seen,
+            cut_labels=frozenset(self._cut),
         )
 
 
@@ -314,12 +331,8 @@ def read_backup(backup: Mapping[str, object], place: Place) -> BackupValues:
         )
         raise BackupRecordError(f"backup {_describe(backup)}: state {what}")
     consistency = backup.get("consistency_type")
-    code = 0
-    if type(consistency) is str:  # not a text (absent, or odd): as if not said
-        if consistency not in _UNSAID:
-            code = TYPED
-        if consistency in APP_CONSISTENT_TYPES:
-            code |= APP_CONSISTENT
+    # Not a text (absent, or odd): as if not said; a text not documented: said, not VSS.
+    code = _CONSISTENCY_CODES.get(consistency, TYPED) if type(consistency) is str else 0
     # The usual values take the short way; anything else, the checks of the long one.
     created = backup.get("created_at")
     seconds = _SECONDS.get(created) if type(created) is str else None
