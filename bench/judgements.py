@@ -38,7 +38,7 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from unittest import mock
 
@@ -50,7 +50,6 @@ from exporter.model import (
     BackupSnapshot,
     ClusterSummary,
     ControllerSnapshot,
-    VMBackups,
 )
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.store import StoreScan
@@ -125,7 +124,7 @@ class _Before20(Aggregator):
             for name, t in sorted(self._clusters.items())
         )
         vms = tuple(
-            VMBackups(
+            _VMBefore20(
                 vm_id,
                 dict[str, float](vm.held),  # type: ignore[arg-type]  # floats here
                 _optional(vm.newest_failed),
@@ -135,7 +134,20 @@ class _Before20(Aggregator):
             )
             for vm_id, vm in sorted(self._vms.items())
         )
-        return BackupSnapshot(clusters, vms, self._seen, frozenset(self._cut))
+        return BackupSnapshot(clusters, vms, self._seen, frozenset(self._cut))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _VMBefore20:
+    """A VM's backups as the snapshot held them before issue 20: per destination, only the
+    newest PROTECTED one's time (the reference the hand-over is measured against)."""
+
+    vm_id: str
+    newest_protected: Mapping[str, float]
+    newest_failed: float | None
+    newest_state: str
+    newest_created: float | None
+    newest_destination: str
 
 
 def pages(backups: Sequence[Mapping[str, object]], fields: Sequence[str]) -> list[bytes]:
@@ -300,14 +312,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     judged = judge()
     with without_20_judgements():
         judged_without = judge()
-    snapshot_without = BackupSnapshot(
+    # What the worker would hand over without issue 20 (the same snapshot, but for its VMs).
+    snapshot_without = (
         snapshot.clusters,
-        tuple(replace(vm, held={}) for vm in snapshot.vms),
+        tuple(
+            _VMBefore20(
+                vm.vm_id,
+                vm.newest_protected,
+                vm.newest_failed,
+                vm.newest_state,
+                vm.newest_created,
+                vm.newest_destination,
+            )
+            for vm in snapshot.vms
+        ),
         snapshot.backups_seen,
         snapshot.cut_labels,
     )
 
-    def handover(of: BackupSnapshot) -> Callable[[], object]:
+    def handover(of: object) -> Callable[[], object]:
         return lambda: pickle.loads(pickle.dumps(of, pickle.HIGHEST_PROTOCOL))  # noqa: S301
 
     def judged_without_20() -> ControllerSnapshot:

@@ -275,11 +275,8 @@ class Aggregator:
         )
         vms = []
         for vm_id, vm in sorted(self._vms.items()):
-            newest: dict[str, float] = {}
             held: dict[str, HeldBackups] = {}
             for where, h in vm.held.items():
-                if h.newest != NO_TIME:
-                    newest[where] = h.newest
                 # The tuple made directly: HeldBackups(...) is a Python call, one per VM
                 # and destination at every poll.
                 held[where] = _held_backups(
@@ -288,6 +285,7 @@ class Aggregator:
                         h.protected + h.others,
                         h.size,
                         h.protected,
+                        _optional(h.newest),
                         None if h.oldest == _NO_OLDEST else h.oldest,
                         _optional(h.newest_app),
                         bool(h.codes & TYPED),
@@ -296,7 +294,6 @@ class Aggregator:
             vms.append(
                 VMBackups(
                     vm_id,
-                    newest,
                     _optional(vm.newest_failed),
                     vm.newest_state,
                     _optional(vm.newest_created),

@@ -242,6 +242,7 @@ class HeldBackups(NamedTuple):
     backups: int  # any state
     size: int  # bytes, any state
     restore_points: int  # PROTECTED backups
+    newest_protected: float | None  # Unix seconds
     oldest_protected: float | None  # Unix seconds
     newest_app_consistent: float | None  # the newest PROTECTED backup of consistency VSS/DEFAULT
     #: Whether any backup there says its consistency_type (REST API 1.3 and later, not "NA").
@@ -257,7 +258,6 @@ class VMBackups:
     """
 
     vm_id: str
-    newest_protected: Mapping[str, float]  # destination -> Unix seconds of its newest PROTECTED
     newest_failed: float | None  # Unix seconds of its newest FAILED backup
     #: Its newest backup in any state: the state (``OTHER`` if undocumented), its creation
     #: (Unix seconds) and where it is held; "", None and "" when no backup of it has a time.
@@ -265,6 +265,15 @@ class VMBackups:
     newest_created: float | None
     newest_destination: str
     held: Mapping[str, HeldBackups] = field(default_factory=dict)  # by destination
+
+    @property
+    def newest_protected(self) -> dict[str, float]:
+        """destination -> Unix seconds of its newest PROTECTED backup there, where it has one."""
+        return {
+            where: at.newest_protected
+            for where, at in self.held.items()
+            if at.newest_protected is not None
+        }
 
     @property
     def newest_protected_anywhere(self) -> float | None:
@@ -382,7 +391,7 @@ class VMProtection:
     def restore_destinations(self) -> tuple[str, ...]:
         """Every destination of its policy and every destination where it has PROTECTED backups,
         in order: those its restore points are exported for."""
-        held = () if self.backups is None else self.backups.newest_protected
+        held = {} if self.backups is None else self.backups.newest_protected
         return tuple(sorted({*self.intervals, *held}))
 
     @property
@@ -395,7 +404,8 @@ class VMProtection:
         return None if self.backups is None else self.backups.newest_protected_anywhere
 
     def newest_protected_at(self, destination: str) -> float | None:
-        return None if self.backups is None else self.backups.newest_protected.get(destination)
+        at = self.held.get(destination)
+        return None if at is None else at.newest_protected
 
     @property
     def newest_failed(self) -> float | None:

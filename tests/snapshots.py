@@ -20,8 +20,10 @@ from exporter.model import (
     BackupSnapshot,
     ControllerSnapshot,
     ControllerStatus,
+    HeldBackups,
     PageRequest,
     ScheduleReport,
+    VMBackups,
 )
 from exporter.pages import Collection, PageSink
 from exporter.poller import ControllerReader
@@ -105,6 +107,20 @@ def aggregate(backups: Iterable[Mapping[str, Any]]) -> BackupSnapshot:
     for backup in backups:
         tally.add(backup)
     return tally.snapshot()
+
+
+def vm_backups(
+    vm_id: str,
+    newest: Mapping[str, float],
+    failed: float | None,
+    state: str,
+    created: float | None,
+    destination: str,
+) -> VMBackups:
+    """A VM's backups with one PROTECTED backup at each destination of ``newest``, at its time
+    (as an :class:`Aggregator` counts them, of unknown size and consistency)."""
+    held = {where: HeldBackups(1, 0, 1, at, at, None, False) for where, at in newest.items()}
+    return VMBackups(vm_id, failed, state, created, destination, held)
 
 
 def read_of(

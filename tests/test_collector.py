@@ -67,13 +67,14 @@ def held(
             backups=4 if destination == where and failed is not None else 3,
             size=3_000_000,
             restore_points=3,
+            newest_protected=time,
             oldest_protected=time - 2 * DAY,
             newest_app_consistent=app.get(destination, time),
             consistency_known=True,
         )
         for destination, time in newest.items()
     }
-    return VMBackups(vm_id, newest, failed, state, last, where, places)
+    return VMBackups(vm_id, failed, state, last, where, places)
 
 
 BACKUPS = BackupSnapshot(

@@ -37,6 +37,7 @@ from tests.snapshots import (
     polled,
     rendered,
     rule,
+    vm_backups,
     vm_record,
 )
 
@@ -74,7 +75,7 @@ def snapshot_of(backups: BackupSnapshot, vm_names: dict[str, str]) -> Controller
 
 
 def held(vm_id: str, newest: float | None) -> VMBackups:
-    return VMBackups(vm_id, {} if newest is None else {"Boston DC": newest}, None, "PROTECTED",
+    return vm_backups(vm_id, {} if newest is None else {"Boston DC": newest}, None, "PROTECTED",
                      newest or 0.0, "Boston DC")  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.inventory import parse_schedule_report
-from exporter.model import BackupSnapshot, DecodeError, ScheduleReport, VMBackups, label_value
+from exporter.model import BackupSnapshot, DecodeError, ScheduleReport, label_value
 from exporter.protection import PROTECTION_STATUSES
 from tests.snapshots import (
     DAY,
@@ -22,6 +22,7 @@ from tests.snapshots import (
     policy_record,
     read_of,
     rule,
+    vm_backups,
     vm_record,
 )
 
@@ -251,7 +252,7 @@ def judge_cases() -> Any:
     # A backup of a VM that is no longer alive: counted, judged nowhere.
     backups = BackupSnapshot(
         backups.clusters,
-        (*backups.vms, VMBackups("removed", {"Boston": NOW}, None, "PROTECTED", NOW, "Boston")),
+        (*backups.vms, vm_backups("removed", {"Boston": NOW}, None, "PROTECTED", NOW, "Boston")),
         backups.backups_seen,
     )
     vms = [record for record, _, _ in CASES.values()]

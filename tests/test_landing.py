@@ -21,11 +21,11 @@ from exporter.model import (
     ControllerStatus,
     Inventory,
     VirtualMachine,
-    VMBackups,
     VMProtection,
 )
 from exporter.protection import PROTECTION_STATUSES
 from tests.browser import Page, Table
+from tests.snapshots import vm_backups
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 HOUR, DAY = 3600, 86400
@@ -67,7 +67,7 @@ def judged(
     backups = None
     if held:
         newest_at = max(held.values())
-        backups = VMBackups(f"id-{name}", held, None, "PROTECTED", newest_at, "dr-site")
+        backups = vm_backups(f"id-{name}", held, None, "PROTECTED", newest_at, "dr-site")
     intervals = {destination: interval} if destination and interval else {}
     return VMProtection(
         vm=vm,
