@@ -277,7 +277,8 @@ class VMBackups:
 
     @property
     def newest_protected_anywhere(self) -> float | None:
-        return max(self.newest_protected.values(), default=None)
+        times = [at.newest_protected for at in self.held.values()]
+        return max((t for t in times if t is not None), default=None)
 
 
 @dataclass(frozen=True)
@@ -391,7 +392,7 @@ class VMProtection:
     def restore_destinations(self) -> tuple[str, ...]:
         """Every destination of its policy and every destination where it has PROTECTED backups,
         in order: those its restore points are exported for."""
-        held = {} if self.backups is None else self.backups.newest_protected
+        held = [where for where, at in self.held.items() if at.newest_protected is not None]
         return tuple(sorted({*self.intervals, *held}))
 
     @property
