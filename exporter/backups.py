@@ -105,6 +105,7 @@ _NO_OLDEST = float("inf")
 #: Bits of a backup's consistency code (:func:`consistency_code`): it says its consistency
 #: type, and that type is application-consistent.
 TYPED, APP_CONSISTENT = 1, 2
+#: Makes a HeldBackups from its values' tuple, without the Python call of its constructor.
 _held_backups = tuple.__new__
 #: The code of each consistency_type that is not just TYPED.
 _CONSISTENCY_CODES = {
@@ -277,8 +278,7 @@ class Aggregator:
         for vm_id, vm in sorted(self._vms.items()):
             held: dict[str, HeldBackups] = {}
             for where, h in vm.held.items():
-                # The tuple made directly: HeldBackups(...) is a Python call, one per VM
-                # and destination at every poll.
+                # One per VM and destination at every poll: made as a tuple directly.
                 held[where] = _held_backups(
                     HeldBackups,
                     (

@@ -277,7 +277,7 @@ class VMBackups:
 
     @property
     def newest_protected_anywhere(self) -> float | None:
-        times = [at.newest_protected for at in self.held.values()]
+        times = (at.newest_protected for at in self.held.values())
         return max((t for t in times if t is not None), default=None)
 
 

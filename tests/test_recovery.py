@@ -140,6 +140,8 @@ TO_DR_CRASH = {**DAILY_CRASH, "destination_name": "DR", "destination_id": "c-dr"
         ("NOT_APPLICABLE", "app_inconsistent"),
         ("NA", "ok"),  # the controller does not say: not judged on consistency
         (None, "ok"),  # REST API before 1.3: no such field
+        ("", "ok"),  # said as nothing: not judged either
+        ("QUIESCED", "app_inconsistent"),  # a value HPE does not document: said, not VSS
     ],
 )
 def test_each_consistency_type_against_a_rule_that_asks(
