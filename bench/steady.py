@@ -99,6 +99,8 @@ def child(argv: Sequence[str]) -> int:
                 for name in sorted(written):
                     digest.update(f"{name}\n".encode() + written[name])
                     series += written[name].count(b"\n")
+                # Not kept until the next poll has written its own: the exporter does not.
+                del written
             figures = {
                 "up": status.up,
                 "error": status.last_error,
