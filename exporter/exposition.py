@@ -116,6 +116,17 @@ def _crc_of_both(crc: int, piece: Deflated) -> int:
     return _crc_of_zeros(piece.size, crc) ^ piece.crc ^ piece.zeros_crc
 
 
+def _joined(pieces: Sequence[Piece]) -> Piece:
+    """One piece of several of the same kind, in order."""
+    if all(isinstance(piece, bytes) for piece in pieces):
+        return b"".join(cast(Sequence[bytes], pieces))
+    crc = size = 0
+    for piece in cast(Sequence[Deflated], pieces):
+        crc, size = _crc_of_both(crc, piece), size + piece.size
+    blocks = b"".join(piece.blocks for piece in cast(Sequence[Deflated], pieces))
+    return Deflated(blocks, size, crc, _crc_of_zeros(size))
+
+
 def utf8(pieces: Iterable[Piece]) -> Iterator[bytes]:
     """The UTF-8 of ``pieces``, the compressed ones inflated a slice at a time."""
     for piece in pieces:
@@ -177,11 +188,13 @@ class _WrittenSnapshot:
         *,
         compressed: bool = True,
     ) -> _WrittenSnapshot:
-        # Family by family as they come, a batch of VMs at a time: the samples of one batch
-        # live at once, not those of every VM (docs/design.md, "Memory").
-        written: dict[str, list[str]] = {}
+        # Family by family as they come, a batch of VMs at a time, each batch's series
+        # compressed as they come: the samples and the text of one batch live at once, not
+        # those of every VM (docs/design.md, "Memory").
+        add = Deflated.of if compressed else bytes
+        written: dict[str, list[Piece]] = {}
         for family in snapshot_families(controller, snapshot, state, vms_at_once=VMS_AT_ONCE):
-            written.setdefault(family.name, []).append(_series(family))
+            written.setdefault(family.name, []).append(add(_series(family).encode()))
         ages = {
             series.family.name: tuple(
                 # The line as prometheus_client writes it, but for its value (no timestamp).
@@ -190,9 +203,7 @@ class _WrittenSnapshot:
             )
             for series in age_series(controller, snapshot, state)
         }
-        # One family at a time, its pieces freed as it is encoded (and compressed).
-        keep: Callable[[bytes], Piece] = Deflated.of if compressed else bytes
-        series = {name: keep("".join(written.pop(name)).encode()) for name in list(written)}
+        series = {name: _joined(written.pop(name)) for name in list(written)}
         return cls(weakref.ref(snapshot), state, series, ages)
 
     def ages_at(self, name: str, now: float) -> bytes:
