@@ -43,7 +43,7 @@ def child(argv: Sequence[str]) -> int:
 
     from exporter.collector import BackupCollector, ExporterState
     from exporter.config import ControllerConfig, PollConfig, Secret
-    from exporter.exposition import Exposition
+    from exporter.exposition import Exposition, utf8
     from exporter.memory import keep_large_buffers_off_the_heap
     from exporter.model import ControllerStatus
     from exporter.poller import ControllerPoller
@@ -97,8 +97,9 @@ def child(argv: Sequence[str]) -> int:
             if status.snapshot is not None:
                 written = exposition._text._written["bench"].series
                 for name in sorted(written):
-                    digest.update(f"{name}\n".encode() + written[name])
-                    series += written[name].count(b"\n")
+                    text = b"".join(utf8([written[name]]))  # as a plain scrape gets it
+                    digest.update(f"{name}\n".encode() + text)
+                    series += text.count(b"\n")
                 # Not kept until the next poll has written its own: the exporter does not.
                 del written
             figures = {

@@ -62,17 +62,15 @@ class Variant:
         if self.whole_gzip:
             from exporter import exposition
 
-            encode = exposition._Encoder.encode
+            encode = exposition._encode
 
             def encode_whole(
-                encoder: exposition._Encoder,
-                pieces: Sequence[bytes],
-                tail: bytes = b"",
-            ) -> tuple[exposition.Body, exposition.Body]:
-                text, _ = encode(encoder, pieces, tail)
+                pieces: Sequence[exposition.Piece], tail: bytes = b""
+            ) -> tuple[exposition.PlainText, exposition.Body]:
+                text, _ = encode(pieces, tail)
                 return text, (gzip.compress(b"".join(text), compresslevel=1, mtime=0),)
 
-            setattr(exposition._Encoder, "encode", encode_whole)  # noqa: B010
+            setattr(exposition, "_encode", encode_whole)  # noqa: B010
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from exporter.collector import BackupCollector, ExporterState
 from exporter.config import Config, ConfigError, load_config
-from exporter.exposition import Exposition, TextWriter
+from exporter.exposition import Exposition, TextWriter, utf8
 from exporter.poller import ClientFactory, Poller, connect
 from exporter.sharding import select_controllers
 from exporter.web import ExporterServer, WebApp, parse_listen_address
@@ -73,7 +73,7 @@ def run_once(config: Config, shard: Shard, output: str | None) -> bool:
     # The text's pieces, written out as they are: the server's Exposition also gzips them and
     # keeps both for the next scrape, which a file written once has no use for (with 5,000
     # VMs, megabytes of peak memory).
-    pieces = TextWriter(backups).parts()
+    pieces = utf8(TextWriter(backups, compressed=False).parts())
     if output:
         write_atomically(Path(output), pieces)
     else:

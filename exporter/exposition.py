@@ -3,11 +3,13 @@
 :func:`exporter.textformat.write` is the only writer here (prometheus_client's
 ``generate_latest`` is its reference, byte for byte): each family is defined once, in
 :mod:`exporter.collector`. The exposition owns everything it caches: the text of each
-controller's snapshot (written once, by its poll, as UTF-8) and the whole text with its gzip
-(written at most once per second and per change of the statuses). The whole text is a
-:data:`Body`, a sequence of chunks, never joined: its big chunks are the very bytes of the
-snapshots, held once however many texts and scrapes show them (with 20,000 VMs, 38 MB each;
-docs/design.md, "Memory"). The poller knows nothing of it: the app subscribes
+controller's snapshot (written once, by its poll, and held compressed: :class:`Deflated`)
+and the whole text, plain and gzipped (written at most once per second and per change of the
+statuses). Neither is ever joined: the gzip is the snapshots' very deflate blocks between the
+few pieces compressed at each render, and the plain text (:class:`PlainText`) inflates them as
+it is sent, a slice at a time. So a snapshot's series take their compressed size once, however
+many texts and scrapes show them (with 20,000 VMs, a 38 MB text; docs/design.md, "Memory").
+The poller knows nothing of it: the app subscribes
 :meth:`Exposition.refresh` to the poller, so that each poll writes the text of its new
 snapshot in its own thread, before a scrape asks for it.
 """
@@ -23,10 +25,10 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
@@ -65,6 +67,90 @@ def _series(family: Metric) -> str:
 Body = tuple[bytes, ...]
 
 
+class Deflated(NamedTuple):
+    """A piece of the text held compressed: deflate blocks that any deflate stream may go on
+    from (:func:`_deflate`), with what the gzip trailer needs of the UTF-8 they hold."""
+
+    blocks: bytes
+    size: int  # of the UTF-8
+    crc: int  # its CRC-32
+    zeros_crc: int  # the CRC-32 of as many zero bytes (:func:`_crc_of_both`)
+
+    @classmethod
+    def of(cls, data: bytes) -> Deflated:
+        return cls(_deflate(data), len(data), zlib.crc32(data), _crc_of_zeros(len(data)))
+
+    def inflated(self) -> Iterator[bytes]:
+        """The UTF-8, a slice of at most :data:`_INFLATED_BYTES` at a time."""
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        data = self.blocks
+        while data:
+            yield inflater.decompress(data, _INFLATED_BYTES)
+            data = inflater.unconsumed_tail
+
+
+#: A piece of the text: UTF-8, or UTF-8 held compressed.
+Piece = bytes | Deflated
+#: Of a compressed piece, the most made at a time to be sent.
+_INFLATED_BYTES = 256 * 1024
+#: Zero bytes, for CRC-32s of runs of zeros (:func:`_crc_of_zeros`).
+_ZEROS = bytes(_INFLATED_BYTES)
+
+
+def _crc_of_zeros(length: int, crc: int = 0) -> int:
+    """``zlib.crc32(bytes(length), crc)``, without making those bytes."""
+    while length:
+        step = min(length, len(_ZEROS))
+        crc = zlib.crc32(memoryview(_ZEROS)[:step], crc)
+        length -= step
+    return crc
+
+
+def _crc_of_both(crc: int, piece: Deflated) -> int:
+    """The CRC-32 of some bytes whose CRC-32 is ``crc``, followed by ``piece``'s UTF-8.
+
+    CRC-32 is linear over XOR, so with ``Z`` as many zero bytes as the piece holds:
+    crc(A + B) = crc(A + Z) ^ crc(B) ^ crc(Z), whatever A's length (zlib's crc32_combine,
+    which Python's zlib does not offer, computes the first term without the zeros).
+    """
+    return _crc_of_zeros(piece.size, crc) ^ piece.crc ^ piece.zeros_crc
+
+
+def _joined(pieces: Sequence[Piece]) -> Piece:
+    """One piece of several of the same kind, in order."""
+    if all(isinstance(piece, bytes) for piece in pieces):
+        return b"".join(cast(Sequence[bytes], pieces))
+    crc = size = 0
+    for piece in cast(Sequence[Deflated], pieces):
+        crc, size = _crc_of_both(crc, piece), size + piece.size
+    blocks = b"".join(piece.blocks for piece in cast(Sequence[Deflated], pieces))
+    return Deflated(blocks, size, crc, _crc_of_zeros(size))
+
+
+def utf8(pieces: Iterable[Piece]) -> Iterator[bytes]:
+    """The UTF-8 of ``pieces``, the compressed ones inflated a slice at a time."""
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            yield piece
+        else:
+            yield from piece.inflated()
+
+
+@dataclass(frozen=True)
+class PlainText:
+    """The text as it is sent plain: its pieces, the compressed ones inflated as they are sent
+    (the HTTP server's ``Stream``), so that no scrape holds the whole text inflated."""
+
+    pieces: tuple[Piece, ...]
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return utf8(self.pieces)
+
+
 def _lines(family: Metric) -> list[str]:
     """A gauge family's series, one line each, without their newline (``str.splitlines``
     would also split at the other line breaks a label value may hold)."""
@@ -89,18 +175,26 @@ class _WrittenSnapshot:
     snapshot: weakref.ref[ControllerSnapshot]
     #: The state it was written under: whether its per-VM series are shown, say.
     state: ExporterState
-    series: Mapping[str, bytes]  # as UTF-8: the form it is sent in, held once
+    #: As UTF-8, compressed unless written for a text that is not kept (``--once``).
+    series: Mapping[str, Piece]
     ages: Mapping[str, tuple[tuple[str, float | None], ...]]
 
     @classmethod
     def of(
-        cls, controller: str, snapshot: ControllerSnapshot, state: ExporterState
+        cls,
+        controller: str,
+        snapshot: ControllerSnapshot,
+        state: ExporterState,
+        *,
+        compressed: bool = True,
     ) -> _WrittenSnapshot:
-        # Family by family as they come, a batch of VMs at a time: the samples of one batch
-        # live at once, not those of every VM (docs/design.md, "Memory").
-        written: dict[str, list[str]] = {}
+        # Family by family as they come, a batch of VMs at a time, each batch's series
+        # compressed as they come: the samples and the text of one batch live at once, not
+        # those of every VM (docs/design.md, "Memory").
+        add = Deflated.of if compressed else bytes
+        written: dict[str, list[Piece]] = {}
         for family in snapshot_families(controller, snapshot, state, vms_at_once=VMS_AT_ONCE):
-            written.setdefault(family.name, []).append(_series(family))
+            written.setdefault(family.name, []).append(add(_series(family).encode()))
         ages = {
             series.family.name: tuple(
                 # The line as prometheus_client writes it, but for its value (no timestamp).
@@ -109,8 +203,7 @@ class _WrittenSnapshot:
             )
             for series in age_series(controller, snapshot, state)
         }
-        # One family at a time, its pieces freed as it is encoded.
-        series = {name: "".join(written.pop(name)).encode() for name in list(written)}
+        series = {name: _joined(written.pop(name)) for name in list(written)}
         return cls(weakref.ref(snapshot), state, series, ages)
 
     def ages_at(self, name: str, now: float) -> bytes:
@@ -132,8 +225,11 @@ class TextWriter:
     TYPE lines: their series follow one another under them.
     """
 
-    def __init__(self, collector: BackupCollector) -> None:
+    def __init__(self, collector: BackupCollector, *, compressed: bool = True) -> None:
+        """``compressed``: hold each snapshot's series compressed (a text that is kept and
+        served), or not (a text written once, by ``--once``)."""
         self._collector = collector
+        self._compressed = compressed
         # controller -> the last snapshot of it written out; replaced, never changed in place
         self._written: dict[str, _WrittenSnapshot] = {}
         self._writing = threading.Lock()  # held while snapshots are written
@@ -144,15 +240,15 @@ class TextWriter:
         self._shown(reading.fresh, reading.state, newest=True)
 
     def text(self) -> str:
-        return b"".join(self.parts()).decode()
+        return b"".join(utf8(self.parts())).decode()
 
-    def parts(self) -> list[bytes]:
-        """The text in pieces of UTF-8: each snapshot's series are the very objects written
-        once, so that what is made of them can be kept too."""
+    def parts(self) -> list[Piece]:
+        """The text in pieces: each snapshot's series are the very objects written once, so
+        that what is made of them can be kept too."""
         reading = self._collector.read()
         state = reading.state
         written = [w for _, w in self._shown(reading.fresh, state, newest=False)]
-        out: list[bytes] = []
+        out: list[Piece] = []
         for family in controller_families(state):
             name = family.name
             out.append(_write([family]).encode())  # no series: its HELP and TYPE lines
@@ -186,7 +282,8 @@ class TextWriter:
             return shown
         with self._writing, _no_cycle_collection():
             written = [
-                usable(controller, snapshot) or _WrittenSnapshot.of(controller, snapshot, state)
+                usable(controller, snapshot)
+                or _WrittenSnapshot.of(controller, snapshot, state, compressed=self._compressed)
                 for controller, snapshot in fresh
             ]
             self._written = {
@@ -228,7 +325,7 @@ _WRITING_SWITCH_INTERVAL_SECONDS = 0.001
 @dataclass(frozen=True)
 class _Rendered:
     key: tuple[object, int]  # (generation, second)
-    plain: Body
+    plain: PlainText
     gzipped: Body
 
 
@@ -236,8 +333,6 @@ class _Rendered:
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
 #: The last, empty deflate block that ends a member.
 _DEFLATE_END = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
-#: Pieces of the text shorter than this are joined and compressed with their neighbours.
-_SEGMENT_MIN_BYTES = 16 * 1024
 
 
 def _deflate(data: bytes) -> bytes:
@@ -251,54 +346,40 @@ def _deflate(data: bytes) -> bytes:
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
-class _Encoder:
-    """Writes the text as chunks of bytes and as one gzip member, keeping the deflate blocks
-    of the pieces that stay the same from one second to the next.
+def _encode(pieces: Sequence[Piece], tail: bytes = b"") -> tuple[PlainText, Body]:
+    """The text followed by ``tail``, as it is sent plain and as one gzip member.
 
-    Only the ages change every second, yet the whole text used to be compressed again each
-    time (the CPU this saves: docs/design.md, "Performance"). A piece's deflate blocks are
-    compressed on their own, so the member is the cached blocks of the unchanged pieces and
-    the new blocks of the ages, between one header and one CRC-32 trailer. Nothing is joined:
-    the big pieces are sent as they are, so the text is held once, in its snapshots.
+    A snapshot's series are held compressed, as blocks that a deflate stream may go on from:
+    the member is the blocks of each, between one header and one CRC-32 trailer; only the few
+    other pieces, mostly the ages that change every second, are compressed at each render
+    (the CPU this saves: docs/design.md, "Performance"). Nothing is joined or inflated here: a
+    plain answer inflates each piece as it is sent.
     """
+    plain: list[Piece] = []
+    deflated: list[bytes] = []
+    pending: list[bytes] = []
+    crc = size = 0
 
-    def __init__(self) -> None:
-        # id of a piece -> (the piece, its deflate blocks); the piece is held, so its id is
-        # not reused while the entry lives. Only the last text's pieces are kept.
-        self._kept: dict[int, tuple[bytes, bytes]] = {}
+    def flush_pending() -> None:
+        nonlocal crc, size
+        if pending:
+            data = b"".join(pending)
+            plain.append(data)
+            deflated.append(_deflate(data))
+            crc, size = zlib.crc32(data, crc), size + len(data)
+            pending.clear()
 
-    def encode(self, pieces: Sequence[bytes], tail: bytes = b"") -> tuple[Body, Body]:
-        """(the text followed by ``tail``, the same as gzip)."""
-        kept, self._kept = self._kept, {}
-        plain: list[bytes] = []
-        deflated: list[bytes] = []
-        pending: list[bytes] = []
-
-        def flush_pending() -> None:
-            if pending:
-                data = b"".join(pending)
-                plain.append(data)
-                deflated.append(_deflate(data))
-                pending.clear()
-
-        for piece in [*pieces, tail]:
-            if len(piece) < _SEGMENT_MIN_BYTES:
-                pending.append(piece)
-                continue
-            flush_pending()
-            entry = kept.get(id(piece))
-            if entry is None or entry[0] is not piece:
-                entry = (piece, _deflate(piece))
-            self._kept[id(piece)] = entry
-            plain.append(piece)
-            deflated.append(entry[1])
+    for piece in [*pieces, tail]:
+        if isinstance(piece, bytes):
+            pending.append(piece)
+            continue
         flush_pending()
-        crc = length = 0
-        for chunk in plain:
-            crc = zlib.crc32(chunk, crc)
-            length += len(chunk)
-        trailer = struct.pack("<II", crc, length & 0xFFFFFFFF)
-        return tuple(plain), (_GZIP_HEADER, *deflated, _DEFLATE_END + trailer)
+        plain.append(piece)
+        deflated.append(piece.blocks)
+        crc, size = _crc_of_both(crc, piece), size + piece.size
+    flush_pending()
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return PlainText(tuple(plain), size), (_GZIP_HEADER, *deflated, _DEFLATE_END + trailer)
 
 
 class Exposition:
@@ -329,14 +410,13 @@ class Exposition:
         self._clock = clock
         self._text = TextWriter(backups)
         self._lock = threading.Lock()  # held while a text is written
-        self._encoder = _Encoder()
         self._rendered: _Rendered | None = None  # replaced as a whole
         # One thread, kept (until close()): starting a thread each second would keep the
         # scrape that asks for the new text waiting until the new thread runs, a switch
         # interval or more while a poll keeps the interpreter busy.
         self._background = ThreadPoolExecutor(1, thread_name_prefix="exposition")
 
-    def render(self, *, gzipped: bool = False) -> Body:
+    def render(self, *, gzipped: bool = False) -> Body | PlainText:
         generation, second = self._generation(), int(self._clock())
         rendered = self._rendered
         if rendered is None:
@@ -370,7 +450,7 @@ class Exposition:
         if again or rendered is None or rendered.key != (generation, second):
             pieces = self._text.parts()
             own = _write(list(self._registry.collect())).encode()
-            plain, gzipped = self._encoder.encode(pieces, own)
+            plain, gzipped = _encode(pieces, own)
             rendered = _Rendered((generation, second), plain, gzipped)
             self._rendered = rendered
         return rendered

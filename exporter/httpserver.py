@@ -67,6 +67,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from exporter.httprequest import MAX_HEADER_BYTES, HeadError, end_of_headers, parse_head, skip_body
+from exporter.httpresponse import Output, Response, page
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,6 @@ MAX_HANDSHAKES = 64
 AUTH_QUEUE_SIZE = 16
 _TICK_SECONDS = 0.25  # how often deadlines are checked
 _READ_SIZE = 16 * 1024
-# At most this much per TLS send(): one that could not finish must be retried with the same
-# bytes, and a slice of the same size from the same offset is that.
-_WRITE_SIZE = 256 * 1024
-_WRITE_CHUNKS = 256  # chunks of an answer per sendmsg() (Linux takes at most 1,024)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -124,15 +121,6 @@ class Request:
     path: str  # without the query
     headers: Message
     client: str  # the peer's address
-
-
-@dataclass(frozen=True)
-class Response:
-    status: HTTPStatus
-    #: The body, or its chunks in order (sent as they are: a big answer is not copied whole).
-    body: bytes | tuple[bytes, ...] = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 Respond = Callable[[Request], Response]
@@ -417,7 +405,7 @@ class HTTPServer:
     ) -> None:
         """Answer without a worker, then close: written like any other answer."""
         connection.buffer.clear()
-        connection.output = self._output(_page(status, message), head=False, close=True)
+        connection.output = self._output(page(status, message), head=False, close=True)
         connection.close_after = True
         connection.deadline = time.monotonic() + self.write_timeout
         self._write(selector, connection)
@@ -535,8 +523,14 @@ class HTTPServer:
                 # thread first would wait a switch interval while a poll keeps the interpreter
                 # busy. It writes the rest; an error closes the connection there.
                 if connection.not_before <= time.monotonic():  # else: a late refusal
-                    with contextlib.suppress(OSError):
+                    try:
                         _send(connection)
+                    except OSError:
+                        pass
+                    except Exception:  # making a streamed body failed: a bug
+                        self._log_error("sending to", connection)
+                        _close(connection)
+                        continue
                 self._returned.put(connection)
                 self._wake()
             else:
@@ -550,8 +544,8 @@ class HTTPServer:
         """
         parsed = parse_head(connection.head)
         if isinstance(parsed, HeadError):
-            page = _page(parsed.status, parsed.message)
-            return self._answered(connection, page, "", head=False, close=True)
+            refusal = page(parsed.status, parsed.message)
+            return self._answered(connection, refusal, "", head=False, close=True)
         path = parsed.path.split("?", 1)[0]
         request = Request(parsed.command, path, parsed.headers, connection.host)
         line, head = parsed.requestline, request.method == "HEAD"
@@ -564,7 +558,7 @@ class HTTPServer:
                 response = self.respond(request)
             except Exception:
                 self._log_error("answering", connection)
-                response = _page(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error.")
+                response = page(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error.")
                 close = True
         return self._answered(connection, response, line, head=head, close=close)
 
@@ -582,7 +576,7 @@ class HTTPServer:
         if verdict is Verdict.CHECK:
             if self._hand_to_checker(connection, authorizer, authorization):
                 return _CHECKING
-            return _page(HTTPStatus.SERVICE_UNAVAILABLE, "Too many password checks; try again.")
+            return page(HTTPStatus.SERVICE_UNAVAILABLE, "Too many password checks; try again.")
         if verdict is Verdict.ALLOW:
             return None
         if verdict is Verdict.DENY_LATER:
@@ -598,24 +592,21 @@ class HTTPServer:
         log.debug('%s - "%s" %d', connection.host, line, response.status.value)
         return True
 
-    def _output(self, response: Response, *, head: bool, close: bool) -> list[memoryview]:
-        """The answer's head and body as the serving thread writes them (no copy of the body)."""
+    def _output(self, response: Response, *, head: bool, close: bool) -> Output:
+        """The answer as the serving thread writes it (no copy of the body)."""
         status = response.status
-        body = (response.body,) if isinstance(response.body, bytes) else response.body
         lines = [
             f"HTTP/1.1 {status.value} {status.phrase}",
             f"Server: {self.server_name}",
             f"Date: {email.utils.formatdate(usegmt=True)}",
             f"Content-Type: {response.content_type}",
-            f"Content-Length: {sum(map(len, body))}",
+            f"Content-Length: {response.length}",
             *(["Connection: close"] if close else []),
             *(f"{name}: {value}" for name, value in self.settings.extra_headers.items()),
             *(f"{name}: {value}" for name, value in response.headers.items()),
         ]
         head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if head:
-            return [memoryview(head_bytes)]
-        return [memoryview(head_bytes), *(memoryview(chunk) for chunk in body if chunk)]
+        return Output(head_bytes, () if head else response.chunks())
 
     def _hand_to_checker(
         self, connection: _Connection, authorizer: Authorizer, authorization: str | None
@@ -659,7 +650,7 @@ class _Connection:
     served: int = 0  # answers written whole
     buffer: bytearray = field(default_factory=bytearray)  # read, not yet answered
     head: bytes = b""  # the request line and headers a worker is answering
-    output: list[memoryview] = field(default_factory=list)  # the answer, not yet written
+    output: Output | None = None  # the answer, until it is all written
     close_after: bool = False  # once the output is written
     not_before: float = 0.0  # monotonic: a late refusal is written from then on
     verdict: bool | None = None  # the password check's, for the request in ``head``
@@ -676,25 +667,11 @@ _Check = tuple[_Connection, Authorizer, str | None]
 
 
 def _send(connection: _Connection) -> None:
-    """Send ``connection.output`` until all is sent or the socket would block (raised): on a
-    plain socket head and body in one system call (each lets another thread take the
-    interpreter, and getting it back waits up to the switch interval while a poll keeps it
-    busy); on a TLS socket a piece at a time, one it could not finish offered again as it was.
-    """
-    sock, output = connection.sock, connection.output
-    tls = isinstance(sock, ssl.SSLSocket)
-    while output:
-        sent = sock.send(output[0][:_WRITE_SIZE]) if tls else sock.sendmsg(output[:_WRITE_CHUNKS])
-        while output and sent >= len(output[0]):
-            sent -= len(output.pop(0))
-        if sent:
-            output[0] = output[0][sent:]
+    """Send the answer until all is sent or the socket would block (raised)."""
+    if connection.output is not None:
+        connection.output.send(connection.sock)
 
 
 def _close(connection: _Connection) -> None:
     with contextlib.suppress(OSError):
         connection.sock.close()
-
-
-def _page(status: HTTPStatus, message: str) -> Response:
-    return Response(status, (message.rstrip("\n") + "\n").encode())

@@ -14,12 +14,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import exposition as exposition_module
 from exporter.collector import BackupCollector, ExporterState, snapshot_families
-from exporter.exposition import Exposition, TextWriter
+from exporter.exposition import Deflated, Exposition, PlainText, TextWriter
 from exporter.model import (
     BackupSnapshot,
     ControllerSnapshot,
@@ -229,6 +231,37 @@ def test_the_gzip_is_one_member_whose_unchanged_parts_are_compressed_once(
     assert 0 < sum(compressed) < first_bytes / 3
     assert one_gzip_member(later) == rendered(exposition) != one_gzip_member(first)
     assert gzip.decompress(later) == rendered(exposition)
+
+
+@given(st.binary(max_size=3000), st.binary(max_size=3000))
+def test_the_crc_of_a_text_followed_by_a_compressed_piece(before: bytes, piece: bytes) -> None:
+    """The gzip trailer's CRC-32 is made of each compressed piece's own, never of its text."""
+    combined = exposition_module._crc_of_both(zlib.crc32(before), Deflated.of(piece))
+    assert combined == zlib.crc32(before + piece)
+
+
+def test_a_plain_scrape_inflates_the_series_a_slice_at_a_time() -> None:
+    """A snapshot's series are held compressed: a plain answer inflates them as it is sent, so
+    that no scrape holds the whole text; it is the text the gzip holds, byte for byte."""
+    statuses = [status("boston", federation(vms=2000))]
+    collector = BackupCollector(lambda: statuses, lambda: STATE, clock=lambda: NOW)
+    exposition = Exposition(
+        CollectorRegistry(auto_describe=False), lambda: 0, clock=lambda: NOW, backups=collector
+    )
+    plain = exposition.render()
+    assert isinstance(plain, PlainText)
+    compressed = [piece for piece in plain.pieces if isinstance(piece, Deflated)]
+    assert sum(piece.size for piece in compressed) > len(plain) / 2  # most of the text
+    assert max(piece.size for piece in compressed) > exposition_module._INFLATED_BYTES
+    for piece in compressed:
+        slices = list(piece.inflated())
+        assert max(map(len, slices)) <= exposition_module._INFLATED_BYTES
+        assert len(b"".join(slices)) == piece.size
+    text = b"".join(plain)
+    assert len(text) == len(plain)
+    assert one_gzip_member(rendered(exposition, gzipped=True)) == text
+    # Each time it is sent, made anew.
+    assert b"".join(plain) == text
 
 
 class HeldExposition:

@@ -509,17 +509,37 @@ def test_metrics_are_gzipped_only_when_the_client_accepts_it() -> None:
             assert answer.getheader("Vary") == "Accept-Encoding"
 
 
-def test_a_body_in_chunks_is_sent_whole_plain_and_over_tls(pki: PKI) -> None:
-    """The exposition answers with its text's chunks, never joined: more chunks than one
-    ``sendmsg`` writes, empty ones among them, and some larger than a TLS write."""
+class Made:
+    """A body made as it is sent (the server's ``Stream``): the same chunks, made anew by each
+    iteration, counted."""
+
+    def __init__(self, chunks: tuple[bytes, ...]) -> None:
+        self.chunks = chunks
+        self.iterations = 0
+
+    def __len__(self) -> int:
+        return sum(map(len, self.chunks))
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.iterations += 1
+        return iter(self.chunks)
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["chunks", "made as sent"])
+def test_a_body_in_chunks_is_sent_whole_plain_and_over_tls(pki: PKI, made: bool) -> None:
+    """The exposition answers with its text's chunks, never joined, or with a plain text made
+    as it is sent (inflated): more chunks than one ``sendmsg`` writes, empty ones among them,
+    and some larger than a TLS write or than what is made ready ahead of the socket."""
     lines = [f'simplivity_chunk{{n="{n}"}} {n}\n'.encode() for n in range(1500)]
     chunks = (
         *(b"" if n % 7 == 0 else line * (n % 20 + 1) for n, line in enumerate(lines)),
         b"x" * 600_000,
+        b"y" * 3_000_000,
     )
     whole = b"".join(chunks)
+    body = Made(chunks) if made else chunks
     app = WebApp(
-        render_metrics=lambda gzipped: chunks,
+        render_metrics=lambda gzipped: body,
         statuses=lambda: [],
         ready=lambda: True,
         reload=lambda: (True, ""),
@@ -533,6 +553,8 @@ def test_a_body_in_chunks_is_sent_whole_plain_and_over_tls(pki: PKI) -> None:
             assert answer.headers["content-length"] == str(len(whole))
             head = fetch(port, "/metrics", context, method="HEAD")
             assert (head.body, head.headers["content-length"]) == (b"", str(len(whole)))
+    if isinstance(body, Made):
+        assert body.iterations == 2  # once per GET, plain and over TLS; never for a HEAD
 
 
 # --- certificates ---------------------------------------------------------------------------
