@@ -118,7 +118,7 @@ class _Before20(Aggregator):
         elif state == "FAILED" and created > vm.newest_failed:
             vm.newest_failed = created
 
-    def snapshot(self) -> BackupSnapshot:
+    def snapshot(self, *, free: bool = False) -> BackupSnapshot:
         clusters = tuple(
             ClusterSummary(name, dict(t.counts), dict(t.sizes), _optional(t.newest_protected))
             for name, t in sorted(self._clusters.items())

@@ -260,7 +260,10 @@ class Aggregator:
             if state == "FAILED" and created > vm.newest_failed:
                 vm.newest_failed = created
 
-    def snapshot(self) -> BackupSnapshot:
+    def snapshot(self, *, free: bool = False) -> BackupSnapshot:
+        """What was counted. ``free``: each VM's tallies are freed as its part is made, and
+        the VMs are counted anew from then on (at 20,000 VMs, megabytes that the decoding
+        worker's peak would otherwise hold twice)."""
         clusters = tuple(
             ClusterSummary(
                 name=name,
@@ -275,7 +278,11 @@ class Aggregator:
             for name, tally in sorted(self._clusters.items())
         )
         vms = []
-        for vm_id, vm in sorted(self._vms.items()):
+        tallies = self._vms
+        if free:
+            self._vms = {}
+        for vm_id in sorted(tallies):
+            vm = tallies.pop(vm_id) if free else tallies[vm_id]
             held: dict[str, HeldBackups] = {}
             for where, h in vm.held.items():
                 # One per VM and destination at every poll: made as a tuple directly.

@@ -496,6 +496,7 @@ class StoreScan:
     def __init__(self, keep: bool = True) -> None:
         self.store = BackupStore() if keep else None
         self._aggregator = Aggregator()
+        self._snapshot: BackupSnapshot | None = None
         self._counted = 0  # the store's rows counted already
         self._rows = BackupStore()  # rows counted from elsewhere pass through it (count_rows)
         sink = self.store.add if self.store is not None else self._aggregator.add
@@ -526,8 +527,11 @@ class StoreScan:
         self._rows.drain()
 
     def snapshot(self) -> BackupSnapshot:
-        self._count_kept()
-        return self._aggregator.snapshot()
+        """What was scanned: the scan is over, its tallies are freed as the snapshot is made."""
+        if self._snapshot is None:
+            self._count_kept()
+            self._snapshot = self._aggregator.snapshot(free=True)
+        return self._snapshot
 
     def take_store(self) -> BackupStore | None:
         return self.store
