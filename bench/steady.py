@@ -97,9 +97,10 @@ def child(argv: Sequence[str]) -> int:
             if status.snapshot is not None:
                 written = exposition._text._written["bench"].series
                 for name in sorted(written):
-                    text = b"".join(utf8([written[name]]))  # as a plain scrape gets it
-                    digest.update(f"{name}\n".encode() + text)
-                    series += text.count(b"\n")
+                    digest.update(f"{name}\n".encode())
+                    for text in utf8([written[name]]):  # as a plain scrape gets it
+                        digest.update(text)
+                        series += text.count(b"\n")
                 # Not kept until the next poll has written its own: the exporter does not.
                 del written
             figures = {
