@@ -7,10 +7,11 @@ How connections are served. One thread (``web``) holds every open connection and
 of them at once with a selector: it accepts, runs the TLS handshake without blocking, reads
 until a request's line and headers have all arrived, and writes the rest of each answer
 without blocking as fast as the client takes it. In between, a worker (``web-worker-N``, a
-fixed few) parses the request, builds its answer in memory and sends what the socket takes at
-once, never waiting for the client. So a connection that sends nothing, sends its headers a
-byte at a time, or never reads its answers costs a socket and its one answer, never a thread:
-no client can keep a worker from a real scrape.
+fixed few) parses the request, builds its answer and sends what the socket takes at once,
+never waiting for the client. So a connection that sends nothing, sends its headers a byte at
+a time, or never reads its answers costs a socket and its one answer (a megabyte of it at
+most made ready: :mod:`exporter.httpresponse`), never a thread: no client can keep a worker
+from a real scrape.
 
 Bounds, all per connection unless said otherwise:
 
