@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.basicauth import AUTH_FAILURE_BUDGET, PasswordChecker
+from exporter.exposition import Deflated, PlainText
 from exporter.web import ExporterServer, WebApp
 from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import wait_until
@@ -80,15 +81,19 @@ def web_config(
 
 @dataclass
 class Counter:
-    """Counts the answers the app was asked for."""
+    """Counts the answers the app was asked for; ``streamed``: each made as it is sent, as the
+    exposition makes a plain answer (its text held compressed, inflated a slice at a time)."""
 
     body: bytes = METRICS
+    streamed: bool = False
     scrapes: list[None] = field(default_factory=list)
 
     def app(self) -> WebApp:
-        def render(gzipped: bool) -> bytes:
+        compressed = PlainText((Deflated.of(self.body),), len(self.body))
+
+        def render(gzipped: bool) -> bytes | PlainText:
             self.scrapes.append(None)
-            return self.body
+            return compressed if self.streamed else self.body
 
         return WebApp(render_metrics=render, statuses=lambda: [], ready=lambda: True, reload=_no)
 
@@ -98,8 +103,10 @@ def _no() -> tuple[bool, str]:
 
 
 @contextmanager
-def serving(config: WebConfig, body: bytes = METRICS, **options: Any) -> Iterator[ExporterServer]:
-    with serving_app(Counter(body).app(), config, **options) as server:
+def serving(
+    config: WebConfig, body: bytes = METRICS, *, streamed: bool = False, **options: Any
+) -> Iterator[ExporterServer]:
+    with serving_app(Counter(body, streamed).app(), config, **options) as server:
         yield server
 
 
@@ -371,18 +378,22 @@ class NeverReader(Client):
 
 
 @pytest.mark.parametrize(
-    "secure",
+    ("secure", "streamed"),
     [
-        pytest.param(False, id="plain HTTP, GET /metrics of 2.6 MB"),
-        pytest.param(True, id="TLS and basic auth, answered 401"),
+        pytest.param(False, False, id="plain HTTP, GET /metrics of 2.6 MB"),
+        pytest.param(False, True, id="plain HTTP, GET /metrics of 2.6 MB inflated as sent"),
+        pytest.param(True, False, id="TLS and basic auth, answered 401"),
     ],
 )
-def test_eight_clients_that_never_read_cannot_delay_a_scrape(pki: PKI, secure: bool) -> None:
+def test_eight_clients_that_never_read_cannot_delay_a_scrape(
+    pki: PKI, secure: bool, streamed: bool
+) -> None:
     config = web_config(pki, tls=secure, users=secure)
     context = client_context(pki) if secure else None
     request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
     write_timeout = 3.0
-    with serving(config, LARGE_METRICS, workers=8, write_timeout=write_timeout) as server:
+    options: dict[str, Any] = {"workers": 8, "write_timeout": write_timeout}
+    with serving(config, LARGE_METRICS, streamed=streamed, **options) as server:
         assert scrape(server, context) == (200, LARGE_METRICS)
         readers = [NeverReader(server, context, request) for _ in range(8)]
         latencies: list[float] = []
