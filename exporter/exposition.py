@@ -87,6 +87,7 @@ class Deflated(NamedTuple):
         while data:
             yield inflater.decompress(data, _INFLATED_BYTES)
             data = inflater.unconsumed_tail
+        yield inflater.flush()  # what the last input made beyond the limit, if anything
 
 
 #: A piece of the text: UTF-8, or UTF-8 held compressed.

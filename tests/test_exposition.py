@@ -240,6 +240,18 @@ def test_the_crc_of_a_text_followed_by_a_compressed_piece(before: bytes, piece: 
     assert combined == zlib.crc32(before + piece)
 
 
+@given(st.lists(st.sampled_from([b"simplivity_up 1\n", b"x", b'{vm="a"} 2\n']), max_size=400))
+def test_a_compressed_piece_inflates_to_its_text_in_slices_of_any_size(parts: list[bytes]) -> None:
+    text = b"".join(parts)
+    piece = Deflated.of(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exposition_module, "_INFLATED_BYTES", 7)
+        slices = list(piece.inflated())
+    assert b"".join(slices) == text
+    assert max(map(len, slices)) <= 7
+    assert (piece.size, piece.crc) == (len(text), zlib.crc32(text))
+
+
 def test_a_plain_scrape_inflates_the_series_a_slice_at_a_time() -> None:
     """A snapshot's series are held compressed: a plain answer inflates them as it is sent, so
     that no scrape holds the whole text; it is the text the gzip holds, byte for byte."""
