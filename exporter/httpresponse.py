@@ -59,10 +59,12 @@ class Output:
 
     def __init__(self, head: bytes, body: Iterable[bytes] = ()) -> None:
         self._ready = [memoryview(head)]  # made, not sent yet
-        self._rest: Iterator[bytes] = iter(body)  # not made yet
+        self._rest: Iterator[bytes] | None = iter(body)  # not made yet; None once all is made
 
     def __bool__(self) -> bool:
-        return self._make_ready()
+        """Whether anything may be left to send; makes nothing (only :meth:`send` does, where
+        whatever making it raises is the connection's, not the server's)."""
+        return bool(self._ready) or self._rest is not None
 
     def send(self, sock: socket.socket) -> None:
         """Send until all is sent or the socket would block (raised): on a plain socket many
@@ -81,11 +83,11 @@ class Output:
         """Take chunks of the body until :data:`WRITE_AHEAD` bytes are ready; whether any are."""
         ready = self._ready
         ahead = sum(map(len, ready))
-        while ahead < WRITE_AHEAD and len(ready) < _WRITE_CHUNKS:
+        while self._rest is not None and ahead < WRITE_AHEAD and len(ready) < _WRITE_CHUNKS:
             chunk = next(self._rest, None)
             if chunk is None:
-                break
-            if chunk:
+                self._rest = None
+            elif chunk:
                 ready.append(memoryview(chunk))
                 ahead += len(chunk)
         return bool(ready)

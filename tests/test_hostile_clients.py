@@ -203,6 +203,50 @@ def test_an_answer_that_raises_costs_its_connection_never_a_worker(
     caplog.clear()  # seen: not for no_server_errors to report
 
 
+class Breaking:
+    """A body made as it is sent that breaks after ``before`` bytes: a bug in making it."""
+
+    def __init__(self, before: int) -> None:
+        self.before = before
+
+    def __len__(self) -> int:
+        return self.before + 1
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"x" * self.before
+        raise RuntimeError("a bug in making the answer")
+
+
+@pytest.mark.parametrize("before", [1000, 8_000_000], ids=["at once", "after a full socket"])
+def test_an_answer_that_breaks_while_sent_costs_its_connection_only(
+    pki: PKI, caplog: pytest.LogCaptureFixture, before: int
+) -> None:
+    """Whether the worker that made the answer or the serving thread, later, finds the bug,
+    that connection is closed short of its answer, and the server serves on."""
+    breaking = [True]
+
+    def render(gzipped: bool) -> bytes | Breaking:
+        return Breaking(before) if breaking[0] else METRICS
+
+    app = WebApp(render_metrics=render, statuses=lambda: [], ready=lambda: True, reload=_no)
+    with serving_app(app, web_config(pki, tls=False), workers=2) as server:
+        for _ in range(3):
+            sock = connect(server)
+            sock.sendall(f"GET /metrics HTTP/1.1\r\nAuthorization: {GOOD}\r\n\r\n".encode())
+            received = b""
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+            sock.close()
+            # Closed: with nothing (the bug found before a byte was sent), or short.
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert received == b"" or f"Content-Length: {before + 1}".encode() in head
+            assert len(body) < before + 1
+        breaking[0] = False
+        assert scrape(server, None, timeout=5) == (200, METRICS)
+    assert "a bug in making the answer" in caplog.text
+    caplog.clear()  # seen: not for no_server_errors to report
+
+
 @pytest.fixture(scope="module")
 def fuzzed_server(pki: PKI) -> Iterator[ExporterServer]:
     with serving(web_config(pki, tls=False), workers=2, header_timeout=1) as server:
