@@ -117,17 +117,6 @@ def _crc_of_both(crc: int, piece: Deflated) -> int:
     return _crc_of_zeros(piece.size, crc) ^ piece.crc ^ piece.zeros_crc
 
 
-def _joined(pieces: Sequence[Piece]) -> Piece:
-    """One piece of several of the same kind, in order."""
-    if all(isinstance(piece, bytes) for piece in pieces):
-        return b"".join(cast(Sequence[bytes], pieces))
-    crc = size = 0
-    for piece in cast(Sequence[Deflated], pieces):
-        crc, size = _crc_of_both(crc, piece), size + piece.size
-    blocks = b"".join(piece.blocks for piece in cast(Sequence[Deflated], pieces))
-    return Deflated(blocks, size, crc, _crc_of_zeros(size))
-
-
 def utf8(pieces: Iterable[Piece]) -> Iterator[bytes]:
     """The UTF-8 of ``pieces``, the compressed ones inflated a slice at a time."""
     for piece in pieces:
@@ -192,10 +181,15 @@ class _WrittenSnapshot:
         # Family by family as they come, a batch of VMs at a time, each batch's series
         # compressed as they come: the samples and the text of one batch live at once, not
         # those of every VM (docs/design.md, "Memory").
-        add = Deflated.of if compressed else bytes
-        written: dict[str, list[Piece]] = {}
+        written: dict[str, list[bytes]] = {}  # per family: its batches' UTF-8, or deflated
+        sums: dict[str, tuple[int, int]] = {}  # per family compressed: CRC-32 and size so far
         for family in snapshot_families(controller, snapshot, state, vms_at_once=VMS_AT_ONCE):
-            written.setdefault(family.name, []).append(add(_series(family).encode()))
+            data = _series(family).encode()
+            if compressed:
+                crc, size = sums.get(family.name, (0, 0))
+                sums[family.name] = zlib.crc32(data, crc), size + len(data)
+                data = _deflate(data)
+            written.setdefault(family.name, []).append(data)
         ages = {
             series.family.name: tuple(
                 # The line as prometheus_client writes it, but for its value (no timestamp).
@@ -204,7 +198,14 @@ class _WrittenSnapshot:
             )
             for series in age_series(controller, snapshot, state)
         }
-        series = {name: _joined(written.pop(name)) for name in list(written)}
+        series: dict[str, Piece] = {}
+        for name in list(written):  # one family at a time, its batches freed as it is joined
+            data = b"".join(written.pop(name))
+            if compressed:
+                crc, size = sums[name]
+                series[name] = Deflated(data, size, crc, _crc_of_zeros(size))
+            else:
+                series[name] = data
         return cls(weakref.ref(snapshot), state, series, ages)
 
     def ages_at(self, name: str, now: float) -> bytes:
