@@ -32,11 +32,14 @@ class Stream(Protocol):
     def __iter__(self) -> Iterator[bytes]: ...
 
 
+#: A body, its chunks in order, or a stream (sent as they come: never copied whole).
+Body = bytes | tuple[bytes, ...] | Stream
+
+
 @dataclass(frozen=True)
 class Response:
     status: HTTPStatus
-    #: The body, its chunks in order, or a stream (sent as they come: never copied whole).
-    body: bytes | tuple[bytes, ...] | Stream = b""
+    body: Body = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 

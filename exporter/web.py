@@ -22,7 +22,7 @@ from typing import Any
 
 from exporter import __version__
 from exporter.basicauth import BASIC_AUTH_CHALLENGE
-from exporter.httpresponse import Response, Stream
+from exporter.httpresponse import Body, Response
 from exporter.httpserver import HTTPServer, Request, ServerSettings
 from exporter.landing import landing_page
 from exporter.model import ControllerStatus
@@ -38,7 +38,7 @@ class WebApp:
     """What the web layer needs from the rest of the exporter, as plain callables."""
 
     #: The text, whole or in chunks; argument: gzipped.
-    render_metrics: Callable[[bool], bytes | tuple[bytes, ...] | Stream]
+    render_metrics: Callable[[bool], Body]
     statuses: Callable[[], Sequence[ControllerStatus]]
     ready: Callable[[], bool]
     reload: Callable[[], tuple[bool, str]]
