@@ -9,9 +9,12 @@ reads those statuses without importing the client or the poller.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
+
+# BLAKE2 as CPython builds it in: hashlib would load OpenSSL's libcrypto too (3.5 MB of the
+# decoding worker's memory, which has no other use for it).
+from _blake2 import blake2b
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -189,7 +192,7 @@ def label_value(value: str) -> str:
     cleaned = clean_text(value)
     if cleaned == value and len(value) <= MAX_LABEL_LENGTH:
         return value
-    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    digest = blake2b(value.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
     return f"{cleaned[: MAX_LABEL_LENGTH - _MARK_LENGTH]}~{digest}"
 
 

@@ -12,8 +12,11 @@ poll changes it (:meth:`BackupStore.merge`) and the snapshot is counted from it 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import math
+
+# BLAKE2 as CPython builds it in: hashlib would load OpenSSL's libcrypto too (3.5 MB of the
+# decoding worker's memory, which has no other use for it).
+from _blake2 import blake2b
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -81,7 +84,7 @@ def id_key(identifier: str) -> bytes:
         else:
             if key.hex() == identifier.replace("-", ""):  # lowercase: one id, one key
                 return key
-    return hashlib.blake2b(identifier.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return blake2b(identifier.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def read_record(backup: Mapping[str, object]) -> Record:

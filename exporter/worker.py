@@ -18,9 +18,16 @@ page's backups in columns when the scan keeps them (:class:`~exporter.store.Rows
 is built in the exporter as the pages come, never whole in the child), then the scan's
 snapshot (one entry per VM). An incremental poll's store is counted here too, sent a chunk of
 rows at a time (:meth:`~exporter.store.StoreScan.count_rows`) and counted as it comes.
-Messages are a pickled header and a raw body (a page), behind their lengths, on the child's
-stdin and stdout; it exits when its stdin closes, so it never outlives the exporter. Its stderr
-is the exporter's, and it logs there in the exporter's format (:mod:`exporter.logs`).
+Messages are a header pickled onto the pipe as it is made, with the length of a raw body (a
+page) that follows it, on the child's stdin and stdout; it exits when its stdin closes, so it
+never outlives the exporter. Its stderr is the exporter's, and it logs there in the
+exporter's format (:mod:`exporter.logs`).
+
+A full scan's child is stopped once that scan and every other open one have closed, and the
+next scan starts a new one. Decoding a million backups leaves a child holding 60 MB (its
+caches of timestamps, and Python's arenas that freed tallies leave behind) which nothing gives
+back but its exit; an incremental poll's count, from the store's columns, leaves it at 25, so
+the child that counts them lives on.
 
 If the child cannot be started, scans are counted in the exporter's own process (slower
 scrapes while polling, nothing else changes) and a warning says so. If it dies during a scan,
@@ -37,7 +44,6 @@ import os
 import pickle
 import re
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -52,14 +58,12 @@ from exporter.store import BackupScan, BackupStore, Rows, StoreScan
 
 log = logging.getLogger(__name__)
 
-#: A message: the lengths of its pickled header and of its raw body, then both.
-_LENGTHS = struct.Struct("!QQ")
 #: How much lower the child's CPU priority is than the exporter's (``nice``).
 WORKER_NICENESS = 10
 #: The environment variables the child inherits.
 _PASSED_ON = re.compile(r"PYTHON[A-Z0-9_]*|PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR")
-#: A page is at most 64 MiB (the client refuses larger answers); a message is never near this.
-_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: A page is at most 64 MiB (the client refuses larger answers); a body is never near this.
+_MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
 class WorkerLost(DecodeError):
@@ -83,6 +87,8 @@ class DecodingWorker:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._scan_ids = itertools.count(1)
+        self._open_scans = 0
+        self._retiring = False  # a full scan was counted: stop the child once no scan is open
         self._closed = False
         self._warned = False
         self.starts = 0
@@ -104,6 +110,8 @@ class DecodingWorker:
                 self._warned = True
             return StoreScan(keep)
         self._warned = False
+        with self._lock:
+            self._open_scans += 1
         return _WorkerScan(self, scan_id, generation, keep)
 
     def call(
@@ -152,6 +160,21 @@ class DecodingWorker:
         with self._lock:
             self._closed = True
             self._stop_process()
+
+    def _scan_closed(self, decoded_pages: bool) -> None:
+        with self._lock:
+            self._open_scans -= 1
+            self._retiring = self._retiring or decoded_pages
+            if self._open_scans == 0 and self._retiring:
+                self._retiring = False
+                process = self._process
+                self._stop_process()
+                if process is not None:
+                    log.debug(
+                        "decoding worker stopped after a full scan, pid %d",
+                        process.pid,
+                        extra={"pid": process.pid},
+                    )
 
     @property
     def pid(self) -> int | None:
@@ -210,8 +233,11 @@ class _WorkerScan:
         self._id = scan_id
         self._generation = generation
         self._store = BackupStore() if keep else None
+        self._decoded_pages = False
+        self._closed = False
 
     def count(self, offset: int, body: bytes, order: str = SORT_FIELD) -> PageOutcome:
+        self._decoded_pages = True
         request = ("page", self._id, offset, order)
         outcome: PageOutcome
         rows: Rows | None
@@ -232,8 +258,14 @@ class _WorkerScan:
         return self._store
 
     def close(self) -> None:
-        with contextlib.suppress(DecodeError):  # the child is gone, and the scan with it
-            self._worker.call(("close", self._id), self._generation)
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with contextlib.suppress(DecodeError):  # the child is gone, and the scan with it
+                self._worker.call(("close", self._id), self._generation)
+        finally:
+            self._worker._scan_closed(self._decoded_pages)
 
 
 def _how_it_ended(code: int | None) -> str:
@@ -245,21 +277,19 @@ def _how_it_ended(code: int | None) -> str:
 
 
 def _send(stream: IO[bytes], message: object, body: bytes = b"") -> None:
-    """``message`` pickled, then ``body`` as it is: a page is never copied into a pickle."""
-    header = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    stream.write(_LENGTHS.pack(len(header), len(body)))
-    stream.write(header)
+    """``message`` and the length of ``body``, pickled onto the stream as they are made (64 KiB
+    frames: a snapshot or a chunk of rows is never held whole as a pickle, by either side),
+    then ``body`` as it is (a page is never copied into a pickle)."""
+    pickle.dump((message, len(body)), stream, pickle.HIGHEST_PROTOCOL)
     stream.write(body)
     stream.flush()
 
 
 def _receive(stream: IO[bytes]) -> tuple[Any, bytes]:
-    lengths = _read_exactly(stream, _LENGTHS.size)
-    header_length, body_length = _LENGTHS.unpack(lengths)
-    if header_length + body_length > _MAX_MESSAGE_BYTES:
-        raise ValueError(f"a message of {header_length + body_length} bytes")
     # Our own child or parent, on a pipe nobody else holds: pickles are safe here.
-    message = pickle.loads(_read_exactly(stream, header_length))  # noqa: S301
+    message, body_length = pickle.load(stream)  # noqa: S301
+    if not 0 <= body_length <= _MAX_BODY_BYTES:
+        raise ValueError(f"a message of {body_length} bytes")
     return message, _read_exactly(stream, body_length)
 
 

@@ -97,9 +97,12 @@ def test_scans_of_several_controllers_share_the_worker_without_mixing(
     specs = [FederationSpec(seed=seed, vms=80 * seed, backups_per_vm=5) for seed in (1, 2, 3)]
     simulators = [start_simulator(spec) for spec in specs]
     results: dict[int, Any] = {}
+    # Open together, so that one child counts them all: a child that counted a full scan is
+    # stopped once no scan is open.
+    scans = [worker.open_scan() for _ in simulators]
 
     def scan(index: int) -> None:
-        scan = worker.open_scan()
+        scan = scans[index]
         try:
             client_for(simulators[index], page_size=50).read(BACKUPS, scan)
             results[index] = scan.snapshot()
@@ -179,11 +182,14 @@ class PagesThenKill(NoPollLimits):
         self.logins = 1
         self.pace = Pace(concurrency=1, page_size=3000)
         self.kill = True
+        self.pids: list[int] = []  # of the workers that counted a page
 
     def read(self, collection: Collection, pages: PageSink) -> None:
         if answer_inventory(collection, pages):
             return
         pages.count(0, page([backup(1), backup(2)], count=4))
+        assert self.worker.pid is not None
+        self.pids.append(self.worker.pid)
         if self.kill:
             self.kill = False
             assert self.worker.pid is not None
@@ -211,13 +217,13 @@ def test_a_worker_killed_mid_scan_fails_that_poll_only(worker: DecodingWorker) -
     assert failed.last_error is not None
     assert "decoding worker" in failed.last_error
     assert "ended unexpectedly" in failed.last_error
-    first_pid = worker.pid
     recovered = poller.poll_once()
     assert recovered.up
     assert recovered.snapshot is not None
     assert recovered.snapshot.backups_seen == 4
     assert worker.starts == 2
-    assert worker.pid != first_pid
+    killed, second = source.pids
+    assert second != killed
 
 
 @pytest.mark.parametrize(
@@ -321,3 +327,41 @@ def test_a_store_sent_to_the_worker_in_chunks_counts_as_it_does_here(
     for rows in BackupStore().chunks():
         empty.count_rows(rows)
     assert empty.snapshot() == BackupStore().aggregate()
+
+
+def test_a_child_that_decoded_a_full_scan_is_stopped_once_no_scan_is_open(
+    worker: DecodingWorker,
+) -> None:
+    full, other = worker.open_scan(), worker.open_scan(keep=False)
+    full.count(0, page([backup(1), backup(2)]))
+    decoder = worker.pid
+    assert decoder is not None
+    full.close()
+    assert worker.pid == decoder  # another scan is still open in it
+    other.close()
+    assert worker.pid is None
+    assert ended(decoder)  # its memory given back
+    # The next scan starts a child of its own, and gets the same answers.
+    again = worker.open_scan()
+    assert again.count(0, page([backup(1), backup(2)])) == PageOutcome(2, 2, 2, last_placed=1)
+    assert worker.starts == 2
+    again.close()
+    again.close()  # closing twice counts once
+    assert worker.pid is None
+
+
+def test_a_child_that_only_counted_a_store_lives_on_for_the_next_poll(
+    worker: DecodingWorker,
+) -> None:
+    here = StoreScan()
+    here.count(0, page([backup(n) for n in range(1, 10)]))
+    store = here.take_store()
+    assert store is not None
+    for _ in range(3):
+        scan = worker.open_scan(keep=False)
+        for rows in store.chunks():
+            scan.count_rows(rows)
+        assert scan.snapshot() == store.aggregate()
+        scan.close()
+        assert worker.pid is not None
+    assert worker.starts == 1
