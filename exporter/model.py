@@ -252,7 +252,7 @@ class HeldBackups(NamedTuple):
     consistency_known: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VMBackups:
     """The backups of one VM (whatever the VM's state), by destination.
 
@@ -268,6 +268,21 @@ class VMBackups:
     newest_created: float | None
     newest_destination: str
     held: Mapping[str, HeldBackups] = field(default_factory=dict)  # by destination
+
+    def __reduce__(self) -> tuple[type[VMBackups], tuple[object, ...]]:
+        # Slots (no dict per VM: 2 MB less per 20,000 VMs, in the exporter and its worker)
+        # pickle as slowly as dataclasses' __getstate__ goes; as a call, no slower than a dict.
+        return (
+            VMBackups,
+            (
+                self.vm_id,
+                self.newest_failed,
+                self.newest_state,
+                self.newest_created,
+                self.newest_destination,
+                self.held,
+            ),
+        )
 
     @property
     def newest_protected(self) -> dict[str, float]:
