@@ -22,7 +22,7 @@ from exporter.poller import ControllerPoller, connect
 from exporter.scan import Pace, Scanner
 from exporter.simulator import FederationSpec, SimulatedController
 from exporter.store import BackupScan, BackupStore, StoreScan
-from exporter.worker import WORKER_NICENESS, DecodingWorker
+from exporter.worker import VMS_PER_PART, WORKER_NICENESS, DecodingWorker
 from tests.conftest import wait_until
 from tests.live_exporter import ExporterProcess, write_config
 from tests.snapshots import NoPollLimits, answer_inventory
@@ -365,3 +365,17 @@ def test_a_child_that_only_counted_a_store_lives_on_for_the_next_poll(
         scan.close()
         assert worker.pid is not None
     assert worker.starts == 1
+
+
+def test_a_snapshot_of_more_vms_than_a_part_comes_back_whole(worker: DecodingWorker) -> None:
+    here = StoreScan()
+    vms = 2 * VMS_PER_PART + 7  # three parts, the last of 7
+    here.count(0, page([backup(n) for n in range(1, vms + 1)]))
+    store = here.take_store()
+    assert store is not None
+    there = worker.open_scan(keep=False)
+    for rows in store.chunks():
+        there.count_rows(rows)
+    snapshot = there.snapshot()
+    assert len(snapshot.vms) == vms
+    assert snapshot == here.snapshot()
