@@ -24,10 +24,10 @@ never outlives the exporter. Its stderr is the exporter's, and it logs there in 
 exporter's format (:mod:`exporter.logs`).
 
 A full scan's child is stopped once that scan and every other open one have closed, and the
-next scan starts a new one. Decoding a million backups leaves a child holding 60 MB (its
-caches of timestamps, and Python's arenas that freed tallies leave behind) which nothing gives
-back but its exit; an incremental poll's count, from the store's columns, leaves it at 25, so
-the child that counts them lives on.
+next scan starts a new one. Decoding a million backups leaves a child holding 52-55 MiB (its
+caches of timestamps, and Python's arenas that freed tallies leave behind) which nothing
+gives back but its exit; an incremental poll's count, from the store's columns, leaves it at
+about 22, so the child that counts them lives on.
 
 If the child cannot be started, scans are counted in the exporter's own process (slower
 scrapes while polling, nothing else changes) and a warning says so. If it dies during a scan,
@@ -103,9 +103,12 @@ class DecodingWorker:
         :class:`~exporter.store.StoreScan`); in this process instead if the child cannot be
         started."""
         scan_id = next(self._scan_ids)
+        with self._lock:  # counted before the child is asked: it is not stopped meanwhile
+            self._open_scans += 1
         try:
             _, generation = self._exchange(("open", scan_id, keep), None)
         except WorkerLost as err:
+            self._scan_closed(decoded_pages=False)
             if not self._warned:
                 log.warning(
                     "%s; counting backups in the exporter's own process instead",
@@ -114,9 +117,10 @@ class DecodingWorker:
                 )
                 self._warned = True
             return StoreScan(keep)
+        except BaseException:
+            self._scan_closed(decoded_pages=False)
+            raise
         self._warned = False
-        with self._lock:
-            self._open_scans += 1
         return _WorkerScan(self, scan_id, generation, keep)
 
     def call(

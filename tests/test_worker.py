@@ -379,3 +379,31 @@ def test_a_snapshot_of_more_vms_than_a_part_comes_back_whole(worker: DecodingWor
     snapshot = there.snapshot()
     assert len(snapshot.vms) == vms
     assert snapshot == here.snapshot()
+
+
+def test_a_scan_opened_while_a_full_scan_closes_keeps_its_child(
+    worker: DecodingWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = worker.open_scan()
+    full.count(0, page([backup(1)]))
+    opened, closed = threading.Event(), threading.Event()
+    exchange = worker._exchange
+
+    def open_then_wait(request: tuple[Any, ...], *rest: Any) -> Any:
+        answer = exchange(request, *rest)
+        if request[0] == "open":  # the child answered; the full scan closes now
+            opened.set()
+            assert closed.wait(10)
+        return answer
+
+    monkeypatch.setattr(worker, "_exchange", open_then_wait)
+    scans: list[BackupScan] = []
+    other = threading.Thread(target=lambda: scans.append(worker.open_scan()))
+    other.start()
+    assert opened.wait(10)
+    full.close()
+    closed.set()
+    other.join(10)
+    (scan,) = scans
+    assert scan.count(0, page([backup(2)])) == PageOutcome(1, 1, 1, last_placed=0)
+    assert worker.starts == 1
