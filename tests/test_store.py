@@ -14,9 +14,11 @@ from exporter.backups import CLUSTER_FILTER, STORE_FILTER, Aggregator
 from exporter.incremental import timestamp
 from exporter.model import MAX_LABEL_LENGTH
 from exporter.store import (
+    CHUNK_ROWS,
     BackupStore,
     Record,
     _expiry_second,
+    _sorted,
     id_key,
     read_record,
 )
@@ -172,3 +174,12 @@ def test_an_expiration_in_4_bytes_is_past_exactly_when_the_time_is(
     kept = _expiry_second(expires)
     assert 0 <= kept < 2**32
     assert (kept <= now) == (expires <= now)
+
+
+@settings(max_examples=25)
+@given(st.lists(st.floats(allow_nan=False), max_size=50), st.integers(0, 3))
+def test_times_sorted_in_runs_are_sorted_as_a_whole(times: list[float], runs: int) -> None:
+    rng = random.Random(len(times))
+    many = times + [rng.uniform(-1e9, 4e9) for _ in range(runs * CHUNK_ROWS // 2)]
+    assert list(_sorted(many)) == sorted(many)
+    assert list(_sorted(iter(many))) == sorted(many)
