@@ -391,6 +391,9 @@ class ControllerPoller:
         # Kept for the next poll only if this one succeeds (a failed poll's next is full),
         # and held nowhere else meanwhile: a full scan frees it before building the next.
         store, self._store = self._store, None
+        name = self.controller.name
+        # A new snapshot shares the published one's VMs that did not change (SharedWith).
+        published = self.status.snapshot.backups.vms if self.status.snapshot else ()
         now = self._clock()
         reason = self._full_scan_reason(store, now)
         if reason is None and store is not None:
@@ -405,7 +408,6 @@ class ControllerPoller:
                 if tally.records:
                     raise incremental.Mismatch(f"{tally.records} backups could not be read")
             except incremental.Mismatch as err:
-                name = self.controller.name
                 log.warning(
                     "controller %s: incremental poll does not add up (%s); scanning every backup",
                     name,
@@ -414,20 +416,20 @@ class ControllerPoller:
                 )
                 reason = "mismatch"
             else:
-                return count_elsewhere(store, self._scans), store, "incremental"
+                return count_elsewhere(store, self._scans, published), store, "incremental"
         store = None  # freed before the scan that replaces it
         reason = reason or "schedule"
         self._full_scans[reason] = self._full_scans.get(reason, 0) + 1
         log.debug(
             "controller %s: full scan (%s)",
-            self.controller.name,
+            name,
             reason,
-            extra={"controller": self.controller.name, "reason": reason},
+            extra={"controller": name, "reason": reason},
         )
         scan = self._scans(keep=self.poll_config.full_scan_interval_seconds > 0)
         try:
             self._client.read(listing, unreadable.around(_Objects(objects, scan)))
-            snapshot = scan.snapshot()
+            snapshot = scan.snapshot(published)
             if unreadable.records:
                 self._no_store = "unreadable"  # a store without them would never add up
             else:
@@ -440,11 +442,9 @@ class ControllerPoller:
     def _full_scan_reason(self, store: BackupStore | None, now: float) -> str | None:
         """Why this poll must scan every backup; None if it need not."""
         interval = self.poll_config.full_scan_interval_seconds
-        if interval <= 0:
-            return "schedule"
-        if store is None:
+        if store is None and interval > 0:
             return self._no_store
-        if now - self._last_full_scan >= interval:
+        if interval <= 0 or now - self._last_full_scan >= interval:
             return "schedule"
         return None
 

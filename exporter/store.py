@@ -22,7 +22,7 @@ from _blake2 import blake2b
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from exporter.backups import (
@@ -35,7 +35,7 @@ from exporter.backups import (
     read_backup,
     seconds_of,
 )
-from exporter.model import MISSING, OTHER_STATE, STATES, BackupSnapshot
+from exporter.model import MISSING, OTHER_STATE, STATES, BackupSnapshot, VMBackups
 from exporter.pages import SORT_FIELD, PageCounter, PageOutcome, PageSink
 
 #: A backup's ``state`` as a byte: its index here.
@@ -482,11 +482,39 @@ class BackupStore:
             )
 
 
+class SharedWith:
+    """Gives each VM of a new snapshot as the equal one of the published snapshot, where there
+    is one: between two polls most VMs' backups do not change, and the new snapshot then
+    shares their objects with the published one instead of holding a second copy while both
+    live (at 20,000 VMs, 14 MB of Python objects, most of them alike). Both in order of id, as
+    :meth:`~exporter.backups.Aggregator.snapshot` makes them; called on the parts of a snapshot
+    in turn."""
+
+    def __init__(self, published: Sequence[VMBackups]) -> None:
+        self._published = iter(published)
+        self._next = next(self._published, None)
+
+    def __call__(self, vms: Iterable[VMBackups]) -> Iterator[VMBackups]:
+        for vm in vms:
+            known = self._next
+            while known is not None and known.vm_id < vm.vm_id:
+                known = next(self._published, None)
+            self._next = known
+            # Equal, and its destinations in the same order (as series are written).
+            if known is not None and known == vm and tuple(known.held) == tuple(vm.held):
+                yield known
+            else:
+                yield vm
+
+
 class BackupScan(PageSink, Protocol):
     """The pages of one scan of :data:`BACKUPS` in, a snapshot out; closed once the scan is over,
     whatever happened."""
 
-    def snapshot(self) -> BackupSnapshot: ...
+    def snapshot(self, published: Sequence[VMBackups] = ()) -> BackupSnapshot:
+        """What was counted; each VM equal to one of ``published`` (the VMs of the snapshot
+        published now, by id) is given as that very object (:class:`SharedWith`)."""
+        ...
 
     def count_rows(self, rows: Rows) -> None:
         """Count rows of a store too (:meth:`BackupStore.chunks`)."""
@@ -544,11 +572,14 @@ class StoreScan:
         self._rows.count_into(self._aggregator)
         self._rows.drain()
 
-    def snapshot(self) -> BackupSnapshot:
+    def snapshot(self, published: Sequence[VMBackups] = ()) -> BackupSnapshot:
         """What was scanned: the scan is over, its tallies are freed as the snapshot is made."""
         if self._snapshot is None:
             self._count_kept()
-            self._snapshot = self._aggregator.snapshot(free=True)
+            snapshot = self._aggregator.snapshot(free=True)
+            if published:
+                snapshot = replace(snapshot, vms=tuple(SharedWith(published)(snapshot.vms)))
+            self._snapshot = snapshot
         return self._snapshot
 
     def take_store(self) -> BackupStore | None:
@@ -558,14 +589,17 @@ class StoreScan:
         pass
 
 
-def count_elsewhere(store: BackupStore, scans: BackupScanFactory) -> BackupSnapshot:
+def count_elsewhere(
+    store: BackupStore, scans: BackupScanFactory, published: Sequence[VMBackups] = ()
+) -> BackupSnapshot:
     """The snapshot of the store's backups, counted where scans are: in the decoding worker,
     the store sent :data:`CHUNK_ROWS` rows at a time, this process's interpreter lock free for
-    the scrapes meanwhile (:meth:`StoreScan.count_rows`)."""
+    the scrapes meanwhile (:meth:`StoreScan.count_rows`). VMs as in
+    :meth:`BackupScan.snapshot`."""
     scan = scans(keep=False)
     try:
         for rows in store.chunks():
             scan.count_rows(rows)
-        return scan.snapshot()
+        return scan.snapshot(published)
     finally:
         scan.close()

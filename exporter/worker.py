@@ -47,15 +47,16 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 from exporter import logs
 from exporter.memory import keep_large_buffers_off_the_heap
-from exporter.model import BackupSnapshot, DecodeError, OrderError
+from exporter.model import BackupSnapshot, DecodeError, OrderError, VMBackups
 from exporter.pages import SORT_FIELD, PageOutcome
-from exporter.store import BackupScan, BackupStore, Rows, StoreScan
+from exporter.store import BackupScan, BackupStore, Rows, SharedWith, StoreScan
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +125,28 @@ class DecodingWorker:
         return _WorkerScan(self, scan_id, generation, keep)
 
     def call(
-        self, request: tuple[Any, ...], generation: int | None = None, body: bytes = b""
+        self,
+        request: tuple[Any, ...],
+        generation: int | None = None,
+        body: bytes = b"",
+        published: Sequence[VMBackups] = (),
     ) -> Any:
         """Send one request and return its answer; :class:`DecodeError` if the child refused it.
 
         With ``generation`` (what ``open`` answered), only to the child that answered it: a
         scan's state dies with its child, and a new child is not started just to hear that.
         """
-        return self._exchange(request, generation, body)[0]
+        return self._exchange(request, generation, body, published)[0]
 
     def _exchange(
-        self, request: tuple[Any, ...], generation: int | None, body: bytes = b""
+        self,
+        request: tuple[Any, ...],
+        generation: int | None,
+        body: bytes = b"",
+        published: Sequence[VMBackups] = (),
     ) -> tuple[Any, int]:
-        """The answer, and the generation of the child that gave it."""
+        """The answer, and the generation of the child that gave it; a snapshot's VMs shared
+        with ``published`` (:class:`~exporter.store.SharedWith`)."""
         with self._lock:
             if self._closed:
                 raise WorkerLost("the decoding worker is closed")
@@ -147,7 +157,7 @@ class DecodingWorker:
             assert process.stdout is not None
             try:
                 _send(process.stdin, request, body)
-                status, value = _receive_answer(process.stdout)
+                status, value = _receive_answer(process.stdout, published)
             except (OSError, EOFError, ValueError, pickle.UnpicklingError):
                 self._stop_process()
                 raise WorkerLost(
@@ -258,8 +268,9 @@ class _WorkerScan:
     def count_rows(self, rows: Rows) -> None:
         self._worker.call(("rows", self._id, rows), self._generation)
 
-    def snapshot(self) -> BackupSnapshot:
-        snapshot: BackupSnapshot = self._worker.call(("snapshot", self._id), self._generation)
+    def snapshot(self, published: Sequence[VMBackups] = ()) -> BackupSnapshot:
+        request = ("snapshot", self._id)
+        snapshot: BackupSnapshot = self._worker.call(request, self._generation, b"", published)
         return snapshot
 
     def take_store(self) -> BackupStore | None:
@@ -315,10 +326,16 @@ def _send_answer(stream: IO[bytes], answer: tuple[str, Any]) -> None:
     stream.flush()
 
 
-def _receive_answer(stream: IO[bytes]) -> tuple[str, Any]:
+def _receive_answer(stream: IO[bytes], published: Sequence[VMBackups] = ()) -> tuple[str, Any]:
+    """An answer; a snapshot's VMs equal to one of ``published`` given as that one, part by
+    part, so that the new snapshot is never held whole beside the published one."""
     status, value, vms = pickle.load(stream)  # noqa: S301 (our own child, as above)
     if vms:
-        parts = [pickle.load(stream) for _ in range(-(-vms // VMS_PER_PART))]  # noqa: S301
+        shared = SharedWith(published)
+        parts = [
+            tuple(shared(pickle.load(stream)))  # noqa: S301
+            for _ in range(-(-vms // VMS_PER_PART))
+        ]
         value = replace(value, vms=tuple(itertools.chain.from_iterable(parts)))
     return status, value
 

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from exporter.backups import CLUSTER_FILTER, STORE_FILTER, Aggregator
 from exporter.incremental import timestamp
-from exporter.model import MAX_LABEL_LENGTH
+from exporter.model import MAX_LABEL_LENGTH, HeldBackups, VMBackups
 from exporter.store import (
     CHUNK_ROWS,
     BackupStore,
     Record,
+    SharedWith,
     _expiry_second,
     _sorted,
     id_key,
@@ -183,3 +184,32 @@ def test_times_sorted_in_runs_are_sorted_as_a_whole(times: list[float], runs: in
     many = times + [rng.uniform(-1e9, 4e9) for _ in range(runs * CHUNK_ROWS // 2)]
     assert list(_sorted(many)) == sorted(many)
     assert list(_sorted(iter(many))) == sorted(many)
+
+
+def vm_backups(vm_id: str, size: int, *where: str) -> VMBackups:
+    held = {at: HeldBackups(1, size, 1, 10.0, 10.0, None, True) for at in where}
+    return VMBackups(vm_id, None, "PROTECTED", 10.0, where[0], held)
+
+
+def test_a_new_snapshot_shares_the_vms_that_did_not_change_with_the_published_one() -> None:
+    published = [
+        vm_backups("a", 1, "Boston"),
+        vm_backups("b", 1, "Boston", "Paris"),
+        vm_backups("c", 1, "Boston"),
+        vm_backups("e", 1, "Boston"),
+    ]
+    new = [
+        vm_backups("a", 1, "Boston"),  # unchanged
+        vm_backups("b", 1, "Paris", "Boston"),  # equal, its destinations in another order
+        vm_backups("c", 2, "Boston"),  # changed
+        vm_backups("d", 1, "Boston"),  # new
+        vm_backups("e", 1, "Boston"),  # unchanged, after one that is new
+        vm_backups("f", 1, "Boston"),  # new, past the published ones
+    ]
+    shared = SharedWith(published)
+    got = [*shared(new[:2]), *shared(new[2:])]  # in parts, as the decoding worker sends them
+    assert got == new
+    assert [vm.vm_id for vm, made in zip(got, new, strict=True) if vm is not made] == ["a", "e"]
+    assert got[0] is published[0]
+    assert got[4] is published[3]
+    assert list(SharedWith([])(new)) == new
