@@ -141,6 +141,7 @@ class Resident:
     def __init__(self, pid: int) -> None:
         self._pid = pid
         self.together = 0
+        self.together_parts = (0, 0)  # the process's and its children's at that moment
         self.child = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -150,8 +151,9 @@ class Resident:
         while not self._stop.wait(0.005):
             own = _resident(self._pid)
             children = [_resident(pid) for pid in _children(self._pid)]
-            if own:
-                self.together = max(self.together, own + sum(children))
+            if own and own + sum(children) > self.together:
+                self.together = own + sum(children)
+                self.together_parts = (own, sum(children))
             self.child = max(self.child, *children, 0)
 
     def close(self) -> None:
@@ -217,6 +219,7 @@ class Exporter:
             raise RuntimeError(f"a steady-state poll failed: {figures['error']}")
         figures["worker_rss"] = max(figures["worker_rss"], self.resident.child)
         figures["together_rss"] = max(self.resident.together, figures["rss"])
+        figures["together_parts"] = self.resident.together_parts
         return figures
 
     def close(self) -> None:
@@ -290,6 +293,7 @@ def _line(row: dict[str, Any]) -> str:
         f"(full {full['cpu']:.2f} s, {full['own_cpu']:.2f}), peak RSS "
         f"{inc['rss'] / mib:.0f} + worker {inc['worker_rss'] / mib:.0f}, "
         f"{inc['together_rss'] / mib:.0f} at once MiB "
+        f"({inc['together_parts'][0] / mib:.0f} + {inc['together_parts'][1] / mib:.0f}) "
         f"(full {full['rss'] / mib:.0f} + {full['worker_rss'] / mib:.0f}, "
         f"{full['together_rss'] / mib:.0f}), equal {row['equal']}"
     )
