@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 
-# BLAKE2 as CPython builds it in: hashlib would load OpenSSL's libcrypto too (3.5 MB of the
-# decoding worker's memory, which has no other use for it).
-from _blake2 import blake2b
+# hashlib's blake2b is this one (CPython's own BLAKE2, for labels here and the store's ids), but
+# importing hashlib loads OpenSSL's libcrypto too: 3.5 MB of the decoding worker, which has no
+# other use for it.
+from _blake2 import blake2b as blake2b
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime

@@ -15,10 +15,6 @@ import bisect
 import heapq
 import itertools
 import math
-
-# BLAKE2 as CPython builds it in: hashlib would load OpenSSL's libcrypto too (3.5 MB of the
-# decoding worker's memory, which has no other use for it).
-from _blake2 import blake2b
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -35,7 +31,7 @@ from exporter.backups import (
     read_backup,
     seconds_of,
 )
-from exporter.model import MISSING, OTHER_STATE, STATES, BackupSnapshot, VMBackups
+from exporter.model import MISSING, OTHER_STATE, STATES, BackupSnapshot, VMBackups, blake2b
 from exporter.pages import SORT_FIELD, PageCounter, PageOutcome, PageSink
 
 #: A backup's ``state`` as a byte: its index here.
