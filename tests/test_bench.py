@@ -91,6 +91,11 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
     assert [row["incremental"]["kind"] for row in steady] == ["full", "incremental", "incremental"]
     assert all(row["incremental"]["objects"] < row["full"]["objects"] for row in steady[1:])
     assert "| 2,000 / 100 |" in (tmp_path / "steady.md").read_text()
+    # What both held at once was sampled, and is no more than their own peaks added.
+    for figures in (row[side] for row in steady for side in ("incremental", "full")):
+        assert figures["rss"] <= figures["together_rss"]
+        assert figures["together_rss"] <= figures["rss"] + figures["worker_rss"]
+        assert figures["worker_rss"] > 0
 
 
 def test_sizes_are_read_with_k_suffixes() -> None:
