@@ -76,22 +76,23 @@ def high_water_bytes(pid: int | None) -> int:
     return 0
 
 
-#: The peak RSS of each decoding worker, taken as the exporter closes it.
+#: The peak RSS of each decoding worker, taken as it is stopped.
 WORKER_PEAKS: list[int] = []
 
 
 def _measure_workers() -> None:
-    """Read each decoding worker's peak RSS just before the exporter closes it."""
+    """Read each decoding worker's peak RSS just before it is stopped: after a full scan, or
+    as the exporter closes it."""
     from exporter.worker import DecodingWorker
 
-    close = DecodingWorker.close
+    stop = DecodingWorker._stop_process
 
-    def close_measured(worker: DecodingWorker) -> None:
+    def stop_measured(worker: DecodingWorker) -> None:
         if worker.pid is not None:
             WORKER_PEAKS.append(high_water_bytes(worker.pid))
-        close(worker)
+        stop(worker)
 
-    setattr(DecodingWorker, "close", close_measured)  # noqa: B010 (mypy refuses a plain =)
+    setattr(DecodingWorker, "_stop_process", stop_measured)  # noqa: B010 (mypy refuses a plain =)
 
 
 #: The environment variable the benchmark's exporter configs read the password from.

@@ -70,6 +70,8 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
             assert row["requests_per_path"]["/api/virtual_machines"] >= 1
             assert row["requests_per_path"]["/api/policies/policy_schedule_report"] == 1
             assert row["requests_per_path"]["/api/oauth/token"] == 1
+            # Its decoding worker's peak is in it, though the worker stops after the scan.
+            assert 0 < row["worker_peak_rss_bytes"] < row["peak_rss_bytes"]
     assert "by path" in table
     assert [point["max_concurrency"] for point in results["sweep"]] == [1, 2]
     assert [(row["phase"], row["idle_connections"]) for row in results["load"]] == [
