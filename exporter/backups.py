@@ -10,6 +10,7 @@ the decoding worker (:mod:`exporter.worker`) or, if it cannot start, in this pro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -338,10 +339,7 @@ def read_backup(backup: Mapping[str, object], place: Place) -> BackupValues:
     # Not a text (absent, or odd): as if not said; a text not documented: said, not VSS.
     code = _CONSISTENCY_CODES.get(consistency, TYPED) if type(consistency) is str else 0
     # The usual values take the short way; anything else, the checks of the long one.
-    created = backup.get("created_at")
-    seconds = _SECONDS.get(created) if type(created) is str else None
-    if seconds is None:
-        seconds = _created(backup)
+    seconds = _created(backup)
     size = backup.get("size")
     if type(size) is not int or not 0 <= size <= _MAX_SIZE:
         size = _size(backup)
@@ -425,19 +423,32 @@ def _created(backup: Mapping[str, object]) -> float:
 
 def seconds_of(value: object) -> float | None:
     """A time as the API writes it (:func:`~exporter.model.is_timestamp`) in Unix seconds;
-    None if it is none."""
-    seconds = _SECONDS.get(value) if isinstance(value, str) else None
-    if seconds is None and is_timestamp(value):
-        seconds = timestamp_seconds(value)
-        if len(_SECONDS) >= _MAX_SECONDS:
-            _SECONDS.clear()
-        _SECONDS[value] = seconds
-    return seconds
+    None if it is none.
+
+    A whole second of a day already read (``2018-05-08T10:00:01Z``, as every captured answer
+    writes them) is read from that day's midnight and its clock, without the datetime module.
+    Not a cache of every time read: a million backups have about 100,000 of them, which held
+    14 MB of the decoding worker's peak; this costs 0.6 s more of its CPU per million.
+    """
+    if type(value) is str and len(value) == 20 and value[19] == "Z":
+        midnight = _MIDNIGHTS.get(value[:11])
+        if midnight is not None and _CLOCK.fullmatch(value, 11, 19):
+            clock = int(value[11:19].replace(":", ""))  # HHMMSS
+            hours, minutes, seconds = clock // 10000, clock // 100 % 100, clock % 100
+            if hours < 24 and minutes < 60 and seconds < 60:
+                return float(midnight + 3600 * hours + 60 * minutes + seconds)
+    if not is_timestamp(value):
+        return None
+    if len(_MIDNIGHTS) >= _MAX_MIDNIGHTS:
+        _MIDNIGHTS.clear()
+    _MIDNIGHTS[value[:11]] = int(timestamp_seconds(f"{value[:11]}00:00:00Z"))
+    return timestamp_seconds(value)
 
 
-#: Times already parsed: many backups share their second (a policy's schedule). Bounded.
-_SECONDS: dict[str, float] = {}
-_MAX_SECONDS = 100_000
+#: The Unix second of each midnight read, by its day's text (``2018-05-08T``). Bounded.
+_MIDNIGHTS: dict[str, int] = {}
+_MAX_MIDNIGHTS = 100_000
+_CLOCK = re.compile(r"[0-9][0-9]:[0-9][0-9]:[0-9][0-9]")  # ASCII digits only
 
 
 def _size(backup: Mapping[str, object]) -> int:

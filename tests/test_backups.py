@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from exporter.backups import UNKNOWN_CLUSTER, Aggregator, BackupRecordError
-from exporter.model import OTHER_STATE, STATES, BackupSnapshot, label_value
+from exporter.backups import UNKNOWN_CLUSTER, Aggregator, BackupRecordError, seconds_of
+from exporter.model import (
+    OTHER_STATE,
+    STATES,
+    BackupSnapshot,
+    is_timestamp,
+    label_value,
+    timestamp_seconds,
+)
 from tests.snapshots import aggregate
 
 T0 = "2024-03-01T06:00:00Z"  # 1709272800
@@ -297,3 +307,48 @@ def test_a_name_as_written_and_the_same_name_reached_by_cutting_share_one_tally(
         held = {vm.vm_id: dict(vm.newest_protected) for vm in snapshot.vms}
         assert held[cut_vm] == {cut_cluster: 1709359200.0}
         assert held["vm-1"] == {cut_cluster: 1709445600.0, UNKNOWN_CLUSTER: 1709359200.0}
+
+
+#: Texts a time may come as: whole seconds, fractions, out of range, odd digits or none.
+clock_texts = st.one_of(
+    st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 12, 31)).map(
+        lambda t: t.replace(microsecond=0).isoformat() + "Z"
+    ),
+    st.datetimes(min_value=datetime(1970, 1, 1)).map(lambda t: t.isoformat() + "Z"),
+    st.builds(
+        "2024-02-{:02d}T{:02d}:{:02d}:{:02d}Z".format,
+        st.integers(0, 31),
+        st.integers(0, 25),
+        st.integers(0, 61),
+        st.integers(0, 61),
+    ),
+    st.text("0123456789:Z.\u0661 ", min_size=8, max_size=11).map("2024-02-01T{}".format),
+    st.text(max_size=24),
+)
+
+
+@given(st.lists(clock_texts, min_size=1, max_size=20))
+def test_a_time_is_read_as_the_datetime_module_reads_it_whatever_was_read_before(
+    texts: list[str],
+) -> None:
+    for text in texts:
+        seconds_of(f"{text[:11]}00:00:00Z")  # its day read first, when it is one: the short way
+        expected = timestamp_seconds(text) if is_timestamp(text) else None
+        assert seconds_of(text) == expected, text
+    sample = datetime(2018, 5, 8, 10, 0, 1, tzinfo=UTC)  # as HPE's samples write them
+    assert seconds_of("2018-05-08T10:00:01Z") == sample.timestamp()
+
+
+@pytest.mark.parametrize(
+    "clock",
+    [
+        "00:00:00", "23:59:59", "24:00:00", "23:60:00", "23:59:60", "99:99:99",
+        "\u0661\u0660:00:00", "+1:00:00", " 1:00:00", "1 :00:00", "10:00:0\u0660", "10-00-00",
+    ],
+)  # fmt: skip
+def test_a_clock_on_a_day_already_read_is_read_as_the_datetime_module_reads_it(
+    clock: str,
+) -> None:
+    assert seconds_of("2024-02-29T12:00:00Z") is not None  # the day, read the long way
+    text = f"2024-02-29T{clock}Z"
+    assert seconds_of(text) == (timestamp_seconds(text) if is_timestamp(text) else None)
