@@ -24,10 +24,10 @@ never outlives the exporter. Its stderr is the exporter's, and it logs there in 
 exporter's format (:mod:`exporter.logs`).
 
 A full scan's child is stopped once that scan and every other open one have closed, and the
-next scan starts a new one. Decoding a million backups leaves a child holding 52-55 MiB (its
-caches of timestamps, and Python's arenas that freed tallies leave behind) which nothing
-gives back but its exit; an incremental poll's count, from the store's columns, leaves it at
-about 22, so the child that counts them lives on.
+next scan starts a new one. Decoding a million backups leaves a child holding 32-35 MiB
+(Python's arenas that the freed tallies and pages leave behind) which nothing gives back but
+its exit; an incremental poll's count, from the store's columns, leaves one at about 20, so
+the child that counts them lives on.
 
 If the child cannot be started, scans are counted in the exporter's own process (slower
 scrapes while polling, nothing else changes) and a warning says so. If it dies during a scan,
