@@ -93,10 +93,12 @@ def test_a_tiny_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> N
     assert [row["incremental"]["kind"] for row in steady] == ["full", "incremental", "incremental"]
     assert all(row["incremental"]["objects"] < row["full"]["objects"] for row in steady[1:])
     assert "| 2,000 / 100 |" in (tmp_path / "steady.md").read_text()
-    # What both held at once was sampled, and is no more than their own peaks added.
+    # What both held at once was sampled, and is no more than their own peaks added, give or
+    # take the kernel's bookkeeping: VmHWM is not raised on every path that lowers RSS, and a
+    # sample once exceeded the two VmHWMs added by 0.14 MB.
     for figures in (row[side] for row in steady for side in ("incremental", "full")):
         assert figures["rss"] <= figures["together_rss"]
-        assert figures["together_rss"] <= figures["rss"] + figures["worker_rss"]
+        assert figures["together_rss"] <= figures["rss"] + figures["worker_rss"] + 2**21
         assert figures["worker_rss"] > 0
 
 
