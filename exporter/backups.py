@@ -439,10 +439,11 @@ def seconds_of(value: object) -> float | None:
                 return float(midnight + 3600 * hours + 60 * minutes + seconds)
     if not is_timestamp(value):
         return None
+    unix = timestamp_seconds(value)
     if len(_MIDNIGHTS) >= _MAX_MIDNIGHTS:
         _MIDNIGHTS.clear()
-    _MIDNIGHTS[value[:11]] = int(timestamp_seconds(f"{value[:11]}00:00:00Z"))
-    return timestamp_seconds(value)
+    _MIDNIGHTS[value[:11]] = int(unix // 86400) * 86400  # UTC: every day is 86,400 s
+    return unix
 
 
 #: The Unix second of each midnight read, by its day's text (``2018-05-08T``). Bounded.
