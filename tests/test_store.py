@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from exporter.backups import CLUSTER_FILTER, STORE_FILTER, Aggregator
 from exporter.incremental import timestamp
-from exporter.model import MAX_LABEL_LENGTH, HeldBackups, VMBackups
+from exporter.model import MAX_LABEL_LENGTH, VMBackups
 from exporter.store import (
     CHUNK_ROWS,
     BackupStore,
@@ -23,6 +23,7 @@ from exporter.store import (
     id_key,
     read_record,
 )
+from tests.snapshots import vm_backups
 
 NOW = 1_700_000_000
 
@@ -186,25 +187,25 @@ def test_times_sorted_in_runs_are_sorted_as_a_whole(times: list[float], runs: in
     assert list(_sorted(iter(many))) == sorted(many)
 
 
-def vm_backups(vm_id: str, size: int, *where: str) -> VMBackups:
-    held = {at: HeldBackups(1, size, 1, 10.0, 10.0, None, True) for at in where}
-    return VMBackups(vm_id, None, "PROTECTED", 10.0, where[0], held)
+def protected_at(vm_id: str, *where: str, at: float = 10.0) -> VMBackups:
+    """A VM with one PROTECTED backup at ``at`` at each of ``where``."""
+    return vm_backups(vm_id, dict.fromkeys(where, at), None, "PROTECTED", at, where[0])
 
 
 def test_a_new_snapshot_shares_the_vms_that_did_not_change_with_the_published_one() -> None:
     published = [
-        vm_backups("a", 1, "Boston"),
-        vm_backups("b", 1, "Boston", "Paris"),
-        vm_backups("c", 1, "Boston"),
-        vm_backups("e", 1, "Boston"),
+        protected_at("a", "Boston"),
+        protected_at("b", "Boston", "Paris"),
+        protected_at("c", "Boston"),
+        protected_at("e", "Boston"),
     ]
     new = [
-        vm_backups("a", 1, "Boston"),  # unchanged
-        vm_backups("b", 1, "Paris", "Boston"),  # equal, its destinations in another order
-        vm_backups("c", 2, "Boston"),  # changed
-        vm_backups("d", 1, "Boston"),  # new
-        vm_backups("e", 1, "Boston"),  # unchanged, after one that is new
-        vm_backups("f", 1, "Boston"),  # new, past the published ones
+        protected_at("a", "Boston"),  # unchanged
+        protected_at("b", "Paris", "Boston"),  # equal, its destinations in another order
+        protected_at("c", "Boston", at=20.0),  # changed
+        protected_at("d", "Boston"),  # new
+        protected_at("e", "Boston"),  # unchanged, after one that is new
+        protected_at("f", "Boston"),  # new, past the published ones
     ]
     shared = SharedWith(published)
     got = [*shared(new[:2]), *shared(new[2:])]  # in parts, as the decoding worker sends them
